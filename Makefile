@@ -1,0 +1,71 @@
+# flannelish developer and newcomer entry points.
+# `make lab` and `make test` are the two commands from README.md; both set up
+# everything they need on a fresh Debian machine (run as root).
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+PYTHON ?= python3
+DEB_PACKAGES := etcd-server etcd-client iproute2 nftables tcpdump iputils-ping iperf3 \
+	containernetworking-plugins procps kmod ca-certificates openssl
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: setup deb-packages venv lab lab-down test test-fast lint typecheck bench clean test-compose
+
+setup: deb-packages $(STAMP)
+
+# Install only the Debian packages that are missing; `apt-get update` runs only then.
+deb-packages:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# The venv is rebuilt only when pyproject.toml changes (editable install: code edits need no reinstall).
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lab: setup
+	$(BIN)/flannelish lab up
+	$(BIN)/flannelish lab check
+
+lab-down: setup
+	$(BIN)/flannelish lab down
+
+test: setup lint
+	GRPC_ENABLE_FORK_SUPPORT=false $(BIN)/pytest $(PYTEST_ARGS)
+
+# Quick loop while developing: unit tests only.
+test-fast: setup
+	$(BIN)/pytest -m unit -q $(PYTEST_ARGS)
+
+lint: setup typecheck
+	$(BIN)/ruff check flannelish cni backends tests bench
+	$(BIN)/ruff format --check flannelish cni backends tests bench
+
+# mypy sees cni/ and backends/ under their installed names via a symlinked tree.
+typecheck: setup
+	@rm -rf .build/typecheck && mkdir -p .build/typecheck
+	@cp -rs $(CURDIR)/flannelish .build/typecheck/flannelish
+	@cp -rs $(CURDIR)/cni .build/typecheck/flannelish/cni
+	@cp -rs $(CURDIR)/backends .build/typecheck/flannelish/backends
+	cd .build/typecheck && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p flannelish
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+test-compose: setup
+	bash tests/compose/run.sh
+
+clean:
+	rm -rf $(VENV) .build .pytest_cache .mypy_cache .ruff_cache build *.egg-info

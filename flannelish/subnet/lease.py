@@ -1,0 +1,124 @@
+"""Lease records and watch events, with Flannel's exact JSON encoding.
+
+The value stored under ``<prefix>/subnets/<key>`` must be byte-identical to
+what flanneld writes (flannel.md §1.4) so that both can share one etcd:
+compact JSON, fields in the order PublicIP, PublicIPv6, BackendType,
+BackendData, BackendV6Data, with the last three left out when empty.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any
+
+from flannelish.errors import FlannelishError
+
+
+class LeaseDecodeError(FlannelishError):
+    """A lease value in etcd is not valid Flannel lease JSON."""
+
+
+@dataclass(frozen=True)
+class LeaseAttrs:
+    """What a node advertises about itself (the JSON value of a lease key)."""
+
+    public_ip: IPv4Address
+    backend_type: str = ""
+    backend_data: dict[str, Any] | None = None
+    public_ipv6: IPv6Address | None = None
+    backend_v6_data: dict[str, Any] | None = None
+
+    @property
+    def vtep_mac(self) -> str | None:
+        """The VXLAN VTEP MAC from BackendData, lower-case colon hex, if any."""
+        mac = (self.backend_data or {}).get("VtepMAC")
+        return normalize_mac(mac) if isinstance(mac, str) else None
+
+    def to_json(self) -> str:
+        doc: dict[str, Any] = {
+            "PublicIP": str(self.public_ip),
+            "PublicIPv6": str(self.public_ipv6) if self.public_ipv6 else None,
+        }
+        if self.backend_type:
+            doc["BackendType"] = self.backend_type
+        if self.backend_data:
+            doc["BackendData"] = self.backend_data
+        if self.backend_v6_data:
+            doc["BackendV6Data"] = self.backend_v6_data
+        return json.dumps(doc, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> LeaseAttrs:
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise LeaseDecodeError("lease value is not JSON", str(exc)) from None
+        if not isinstance(doc, dict):
+            raise LeaseDecodeError("lease value is not a JSON object", repr(raw)[:80])
+        # Go's encoding/json matches field names case-insensitively.
+        fields = {k.lower(): v for k, v in doc.items()}
+        try:
+            public_ip = IPv4Address(fields.get("publicip") or "")
+            v6 = fields.get("publicipv6")
+            public_ipv6 = IPv6Address(v6) if v6 else None
+        except ValueError as exc:
+            raise LeaseDecodeError("lease has an invalid PublicIP", str(exc)) from None
+        backend_type = fields.get("backendtype") or ""
+        data = fields.get("backenddata")
+        data_v6 = fields.get("backendv6data")
+        if not isinstance(backend_type, str):
+            raise LeaseDecodeError("lease BackendType is not a string", repr(backend_type))
+        for name, value in (("BackendData", data), ("BackendV6Data", data_v6)):
+            if value is not None and not isinstance(value, dict):
+                raise LeaseDecodeError(f"lease {name} is not an object", repr(value)[:80])
+        return cls(public_ip, backend_type, data or None, public_ipv6, data_v6 or None)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A subnet held by one node.
+
+    ``expiration`` is a Unix timestamp, or None for a reservation: a key an
+    operator wrote without an etcd lease, which never expires (flannel.md §1.3).
+    """
+
+    subnet: IPv4Network
+    attrs: LeaseAttrs
+    expiration: float | None = None
+    lease_id: int = 0
+    ipv6_subnet: IPv6Network | None = None
+    mod_revision: int = field(default=0, compare=False)
+
+    @property
+    def reserved(self) -> bool:
+        return self.lease_id == 0
+
+
+class EventType(enum.Enum):
+    ADDED = "added"  # new peer, renewal, or changed attributes (see Event.previous)
+    REMOVED = "removed"
+
+
+@dataclass(frozen=True)
+class Event:
+    """A change in the set of leases.
+
+    ``previous`` carries the attributes known before the change: set on
+    REMOVED and on an ADDED that replaced different attributes (a new VTEP MAC
+    or PublicIP), so backends can delete the stale kernel entries.
+    """
+
+    type: EventType
+    lease: Lease
+    previous: LeaseAttrs | None = None
+
+
+def normalize_mac(mac: str) -> str:
+    """Lower-case colon-separated form of a MAC in any common notation."""
+    digits = "".join(c for c in mac if c not in ":-.").lower()
+    if len(digits) != 12 or any(c not in "0123456789abcdef" for c in digits):
+        raise LeaseDecodeError("invalid MAC address", mac)
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))

@@ -1,0 +1,74 @@
+"""An isolated L2 segment for test hosts: a bridge inside its own namespace.
+
+    [host ns A] eth0 ──veth── hA ┐
+    [host ns B] eth0 ──veth── hB ┼─ br0 (198.18.0.254/24)   [underlay ns]
+    [host ns C] eth0 ──veth── hC ┘
+
+The underlay namespace has no link to the root namespace, so nothing sent
+on it can leave the machine.  The bridge's own address (.254) is where a
+test etcd listens, and it is every host's default gateway, so "the
+interface holding the default route" is eth0 as on a real node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+from flannelish.testing.netns import NetnsFactory
+from flannelish.testing.proc import run
+
+UNDERLAY_NETWORK = IPv4Network("198.18.0.0/24")
+
+
+@dataclass
+class Host:
+    name: str  # short name, e.g. "node1"
+    netns: str  # full namespace name
+    ip: IPv4Address
+    ifname: str = "eth0"
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 30):
+        return run(argv, netns=self.netns, check=check, timeout=timeout)
+
+
+@dataclass
+class Underlay:
+    factory: NetnsFactory
+    network: IPv4Network = UNDERLAY_NETWORK
+    bridge: str = "br0"
+    mtu: int = 1500
+    netns: str = ""
+    hosts: dict[str, Host] = field(default_factory=dict)
+
+    @property
+    def gateway(self) -> IPv4Address:
+        """The bridge's address: the hosts' default gateway and the place for etcd."""
+        return self.network.network_address + 254
+
+    def create(self) -> Underlay:
+        self.netns = self.factory.create("ul")
+        ip = ["ip", "-n", self.netns]
+        run([*ip, "link", "add", self.bridge, "type", "bridge"])
+        run([*ip, "link", "set", self.bridge, "mtu", str(self.mtu), "up"])
+        run([*ip, "addr", "add", f"{self.gateway}/{self.network.prefixlen}", "dev", self.bridge])
+        return self
+
+    def add_host(self, short: str, index: int | None = None, mtu: int | None = None) -> Host:
+        """A new host namespace whose eth0 is plugged into the underlay bridge."""
+        index = index or len(self.hosts) + 1
+        address = self.network.network_address + index
+        netns = self.factory.create(short)
+        port = f"h{index}"
+        mtu = mtu or self.mtu
+        ul = ["ip", "-n", self.netns]
+        run([*ul, "link", "add", port, "mtu", str(mtu), "type", "veth", "peer", "name", "eth0",
+             "mtu", str(mtu), "netns", netns])  # fmt: skip
+        run([*ul, "link", "set", port, "master", self.bridge, "up"])
+        hn = ["ip", "-n", netns]
+        run([*hn, "addr", "add", f"{address}/{self.network.prefixlen}", "dev", "eth0"])
+        run([*hn, "link", "set", "eth0", "up"])
+        run([*hn, "route", "add", "default", "via", str(self.gateway)])
+        host = Host(short, netns, address)
+        self.hosts[short] = host
+        return host
