@@ -1,0 +1,1 @@
+"""The node daemon (flanneld): lease, backend, reconciler, lifecycle."""
