@@ -51,6 +51,8 @@ class EtcdMember:
     extra_args: list[str] = field(default_factory=list)
     scheme: str = "http"
     cluster_token: str = ""
+    # The lab's etcd outlives the command that starts it: its own session.
+    start_new_session: bool = False
     proc: subprocess.Popen | None = None
     _owns_dir: bool = False
 
@@ -112,7 +114,11 @@ class EtcdMember:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                in_netns(self.netns, argv), stdout=log, stderr=subprocess.STDOUT
+                in_netns(self.netns, argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=self.start_new_session,
             )
 
     def wait_healthy(self, timeout: float = 20.0, ctl_args: list[str] | None = None) -> None:
