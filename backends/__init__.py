@@ -11,7 +11,9 @@ from typing import Any
 from flannelish.errors import ConfigError
 
 # backend type (lower case, as in the network config) -> "module:Class"
-REGISTRY: dict[str, str] = {}
+REGISTRY: dict[str, str] = {
+    "vxlan": "vxlan:VxlanBackend",
+}
 
 
 def get_backend_class(backend_type: str) -> Any:

@@ -1,0 +1,96 @@
+"""The Backend interface: how a node reaches its peers' subnets.
+
+A backend is constructed from a :class:`BackendContext` (the kernel handle,
+the chosen external interface, the network config and a state directory)
+and is then driven by the daemon in this order:
+
+1. ``setup()`` before the lease: create or adopt its device, so the lease can
+   advertise it (``lease_attrs()``, e.g. the VTEP MAC);
+2. ``bind_lease(lease)`` once the subnet is known (addresses on the device);
+3. repeatedly, from the reconciler: ``ensure_base()`` repairs the device and
+   says whether it had to be rebuilt, ``resources()`` names the kinds of
+   kernel objects it owns (in apply order) and ``plan(peer)`` returns the
+   objects one peer needs, in the order they must be applied.
+
+The backend never diffs or applies anything itself: the reconciler compares
+``plan()`` for all peers with the ``resources()`` dumps.  So a new backend is
+one module here that implements this class, plus one line in ``REGISTRY``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any, ClassVar
+
+from flannelish.daemon.resources import Resource
+from flannelish.netlink import Netlink
+from flannelish.subnet.lease import Lease, LeaseAttrs
+
+
+@dataclass(frozen=True)
+class ExternalInterface:
+    """The underlay interface the node talks to its peers on."""
+
+    name: str
+    index: int
+    address: IPv4Address  # the interface's own IPv4 address
+    public_ip: IPv4Address  # what peers send to (differs from address behind NAT)
+    mtu: int
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    netlink: Netlink
+    ext: ExternalInterface
+    network: Any  # flannelish.config.NetworkConfig (network, backend_type, backend dict, ...)
+    state_dir: Path  # persistent node state (e.g. the VTEP MAC), next to subnet.env
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A peer the backend cannot program, with the reason (logged once per change)."""
+
+    reason: str
+
+
+class Backend(ABC):
+    backend_type: ClassVar[str]  # as in the network config, lower case
+
+    def __init__(self, ctx: BackendContext) -> None:
+        self.ctx = ctx
+
+    @property
+    @abstractmethod
+    def mtu(self) -> int:
+        """The MTU pods must use (written to subnet.env)."""
+
+    @abstractmethod
+    def setup(self) -> None:
+        """Create or adopt the backend's device; runs before the lease exists."""
+
+    @abstractmethod
+    def lease_attrs(self) -> LeaseAttrs:
+        """What this node advertises in its lease."""
+
+    @abstractmethod
+    def bind_lease(self, lease: Lease) -> None:
+        """Configure the device for our (possibly new) lease."""
+
+    @abstractmethod
+    def ensure_base(self) -> bool:
+        """Repair the device; True if it had to be rebuilt (so every peer is replayed)."""
+
+    @abstractmethod
+    def resources(self) -> Sequence[Resource]:
+        """Kinds of owned kernel objects, in the order one peer's objects are applied."""
+
+    @abstractmethod
+    def plan(self, peer: Lease) -> Sequence[Any] | Skip:
+        """The kernel objects for one peer, in apply order, or why it is skipped."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
+        """Release non-kernel resources; the data path stays in place."""

@@ -1,0 +1,247 @@
+"""Desired state (from leases) vs actual kernel state, applied as a diff.
+
+One pass:
+
+1. every owner (the backend, later also e.g. an nftables table) repairs its
+   base object (``ensure_base``; a rebuilt device comes back empty, so the
+   diff below replays every peer - Flannel does not);
+2. the desired objects are computed from the current peer leases, one group
+   per peer, in apply order (VXLAN: neigh -> fdb -> route);
+3. the owned objects are dumped from the kernel, one dump per resource kind;
+4. :func:`diff` yields stale objects to delete and missing/changed objects to
+   replace.  Deletions run first and in reverse kind order (route before
+   neigh), so a changed MAC's old FDB entry is gone before the new one lands
+   and the kernel never has a route without its neighbour.  Within a peer,
+   a failed step skips that peer's later steps; the next pass retries.
+
+The diff is a pure function so it is unit-tested without a kernel.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from ipaddress import IPv4Network
+from typing import Any, Protocol
+
+from flannelish.backends.base import Skip
+from flannelish.daemon.resources import Resource
+from flannelish.errors import KernelError
+from flannelish.subnet.lease import Lease
+
+log = logging.getLogger("flannelish.reconciler")
+
+
+class Owner(Protocol):
+    """Something that owns kernel objects: a backend, or later an nftables table."""
+
+    def ensure_base(self) -> bool: ...
+    def resources(self) -> Sequence[Resource]: ...
+    def plan(self, peer: Lease) -> Sequence[Any] | Skip: ...
+
+
+@dataclass
+class Diff:
+    remove: list[Any] = field(default_factory=list)  # already in removal order
+    apply: list[list[Any]] = field(default_factory=list)  # per peer, in apply order
+
+    @property
+    def empty(self) -> bool:
+        return not self.remove and not any(self.apply)
+
+
+def diff(
+    resources: Sequence[Resource],
+    desired_groups: Sequence[Sequence[Any]],
+    actual: Mapping[str, Sequence[Any]],
+) -> Diff:
+    """Compare desired objects (grouped per peer) with the dumped ones (per resource kind).
+
+    * an actual object whose key is not desired is removed;
+    * an actual object that differs from the desired one under the same key
+      is replaced in place, unless several actual objects share the key (an
+      FDB MAC with two remotes): then all differing ones are removed first;
+    * a desired object not present exactly is (re)applied.
+    """
+    by_type = {r.record: r for r in resources}
+    desired: dict[tuple[str, Hashable], Any] = {}
+    for group in desired_groups:
+        for obj in group:
+            res = by_type[type(obj)]
+            desired.setdefault((res.kind, res.key(obj)), obj)
+
+    result = Diff()
+    present: set[Any] = set()
+    for res in reversed(resources):
+        objs = actual.get(res.kind, ())
+        counts = Counter(res.key(o) for o in objs)
+        for obj in objs:
+            k = res.key(obj)
+            want = desired.get((res.kind, k))
+            if want is None or (want != obj and counts[k] > 1):
+                result.remove.append(obj)
+            elif want == obj:
+                present.add(obj)
+    for group in desired_groups:
+        todo = [obj for obj in group if obj not in present]
+        if todo:
+            result.apply.append(todo)
+    return result
+
+
+def describe(obj: Any) -> dict[str, str]:
+    """Structured log fields of a kernel record."""
+    return {f.name: str(getattr(obj, f.name)) for f in fields(obj)}
+
+
+@dataclass
+class PassResult:
+    changes: int = 0
+    errors: int = 0
+    rebuilt: bool = False
+    skipped: int = 0
+    seconds: float = 0.0
+
+
+class Reconciler:
+    """Brings the kernel in line with the peer leases, one pass at a time."""
+
+    def __init__(self, owners: Sequence[Owner]) -> None:
+        self.owners = list(owners)
+        self._skip_logged: dict[IPv4Network, tuple[str, Any]] = {}
+
+    def reconcile(self, peers: Sequence[Lease]) -> PassResult:
+        started = time.monotonic()
+        result = PassResult()
+        for owner in self.owners:
+            try:
+                result.rebuilt |= owner.ensure_base()
+            except KernelError as exc:
+                log.error("cannot repair base object: %s", exc)
+                result.errors += 1
+                continue
+            self._reconcile_owner(owner, peers, result)
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _reconcile_owner(self, owner: Owner, peers: Sequence[Lease], result: PassResult) -> None:
+        resources = owner.resources()
+        groups: list[Sequence[Any]] = []
+        for peer in peers:
+            planned = owner.plan(peer)
+            if isinstance(planned, Skip):
+                result.skipped += 1
+                self._log_skip(peer, planned)
+            else:
+                self._skip_logged.pop(peer.subnet, None)
+                groups.append(planned)
+        actual: dict[str, Sequence[Any]] = {}
+        for res in resources:
+            try:
+                actual[res.kind] = res.dump()
+            except KernelError as exc:
+                log.error("cannot list %s entries: %s", res.kind, exc)
+                result.errors += 1
+                return
+        plan = diff(resources, groups, actual)
+        by_type = {r.record: r for r in resources}
+        for obj in plan.remove:
+            res = by_type[type(obj)]
+            try:
+                res.remove(obj)
+            except KernelError as exc:
+                log.warning("cannot delete %s: %s", res.kind, exc, extra=describe(obj))
+                result.errors += 1
+                continue
+            result.changes += 1
+            log.info("deleted %s", res.kind, extra={"op": "delete", **describe(obj)})
+        for group in plan.apply:
+            for obj in group:
+                res = by_type[type(obj)]
+                try:
+                    res.ensure(obj)
+                except KernelError as exc:
+                    log.warning("cannot set %s: %s", res.kind, exc, extra=describe(obj))
+                    result.errors += 1
+                    break  # the peer's later steps depend on this one
+                result.changes += 1
+                log.info("set %s", res.kind, extra={"op": "replace", **describe(obj)})
+
+    def _log_skip(self, peer: Lease, skip: Skip) -> None:
+        # Once per peer and attributes, not once per resync.
+        marker = (skip.reason, peer.attrs)
+        if self._skip_logged.get(peer.subnet) != marker:
+            self._skip_logged[peer.subnet] = marker
+            log.warning("peer %s skipped: %s", peer.subnet, skip.reason)
+
+
+class ReconcileLoop:
+    """Runs reconcile passes on demand (lease events, kernel changes) and periodically.
+
+    Triggers that arrive during a pass are coalesced into one more pass, so a
+    burst of events costs at most two passes.
+    """
+
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        peers: Callable[[], Sequence[Lease]],
+        interval: float,
+        on_pass: Callable[[PassResult], None] | None = None,
+    ) -> None:
+        self.reconciler = reconciler
+        self._peers = peers
+        self.interval = interval
+        self._on_pass = on_pass
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
+        self.passes = 0
+        self.last: PassResult | None = None
+        self.failure: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def trigger(self) -> None:
+        self._wake.set()
+
+    def run_once(self) -> PassResult:
+        result = self.reconciler.reconcile(self._peers())
+        self.passes += 1
+        self.last = result
+        if result.changes or result.errors:
+            log.info(
+                "reconciled",
+                extra={
+                    "changes": result.changes,
+                    "errors": result.errors,
+                    "rebuilt": result.rebuilt,
+                    "ms": round(result.seconds * 1000, 1),
+                },
+            )
+        if self._on_pass is not None:
+            self._on_pass(result)
+        return result
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._wake.wait(self.interval)
+                if self._stop.is_set():
+                    return
+                self._wake.clear()
+                self.run_once()
+        except BaseException as exc:  # reported by the node, which exits non-zero
+            self.failure = exc
+            log.exception("reconciler stopped")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)

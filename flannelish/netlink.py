@@ -1,0 +1,592 @@
+"""The thin kernel layer: every netlink call the daemon makes goes through here.
+
+Three parts:
+
+* plain records (:class:`Link`, :class:`Addr`, :class:`Neigh`, :class:`Fdb`,
+  :class:`Route`) so the rest of the code never sees pyroute2 messages;
+* the :class:`Netlink` protocol with two implementations: :class:`PyRoute2Netlink`
+  (the real kernel, in the namespace of the calling process) and
+  :class:`FakeNetlink` (an in-memory kernel for root-free unit tests, which also
+  records the order of mutating calls);
+* :class:`ChangeMonitor`, a raw rtnetlink multicast socket that only tells
+  *that* something relevant changed; the reconciler then re-reads the state.
+  Parsing just the fixed headers keeps it independent of pyroute2's asyncio
+  internals and safe to block on from a plain thread.
+
+Mutations use "replace" semantics so repeating them is harmless.  Routes we
+own carry :data:`ROUTE_PROTO` (unused in /etc/iproute2/rt_protos), so a dump
+filtered by it never returns a route somebody else made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv4Network, ip_address
+from typing import Any, Protocol
+
+from flannelish.errors import KernelError
+
+ROUTE_PROTO = 0x46  # "F": marks routes flannelish owns
+MAIN_TABLE = 254
+
+
+@dataclass(frozen=True)
+class VxlanInfo:
+    vni: int
+    local: IPv4Address | None
+    link: int | None  # index of the underlay device
+    port: int
+    learning: bool = False
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    kind: str  # "" for links without linkinfo (lo, physical NICs)
+    mac: str
+    mtu: int
+    up: bool
+    vxlan: VxlanInfo | None = None
+
+
+@dataclass(frozen=True)
+class Addr:
+    index: int
+    address: IPv4Address
+    prefixlen: int
+
+
+@dataclass(frozen=True)
+class Neigh:
+    """A permanent IPv4 neighbour entry (ip neigh ... nud permanent)."""
+
+    ifindex: int
+    ip: IPv4Address
+    mac: str
+
+
+@dataclass(frozen=True)
+class Fdb:
+    """A VXLAN forwarding entry (bridge fdb ... dst <ip> self permanent)."""
+
+    ifindex: int
+    mac: str
+    dst: IPv4Address
+
+
+@dataclass(frozen=True)
+class Route:
+    dst: IPv4Network
+    gateway: IPv4Address | None
+    oif: int
+    onlink: bool = False
+    proto: int = ROUTE_PROTO
+
+
+@dataclass(frozen=True)
+class VxlanSpec:
+    """What `create_vxlan` builds."""
+
+    name: str
+    vni: int
+    local: IPv4Address
+    link: int
+    port: int
+    mac: str
+    mtu: int
+    learning: bool = False
+    gbp: bool = False
+
+
+class Netlink(Protocol):
+    """The kernel operations flannelish needs, in one network namespace."""
+
+    def links(self) -> list[Link]: ...
+    def link(self, name: str) -> Link | None: ...
+    def create_vxlan(self, spec: VxlanSpec) -> Link: ...
+    def delete_link(self, index: int) -> None: ...
+    def set_link(
+        self, index: int, *, mtu: int | None = None, mac: str | None = None, up: bool | None = None
+    ) -> None: ...
+    def addrs(self, index: int | None = None) -> list[Addr]: ...
+    def add_addr(self, addr: Addr) -> None: ...
+    def del_addr(self, addr: Addr) -> None: ...
+    def default_route_oif(self) -> int | None: ...
+    def neighs(self, ifindex: int) -> list[Neigh]: ...
+    def replace_neigh(self, neigh: Neigh) -> None: ...
+    def del_neigh(self, neigh: Neigh) -> None: ...
+    def fdbs(self, ifindex: int) -> list[Fdb]: ...
+    def replace_fdb(self, fdb: Fdb) -> None: ...
+    def del_fdb(self, fdb: Fdb) -> None: ...
+    def routes(self, proto: int = ROUTE_PROTO) -> list[Route]: ...
+    def replace_route(self, route: Route) -> None: ...
+    def del_route(self, route: Route) -> None: ...
+    def close(self) -> None: ...
+
+
+def _mac(value: Any) -> str:
+    return str(value or "").lower()
+
+
+class PyRoute2Netlink:
+    """The real kernel through one long-lived pyroute2 IPRoute socket.
+
+    The socket is bound to the network namespace of the process (the daemon
+    runs inside its node's namespace via `ip netns exec`), so nothing here can
+    reach another namespace.  A lock serialises callers from different threads;
+    the kernel serialises rtnetlink anyway.
+    """
+
+    def __init__(self) -> None:
+        from pyroute2 import IPRoute  # heavy import, kept out of `--help`
+        from pyroute2.netlink.exceptions import NetlinkError
+        from pyroute2.netlink.rtnl import ndmsg
+        from pyroute2.netlink.rtnl.rtmsg import RTNH_F_ONLINK
+
+        self._ipr = IPRoute()
+        self._lock = threading.RLock()
+        self._error = NetlinkError
+        self._onlink = RTNH_F_ONLINK
+        self._fdb_state = ndmsg.states["permanent"] | ndmsg.states["noarp"]
+        self._fdb_flags = ndmsg.flags["self"]
+        self._permanent = ndmsg.states["permanent"]
+
+    @contextlib.contextmanager
+    def _call(self, op: str, what: Any) -> Iterator[None]:
+        with self._lock:
+            try:
+                yield
+            except self._error as exc:
+                raise KernelError(f"netlink {op} failed for {what}", exc.args[-1]) from None
+            except OSError as exc:
+                raise KernelError(f"netlink {op} failed for {what}", str(exc)) from None
+
+    # -- links ---------------------------------------------------------------
+    def _to_link(self, msg: Any) -> Link:
+        info = msg.get("IFLA_LINKINFO")
+        kind = info.get("IFLA_INFO_KIND") if info else None
+        vxlan = None
+        if kind == "vxlan":
+            data = info.get("IFLA_INFO_DATA")
+            local = data.get("IFLA_VXLAN_LOCAL")
+            vxlan = VxlanInfo(
+                vni=int(data.get("IFLA_VXLAN_ID") or 0),
+                local=IPv4Address(local) if local else None,
+                link=data.get("IFLA_VXLAN_LINK"),
+                port=int(data.get("IFLA_VXLAN_PORT") or 0),
+                learning=bool(data.get("IFLA_VXLAN_LEARNING")),
+            )
+        return Link(
+            index=msg["index"],
+            name=msg.get("IFLA_IFNAME"),
+            kind=kind or "",
+            mac=_mac(msg.get("IFLA_ADDRESS")),
+            mtu=int(msg.get("IFLA_MTU") or 0),
+            up=bool(msg["flags"] & 1),
+            vxlan=vxlan,
+        )
+
+    def links(self) -> list[Link]:
+        with self._call("link dump", "all links"):
+            return [self._to_link(m) for m in self._ipr.link("dump")]
+
+    def link(self, name: str) -> Link | None:
+        with self._call("link get", name):
+            try:
+                msgs = self._ipr.link("get", ifname=name)
+            except self._error as exc:
+                if exc.code == 19:  # ENODEV
+                    return None
+                raise
+            return self._to_link(msgs[0]) if msgs else None
+
+    def create_vxlan(self, spec: VxlanSpec) -> Link:
+        with self._call("vxlan add", spec.name):
+            kwargs: dict[str, Any] = {
+                "ifname": spec.name,
+                "kind": "vxlan",
+                "vxlan_id": spec.vni,
+                "vxlan_local": str(spec.local),
+                "vxlan_link": spec.link,
+                "vxlan_port": spec.port,
+                "vxlan_learning": int(spec.learning),
+                "address": spec.mac,
+                "mtu": spec.mtu,
+            }
+            if spec.gbp:
+                kwargs["vxlan_gbp"] = True
+            self._ipr.link("add", **kwargs)
+        link = self.link(spec.name)
+        if link is None:
+            raise KernelError(f"vxlan device {spec.name} vanished right after creation")
+        return link
+
+    def delete_link(self, index: int) -> None:
+        with self._call("link del", f"ifindex {index}"):
+            self._ipr.link("del", index=index)
+
+    def set_link(
+        self, index: int, *, mtu: int | None = None, mac: str | None = None, up: bool | None = None
+    ) -> None:
+        kwargs: dict[str, Any] = {}
+        if mtu is not None:
+            kwargs["mtu"] = mtu
+        if mac is not None:
+            kwargs["address"] = mac
+        if up is not None:
+            kwargs["state"] = "up" if up else "down"
+        with self._call("link set", f"ifindex {index} {kwargs}"):
+            self._ipr.link("set", index=index, **kwargs)
+
+    # -- addresses and routes ---------------------------------------------------
+    def addrs(self, index: int | None = None) -> list[Addr]:
+        filt = {"index": index} if index is not None else {}
+        with self._call("addr dump", f"ifindex {index}"):
+            msgs = self._ipr.addr("dump", family=socket.AF_INET, **filt)
+            return [
+                Addr(m["index"], IPv4Address(m.get("IFA_ADDRESS")), m["prefixlen"]) for m in msgs
+            ]
+
+    def add_addr(self, addr: Addr) -> None:
+        with self._call("addr add", f"{addr.address}/{addr.prefixlen}"):
+            self._ipr.addr(
+                "replace", index=addr.index, address=str(addr.address), prefixlen=addr.prefixlen
+            )
+
+    def del_addr(self, addr: Addr) -> None:
+        with self._call("addr del", f"{addr.address}/{addr.prefixlen}"):
+            self._ipr.addr(
+                "del", index=addr.index, address=str(addr.address), prefixlen=addr.prefixlen
+            )
+
+    def default_route_oif(self) -> int | None:
+        with self._call("route dump", "default route"):
+            for msg in self._ipr.route("dump", family=socket.AF_INET, table=MAIN_TABLE):
+                if msg["dst_len"] == 0 and msg.get("RTA_OIF"):
+                    return int(msg.get("RTA_OIF"))
+        return None
+
+    def routes(self, proto: int = ROUTE_PROTO) -> list[Route]:
+        with self._call("route dump", f"proto {proto}"):
+            msgs = self._ipr.route("dump", family=socket.AF_INET, table=MAIN_TABLE, proto=proto)
+            out = []
+            for m in msgs:
+                gw = m.get("RTA_GATEWAY")
+                dst = m.get("RTA_DST") or "0.0.0.0"
+                out.append(
+                    Route(
+                        dst=IPv4Network(f"{dst}/{m['dst_len']}"),
+                        gateway=IPv4Address(gw) if gw else None,
+                        oif=int(m.get("RTA_OIF") or 0),
+                        onlink=bool(m["flags"] & self._onlink),
+                        proto=m["proto"],
+                    )
+                )
+            return out
+
+    def replace_route(self, route: Route) -> None:
+        kwargs: dict[str, Any] = {"dst": str(route.dst), "oif": route.oif, "proto": route.proto}
+        if route.gateway is not None:
+            kwargs["gateway"] = str(route.gateway)
+        if route.onlink:
+            kwargs["flags"] = self._onlink
+        with self._call("route replace", route.dst):
+            self._ipr.route("replace", table=MAIN_TABLE, **kwargs)
+
+    def del_route(self, route: Route) -> None:
+        with self._call("route del", route.dst):
+            self._ipr.route("del", dst=str(route.dst), table=MAIN_TABLE, proto=route.proto)
+
+    # -- neighbours and fdb ----------------------------------------------------
+    def neighs(self, ifindex: int) -> list[Neigh]:
+        with self._call("neigh dump", f"ifindex {ifindex}"):
+            msgs = self._ipr.neigh("dump", ifindex=ifindex, family=socket.AF_INET)
+            return [
+                Neigh(ifindex, IPv4Address(m.get("NDA_DST")), _mac(m.get("NDA_LLADDR")))
+                for m in msgs
+                # Only permanent entries are ours; the kernel's own dynamic ones are not.
+                if m["state"] & self._permanent and m.get("NDA_DST")
+            ]
+
+    def replace_neigh(self, neigh: Neigh) -> None:
+        with self._call("neigh replace", neigh.ip):
+            self._ipr.neigh(
+                "replace",
+                ifindex=neigh.ifindex,
+                dst=str(neigh.ip),
+                lladdr=neigh.mac,
+                state=self._permanent,
+            )
+
+    def del_neigh(self, neigh: Neigh) -> None:
+        with self._call("neigh del", neigh.ip):
+            self._ipr.neigh("del", ifindex=neigh.ifindex, dst=str(neigh.ip))
+
+    def fdbs(self, ifindex: int) -> list[Fdb]:
+        with self._call("fdb dump", f"ifindex {ifindex}"):
+            out = []
+            for m in self._ipr.fdb("dump", ifindex=ifindex):
+                dst = m.get("NDA_DST")
+                # Entries without a remote (e.g. the device's own address) are not peers.
+                if m["ifindex"] == ifindex and dst:
+                    out.append(Fdb(ifindex, _mac(m.get("NDA_LLADDR")), IPv4Address(dst)))
+            return out
+
+    def replace_fdb(self, fdb: Fdb) -> None:
+        with self._call("fdb replace", fdb.mac):
+            self._ipr.fdb(
+                "replace",
+                ifindex=fdb.ifindex,
+                lladdr=fdb.mac,
+                dst=str(fdb.dst),
+                state=self._fdb_state,
+                flags=self._fdb_flags,
+            )
+
+    def del_fdb(self, fdb: Fdb) -> None:
+        with self._call("fdb del", fdb.mac):
+            self._ipr.fdb("del", ifindex=fdb.ifindex, lladdr=fdb.mac, dst=str(fdb.dst))
+
+    def close(self) -> None:
+        with self._lock:
+            self._ipr.close()
+
+
+# -- the in-memory fake ----------------------------------------------------------
+
+
+@dataclass
+class FakeNetlink:
+    """An in-memory kernel with just enough behaviour for reconciler tests.
+
+    ``calls`` lists every mutating call as ``(op, object)`` in order, and
+    ``fail_on`` makes the named ops raise KernelError (to test error paths).
+    """
+
+    _links: dict[int, Link] = field(default_factory=dict)
+    _addrs: set[Addr] = field(default_factory=set)
+    _neighs: dict[tuple[int, IPv4Address], Neigh] = field(default_factory=dict)
+    _fdbs: dict[tuple[int, str, IPv4Address], Fdb] = field(default_factory=dict)
+    _routes: dict[IPv4Network, Route] = field(default_factory=dict)
+    default_oif: int | None = None
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+    fail_on: set[str] = field(default_factory=set)
+    _next_index: int = 100
+
+    def _mutate(self, op: str, obj: Any) -> None:
+        if op in self.fail_on:
+            raise KernelError(f"netlink {op} failed for {obj}", "injected by the test")
+        self.calls.append((op, obj))
+
+    def add_link(self, name: str, mtu: int = 1500, kind: str = "", up: bool = True) -> Link:
+        self._next_index += 1
+        mac = f"02:00:00:00:{self._next_index // 256:02x}:{self._next_index % 256:02x}"
+        link = Link(self._next_index, name, kind, mac, mtu, up)
+        self._links[link.index] = link
+        return link
+
+    def links(self) -> list[Link]:
+        return list(self._links.values())
+
+    def link(self, name: str) -> Link | None:
+        return next((x for x in self._links.values() if x.name == name), None)
+
+    def create_vxlan(self, spec: VxlanSpec) -> Link:
+        if self.link(spec.name) is not None:
+            raise KernelError(f"netlink vxlan add failed for {spec.name}", "File exists")
+        self._mutate("create_vxlan", spec.name)
+        self._next_index += 1
+        info = VxlanInfo(spec.vni, spec.local, spec.link, spec.port, spec.learning)
+        link = Link(self._next_index, spec.name, "vxlan", spec.mac, spec.mtu, False, info)
+        self._links[link.index] = link
+        return link
+
+    def delete_link(self, index: int) -> None:
+        self._mutate("delete_link", index)
+        self._links.pop(index, None)
+        self._addrs = {a for a in self._addrs if a.index != index}
+        self._neighs = {k: v for k, v in self._neighs.items() if v.ifindex != index}
+        self._fdbs = {k: v for k, v in self._fdbs.items() if v.ifindex != index}
+        self._routes = {k: v for k, v in self._routes.items() if v.oif != index}
+
+    def set_link(
+        self, index: int, *, mtu: int | None = None, mac: str | None = None, up: bool | None = None
+    ) -> None:
+        self._mutate("set_link", (index, mtu, mac, up))
+        link = self._links[index]
+        self._links[index] = replace(
+            link,
+            mtu=link.mtu if mtu is None else mtu,
+            mac=link.mac if mac is None else mac,
+            up=link.up if up is None else up,
+        )
+
+    def addrs(self, index: int | None = None) -> list[Addr]:
+        return [a for a in self._addrs if index is None or a.index == index]
+
+    def add_addr(self, addr: Addr) -> None:
+        self._mutate("add_addr", addr)
+        self._addrs.add(addr)
+
+    def del_addr(self, addr: Addr) -> None:
+        self._mutate("del_addr", addr)
+        self._addrs.discard(addr)
+
+    def default_route_oif(self) -> int | None:
+        return self.default_oif
+
+    def neighs(self, ifindex: int) -> list[Neigh]:
+        return [n for n in self._neighs.values() if n.ifindex == ifindex]
+
+    def replace_neigh(self, neigh: Neigh) -> None:
+        self._mutate("replace_neigh", neigh)
+        self._neighs[(neigh.ifindex, neigh.ip)] = neigh
+
+    def del_neigh(self, neigh: Neigh) -> None:
+        self._mutate("del_neigh", neigh)
+        self._neighs.pop((neigh.ifindex, neigh.ip), None)
+
+    def fdbs(self, ifindex: int) -> list[Fdb]:
+        return [f for f in self._fdbs.values() if f.ifindex == ifindex]
+
+    def replace_fdb(self, fdb: Fdb) -> None:
+        self._mutate("replace_fdb", fdb)
+        # Like the kernel: replace keys on the MAC, so a new dst overwrites the old one.
+        self._fdbs = {k: v for k, v in self._fdbs.items() if k[:2] != (fdb.ifindex, fdb.mac)}
+        self._fdbs[(fdb.ifindex, fdb.mac, fdb.dst)] = fdb
+
+    def append_fdb(self, fdb: Fdb) -> None:
+        """Like `bridge fdb append`: a second dst for one MAC (what a stray tool may leave)."""
+        self._fdbs[(fdb.ifindex, fdb.mac, fdb.dst)] = fdb
+
+    def del_fdb(self, fdb: Fdb) -> None:
+        self._mutate("del_fdb", fdb)
+        self._fdbs.pop((fdb.ifindex, fdb.mac, fdb.dst), None)
+
+    def routes(self, proto: int = ROUTE_PROTO) -> list[Route]:
+        return [r for r in self._routes.values() if r.proto == proto]
+
+    def replace_route(self, route: Route) -> None:
+        self._mutate("replace_route", route)
+        self._routes[route.dst] = route
+
+    def del_route(self, route: Route) -> None:
+        self._mutate("del_route", route)
+        self._routes.pop(route.dst, None)
+
+    def add_foreign_route(self, route: Route) -> None:
+        """A route some other tool made (not recorded as our call)."""
+        self._routes[route.dst] = route
+
+    def close(self) -> None:
+        pass
+
+
+# -- change notifications ----------------------------------------------------------
+
+RTMGRP_LINK = 0x1
+RTMGRP_NEIGH = 0x4
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV4_ROUTE = 0x40
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+RTM_DELADDR = 21
+RTM_DELROUTE = 25
+RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
+_NLMSGHDR = struct.Struct("=IHHII")
+_IFINFOMSG = struct.Struct("=BxHiII")
+_IFADDRMSG = struct.Struct("=BBBBI")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_NDMSG = struct.Struct("=BxxxiHBB")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One kernel notification, reduced to what decides whether to resync."""
+
+    type: int
+    ifindex: int = 0
+    proto: int = 0
+
+
+def parse_changes(data: bytes) -> list[Change]:
+    """Decode the fixed headers of the rtnetlink messages in one datagram."""
+    out: list[Change] = []
+    offset = 0
+    while offset + _NLMSGHDR.size <= len(data):
+        length, mtype, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+        if length < _NLMSGHDR.size:
+            break
+        body = offset + _NLMSGHDR.size
+        if mtype in (RTM_NEWLINK, RTM_DELLINK) and length >= 16 + _IFINFOMSG.size:
+            out.append(Change(mtype, ifindex=_IFINFOMSG.unpack_from(data, body)[2]))
+        elif mtype == RTM_DELADDR and length >= 16 + _IFADDRMSG.size:
+            out.append(Change(mtype, ifindex=_IFADDRMSG.unpack_from(data, body)[4]))
+        elif mtype == RTM_DELROUTE and length >= 16 + _RTMSG.size:
+            out.append(Change(mtype, proto=_RTMSG.unpack_from(data, body)[5]))
+        elif mtype in (RTM_NEWNEIGH, RTM_DELNEIGH) and length >= 16 + _NDMSG.size:
+            out.append(Change(mtype, ifindex=_NDMSG.unpack_from(data, body)[1]))
+        offset += (length + 3) & ~3
+    return out
+
+
+class ChangeMonitor:
+    """Calls ``on_change(changes)`` for kernel notifications accepted by ``relevant``.
+
+    Runs in its own daemon thread until stop().  A notification only triggers
+    a resync; it is never applied directly, so a lost or reordered message
+    costs at most one resync interval.
+    """
+
+    def __init__(
+        self,
+        on_change: Callable[[list[Change]], None],
+        relevant: Callable[[Change], bool],
+    ) -> None:
+        self._on_change = on_change
+        self._relevant = relevant
+        self._stop = threading.Event()
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        groups = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self._sock.bind((0, groups))
+        self._thread = threading.Thread(target=self._run, name="netlink-monitor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._sock], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                data = self._sock.recv(1 << 16)
+            except OSError as exc:
+                if exc.errno == 105:  # ENOBUFS: we missed messages, so resync everything
+                    self._on_change([Change(0)])
+                    continue
+                if self._stop.is_set():
+                    return
+                raise
+            changes = [c for c in parse_changes(data) if self._relevant(c)]
+            if changes:
+                self._on_change(changes)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._sock.close()
+
+
+def is_ipv4(value: str) -> bool:
+    try:
+        return ip_address(value).version == 4
+    except ValueError:
+        return False
