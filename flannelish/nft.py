@@ -1,0 +1,360 @@
+"""flannelish's own nftables table: masquerade, forward-accept and VXLAN anti-spoofing.
+
+Design
+------
+Everything lives in ONE table, ``table ip flannelish``; no other table or
+chain is ever read-modified-written, so iptables-nft, firewalld or kube-proxy
+rules are never touched.  The table is written with ``nft -f -`` as a single
+transaction (create-if-missing, flush our chains, re-add), so the kernel
+never sees a half-built rule set and re-applying is idempotent.
+
+Chains (N = pod network, L = this node's subnet, P = VXLAN UDP port):
+
+``postrouting`` (nat, srcnat) -- only with ``masq``; the iptables semantics
+of flannel.md §5, in order::
+
+    meta mark & 0x4000 == 0x4000 return     kube-proxy marked it: no double NAT
+    ip saddr L ip daddr N return            local pods -> cluster keep pod IPs
+    ip saddr N ip daddr L return            cluster -> local pods
+    ip saddr != N ip daddr L return         outside -> local pods: no SNAT
+    ip saddr N ip daddr != 224.0.0.0/4 masquerade fully-random   pods -> world
+    ip saddr != N ip daddr N masquerade fully-random             host -> remote pods
+
+  Upstream's nft mode writes the fourth rule as ``saddr != L daddr N``,
+  which shadows the last rule; we keep the iptables form.
+
+``forward`` (filter): ``ip saddr N accept``, ``ip daddr N accept``.  Note an
+nft ``accept`` only ends *this* base chain: another table's drop on the same
+hook (e.g. Docker's FORWARD policy DROP) still wins; `flannelish doctor`
+reports such a policy.
+
+``input`` (filter): ``udp dport P ip saddr != @vxlan_peers counter drop``.
+The Linux vxlan driver decapsulates packets from any source, so without it
+anyone on the underlay can inject frames into pods.  The named set
+``vxlan_peers`` holds the peers' PublicIPs and is updated by element diffs,
+never by flushing, so a peer change never opens a drop window for others.
+The rule is *armed* only after the first :meth:`NftRules.set_peers` call:
+applying the table before the daemon knows its peers must not black-hole
+peer traffic (e.g. across a daemon restart).  ``allow_any_vxlan`` leaves
+the rule out.
+
+Every rule carries a comment; :meth:`NftRules.present` compares the
+per-chain comment lists and the set elements with the desired state, which
+is what the reconciler's re-assert needs (a deleted table, chain or rule is
+detected; re-applying restores it).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, ip_network
+from typing import Any, Protocol
+
+from flannelish.errors import ConfigError, KernelError, NotAvailableError
+
+FAMILY = "ip"
+TABLE = "flannelish"
+PEER_SET = "vxlan_peers"
+REJECT_COUNTER_CHAIN = "input"
+KUBE_PROXY_MARK = 0x4000
+DEFAULT_VXLAN_PORT = 8472
+
+_CHAIN_SPECS = {
+    "postrouting": "type nat hook postrouting priority srcnat; policy accept;",
+    "forward": "type filter hook forward priority filter; policy accept;",
+    "input": "type filter hook input priority filter; policy accept;",
+}
+
+
+class NftRunner(Protocol):
+    """The two things NftRules needs from nftables (a fake in unit tests)."""
+
+    def run(self, script: str) -> None:
+        """Apply a script atomically (``nft -f -``); raise KernelError on failure."""
+
+    def list_table(self, family: str, table: str) -> list[dict[str, Any]] | None:
+        """The ``nftables`` array of ``nft -j list table``, or None if the table is absent."""
+
+
+@dataclass
+class NftCli:
+    """NftRunner running the `nft` binary, optionally inside a named namespace."""
+
+    netns: str | None = None
+    binary: str = "nft"
+    timeout: float = 10.0
+
+    def _argv(self, *args: str) -> list[str]:
+        if shutil.which(self.binary) is None:
+            raise NotAvailableError(f"{self.binary} not found", "install the nftables package")
+        argv = [self.binary, *args]
+        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
+
+    def run(self, script: str) -> None:
+        result = subprocess.run(
+            self._argv("-f", "-"),
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=self.timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise KernelError("nftables transaction failed", result.stderr.strip())
+
+    def list_table(self, family: str, table: str) -> list[dict[str, Any]] | None:
+        result = subprocess.run(
+            self._argv("-j", "list", "table", family, table),
+            capture_output=True,
+            text=True,
+            timeout=self.timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            if "No such file or directory" in result.stderr:
+                return None
+            raise KernelError(f"cannot list nftables table {family} {table}", result.stderr.strip())
+        try:
+            return list(json.loads(result.stdout)["nftables"])
+        except (ValueError, KeyError) as exc:
+            raise KernelError("nft -j printed something that is not its JSON", str(exc)) from None
+
+
+@dataclass(frozen=True)
+class Rule:
+    chain: str
+    body: str  # nft rule text without the comment
+    comment: str
+
+
+@dataclass
+class TableState:
+    """What the kernel has in our table (parsed from ``nft -j``)."""
+
+    chains: dict[str, list[str]] = field(default_factory=dict)  # chain -> rule comments
+    peers: set[IPv4Address] = field(default_factory=set)
+    has_set: bool = False
+    rejected_packets: int = 0
+
+
+def parse_table(items: Sequence[dict[str, Any]]) -> TableState:
+    state = TableState()
+    for item in items:
+        if "chain" in item:
+            state.chains.setdefault(item["chain"]["name"], [])
+        elif "set" in item and item["set"].get("name") == PEER_SET:
+            state.has_set = True
+            for elem in item["set"].get("elem", []):
+                # Plain sets list strings; sets with per-element data wrap them.
+                value = elem["elem"]["val"] if isinstance(elem, dict) else elem
+                state.peers.add(IPv4Address(value))
+        elif "rule" in item:
+            rule = item["rule"]
+            state.chains.setdefault(rule["chain"], []).append(rule.get("comment", ""))
+            if rule["chain"] == REJECT_COUNTER_CHAIN:
+                for expr in rule.get("expr", []):
+                    if "counter" in expr and isinstance(expr["counter"], dict):
+                        state.rejected_packets += int(expr["counter"].get("packets", 0))
+    return state
+
+
+class NftRules:
+    """Desired state of ``table ip flannelish`` and the operations to impose it.
+
+    Thread-safety: callers serialise calls (the daemon's reconciler thread).
+    """
+
+    def __init__(
+        self,
+        network: IPv4Network | str,
+        subnet: IPv4Network | str,
+        vxlan_port: int | None = DEFAULT_VXLAN_PORT,
+        masq: bool = False,
+        allow_any_vxlan: bool = False,
+        *,
+        forward: bool = True,
+        masq_host_to_pods: bool = True,
+        fully_random: bool = True,
+        runner: NftRunner | None = None,
+    ) -> None:
+        try:
+            self.network = ip_network(str(network))
+            self.subnet = ip_network(str(subnet))
+        except ValueError as exc:
+            raise ConfigError("invalid network for the nftables rules", str(exc)) from None
+        if not isinstance(self.network, IPv4Network) or not isinstance(self.subnet, IPv4Network):
+            raise ConfigError("nftables rules support IPv4 networks only", f"{network}, {subnet}")
+        if not self.subnet.subnet_of(self.network):
+            raise ConfigError(f"subnet {self.subnet} is not inside network {self.network}")
+        if vxlan_port is not None and not 1 <= int(vxlan_port) <= 65535:
+            raise ConfigError("VXLAN port out of range 1..65535", str(vxlan_port))
+        # None: no VXLAN on this node (host-gw), so there is nothing to protect.
+        self.vxlan_port = int(vxlan_port) if vxlan_port is not None else None
+        self.masq = masq
+        self.allow_any_vxlan = allow_any_vxlan
+        self.forward = forward
+        self.masq_host_to_pods = masq_host_to_pods
+        self.fully_random = fully_random
+        self.runner: NftRunner = runner or NftCli()
+        self._peers: frozenset[IPv4Address] | None = None  # None: not known yet (unarmed)
+
+    # -- desired state -------------------------------------------------------
+
+    @property
+    def armed(self) -> bool:
+        """True when the anti-spoof drop rule is part of the desired state."""
+        return self.vxlan_port is not None and not self.allow_any_vxlan and self._peers is not None
+
+    @property
+    def peers(self) -> frozenset[IPv4Address]:
+        return self._peers or frozenset()
+
+    def rules(self) -> list[Rule]:
+        n, lsub = self.network, self.subnet
+        out: list[Rule] = []
+        if self.masq:
+            rnd = " fully-random" if self.fully_random else ""
+            mark = f"0x{KUBE_PROXY_MARK:x}"
+            nat = [
+                (f"meta mark & {mark} == {mark} return", "masq: kube-proxy mark"),
+                (f"ip saddr {lsub} ip daddr {n} return", "masq: pods to cluster"),
+                (f"ip saddr {n} ip daddr {lsub} return", "masq: cluster to pods"),
+                (f"ip saddr != {n} ip daddr {lsub} return", "masq: to local pods"),
+                (f"ip saddr {n} ip daddr != 224.0.0.0/4 masquerade{rnd}", "masq: pods to world"),
+            ]
+            if self.masq_host_to_pods:
+                nat.append((f"ip saddr != {n} ip daddr {n} masquerade{rnd}", "masq: host to pods"))
+            out += [Rule("postrouting", body, comment) for body, comment in nat]
+        if self.forward:
+            out += [
+                Rule("forward", f"ip saddr {n} accept", "forward: from pods"),
+                Rule("forward", f"ip daddr {n} accept", "forward: to pods"),
+            ]
+        if self.armed:
+            out.append(
+                Rule(
+                    "input",
+                    f"udp dport {self.vxlan_port} ip saddr != @{PEER_SET} counter drop",
+                    "anti-spoof: vxlan from non-peers",
+                )
+            )
+        return out
+
+    def desired_chains(self) -> dict[str, list[str]]:
+        chains: dict[str, list[str]] = {}
+        for rule in self.rules():
+            chains.setdefault(rule.chain, []).append(rule.comment)
+        return chains
+
+    def render(self) -> str:
+        """The full idempotent transaction for ``nft -f -``."""
+        t = f"{FAMILY} {TABLE}"
+        lines = [f"add table {t}", f"add set {t} {PEER_SET} {{ type ipv4_addr; }}"]
+        if self.peers:
+            lines.append(f"add element {t} {PEER_SET} {{ {_elements(self.peers)} }}")
+        wanted = self.desired_chains()
+        for chain, spec in _CHAIN_SPECS.items():
+            # add+flush works whether or not the chain exists; a chain we no
+            # longer want is then deleted (nft 1.0.6 has no `destroy`).
+            lines += [f"add chain {t} {chain} {{ {spec} }}", f"flush chain {t} {chain}"]
+            if chain not in wanted:
+                lines.append(f"delete chain {t} {chain}")
+        for rule in self.rules():
+            lines.append(f'add rule {t} {rule.chain} {rule.body} comment "{rule.comment}"')
+        return "\n".join(lines) + "\n"
+
+    # -- operations ----------------------------------------------------------
+
+    def state(self) -> TableState | None:
+        items = self.runner.list_table(FAMILY, TABLE)
+        return None if items is None else parse_table(items)
+
+    def apply(self) -> None:
+        """Create or restore the whole table in one transaction (idempotent)."""
+        self.runner.run(self.render())
+
+    def present(self) -> bool:
+        """True if the kernel's table matches the desired state exactly."""
+        state = self.state()
+        if state is None or not state.has_set:
+            return False
+        if state.chains != self.desired_chains():
+            return False
+        return self._peers is None or state.peers == self._peers
+
+    def ensure(self) -> bool:
+        """Re-assert for the reconciler: apply if anything is missing. True if it repaired."""
+        if self.present():
+            return False
+        self.apply()
+        return True
+
+    def set_peers(self, ips: Iterable[IPv4Address | str]) -> None:
+        """Make ``vxlan_peers`` hold exactly these PublicIPs (arms the drop rule).
+
+        Only the difference is written, in one transaction.  If the table is
+        absent the new set is just remembered: the next apply() writes it.
+        """
+        try:
+            new = frozenset(IPv4Address(str(ip)) for ip in ips)
+        except ValueError as exc:
+            raise ConfigError("invalid peer PublicIP", str(exc)) from None
+        arming = self._peers is None
+        self._peers = new
+        state = self.state()
+        if state is None:
+            return
+        if not state.has_set or (arming and self.armed) or state.chains != self.desired_chains():
+            self.apply()
+            return
+        t = f"{FAMILY} {TABLE}"
+        lines = []
+        if new - state.peers:
+            lines.append(f"add element {t} {PEER_SET} {{ {_elements(new - state.peers)} }}")
+        if state.peers - new:
+            lines.append(f"delete element {t} {PEER_SET} {{ {_elements(state.peers - new)} }}")
+        if lines:
+            self.runner.run("\n".join(lines) + "\n")
+
+    def rejected_packets(self) -> int:
+        """Packets dropped by the anti-spoof rule so far (0 if absent)."""
+        state = self.state()
+        return state.rejected_packets if state else 0
+
+    def remove(self) -> None:
+        """Delete our table (clean shutdown); absent already is fine."""
+        if self.runner.list_table(FAMILY, TABLE) is None:
+            return
+        self.runner.run(f"delete table {FAMILY} {TABLE}\n")
+
+
+def _elements(ips: Iterable[IPv4Address]) -> str:
+    return ", ".join(str(ip) for ip in sorted(ips))
+
+
+def parse_port(value: Any) -> int:
+    """A VXLAN port from config (0 or missing means the kernel default 8472)."""
+    try:
+        port = int(value or 0)
+    except (TypeError, ValueError):
+        raise ConfigError("VXLAN port is not a number", repr(value)) from None
+    if not 0 <= port <= 65535:
+        raise ConfigError("VXLAN port out of range 0..65535", str(port))
+    return port or DEFAULT_VXLAN_PORT
+
+
+__all__ = [
+    "FAMILY",
+    "PEER_SET",
+    "TABLE",
+    "NftCli",
+    "NftRules",
+    "NftRunner",
+    "TableState",
+    "parse_port",
+    "parse_table",
+]

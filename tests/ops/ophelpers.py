@@ -1,0 +1,79 @@
+"""Helpers for the node-operations namespace tests: UDP probes, ping, polling."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from flannelish.testing.proc import run
+
+# A UDP receiver that prints "<source ip> <payload>" for each datagram until idle.
+_RECEIVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+print("ready", flush=True)
+s.settimeout(float(sys.argv[2]))
+try:
+    while True:
+        data, addr = s.recvfrom(2048)
+        print(addr[0], data.decode(errors="replace"), flush=True)
+except socket.timeout:
+    pass
+"""
+
+_SENDER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(sys.argv[3].encode(), (sys.argv[1], int(sys.argv[2])))
+"""
+
+
+class UdpReceiver:
+    """A receiver process inside a namespace; .lines() returns what it saw."""
+
+    def __init__(self, netns: str, port: int = 9999, idle: float = 1.5) -> None:
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", netns, sys.executable, "-c", _RECEIVER, str(port), str(idle)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline()
+        if first.strip() != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"receiver did not start: {first!r} {self.proc.stderr}")
+
+    def lines(self, timeout: float = 10.0) -> list[str]:
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        return out.split("\n")[:-1] if out else []
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def send_udp(netns: str, dst: str, payload: str, port: int = 9999) -> None:
+    run(["ip", "netns", "exec", netns, sys.executable, "-c", _SENDER, dst, str(port), payload])
+
+
+def ping(netns: str, dst: str, count: int = 2) -> bool:
+    result = run(["ping", "-c", str(count), "-i", "0.2", "-W", "1", dst], netns=netns, check=False)
+    return result.returncode == 0
+
+
+def wait_for(predicate, timeout: float = 5.0, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

@@ -1,0 +1,221 @@
+"""NftRules logic against a fake nft that interprets the statements NftRules emits."""
+
+from __future__ import annotations
+
+import re
+from ipaddress import IPv4Address
+from typing import Any
+
+import pytest
+
+from flannelish.errors import ConfigError, KernelError
+from flannelish.nft import NftRules, parse_port, parse_table
+
+
+class FakeNft:
+    """Just enough of nft's transaction and JSON listing semantics for NftRules."""
+
+    def __init__(self) -> None:
+        self.table: dict[str, Any] | None = None
+        self.scripts: list[str] = []
+
+    def run(self, script: str) -> None:
+        self.scripts.append(script)
+        table = None if self.table is None else {k: _copy(v) for k, v in self.table.items()}
+        for line in script.strip().splitlines():
+            table = self._statement(table, line)
+        self.table = table  # all or nothing, as a transaction
+
+    def _statement(self, t: dict[str, Any] | None, line: str) -> dict[str, Any] | None:
+        words = line.split()
+        verb, kind = words[0], words[1]
+        if kind == "table":
+            if verb == "add":
+                return t or {"chains": {}, "set": None}
+            if t is None:
+                raise KernelError("nftables transaction failed", "No such file or directory")
+            return None
+        if t is None:
+            raise KernelError("nftables transaction failed", "No such file or directory")
+        name = words[4]
+        if kind == "set":
+            t["set"] = t["set"] if t["set"] is not None else set()
+        elif kind == "element":
+            elems = {IPv4Address(e) for e in re.findall(r"[\d.]+(?=[ ,}])", line.split("{")[1])}
+            if verb == "delete" and not elems <= t["set"]:
+                raise KernelError("nftables transaction failed", "No such file or directory")
+            t["set"] = t["set"] | elems if verb == "add" else t["set"] - elems
+        elif kind == "chain":
+            if verb == "add":
+                t["chains"].setdefault(name, [])
+            elif verb == "flush":
+                t["chains"][name] = []
+            else:
+                if t["chains"][name]:
+                    raise KernelError("nftables transaction failed", "Device or resource busy")
+                del t["chains"][name]
+        elif kind == "rule":
+            t["chains"][name].append(line.rsplit('comment "', 1)[1].rstrip('"'))
+        return t
+
+    def list_table(self, family: str, table: str) -> list[dict[str, Any]] | None:
+        if self.table is None:
+            return None
+        items: list[dict[str, Any]] = [{"table": {"family": family, "name": table}}]
+        if self.table["set"] is not None:
+            elem = sorted(str(ip) for ip in self.table["set"])
+            items.append({"set": {"name": "vxlan_peers", **({"elem": elem} if elem else {})}})
+        for chain, comments in self.table["chains"].items():
+            items.append({"chain": {"name": chain}})
+            items += [{"rule": {"chain": chain, "comment": c, "expr": []}} for c in comments]
+        return items
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: list(v) for k, v in value.items()}
+    return set(value) if isinstance(value, set) else value
+
+
+def rules(**kwargs: Any) -> tuple[NftRules, FakeNft]:
+    fake = FakeNft()
+    args = {"network": "10.244.0.0/16", "subnet": "10.244.3.0/24", "masq": True, **kwargs}
+    return NftRules(runner=fake, **args), fake
+
+
+def test_masquerade_rules_mirror_iptables_order_without_upstream_shadowing():
+    nft, _ = rules()
+    bodies = [r.body for r in nft.rules() if r.chain == "postrouting"]
+    assert bodies == [
+        "meta mark & 0x4000 == 0x4000 return",
+        "ip saddr 10.244.3.0/24 ip daddr 10.244.0.0/16 return",
+        "ip saddr 10.244.0.0/16 ip daddr 10.244.3.0/24 return",
+        # upstream nft writes `saddr != L daddr N return`, shadowing the last rule
+        "ip saddr != 10.244.0.0/16 ip daddr 10.244.3.0/24 return",
+        "ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random",
+        "ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random",
+    ]
+
+
+def test_no_masq_means_no_nat_chain_but_forward_rules_stay():
+    nft, fake = rules(masq=False)
+    nft.apply()
+    assert set(fake.table["chains"]) == {"forward"}
+    assert "delete chain ip flannelish postrouting" in fake.scripts[-1]
+
+
+def test_drop_rule_is_armed_only_once_peers_are_known():
+    nft, fake = rules()
+    nft.apply()
+    assert "input" not in fake.table["chains"]
+    assert nft.present()
+    nft.set_peers(["198.18.0.2", "198.18.0.3"])
+    assert fake.table["chains"]["input"] == ["anti-spoof: vxlan from non-peers"]
+    assert fake.table["set"] == {IPv4Address("198.18.0.2"), IPv4Address("198.18.0.3")}
+    assert nft.present()
+
+
+def test_allow_any_leaves_the_drop_rule_out_but_keeps_the_set_current():
+    nft, fake = rules(allow_any_vxlan=True)
+    nft.set_peers(["198.18.0.2"])
+    nft.apply()
+    assert "input" not in fake.table["chains"]
+    assert fake.table["set"] == {IPv4Address("198.18.0.2")}
+
+
+def test_set_peers_writes_only_the_difference():
+    nft, fake = rules()
+    nft.set_peers(["198.18.0.2", "198.18.0.3"])  # table absent: remembered only
+    assert fake.scripts == []
+    nft.apply()
+    nft.set_peers(["198.18.0.3", "198.18.0.4"])
+    assert fake.scripts[-1] == (
+        "add element ip flannelish vxlan_peers { 198.18.0.4 }\n"
+        "delete element ip flannelish vxlan_peers { 198.18.0.2 }\n"
+    )
+    count = len(fake.scripts)
+    nft.set_peers(["198.18.0.4", "198.18.0.3"])
+    assert len(fake.scripts) == count  # no change, no transaction
+
+
+def test_present_detects_a_missing_rule_table_or_element_and_ensure_repairs():
+    nft, fake = rules()
+    nft.set_peers(["198.18.0.2"])
+    assert nft.ensure() is True  # table absent -> created
+    assert nft.ensure() is False
+    fake.table["chains"]["postrouting"].pop(2)
+    assert not nft.present()
+    assert nft.ensure() is True and nft.present()
+    fake.table["set"].clear()
+    assert not nft.present()
+    nft.ensure()
+    fake.table = None
+    assert not nft.present()
+    nft.ensure()
+    assert nft.present() and fake.table["set"] == {IPv4Address("198.18.0.2")}
+
+
+def test_apply_is_idempotent_and_remove_is_clean():
+    nft, fake = rules()
+    nft.set_peers(["198.18.0.2"])
+    nft.apply()
+    first = _copy(fake.table["chains"])
+    nft.apply()
+    assert fake.table["chains"] == first
+    nft.remove()
+    assert fake.table is None
+    nft.remove()  # already gone is fine
+
+
+def test_host_gw_nodes_have_no_vxlan_port_and_no_drop_rule():
+    nft, _ = rules(vxlan_port=None)
+    nft.set_peers(["198.18.0.2"])
+    assert not nft.armed
+    assert all(r.chain != "input" for r in nft.rules())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"subnet": "10.245.0.0/24"}, "not inside network"),
+        ({"network": "10.244.0.1/16"}, "invalid network"),
+        ({"network": "fd00::/48", "subnet": "fd00::/64"}, "IPv4 networks only"),
+        ({"vxlan_port": 70000}, "out of range"),
+    ],
+)
+def test_bad_input_is_a_config_error(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        rules(**kwargs)
+
+
+def test_bad_peer_ip_is_a_config_error():
+    nft, _ = rules()
+    with pytest.raises(ConfigError, match="invalid peer PublicIP"):
+        nft.set_peers(["198.18.0.300"])
+
+
+def test_parse_port_defaults_to_the_kernel_vxlan_port():
+    assert parse_port(None) == 8472
+    assert parse_port(0) == 8472
+    assert parse_port("4789") == 4789
+    with pytest.raises(ConfigError):
+        parse_port("x")
+
+
+def test_parse_table_reads_set_elements_and_drop_counter():
+    state = parse_table(
+        [
+            {"set": {"name": "vxlan_peers", "elem": ["198.18.0.2"]}},
+            {"chain": {"name": "input"}},
+            {
+                "rule": {
+                    "chain": "input",
+                    "comment": "anti-spoof: vxlan from non-peers",
+                    "expr": [{"counter": {"packets": 3, "bytes": 300}}, {"drop": None}],
+                }
+            },
+        ]
+    )
+    assert state.peers == {IPv4Address("198.18.0.2")}
+    assert state.rejected_packets == 3
+    assert state.chains == {"input": ["anti-spoof: vxlan from non-peers"]}
