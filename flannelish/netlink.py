@@ -21,6 +21,8 @@ filtered by it never returns a route somebody else made.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import select
 import socket
 import struct
@@ -131,6 +133,39 @@ class Netlink(Protocol):
     def close(self) -> None: ...
 
 
+CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def netns_scope(name: str | None) -> Iterator[None]:
+    """Run the block with the calling thread inside /run/netns/<name> (no fork).
+
+    Sockets opened in the block stay bound to that namespace after it ends.
+    A missing namespace raises KernelError; it is never created (pyroute2's
+    own helpers create a namespace whose name is mistyped).
+    """
+    if name is None:
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    except OSError as exc:
+        raise KernelError(f"network namespace {name!r} not found", exc.strerror) from None
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        if libc.setns(target, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise KernelError(f"cannot enter network namespace {name!r}", os.strerror(err))
+        try:
+            yield
+        finally:
+            libc.setns(home, CLONE_NEWNET)
+    finally:
+        os.close(target)
+        os.close(home)
+
+
 def _mac(value: Any) -> str:
     return str(value or "").lower()
 
@@ -144,13 +179,14 @@ class PyRoute2Netlink:
     the kernel serialises rtnetlink anyway.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, netns: str | None = None) -> None:
         from pyroute2 import IPRoute  # heavy import, kept out of `--help`
         from pyroute2.netlink.exceptions import NetlinkError
         from pyroute2.netlink.rtnl import ndmsg
         from pyroute2.netlink.rtnl.rtmsg import RTNH_F_ONLINK
 
-        self._ipr = IPRoute()
+        with netns_scope(netns):  # tests and benchmarks drive a namespace from outside
+            self._ipr = IPRoute()
         self._lock = threading.RLock()
         self._error = NetlinkError
         self._onlink = RTNH_F_ONLINK
@@ -548,11 +584,13 @@ class ChangeMonitor:
         self,
         on_change: Callable[[list[Change]], None],
         relevant: Callable[[Change], bool],
+        netns: str | None = None,
     ) -> None:
         self._on_change = on_change
         self._relevant = relevant
         self._stop = threading.Event()
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        with netns_scope(netns):
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         groups = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self._sock.bind((0, groups))

@@ -1,5 +1,158 @@
-"""`flannelish daemon`: the per-node agent (flanneld)."""
+"""`flannelish daemon`: the per-node agent (flanneld-compatible flags).
 
-from flannelish.cli._pending import pending_command
+Only click and the standard library are imported at module level; the
+daemon's machinery (pyroute2, the etcd client) is imported when it runs.
+"""
 
-COMMANDS = [pending_command("daemon", "the node daemon", 5, "Run the node daemon.")]
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+
+from flannelish.cli.etcd_options import etcd_options
+from flannelish.logs import LOG_FORMATS, setup_logging
+
+DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    """Repeatable flags also accept comma lists (as FLANNELD_IFACE=eth0,eth1 does)."""
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+@click.command("daemon")
+@etcd_options
+@click.option(
+    "--iface",
+    multiple=True,
+    envvar="FLANNELD_IFACE",
+    show_envvar=True,
+    help="Underlay interface name or IPv4 address; repeatable, first match wins.",
+)
+@click.option(
+    "--iface-regex",
+    multiple=True,
+    envvar="FLANNELD_IFACE_REGEX",
+    show_envvar=True,
+    help="Regex matched against interface addresses, then names; repeatable.",
+)
+@click.option(
+    "--public-ip",
+    envvar="FLANNELD_PUBLIC_IP",
+    show_envvar=True,
+    help="IPv4 address peers reach this node on (default: the interface address).",
+)
+@click.option(
+    "--subnet-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_SUBNET_FILE,
+    show_default=True,
+    envvar="FLANNELD_SUBNET_FILE",
+    show_envvar=True,
+    help="Where subnet.env is written; the VTEP MAC and the CNI socket live next to it.",
+)
+@click.option(
+    "--ip-masq/--no-ip-masq",
+    default=False,
+    show_default=True,
+    envvar="FLANNELD_IP_MASQ",
+    show_envvar=True,
+    help="Write FLANNEL_IPMASQ=true to subnet.env (the node, not the CNI bridge, masquerades).",
+)
+@click.option(
+    "--subnet-lease-renew-margin",
+    type=click.IntRange(1, 1439),
+    default=60,
+    show_default=True,
+    envvar="FLANNELD_SUBNET_LEASE_RENEW_MARGIN",
+    show_envvar=True,
+    help="Minutes before the lease expires to renew it.",
+)
+@click.option(
+    "--resync-interval",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    envvar="FLANNELD_RESYNC_INTERVAL",
+    show_envvar=True,
+    help="Seconds between full kernel-vs-etcd reconcile passes.",
+)
+@click.option(
+    "--cni-socket",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="FLANNELD_CNI_SOCKET",
+    show_envvar=True,
+    help="Unix socket for the CNI plugin  [default: <dir of --subnet-file>/flannelish.sock]",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default=None,
+    help="Log line format (overrides the global --log-format).",
+)
+def daemon_command(
+    etcd: Any,
+    iface: tuple[str, ...],
+    iface_regex: tuple[str, ...],
+    public_ip: str | None,
+    subnet_file: Path,
+    ip_masq: bool,
+    subnet_lease_renew_margin: int,
+    resync_interval: float,
+    cni_socket: Path | None,
+    log_format: str | None,
+) -> None:
+    """Run the node daemon (flanneld): take a subnet lease, build the overlay
+    device, write subnet.env and keep every peer programmed in the kernel.
+
+    Run it inside the node's network namespace.  SIGTERM or SIGINT stops it
+    cleanly and leaves the data path in place; a restart keeps the subnet
+    and the VTEP MAC.
+
+    \b
+    Exit statuses:
+      0  stopped by SIGTERM/SIGINT
+      1  unexpected error
+      2  bad flag value
+      3  invalid network config or flags (e.g. no matching --iface)
+      4  etcd unreachable or refused us
+      5  no free subnet left
+      6  lease lost and could not be re-acquired
+      7  a kernel (netlink) operation failed
+      8  a prerequisite is missing (e.g. no default route to pick an interface)
+    """
+    if log_format is not None:
+        import logging
+
+        setup_logging(log_format, logging.getLogger().level)
+    # gRPC's fork handlers only add warnings here; pyroute2 may fork helpers.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    from flannelish.daemon.node import DaemonOptions, NodeDaemon
+
+    options = DaemonOptions(
+        etcd=etcd,
+        subnet_file=subnet_file,
+        ifaces=_split(iface),
+        iface_regexes=list(iface_regex),
+        public_ip=public_ip or None,
+        ip_masq=ip_masq,
+        renew_margin_minutes=subnet_lease_renew_margin,
+        resync_seconds=resync_interval,
+        cni_socket=cni_socket,
+    )
+    node = NodeDaemon(options)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        node.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    node.run()
+
+
+COMMANDS = [daemon_command]

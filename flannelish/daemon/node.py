@@ -1,0 +1,303 @@
+"""The node daemon's lifecycle: start-up order, running threads, clean stop.
+
+Start-up (flannel.md §6, minus iptables): network config from etcd (retried
+until it exists) → external interface → backend device (before the lease, so
+the lease can carry the VTEP MAC) → lease (preferring the subnet in our old
+subnet.env) → device address → subnet.env → CNI socket → peer watch,
+reconcile loop, kernel change monitor and lease keeper.
+
+Threads report fatal errors through :meth:`NodeDaemon.fail`; the main thread
+then stops everything and re-raises, so the CLI prints one line and exits
+with the error's code.  A stop request (SIGTERM/SIGINT) stops the threads
+but never touches the kernel: pods keep talking while the daemon restarts,
+and the restarted daemon adopts the device, its MAC and the same lease.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flannelish.backends import get_backend_class
+from flannelish.backends.base import Backend, BackendContext, ExternalInterface
+from flannelish.daemon.iface import select_interface
+from flannelish.daemon.peers import PeerTable
+from flannelish.daemon.reconciler import PassResult, ReconcileLoop, Reconciler
+from flannelish.errors import FlannelishError
+from flannelish.netlink import (
+    ROUTE_PROTO,
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_DELNEIGH,
+    RTM_DELROUTE,
+    RTM_NEWLINK,
+    Change,
+    ChangeMonitor,
+)
+from flannelish.subnet.lease import Lease
+from flannelish.subnet_env import SubnetEnv, previous_subnet, write_subnet_env
+
+log = logging.getLogger("flannelish.daemon")
+
+DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
+SOCKET_NAME = "flannelish.sock"
+
+
+@dataclass
+class DaemonOptions:
+    etcd: Any  # flannelish.store.EtcdOptions
+    subnet_file: Path = Path(DEFAULT_SUBNET_FILE)
+    ifaces: list[str] = field(default_factory=list)
+    iface_regexes: list[str] = field(default_factory=list)
+    public_ip: str | None = None
+    ip_masq: bool = False
+    renew_margin_minutes: int = 60
+    resync_seconds: float = 10.0
+    cni_socket: Path | None = None  # default: <dir of subnet_file>/flannelish.sock
+
+    @property
+    def socket_path(self) -> Path:
+        return self.cni_socket or self.subnet_file.parent / SOCKET_NAME
+
+
+@dataclass
+class NodeStatus:
+    """What health/readiness reporting (issue 8) needs to know."""
+
+    lease: Lease | None = None
+    subnet_env_written: bool = False
+    last_pass: PassResult | None = None
+    peers: int = 0
+
+
+class NodeDaemon:
+    def __init__(self, options: DaemonOptions, netlink: Any = None, manager: Any = None) -> None:
+        self.options = options
+        self._netlink = netlink
+        self._manager = manager
+        self.stop_event = threading.Event()
+        self.status = NodeStatus()
+        self._fatal: BaseException | None = None
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._closers: list[Any] = []
+        self.backend: Backend | None = None
+        self.peers = PeerTable()
+        self.loop: ReconcileLoop | None = None
+
+    # -- wiring ------------------------------------------------------------------
+    def _make_manager(self) -> Any:
+        from flannelish.subnet.manager import SubnetManager
+        from flannelish.subnet.registry import EtcdRegistry
+
+        return SubnetManager(EtcdRegistry(self.options.etcd))
+
+    def _make_netlink(self) -> Any:
+        from flannelish.netlink import PyRoute2Netlink
+
+        return PyRoute2Netlink()
+
+    def fail(self, exc: BaseException) -> None:
+        """Called from any thread: stop the daemon and exit with this error."""
+        with self._lock:
+            if self._fatal is None:
+                self._fatal = exc
+        self.stop_event.set()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    # -- run ------------------------------------------------------------------------
+    def run(self) -> None:
+        """Run until stop() or a fatal error (re-raised here)."""
+        try:
+            self._start()
+            while not self.stop_event.wait(0.5):
+                if self.loop is not None and self.loop.failure is not None:
+                    self.fail(self.loop.failure)
+        finally:
+            self._shutdown()
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _start(self) -> None:
+        opts = self.options
+        nl = self._netlink = self._netlink or self._make_netlink()
+        ext = select_interface(nl, opts.ifaces, opts.iface_regexes, opts.public_ip)
+        log.info(
+            "using interface",
+            extra={"iface": ext.name, "address": ext.address, "public_ip": ext.public_ip},
+        )
+        manager = self._manager = self._manager or self._make_manager()
+        config = manager.get_network_config(wait=True, stop=self.stop_event)
+        if self.stop_event.is_set() or config is None:
+            return
+        backend = self._make_backend(nl, ext, config)
+        backend.setup()
+        lease = manager.acquire(backend.lease_attrs(), previous_subnet(opts.subnet_file))
+        log.info("acquired lease", extra={"subnet": lease.subnet, "public_ip": ext.public_ip})
+        self._bind(lease)
+        self._write_subnet_env(config)
+        self._start_cni_server()
+        self._start_threads(manager, lease)
+
+    def _make_backend(self, nl: Any, ext: ExternalInterface, config: Any) -> Backend:
+        cls = get_backend_class(config.backend_type)
+        state_dir = self.options.subnet_file.parent
+        backend: Backend = cls(BackendContext(nl, ext, config, state_dir))
+        self.backend = backend
+        self._config = config
+        return backend
+
+    def _bind(self, lease: Lease) -> None:
+        assert self.backend is not None
+        self.backend.bind_lease(lease)
+        self.peers.set_own_subnet(lease.subnet)
+        self.status.lease = lease
+
+    def _write_subnet_env(self, config: Any) -> None:
+        assert self.backend is not None and self.status.lease is not None
+        env = SubnetEnv(
+            network=config.network if config.enable_ipv4 else None,
+            subnet=self.status.lease.subnet,
+            mtu=self.backend.mtu,
+            ipmasq=self.options.ip_masq,
+        )
+        write_subnet_env(self.options.subnet_file, env)
+        self.status.subnet_env_written = True
+        log.info("wrote subnet file", extra={"path": self.options.subnet_file})
+
+    def _start_cni_server(self) -> None:
+        try:
+            module = importlib.import_module("flannelish.cni.server")
+        except ImportError:
+            log.info("CNI fast path not available (flannelish.cni.server missing)")
+            return
+        path = self.options.socket_path
+        try:
+            server = module.CniServer(str(path))
+            server.start()
+        except (OSError, FlannelishError) as exc:
+            log.warning("CNI socket %s not started: %s", path, exc)
+            return
+        self._closers.append(server.stop)
+        log.info("serving CNI requests", extra={"socket": path})
+
+    def _start_threads(self, manager: Any, lease: Lease) -> None:
+        assert self.backend is not None
+        reconciler = Reconciler([self.backend])
+        self.loop = ReconcileLoop(
+            reconciler, self.peers.snapshot, self.options.resync_seconds, self._after_pass
+        )
+        # One pass now: device repaired/verified before the first peers arrive.
+        self.loop.run_once()
+        self.loop.start()
+        self._closers.append(self.loop.stop)
+        self._spawn("lease-watch", self._watch, manager, lease)
+        self._start_monitor()
+        self._start_keeper(manager, lease)
+
+    def _spawn(self, name: str, target: Any, *args: Any) -> None:
+        def body() -> None:
+            try:
+                target(*args)
+            except BaseException as exc:
+                if not self.stop_event.is_set():
+                    log.error("%s failed: %s", name, exc)
+                    self.fail(exc)
+
+        thread = threading.Thread(target=body, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _watch(self, manager: Any, lease: Lease) -> None:
+        assert self.loop is not None
+        for batch in manager.watch_leases(self.stop_event, exclude=lease.subnet):
+            if self.peers.apply(batch):
+                self.loop.trigger()
+            self.status.peers = len(self.peers)
+
+    def _start_monitor(self) -> None:
+        assert self.loop is not None
+        loop = self.loop
+
+        def relevant(change: Change) -> bool:
+            index = getattr(self.backend, "index", None)
+            if change.type == 0:
+                return True  # socket overrun: resync to be safe
+            if change.type == RTM_DELROUTE:
+                return change.proto == ROUTE_PROTO
+            if change.type in (RTM_DELLINK, RTM_NEWLINK, RTM_DELNEIGH, RTM_DELADDR):
+                return index is not None and change.ifindex == index
+            return False
+
+        try:
+            monitor = ChangeMonitor(lambda _changes: loop.trigger(), relevant)
+        except OSError as exc:
+            log.warning("kernel change notifications unavailable (%s); periodic resync only", exc)
+            return
+        monitor.start()
+        self._closers.append(monitor.stop)
+
+    def _start_keeper(self, manager: Any, lease: Lease) -> None:
+        try:
+            from flannelish.subnet.manager import LeaseKeeper
+        except ImportError:
+            log.warning("lease keeper unavailable; the lease will not be renewed")
+            return
+        keeper = LeaseKeeper(
+            manager,
+            lease,
+            self.options.renew_margin_minutes * 60,
+            self._lease_changed,
+            on_fatal=self.fail,
+        )
+        keeper.start()
+        if hasattr(keeper, "stop"):
+            self._closers.append(keeper.stop)
+        self._keeper = keeper
+
+    def _lease_changed(self, lease: Lease) -> None:
+        old = self.status.lease
+        if old is not None and old.subnet != lease.subnet:
+            log.warning(
+                "lease moved to another subnet", extra={"old": old.subnet, "new": lease.subnet}
+            )
+            self._bind(lease)
+            self._write_subnet_env(self._config)
+            if self.loop is not None:
+                self.loop.trigger()
+        self.status.lease = lease
+
+    def _after_pass(self, result: PassResult) -> None:
+        self.status.last_pass = result
+        lease = self.status.lease
+        if self.backend is None or lease is None:
+            return
+        attrs = self.backend.lease_attrs()
+        if attrs != lease.attrs and self._manager is not None:
+            # The device was rebuilt with different attributes: advertise them.
+            log.info("advertising new backend attributes", extra={"subnet": lease.subnet})
+            try:
+                self.status.lease = self._manager.renew(dataclasses.replace(lease, attrs=attrs))
+            except FlannelishError as exc:
+                log.warning("cannot update lease attributes: %s", exc)
+
+    def _shutdown(self) -> None:
+        self.stop_event.set()
+        for close in reversed(self._closers):
+            try:
+                close()
+            except Exception as exc:  # shutdown must go on; report and continue
+                log.warning("error while stopping: %s", exc)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        if self._netlink is not None and hasattr(self._netlink, "close"):
+            self._netlink.close()
+        log.info("stopped; data path left in place", extra={"pid": os.getpid()})

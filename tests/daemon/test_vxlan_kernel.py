@@ -1,0 +1,111 @@
+"""The VXLAN backend and reconciler on a real kernel, driven in-process.
+
+Two host namespaces on the isolated underlay; leases are built by hand, so
+this covers device creation, peer programming and repair without etcd.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+from types import SimpleNamespace
+
+import pytest
+from flannelish.backends.base import BackendContext
+from flannelish.backends.vxlan import VxlanBackend
+
+from flannelish.daemon.iface import select_interface
+from flannelish.daemon.reconciler import Reconciler
+from flannelish.netlink import PyRoute2Netlink
+from flannelish.subnet.lease import Lease
+
+from .helpers import add_pod, kernel_state, link_details, ping
+
+NET = SimpleNamespace(network=IPv4Network("10.244.0.0/16"), backend={"Type": "vxlan"})
+
+
+class Node:
+    def __init__(self, host, subnet: str, state_dir):
+        self.host = host
+        self.nl = PyRoute2Netlink(host.netns)
+        ext = select_interface(self.nl)
+        self.backend = VxlanBackend(BackendContext(self.nl, ext, NET, state_dir))
+        self.backend.setup()
+        self.lease = Lease(IPv4Network(subnet), self.backend.lease_attrs())
+        self.backend.bind_lease(self.lease)
+        self.rec = Reconciler([self.backend])
+
+    def close(self):
+        self.nl.close()
+
+
+@pytest.fixture
+def nodes(underlay, netns_factory, tmp_path):
+    made = []
+    for i, subnet in ((1, "10.244.1.0/24"), (2, "10.244.2.0/24")):
+        host = underlay.add_host(f"h{i}")
+        made.append(Node(host, subnet, tmp_path / f"h{i}"))
+    yield made
+    for node in made:
+        node.close()
+
+
+def test_device_has_flannel_attributes(nodes):
+    a = nodes[0]
+    info = link_details(a.host, "flannel.1")
+    data = info["linkinfo"]["info_data"]
+    assert info["mtu"] == 1450 and info["address"] == a.backend.mac
+    assert data["id"] == 1 and data["port"] == 8472 and data["local"] == "198.18.0.1"
+    assert data["learning"] is False
+    addrs = a.host.run("ip", "-4", "-o", "addr", "show", "dev", "flannel.1").stdout
+    assert "10.244.1.0/32" in addrs
+
+
+def test_pods_ping_across_hosts_and_peer_removal_cleans_everything(nodes, netns_factory):
+    a, b = nodes
+    a.rec.reconcile([b.lease])
+    b.rec.reconcile([a.lease])
+    pod_a = add_pod(netns_factory, a.host, a.lease.subnet, "pa", 1450)
+    add_pod(netns_factory, b.host, b.lease.subnet, "pb", 1450)
+    assert ping(pod_a, "10.244.2.2")
+    assert kernel_state(a.host) == {
+        "neigh": [("10.244.2.0", b.backend.mac)],
+        "fdb": [(b.backend.mac, "198.18.0.2")],
+        "route": [("10.244.2.0/24", "10.244.2.0", "flannel.1")],
+    }
+    a.rec.reconcile([])
+    assert kernel_state(a.host) == {"neigh": [], "fdb": [], "route": []}
+    assert not ping(pod_a, "10.244.2.2", count=1)
+
+
+def test_deleted_device_is_rebuilt_and_traffic_resumes(nodes, netns_factory):
+    a, b = nodes
+    a.rec.reconcile([b.lease])
+    b.rec.reconcile([a.lease])
+    pod_a = add_pod(netns_factory, a.host, a.lease.subnet, "pa", 1450)
+    add_pod(netns_factory, b.host, b.lease.subnet, "pb", 1450)
+    mac = a.backend.mac
+    a.host.run("ip", "link", "del", "flannel.1")
+    result = a.rec.reconcile([b.lease])
+    assert result.rebuilt and result.errors == 0
+    assert link_details(a.host, "flannel.1")["address"] == mac
+    assert ping(pod_a, "10.244.2.2")
+
+
+def test_foreign_route_in_the_pod_network_is_left_alone(nodes):
+    a, b = nodes
+    a.host.run("ip", "route", "add", "10.244.77.0/24", "via", "198.18.0.254")
+    a.rec.reconcile([b.lease])
+    a.rec.reconcile([])
+    assert "10.244.77.0/24" in a.host.run("ip", "route").stdout
+
+
+def test_stale_mac_fdb_entry_removed_when_peer_mac_changes(nodes):
+    a, b = nodes
+    a.rec.reconcile([b.lease])
+    new_attrs = b.lease.attrs.__class__(
+        IPv4Address("198.18.0.2"), "vxlan", {"VNI": 1, "VtepMAC": "0e:aa:bb:cc:dd:ee"}
+    )
+    a.rec.reconcile([Lease(b.lease.subnet, new_attrs)])
+    state = kernel_state(a.host)
+    assert state["fdb"] == [("0e:aa:bb:cc:dd:ee", "198.18.0.2")]
+    assert state["neigh"] == [("10.244.2.0", "0e:aa:bb:cc:dd:ee")]
