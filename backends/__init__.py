@@ -13,6 +13,7 @@ from flannelish.errors import ConfigError
 # backend type (lower case, as in the network config) -> "module:Class"
 REGISTRY: dict[str, str] = {
     "vxlan": "vxlan:VxlanBackend",
+    "host-gw": "hostgw:HostGwBackend",
 }
 
 

@@ -37,20 +37,30 @@ class Node:
         return str(self.subnet.network_address + 2)
 
 
-def _build_node(factory: NetnsFactory, host: Host, index: int, pod_short: str) -> Node:
+def build_node(
+    factory: NetnsFactory, host: Host, index: int, pod_short: str, vxlan: bool = True
+) -> Node:
     subnet = IPv4Network(f"10.244.{index}.0/24")
     node = Node(host, subnet, f"0a:58:0a:f4:0{index}:00", factory.create(pod_short))
     h = host.run
     h("sysctl", "-qw", "net.ipv4.ip_forward=1")
+    if not vxlan:
+        return _build_pod(node, mtu=1500)
     h("ip", "link", "add", "flannel.1", "type", "vxlan", "id", str(VNI), "local", str(host.ip),
       "dev", "eth0", "dstport", str(PORT), "nolearning")  # fmt: skip
     h("ip", "link", "set", "flannel.1", "address", node.mac, "mtu", "1450", "up")
     h("ip", "addr", "add", f"{subnet.network_address}/32", "dev", "flannel.1")
+    return _build_pod(node, mtu=1450)
+
+
+def _build_pod(node: Node, mtu: int) -> Node:
+    """cni0 bridge with the subnet's .1 and one pod (.2) behind a veth."""
+    h, subnet = node.host.run, node.subnet
     h("ip", "link", "add", "cni0", "type", "bridge")
     h("ip", "addr", "add", f"{subnet.network_address + 1}/24", "dev", "cni0")
-    h("ip", "link", "set", "cni0", "mtu", "1450", "up")
-    h("ip", "link", "add", "veth0", "mtu", "1450", "type", "veth", "peer", "name", "eth0",
-      "mtu", "1450", "netns", node.pod)  # fmt: skip
+    h("ip", "link", "set", "cni0", "mtu", str(mtu), "up")
+    h("ip", "link", "add", "veth0", "mtu", str(mtu), "type", "veth", "peer", "name", "eth0",
+      "mtu", str(mtu), "netns", node.pod)  # fmt: skip
     h("ip", "link", "set", "veth0", "master", "cni0", "up")
     p = ["ip", "-n", node.pod]
     run([*p, "addr", "add", f"{node.pod_ip}/24", "dev", "eth0"])
@@ -79,8 +89,8 @@ class Overlay:
 
 @pytest.fixture
 def overlay(netns_factory: NetnsFactory, underlay: Underlay) -> Overlay:
-    node1 = _build_node(netns_factory, underlay.add_host("n1", 1), 1, "p1")
-    node2 = _build_node(netns_factory, underlay.add_host("n2", 2), 2, "p2")
+    node1 = build_node(netns_factory, underlay.add_host("n1", 1), 1, "p1")
+    node2 = build_node(netns_factory, underlay.add_host("n2", 2), 2, "p2")
     _peer(node1, node2)
     _peer(node2, node1)
     rogue = underlay.add_host("rogue", 99)

@@ -1,0 +1,115 @@
+"""The host-gw backend: per peer one plain route to its subnet via its PublicIP.
+
+Design (flannel.md §4, with one fix):
+
+* No device: pods' packets are routed unencapsulated to the peer's underlay
+  address, so every node must sit on the same L2 segment as its peers.  MTU
+  = external interface MTU.  PublicIP must be the interface's own address
+  (a NATed address cannot be a next hop): start-up fails otherwise.
+* Per peer S (subnet), P (PublicIP): route ``S via P dev <ext>`` marked with
+  the daemon's route protocol, applied and removed by the reconciler like
+  every other owned object, so foreign routes are never touched.
+* Flannel adds the route anyway when P is not on-link and the kernel rejects
+  it, or it silently black-holes.  Here a peer whose PublicIP is not inside
+  a prefix configured on the external interface gets *no* route, and a
+  warning naming it is logged again every ``WARN_INTERVAL`` seconds while it
+  lasts (operators miss a one-off line).  On-link is judged from the
+  interface's connected prefixes, re-read on every pass, so readdressing
+  converges without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from flannelish.backends.base import Backend, BackendContext, Skip
+
+from flannelish.daemon.resources import Resource, RouteResource
+from flannelish.errors import ConfigError
+from flannelish.netlink import Route
+from flannelish.subnet.lease import Lease, LeaseAttrs
+
+log = logging.getLogger("flannelish.hostgw")
+
+WARN_INTERVAL = 30.0  # seconds between repeated warnings about one off-link peer
+
+
+class HostGwBackend(Backend):
+    backend_type = "host-gw"
+
+    def __init__(self, ctx: BackendContext, clock: Any = time.monotonic) -> None:
+        super().__init__(ctx)
+        self._clock = clock
+        self._routes: list[Resource] = [RouteResource(ctx.netlink)]
+        self._prefixes: list[IPv4Network] = []
+        self._warned: dict[IPv4Network, float] = {}
+        self.lease: Lease | None = None
+
+    @property
+    def mtu(self) -> int:
+        return self.ctx.ext.mtu
+
+    def setup(self) -> None:
+        ext = self.ctx.ext
+        if ext.public_ip != ext.address:
+            raise ConfigError(
+                f"public IP {ext.public_ip} differs from {ext.name}'s address {ext.address}",
+                "that means NAT, which the host-gw backend cannot route through; "
+                "use the vxlan backend or drop --public-ip",
+            )
+        self._refresh_prefixes()
+
+    def lease_attrs(self) -> LeaseAttrs:
+        return LeaseAttrs(public_ip=self.ctx.ext.public_ip, backend_type=self.backend_type)
+
+    def bind_lease(self, lease: Lease) -> None:
+        self.lease = lease
+
+    def ensure_base(self) -> bool:
+        # Nothing to rebuild; refresh which underlay prefixes are on-link.
+        self._refresh_prefixes()
+        return False
+
+    def _refresh_prefixes(self) -> None:
+        addrs = self.ctx.netlink.addrs(self.ctx.ext.index)
+        self._prefixes = [
+            IPv4Network(f"{a.address}/{a.prefixlen}", strict=False)
+            for a in addrs
+            if isinstance(a.address, IPv4Address)
+        ]
+
+    def on_link(self, ip: IPv4Address) -> bool:
+        return any(ip in prefix for prefix in self._prefixes)
+
+    def resources(self) -> Sequence[Resource]:
+        return self._routes
+
+    def plan(self, peer: Lease) -> Sequence[Any] | Skip:
+        attrs = peer.attrs
+        if attrs.backend_type != self.backend_type:
+            return Skip(f"backend type {attrs.backend_type or 'none'!r}, we use host-gw")
+        if not self.on_link(attrs.public_ip):
+            reason = (
+                f"PublicIP {attrs.public_ip} is not on-link on {self.ctx.ext.name}: "
+                "host-gw needs all nodes on one L2 segment"
+            )
+            self._warn_off_link(peer, reason)
+            return Skip(reason)
+        self._warned.pop(peer.subnet, None)
+        return (Route(peer.subnet, attrs.public_ip, self.ctx.ext.index),)
+
+    def _warn_off_link(self, peer: Lease, reason: str) -> None:
+        now = self._clock()
+        last = self._warned.get(peer.subnet)
+        if last is None or now - last >= WARN_INTERVAL:
+            self._warned[peer.subnet] = now
+            log.warning(
+                "peer %s gets no route: %s",
+                peer.subnet,
+                reason,
+                extra={"peer": str(peer.subnet), "public_ip": str(peer.attrs.public_ip)},
+            )
