@@ -32,6 +32,21 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, ip_address
 from typing import Any, Protocol
 
+from flannelish.daemon.rtnl import (
+    AF_BRIDGE,
+    NDA_DST,
+    NDA_LLADDR,
+    NTF_SELF,
+    NUD_NOARP,
+    NUD_PERMANENT,
+    RTA_DST,
+    RTA_GATEWAY,
+    RTA_OIF,
+    RTNH_F_ONLINK,
+    RtnlSocket,
+    is_missing,
+    mac_str,
+)
 from flannelish.errors import KernelError
 
 ROUTE_PROTO = 0x46  # "F": marks routes flannelish owns
@@ -182,17 +197,12 @@ class PyRoute2Netlink:
     def __init__(self, netns: str | None = None) -> None:
         from pyroute2 import IPRoute  # heavy import, kept out of `--help`
         from pyroute2.netlink.exceptions import NetlinkError
-        from pyroute2.netlink.rtnl import ndmsg
-        from pyroute2.netlink.rtnl.rtmsg import RTNH_F_ONLINK
 
         with netns_scope(netns):  # tests and benchmarks drive a namespace from outside
             self._ipr = IPRoute()
+            self._rtnl = RtnlSocket()
         self._lock = threading.RLock()
         self._error = NetlinkError
-        self._onlink = RTNH_F_ONLINK
-        self._fdb_state = ndmsg.states["permanent"] | ndmsg.states["noarp"]
-        self._fdb_flags = ndmsg.flags["self"]
-        self._permanent = ndmsg.states["permanent"]
 
     @contextlib.contextmanager
     def _call(self, op: str, what: Any) -> Iterator[None]:
@@ -309,90 +319,108 @@ class PyRoute2Netlink:
                     return int(msg.get("RTA_OIF"))
         return None
 
+    # -- per-peer entries: the raw rtnetlink socket (fast path, see daemon/rtnl.py) --------
+    @contextlib.contextmanager
+    def _raw(self, op: str, what: Any, missing_ok: bool = False) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            if missing_ok and is_missing(exc):
+                return  # already gone: what a delete wanted
+            raise KernelError(f"netlink {op} failed for {what}", exc.strerror) from None
+
     def routes(self, proto: int = ROUTE_PROTO) -> list[Route]:
-        with self._call("route dump", f"proto {proto}"):
-            msgs = self._ipr.route("dump", family=socket.AF_INET, table=MAIN_TABLE, proto=proto)
-            out = []
-            for m in msgs:
-                gw = m.get("RTA_GATEWAY")
-                dst = m.get("RTA_DST") or "0.0.0.0"
-                out.append(
-                    Route(
-                        dst=IPv4Network(f"{dst}/{m['dst_len']}"),
-                        gateway=IPv4Address(gw) if gw else None,
-                        oif=int(m.get("RTA_OIF") or 0),
-                        onlink=bool(m["flags"] & self._onlink),
-                        proto=m["proto"],
-                    )
+        out = []
+        with self._raw("route dump", f"proto {proto}"):
+            msgs = self._rtnl.routes()
+        for m in msgs:
+            if m.proto != proto or m.table != MAIN_TABLE:
+                continue
+            dst = IPv4Address(m.attrs.get(RTA_DST, b"\0\0\0\0"))
+            gw = m.attrs.get(RTA_GATEWAY)
+            oif = m.attrs.get(RTA_OIF)
+            out.append(
+                Route(
+                    dst=IPv4Network(f"{dst}/{m.dst_len}"),
+                    gateway=IPv4Address(gw) if gw else None,
+                    oif=struct.unpack("=i", oif)[0] if oif else 0,
+                    onlink=bool(m.flags & RTNH_F_ONLINK),
+                    proto=m.proto,
                 )
-            return out
+            )
+        return out
 
     def replace_route(self, route: Route) -> None:
-        kwargs: dict[str, Any] = {"dst": str(route.dst), "oif": route.oif, "proto": route.proto}
-        if route.gateway is not None:
-            kwargs["gateway"] = str(route.gateway)
-        if route.onlink:
-            kwargs["flags"] = self._onlink
-        with self._call("route replace", route.dst):
-            self._ipr.route("replace", table=MAIN_TABLE, **kwargs)
+        gw = route.gateway.packed if route.gateway is not None else None
+        with self._raw("route replace", route.dst):
+            self._rtnl.route_replace(
+                route.dst.network_address.packed,
+                route.dst.prefixlen,
+                gw,
+                route.oif,
+                route.onlink,
+                route.proto,
+                MAIN_TABLE,
+            )
 
     def del_route(self, route: Route) -> None:
-        with self._call("route del", route.dst):
-            self._ipr.route("del", dst=str(route.dst), table=MAIN_TABLE, proto=route.proto)
+        with self._raw("route del", route.dst, missing_ok=True):
+            self._rtnl.route_del(
+                route.dst.network_address.packed, route.dst.prefixlen, route.proto, MAIN_TABLE
+            )
 
-    # -- neighbours and fdb ----------------------------------------------------
     def neighs(self, ifindex: int) -> list[Neigh]:
-        with self._call("neigh dump", f"ifindex {ifindex}"):
-            msgs = self._ipr.neigh("dump", ifindex=ifindex, family=socket.AF_INET)
-            return [
-                Neigh(ifindex, IPv4Address(m.get("NDA_DST")), _mac(m.get("NDA_LLADDR")))
-                for m in msgs
-                # Only permanent entries are ours; the kernel's own dynamic ones are not.
-                if m["state"] & self._permanent and m.get("NDA_DST")
-            ]
+        with self._raw("neigh dump", f"ifindex {ifindex}"):
+            msgs = self._rtnl.neighs(socket.AF_INET)
+        return [
+            Neigh(ifindex, IPv4Address(m.attrs[NDA_DST]), mac_str(m.attrs.get(NDA_LLADDR, b"")))
+            for m in msgs
+            # Only permanent entries are ours; the kernel's own dynamic ones are not.
+            if m.ifindex == ifindex
+            and m.state & NUD_PERMANENT
+            and len(m.attrs.get(NDA_DST, b"")) == 4
+        ]
 
     def replace_neigh(self, neigh: Neigh) -> None:
-        with self._call("neigh replace", neigh.ip):
-            self._ipr.neigh(
-                "replace",
-                ifindex=neigh.ifindex,
-                dst=str(neigh.ip),
-                lladdr=neigh.mac,
-                state=self._permanent,
+        with self._raw("neigh replace", neigh.ip):
+            self._rtnl.neigh(
+                "replace", socket.AF_INET, neigh.ifindex, neigh.ip.packed, neigh.mac, NUD_PERMANENT
             )
 
     def del_neigh(self, neigh: Neigh) -> None:
-        with self._call("neigh del", neigh.ip):
-            self._ipr.neigh("del", ifindex=neigh.ifindex, dst=str(neigh.ip))
+        with self._raw("neigh del", neigh.ip, missing_ok=True):
+            self._rtnl.neigh("del", socket.AF_INET, neigh.ifindex, neigh.ip.packed, None, 0)
 
     def fdbs(self, ifindex: int) -> list[Fdb]:
-        with self._call("fdb dump", f"ifindex {ifindex}"):
-            out = []
-            for m in self._ipr.fdb("dump", ifindex=ifindex):
-                dst = m.get("NDA_DST")
-                # Entries without a remote (e.g. the device's own address) are not peers.
-                if m["ifindex"] == ifindex and dst:
-                    out.append(Fdb(ifindex, _mac(m.get("NDA_LLADDR")), IPv4Address(dst)))
-            return out
+        with self._raw("fdb dump", f"ifindex {ifindex}"):
+            msgs = self._rtnl.neighs(AF_BRIDGE)
+        return [
+            Fdb(ifindex, mac_str(m.attrs[NDA_LLADDR]), IPv4Address(m.attrs[NDA_DST]))
+            for m in msgs
+            # Entries without an IPv4 remote (e.g. the device's own address) are not peers.
+            if m.ifindex == ifindex
+            and len(m.attrs.get(NDA_DST, b"")) == 4
+            and NDA_LLADDR in m.attrs
+        ]
 
     def replace_fdb(self, fdb: Fdb) -> None:
-        with self._call("fdb replace", fdb.mac):
-            self._ipr.fdb(
-                "replace",
-                ifindex=fdb.ifindex,
-                lladdr=fdb.mac,
-                dst=str(fdb.dst),
-                state=self._fdb_state,
-                flags=self._fdb_flags,
-            )
+        with self._raw("fdb replace", fdb.mac):
+            self._rtnl.neigh(
+                "replace", AF_BRIDGE, fdb.ifindex, fdb.dst.packed, fdb.mac,
+                NUD_PERMANENT | NUD_NOARP, NTF_SELF,
+            )  # fmt: skip
 
     def del_fdb(self, fdb: Fdb) -> None:
-        with self._call("fdb del", fdb.mac):
-            self._ipr.fdb("del", ifindex=fdb.ifindex, lladdr=fdb.mac, dst=str(fdb.dst))
+        with self._raw("fdb del", fdb.mac, missing_ok=True):
+            self._rtnl.neigh(
+                "del", AF_BRIDGE, fdb.ifindex, fdb.dst.packed, fdb.mac,
+                NUD_PERMANENT | NUD_NOARP, NTF_SELF,
+            )  # fmt: skip
 
     def close(self) -> None:
         with self._lock:
             self._ipr.close()
+            self._rtnl.close()
 
 
 # -- the in-memory fake ----------------------------------------------------------
