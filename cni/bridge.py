@@ -1,0 +1,505 @@
+"""The bridge plugin's work: ADD, DEL, CHECK, GC, STATUS on validated input.
+
+ADD is a list of small steps; each step that changes something pushes its
+undo onto a stack, and any failure unwinds the stack in reverse, so a failed
+ADD leaves neither a veth nor a reservation nor NAT rules behind (the
+reference leaks its veth here).  The bridge itself, its gateway address and
+the forwarding sysctl are shared by all pods and are never undone, like the
+reference.
+
+Duplicate ADD (same container ID and ifname, same netns): rejected with
+``container veth name provided (<ifname>) already exists`` *before* IPAM, so
+no second address is reserved; in another netns the IPAM duplicate check
+rejects it.  Both leave the first attachment untouched.
+
+DEL is best effort and idempotent: a missing netns or link is skipped, the
+reservation and NAT rules are released by container ID in any case.
+
+"host" is the namespace the runtime called us in: the calling thread's own
+in-process, the caller's (from SO_PEERCRED) in the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from flannelish.errors import CniCode
+
+from . import ipam, masq, result
+from .delegate import run_delegate
+from .kernel import (
+    LinkInfo,
+    Netlink,
+    current_netns_fd,
+    entered,
+    open_netns,
+    same_netns,
+)
+from .netconf import NetConf
+from .protocol import CniError, Invocation, version_tuple
+
+
+@dataclass
+class Call:
+    """One validated invocation and where its host side lives."""
+
+    inv: Invocation
+    doc: dict
+    conf: NetConf
+    host_fd: int | None = None  # None: the calling thread's namespace
+    stderr: list[str] = field(default_factory=list)
+
+    def in_host(self) -> contextlib.AbstractContextManager[None]:
+        return entered(self.host_fd)
+
+
+def _random_mac() -> str:
+    first = (secrets.randbits(8) & 0xFC) | 0x02  # unicast, locally administered
+    return ":".join(f"{b:02x}" for b in [first, *secrets.token_bytes(5)])
+
+
+def _open_pod(call: Call) -> int:
+    """The pod netns fd; code 8 if it is the runtime's own namespace."""
+    pod_fd = open_netns(call.inv.netns)
+    own = call.host_fd if call.host_fd is not None else current_netns_fd()
+    try:
+        if same_netns(pod_fd, own):
+            os.close(pod_fd)
+            raise CniError(
+                CniCode.INVALID_NETNS,
+                f'CNI_NETNS "{call.inv.netns}" is the runtime\'s own network namespace',
+            )
+    finally:
+        if call.host_fd is None:
+            os.close(own)
+    return pod_fd
+
+
+# --- IPAM --------------------------------------------------------------------
+
+
+def _ipam_add(call: Call) -> tuple[dict, Callable[[], None]]:
+    """Reserve addresses; returns (IPAM result in internal shape, undo)."""
+    conf = call.conf
+    if conf.ipam.delegated:
+        with call.in_host():
+            doc = run_delegate(conf.ipam.type, "ADD", call.inv, call.doc, call.stderr)
+        res = result.normalize(doc or {})
+
+        def undo_delegate() -> None:
+            with call.in_host():
+                run_delegate(conf.ipam.type, "DEL", call.inv, call.doc, call.stderr)
+
+        return res, undo_delegate
+    allocs = ipam.allocate(conf, call.inv.container_id, call.inv.ifname)
+    res = result.new_result()
+    for alloc in allocs:
+        entry = {"address": f"{alloc.ip}/{alloc.range.subnet.prefixlen}"}
+        if alloc.range.gateway is not None:
+            entry["gateway"] = str(alloc.range.gateway)
+        res["ips"].append(entry)
+    res["routes"] = [dict(r) for r in conf.ipam.routes]
+    if conf.ipam.resolv_conf:
+        res["dns"] = _parse_resolv_conf(conf.ipam.resolv_conf)
+
+    def undo_allocation() -> None:
+        store = ipam.Store(conf.store_dir)
+        with store.locked():
+            for alloc in allocs:
+                store.release(alloc.ip)
+
+    return res, undo_allocation
+
+
+def _parse_resolv_conf(path: str) -> dict:
+    dns: dict[str, list[str] | str] = {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError as exc:
+        raise CniError(
+            CniCode.INVALID_CONFIG, f'invalid "ipam.resolvConf": {path}: {exc.strerror}'
+        ) from None
+    for line in lines:
+        parts = line.split("#", 1)[0].split()
+        if len(parts) < 2:
+            continue
+        key, values = parts[0], parts[1:]
+        if key == "nameserver":
+            dns.setdefault("nameservers", []).append(values[0])  # type: ignore[union-attr]
+        elif key == "domain":
+            dns["domain"] = values[0]
+        elif key == "search":
+            dns["search"] = values
+        elif key == "options":
+            dns.setdefault("options", []).extend(values)  # type: ignore[union-attr]
+    return dns
+
+
+# --- ADD ---------------------------------------------------------------------
+
+
+def _ensure_bridge(host: Netlink, conf: NetConf) -> LinkInfo:
+    link = host.link(conf.bridge)
+    if link is None:
+        host.create_bridge(conf.bridge, conf.mtu, _random_mac())
+        host.sysctl(f"net.ipv6.conf.{conf.bridge}.accept_ra", "0")
+        link = host.link(conf.bridge)
+        if link is None:
+            raise CniError(CniCode.INTERNAL, f'bridge "{conf.bridge}" vanished after creation')
+    elif link.kind != "bridge":
+        raise CniError(
+            CniCode.INTERNAL, f'"{conf.bridge}" already exists but is not a bridge ({link.kind})'
+        )
+    if conf.promisc and not link.promisc:
+        host.set_promisc(link.index, True)
+    if not link.up:
+        host.set_link(link.index, f"set bridge {conf.bridge} up", state="up")
+    return link
+
+
+def _ensure_gateway(host: Netlink, conf: NetConf, bridge: LinkInfo, cidr: str) -> None:
+    iface = ipaddress.ip_interface(cidr)
+    family = 2 if iface.version == 4 else 10
+    want = (str(iface.ip), iface.network.prefixlen)
+    present = host.addresses(bridge.index, family)
+    if want in present:
+        return
+    conflicting = [a for a in present if iface.version == 4 or not a[0].startswith("fe80:")]
+    if conflicting and not conf.force_address:
+        raise CniError(
+            CniCode.INTERNAL,
+            f'"{conf.bridge}" already has an IP address different from {cidr}',
+            ", ".join(f"{a}/{p}" for a, p in conflicting),
+        )
+    for address, prefix in conflicting:
+        host.del_address(bridge.index, address, prefix)
+    host.add_address(bridge.index, *want)
+    host.sysctl(
+        "net.ipv4.ip_forward" if iface.version == 4 else "net.ipv6.conf.all.forwarding", "1"
+    )
+
+
+def _gateways(res: dict) -> None:
+    """Fill ips[].gateway with the subnet's first address where IPAM gave none."""
+    for ip in res["ips"]:
+        if not ip.get("gateway"):
+            net = ipaddress.ip_interface(ip["address"]).network
+            ip["gateway"] = str(net.network_address + 1)
+
+
+def _default_route(res: dict) -> None:
+    """isDefaultGateway: a default route via the gateway unless IPAM gave one with gw."""
+    for ip in res["ips"]:
+        iface = ipaddress.ip_interface(ip["address"])
+        dst = "0.0.0.0/0" if iface.version == 4 else "::/0"
+        if not any(r["dst"] == dst and r.get("gw") for r in res["routes"]):
+            res["routes"] = [r for r in res["routes"] if r["dst"] != dst]
+            res["routes"].append({"dst": dst, "gw": ip["gateway"]})
+
+
+def cmd_add(call: Call) -> str:
+    conf, inv = call.conf, call.inv
+    pod_fd = _open_pod(call)
+    undo: list[Callable[[], None]] = []
+    host = pod = None
+    try:
+        host = Netlink(call.host_fd)
+        pod = Netlink(pod_fd)
+        if pod.link(inv.ifname) is not None:
+            raise CniError(
+                CniCode.INTERNAL, f"container veth name provided ({inv.ifname}) already exists"
+            )
+        bridge = _ensure_bridge(host, conf)
+        res, release = _ipam_add(call)
+        undo.append(release)
+        if not res["ips"]:
+            raise CniError(CniCode.INTERNAL, "IPAM plugin returned missing IP config")
+        _gateways(res)
+        if conf.is_default_gateway:
+            _default_route(res)
+
+        host_name = "veth" + secrets.token_hex(4)
+        host.create_veth(host_name, inv.ifname, pod_fd, conf.mtu, conf.mac)
+        undo.append(lambda: _delete_named(host, host_name))
+        veth = host.link(host_name)
+        cont = pod.link(inv.ifname)
+        if veth is None or cont is None:
+            raise CniError(CniCode.INTERNAL, f"veth pair {host_name}/{inv.ifname} not found")
+        host.sysctl(f"net.ipv6.conf.{host_name}.accept_ra", "0")
+        host.set_link(
+            veth.index, f"attach {host_name} to {conf.bridge}", master=bridge.index, state="up"
+        )
+        if conf.hairpin:
+            host.set_hairpin(veth.index, True)
+
+        pod.sysctl(f"net.ipv4.conf.{inv.ifname}.arp_notify", "1")
+        pod.sysctl(f"net.ipv6.conf.{inv.ifname}.accept_dad", "0")
+        for ip in res["ips"]:
+            iface = ipaddress.ip_interface(ip["address"])
+            pod.add_address(cont.index, str(iface.ip), iface.network.prefixlen)
+        pod.set_link(cont.index, f"set {inv.ifname} up", state="up")
+        for route in res["routes"]:
+            _add_pod_route(pod, cont.index, route, res["ips"])
+
+        if conf.is_gateway:
+            for ip in res["ips"]:
+                prefix = ipaddress.ip_interface(ip["address"]).network.prefixlen
+                _ensure_gateway(host, conf, bridge, f"{ip['gateway']}/{prefix}")
+        if conf.ip_masq:
+            v4 = _v4(res["ips"])
+            subnets = [
+                str(ipaddress.ip_interface(ip["address"]).network)
+                for ip in res["ips"]
+                if ipaddress.ip_interface(ip["address"]).version == 4
+            ]
+            with call.in_host():
+                masq.setup(conf.name, inv.container_id, v4, subnets)
+            undo.append(lambda: _masq_teardown(call, v4))
+
+        bridge = host.link(conf.bridge) or bridge  # its MAC is final once ports exist
+        ours = {
+            "interfaces": [
+                {"name": bridge.name, "mac": bridge.mac, "mtu": bridge.mtu},
+                {"name": host_name, "mac": veth.mac, "mtu": conf.mtu},
+                {"name": inv.ifname, "mac": cont.mac, "mtu": conf.mtu, "sandbox": inv.netns},
+            ],
+            "ips": [dict(ip, interface=2) for ip in res["ips"]],
+            "routes": res["routes"],
+            "dns": conf.dns or res.get("dns") or {},
+        }
+        out = _chain(conf.prev_result, ours)
+        undo.clear()
+        return result.render(out, conf.version)
+    except BaseException:
+        for step in reversed(undo):
+            with contextlib.suppress(Exception):
+                step()
+        raise
+    finally:
+        for sock in (pod, host):
+            if sock is not None:
+                sock.close()
+        os.close(pod_fd)
+
+
+def _delete_named(host: Netlink | None, name: str) -> None:
+    link = host.link(name) if host else None
+    if host and link:
+        host.delete_link(link.index)
+
+
+def _v4(ips: list[dict]) -> list[str]:
+    return [
+        str(ipaddress.ip_interface(ip["address"]).ip)
+        for ip in ips
+        if ipaddress.ip_interface(ip["address"]).version == 4
+    ]
+
+
+def _add_pod_route(pod: Netlink, index: int, route: dict, ips: list[dict]) -> None:
+    dst = ipaddress.ip_network(route["dst"], strict=False)
+    gw = route.get("gw")
+    if not gw:
+        gw = next(
+            (
+                ip["gateway"]
+                for ip in ips
+                if ipaddress.ip_interface(ip["address"]).version == dst.version
+            ),
+            None,
+        )
+    extra = {k: route[k] for k in ("priority", "table") if route.get(k) is not None}
+    if route.get("scope") is not None:
+        extra["scope"] = route["scope"]
+    pod.add_route(str(dst), gw, index, **extra)
+
+
+def _chain(prev: dict | None, ours: dict) -> dict:
+    """Our result appended to a prevResult (which is passed through, never dropped)."""
+    if not prev:
+        return ours
+    out = result.normalize(prev)
+    offset = len(out["interfaces"])
+    out["interfaces"] += ours["interfaces"]
+    out["ips"] += [dict(ip, interface=ip["interface"] + offset) for ip in ours["ips"]]
+    out["routes"] += [r for r in ours["routes"] if r not in out["routes"]]
+    if not out["dns"]:
+        out["dns"] = ours["dns"]
+    return out
+
+
+# --- DEL ---------------------------------------------------------------------
+
+
+def _masq_teardown(call: Call, ips: list[str], container_id: str | None = None) -> None:
+    with call.in_host():
+        masq.teardown(call.conf.name, container_id or call.inv.container_id, ips)
+
+
+def _masq_maybe(conf: NetConf) -> bool:
+    # Without subnet.env (daemon gone) we cannot know the default: clean up anyway.
+    return conf.ip_masq or (conf.node_mode and conf.subnet_env is None)
+
+
+def cmd_del(call: Call) -> None:
+    conf, inv = call.conf, call.inv
+    seen: list[str] = []
+    if inv.netns:
+        pod_fd = None
+        try:
+            pod_fd = _open_pod(call)
+        except CniError as exc:
+            if exc.cni_code == CniCode.INVALID_NETNS:
+                raise  # never delete interfaces in the runtime's own namespace
+        if pod_fd is not None:
+            try:
+                with Netlink(pod_fd) as pod:
+                    link = pod.link(inv.ifname)
+                    if link is not None:
+                        seen = [a for a, _ in pod.addresses(link.index, 2)]
+                        pod.delete_link(link.index)  # the host end goes with it
+            finally:
+                os.close(pod_fd)
+    if conf.ipam.delegated:
+        with call.in_host():
+            run_delegate(conf.ipam.type, "DEL", inv, call.doc, call.stderr)
+        freed: list[str] = []
+    else:
+        freed = [
+            str(ip)
+            for ip in ipam.release(conf.store_dir, inv.container_id, inv.ifname)
+            if ip.version == 4
+        ]
+    if _masq_maybe(conf):
+        _masq_teardown(call, sorted(set(freed) | set(seen)))
+
+
+# --- CHECK -------------------------------------------------------------------
+
+
+def cmd_check(call: Call) -> None:
+    conf, inv = call.conf, call.inv
+    if version_tuple(conf.version) < (0, 4, 0):
+        raise CniError(CniCode.INCOMPATIBLE_VERSION, "config version does not allow CHECK")
+    if not conf.prev_result:
+        raise CniError(CniCode.INTERNAL, "Required prevResult missing")
+    prev = result.normalize(conf.prev_result)
+    if conf.ipam.delegated:
+        with call.in_host():
+            run_delegate(conf.ipam.type, "CHECK", inv, call.doc, call.stderr)
+    elif not ipam.find(conf.store_dir, inv.container_id, inv.ifname):
+        raise CniError(
+            CniCode.INTERNAL,
+            f"host-local: Failed to find address added by container {inv.container_id}",
+        )
+    ifaces = prev["interfaces"]
+    idx = next(
+        (
+            i
+            for i, f in enumerate(ifaces)
+            if f.get("name") == inv.ifname and f.get("sandbox") == inv.netns
+        ),
+        None,
+    )
+    if idx is None:
+        raise CniError(CniCode.INTERNAL, f"prevResult lists no interface {inv.ifname} in the pod")
+    want = ifaces[idx]
+    pod_fd = _open_pod(call)
+    try:
+        with Netlink(pod_fd) as pod, Netlink(call.host_fd) as host:
+            cont = pod.link(inv.ifname)
+            if cont is None:
+                raise CniError(CniCode.INTERNAL, f"interface {inv.ifname} not found in the pod")
+            if want.get("mac") and want["mac"].lower() != cont.mac:
+                raise CniError(
+                    CniCode.INTERNAL,
+                    f"interface {inv.ifname} MAC {cont.mac} does not match {want['mac']}",
+                )
+            present = set(pod.addresses(cont.index))
+            for ip in prev["ips"]:
+                if ip.get("interface") != idx:
+                    continue
+                iface = ipaddress.ip_interface(ip["address"])
+                if (str(iface.ip), iface.network.prefixlen) not in present:
+                    raise CniError(
+                        CniCode.INTERNAL,
+                        f"Failed to match addr {ip['address']} on interface {inv.ifname}",
+                    )
+            _check_routes(pod, cont.index, prev["routes"])
+            bridge = host.link(conf.bridge)
+            if bridge is None or bridge.kind != "bridge":
+                raise CniError(CniCode.INTERNAL, f'bridge "{conf.bridge}" not found')
+            peer = host.link_by_index(cont.peer_index)
+            if peer is None or peer.master != bridge.index:
+                raise CniError(
+                    CniCode.INTERNAL, f"the host end of {inv.ifname} is not a port of {conf.bridge}"
+                )
+    finally:
+        os.close(pod_fd)
+    v4 = [
+        str(ipaddress.ip_interface(ip["address"]).ip)
+        for ip in prev["ips"]
+        if ipaddress.ip_interface(ip["address"]).version == 4
+    ]
+    if conf.ip_masq and v4:
+        with call.in_host():
+            ok = masq.exists(conf.name, inv.container_id)
+        if not ok:
+            raise CniError(CniCode.INTERNAL, f"masquerade rules of {inv.container_id} missing")
+
+
+def _check_routes(pod: Netlink, index: int, routes: list[dict]) -> None:
+    table: set[str] = set()
+    for family in (2, 10):
+        table |= {dst for dst, _gw, oif in pod.routes(family) if oif == index}
+    for route in routes:
+        dst = str(ipaddress.ip_network(route["dst"], strict=False))
+        if dst not in table:
+            raise CniError(CniCode.INTERNAL, f"Failed to match route {dst} in the pod")
+
+
+# --- GC and STATUS -----------------------------------------------------------
+
+
+def cmd_gc(call: Call) -> None:
+    conf = call.conf
+    if conf.ipam.delegated:
+        with call.in_host():
+            run_delegate(conf.ipam.type, "GC", call.inv, call.doc, call.stderr)
+        return
+    released = ipam.collect_garbage(conf.store_dir, conf.valid_attachments)
+    if not _masq_maybe(conf):
+        return
+    errors = []
+    by_container: dict[str, list[str]] = {}
+    for entry in released:
+        if entry.ip.version == 4:
+            by_container.setdefault(entry.container_id, []).append(str(entry.ip))
+    for container_id, ips in by_container.items():
+        try:
+            _masq_teardown(call, ips, container_id)
+        except Exception as exc:  # GC continues past errors and reports them all
+            errors.append(f"{container_id}: {exc}")
+    if errors:
+        raise CniError(CniCode.INTERNAL, "GC could not remove all NAT rules", "; ".join(errors))
+
+
+def cmd_status(call: Call) -> None:
+    conf = call.conf
+    if conf.ipam.delegated:
+        with call.in_host():
+            run_delegate(conf.ipam.type, "STATUS", call.inv, call.doc, call.stderr)
+        return
+    for index, free in enumerate(ipam.free_count(conf)):
+        if free == 0:
+            bounds = ",".join(str(r) for r in conf.ipam.range_sets[index])
+            raise CniError(
+                CniCode.STATUS_NOT_AVAILABLE,
+                f"no IP addresses available in range set {index}: {bounds}",
+            )

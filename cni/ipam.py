@@ -1,0 +1,288 @@
+"""Built-in host-local IPAM: allocator + on-disk store compatible with host-local.
+
+Store layout under ``<dataDir>/<network name>/`` (cni.md §5.3), so the
+reference host-local plugin and flannelish-cni can take over from each other:
+
+* ``<ip>``: one file per reservation holding ``<containerID>\\r\\n<ifname>``
+* ``last_reserved_ip.<N>``: the last address handed out from range set N
+* ``lock``: flock'ed for every read-modify-write of the store
+
+Each operation opens the lock file afresh: flock belongs to the open file, so
+threads of the daemon serialise exactly like separate plugin processes do.
+Nothing is cached between calls; the files are the only truth.
+
+Allocation is round-robin: the scan starts after ``last_reserved_ip.N`` and
+wraps around, so a just-released address is not handed out again while
+others are free.  The gateway, network and (IPv4) broadcast address are
+never handed out.  Standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import ipaddress
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from flannelish.errors import CniCode
+
+from .netconf import IPAddress, NetConf, Range
+from .protocol import CniError
+
+LAST_RESERVED = "last_reserved_ip."
+
+
+@dataclass(frozen=True)
+class Entry:
+    ip: IPAddress
+    container_id: str
+    ifname: str
+
+    def owned_by(self, container_id: str, ifname: str) -> bool:
+        # Legacy host-local files hold only the container ID.
+        return self.container_id == container_id and self.ifname in (ifname, "")
+
+
+@dataclass(frozen=True)
+class Allocation:
+    range: Range
+    ip: IPAddress
+    set_index: int
+
+
+class Store:
+    """The host-local directory of one network; use ``with store.locked():``."""
+
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+
+    @contextlib.contextmanager
+    def locked(self, create: bool = True) -> Iterator[Store]:
+        if create:
+            os.makedirs(self.dir, mode=0o755, exist_ok=True)
+        elif not os.path.isdir(self.dir):
+            yield self
+            return
+        path = os.path.join(self.dir, "lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o750)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield self
+        finally:
+            os.close(fd)  # closing the last descriptor drops the flock
+
+    def entries(self) -> list[Entry]:
+        result = []
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return []
+        for name in names:
+            if name == "lock" or name.startswith(LAST_RESERVED):
+                continue
+            try:
+                ip = ipaddress.ip_address(name)
+            except ValueError:
+                continue
+            try:
+                with open(os.path.join(self.dir, name), encoding="utf-8", newline="") as fh:
+                    content = fh.read()
+            except FileNotFoundError:
+                continue
+            cid, _, ifname = content.partition("\r\n")
+            result.append(Entry(ip, cid.strip(), ifname.strip()))
+        return result
+
+    def reserve(self, ip: IPAddress, container_id: str, ifname: str, set_index: int) -> bool:
+        """Create the file for `ip`; False when another container holds it."""
+        path = os.path.join(self.dir, str(ip))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, f"{container_id}\r\n{ifname}".encode())
+            os.fchmod(fd, 0o644)
+        finally:
+            os.close(fd)
+        self._write(f"{LAST_RESERVED}{set_index}", str(ip))
+        return True
+
+    def release(self, ip: IPAddress) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.dir, str(ip)))
+
+    def last_reserved(self, set_index: int) -> IPAddress | None:
+        try:
+            with open(os.path.join(self.dir, f"{LAST_RESERVED}{set_index}")) as fh:
+                return ipaddress.ip_address(fh.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _write(self, name: str, content: str) -> None:
+        # Written in place like host-local; a torn write only costs round-robin order.
+        fd = os.open(os.path.join(self.dir, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, content.encode())
+        finally:
+            os.close(fd)
+
+
+def _candidates(rset: list[Range], last: IPAddress | None) -> Iterator[tuple[Range, IPAddress]]:
+    """Every address of the set once, starting after `last`, wrapping around."""
+    spans = [(r, int(r.start), int(r.end)) for r in rset]
+    first_span, first_value = 0, spans[0][1]
+    if last is not None:
+        for k, (r, _lo, _hi) in enumerate(spans):
+            if r.contains(last):
+                first_span, first_value = k, int(last) + 1
+                break
+    make = type(rset[0].start)
+    n = len(spans)
+    for step in range(n + 1):
+        r, lo, hi = spans[(first_span + step) % n]
+        if step == 0:
+            lo = first_value
+        elif step == n:
+            hi = first_value - 1
+        for value in range(lo, hi + 1):
+            yield r, make(value)
+
+
+def _set_bounds(rset: list[Range]) -> str:
+    return ",".join(str(r) for r in rset)
+
+
+def allocate(conf: NetConf, container_id: str, ifname: str) -> list[Allocation]:
+    """Reserve one address per range set (requested ones first); all or nothing."""
+    if not conf.ipam.range_sets:
+        raise CniError(CniCode.INVALID_CONFIG, "no IP ranges specified")
+    store = Store(conf.store_dir)
+    done: list[Allocation] = []
+    with store.locked():
+        entries = store.entries()
+        taken = {e.ip for e in entries}
+        requested = list(conf.requested_ips)
+        try:
+            for index, rset in enumerate(conf.ipam.range_sets):
+                done.append(
+                    _allocate_one(
+                        store, index, rset, entries, taken, requested, container_id, ifname
+                    )
+                )
+            if requested:
+                raise CniError(
+                    CniCode.INTERNAL,
+                    "failed to allocate all requested IPs: "
+                    + ", ".join(str(ip) for ip in requested),
+                )
+        except BaseException:
+            for alloc in done:
+                store.release(alloc.ip)
+            raise
+    return done
+
+
+def _allocate_one(
+    store: Store,
+    index: int,
+    rset: list[Range],
+    entries: list[Entry],
+    taken: set[IPAddress],
+    requested: list[IPAddress],
+    container_id: str,
+    ifname: str,
+) -> Allocation:
+    for entry in entries:
+        if entry.owned_by(container_id, ifname) and any(r.contains(entry.ip) for r in rset):
+            raise CniError(
+                CniCode.INTERNAL,
+                f"failed to allocate for range {index}: {entry.ip} has been allocated to "
+                f"{container_id}, duplicate allocation is not allowed",
+            )
+    wanted = next((ip for ip in requested if any(r.contains(ip) for r in rset)), None)
+    if wanted is not None:
+        requested.remove(wanted)
+        r = next(r for r in rset if r.contains(wanted))
+        if not r.allocatable(wanted):
+            raise CniError(CniCode.INTERNAL, f"failed to allocate all requested IPs: {wanted}")
+        if wanted in taken or not store.reserve(wanted, container_id, ifname, index):
+            raise CniError(
+                CniCode.INTERNAL,
+                f"requested IP address {wanted} is not available in range set {_set_bounds(rset)}",
+            )
+        taken.add(wanted)
+        return Allocation(r, wanted, index)
+    for r, ip in _candidates(rset, store.last_reserved(index)):
+        if ip in taken or not r.allocatable(ip):
+            continue
+        if store.reserve(ip, container_id, ifname, index):
+            taken.add(ip)
+            return Allocation(r, ip, index)
+    raise CniError(
+        CniCode.INTERNAL,
+        f"failed to allocate for range {index}: no IP addresses available in range set: "
+        f"{_set_bounds(rset)}",
+    )
+
+
+def release(store_dir: str, container_id: str, ifname: str) -> list[IPAddress]:
+    """Free every address of (container, ifname); nothing found is fine (DEL is idempotent)."""
+    store = Store(store_dir)
+    freed = []
+    with store.locked(create=False):
+        for entry in store.entries():
+            if entry.owned_by(container_id, ifname):
+                store.release(entry.ip)
+                freed.append(entry.ip)
+    return freed
+
+
+def find(store_dir: str, container_id: str, ifname: str) -> list[IPAddress]:
+    store = Store(store_dir)
+    with store.locked(create=False):
+        return [e.ip for e in store.entries() if e.owned_by(container_id, ifname)]
+
+
+def collect_garbage(store_dir: str, valid: list[tuple[str, str]]) -> list[Entry]:
+    """Release reservations of attachments not in `valid`; returns what was released."""
+    keep = set(valid)
+    keep_ids = {cid for cid, ifname in valid if not ifname}
+    store = Store(store_dir)
+    released = []
+    with store.locked(create=False):
+        for entry in store.entries():
+            if (entry.container_id, entry.ifname) in keep or entry.container_id in keep_ids:
+                continue
+            if not entry.ifname and any(cid == entry.container_id for cid, _ in valid):
+                continue  # legacy file without ifname: keep while the container is valid
+            store.release(entry.ip)
+            released.append(entry)
+    return released
+
+
+def free_count(conf: NetConf) -> list[int]:
+    """Free addresses per range set (for STATUS), counted, not scanned."""
+    store = Store(conf.store_dir)
+    with store.locked(create=False):
+        taken = {e.ip for e in store.entries()}
+    counts = []
+    for rset in conf.ipam.range_sets:
+        free = 0
+        for r in rset:
+            size = int(r.end) - int(r.start) + 1
+            excluded = {r.gateway, r.subnet.network_address}
+            if r.subnet.version == 4:
+                excluded.add(r.subnet.broadcast_address)
+            size -= sum(1 for ip in excluded if ip is not None and r.contains(ip))
+            size -= sum(1 for ip in taken if r.contains(ip) and ip not in excluded)
+            free += max(size, 0)
+        counts.append(free)
+    return counts
+
+
+def is_missing_dir(exc: OSError) -> bool:
+    return exc.errno == errno.ENOENT

@@ -1,0 +1,406 @@
+"""Network configuration: netconf JSON (+ subnet.env) -> a validated NetConf.
+
+Two ways to get the pod range, decided by the ``ipam`` section:
+
+* **node mode** (no ``ipam``, or a host-local ``ipam`` without ``subnet``/``ranges``):
+  the range, MTU and masquerade default come from the daemon's ``subnet.env``
+  the way Flannel's CNI plugin derives them (flannel.md §7): range =
+  FLANNEL_SUBNET, gateway = its .1, MTU = FLANNEL_MTU, ipMasq = !FLANNEL_IPMASQ,
+  routes = user routes + FLANNEL_NETWORK via the gateway + a default route.
+* **stand-alone mode**: a host-local style ``ipam`` (``subnet`` shorthand and/or
+  ``ranges``) is used as given; any other ``ipam.type`` is delegated to that
+  plugin binary on CNI_PATH.
+
+Everything is validated here, before any kernel or disk change, so bad input
+never leaves anything half-created.  Errors name the field and value (code 7).
+DEL and GC must work while subnet.env is missing (the daemon may be gone), so
+``load`` only insists on subnet.env for the commands that allocate.
+Standard library only: the entry point reads ``daemonSocket`` from here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any
+
+from flannelish.errors import CniCode
+
+from .client import DEFAULT_SUBNET_FILE
+from .protocol import CniError, check_version, is_valid_id, validate_ifname
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+DEFAULT_DATA_DIR = "/var/lib/cni/networks"
+DEFAULT_BRIDGE = "cni0"
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+def invalid(msg: str, details: str | None = None) -> CniError:
+    return CniError(CniCode.INVALID_CONFIG, msg, details)
+
+
+def _show(value: Any) -> str:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _get(doc: dict, key: str, kind: type | tuple[type, ...], default: Any, where: str = "") -> Any:
+    """doc[key] if it has the right JSON type (bool is not an int here)."""
+    if key not in doc or doc[key] is None:
+        return default
+    value = doc[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # JSON true/false must not pass as the integers 1/0.
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        names = "/".join(
+            {bool: "boolean", int: "integer", str: "string", list: "list", dict: "object"}[k]
+            for k in kinds
+        )
+        raise invalid(f'invalid "{where}{key}": expected a {names}, got {_show(value)}')
+    return value
+
+
+def parse_ip(value: Any, field_name: str) -> IPAddress:
+    if isinstance(value, str):
+        try:
+            return ipaddress.ip_address(value.split("/", 1)[0])
+        except ValueError:
+            pass
+    raise invalid(f'invalid "{field_name}": not an IP address: {_show(value)}')
+
+
+def parse_cidr(value: Any, field_name: str) -> IPNetwork:
+    if isinstance(value, str) and "/" in value:
+        try:
+            return ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            pass
+    raise invalid(f'invalid "{field_name}": not a CIDR: {_show(value)}')
+
+
+def parse_mac(value: Any, field_name: str) -> str:
+    if not isinstance(value, str) or not _MAC_RE.match(value):
+        raise invalid(f'invalid "{field_name}": not a MAC address: {_show(value)}')
+    if int(value[:2], 16) & 1:
+        raise invalid(f'invalid "{field_name}": {value} is a multicast MAC address')
+    return value.lower()
+
+
+@dataclass(frozen=True)
+class Range:
+    """One host-local range: allocate from [start, end] in subnet, never the gateway."""
+
+    subnet: IPNetwork
+    start: IPAddress
+    end: IPAddress
+    gateway: IPAddress | None
+
+    def __str__(self) -> str:
+        return f"{self.start}-{self.end}"
+
+    def contains(self, ip: IPAddress) -> bool:
+        return ip.version == self.start.version and self.start <= ip <= self.end  # type: ignore[operator]
+
+    def allocatable(self, ip: IPAddress) -> bool:
+        """Inside the range and not the gateway, network or (IPv4) broadcast address."""
+        if not self.contains(ip) or ip == self.gateway or ip == self.subnet.network_address:
+            return False
+        return not (ip.version == 4 and ip == self.subnet.broadcast_address)
+
+    @classmethod
+    def parse(cls, doc: Any, where: str) -> Range:
+        if not isinstance(doc, dict):
+            raise invalid(f'invalid "{where}": expected an object, got {_show(doc)}')
+        if "subnet" not in doc:
+            raise invalid(f'invalid "{where}": missing "subnet"')
+        raw = doc["subnet"]
+        if not isinstance(raw, str) or "/" not in raw:
+            raise invalid(f'invalid "{where}.subnet": not a CIDR: {_show(raw)}')
+        try:
+            subnet = ipaddress.ip_network(raw, strict=True)
+        except ValueError:
+            loose = parse_cidr(raw, f"{where}.subnet")
+            raise invalid(
+                f'invalid "{where}.subnet": network {raw} has host bits set',
+                f"for a prefix of length {loose.prefixlen} the network address is "
+                f"{loose.network_address}",
+            ) from None
+        if subnet.max_prefixlen - subnet.prefixlen < 2:
+            raise invalid(f'invalid "{where}.subnet": network {subnet} too small to allocate from')
+        first = subnet.network_address + 1
+        last = subnet.broadcast_address - (1 if subnet.version == 4 else 0)
+        start = parse_ip(doc["rangeStart"], f"{where}.rangeStart") if "rangeStart" in doc else first
+        end = parse_ip(doc["rangeEnd"], f"{where}.rangeEnd") if "rangeEnd" in doc else last
+        for name, ip in (("rangeStart", start), ("rangeEnd", end)):
+            if ip not in subnet:
+                raise invalid(f'invalid "{where}.{name}": {ip} is not in network {subnet}')
+        if start > end:  # type: ignore[operator]
+            raise invalid(f'invalid "{where}": rangeStart {start} is after rangeEnd {end}')
+        gateway = parse_ip(doc["gateway"], f"{where}.gateway") if "gateway" in doc else first
+        if gateway.version != subnet.version:
+            raise invalid(f'invalid "{where}.gateway": {gateway} is not in network {subnet}')
+        return cls(subnet, start, end, gateway)
+
+
+@dataclass
+class IpamConf:
+    """What to allocate: built-in host-local range sets, or a delegate plugin type."""
+
+    type: str = "host-local"
+    range_sets: list[list[Range]] = field(default_factory=list)
+    routes: list[dict] = field(default_factory=list)
+    data_dir: str = DEFAULT_DATA_DIR
+    resolv_conf: str = ""
+    raw: dict = field(default_factory=dict)
+
+    @property
+    def delegated(self) -> bool:
+        return self.type != "host-local"
+
+
+def parse_routes(value: Any, where: str) -> list[dict]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise invalid(f'invalid "{where}": expected a list, got {_show(value)}')
+    routes = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or "dst" not in item:
+            raise invalid(f'invalid "{where}[{i}]": expected an object with "dst"')
+        route: dict[str, Any] = {"dst": str(parse_cidr(item["dst"], f"{where}[{i}].dst"))}
+        if item.get("gw") not in (None, ""):
+            route["gw"] = str(parse_ip(item["gw"], f"{where}[{i}].gw"))
+        for key in ("mtu", "advmss", "priority", "table", "scope"):
+            if key in item:
+                route[key] = _get(item, key, int, None, f"{where}[{i}].")
+        routes.append(route)
+    return routes
+
+
+def parse_range_sets(ipam: dict) -> list[list[Range]]:
+    sets: list[list[Range]] = []
+    if "subnet" in ipam:
+        sets.append([Range.parse(ipam, "ipam")])
+    raw_sets = _get(ipam, "ranges", list, [], "ipam.")
+    for i, raw_set in enumerate(raw_sets):
+        if not isinstance(raw_set, list) or not raw_set:
+            raise invalid(f'invalid "ipam.ranges[{i}]": expected a non-empty list of ranges')
+        sets.append([Range.parse(r, f"ipam.ranges[{i}][{j}]") for j, r in enumerate(raw_set)])
+    for i, rset in enumerate(sets):
+        if len({r.subnet.version for r in rset}) > 1:
+            raise invalid(f"range set {i} mixes IPv4 and IPv6 ranges")
+        for j, other in enumerate(sets[:i]):
+            if any(a.subnet.overlaps(b.subnet) for a in rset for b in other):
+                raise invalid(f"range set {i} overlaps with {j}")
+    return sets
+
+
+@dataclass
+class SubnetEnv:
+    networks: list[IPNetwork]
+    subnet: IPNetwork
+    mtu: int
+    ipmasq: bool
+
+
+def read_subnet_env(path: str) -> SubnetEnv:
+    """Parse subnet.env the way Flannel's plugin does (flannel.md §7)."""
+    hint = "Check the flannelish daemon log for this node."
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise CniError(
+            CniCode.TRY_AGAIN_LATER,
+            f"failed to load flannel 'subnet.env' file: open {path}: {exc.strerror or exc}. {hint}",
+        ) from None
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip()
+    missing = [
+        k
+        for k in ("FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ")
+        if not values.get(k)
+    ]
+    if missing:
+        raise CniError(
+            CniCode.TRY_AGAIN_LATER,
+            f"failed to load flannel 'subnet.env' file: {path} is missing {', '.join(missing)}. "
+            + hint,
+        )
+    try:
+        networks = []
+        for item in values["FLANNEL_NETWORK"].split(","):
+            net = ipaddress.ip_network(item.strip(), strict=False)
+            if net not in networks:
+                networks.append(net)
+        subnet = ipaddress.ip_interface(values["FLANNEL_SUBNET"]).network
+        mtu = int(values["FLANNEL_MTU"])
+    except ValueError as exc:
+        raise CniError(
+            CniCode.TRY_AGAIN_LATER, f"failed to load flannel 'subnet.env' file {path}: {exc}"
+        ) from None
+    return SubnetEnv(networks, subnet, mtu, values["FLANNEL_IPMASQ"] == "true")
+
+
+@dataclass
+class NetConf:
+    version: str
+    name: str
+    raw: dict
+    bridge: str = DEFAULT_BRIDGE
+    is_gateway: bool = True
+    is_default_gateway: bool = False
+    force_address: bool = False
+    ip_masq: bool = False
+    hairpin: bool = False
+    promisc: bool = False
+    mtu: int = 1500
+    dns: dict = field(default_factory=dict)
+    ipam: IpamConf = field(default_factory=IpamConf)
+    node_mode: bool = True
+    subnet_file: str = DEFAULT_SUBNET_FILE
+    subnet_env: SubnetEnv | None = None
+    requested_ips: list[IPAddress] = field(default_factory=list)
+    mac: str | None = None
+    prev_result: dict | None = None
+    valid_attachments: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def store_dir(self) -> str:
+        return os.path.join(self.ipam.data_dir, self.name)
+
+
+def check_name(doc: dict) -> str:
+    name = doc.get("name")
+    if name is None or name == "":
+        raise invalid("missing network name")
+    if not isinstance(name, str) or not is_valid_id(name):
+        raise invalid(f"invalid network name: {_show(name)}")
+    return name
+
+
+def _requested(doc: dict, cni_args: dict[str, str]) -> tuple[list[IPAddress], str | None]:
+    """Requested IPs and MAC from CNI_ARGS < args.cni < runtimeConfig (last wins for MAC)."""
+    ips: list[IPAddress] = []
+    mac: str | None = None
+    if cni_args.get("IP"):
+        ips += [parse_ip(p, "CNI_ARGS IP") for p in cni_args["IP"].split(",") if p]
+    if cni_args.get("MAC"):
+        mac = parse_mac(cni_args["MAC"], "CNI_ARGS MAC")
+    args = _get(doc, "args", dict, {})
+    cni = _get(args, "cni", dict, {}, "args.")
+    runtime = _get(doc, "runtimeConfig", dict, {})
+    for where, section in (("args.cni.", cni), ("runtimeConfig.", runtime)):
+        for i, ip in enumerate(_get(section, "ips", list, [], where)):
+            ips.append(parse_ip(ip, f"{where}ips[{i}]"))
+        if section.get("mac"):
+            mac = parse_mac(section["mac"], f"{where}mac")
+    unique: list[IPAddress] = []
+    for ip in ips:
+        if ip not in unique:
+            unique.append(ip)
+    return unique, mac
+
+
+def load(doc: dict, command: str, cni_args: dict[str, str] | None = None) -> NetConf:
+    """Validate the whole netconf for `command`; raises CniError (code 1, 2 or 7)."""
+    version = check_version(doc.get("cniVersion"))
+    name = check_name(doc)
+    conf = NetConf(version=version, name=name, raw=doc)
+    conf.bridge = _get(doc, "bridge", str, DEFAULT_BRIDGE)
+    try:
+        validate_ifname(conf.bridge, "bridge name")
+    except CniError as exc:
+        raise invalid(f'invalid "bridge": {exc.msg}', conf.bridge) from None
+    conf.is_default_gateway = _get(doc, "isDefaultGateway", bool, False)
+    conf.is_gateway = _get(doc, "isGateway", bool, True) or conf.is_default_gateway
+    conf.force_address = _get(doc, "forceAddress", bool, False)
+    conf.hairpin = _get(doc, "hairpinMode", bool, False)
+    conf.promisc = _get(doc, "promiscMode", bool, False)
+    if conf.hairpin and conf.promisc:
+        raise invalid("cannot set hairpin mode and promiscuous mode at the same time")
+    for key in ("vlan", "vlanTrunk", "macspoofchk"):
+        if doc.get(key):
+            raise CniError(
+                CniCode.UNSUPPORTED_FIELD,
+                f'unsupported config field "{key}": {_show(doc[key])}',
+                "flannelish-cni does not implement it",
+            )
+    conf.dns = _get(doc, "dns", dict, {})
+    for key in ("nameservers", "search", "options"):
+        _get(conf.dns, key, list, [], "dns.")
+    _get(conf.dns, "domain", str, "", "dns.")
+    conf.subnet_file = _get(doc, "subnetFile", str, DEFAULT_SUBNET_FILE) or DEFAULT_SUBNET_FILE
+    _get(doc, "daemonSocket", str, "")
+    conf.prev_result = _get(doc, "prevResult", dict, None)
+    conf.requested_ips, conf.mac = _requested(doc, cni_args or {})
+
+    ipam_doc = _get(doc, "ipam", dict, None)
+    ipam = IpamConf(raw=ipam_doc or {})
+    if ipam_doc is not None:
+        ipam.type = _get(ipam_doc, "type", str, "host-local", "ipam.") or "host-local"
+        if "/" in ipam.type or ipam.type in (".", ".."):
+            raise invalid(f'invalid "ipam.type": {_show(ipam.type)}')
+        ipam.data_dir = _get(ipam_doc, "dataDir", str, DEFAULT_DATA_DIR, "ipam.")
+        ipam.resolv_conf = _get(ipam_doc, "resolvConf", str, "", "ipam.")
+        if not ipam.delegated:
+            ipam.routes = parse_routes(ipam_doc.get("routes"), "ipam.routes")
+            ipam.range_sets = parse_range_sets(ipam_doc)
+    conf.ipam = ipam
+    conf.node_mode = not ipam.delegated and not ipam.range_sets
+
+    masq = _get(doc, "ipMasq", bool, None)
+    mtu = _get(doc, "mtu", int, None)
+    if mtu is not None and not 68 <= mtu <= 65535:
+        raise invalid(f'invalid "mtu": {mtu} is outside 68..65535')
+    if conf.node_mode:
+        try:
+            conf.subnet_env = read_subnet_env(conf.subnet_file)
+        except CniError:
+            # DEL and GC release by container ID and need no range: they must
+            # work while the daemon (and its subnet.env) is gone.
+            if command in ("ADD", "CHECK", "STATUS"):
+                raise
+        env = conf.subnet_env
+        if env is not None:
+            gateway = env.subnet.network_address + 1
+            ipam.range_sets = [[Range(env.subnet, gateway, _last(env.subnet), gateway)]]
+            ipam.routes = ipam.routes + [{"dst": str(n), "gw": str(gateway)} for n in env.networks]
+            ipam.routes.append({"dst": "0.0.0.0/0", "gw": str(gateway)})
+            masq = (not env.ipmasq) if masq is None else masq
+            mtu = env.mtu if mtu is None else mtu
+    conf.ip_masq = bool(masq)
+    conf.mtu = mtu or 1500
+
+    if command == "GC":
+        conf.valid_attachments = _attachments(doc)
+    return conf
+
+
+def _last(subnet: IPNetwork) -> IPAddress:
+    return subnet.broadcast_address - (1 if subnet.version == 4 else 0)
+
+
+def _attachments(doc: dict) -> list[tuple[str, str]]:
+    raw = doc.get("cni.dev/valid-attachments", doc.get("cni.dev/attachments", []))
+    if not isinstance(raw, list):
+        raise invalid(f'invalid "cni.dev/valid-attachments": expected a list, got {_show(raw)}')
+    result = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("containerID"), str):
+            raise invalid(f'invalid "cni.dev/valid-attachments[{i}]": {_show(item)}')
+        ifname = item.get("ifname", "")
+        result.append((item["containerID"], ifname if isinstance(ifname, str) else ""))
+    return result

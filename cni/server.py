@@ -1,0 +1,162 @@
+"""CniServer: the daemon side of the fast path (unix socket, one thread per call).
+
+The daemon has pyroute2 imported and warm; a plugin process only forwards
+env + stdin here and prints the reply.  Each connection is served in its own
+thread running exactly the in-process code (``handler.handle``), with the
+*caller's* network namespace as the host side: the server opens
+``/proc/<peer pid>/ns/net`` from SO_PEERCRED, so a runtime calling from a
+node namespace gets its bridge there even if the daemon runs elsewhere.
+Nothing is cached between requests (netconf, subnet.env and the IPAM store
+are read each time); concurrency safety comes from the same file locks and
+atomic nft batches the in-process path relies on.
+
+Only callers with our own UID (root) are served; the socket is mode 0600.
+Run stand-alone for tests or without the daemon:
+``python -m flannelish.cni.server --socket /run/flannel/flannelish.sock``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import socketserver
+import stat
+import struct
+import threading
+
+from .client import MAGIC
+from .handler import handle
+
+log = logging.getLogger("flannelish.cni.server")
+
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+MAX_CONCURRENT = 32  # more parallel netlink work only adds contention
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        with self.server.slots:
+            reply = self._serve(sock)
+        with contextlib.suppress(OSError):
+            sock.sendall(json.dumps(reply).encode())
+
+    def _serve(self, sock: socket.socket) -> dict:
+        pid, uid, _gid = struct.unpack(
+            "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        )
+        if uid != os.geteuid():
+            return {"decline": True, "reason": "caller uid not allowed"}
+        data = bytearray()
+        while len(data) <= MAX_REQUEST_BYTES:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        if not data.startswith(MAGIC):
+            return {"decline": True, "reason": "unknown protocol"}
+        header, _, stdin = bytes(data[len(MAGIC) :]).partition(b"\n")
+        try:
+            env = json.loads(header)["env"]
+            if not isinstance(env, dict):
+                raise ValueError("env is not an object")
+        except (ValueError, KeyError, TypeError):
+            return {"decline": True, "reason": "bad request header"}
+        try:
+            host_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return {"decline": True, "reason": "cannot open the caller's netns"}
+        try:
+            response = handle({str(k): str(v) for k, v in env.items()}, stdin, host_fd)
+        finally:
+            os.close(host_fd)
+        return {"exit": response.exit_code, "stdout": response.stdout, "stderr": response.stderr}
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    request_queue_size = 256
+    slots = threading.BoundedSemaphore(MAX_CONCURRENT)
+
+
+class CniServer:
+    """Serve CNI requests on `socket_path` from a background thread."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        # Import the kernel side now so the first request finds it warm.
+        import flannelish.cni.bridge  # noqa: F401
+
+        os.makedirs(os.path.dirname(self.socket_path) or ".", mode=0o755, exist_ok=True)
+        self._remove_stale()
+        old_umask = os.umask(0o177)  # the socket is born 0600: no window for others
+        try:
+            self._server = _Server(self.socket_path, _Handler)
+        finally:
+            os.umask(old_umask)
+        self._server.slots = threading.BoundedSemaphore(MAX_CONCURRENT)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="cni-server", daemon=True
+        )
+        self._thread.start()
+        log.info("serving CNI requests", extra={"socket": self.socket_path})
+
+    def _remove_stale(self) -> None:
+        try:
+            mode = os.lstat(self.socket_path).st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise FileExistsError(f"{self.socket_path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(self.socket_path)
+        except OSError:
+            os.unlink(self.socket_path)  # nobody listens: a leftover of a dead daemon
+            return
+        finally:
+            probe.close()
+        raise FileExistsError(f"another server is already listening on {self.socket_path}")
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve flannelish-cni requests on a socket.")
+    parser.add_argument("--socket", required=True, help="unix socket path to listen on")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    server = CniServer(args.socket)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    print(f"ready {args.socket}", flush=True)
+    try:
+        stop.wait()
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
