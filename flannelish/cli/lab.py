@@ -1,10 +1,240 @@
-"""`flannelish lab ...` and `flannelish verify`: the multi-host namespace lab."""
+"""`flannelish lab up|check|status|exec|down` and `flannelish verify`.
 
-from flannelish.cli._pending import pending_command
+Thin click wrappers over flannelish.lab; heavy imports (rich, scapy) happen
+inside the command bodies so `flannelish --help` stays fast.
+"""
 
-COMMANDS = [
-    pending_command(
-        "lab", "the node daemon (#5), the CNI plugin (#6) and the lab", 7, "Multi-host lab."
-    ),
-    pending_command("verify", "the lab", 7, "Prove the overlay with packet captures."),
-]
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from flannelish.errors import ExitCode, FlannelishError, NotAvailableError
+from flannelish.lab import names
+
+_STATE_DIR_HELP = "Where labs keep their state, logs and sockets."
+
+
+def _lab_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option(
+        "--state-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=names.DEFAULT_STATE_ROOT,
+        show_default=True,
+        envvar="FLANNELISH_LAB_DIR",
+        help=_STATE_DIR_HELP,
+    )(func)
+    return click.option(
+        "--name",
+        "--lab",
+        "name",
+        default=names.DEFAULT_NAME,
+        show_default=True,
+        envvar="FLANNELISH_LAB",
+        help="Lab name (1-12 lower-case letters/digits).",
+    )(func)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _load(state_dir: Path, name: str) -> Any:
+    from flannelish.lab.state import load_state
+
+    names.validate_lab_name(name)
+    state = load_state(names.lab_dir(state_dir, name))
+    if state is None:
+        raise NotAvailableError(
+            f"no lab named {name!r} in {state_dir}", "start one with `flannelish lab up`"
+        )
+    if state.phase != "up":
+        raise NotAvailableError(
+            f"lab {name!r} is {state.phase}", state.error or "run `flannelish lab down`, then `up`"
+        )
+    return state
+
+
+@click.group("lab")
+def lab() -> None:
+    """The multi-host lab: underlay, etcd, one daemon per node, pods, all in namespaces.
+
+    \b
+    flannelish lab up        build it (3 nodes x 2 pods by default)
+    flannelish lab check     ping every pod from every pod, check for NAT
+    flannelish verify        capture on the underlay and prove what crosses it
+    flannelish lab down      remove everything
+    """
+
+
+@lab.command("up")
+@_lab_options
+@click.option("--nodes", type=int, default=3, show_default=True, help="Number of nodes.")
+@click.option("--pods-per-node", type=int, default=2, show_default=True)
+@click.option("--backend", type=click.Choice(names.BACKENDS), default="vxlan", show_default=True)
+def lab_up(name: str, state_dir: Path, nodes: int, pods_per_node: int, backend: str) -> None:
+    """Build the lab (or report the one that is already up)."""
+    from flannelish.lab import build, render
+    from flannelish.lab.state import LabSpec
+
+    spec = LabSpec(name=name, nodes=nodes, pods_per_node=pods_per_node, backend=backend)
+    console = _console()
+    started = time.monotonic()
+    state, built = build.up(spec, state_dir, render.StepReporter(console))
+    if not built:
+        console.print(f"lab [bold]{name}[/bold] is already up (state in {state.dir}):")
+    else:
+        console.print(f"lab [bold]{name}[/bold] is up in {time.monotonic() - started:.1f}s")
+    console.print(render.lab_table(state))
+    if not built:
+        unhealthy = [row[0] for row in render.health(state) if not row[1]]
+        if unhealthy:
+            raise FlannelishError(
+                f"lab {name!r} exists but is degraded: {', '.join(unhealthy)} down",
+                "run `flannelish lab down` and `flannelish lab up` again",
+            )
+    console.print(
+        f"next: flannelish lab check | flannelish verify | "
+        f"flannelish lab exec {state.pods[0].name if state.pods else 'node1'} -- ip addr | "
+        f"flannelish lab down"
+    )
+
+
+@lab.command("check")
+@_lab_options
+@click.option("--count", type=int, default=3, show_default=True, help="Pings per pair.")
+def lab_check(name: str, state_dir: Path, count: int) -> None:
+    """Ping every pod from every other pod and check that no NAT happens."""
+    from flannelish.lab import render
+    from flannelish.lab.check import check
+
+    state = _load(state_dir, name)
+    console = _console()
+    started = time.monotonic()
+    report = check(state, count)
+    for table in render.check_tables(report):
+        console.print(table)
+    for problem in report.problems:
+        console.print(f"{render.BAD} {problem}")
+    failed_pings = [p for p in report.pings if not p.ok]
+    failed_nat = [n for n in report.nat if not n.ok]
+    summary = (
+        f"{len(report.pings) - len(failed_pings)}/{len(report.pings)} pairs reachable, "
+        f"{len(report.nat) - len(failed_nat)}/{len(report.nat)} probes without NAT "
+        f"({time.monotonic() - started:.1f}s)"
+    )
+    if not report.ok:
+        console.print(f"{render.BAD} check failed: {summary}")
+        sys.exit(ExitCode.ERROR)
+    console.print(f"{render.OK} check passed: {summary}")
+
+
+@lab.command("status")
+@_lab_options
+def lab_status(name: str, state_dir: Path) -> None:
+    """Show the lab's nodes, pods and whether its processes still run."""
+    from flannelish.lab import render
+    from flannelish.lab.state import load_state
+
+    names.validate_lab_name(name)
+    state = load_state(names.lab_dir(state_dir, name))
+    if state is None:
+        raise NotAvailableError(f"no lab named {name!r} in {state_dir}")
+    console = _console()
+    if state.phase == "up":
+        console.print(render.lab_table(state))
+    console.print(render.status_table(state))
+    if state.error:
+        console.print(f"last error: {state.error}")
+    if state.phase != "up" or not all(row[1] for row in render.health(state)):
+        sys.exit(ExitCode.ERROR)
+
+
+@lab.command(
+    "exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@_lab_options
+@click.argument("target")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def lab_exec(name: str, state_dir: Path, target: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside a node, pod or `underlay` namespace (e.g. node1-pod1 -- ip addr)."""
+    state = _load(state_dir, name)
+    netns = state.target_netns(target)
+    argv = ["ip", "netns", "exec", netns, *command]
+    os.execvp(argv[0], argv)
+
+
+@lab.command("down")
+@_lab_options
+def lab_down(name: str, state_dir: Path) -> None:
+    """Remove the lab: stop its processes, delete its namespaces and state (idempotent)."""
+    from flannelish.lab.state import load_state, locked
+    from flannelish.lab.teardown import remove_leftover_netns, teardown
+
+    names.validate_lab_name(name)
+    started = time.monotonic()
+    directory = names.lab_dir(state_dir, name)
+    if not directory.exists():
+        report = remove_leftover_netns(name)
+        extra = f" (removed leftover namespaces {', '.join(report.netns)})" if report.netns else ""
+        click.echo(f"no lab named {name!r} in {state_dir}; nothing to do{extra}")
+        return
+    with locked(directory):
+        state = load_state(directory)
+        if state is None:
+            report = remove_leftover_netns(name)
+            import shutil
+
+            shutil.rmtree(directory, ignore_errors=True)
+        else:
+            report = teardown(state)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(
+        f"lab {name!r} removed: stopped {len(report.stopped)} processes, "
+        f"deleted {len(report.netns)} namespaces and {directory} "
+        f"({time.monotonic() - started:.1f}s)"
+    )
+
+
+@click.command("verify")
+@_lab_options
+@click.option(
+    "--pcap",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Save the capture to this file (opens in Wireshark).",
+)
+def verify(name: str, state_dir: Path, pcap: Path | None) -> None:
+    """Capture on the lab's underlay while pods talk, and prove what crosses it."""
+    from flannelish.lab import render
+    from flannelish.lab.verify import verify as run_verify
+
+    state = _load(state_dir, name)
+    console = _console()
+    started = time.monotonic()
+    report = run_verify(state, pcap)
+    console.print(render.verify_table(report.analysis))
+    counts = report.analysis.counts
+    console.print(
+        f"captured {report.analysis.frames} frames on {names.BRIDGE} in {state.underlay_netns}: "
+        f"{counts['vxlan']} VXLAN pod packets, {counts['pod-unencapsulated']} unencapsulated "
+        f"pod packets, {counts['underlay']} other underlay packets; pcap: {report.pcap} "
+        f"({time.monotonic() - started:.1f}s)"
+    )
+    failed = report.analysis.failed
+    if failed:
+        for verdict in failed:
+            click.echo(f"FAILED: {verdict.name}: {verdict.detail}", err=True)
+        sys.exit(ExitCode.ERROR)
+    console.print(f"{render.OK} verify passed: {len(report.analysis.verdicts)} assertions")
+
+
+COMMANDS = [lab, verify]

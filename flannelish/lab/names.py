@@ -1,0 +1,79 @@
+"""Names and defaults of a lab: validated in one place, derived everywhere else.
+
+Every namespace of a lab starts with ``fl-<lab>-``.  Lab names are short
+lower-case alphanumerics without a dash, so the prefix of one lab can never
+be the prefix of another (``fl-a-`` vs ``fl-ab-``) and `lab down` may remove
+leftovers by prefix alone.
+"""
+
+from __future__ import annotations
+
+import re
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from flannelish.errors import ConfigError
+
+DEFAULT_NAME = "lab"
+DEFAULT_STATE_ROOT = Path("/run/flannelish-lab")
+UNDERLAY_NETWORK = IPv4Network("198.18.0.0/24")
+POD_NETWORK = IPv4Network("10.244.0.0/16")
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+VXLAN_PORT = 8472
+VNI = 1
+BRIDGE = "br0"
+MAX_NODES = 50  # .1-.50 on the underlay; .254 is the bridge/etcd
+MAX_PODS_PER_NODE = 50
+BACKENDS = ("vxlan", "host-gw")
+# A unix socket path must fit in sun_path (108 bytes incl. NUL); the daemon's
+# socket lives next to each node's subnet file inside the state dir.
+MAX_SOCKET_PATH = 100
+
+_NAME_RE = re.compile(r"[a-z][a-z0-9]{0,11}")
+
+
+def validate_lab_name(name: str) -> str:
+    if not _NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"invalid lab name {name!r}",
+            "use 1-12 lower-case letters and digits, starting with a letter",
+        )
+    return name
+
+
+def netns_prefix(lab: str) -> str:
+    return f"fl-{lab}-"
+
+
+def underlay_netns(lab: str) -> str:
+    return f"{netns_prefix(lab)}ul"
+
+
+def node_name(index: int) -> str:
+    return f"node{index}"
+
+
+def pod_name(node_index: int, pod_index: int) -> str:
+    return f"{node_name(node_index)}-pod{pod_index}"
+
+
+def netns_of(lab: str, short: str) -> str:
+    """Namespace of a node or pod given its short name (node1, node1-pod2)."""
+    return f"{netns_prefix(lab)}{short}"
+
+
+def node_ip(index: int) -> IPv4Address:
+    return UNDERLAY_NETWORK.network_address + index
+
+
+def gateway_ip() -> IPv4Address:
+    return UNDERLAY_NETWORK.network_address + 254
+
+
+def etcd_endpoint() -> str:
+    return f"http://{gateway_ip()}:{ETCD_CLIENT_PORT}"
+
+
+def lab_dir(state_root: Path, lab: str) -> Path:
+    return state_root / lab

@@ -1,0 +1,230 @@
+"""`flannelish verify`: prove with a packet capture what crosses the underlay.
+
+1. start probe servers in the destination pods,
+2. start the scapy capture on the underlay bridge (inside the underlay ns),
+3. generate cross-node ICMP (including one echo exactly at the overlay MTU
+   with DF set), TCP (enough bytes for full-size segments) and UDP, and
+   same-node ICMP and TCP,
+4. stop the capture and hand the frames to analysis.analyze().
+
+The flows we generate become the expectation: every one of them must be
+seen (inside VXLAN for the vxlan backend), and no same-node flow may be.
+"""
+
+from __future__ import annotations
+
+import itertools
+import select
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from flannelish.errors import FlannelishError
+from flannelish.lab import procs
+from flannelish.lab.analysis import FAIL, PASS, Analysis, Expected, Flow, Verdict, analyze
+from flannelish.lab.capture import READY
+from flannelish.lab.check import ProbeServer, ask
+from flannelish.lab.state import LabState, PodState
+from flannelish.testing.proc import in_netns, run
+
+TCP_BYTES = 20_000  # > a few MSS, so full-size segments cross the overlay
+ICMP_HEADERS = 28  # IPv4 20 + ICMP 8
+
+
+@dataclass
+class VerifyReport:
+    analysis: Analysis
+    pcap: Path
+    generated: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.analysis.ok
+
+
+class Capture:
+    """The capture subprocess in the underlay namespace; always stopped."""
+
+    def __init__(self, netns: str, iface: str, out: Path) -> None:
+        self.argv = in_netns(netns, [sys.executable, "-m", "flannelish.lab.capture",
+                                     "--iface", iface, "--out", str(out)])  # fmt: skip
+        self.out = out
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> Capture:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.out.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 15)
+        line = self.proc.stdout.readline().strip() if ready else ""
+        if line != READY:
+            self.stop()
+            raise FlannelishError("the capture did not start", self._stderr() or line)
+        return self
+
+    def _stderr(self) -> str:
+        if self.proc is None or self.proc.stderr is None:
+            return ""
+        return self.proc.stderr.read().strip()
+
+    def stop(self) -> None:
+        """Close its stdin (it then writes the pcap and exits)."""
+        if self.proc is None:
+            return
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        err = self._stderr()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        code, self.proc = self.proc.returncode, None
+        if code != 0:
+            raise FlannelishError("the capture failed", err or f"exit status {code}")
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _both(a: PodState, b: PodState, proto: str) -> set[Flow]:
+    src, dst = IPv4Address(a.ip), IPv4Address(b.ip)
+    return {Flow(src, dst, proto), Flow(dst, src, proto)}
+
+
+@dataclass
+class _Plan:
+    cross: list[tuple[PodState, PodState]]
+    same: list[tuple[PodState, PodState]]
+
+    @property
+    def servers(self) -> list[PodState]:
+        seen: dict[str, PodState] = {}
+        for _, dst in self.cross + self.same:
+            seen.setdefault(dst.name, dst)
+        return list(seen.values())
+
+
+def plan(state: LabState) -> _Plan:
+    """One pod pair per pair of nodes, plus one pair inside every node with two pods."""
+    firsts = [pods[0] for n in state.nodes if (pods := [p for p in state.pods_of(n.name) if p.ip])]
+    cross = list(itertools.combinations(firsts, 2))
+    same = []
+    for node in state.nodes:
+        pods = [p for p in state.pods_of(node.name) if p.ip]
+        if len(pods) >= 2:
+            same.append((pods[0], pods[1]))
+    return _Plan(cross, same)
+
+
+def _ping(src: PodState, dst: PodState, size: int | None = None) -> str:
+    argv = ["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", dst.ip]
+    if size is not None:
+        argv[1:1] = ["-M", "do", "-s", str(size)]
+    result = run(argv, netns=src.netns, check=False, timeout=15)
+    if result.returncode != 0:
+        what = f"ping -s {size}" if size else "ping"
+        return f"{what} {src.name}->{dst.name} failed: {result.stdout.strip().splitlines()[-1:]}"
+    return ""
+
+
+def _probe(src: PodState, dst: PodState, proto: str, size: int) -> str:
+    seen, error = ask(src, dst, proto, size)
+    if error:
+        return f"{proto} {src.name}->{dst.name}: {error}"
+    if seen != src.ip:
+        return f"{proto} {src.name}->{dst.name}: server saw {seen}, not {src.ip} (NAT)"
+    return ""
+
+
+def generate(state: LabState, p: _Plan, mtu: int) -> tuple[set[Flow], set[Flow], list[str]]:
+    """Run the traffic; returns (cross-node flows, same-node flows, generator errors)."""
+    jobs = []
+    cross: set[Flow] = set()
+    same: set[Flow] = set()
+    for i, (a, b) in enumerate(p.cross):
+        jobs += [(_ping, a, b), (_probe, a, b, "tcp", TCP_BYTES), (_probe, a, b, "udp", 512)]
+        cross |= _both(a, b, "icmp") | _both(a, b, "tcp") | _both(a, b, "udp")
+        if i == 0 and mtu > ICMP_HEADERS:
+            jobs.append((_ping, a, b, mtu - ICMP_HEADERS))  # inner packet == overlay MTU exactly
+    for a, b in p.same:
+        jobs += [(_ping, a, b), (_probe, a, b, "tcp", TCP_BYTES)]
+        same |= _both(a, b, "icmp") | _both(a, b, "tcp")
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        errors = [e for e in pool.map(lambda job: job[0](*job[1:]), jobs) if e]
+    return cross, same, errors
+
+
+def _underlay_mtu(state: LabState) -> int:
+    result = run(["cat", "/sys/class/net/br0/mtu"], netns=state.underlay_netns, check=False)
+    return int(result.stdout.strip() or 1500)
+
+
+def expected_for(state: LabState, cross: set[Flow], same: set[Flow]) -> Expected:
+    spec = state.spec
+    return Expected(
+        backend=spec.backend,
+        pod_network=IPv4Network(spec.network),
+        vni=spec.vni,
+        port=spec.port,
+        overlay_mtu=min((n.mtu for n in state.nodes if n.mtu), default=1450),
+        underlay_mtu=_underlay_mtu(state),
+        node_subnets={IPv4Address(n.ip): IPv4Network(n.subnet) for n in state.nodes if n.subnet},
+        pod_ips=frozenset(IPv4Address(p.ip) for p in state.pods if p.ip),
+        cross_node=frozenset(cross),
+        same_node=frozenset(same),
+    )
+
+
+def read_frames(path: Path) -> list[bytes]:
+    from scapy.utils import RawPcapReader
+
+    with RawPcapReader(str(path)) as reader:
+        return [bytes(data) for data, _meta in reader]
+
+
+def verify(state: LabState, pcap: Path | None = None) -> VerifyReport:
+    for rec in state.procs():
+        if not procs.is_ours(rec):
+            raise FlannelishError(
+                f"{rec.role} (pid {rec.pid}) is not running", "run `flannelish lab status`"
+            )
+    p = plan(state)
+    mtu = min((n.mtu for n in state.nodes if n.mtu), default=1450)
+    out = state.path / "verify" / "capture.pcap"
+    servers = [ProbeServer(pod) for pod in p.servers]
+    try:
+        for server in servers:
+            server.__enter__()
+        with Capture(state.underlay_netns, "br0", out):
+            cross, same, errors = generate(state, p, mtu)
+            # Let the last replies cross the bridge before the capture stops.
+            time.sleep(0.2)
+    finally:
+        for server in servers:
+            server.__exit__()
+    analysis = analyze(read_frames(out), expected_for(state, cross, same))
+    name = "pod traffic was delivered (ping, TCP, UDP probes)"
+    if errors:
+        analysis.verdicts.insert(0, Verdict(name, FAIL, "; ".join(errors[:3])))
+    else:
+        pairs = f"{len(p.cross)} cross-node and {len(p.same)} same-node pod pairs"
+        analysis.verdicts.insert(0, Verdict(name, PASS, pairs))
+    if pcap is not None:
+        pcap.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out, pcap)
+    generated = [f"{a.name}->{b.name}" for a, b in p.cross + p.same]
+    return VerifyReport(analysis, pcap or out, generated, errors)
