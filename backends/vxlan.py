@@ -228,10 +228,8 @@ class VxlanBackend(Backend):
         if mtu is None and mac is None and state is None:
             return
         self._nl.set_link(link.index, mtu=mtu, mac=mac, up=state)
-        log.info(
-            "updated device",
-            extra={"op": "set", "dev": self.name, "mtu": mtu, "mac": mac, "up": state},
-        )
+        changed = {k: v for k, v in (("mtu", mtu), ("mac", mac), ("up", state)) if v is not None}
+        log.info("updated device", extra={"op": "set", "dev": self.name, **changed})
 
     def _ensure_address(self) -> None:
         if self.lease is None or self.index is None:

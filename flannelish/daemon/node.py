@@ -187,16 +187,17 @@ class NodeDaemon:
             log.warning("CNI socket %s not started: %s", path, exc)
             return
         self._closers.append(server.stop)
-        log.info("serving CNI requests", extra={"socket": path})
 
     def _start_threads(self, manager: Any, lease: Lease) -> None:
         assert self.backend is not None
         reconciler = Reconciler([self.backend])
         self.loop = ReconcileLoop(
-            reconciler, self.peers.snapshot, self.options.resync_seconds, self._after_pass
+            reconciler,
+            self.peers.snapshot,
+            self.options.resync_seconds,
+            self._after_pass,
+            ready=self.peers.synced.is_set,
         )
-        # One pass now: device repaired/verified before the first peers arrive.
-        self.loop.run_once()
         self.loop.start()
         self._closers.append(self.loop.stop)
         self._spawn("lease-watch", self._watch, manager, lease)

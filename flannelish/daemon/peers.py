@@ -21,6 +21,10 @@ class PeerTable:
         self._lock = threading.Lock()
         self._peers: dict[IPv4Network, Lease] = {}
         self.own_subnet = own_subnet
+        # Set once the watch's first batch (the snapshot) is in.  Before that an
+        # empty table means "not known yet", not "no peers": reconciling then
+        # would delete every peer's entries on a daemon restart.
+        self.synced = threading.Event()
 
     def apply(self, events: Iterable[Event]) -> bool:
         """Apply a batch; True if the peer set changed."""
@@ -35,6 +39,9 @@ class PeerTable:
                 elif self._peers.get(subnet) != event.lease:
                     self._peers[subnet] = event.lease
                     changed = True
+        if not self.synced.is_set():
+            self.synced.set()
+            changed = True
         return changed
 
     def set_own_subnet(self, subnet: IPv4Network) -> None:

@@ -192,9 +192,11 @@ class ReconcileLoop:
         peers: Callable[[], Sequence[Lease]],
         interval: float,
         on_pass: Callable[[PassResult], None] | None = None,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.reconciler = reconciler
         self._peers = peers
+        self._ready = ready
         self.interval = interval
         self._on_pass = on_pass
         self._wake = threading.Event()
@@ -235,7 +237,8 @@ class ReconcileLoop:
                 if self._stop.is_set():
                     return
                 self._wake.clear()
-                self.run_once()
+                if self._ready():  # no pass before the peer set is known
+                    self.run_once()
         except BaseException as exc:  # reported by the node, which exits non-zero
             self.failure = exc
             log.exception("reconciler stopped")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
-from ipaddress import IPv4Network
+from ipaddress import IPv4Interface, IPv4Network
+from pathlib import Path
 from typing import Any, TypeVar
 
 from flannelish.testing.netns import NetnsFactory
-from flannelish.testing.proc import run
+from flannelish.testing.proc import run, stop_pid
 from flannelish.testing.underlay import Host
 
 T = TypeVar("T")
@@ -67,3 +71,65 @@ def wait_for(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or fn}; last={last!r}")
+
+
+# -- daemons as subprocesses, one per host namespace ------------------------------
+
+VENV_BIN = Path(sys.executable).parent
+CONFIG = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'
+
+
+class DaemonProc:
+    """`flannelish daemon` inside a host namespace, stopped by PID."""
+
+    def __init__(self, host: Host, endpoint: str, workdir: Path, *extra: str) -> None:
+        self.host = host
+        self.endpoint = endpoint
+        self.dir = workdir / host.name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.subnet_file = self.dir / "subnet.env"
+        self.log_path = self.dir / "daemon.log"
+        self.extra = list(extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *extra: str) -> DaemonProc:
+        argv = [str(VENV_BIN / "flannelish"), "--log-format", "json", "daemon",
+                "--etcd-endpoints", self.endpoint, "--subnet-file", str(self.subnet_file),
+                *self.extra, *extra]  # fmt: skip
+        env = {**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "false"}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.host.netns, *argv], stdout=log, stderr=log, env=env
+            )
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> dict[str, str]:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"daemon on {self.host.name} exited: {self.log_tail()}")
+            return self.subnet_file.exists()
+
+        wait_for(ready, timeout, 0.1, f"subnet.env of {self.host.name}")
+        return self.env()
+
+    def env(self) -> dict[str, str]:
+        lines = self.subnet_file.read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines)
+
+    @property
+    def subnet(self) -> IPv4Network:
+        return IPv4Interface(self.env()["FLANNEL_SUBNET"]).network
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        stop_pid(self.proc.pid, proc=self.proc)
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""

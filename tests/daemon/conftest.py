@@ -1,0 +1,40 @@
+"""Fixtures for daemon tests: hosts on the isolated underlay, etcd on the bridge, daemons."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from flannelish.testing.etcd import EtcdMember
+from flannelish.testing.underlay import Underlay
+
+from .helpers import CONFIG, DaemonProc
+
+PREFIX = "/coreos.com/network"
+
+
+@pytest.fixture
+def start_daemons(
+    underlay: Underlay, underlay_etcd: EtcdMember, tmp_path
+) -> Iterator[Callable[..., list[DaemonProc]]]:
+    """start_daemons(n, *flags) -> n ready daemons on hosts h1..hn (stopped at teardown)."""
+    made: list[DaemonProc] = []
+    underlay_etcd.etcdctl("put", f"{PREFIX}/config", CONFIG)
+
+    def start(n: int, *flags: str) -> list[DaemonProc]:
+        daemons = []
+        for i in range(1, n + 1):
+            host = underlay.add_host(f"h{i}")
+            d = DaemonProc(host, underlay_etcd.client_url, tmp_path, *flags).start()
+            made.append(d)
+            daemons.append(d)
+        for d in daemons:
+            d.wait_ready()
+        return daemons
+
+    try:
+        yield start
+    finally:
+        for d in made:
+            d.stop()
