@@ -33,10 +33,14 @@ The Linux vxlan driver decapsulates packets from any source, so without it
 anyone on the underlay can inject frames into pods.  The named set
 ``vxlan_peers`` holds the peers' PublicIPs and is updated by element diffs,
 never by flushing, so a peer change never opens a drop window for others.
-The rule is *armed* only after the first :meth:`NftRules.set_peers` call:
-applying the table before the daemon knows its peers must not black-hole
-peer traffic (e.g. across a daemon restart).  ``allow_any_vxlan`` leaves
-the rule out.
+The rule is *armed* only once the peers are known (the first
+:meth:`NftRules.set_peers` call, or :meth:`NftOwner.arm`): applying the
+table before the daemon knows its peers must not black-hole peer traffic
+(e.g. across a daemon restart).  ``allow_any_vxlan`` leaves the rule out.
+
+Two ways to drive it: standalone (``apply``/``set_peers``/``ensure``/
+``remove``), or as an Owner of the daemon's reconciler (:class:`NftOwner`),
+where the peer set is diffed element by element like any kernel object.
 
 Every rule carries a comment; :meth:`NftRules.present` compares the
 per-chain comment lists and the set elements with the desired state, which
@@ -49,10 +53,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, ip_network
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from flannelish.errors import ConfigError, KernelError, NotAvailableError
 
@@ -200,14 +204,19 @@ class NftRules:
         self.masq_host_to_pods = masq_host_to_pods
         self.fully_random = fully_random
         self.runner: NftRunner = runner or NftCli()
-        self._peers: frozenset[IPv4Address] | None = None  # None: not known yet (unarmed)
+        self._peers: frozenset[IPv4Address] | None = None  # None: elements not managed here
+        self._armed = False
 
     # -- desired state -------------------------------------------------------
 
     @property
     def armed(self) -> bool:
         """True when the anti-spoof drop rule is part of the desired state."""
-        return self.vxlan_port is not None and not self.allow_any_vxlan and self._peers is not None
+        return self.vxlan_port is not None and not self.allow_any_vxlan and self._armed
+
+    def arm(self) -> None:
+        """Include the drop rule from now on (the next apply/ensure writes it)."""
+        self._armed = True
 
     @property
     def peers(self) -> frozenset[IPv4Address]:
@@ -303,12 +312,13 @@ class NftRules:
             new = frozenset(IPv4Address(str(ip)) for ip in ips)
         except ValueError as exc:
             raise ConfigError("invalid peer PublicIP", str(exc)) from None
-        arming = self._peers is None
+        arming = not self._armed
         self._peers = new
+        self._armed = True
         state = self.state()
         if state is None:
             return
-        if not state.has_set or (arming and self.armed) or state.chains != self.desired_chains():
+        if not state.has_set or arming or state.chains != self.desired_chains():
             self.apply()
             return
         t = f"{FAMILY} {TABLE}"
@@ -332,6 +342,84 @@ class NftRules:
         self.runner.run(f"delete table {FAMILY} {TABLE}\n")
 
 
+@dataclass(frozen=True)
+class PeerAddr:
+    """One element of ``vxlan_peers``: a peer's PublicIP (a reconciler record)."""
+
+    ip: IPv4Address
+
+
+class PeerSetResource:
+    """The elements of ``vxlan_peers`` as a reconciler Resource (diffed like routes)."""
+
+    kind: ClassVar[str] = "nft-peer"
+    record: ClassVar[type] = PeerAddr
+
+    def __init__(self, rules: NftRules) -> None:
+        self._rules = rules
+
+    def key(self, obj: PeerAddr) -> Hashable:
+        return obj.ip
+
+    def dump(self) -> Sequence[PeerAddr]:
+        state = self._rules.state()
+        return [PeerAddr(ip) for ip in sorted(state.peers)] if state else []
+
+    def ensure(self, obj: PeerAddr) -> None:
+        self._rules.runner.run(f"add element {FAMILY} {TABLE} {PEER_SET} {{ {obj.ip} }}\n")
+
+    def remove(self, obj: PeerAddr) -> None:
+        self._rules.runner.run(f"delete element {FAMILY} {TABLE} {PEER_SET} {{ {obj.ip} }}\n")
+
+
+class NftOwner:
+    """NftRules as an Owner of the daemon's Reconciler (flannelish.daemon.reconciler).
+
+    * ``ensure_base()`` re-asserts the table (a deleted table, chain or rule
+      is restored in the same pass) and counts repairs in ``repairs``;
+    * ``plan(peer)`` / ``resources()`` make the reconciler diff the peer set
+      element by element, exactly like kernel routes;
+    * ``arm()``: call once the first lease snapshot is in the PeerTable.  The
+      drop rule is added on the *second* pass after that, when the set
+      already holds every peer, so arming never drops a peer's traffic.
+    """
+
+    def __init__(self, rules: NftRules) -> None:
+        self.rules = rules
+        self.repairs = 0
+        self._created = False
+        self._arm_stage = 0  # 0 idle, 1 requested, 2 set synced once -> arm
+        self._resources = [PeerSetResource(rules)] if rules.vxlan_port is not None else []
+
+    def arm(self) -> None:
+        if self._arm_stage == 0 and not self.rules.armed:
+            self._arm_stage = 1
+
+    def ensure_base(self) -> bool:
+        if self._arm_stage == 2:
+            self.rules.arm()
+            self._arm_stage = 0
+            self.rules.apply()  # a planned change, not a repair
+            self._created = True
+            return False
+        if self._arm_stage == 1:
+            self._arm_stage = 2
+        if not self._created:  # start-up: creating is not repairing
+            self.rules.apply()
+            self._created = True
+        elif self.rules.ensure():
+            self.repairs += 1
+        return False  # nothing per peer needs replaying beyond the set diff
+
+    def resources(self) -> Sequence[PeerSetResource]:
+        return self._resources
+
+    def plan(self, peer: Any) -> Sequence[Any]:
+        if not self._resources:
+            return ()
+        return (PeerAddr(IPv4Address(peer.attrs.public_ip)),)
+
+
 def _elements(ips: Iterable[IPv4Address]) -> str:
     return ", ".join(str(ip) for ip in sorted(ips))
 
@@ -352,8 +440,11 @@ __all__ = [
     "PEER_SET",
     "TABLE",
     "NftCli",
+    "NftOwner",
     "NftRules",
     "NftRunner",
+    "PeerAddr",
+    "PeerSetResource",
     "TableState",
     "parse_port",
     "parse_table",

@@ -219,3 +219,37 @@ def test_parse_table_reads_set_elements_and_drop_counter():
     assert state.peers == {IPv4Address("198.18.0.2")}
     assert state.rejected_packets == 3
     assert state.chains == {"input": ["anti-spoof: vxlan from non-peers"]}
+
+
+def _lease(n: int, ip: str):
+    from ipaddress import IPv4Network
+
+    from flannelish.subnet.lease import Lease, LeaseAttrs
+
+    return Lease(IPv4Network(f"10.244.{n}.0/24"), LeaseAttrs(IPv4Address(ip), "vxlan"))
+
+
+def test_owner_lets_the_reconciler_diff_the_peer_set_and_arms_after_a_synced_pass():
+    from flannelish.daemon.reconciler import Reconciler
+    from flannelish.nft import NftOwner
+
+    nft, fake = rules()
+    owner = NftOwner(nft)
+    rec = Reconciler([owner])
+    peers = [_lease(2, "198.18.0.2"), _lease(3, "198.18.0.3")]
+    rec.reconcile([])  # start-up pass before the watch: table without the drop rule
+    assert fake.table is not None and "input" not in fake.table["chains"]
+    owner.arm()
+    rec.reconcile(peers)  # set filled, still unarmed
+    assert fake.table["set"] == {IPv4Address("198.18.0.2"), IPv4Address("198.18.0.3")}
+    assert "input" not in fake.table["chains"]
+    rec.reconcile(peers)  # now armed, the set already complete
+    assert fake.table["chains"]["input"] == ["anti-spoof: vxlan from non-peers"]
+    assert rec.reconcile(peers).changes == 0
+    result = rec.reconcile(peers[:1])
+    assert result.changes == 1 and fake.table["set"] == {IPv4Address("198.18.0.2")}
+    fake.table = None  # deleted by hand: restored with its elements in one pass
+    rec.reconcile(peers[:1])
+    assert owner.repairs == 1
+    assert fake.table["set"] == {IPv4Address("198.18.0.2")}
+    assert fake.table["chains"]["input"] == ["anti-spoof: vxlan from non-peers"]
