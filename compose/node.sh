@@ -1,0 +1,92 @@
+#!/bin/bash
+# Node service of the compose lab.  The container is the node: it runs
+# `flannelish daemon` on its underlay address, then creates demo pods (network
+# namespaces) and attaches each one the way a container runtime does: the
+# `flannelish-cni` executable with CNI_* variables and the netconf on stdin.
+#
+#   flannelish-compose-node            run the node (the container's command)
+#   flannelish-compose-node pods       print "pod ip" lines for this node's pods
+#   flannelish-compose-node ready      exit 0 once the node is up (healthcheck)
+set -euo pipefail
+
+STATE=/run/flannelish-compose
+SUBNET_FILE=/run/flannel/subnet.env
+NODE_NAME="${NODE_NAME:-$(hostname)}"
+PODS="${PODS_PER_NODE:-2}"
+CNI_BIN_DIR="$(dirname "$(command -v flannelish-cni)")"
+NETCONF=$(printf '{"cniVersion": "1.0.0", "name": "flannelish", "type": "flannelish-cni", "subnetFile": "%s"}' "$SUBNET_FILE")
+
+log() { echo "[$NODE_NAME] $*" >&2; }
+
+case "${1:-run}" in
+    pods) exec cat "$STATE/pods.tsv" ;;
+    ready) exec test -f "$STATE/ready" ;;
+    run) ;;
+    *) echo "usage: $0 [run|pods|ready]" >&2; exit 2 ;;
+esac
+
+NODE_IP="${NODE_IP:?set NODE_IP to the underlay address of this node}"
+ETCD_ENDPOINTS="${ETCD_ENDPOINTS:?set ETCD_ENDPOINTS, e.g. http://10.97.100.2:2379}"
+# The interface that holds NODE_IP (eth0 unless the container has several networks).
+IFACE=$(ip -o -4 addr show | awk -v ip="$NODE_IP" 'index($4, ip "/") == 1 {print $2; exit}')
+[ -n "$IFACE" ] || { log "no interface has $NODE_IP"; ip -br addr >&2; exit 1; }
+
+rm -rf "$STATE" && mkdir -p "$STATE" /run/flannel
+: >"$STATE/pods.tsv"
+
+cni() { # cni COMMAND POD: run the plugin as a runtime does
+    CNI_COMMAND="$1" CNI_CONTAINERID="$2" CNI_NETNS="/run/netns/$2" CNI_IFNAME=eth0 \
+        CNI_PATH="$CNI_BIN_DIR" flannelish-cni <<<"$NETCONF"
+}
+
+daemon_pid=""
+stopping=0
+shutdown() {
+    stopping=1
+    log "stopping: releasing pods, then the daemon"
+    while read -r pod _; do
+        [ -n "$pod" ] || continue
+        cni DEL "$pod" >/dev/null 2>&1 || log "CNI DEL $pod failed"
+        ip netns del "$pod" 2>/dev/null || true
+    done <"$STATE/pods.tsv"
+    [ -z "$daemon_pid" ] || kill -TERM "$daemon_pid" 2>/dev/null || true
+}
+trap shutdown TERM INT
+
+log "starting flannelish daemon: iface $IFACE ($NODE_IP), etcd $ETCD_ENDPOINTS"
+flannelish daemon --etcd-endpoints "$ETCD_ENDPOINTS" --iface "$IFACE" \
+    --public-ip "$NODE_IP" --subnet-file "$SUBNET_FILE" &
+daemon_pid=$!
+
+for _ in $(seq 1 600); do
+    [ -s "$SUBNET_FILE" ] && break
+    kill -0 "$daemon_pid" 2>/dev/null || { log "daemon exited before writing $SUBNET_FILE"; exit 1; }
+    sleep 0.1
+done
+[ -s "$SUBNET_FILE" ] || { log "no $SUBNET_FILE after 60 s"; exit 1; }
+log "subnet.env: $(tr '\n' ' ' <"$SUBNET_FILE")"
+
+for i in $(seq 1 "$PODS"); do
+    pod="$NODE_NAME-pod$i"
+    ip netns add "$pod"
+    if ! result=$(cni ADD "$pod"); then
+        log "CNI ADD for $pod failed: $result"
+        exit 1
+    fi
+    printf '%s\n' "$result" >"$STATE/$pod.json"
+    ip=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])' <<<"$result")
+    printf '%s %s\n' "$pod" "$ip" >>"$STATE/pods.tsv"
+    log "pod $pod: $ip"
+done
+touch "$STATE/ready"
+log "ready: $(tr '\n' ' ' <"$STATE/pods.tsv")"
+
+# Run until the daemon ends or we are told to stop (a trapped signal interrupts `wait`).
+status=0
+wait "$daemon_pid" || status=$?
+if [ "$stopping" = 1 ]; then
+    wait "$daemon_pid" 2>/dev/null || true
+    exit 0
+fi
+log "daemon exited with status $status"
+exit "$status"

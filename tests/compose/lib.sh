@@ -1,0 +1,485 @@
+# Functions of tests/compose/run.sh (sourced).  All names start with flc_.
+# shellcheck shell=bash
+
+FLC_CACHE="${FLANNELISH_COMPOSE_CACHE:-/var/lib/flannelish-compose}"
+FLC_DATA_ROOT="$FLC_CACHE/docker"
+FLC_BASE_IMAGE="localhost/debian:bookworm"
+FLC_PROJECT="flannelish-compose-test"
+FLC_NODES=(node1 node2 node3)
+FLC_DEB_DOCKER=(docker.io docker-compose mmdebstrap)
+# Everything the images need from Debian, preinstalled in the base image so the
+# Dockerfile's apt step is skipped (it stays for users building FROM debian:bookworm-slim).
+FLC_BASE_PACKAGES="etcd-server,etcd-client,iproute2,iputils-ping,nftables,tcpdump,python3,python3-venv,procps,ca-certificates"
+FLC_MIRROR="${FLANNELISH_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+FLC_UNDERLAY="${FLANNELISH_UNDERLAY:-10.97.100}"
+FLC_BRIDGE="flannelish-ul0"
+FLC_DOCKER=/usr/bin/docker
+FLC_RUN=""
+FLC_DOCKERD_PID=""
+FLC_T0=""
+FLC_STEP_T=""
+FLC_TIMES=()
+FLC_FAILED=0
+
+flc_now() { date +%s.%N; }
+flc_since() { awk -v a="$1" -v b="$(flc_now)" 'BEGIN { printf "%.1f", b - a }'; }
+flc_log() { printf '[compose-test %6ss] %s\n' "$(flc_since "$FLC_T0")" "$*" >&2; }
+flc_fail() { flc_log "FAIL: $*"; FLC_FAILED=1; exit 1; }
+
+flc_step() {
+    if [ -n "$FLC_STEP_T" ]; then
+        FLC_TIMES+=("$(flc_since "$FLC_STEP_T")s  $FLC_STEP_NAME")
+    fi
+    FLC_STEP_NAME="$1"
+    FLC_STEP_T=$(flc_now)
+    flc_log "== $1"
+}
+
+flc_begin() {
+    [ "$(id -u)" = 0 ] || { echo "tests/compose/run.sh must run as root" >&2; exit 1; }
+    FLC_T0=$(flc_now)
+    mkdir -p "$FLC_CACHE"
+    # One run at a time: the data root, the underlay range and the bridge name are shared.
+    exec 9>"$FLC_CACHE/lock"
+    if ! flock -n 9; then
+        flc_log "another compose test holds $FLC_CACHE/lock; waiting (up to 15 min)"
+        flock -w 900 9 || { echo "could not get $FLC_CACHE/lock" >&2; exit 1; }
+    fi
+    FLC_RUN=$(mktemp -d /tmp/flc.XXXXXX)
+    export DOCKER_HOST="unix://$FLC_RUN/docker.sock"
+    export COMPOSE_PROJECT_NAME="$FLC_PROJECT"
+    export FLANNELISH_BUILD_NETWORK=host
+    export BASE_IMAGE="$FLC_BASE_IMAGE"
+    export COMPOSE_HTTP_TIMEOUT=300
+    flc_log "state: $FLC_RUN (run), $FLC_CACHE (cache); DOCKER_HOST=$DOCKER_HOST"
+}
+
+flc_report() {
+    FLC_TIMES+=("$(flc_since "$FLC_STEP_T")s  $FLC_STEP_NAME")
+    flc_log "timings:"
+    printf '    %s\n' "${FLC_TIMES[@]}" >&2
+    flc_log "PASS: compose lab built, up, verified and torn down in $(flc_since "$FLC_T0")s"
+}
+
+# --- packages -----------------------------------------------------------------
+
+flc_install_packages() {
+    local missing=() p
+    for p in "${FLC_DEB_DOCKER[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+            || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        flc_log "installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+}
+
+# --- private dockerd ------------------------------------------------------------
+
+# What the root namespace looks like before we start, to prove we left it so.
+flc_baseline() {
+    ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort >"$FLC_RUN/links.before"
+    nft list ruleset >"$FLC_RUN/nft.before" 2>/dev/null || true
+    sysctl -n net.ipv4.ip_forward >"$FLC_RUN/ip_forward.before"
+}
+
+flc_pid_is_our_dockerd() { # PID: a dockerd using our data root?
+    [ -n "$1" ] && [ -r "/proc/$1/cmdline" ] \
+        && tr '\0' ' ' <"/proc/$1/cmdline" | grep -q -- "dockerd .*--data-root $FLC_DATA_ROOT "
+}
+
+flc_stop_pid() { # PID [seconds]: TERM, wait, then KILL
+    local pid="$1" wait="${2:-30}" i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for i in $(seq 1 $((wait * 10))); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    flc_log "pid $pid did not stop in ${wait}s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+flc_start_dockerd() {
+    # A dockerd of a crashed earlier run still holding our data root: stop it by its PID.
+    local old
+    old=$(cat "$FLC_CACHE/dockerd.pid" 2>/dev/null || true)
+    if flc_pid_is_our_dockerd "$old"; then
+        flc_log "stopping dockerd $old left by an earlier run"
+        flc_stop_pid "$old" 30
+    fi
+    mkdir -p "$FLC_DATA_ROOT"
+    echo '{}' >"$FLC_RUN/daemon.json"
+    # setsid: dockerd must not get the terminal's ^C before our teardown talks to it.
+    setsid dockerd \
+        --config-file "$FLC_RUN/daemon.json" \
+        --data-root "$FLC_DATA_ROOT" \
+        --exec-root "$FLC_RUN/exec" \
+        --pidfile "$FLC_RUN/dockerd.pid" \
+        --host "$DOCKER_HOST" \
+        --bridge none --iptables=false --ip-forward=false --ip-masq=false \
+        --default-address-pool base=10.97.128.0/18,size=24 \
+        --storage-driver overlay2 --log-level warn \
+        >"$FLC_RUN/dockerd.log" 2>&1 </dev/null &
+    FLC_DOCKERD_PID=$!
+    echo "$FLC_DOCKERD_PID" >"$FLC_CACHE/dockerd.pid"
+    local i
+    for i in $(seq 1 300); do
+        if "$FLC_DOCKER" info >/dev/null 2>&1; then
+            flc_log "dockerd pid $FLC_DOCKERD_PID ready"
+            return 0
+        fi
+        kill -0 "$FLC_DOCKERD_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    tail -20 "$FLC_RUN/dockerd.log" >&2
+    flc_fail "dockerd did not come up (log: $FLC_RUN/dockerd.log)"
+}
+
+# Leftovers of a crashed earlier run inside our private data root.
+flc_preclean() {
+    local ids
+    ids=$("$FLC_DOCKER" ps -aq)
+    [ -z "$ids" ] || { flc_log "removing leftover containers"; "$FLC_DOCKER" rm -f $ids >/dev/null; }
+    "$FLC_DOCKER" network prune -f >/dev/null
+    "$FLC_DOCKER" volume prune -f >/dev/null
+    flc_prune_images
+}
+
+flc_prune_images() { # every image but the base image, and the build cache
+    local img
+    for img in $("$FLC_DOCKER" images --format '{{.Repository}}:{{.Tag}}' | grep -vx "$FLC_BASE_IMAGE" || true); do
+        [ "$img" = "<none>:<none>" ] || "$FLC_DOCKER" rmi -f "$img" >/dev/null 2>&1 || true
+    done
+    "$FLC_DOCKER" image prune -f >/dev/null
+    "$FLC_DOCKER" builder prune -af >/dev/null 2>&1 || true
+}
+
+# --- base image -------------------------------------------------------------------
+
+flc_base_image() {
+    # The key changes when the package list, the mirror or the host's extra CA
+    # certificates change (the latter so pip inside the build trusts a TLS proxy).
+    local cas=() key tar="$FLC_CACHE/base-rootfs.tar"
+    mapfile -t cas < <(find /usr/local/share/ca-certificates -name '*.crt' -type f 2>/dev/null | sort)
+    key=$( { echo "$FLC_BASE_PACKAGES $FLC_MIRROR v1"; cat "${cas[@]}" /dev/null; } | sha256sum | cut -c1-16)
+    if [ "$(cat "$FLC_CACHE/base.key" 2>/dev/null)" = "$key" ] \
+        && "$FLC_DOCKER" image inspect "$FLC_BASE_IMAGE" >/dev/null 2>&1; then
+        flc_log "cached (key $key)"
+        return 0
+    fi
+    if [ "$(cat "$FLC_CACHE/base-rootfs.key" 2>/dev/null)" != "$key" ] || [ ! -s "$tar" ]; then
+        local hooks=()
+        if [ "${#cas[@]}" -gt 0 ]; then
+            hooks+=(--customize-hook="copy-in ${cas[*]} /usr/local/share/ca-certificates/")
+            hooks+=(--customize-hook='chroot "$1" update-ca-certificates')
+        fi
+        flc_log "mmdebstrap bookworm ($FLC_BASE_PACKAGES)"
+        rm -f "$tar" "$FLC_CACHE/base-rootfs.key"
+        mmdebstrap --quiet --variant=apt --include="$FLC_BASE_PACKAGES" "${hooks[@]}" \
+            bookworm "${tar%.tar}.tmp.tar" \
+            "deb $FLC_MIRROR bookworm main" "deb $FLC_MIRROR bookworm-updates main" \
+            "deb ${FLC_MIRROR%/debian}/debian-security bookworm-security main" \
+            >"$FLC_RUN/mmdebstrap.log" 2>&1 \
+            || { tail -20 "$FLC_RUN/mmdebstrap.log" >&2; rm -f "${tar%.tar}.tmp.tar"; flc_fail "mmdebstrap failed"; }
+        mv "${tar%.tar}.tmp.tar" "$tar"
+        echo "$key" >"$FLC_CACHE/base-rootfs.key"
+    fi
+    flc_log "docker import $tar"
+    "$FLC_DOCKER" rmi -f "$FLC_BASE_IMAGE" >/dev/null 2>&1 || true
+    # pip in the build must use the system CA store (which holds the host's extra CAs).
+    "$FLC_DOCKER" import \
+        --change 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' \
+        --change 'ENV REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt' \
+        --change 'CMD ["/bin/bash"]' \
+        "$tar" "$FLC_BASE_IMAGE" >/dev/null
+    echo "$key" >"$FLC_CACHE/base.key"
+}
+
+# --- source snapshot and compose ------------------------------------------------------
+
+# Build from a snapshot of the working tree (tracked + untracked, not ignored
+# files), so every service's image comes from the same files even while the
+# tree is being edited, and the build context is small.
+flc_snapshot_source() {
+    local src="$FLC_RUN/src"
+    mkdir -p "$src"
+    (cd "$REPO" && git ls-files -z --cached --others --exclude-standard \
+        | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
+        | tar --null -T - -cf -) | tar -C "$src" -xf -
+    flc_log "$(find "$src" -type f | wc -l) files in $src"
+}
+
+flc_compose() {
+    local extra=()
+    [ -z "${FLANNELISH_COMPOSE_OVERRIDE:-}" ] || extra=(-f "$FLANNELISH_COMPOSE_OVERRIDE")
+    docker-compose --project-directory "$FLC_RUN/src" -f "$FLC_RUN/src/docker-compose.yml" \
+        "${extra[@]}" -p "$FLC_PROJECT" "$@"
+}
+
+flc_container() { # SERVICE -> container id
+    flc_compose ps -q "$1"
+}
+
+flc_exec() { # SERVICE CMD...: run in the service's container (no TTY)
+    local svc="$1"
+    shift
+    "$FLC_DOCKER" exec "$(flc_container "$svc")" "$@"
+}
+
+flc_dump_logs() {
+    flc_log "container logs:"
+    flc_compose logs --no-color --tail 60 >&2 2>&1 || true
+}
+
+flc_wait_healthy() { # timeout seconds
+    local deadline=$(($(date +%s) + $1)) svc cid status pending
+    while :; do
+        pending=""
+        for svc in etcd "${FLC_NODES[@]}"; do
+            cid=$(flc_container "$svc")
+            status=$("$FLC_DOCKER" inspect -f '{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$cid" 2>/dev/null || echo missing)
+            case "$status" in
+                running/healthy) ;;
+                exited/* | dead/* | missing) flc_dump_logs; flc_fail "$svc is $status" ;;
+                *) pending="$pending $svc($status)" ;;
+            esac
+        done
+        [ -n "$pending" ] || break
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            flc_dump_logs
+            flc_fail "not healthy after $1 s:$pending"
+        fi
+        sleep 0.5
+    done
+    flc_log "etcd and ${FLC_NODES[*]} healthy"
+}
+
+# --- verification ---------------------------------------------------------------------
+
+flc_verify() {
+    local node pod ip
+    declare -A POD_IP POD_NODE
+    local pods=()
+    for node in "${FLC_NODES[@]}"; do
+        while read -r pod ip; do
+            [ -n "$pod" ] || continue
+            POD_IP[$pod]=$ip
+            POD_NODE[$pod]=$node
+            pods+=("$pod")
+        done < <(flc_exec "$node" flannelish-compose-node pods)
+        flc_log "$node: $(flc_exec "$node" sh -c '. /run/flannel/subnet.env; echo subnet $FLANNEL_SUBNET mtu $FLANNEL_MTU') pods: $(flc_exec "$node" flannelish-compose-node pods | tr '\n' ' ')"
+    done
+    [ "${#pods[@]}" -ge $((2 * ${#FLC_NODES[@]})) ] || flc_fail "expected 2 pods per node, got: ${pods[*]}"
+
+    # Every pod pings every other pod (cross-node and same-node): one `docker exec`
+    # per node runs its pods' pings in parallel and prints "ok|FAIL SRC DST-IP".
+    local targets="" results="" failed pairs
+    for pod in "${pods[@]}"; do targets="$targets ${POD_IP[$pod]}"; done
+    local pid_list=()
+    for node in "${FLC_NODES[@]}"; do
+        flc_exec "$node" bash -c '
+            while read -r pod ip; do
+                for t in '"$targets"'; do
+                    [ "$t" != "$ip" ] || continue
+                    ( if ip netns exec "$pod" ping -n -q -c 2 -i 0.2 -W 2 "$t" >/dev/null 2>&1
+                      then echo "ok $pod $t"; else echo "FAIL $pod $t"; fi ) &
+                done
+            done < <(flannelish-compose-node pods)
+            wait' >"$FLC_RUN/ping.$node" 2>&1 &
+        pid_list+=($!)
+    done
+    wait "${pid_list[@]}" || true
+    results=$(cat "$FLC_RUN"/ping.node*)
+    pairs=$(grep -cE '^(ok|FAIL) ' <<<"$results" || true)
+    failed=$(grep -c '^FAIL ' <<<"$results" || true)
+    grep '^FAIL ' <<<"$results" | sed 's/^/    /' >&2 || true
+    local expected=$(( ${#pods[@]} * (${#pods[@]} - 1) ))
+    [ "$pairs" = "$expected" ] || { echo "$results" >&2; flc_fail "expected $expected ping results, got $pairs"; }
+    [ "$failed" = 0 ] || flc_fail "$failed of $pairs pod pairs cannot ping"
+    flc_log "ping: all $pairs pod pairs ok (cross-node and same-node)"
+
+    # VXLAN on the compose network, seen from inside node2: ICMP from a node1 pod
+    # to a node2 pod must arrive as UDP 8472 between the nodes' underlay addresses
+    # with the pod IPs unchanged inside; nothing from the pod network may cross
+    # the underlay unencapsulated.
+    local src="node1-pod1" dst="node2-pod1"
+    local src_ip="${POD_IP[$src]}" dst_ip="${POD_IP[$dst]}"
+    local n1="$FLC_UNDERLAY.11" n2="$FLC_UNDERLAY.12" cap
+    flc_exec node2 sh -c 'rm -f /tmp/vx.txt /tmp/plain.txt
+        (timeout 20 tcpdump -i eth0 -t -nn -l -T vxlan -c 4 "udp port 8472 and src host '"$n1"'" >/tmp/vx.txt 2>/tmp/vx.err &)
+        (timeout 20 tcpdump -i eth0 -t -nn -l "ip and net 10.244.0.0/16" >/tmp/plain.txt 2>/tmp/plain.err &)
+        sleep 1'
+    flc_exec node1 ip netns exec "$src" ping -n -q -c 4 -i 0.2 -W 2 "$dst_ip" >/dev/null \
+        || flc_fail "ping $src -> $dst failed during the capture"
+    sleep 1
+    cap=$(flc_exec node2 sh -c 'for i in $(seq 1 50); do [ "$(grep -c "ICMP echo request" /tmp/vx.txt)" -ge 4 ] && break; sleep 0.1; done; cat /tmp/vx.txt')
+    flc_exec node2 sh -c 'pkill -INT -x tcpdump; sleep 0.5; true' || true
+    printf '%s\n' "$cap" | sed 's/^/    node2 eth0: /' >&2
+    local outer inner
+    outer=$(printf '%s\n' "$cap" | grep -cE "^IP $n1\.[0-9]+ > $n2\.8472: VXLAN, flags \[I\] \(0x08\), vni 1$" || true)
+    inner=$(printf '%s\n' "$cap" | grep -cE "^IP $src_ip > $dst_ip: ICMP echo request" || true)
+    [ "$outer" -ge 4 ] || flc_fail "expected 4 VXLAN packets $n1 -> $n2:8472 vni 1 on node2's eth0, saw $outer"
+    [ "$inner" -ge 4 ] || flc_fail "expected the inner packets $src_ip -> $dst_ip (pod IPs, no NAT), saw $inner"
+    local plain
+    plain=$(flc_exec node2 cat /tmp/plain.txt)
+    [ -z "$plain" ] || flc_fail "pod-network packets crossed the underlay unencapsulated: $plain"
+    flc_log "VXLAN: $outer packets $n1 -> $n2 udp/8472 vni 1 carrying $src_ip -> $dst_ip; none unencapsulated"
+}
+
+# --- teardown -----------------------------------------------------------------------
+
+flc_teardown() {
+    if [ -n "$FLC_DOCKERD_PID" ] && kill -0 "$FLC_DOCKERD_PID" 2>/dev/null; then
+        if [ -d "$FLC_RUN/src" ]; then
+            flc_compose down -v --rmi local --remove-orphans --timeout 10 >"$FLC_RUN/down.log" 2>&1 \
+                || { cat "$FLC_RUN/down.log" >&2; flc_log "compose down failed"; }
+        fi
+        local ids
+        ids=$("$FLC_DOCKER" ps -aq 2>/dev/null || true)
+        [ -z "$ids" ] || "$FLC_DOCKER" rm -f $ids >/dev/null 2>&1 || true
+        "$FLC_DOCKER" network prune -f >/dev/null 2>&1 || true
+        "$FLC_DOCKER" volume prune -f >/dev/null 2>&1 || true
+        flc_prune_images
+        flc_docker_inventory >"$FLC_RUN/inventory.after"
+        flc_log "stopping dockerd $FLC_DOCKERD_PID"
+        flc_stop_pid "$FLC_DOCKERD_PID" 30
+    fi
+    FLC_DOCKERD_PID=""
+    rm -f "$FLC_CACHE/dockerd.pid"
+    # Links dockerd may leave behind (there is no docker0 with --bridge none, but check).
+    local link
+    for link in docker0 "$FLC_BRIDGE"; do
+        if ip link show "$link" >/dev/null 2>&1 && ! grep -qx "$link" "$FLC_RUN/links.before" 2>/dev/null; then
+            flc_log "removing leftover link $link"
+            ip link del "$link" || true
+        fi
+    done
+    flc_remove_docker_firewall
+    # Mounts under our run dir or data root (overlay layers, netns of containers).
+    local m
+    for m in $(awk -v r="$FLC_RUN" -v d="$FLC_DATA_ROOT" 'index($2, r) == 1 || index($2, d "/") == 1 {print $2}' /proc/self/mounts | sort -r); do
+        umount -l "$m" 2>/dev/null || true
+    done
+}
+
+# Docker's chains, should a dockerd ever have made them (ours runs with --iptables=false).
+flc_remove_docker_firewall() {
+    local fam table chain
+    for fam in ip ip6; do
+        for table in filter nat; do
+            nft list table "$fam" "$table" >/dev/null 2>&1 || continue
+            if ! grep -q "^table $fam $table " "$FLC_RUN/nft.before" 2>/dev/null; then
+                if nft list table "$fam" "$table" | grep -q 'chain DOCKER'; then
+                    flc_log "removing table $fam $table created by dockerd"
+                    nft delete table "$fam" "$table" || true
+                fi
+                continue
+            fi
+            # The table existed before: remove only Docker's chains and the jumps to them.
+            local handle
+            for handle in $(nft -a list table "$fam" "$table" | awk '/jump DOCKER|goto DOCKER/ {print $NF}'); do
+                for chain in $(nft list table "$fam" "$table" | awk '/^\tchain / {print $2}'); do
+                    nft delete rule "$fam" "$table" "$chain" handle "$handle" 2>/dev/null && break
+                done
+            done
+            for chain in $(nft list table "$fam" "$table" | awk '/^\tchain DOCKER/ {print $2}'); do
+                nft flush chain "$fam" "$table" "$chain" || true
+            done
+            for chain in $(nft list table "$fam" "$table" | awk '/^\tchain DOCKER/ {print $2}'); do
+                nft delete chain "$fam" "$table" "$chain" || true
+            done
+        done
+    done
+}
+
+flc_docker_inventory() {
+    echo "containers: $("$FLC_DOCKER" ps -aq | wc -l)"
+    echo "networks: $("$FLC_DOCKER" network ls --format '{{.Name}}' | grep -vxE 'host|none|bridge' | tr '\n' ' ')"
+    echo "volumes: $("$FLC_DOCKER" volume ls -q | tr '\n' ' ')"
+    echo "images: $("$FLC_DOCKER" images -a --format '{{.Repository}}:{{.Tag}}' | tr '\n' ' ')"
+    echo "build-cache: $("$FLC_DOCKER" system df --format '{{.Type}} {{.TotalCount}}' | awk '$1 == "Build" {print $NF}')"
+}
+
+flc_check_clean() {
+    local problems=()
+    if [ -f "$FLC_RUN/inventory.after" ]; then
+        grep -q '^containers: 0$' "$FLC_RUN/inventory.after" || problems+=("containers left")
+        grep -q '^networks: $' "$FLC_RUN/inventory.after" || problems+=("networks left: $(grep ^networks "$FLC_RUN/inventory.after")")
+        grep -q '^volumes: $' "$FLC_RUN/inventory.after" || problems+=("volumes left")
+        grep -qxE "images: ($FLC_BASE_IMAGE )?" "$FLC_RUN/inventory.after" \
+            || problems+=("images other than the base image: $(grep ^images "$FLC_RUN/inventory.after")")
+        grep -qE '^build-cache: 0?$' "$FLC_RUN/inventory.after" || problems+=("build cache left")
+    else
+        problems+=("no docker inventory was taken before dockerd stopped")
+    fi
+    if pgrep -f -- "--data-root $FLC_DATA_ROOT" >/dev/null || pgrep -f -- "$FLC_RUN/" >/dev/null; then
+        problems+=("processes left: $(pgrep -af -- "$FLC_RUN/|--data-root $FLC_DATA_ROOT" | tr '\n' ';')")
+    fi
+    local new_links
+    new_links=$(ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort \
+        | comm -13 "$FLC_RUN/links.before" - | grep -E '^(docker0|br-|veth|flannelish-ul)' || true)
+    [ -z "$new_links" ] || problems+=("links left: $new_links")
+    if nft list ruleset 2>/dev/null | grep -qi docker; then
+        problems+=("Docker firewall chains left")
+    fi
+    if ! diff -q "$FLC_RUN/nft.before" <(nft list ruleset 2>/dev/null) >/dev/null; then
+        flc_log "note: the root namespace's nft ruleset differs from the start (not Docker's: checked above)"
+    fi
+    [ "$(sysctl -n net.ipv4.ip_forward)" = "$(cat "$FLC_RUN/ip_forward.before")" ] \
+        || problems+=("net.ipv4.ip_forward changed")
+    if awk -v r="$FLC_RUN" -v d="$FLC_DATA_ROOT" 'index($2, r) == 1 || index($2, d "/") == 1' /proc/self/mounts | grep -q .; then
+        problems+=("mounts left under $FLC_RUN or $FLC_DATA_ROOT")
+    fi
+    if [ "${#problems[@]}" -gt 0 ]; then
+        printf '  - %s\n' "${problems[@]}" >&2
+        flc_fail "teardown left things behind"
+    fi
+    flc_log "clean: no container, network, volume, image but $FLC_BASE_IMAGE, build cache, link, firewall chain, mount or process left"
+    rm -rf "$FLC_RUN"
+}
+
+flc_on_exit() {
+    local rc="$1"
+    trap - EXIT INT TERM
+    if [ "${FLANNELISH_COMPOSE_KEEP:-0}" = 1 ]; then
+        flc_keep "$rc"
+    fi
+    [ "$rc" != 0 ] || rc=1
+    flc_log "failed (status $rc); tearing down"
+    [ "$FLC_FAILED" = 1 ] || flc_dump_logs_if_up
+    flc_teardown || true
+    flc_check_clean || true
+    exit "$rc"
+}
+
+# FLANNELISH_COMPOSE_KEEP=1: leave dockerd and the lab running for a look around.
+flc_keep() {
+    trap - EXIT INT TERM
+    echo "$FLC_RUN" >"$FLC_CACHE/kept-run"
+    flc_log "FLANNELISH_COMPOSE_KEEP=1: lab left running. Look around with:"
+    echo "    export DOCKER_HOST=$DOCKER_HOST" >&2
+    echo "    docker-compose -p $FLC_PROJECT -f $FLC_RUN/src/docker-compose.yml ps" >&2
+    echo "  remove it with: bash tests/compose/run.sh --down" >&2
+    exit "${1:-0}"
+}
+
+flc_dump_logs_if_up() {
+    if [ -n "$FLC_DOCKERD_PID" ] && [ -d "$FLC_RUN/src" ] && kill -0 "$FLC_DOCKERD_PID" 2>/dev/null; then
+        flc_dump_logs
+    fi
+}
+
+# Tear down a lab left by FLANNELISH_COMPOSE_KEEP=1.
+flc_down_only() {
+    FLC_T0=$(flc_now)
+    FLC_RUN=$(cat "$FLC_CACHE/kept-run" 2>/dev/null || true)
+    [ -n "$FLC_RUN" ] && [ -d "$FLC_RUN" ] || { echo "no kept compose lab" >&2; return 0; }
+    export DOCKER_HOST="unix://$FLC_RUN/docker.sock"
+    FLC_DOCKERD_PID=$(cat "$FLC_CACHE/dockerd.pid" 2>/dev/null || true)
+    flc_pid_is_our_dockerd "$FLC_DOCKERD_PID" || FLC_DOCKERD_PID=""
+    flc_teardown
+    rm -f "$FLC_CACHE/kept-run"
+    flc_check_clean
+}
