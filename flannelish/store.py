@@ -16,19 +16,27 @@ what the library leaves to its callers (deps.md §1):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import queue
 import re
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from flannelish.errors import ConfigError
+from flannelish.errors import ConfigError, EtcdAuthError, EtcdError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:4001,http://127.0.0.1:2379"
 DEFAULT_PREFIX = "/coreos.com/network"
 DEFAULT_PORT = 2379
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -152,3 +160,409 @@ def _why_unreadable(path: str) -> str:
     if os.path.isdir(path):
         return "it is a directory"
     return "permission denied"
+
+
+# --------------------------------------------------------------------------
+# The client wrapper.  pyetcd and grpc are imported inside, never at the top.
+
+# Reconnect quickly after an etcd restart (gRPC's default backoff grows to
+# 120 s); keepalive pings notice a silently dead member on an open watch.
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+]
+_TLS_HINTS = (
+    "certificate_verify_failed",
+    "certificate verify failed",
+    "ssl handshake failed",
+    "handshake failed",
+    "ssl_error",
+    "wrong_version_number",
+    "tls",
+)
+
+
+class HistoryCompacted(Exception):  # a signal to re-list, not a failure
+    """The watch start revision is older than etcd's compacted history."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"etcd history compacted up to revision {compact_revision}")
+        self.compact_revision = compact_revision
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    """One key as read from etcd (or from a watch event)."""
+
+    key: str
+    value: bytes
+    mod_revision: int
+    lease_id: int
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    deleted: bool
+    kv: KeyValue
+
+
+class EtcdStore:
+    """A connection to an etcd cluster with failover, retries and readable errors.
+
+    Every method either succeeds or raises EtcdError / EtcdAuthError; a request
+    that fails on one member is retried on the others before giving up.
+    """
+
+    def __init__(self, options: EtcdOptions, timeout: float = 5.0, retry_failed_after: float = 1.0):
+        import grpc
+        import pyetcd
+
+        self.options = options
+        self.timeout = timeout
+        self._endpoints = options.parsed_endpoints
+        creds = None
+        if any(ep.secure for ep in self._endpoints):
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_read(options.cafile, "--etcd-cafile"),
+                private_key=_read(options.keyfile, "--etcd-keyfile"),
+                certificate_chain=_read(options.certfile, "--etcd-certfile"),
+            )
+        self._client = pyetcd.MultiEndpointEtcd3Client(
+            [
+                pyetcd.Endpoint(
+                    f"[{ep.host}]" if ":" in ep.host else ep.host,
+                    ep.port,
+                    secure=ep.secure,
+                    creds=creds if ep.secure else None,
+                    time_retry=retry_failed_after,
+                    opts=_CHANNEL_OPTIONS,
+                )
+                for ep in self._endpoints
+            ],
+            timeout=timeout,
+            failover=True,
+        )
+        # Authenticate lazily inside call(), so its errors get the same treatment.
+        self._token_needed = bool(options.username)
+        self._auth_lock = threading.Lock()
+
+    # -- plumbing ---------------------------------------------------------
+
+    @property
+    def current_endpoint(self) -> str:
+        ep = self._client.endpoint_in_use
+        return f"{ep.protocol}://{ep.netloc}" if ep else "?"
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._client.close()
+
+    def __enter__(self) -> EtcdStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, what: str, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(client)``, failing over between members; translate every error."""
+        attempts = 2 * len(self._endpoints) + 1
+        reauthenticated = False
+        last_cause = "no attempt made"
+        for attempt in range(attempts):
+            try:
+                if self._token_needed:
+                    self._authenticate()
+                return fn(self._client)
+            except Exception as exc:
+                kind, cause = self._classify(exc)
+            if kind == "token" and not reauthenticated:
+                # Simple tokens are per member and expire after 5 idle minutes.
+                self._token_needed = reauthenticated = True
+                continue
+            if kind in ("auth", "token"):
+                raise EtcdAuthError(f"etcd refused {what}", cause)
+            if kind == "tls":
+                raise EtcdAuthError(
+                    f"TLS handshake with etcd at {self.current_endpoint} failed", cause
+                )
+            if kind == "other":
+                raise EtcdError(f"etcd {what} failed", cause)
+            last_cause = f"{cause} (last tried {self.current_endpoint})"
+            time.sleep(min(0.05 * 2**attempt, 0.5))
+        raise EtcdError(
+            f"etcd is unreachable at {','.join(self.options.endpoints)} ({what})", last_cause
+        )
+
+    def _authenticate(self) -> None:
+        from pyetcd import etcdrpc
+
+        with self._auth_lock:
+            if not self._token_needed:
+                return
+            request = etcdrpc.AuthenticateRequest(
+                name=self.options.username, password=self.options.password
+            )
+            try:
+                response = self._client.authstub.Authenticate(request, self.timeout)
+            except Exception as exc:
+                if "authentication is not enabled" in _details(exc):
+                    log.warning("etcd has authentication disabled; --etcd-username is ignored")
+                    self._client.metadata = None
+                    self._token_needed = False
+                    return
+                raise
+            # Only the metadata token: call credentials would refuse plain-text channels.
+            self._client.metadata = (("token", response.token),)
+            self._client.call_credentials = None
+            self._token_needed = False
+
+    def _classify(self, exc: BaseException) -> tuple[str, str]:
+        """("unavailable" | "tls" | "auth" | "token" | "other", one-line cause)."""
+        import grpc
+        from pyetcd import exceptions as etcd_exc
+
+        if isinstance(exc, EtcdError):
+            raise exc
+        details = _details(exc)
+        low = details.lower()
+        code = _code(exc)
+        if any(h in low for h in _TLS_HINTS) and ("ssl" in low or "certificate" in low):
+            return "tls", _tls_cause(low, details, self.options)
+        if "invalid auth token" in low or "auth: revision in header is old" in low:
+            return "token", details
+        if "authentication failed" in low or "invalid user id or password" in low:
+            return (
+                "auth",
+                f"wrong --etcd-username or --etcd-password for user {self.options.username!r}",
+            )
+        if "user name is empty" in low or "user name not found" in low:
+            if not self.options.username:
+                return (
+                    "auth",
+                    "etcd has authentication enabled; give --etcd-username and --etcd-password",
+                )
+            return "auth", f"etcd user {self.options.username!r} does not exist"
+        if "permission denied" in low or code == grpc.StatusCode.PERMISSION_DENIED:
+            return "auth", f"etcd user {self.options.username!r} lacks permission: {details}"
+        if isinstance(
+            exc,
+            etcd_exc.ConnectionFailedError
+            | etcd_exc.ConnectionTimeoutError
+            | etcd_exc.NoServerAvailableError
+            | etcd_exc.InternalServerError,
+        ) or code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            if isinstance(exc, grpc.RpcError):
+                self._mark_failed()  # the library only does this for calls it wraps
+            return "unavailable", details or type(exc).__name__
+        if isinstance(exc, ValueError) and "failed node" in details:
+            return "unavailable", "every etcd member failed recently"
+        return "other", details or type(exc).__name__
+
+    def _mark_failed(self) -> None:
+        with contextlib.suppress(Exception):
+            self._client.endpoint_in_use.fail()
+            self._client._clear_old_stubs()
+
+    def watch_metadata(self) -> tuple[tuple[str, str], ...]:
+        # hasleader: etcd cancels the watch if its member loses the leader,
+        # so we reconnect to a healthy member instead of waiting forever.
+        return (*(self._client.metadata or ()), ("hasleader", "true"))
+
+    # -- key-value operations --------------------------------------------
+
+    def get(self, key: str) -> KeyValue | None:
+        def op(c: Any) -> KeyValue | None:
+            resp = c.get_response(key)
+            return _kv(resp.kvs[0]) if resp.count else None
+
+        return self.call(f"get {key}", op)
+
+    def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """Every key under `prefix` and the revision of that snapshot."""
+
+        def op(c: Any) -> tuple[list[KeyValue], int]:
+            resp = c.get_prefix_response(prefix)
+            return [_kv(kv) for kv in resp.kvs], int(resp.header.revision)
+
+        return self.call(f"list {prefix}", op)
+
+    def put(self, key: str, value: bytes) -> int:
+        return self.call(f"put {key}", lambda c: int(c.put(key, value).header.revision))
+
+    def put_if(
+        self, key: str, value: bytes, mod_revision: int, lease_id: int = 0
+    ) -> KeyValue | None:
+        """Put only if the key's mod revision is `mod_revision` (0: only if absent).
+
+        Returns the key as written, or None if the comparison failed.
+        """
+
+        def op(c: Any) -> KeyValue | None:
+            t = c.transactions
+            compare = t.version(key) == 0 if mod_revision == 0 else t.mod(key) == mod_revision
+            ok, responses = c.transaction(
+                compare=[compare],
+                success=[t.put(key, value, lease=lease_id or None), t.get(key)],
+                failure=[],
+            )
+            if not ok:
+                return None
+            (val, meta) = responses[1][0]
+            return KeyValue(key, val, int(meta.mod_revision), int(meta.lease_id))
+
+        return self.call(f"write {key}", op)
+
+    def delete(self, key: str, mod_revision: int = 0) -> bool:
+        """Delete `key` (only at `mod_revision` if given); True if it was deleted."""
+
+        def op(c: Any) -> bool:
+            if not mod_revision:
+                return bool(c.delete(key))
+            t = c.transactions
+            ok, _ = c.transaction(
+                compare=[t.mod(key) == mod_revision], success=[t.delete(key)], failure=[]
+            )
+            return bool(ok)
+
+        return self.call(f"delete {key}", op)
+
+    def grant(self, ttl: int) -> tuple[int, int]:
+        """A new etcd lease: (id, granted TTL in seconds)."""
+        lease = self.call(f"grant a {ttl}s lease", lambda c: c.lease(ttl))
+        return int(lease.id), int(lease.ttl)
+
+    def revoke(self, lease_id: int) -> None:
+        def op(c: Any) -> None:
+            try:
+                c.revoke_lease(lease_id)
+            except Exception as exc:
+                if "lease not found" not in _details(exc):
+                    raise
+
+        self.call(f"revoke lease {lease_id:x}", op)
+
+    def ttl(self, lease_id: int) -> int:
+        """Seconds left on a lease; -1 if it no longer exists."""
+        return self.call(
+            f"look up lease {lease_id:x}", lambda c: int(c.get_lease_info(lease_id).TTL)
+        )
+
+    def compact(self, revision: int) -> None:
+        self.call(f"compact to {revision}", lambda c: c.compact(revision))
+
+    def watch(self, prefix: str, start_revision: int) -> WatchStream:
+        """Open a watch on every key under `prefix`, replaying from `start_revision`."""
+        return self.call(f"watch {prefix}", lambda c: WatchStream(self, c, prefix, start_revision))
+
+
+class WatchStream:
+    """One etcd watch stream, read by a background thread into a queue.
+
+    ``next_events(timeout)`` returns the events of one response, [] on a
+    timeout or progress message, and raises HistoryCompacted or EtcdError
+    when the stream ends; ``close()`` ends it from any thread.
+    """
+
+    def __init__(self, store: EtcdStore, client: Any, prefix: str, start_revision: int):
+        from pyetcd import etcdrpc, utils
+
+        self._store = store
+        self.endpoint = store.current_endpoint
+        request = etcdrpc.WatchRequest(
+            create_request=etcdrpc.WatchCreateRequest(
+                key=prefix.encode(),
+                range_end=utils.prefix_range_end(prefix.encode()),
+                start_revision=start_revision,
+            )
+        )
+        self._closed = threading.Event()
+
+        def requests() -> Iterator[Any]:
+            yield request
+            self._closed.wait()  # keep the send side open until close()
+
+        self._queue: queue.Queue[Any] = queue.Queue()
+        stub = etcdrpc.WatchStub(client.channel)
+        self._call = stub.Watch(requests(), metadata=store.watch_metadata())
+        self._reader = threading.Thread(target=self._read, name="etcd-watch", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            for response in self._call:
+                self._queue.put(response)
+            self._queue.put(EtcdError("etcd closed the watch stream", self.endpoint))
+        except Exception as exc:
+            if self._closed.is_set():
+                self._queue.put(EtcdError("watch closed"))
+                return
+            kind, cause = self._store._classify(exc)
+            error_type = EtcdAuthError if kind in ("auth", "tls") else EtcdError
+            self._queue.put(error_type(f"etcd watch on {self.endpoint} ended", cause))
+
+    def next_events(self, timeout: float) -> list[WatchEvent]:
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        if isinstance(item, Exception):
+            raise item
+        if item.compact_revision:
+            raise HistoryCompacted(int(item.compact_revision))
+        if item.canceled:
+            raise EtcdError("etcd canceled the watch", item.cancel_reason or self.endpoint)
+        return [WatchEvent(ev.type == 1, _kv(ev.kv)) for ev in item.events]  # 1 = DELETE
+
+    def close(self) -> None:
+        self._closed.set()
+        with contextlib.suppress(Exception):
+            self._call.cancel()
+
+
+def _kv(kv: Any) -> KeyValue:
+    return KeyValue(
+        kv.key.decode(errors="replace"), bytes(kv.value), int(kv.mod_revision), int(kv.lease)
+    )
+
+
+def _read(path: str | None, flag: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(f"{flag}: cannot read {path!r}", exc.strerror) from None
+
+
+def _details(exc: BaseException) -> str:
+    """The readable part of a gRPC error, also when pyetcd re-raised it as its own type."""
+    for candidate in (exc, exc.__context__, exc.__cause__):
+        details = getattr(candidate, "details", None)
+        if callable(details):
+            with contextlib.suppress(Exception):
+                text = details()
+                if text:
+                    return str(text).replace("etcdserver: ", "")
+    return str(exc)
+
+
+def _code(exc: BaseException) -> Any:
+    for candidate in (exc, exc.__context__):
+        code = getattr(candidate, "code", None)
+        if callable(code):
+            with contextlib.suppress(Exception):
+                return code()
+    return None
+
+
+def _tls_cause(low: str, details: str, options: EtcdOptions) -> str:
+    if "certificate_verify_failed" in low or "certificate verify failed" in low:
+        source = f"--etcd-cafile {options.cafile!r}" if options.cafile else "the system CA store"
+        return f"the etcd server certificate is not trusted by {source}"
+    if "wrong_version_number" in low:
+        return "the server does not speak TLS; use an http:// endpoint"
+    return details.splitlines()[0][:200]

@@ -1,0 +1,139 @@
+"""Resumable lease watches and the peer events derived from them (flannel.md §1.6).
+
+``lease_changes`` is the low-level stream: a Snapshot (list + revision R),
+then the changes from R+1 on.  Every change moves the resume point to its
+revision + 1, so a reconnect neither skips nor repeats a change.  On
+compaction it re-lists and yields a new Snapshot; on a dropped connection it
+reconnects with backoff from 100 ms doubling to 5 s.  While idle or backing
+off it yields empty lists, so a consumer with timers (the LeaseKeeper) never
+blocks for long.
+
+``watch_events`` turns that stream into peer Events: a snapshot is diffed
+against the peers already known, comparing attributes too (Flannel ignores a
+MAC or IP change made during the gap), and ``Event.previous`` carries the old
+attributes on removal and change so backends can delete stale kernel entries.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+
+from flannelish.errors import EtcdAuthError, EtcdError
+from flannelish.subnet.lease import Event, EventType, Lease
+from flannelish.subnet.registry import Change, HistoryCompacted, Registry
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 5.0
+POLL_S = 0.25
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    leases: list[Lease]
+    revision: int
+
+
+def lease_changes(
+    registry: Registry, stop: threading.Event, subnet: IPv4Network | None = None
+) -> Iterator[Snapshot | list[Change]]:
+    """Snapshot first, then lists of changes ([] when idle); returns when `stop` is set."""
+    backoff = BACKOFF_MIN_S
+    next_revision = 0  # 0: a snapshot is needed
+    while not stop.is_set():
+        try:
+            if not next_revision:
+                leases, revision = registry.list_leases()
+                if subnet is not None:
+                    leases = [x for x in leases if x.subnet == subnet]
+                next_revision = revision + 1
+                yield Snapshot(leases, revision)
+            stream = registry.watch(next_revision, subnet)
+            try:
+                while not stop.is_set():
+                    changes = stream.next_changes(POLL_S)
+                    backoff = BACKOFF_MIN_S  # the stream works: next failure starts small
+                    if changes:
+                        next_revision = changes[-1].revision + 1
+                    yield changes
+            finally:
+                stream.close()
+        except HistoryCompacted as exc:
+            log.warning(
+                "lease watch fell behind etcd's compacted history; re-listing",
+                extra={"resume_revision": next_revision, "compacted": exc.compact_revision},
+            )
+            next_revision = 0
+        except EtcdAuthError:
+            raise
+        except EtcdError as exc:
+            log.warning(
+                "lease watch interrupted; reconnecting in %.1fs: %s",
+                backoff,
+                exc,
+                extra={"resume_revision": next_revision},
+            )
+            if stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            yield []
+
+
+def watch_events(
+    registry: Registry, stop: threading.Event, exclude: IPv4Network | None = None
+) -> Iterator[list[Event]]:
+    """Peer events: the first batch is the snapshot (possibly empty), then live batches."""
+    tracker = PeerTracker(exclude)
+    first = True
+    for item in lease_changes(registry, stop):
+        events = tracker.resync(item.leases) if isinstance(item, Snapshot) else tracker.apply(item)
+        if events or first:
+            first = False
+            yield events
+
+
+class PeerTracker:
+    """The set of known peers, turning snapshots and changes into Events."""
+
+    def __init__(self, exclude: IPv4Network | None = None):
+        self.exclude = exclude
+        self.known: dict[IPv4Network, Lease] = {}
+
+    def resync(self, leases: list[Lease]) -> list[Event]:
+        """Diff a fresh listing against what we knew."""
+        current = {x.subnet: x for x in leases if x.subnet != self.exclude}
+        events = []
+        for subnet, old in list(self.known.items()):
+            if subnet not in current:
+                events.append(Event(EventType.REMOVED, old, old.attrs))
+        for subnet, lease in current.items():
+            before = self.known.get(subnet)
+            if before is None:
+                events.append(Event(EventType.ADDED, lease))
+            elif before.attrs != lease.attrs:
+                events.append(Event(EventType.ADDED, lease, before.attrs))
+        self.known = current
+        return events
+
+    def apply(self, changes: list[Change]) -> list[Event]:
+        events = []
+        for change in changes:
+            if change.subnet == self.exclude:
+                continue
+            old = self.known.get(change.subnet)
+            new = change.lease
+            if new is None:
+                if old is not None:  # a removal of an unknown peer carries nothing useful
+                    del self.known[change.subnet]
+                    events.append(Event(EventType.REMOVED, old, old.attrs))
+                continue
+            self.known[change.subnet] = new
+            previous = old.attrs if old is not None and old.attrs != new.attrs else None
+            # A put with the same attributes is a renewal: still ADDED, as in Flannel.
+            events.append(Event(EventType.ADDED, new, previous))
+        return events

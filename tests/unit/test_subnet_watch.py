@@ -1,0 +1,136 @@
+"""watch_leases on the in-memory registry: snapshot, live events, resume, compaction diff."""
+
+from __future__ import annotations
+
+import threading
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from flannelish.subnet.lease import EventType, LeaseAttrs
+from flannelish.subnet.manager import SubnetManager
+from flannelish.subnet.registry import InMemoryRegistry
+from flannelish.subnet.watch import PeerTracker
+
+NET = IPv4Network
+OWN = NET("10.5.1.0/24")
+
+
+def attrs(ip: str, mac: str = "0a:00:00:00:00:01") -> LeaseAttrs:
+    return LeaseAttrs(IPv4Address(ip), "vxlan", {"VNI": 1, "VtepMAC": mac})
+
+
+@pytest.fixture
+def setup():
+    reg = InMemoryRegistry()
+    reg.put_config(b'{"Network":"10.5.0.0/16"}')
+    stop = threading.Event()
+    yield reg, SubnetManager(reg), stop
+    stop.set()
+
+
+def summary(batch):
+    return [
+        (e.type, str(e.lease.subnet), e.previous.vtep_mac if e.previous else None) for e in batch
+    ]
+
+
+def test_first_batch_is_the_snapshot_without_our_own_subnet(setup):
+    reg, mgr, stop = setup
+    reg.put_raw(OWN, attrs("198.18.0.1"))
+    reg.put_raw(NET("10.5.2.0/24"), attrs("198.18.0.2"))
+    events = mgr.watch_leases(stop, exclude=OWN)
+    assert summary(next(events)) == [(EventType.ADDED, "10.5.2.0/24", None)]
+
+
+def test_empty_snapshot_is_still_delivered(setup):
+    _, mgr, stop = setup
+    assert next(mgr.watch_leases(stop)) == []
+
+
+def test_live_add_change_and_remove_carry_previous_attrs(setup):
+    reg, mgr, stop = setup
+    events = mgr.watch_leases(stop, exclude=OWN)
+    next(events)
+    peer = NET("10.5.2.0/24")
+    reg.put_raw(peer, attrs("198.18.0.2", "0a:00:00:00:00:02"))
+    assert summary(next(events)) == [(EventType.ADDED, "10.5.2.0/24", None)]
+    reg.put_raw(peer, attrs("198.18.0.2", "0a:00:00:00:00:03"))
+    assert summary(next(events)) == [(EventType.ADDED, "10.5.2.0/24", "0a:00:00:00:00:02")]
+    reg.expire(peer)
+    batch = next(events)
+    assert summary(batch) == [(EventType.REMOVED, "10.5.2.0/24", "0a:00:00:00:00:03")]
+    assert batch[0].lease.attrs.vtep_mac == "0a:00:00:00:00:03"
+
+
+def test_events_on_our_own_subnet_are_filtered(setup):
+    reg, mgr, stop = setup
+    events = mgr.watch_leases(stop, exclude=OWN)
+    next(events)
+    reg.put_raw(OWN, attrs("198.18.0.1"))
+    reg.put_raw(NET("10.5.3.0/24"), attrs("198.18.0.3"))
+    assert summary(next(events)) == [(EventType.ADDED, "10.5.3.0/24", None)]
+
+
+def test_dropped_connection_resumes_without_missing_or_repeating(setup):
+    reg, mgr, stop = setup
+    events = mgr.watch_leases(stop)
+    next(events)
+    reg.put_raw(NET("10.5.2.0/24"), attrs("198.18.0.2"))
+    assert len(next(events)) == 1
+    reg.break_watches()
+    reg.put_raw(NET("10.5.3.0/24"), attrs("198.18.0.3"))
+    reg.expire(NET("10.5.2.0/24"))
+    got = summary(next(events))
+    if len(got) < 2:
+        got += summary(next(events))
+    assert got == [
+        (EventType.ADDED, "10.5.3.0/24", None),
+        (EventType.REMOVED, "10.5.2.0/24", "0a:00:00:00:00:01"),
+    ]
+
+
+def test_compaction_relists_and_emits_the_diff_including_attr_changes(setup):
+    reg, mgr, stop = setup
+    reg.put_raw(NET("10.5.2.0/24"), attrs("198.18.0.2", "0a:00:00:00:00:02"))
+    reg.put_raw(NET("10.5.3.0/24"), attrs("198.18.0.3"))
+    events = mgr.watch_leases(stop)
+    assert len(next(events)) == 2
+    # While disconnected: one peer changes its MAC, one leaves, one joins; history compacted.
+    reg.break_watches()
+    reg.put_raw(NET("10.5.2.0/24"), attrs("198.18.0.2", "0a:00:00:00:00:22"))
+    reg.expire(NET("10.5.3.0/24"))
+    reg.put_raw(NET("10.5.4.0/24"), attrs("198.18.0.4"))
+    reg.compact()
+    got = sorted(summary(next(events)), key=lambda e: e[1])
+    assert got == [
+        (EventType.ADDED, "10.5.2.0/24", "0a:00:00:00:00:02"),  # MAC changed in the gap
+        (EventType.REMOVED, "10.5.3.0/24", "0a:00:00:00:00:01"),
+        (EventType.ADDED, "10.5.4.0/24", None),
+    ]
+
+
+def test_watch_returns_when_stopped(setup):
+    _, mgr, stop = setup
+    events = mgr.watch_leases(stop)
+    next(events)
+    threading.Timer(0.2, stop.set).start()
+    assert list(events) == []
+
+
+def test_unknown_peer_removal_is_ignored():
+    from flannelish.subnet.registry import Change
+
+    tracker = PeerTracker()
+    assert tracker.apply([Change(NET("10.5.9.0/24"), None, 5)]) == []
+
+
+def test_renewal_with_same_attrs_is_added_without_previous():
+    from flannelish.subnet.lease import Lease
+    from flannelish.subnet.registry import Change
+
+    tracker = PeerTracker()
+    lease = Lease(NET("10.5.9.0/24"), attrs("198.18.0.9"), None, 1)
+    tracker.apply([Change(lease.subnet, lease, 2)])
+    again = tracker.apply([Change(lease.subnet, lease, 3)])
+    assert [(e.type, e.previous) for e in again] == [(EventType.ADDED, None)]
