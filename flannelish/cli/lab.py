@@ -44,7 +44,10 @@ def _lab_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(highlight=False)
+    # Not a terminal (a pipe, `make`, CI): rich would assume 80 columns and
+    # squash the tables; logs are read in wide windows.
+    width = None if sys.stdout.isatty() else 120
+    return Console(highlight=False, width=width)
 
 
 def _load(state_dir: Path, name: str) -> Any:

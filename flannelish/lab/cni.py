@@ -36,6 +36,8 @@ def plugin_dir() -> Path:
 
 
 def netconf(name: str, subnet_file: str, data_dir: str) -> dict[str, Any]:
+    """The node's netconf. Every node namespace shares the one filesystem, so IPAM
+    state must go to a per-node directory (not /var/lib/cni/networks)."""
     return {
         "cniVersion": "1.0.0",
         "name": name,
@@ -43,6 +45,7 @@ def netconf(name: str, subnet_file: str, data_dir: str) -> dict[str, Any]:
         "subnetFile": subnet_file,
         "dataDir": data_dir,
         "isDefaultGateway": True,
+        "ipam": {"type": "host-local", "dataDir": f"{data_dir}/ipam"},
     }
 
 

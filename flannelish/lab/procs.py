@@ -57,14 +57,18 @@ def zombie(pid: int) -> bool:
     return stat[stat.rindex(")") + 2 :].split()[0] == "Z"
 
 
-def record(role: str, pid: int, log: str = "") -> ProcRecord:
-    """Describe a process we just started (call right after spawning it)."""
+def record(role: str, pid: int, log: str = "", argv: Sequence[str] | None = None) -> ProcRecord:
+    """Describe a process we just started (call right after spawning it).
+
+    Pass the argv it was started with: /proc/<pid>/cmdline is empty for a
+    moment while `ip netns exec` execs the real program.
+    """
     return ProcRecord(
         role=role,
         pid=pid,
         starttime=starttime(pid) or 0,
         boot_id=boot_id(),
-        cmdline=cmdline(pid) or [],
+        cmdline=list(argv) if argv is not None else cmdline(pid) or [],
         log=log,
     )
 
@@ -78,8 +82,11 @@ def is_ours(rec: ProcRecord) -> bool:
     # `ip netns exec` execs the command, so the PID keeps its start time but
     # its command line changes once, from `ip netns exec ...` to the program.
     # The recorded one was read right after spawning; accept either form.
+    # (Empty while an exec is in progress: start time and boot already matched.)
     current = cmdline(rec.pid)
-    return current is not None and (current == rec.cmdline or _tail_matches(current, rec.cmdline))
+    if current is None:
+        return False
+    return not current or current == rec.cmdline or _tail_matches(current, rec.cmdline)
 
 
 def _tail_matches(current: list[str], recorded: list[str]) -> bool:
@@ -102,7 +109,7 @@ def spawn(argv: Sequence[str], netns: str | None, log: Path, role: str) -> ProcR
             start_new_session=True,
             env=env,
         )
-    rec = record(role, proc.pid, str(log))
+    rec = record(role, proc.pid, str(log), argv=proc.args)
     # Never wait() on it: the process belongs to the lab, not to this command.
     # Drop the Popen so Python does not warn about a child still running.
     proc.returncode = 0

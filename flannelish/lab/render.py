@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from flannelish.lab import procs
@@ -41,7 +42,7 @@ class StepReporter:
         except BaseException:
             self.console.print(f"{BAD} {title}  [dim]({time.monotonic() - started:.2f}s)[/dim]")
             raise
-        detail = f"  [dim]{step.detail}[/dim]" if step.detail else ""
+        detail = f"  [dim]{escape(step.detail)}[/dim]" if step.detail else ""
         self.console.print(f"{OK} {title}{detail}  [dim]({time.monotonic() - started:.2f}s)[/dim]")
 
 
@@ -117,7 +118,7 @@ def check_tables(report: CheckReport) -> list[Table]:
             path,
             f"{p.loss_pct:.0f}% ({p.received}/{p.sent})",
             _ms(p.rtt_avg_ms),
-            OK if p.ok else f"{BAD} {p.error}",
+            OK if p.ok else f"{BAD} {escape(p.error)}",
         )
     nat = Table(
         title="no-NAT probe: the server reports the source address it sees", title_justify="left"
@@ -131,7 +132,7 @@ def check_tables(report: CheckReport) -> list[Table]:
             n.proto,
             n.client_ip,
             n.seen or "-",
-            OK if n.ok else f"{BAD} {n.error or 'source address was rewritten'}",
+            OK if n.ok else f"{BAD} {escape(n.error or 'source address was rewritten')}",
         )
     return [pings, nat]
 
@@ -143,5 +144,5 @@ def verify_table(analysis: Analysis) -> Table:
     table.add_column("detail")
     marks = {PASS: f"{OK} pass", FAIL: f"{BAD} FAIL"}
     for v in analysis.verdicts:
-        table.add_row(v.name, marks.get(v.status, "[yellow]skip[/yellow]"), v.detail)
+        table.add_row(v.name, marks.get(v.status, "[yellow]skip[/yellow]"), escape(v.detail))
     return table
