@@ -169,6 +169,10 @@ def lab_status(name: str, state_dir: Path) -> None:
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def lab_exec(name: str, state_dir: Path, target: str, command: tuple[str, ...]) -> None:
     """Run COMMAND inside a node, pod or `underlay` namespace (e.g. node1-pod1 -- ip addr)."""
+    if command[:1] == ("--",):  # `lab exec node1 -- ip addr`: the separator is not the command
+        command = command[1:]
+    if not command:
+        raise click.UsageError("no command given (e.g. `flannelish lab exec node1 -- ip addr`)")
     state = _load(state_dir, name)
     netns = state.target_netns(target)
     argv = ["ip", "netns", "exec", netns, *command]

@@ -1,0 +1,124 @@
+"""The lab end to end, with the real etcd, daemons and flannelish-cni:
+up -> check -> verify -> (broken) verify -> down, leaving nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+from scapy.utils import RawPcapReader
+
+from flannelish.lab import procs
+from flannelish.lab.state import load_state
+from flannelish.testing.proc import run
+
+pytestmark = pytest.mark.slow
+
+
+def _root_links() -> set[str]:
+    return {line.split(":")[1].strip() for line in run(["ip", "-o", "link"]).stdout.splitlines()}
+
+
+def _assert_ok(result, *needles):
+    assert result.returncode == 0, result.stdout + result.stderr
+    for needle in needles:
+        assert needle in result.stdout, result.stdout
+
+
+def test_lab_up_check_verify_down_leaves_nothing_behind(lab_cli, tmp_path):
+    root_links = _root_links()
+
+    started = time.monotonic()
+    up = lab_cli.lab("up")
+    up_seconds = time.monotonic() - started
+    _assert_ok(up, "is up in", "node1", "node3", "VTEP MAC")
+    assert up_seconds < 15, f"lab up took {up_seconds:.1f}s"
+    state = load_state(lab_cli.dir)
+    assert state is not None and state.phase == "up"
+    assert len(state.nodes) == 3 and len(state.pods) == 6
+    assert len(lab_cli.namespaces()) == 1 + 3 + 6
+    for pod in state.pods:
+        assert pod.ip in up.stdout
+
+    _assert_ok(lab_cli.lab("up"), "already up")  # idempotent: reports, builds nothing
+    assert load_state(lab_cli.dir).etcd == state.etcd
+    _assert_ok(lab_cli.lab("status"), "running")
+
+    pod = state.pods[2]
+    shown = lab_cli.lab("exec", pod.name, "--", "ip", "-4", "-o", "addr", "show", "eth0")
+    _assert_ok(shown, f"inet {pod.ip}/")
+
+    _assert_ok(
+        lab_cli.lab("check"), "check passed: 30/30 pairs reachable, 10/10 probes without NAT"
+    )
+
+    pcap = tmp_path / "overlay.pcap"
+    verified = lab_cli.verify("--pcap", str(pcap))
+    _assert_ok(verified, "verify passed", "VNI 1 on every VXLAN packet")
+    with RawPcapReader(str(pcap)) as reader:
+        assert sum(1 for _ in reader) > 50
+
+    # Break the lab: one pod's traffic from node1 now bypasses flannel.1.
+    victim = next(p for p in state.pods if p.node == "node2")
+    node1 = state.node("node1")
+    run(["ip", "route", "add", f"{victim.ip}/32", "via", state.node("node2").ip, "dev", "eth0"],
+        netns=node1.netns)  # fmt: skip
+    broken = lab_cli.verify()
+    assert broken.returncode == 1, broken.stdout
+    assert "FAILED: no pod-network packet crosses the underlay unencapsulated" in broken.stderr
+    assert "FAILED: every cross-node pod flow crossed inside VXLAN" in broken.stderr
+    assert "Traceback" not in broken.stderr
+
+    # A crash: the daemon of node2 and etcd die hard; status says so, down still cleans up.
+    os.kill(state.node("node2").daemon.pid, signal.SIGKILL)
+    os.kill(state.etcd.pid, signal.SIGKILL)
+    time.sleep(0.2)
+    status = lab_cli.lab("status")
+    assert status.returncode == 1 and "down" in status.stdout
+
+    started = time.monotonic()
+    down = lab_cli.lab("down")
+    down_seconds = time.monotonic() - started
+    _assert_ok(down, "removed")
+    assert down_seconds < 5, f"lab down took {down_seconds:.1f}s"
+    assert lab_cli.namespaces() == []
+    assert not any(procs.is_ours(r) for r in state.procs())
+    assert not lab_cli.dir.exists()
+    assert _root_links() == root_links
+    _assert_ok(lab_cli.lab("down"), "nothing to do")
+    print(f"\nlab up {up_seconds:.2f}s, lab down {down_seconds:.2f}s")
+
+
+def test_a_failing_lab_up_tears_down_and_says_where_the_logs_are(lab_cli):
+    # An out-of-range flag value in the environment makes every daemon exit at once.
+    failed = lab_cli.lab("up", "--nodes", "2", env={"FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "99999"})
+    assert failed.returncode != 0
+    assert "lab up failed at step '2 daemons (flannelish daemon)'" in failed.stderr
+    assert f"logs are in {lab_cli.dir / 'logs'}" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    state = load_state(lab_cli.dir)
+    assert state.phase == "failed" and "daemon" in state.error
+    assert lab_cli.namespaces() == []
+    assert not any(procs.is_ours(r) for r in state.procs())
+    assert (lab_cli.dir / "logs" / "node1-daemon.log").read_text()
+    status = lab_cli.lab("status")
+    assert status.returncode == 1 and "failed" in status.stdout
+    _assert_ok(lab_cli.lab("down"), "removed")
+    assert not lab_cli.dir.exists()
+
+
+def test_host_gw_lab_routes_pods_natively_and_verify_proves_it(lab_cli):
+    _assert_ok(lab_cli.lab("up", "--backend", "host-gw", "--nodes", "2"), "host-gw")
+    state = load_state(lab_cli.dir)
+    routes = json.loads(run(["ip", "-j", "route"], netns=state.node("node1").netns).stdout)
+    peer = state.node("node2")
+    assert {"dst": peer.subnet, "gateway": peer.ip} in [
+        {k: r.get(k) for k in ("dst", "gateway")} for r in routes
+    ]
+    _assert_ok(lab_cli.lab("check"), "check passed: 12/12 pairs reachable")
+    _assert_ok(lab_cli.verify(), "verify passed", "no VXLAN on the underlay")
+    _assert_ok(lab_cli.lab("down"), "removed")
+    assert lab_cli.namespaces() == []
