@@ -371,7 +371,7 @@ class PyRoute2Netlink:
 
     def neighs(self, ifindex: int) -> list[Neigh]:
         with self._raw("neigh dump", f"ifindex {ifindex}"):
-            msgs = self._rtnl.neighs(socket.AF_INET)
+            msgs = self._rtnl.neighs(socket.AF_INET, ifindex)
         return [
             Neigh(ifindex, IPv4Address(m.attrs[NDA_DST]), mac_str(m.attrs.get(NDA_LLADDR, b"")))
             for m in msgs
@@ -393,7 +393,7 @@ class PyRoute2Netlink:
 
     def fdbs(self, ifindex: int) -> list[Fdb]:
         with self._raw("fdb dump", f"ifindex {ifindex}"):
-            msgs = self._rtnl.neighs(AF_BRIDGE)
+            msgs = self._rtnl.neighs(AF_BRIDGE, ifindex)
         return [
             Fdb(ifindex, mac_str(m.attrs[NDA_LLADDR]), IPv4Address(m.attrs[NDA_DST]))
             for m in msgs

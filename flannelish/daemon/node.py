@@ -239,7 +239,7 @@ class NodeDaemon:
             return False
 
         try:
-            monitor = ChangeMonitor(lambda _changes: loop.trigger(), relevant)
+            monitor = ChangeMonitor(lambda _changes: loop.trigger(check_base=True), relevant)
         except OSError as exc:
             log.warning("kernel change notifications unavailable (%s); periodic resync only", exc)
             return

@@ -114,12 +114,15 @@ class Reconciler:
         self.owners = list(owners)
         self._skip_logged: dict[IPv4Network, tuple[str, Any]] = {}
 
-    def reconcile(self, peers: Sequence[Lease]) -> PassResult:
+    def reconcile(self, peers: Sequence[Lease], check_base: bool = True) -> PassResult:
+        """One pass; ``check_base=False`` skips the device check (lease-event passes:
+        the device is re-checked on the periodic resync and on link notifications)."""
         started = time.monotonic()
         result = PassResult()
         for owner in self.owners:
             try:
-                result.rebuilt |= owner.ensure_base()
+                if check_base:
+                    result.rebuilt |= owner.ensure_base()
             except KernelError as exc:
                 log.error("cannot repair base object: %s", exc)
                 result.errors += 1
@@ -201,6 +204,7 @@ class ReconcileLoop:
         self._on_pass = on_pass
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._base_due = True
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
         self.passes = 0
         self.last: PassResult | None = None
@@ -209,11 +213,14 @@ class ReconcileLoop:
     def start(self) -> None:
         self._thread.start()
 
-    def trigger(self) -> None:
+    def trigger(self, check_base: bool = False) -> None:
+        """Request a pass; ``check_base`` also re-checks the device (kernel link events)."""
+        if check_base:
+            self._base_due = True
         self._wake.set()
 
-    def run_once(self) -> PassResult:
-        result = self.reconciler.reconcile(self._peers())
+    def run_once(self, check_base: bool = True) -> PassResult:
+        result = self.reconciler.reconcile(self._peers(), check_base)
         self.passes += 1
         self.last = result
         if result.changes or result.errors:
@@ -233,12 +240,14 @@ class ReconcileLoop:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                self._wake.wait(self.interval)
+                if not self._wake.wait(self.interval):
+                    self._base_due = True  # periodic resync: check everything
                 if self._stop.is_set():
                     return
                 self._wake.clear()
                 if self._ready():  # no pass before the peer set is known
-                    self.run_once()
+                    check_base, self._base_due = self._base_due, False
+                    self.run_once(check_base)
         except BaseException as exc:  # reported by the node, which exits non-zero
             self.failure = exc
             log.exception("reconciler stopped")

@@ -142,14 +142,17 @@ class RtnlSocket:
             return out
 
     # -- neighbours / FDB ------------------------------------------------------------
-    def neighs(self, family: int) -> list[NeighMsg]:
+    def neighs(self, family: int, ifindex: int = 0) -> list[NeighMsg]:
+        """Neighbour (AF_INET) or FDB (AF_BRIDGE) entries, optionally of one device."""
         out = []
         for kind, data, start, end in self.dump(RTM_GETNEIGH, NDMSG.pack(family, 0, 0, 0, 0)):
             if kind != RTM_NEWNEIGH:
                 continue
-            fam, ifindex, state, flags, _type = NDMSG.unpack_from(data, start)
+            fam, index, state, flags, _type = NDMSG.unpack_from(data, start)
+            if ifindex and index != ifindex:
+                continue  # other devices' entries: skip before decoding attributes
             attrs = parse_attrs(data, start + NDMSG.size, end)
-            out.append(NeighMsg(fam, ifindex, state, flags, attrs))
+            out.append(NeighMsg(fam, index, state, flags, attrs))
         return out
 
     def neigh(self, op: str, family: int, ifindex: int, dst: bytes | None, mac: str | None,

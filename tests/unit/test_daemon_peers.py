@@ -42,7 +42,7 @@ class CountingReconciler:
     def __init__(self) -> None:
         self.seen: list[int] = []
 
-    def reconcile(self, peers):
+    def reconcile(self, peers, check_base=True):
         self.seen.append(len(peers))
         return PassResult()
 
