@@ -45,6 +45,9 @@ class _Handler(socketserver.BaseRequestHandler):
         sock: socket.socket = self.request
         with self.server.slots:
             reply = self._serve(sock)
+        if "exit" in reply:
+            with self.server.count_lock:
+                self.server.served += 1
         with contextlib.suppress(OSError):
             sock.sendall(json.dumps(reply).encode())
 
@@ -84,6 +87,8 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     request_queue_size = 256
     slots = threading.BoundedSemaphore(MAX_CONCURRENT)
+    served = 0
+    count_lock = threading.Lock()
 
 
 class CniServer:
@@ -92,7 +97,13 @@ class CniServer:
     def __init__(self, socket_path: str) -> None:
         self.socket_path = socket_path
         self._server: _Server | None = None
+        self._served = 0
         self._thread: threading.Thread | None = None
+
+    @property
+    def served(self) -> int:
+        """Requests answered so far (for tests and metrics)."""
+        return self._served + (self._server.served if self._server else 0)
 
     def start(self) -> None:
         # Import the kernel side now so the first request finds it warm.
@@ -131,6 +142,7 @@ class CniServer:
 
     def stop(self) -> None:
         if self._server is not None:
+            self._served += self._server.served
             self._server.shutdown()
             self._server.server_close()
             self._server = None
