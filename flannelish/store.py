@@ -346,6 +346,11 @@ class EtcdStore:
                 )
             return "auth", f"etcd user {self.options.username!r} does not exist"
         if "permission denied" in low or code == grpc.StatusCode.PERMISSION_DENIED:
+            if not self.options.username:
+                return "auth", (
+                    "permission denied without credentials; give --etcd-username and "
+                    "--etcd-password (or a client certificate of a permitted etcd user)"
+                )
             return "auth", f"etcd user {self.options.username!r} lacks permission: {details}"
         if isinstance(
             exc,
