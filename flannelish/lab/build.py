@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from flannelish.errors import FlannelishError, NotAvailableError
 from flannelish.lab import cni, names, procs
@@ -230,7 +230,10 @@ class _Builder:
             member.start()
             assert member.proc is not None
             self.state.etcd = procs.record(
-                "etcd", member.proc.pid, str(member.log_path), argv=member.proc.args
+                "etcd",
+                member.proc.pid,
+                str(member.log_path),
+                argv=list(map(str, cast(list[str], member.proc.args))),
             )
             self.state.etcd_endpoint = member.client_url
             self.state.save()

@@ -100,16 +100,17 @@ def spawn(argv: Sequence[str], netns: str | None, log: Path, role: str) -> ProcR
     """Start a detached process (own session, output to `log`) and record it."""
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, GRPC_ENABLE_FORK_SUPPORT="false", PYTHONUNBUFFERED="1")
+    full = in_netns(netns, argv)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            in_netns(netns, argv),
+            full,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env=env,
         )
-    rec = record(role, proc.pid, str(log), argv=proc.args)
+    rec = record(role, proc.pid, str(log), argv=full)
     # Never wait() on it: the process belongs to the lab, not to this command.
     # Drop the Popen so Python does not warn about a child still running.
     proc.returncode = 0

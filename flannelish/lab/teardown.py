@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flannelish.lab import names, procs
-from flannelish.lab.state import STATE_FILE, LabState
+from flannelish.lab.state import STATE_FILE, LabState, ProcRecord
 from flannelish.testing.netns import list_netns, netns_pids
 from flannelish.testing.proc import run
 
@@ -25,6 +25,24 @@ class TeardownReport:
     stopped: list[str] = field(default_factory=list)
     netns: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+
+def _unrecorded_lab_processes(state: LabState) -> list[ProcRecord]:
+    """Processes inside the lab's namespaces whose command line names the lab's
+    own directory (a daemon's --subnet-file, etcd's --data-dir): ours, even if
+    `lab up` was killed between starting one and recording it."""
+    found = []
+    marker = f"{state.dir.rstrip('/')}/"
+    recorded = {r.pid for r in state.procs()}
+    existing = set(list_netns())
+    for name in state.netns:
+        if name not in existing:
+            continue
+        for pid in netns_pids(name):
+            argv = procs.cmdline(pid) or []
+            if pid not in recorded and any(marker in arg for arg in argv):
+                found.append(procs.record(f"unrecorded process in {name}", pid, argv=argv))
+    return found
 
 
 def _delete_netns(name: str, report: TeardownReport) -> None:
@@ -56,6 +74,7 @@ def remove_leftover_netns(lab: str, report: TeardownReport | None = None) -> Tea
 def teardown(state: LabState, keep_logs: bool = False, remove_dir: bool = True) -> TeardownReport:
     report = TeardownReport()
     records = state.procs()
+    records += _unrecorded_lab_processes(state)
     report.warnings += procs.stop_all(records)
     report.stopped = [f"{r.role} (pid {r.pid})" for r in records]
     existing = set(list_netns())

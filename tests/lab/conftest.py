@@ -32,10 +32,13 @@ class LabCli:
     def verify(self, *rest: str):
         return self._run(["verify"], rest, None)
 
+    def argv(self, command: list[str], *rest: str) -> list[str]:
+        return [FLANNELISH, *command, "--name", self.name, "--state-dir", str(self.state_dir),
+                *rest]  # fmt: skip
+
     def _run(self, command: list[str], rest: tuple[str, ...], env: dict[str, str] | None):
-        argv = [FLANNELISH, *command, "--name", self.name, "--state-dir", str(self.state_dir)]
         return subprocess.run(
-            [*argv, *rest],
+            self.argv(command, *rest),
             capture_output=True,
             text=True,
             timeout=120,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -122,3 +123,40 @@ def test_host_gw_lab_routes_pods_natively_and_verify_proves_it(lab_cli):
     _assert_ok(lab_cli.verify(), "verify passed", "no VXLAN on the underlay")
     _assert_ok(lab_cli.lab("down"), "removed")
     assert lab_cli.namespaces() == []
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            argv = procs.cmdline(int(entry)) or []
+            if any(text in arg for arg in argv) and not procs.zombie(int(entry)):
+                found.append(int(entry))
+    return found
+
+
+def test_lab_down_cleans_up_after_lab_up_was_killed_half_way(lab_cli):
+    up = subprocess.Popen(
+        lab_cli.argv(["lab", "up"]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            state = load_state(lab_cli.dir) if (lab_cli.dir / "state.json").exists() else None
+            if state is not None and any(n.daemon for n in state.nodes):
+                break
+            time.sleep(0.01)
+        up.send_signal(signal.SIGKILL)  # no chance to clean up after itself
+    finally:
+        up.wait()
+    state = load_state(lab_cli.dir)
+    assert state.phase == "building"
+    assert lab_cli.namespaces()
+    assert _processes_mentioning(f"{lab_cli.dir}/")  # etcd and daemons survived the kill
+
+    _assert_ok(lab_cli.lab("down"), "removed")
+    assert lab_cli.namespaces() == []
+    assert _processes_mentioning(f"{lab_cli.dir}/") == []
+    assert not lab_cli.dir.exists()
