@@ -1,8 +1,248 @@
-"""`flannelish status` and `flannelish doctor`: local node health."""
+"""`flannelish status` and `flannelish doctor`: local node health.
 
-from flannelish.cli._pending import pending_command
+`status` asks the local daemon's health server for ``/status`` (JSON, schema
+in docs/interfaces.md, "Node operations"), so it needs the daemon's
+``--healthz-port`` (same flag and FLANNELD_HEALTHZ_PORT env as the daemon).
+`doctor` reads the node itself (links, sysctls, nftables, subnet.env) and,
+unless ``--no-etcd``, the leases; it works when the daemon is down, which
+is when it is needed most.  Both run in the node's network namespace.
+"""
 
-COMMANDS = [
-    pending_command("status", "node operations", 8, "Show this node's state."),
-    pending_command("doctor", "node operations", 8, "Check this node for common problems."),
-]
+from __future__ import annotations
+
+import datetime
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+
+from flannelish.cli.etcd_options import etcd_options
+from flannelish.errors import ConfigError, ExitCode, NotAvailableError
+
+DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
+
+
+def healthz_options(command: Any) -> Any:
+    """--healthz-ip/--healthz-port with the daemon's env names (shared with `daemon`)."""
+    command = click.option(
+        "--healthz-port",
+        type=click.IntRange(0, 65535),
+        default=0,
+        envvar="FLANNELD_HEALTHZ_PORT",
+        show_envvar=True,
+        help="Port of the daemon's health server (0 = off).",
+    )(command)
+    return click.option(
+        "--healthz-ip",
+        default="0.0.0.0",
+        show_default=True,
+        envvar="FLANNELD_HEALTHZ_IP",
+        show_envvar=True,
+        help="Address of the daemon's health server.",
+    )(command)
+
+
+def fetch_status(host: str, port: int, timeout: float) -> dict[str, Any]:
+    if port == 0:
+        raise ConfigError(
+            "the daemon's health port is not known",
+            "pass --healthz-port (or set FLANNELD_HEALTHZ_PORT) as given to the daemon",
+        )
+    # A daemon listening on the wildcard address is reached on the loopback.
+    host = "127.0.0.1" if host in ("", "0.0.0.0") else host
+    url = f"http://{host}:{port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            doc = json.loads(resp.read())
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise NotAvailableError(f"daemon not reachable at {url}", str(reason)) from None
+    except ValueError as exc:
+        raise NotAvailableError(f"{url} did not return JSON", str(exc)) from None
+    if not isinstance(doc, dict) or doc.get("version") != 1:
+        raise NotAvailableError(f"{url} returned an unknown status format", repr(doc)[:120])
+    return doc
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    at = datetime.datetime.fromtimestamp(ts, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    delta = ts - time.time()
+    rel = f"in {int(delta)} s" if delta >= 0 else f"{int(-delta)} s ago"
+    return f"{at} ({rel})"
+
+
+class _Rows:
+    """Aligned "key  value" lines (a table that never wraps or truncates in pipes)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str]] = []
+
+    def add_row(self, key: str, value: str) -> None:
+        self.rows.append((key, value))
+
+    def lines(self) -> list[str]:
+        width = max((len(k) for k, _ in self.rows), default=0)
+        return [f"[bold]{k.ljust(width)}[/]  {v}" for k, v in self.rows]
+
+
+def render_status(doc: dict[str, Any]) -> list[str]:
+    """The status document as rich-markup lines."""
+    from rich.markup import escape
+
+    lease = doc.get("lease") or {}
+    peers = doc.get("peers") or {}
+    last = doc.get("last_reconcile") or {}
+    table = _Rows()
+    ready = "[green]ready[/]" if doc.get("ready") else "[red]NOT READY[/]"
+    table.add_row("node", f"{doc.get('node') or '-'}  {ready}")
+    expiry = lease.get("expiration")
+    expires = "never (reservation)" if lease.get("held") and expiry is None else _when(expiry)
+    table.add_row(
+        "lease",
+        f"{lease.get('subnet') or '-'} of {lease.get('network') or '-'} "
+        f"via {lease.get('public_ip') or '-'}, expires {expires}",
+    )
+    table.add_row("backend", f"{doc.get('backend') or '-'}  device {doc.get('device') or '-'}")
+    skipped = peers.get("skipped") or {}
+    table.add_row(
+        "peers",
+        f"{peers.get('programmed', 0)} programmed of {peers.get('in_etcd', 0)} in etcd"
+        + (f", {len(skipped)} skipped" if skipped else ""),
+    )
+    for subnet, why in sorted(skipped.items()):
+        table.add_row("", f"[yellow]skipped {subnet}: {escape(str(why))}[/]")
+    if last:
+        table.add_row(
+            "last reconcile",
+            f"{_when(last.get('at'))}, {last.get('changes', 0)} change(s), "
+            f"{last.get('errors', 0)} error(s), {1000 * last.get('seconds', 0):.1f} ms",
+        )
+    else:
+        table.add_row("last reconcile", "-")
+    env = doc.get("subnet_env") or {}
+    table.add_row(
+        "subnet.env",
+        f"{env.get('path') or '-'} ({'written' if env.get('written') else 'not written'})",
+    )
+    for check in doc.get("checks", []):
+        mark = "[green]ok[/]" if check.get("ok") else "[red]FAIL[/]"
+        table.add_row(f"  {check.get('name')}", f"{mark} {escape(str(check.get('detail', '')))}")
+    return table.lines()
+
+
+@click.command("status")
+@healthz_options
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's status document.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True)
+def status_command(healthz_ip: str, healthz_port: int, as_json: bool, timeout: float) -> None:
+    """Show this node's lease, device, peers, last reconcile and readiness.
+
+    \b
+    Exit statuses: 0 ready, 1 not ready, 3 health port not given,
+    8 daemon not reachable.
+    """
+    doc = fetch_status(healthz_ip, healthz_port, timeout)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        from rich.console import Console
+
+        console = Console(highlight=False, soft_wrap=True)
+        for line in render_status(doc):
+            console.print(line)
+    if not doc.get("ready"):
+        click.get_current_context().exit(int(ExitCode.ERROR))
+
+
+_STYLE = {"error": "red", "warning": "yellow", "info": "cyan"}
+
+
+@click.command("doctor")
+@etcd_options
+@click.option(
+    "--subnet-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_SUBNET_FILE,
+    show_default=True,
+    envvar="FLANNELD_SUBNET_FILE",
+    show_envvar=True,
+)
+@click.option("--device", default=None, help="Overlay device  [default: the flannel.* vxlan]")
+@click.option("--no-etcd", is_flag=True, help="Skip the lease checks (no etcd access).")
+@click.option(
+    "--subnet-lease-renew-margin",
+    type=click.IntRange(1, 1439),
+    default=60,
+    show_default=True,
+    envvar="FLANNELD_SUBNET_LEASE_RENEW_MARGIN",
+    help="Minutes; a lease closer to expiry than this was not renewed.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print findings as JSON.")
+def doctor_command(
+    etcd: Any,
+    subnet_file: Path,
+    device: str | None,
+    no_etcd: bool,
+    subnet_lease_renew_margin: int,
+    as_json: bool,
+) -> None:
+    """Check this node for the classic Flannel problems and print a fix for each.
+
+    MTU mismatches, a firewall dropping VXLAN or forwarded pod traffic,
+    ip_forward / br_netfilter, a missing subnet.env, duplicate PublicIPs or
+    VTEP MACs among the leases, and leases nobody renews.
+
+    \b
+    Exit statuses: 0 no errors (warnings allowed), 1 at least one error.
+    """
+    from flannelish import doctor
+
+    leases = None if no_etcd else _lease_reader(etcd)
+    facts = doctor.collect(
+        subnet_file,
+        device=device,
+        leases=leases,
+        etcd_prefix=etcd.prefix,
+        renew_margin=subnet_lease_renew_margin * 60.0,
+    )
+    report = doctor.run_checks(facts)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        from rich.console import Console
+        from rich.markup import escape
+
+        console = Console(highlight=False, soft_wrap=True)
+        for name, findings in report.results:
+            if not findings:
+                console.print(f"[green]ok[/]       {name}")
+            for f in findings:
+                style = _STYLE[f.severity.value]
+                console.print(f"[{style}]{f.severity.value:<8}[/] {name}: {escape(f.message)}")
+                if f.fix:
+                    console.print(f"         fix: {escape(f.fix)}")
+    if not report.ok:
+        click.get_current_context().exit(int(ExitCode.ERROR))
+
+
+def _lease_reader(etcd: Any) -> Any:
+    def read() -> list[Any]:
+        from flannelish.subnet.manager import SubnetManager
+        from flannelish.subnet.registry import EtcdRegistry
+
+        registry = EtcdRegistry(etcd)
+        try:
+            return list(SubnetManager(registry).list_leases())
+        finally:
+            registry.close()
+
+    return read
+
+
+COMMANDS = [status_command, doctor_command]
