@@ -15,7 +15,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
 # Debian's etcd (server + etcdctl), the kernel tools and Python.  A base image
 # that already has them all (the test's mmdebstrap image) skips apt entirely.
 ARG DEB_PACKAGES="etcd-server etcd-client iproute2 iputils-ping nftables tcpdump \
-    python3 python3-venv procps ca-certificates"
+    python3 python3-venv procps mount ca-certificates"
 RUN missing=""; for p in ${DEB_PACKAGES}; do \
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
             || missing="$missing $p"; \

@@ -30,8 +30,14 @@ if [ -n "$(ETCDCTL_API=3 etcdctl --endpoints "$ENDPOINT" get --print-value-only 
     log "network config already in etcd, leaving it"
 else
     log "writing network config: $NETWORK_CONFIG"
-    printf '%s\n' "$NETWORK_CONFIG" \
-        | flannelish config put - --etcd-endpoints "$ENDPOINT" --etcd-prefix "$ETCD_PREFIX"
+    if flannelish config --help 2>&1 | grep -q 'not available yet'; then
+        # Interim until `flannelish config put` (issue #4) lands: the same key via etcdctl.
+        log "flannelish config put is not built yet; writing the key with etcdctl"
+        ETCDCTL_API=3 etcdctl --endpoints "$ENDPOINT" put "$ETCD_PREFIX/config" "$NETWORK_CONFIG" >/dev/null
+    else
+        printf '%s\n' "$NETWORK_CONFIG" \
+            | flannelish config put - --etcd-endpoints "$ENDPOINT" --etcd-prefix "$ETCD_PREFIX"
+    fi
 fi
 log "ready on $ENDPOINT"
 touch /run/flannelish-etcd.ready

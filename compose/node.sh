@@ -14,7 +14,8 @@ SUBNET_FILE=/run/flannel/subnet.env
 NODE_NAME="${NODE_NAME:-$(hostname)}"
 PODS="${PODS_PER_NODE:-2}"
 CNI_BIN_DIR="$(dirname "$(command -v flannelish-cni)")"
-NETCONF=$(printf '{"cniVersion": "1.0.0", "name": "flannelish", "type": "flannelish-cni", "subnetFile": "%s"}' "$SUBNET_FILE")
+# Node mode: the pod range, gateway and MTU come from the daemon's subnet.env.
+NETCONF=$(printf '{"cniVersion": "1.0.0", "name": "flannelish", "type": "flannelish-cni", "subnetFile": "%s", "isDefaultGateway": true}' "$SUBNET_FILE")
 
 log() { echo "[$NODE_NAME] $*" >&2; }
 
@@ -30,6 +31,15 @@ ETCD_ENDPOINTS="${ETCD_ENDPOINTS:?set ETCD_ENDPOINTS, e.g. http://10.97.100.2:23
 # The interface that holds NODE_IP (eth0 unless the container has several networks).
 IFACE=$(ip -o -4 addr show | awk -v ip="$NODE_IP" 'index($4, ip "/") == 1 {print $2; exit}')
 [ -n "$IFACE" ] || { log "no interface has $NODE_IP"; ip -br addr >&2; exit 1; }
+
+# Docker mounts /proc/sys read-only, but the CNI plugin sets per-interface
+# sysctls (accept_ra, forwarding) on the node's bridge and in pods.  Make only
+# /proc/sys/net writable: its sysctls belong to the namespace that writes them
+# (this node or its pods), while the host-wide rest of /proc/sys stays read-only.
+if [ ! -w /proc/sys/net/ipv4/ip_forward ]; then
+    mount --bind /proc/sys/net /proc/sys/net
+    mount -o remount,bind,rw,nosuid,nodev,noexec /proc/sys/net
+fi
 
 rm -rf "$STATE" && mkdir -p "$STATE" /run/flannel
 : >"$STATE/pods.tsv"
@@ -54,8 +64,10 @@ shutdown() {
 trap shutdown TERM INT
 
 log "starting flannelish daemon: iface $IFACE ($NODE_IP), etcd $ETCD_ENDPOINTS"
+# --ip-masq as kube-flannel runs it: the node masquerades only traffic leaving
+# the pod network; pod-to-pod traffic keeps its pod source address.
 flannelish daemon --etcd-endpoints "$ETCD_ENDPOINTS" --iface "$IFACE" \
-    --public-ip "$NODE_IP" --subnet-file "$SUBNET_FILE" &
+    --public-ip "$NODE_IP" --subnet-file "$SUBNET_FILE" --ip-masq &
 daemon_pid=$!
 
 for _ in $(seq 1 600); do

@@ -9,7 +9,7 @@ FLC_NODES=(node1 node2 node3)
 FLC_DEB_DOCKER=(docker.io docker-compose mmdebstrap)
 # Everything the images need from Debian, preinstalled in the base image so the
 # Dockerfile's apt step is skipped (it stays for users building FROM debian:bookworm-slim).
-FLC_BASE_PACKAGES="etcd-server,etcd-client,iproute2,iputils-ping,nftables,tcpdump,python3,python3-venv,procps,ca-certificates"
+FLC_BASE_PACKAGES="etcd-server,etcd-client,iproute2,iputils-ping,nftables,tcpdump,python3,python3-venv,procps,mount,ca-certificates"
 FLC_MIRROR="${FLANNELISH_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 FLC_UNDERLAY="${FLANNELISH_UNDERLAY:-10.97.100}"
 FLC_BRIDGE="flannelish-ul0"
@@ -218,8 +218,12 @@ flc_compose() {
         "${extra[@]}" -p "$FLC_PROJECT" "$@"
 }
 
-flc_container() { # SERVICE -> container id
-    flc_compose ps -q "$1"
+declare -A FLC_CID=()
+flc_container() { # SERVICE -> container id (looked up once)
+    if [ -z "${FLC_CID[$1]:-}" ]; then
+        FLC_CID[$1]=$(flc_compose ps -q "$1")
+    fi
+    echo "${FLC_CID[$1]}"
 }
 
 flc_exec() { # SERVICE CMD...: run in the service's container (no TTY)
@@ -269,7 +273,7 @@ flc_verify() {
             POD_NODE[$pod]=$node
             pods+=("$pod")
         done < <(flc_exec "$node" flannelish-compose-node pods)
-        flc_log "$node: $(flc_exec "$node" sh -c '. /run/flannel/subnet.env; echo subnet $FLANNEL_SUBNET mtu $FLANNEL_MTU') pods: $(flc_exec "$node" flannelish-compose-node pods | tr '\n' ' ')"
+        flc_log "$node: $(flc_exec "$node" sh -c '. /run/flannel/subnet.env; echo subnet $FLANNEL_SUBNET mtu $FLANNEL_MTU pods: $(flannelish-compose-node pods)')"
     done
     [ "${#pods[@]}" -ge $((2 * ${#FLC_NODES[@]})) ] || flc_fail "expected 2 pods per node, got: ${pods[*]}"
 
