@@ -152,3 +152,28 @@ def test_peer_set_follows_peer_changes(overlay):
     nft.set_peers([n1.host.ip])
     assert ping(n1.pod, n2.pod_ip)
     assert nft.present()
+
+
+def test_reconciler_restores_a_deleted_table_with_its_peer_set_in_one_pass(overlay):
+    from flannelish.daemon.reconciler import Reconciler
+    from flannelish.nft import NftOwner
+    from flannelish.subnet.lease import Lease, LeaseAttrs
+
+    n1, n2 = overlay.node1, overlay.node2
+    owner = NftOwner(nft_rules(n2, masq=True))
+    rec = Reconciler([owner])
+    peers = [Lease(n1.subnet, LeaseAttrs(n1.host.ip, "vxlan"))]
+    rec.reconcile([])  # start-up pass, before the lease snapshot
+    owner.arm()
+    rec.reconcile(peers)
+    rec.reconcile(peers)
+    ns = n2.host.netns
+    text = listing(ns)
+    assert "udp dport 8472 ip saddr != @vxlan_peers" in text and "198.18.0.1" in text
+    run(["nft", "delete", "table", "ip", "flannelish"], netns=ns)
+    result = rec.reconcile(peers)
+    assert result.errors == 0 and owner.repairs == 1
+    assert listing(ns) == text
+    assert ping(n1.pod, n2.pod_ip)
+    owner.rules.remove()  # clean shutdown
+    assert "flannelish" not in listing(ns)
