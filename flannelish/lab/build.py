@@ -100,6 +100,7 @@ def check_prerequisites(spec: LabSpec) -> None:
     require_etcd()
     if not Path(ETHTOOL).exists():
         raise NotAvailableError(f"{ETHTOOL} not found", "install Debian's ethtool (make setup)")
+    _require_component("leases", "config", "`flannelish config put` (issue #4)")
     _require_component("daemon", "daemon", "`flannelish daemon` (issue #5)")
     cni.plugin_dir()
     if spec.backend == "host-gw":
@@ -245,15 +246,6 @@ class _Builder:
         with self._step("network config (flannelish config put)") as st:
             path = self.state.path / "net-conf.json"
             path.write_text(json.dumps(self.spec.network_config()) + "\n")
-            if _pending("leases", "config"):
-                # Interim until issue #4 lands: the same key, written with etcdctl.
-                from flannelish.testing.etcd import ETCDCTL_BIN
-
-                argv = [ETCDCTL_BIN, f"--endpoints={self.state.etcd_endpoint}", "put",
-                        "/coreos.com/network/config", path.read_text().strip()]  # fmt: skip
-                run(argv, netns=self.state.underlay_netns)
-                st.detail = "(etcdctl: `config put` not built yet)"
-                return
             result = run(
                 [flannelish_exe(), "config", "put", str(path),
                  "--etcd-endpoints", self.state.etcd_endpoint],
