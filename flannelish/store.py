@@ -216,12 +216,19 @@ class EtcdStore:
     that fails on one member is retried on the others before giving up.
     """
 
-    def __init__(self, options: EtcdOptions, timeout: float = 5.0, retry_failed_after: float = 1.0):
+    def __init__(
+        self,
+        options: EtcdOptions,
+        timeout: float = 5.0,
+        retry_failed_after: float = 1.0,
+        retry_window: float = 2.0,
+    ):
         import grpc
         import pyetcd
 
         self.options = options
         self.timeout = timeout
+        self.retry_window = retry_window
         self._endpoints = options.parsed_endpoints
         creds = None
         if any(ep.secure for ep in self._endpoints):
@@ -267,11 +274,18 @@ class EtcdStore:
         self.close()
 
     def call(self, what: str, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(client)``, failing over between members; translate every error."""
-        attempts = 2 * len(self._endpoints) + 1
+        """Run ``fn(client)``, failing over between members; translate every error.
+
+        Connection failures are retried on the other members, and on all of them
+        again once they may be retried (after ``retry_failed_after``), for up to
+        ``retry_window`` seconds: long enough to ride out a leader election.
+        """
+        deadline = time.monotonic() + self.retry_window
         reauthenticated = False
-        last_cause = "no attempt made"
-        for attempt in range(attempts):
+        cause = last_cause = "no attempt made"
+        attempt = 0
+        while attempt == 0 or time.monotonic() < deadline:
+            attempt += 1
             try:
                 if self._token_needed:
                     self._authenticate()
@@ -290,8 +304,9 @@ class EtcdStore:
                 )
             if kind == "other":
                 raise EtcdError(f"etcd {what} failed", cause)
-            last_cause = f"{cause} (last tried {self.current_endpoint})"
-            time.sleep(min(0.05 * 2**attempt, 0.5))
+            if kind == "unavailable":  # a real connection error, worth reporting
+                last_cause = f"{cause} (at {self.current_endpoint})"
+            time.sleep(min(0.05 * 2 ** (attempt - 1), 0.5))
         raise EtcdError(
             f"etcd is unreachable at {','.join(self.options.endpoints)} ({what})", last_cause
         )
@@ -320,7 +335,8 @@ class EtcdStore:
             self._token_needed = False
 
     def _classify(self, exc: BaseException) -> tuple[str, str]:
-        """("unavailable" | "tls" | "auth" | "token" | "other", one-line cause)."""
+        """(kind, one-line cause); kind is "unavailable" (this member failed), "waiting"
+        (all members failed recently), "tls", "auth", "token" (re-authenticate) or "other"."""
         import grpc
         from pyetcd import exceptions as etcd_exc
 
@@ -352,18 +368,19 @@ class EtcdStore:
                     "--etcd-password (or a client certificate of a permitted etcd user)"
                 )
             return "auth", f"etcd user {self.options.username!r} lacks permission: {details}"
+        if isinstance(exc, etcd_exc.NoServerAvailableError):
+            return "waiting", "every etcd member failed recently"
         if isinstance(
             exc,
             etcd_exc.ConnectionFailedError
             | etcd_exc.ConnectionTimeoutError
-            | etcd_exc.NoServerAvailableError
             | etcd_exc.InternalServerError,
         ) or code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             if isinstance(exc, grpc.RpcError):
                 self._mark_failed()  # the library only does this for calls it wraps
-            return "unavailable", details or type(exc).__name__
+            return "unavailable", _connection_cause(details) or type(exc).__name__
         if isinstance(exc, ValueError) and "failed node" in details:
-            return "unavailable", "every etcd member failed recently"
+            return "waiting", "every etcd member failed recently"
         return "other", details or type(exc).__name__
 
     def _mark_failed(self) -> None:
@@ -553,6 +570,19 @@ def _details(exc: BaseException) -> str:
                 if text:
                     return str(text).replace("etcdserver: ", "")
     return str(exc)
+
+
+_SOCKET_ERRORS = re.compile(
+    r"connection refused|connection reset|no route to host|network is unreachable|"
+    r"deadline exceeded|socket closed|connection timed out|name resolution|dns resolution",
+    re.IGNORECASE,
+)
+
+
+def _connection_cause(details: str) -> str:
+    """ "Connection refused" rather than gRPC's whole "failed to connect to all addresses…"."""
+    match = _SOCKET_ERRORS.search(details)
+    return match.group(0).lower() if match else details.splitlines()[0][:200] if details else ""
 
 
 def _code(exc: BaseException) -> Any:

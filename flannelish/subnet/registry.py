@@ -103,6 +103,12 @@ class EtcdRegistry:
     def close(self) -> None:
         self.store.close()
 
+    def __enter__(self) -> EtcdRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def get_config(self) -> bytes | None:
         kv = self.store.get(self.keys.config)
         return kv.value if kv else None
