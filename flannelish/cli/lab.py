@@ -113,7 +113,9 @@ def lab_up(name: str, state_dir: Path, nodes: int, pods_per_node: int, backend: 
 
 @lab.command("check")
 @_lab_options
-@click.option("--count", type=int, default=3, show_default=True, help="Pings per pair.")
+@click.option(
+    "--count", type=click.IntRange(1, 100), default=3, show_default=True, help="Pings per pair."
+)
 def lab_check(name: str, state_dir: Path, count: int) -> None:
     """Ping every pod from every other pod and check that no NAT happens."""
     from flannelish.lab import render

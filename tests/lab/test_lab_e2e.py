@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from scapy.utils import RawPcapReader
@@ -75,6 +76,15 @@ def test_lab_up_check_verify_down_leaves_nothing_behind(lab_cli, tmp_path):
     assert "FAILED: every cross-node pod flow crossed inside VXLAN" in broken.stderr
     assert "Traceback" not in broken.stderr
 
+    # The overlay runs VNI 1; a verifier told the network uses VNI 7 must object.
+    doc = json.loads((lab_cli.dir / "state.json").read_text())
+    doc["spec"]["vni"] = 7
+    (lab_cli.dir / "state.json").write_text(json.dumps(doc))
+    wrong_vni = lab_cli.verify()
+    assert wrong_vni.returncode == 1
+    assert "FAILED: VNI 7 on every VXLAN packet:" in wrong_vni.stderr
+    assert "with VNI 1" in wrong_vni.stderr
+
     # A crash: the daemon of node2 and etcd die hard; status says so, down still cleans up.
     os.kill(state.node("node2").daemon.pid, signal.SIGKILL)
     os.kill(state.etcd.pid, signal.SIGKILL)
@@ -90,6 +100,8 @@ def test_lab_up_check_verify_down_leaves_nothing_behind(lab_cli, tmp_path):
     assert lab_cli.namespaces() == []
     assert not any(procs.is_ours(r) for r in state.procs())
     assert not lab_cli.dir.exists()
+    # IPAM state lived in the lab dir, not in the CNI default /var/lib/cni/networks/<net>.
+    assert not (Path("/var/lib/cni/networks") / f"fl-{lab_cli.name}").exists()
     # Other tests may add root links meanwhile; none of ours may have landed there.
     assert (_links() - root_links) & lab_links == set()
     _assert_ok(lab_cli.lab("down"), "nothing to do")
