@@ -42,14 +42,16 @@ Two ways to drive it: standalone (``apply``/``set_peers``/``ensure``/
 ``remove``), or as an Owner of the daemon's reconciler (:class:`NftOwner`),
 where the peer set is diffed element by element like any kernel object.
 
-Every rule carries a comment; :meth:`NftRules.present` compares the
-per-chain comment lists and the set elements with the desired state, which
+Every rule carries a comment "<purpose> #<digest of the rule text>";
+:meth:`NftRules.present` compares the per-chain comment lists (and, when
+managed here, the set elements) with the desired state, which
 is what the reconciler's re-assert needs (a deleted table, chain or rule is
 detected; re-applying restores it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -132,7 +134,14 @@ class NftCli:
 class Rule:
     chain: str
     body: str  # nft rule text without the comment
-    comment: str
+    label: str  # what the rule is for
+
+    @property
+    def comment(self) -> str:
+        # The digest makes a rule edited in place (or written for another
+        # subnet) differ from the desired one, so present() notices it.
+        digest = hashlib.sha256(self.body.encode()).hexdigest()[:8]
+        return f"{self.label} #{digest}"
 
 
 @dataclass
@@ -186,12 +195,13 @@ class NftRules:
         runner: NftRunner | None = None,
     ) -> None:
         try:
-            self.network = ip_network(str(network))
-            self.subnet = ip_network(str(subnet))
+            net, sub = ip_network(str(network)), ip_network(str(subnet))
         except ValueError as exc:
             raise ConfigError("invalid network for the nftables rules", str(exc)) from None
-        if not isinstance(self.network, IPv4Network) or not isinstance(self.subnet, IPv4Network):
+        if not isinstance(net, IPv4Network) or not isinstance(sub, IPv4Network):
             raise ConfigError("nftables rules support IPv4 networks only", f"{network}, {subnet}")
+        self.network: IPv4Network = net
+        self.subnet: IPv4Network = sub
         if not self.subnet.subnet_of(self.network):
             raise ConfigError(f"subnet {self.subnet} is not inside network {self.network}")
         if vxlan_port is not None and not 1 <= int(vxlan_port) <= 65535:
@@ -389,6 +399,13 @@ class NftOwner:
         self.repairs = 0
         self._created = False
         self._arm_stage = 0  # 0 idle, 1 requested, 2 set synced once -> arm
+        self._resources = [PeerSetResource(rules)] if rules.vxlan_port is not None else []
+
+    def replace_rules(self, rules: NftRules) -> None:
+        """Adopt new desired rules (e.g. the lease moved); the next pass applies them."""
+        if self.rules.armed:
+            rules.arm()
+        self.rules = rules
         self._resources = [PeerSetResource(rules)] if rules.vxlan_port is not None else []
 
     def arm(self) -> None:

@@ -71,6 +71,10 @@ class FakeNft:
         return items
 
 
+def labels(comments: list[str]) -> list[str]:
+    return [c.rsplit(" #", 1)[0] for c in comments]
+
+
 def _copy(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: list(v) for k, v in value.items()}
@@ -97,6 +101,18 @@ def test_masquerade_rules_mirror_iptables_order_without_upstream_shadowing():
     ]
 
 
+def test_a_rule_edited_in_place_or_a_new_subnet_is_not_present():
+    nft, fake = rules()
+    nft.apply()
+    comments = fake.table["chains"]["postrouting"]
+    assert all(len(c.rsplit(" #", 1)[1]) == 8 for c in comments)
+    moved, _ = rules(subnet="10.244.4.0/24")
+    moved.runner = fake
+    assert not moved.present()
+    moved.apply()
+    assert moved.present() and not nft.present()
+
+
 def test_no_masq_means_no_nat_chain_but_forward_rules_stay():
     nft, fake = rules(masq=False)
     nft.apply()
@@ -110,7 +126,7 @@ def test_drop_rule_is_armed_only_once_peers_are_known():
     assert "input" not in fake.table["chains"]
     assert nft.present()
     nft.set_peers(["198.18.0.2", "198.18.0.3"])
-    assert fake.table["chains"]["input"] == ["anti-spoof: vxlan from non-peers"]
+    assert labels(fake.table["chains"]["input"]) == ["anti-spoof: vxlan from non-peers"]
     assert fake.table["set"] == {IPv4Address("198.18.0.2"), IPv4Address("198.18.0.3")}
     assert nft.present()
 
@@ -244,7 +260,7 @@ def test_owner_lets_the_reconciler_diff_the_peer_set_and_arms_after_a_synced_pas
     assert fake.table["set"] == {IPv4Address("198.18.0.2"), IPv4Address("198.18.0.3")}
     assert "input" not in fake.table["chains"]
     rec.reconcile(peers)  # now armed, the set already complete
-    assert fake.table["chains"]["input"] == ["anti-spoof: vxlan from non-peers"]
+    assert labels(fake.table["chains"]["input"]) == ["anti-spoof: vxlan from non-peers"]
     assert rec.reconcile(peers).changes == 0
     result = rec.reconcile(peers[:1])
     assert result.changes == 1 and fake.table["set"] == {IPv4Address("198.18.0.2")}
@@ -252,4 +268,4 @@ def test_owner_lets_the_reconciler_diff_the_peer_set_and_arms_after_a_synced_pas
     rec.reconcile(peers[:1])
     assert owner.repairs == 1
     assert fake.table["set"] == {IPv4Address("198.18.0.2")}
-    assert fake.table["chains"]["input"] == ["anti-spoof: vxlan from non-peers"]
+    assert labels(fake.table["chains"]["input"]) == ["anti-spoof: vxlan from non-peers"]
