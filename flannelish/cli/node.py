@@ -11,6 +11,7 @@ is when it is needed most.  Both run in the node's network namespace.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import time
 import urllib.error
@@ -44,6 +45,36 @@ def healthz_options(command: Any) -> Any:
         show_envvar=True,
         help="Address of the daemon's health server.",
     )(command)
+
+
+def node_ops_options(command: Any) -> Any:
+    """For `flannelish daemon`: --healthz-ip/--healthz-port/--vxlan-allow-any.
+
+    The command receives ``node_ops=NodeOpsOptions(...)`` instead of the three
+    values; ``ip_masq`` is taken from the command's own --ip-masq if it has one.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from flannelish.nodeops import NodeOpsOptions
+
+        kwargs["node_ops"] = NodeOpsOptions(
+            ip_masq=bool(kwargs.get("ip_masq", False)),
+            vxlan_allow_any=kwargs.pop("vxlan_allow_any"),
+            healthz_ip=kwargs.pop("healthz_ip"),
+            healthz_port=kwargs.pop("healthz_port"),
+        )
+        return command(*args, **kwargs)
+
+    wrapper = click.option(
+        "--vxlan-allow-any/--no-vxlan-allow-any",
+        default=False,
+        show_default=True,
+        envvar="FLANNELD_VXLAN_ALLOW_ANY",
+        show_envvar=True,
+        help="Accept VXLAN from any source (turns off the drop of non-peer VXLAN).",
+    )(wrapper)
+    return healthz_options(wrapper)
 
 
 def fetch_status(host: str, port: int, timeout: float) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from flannelish.cli import cli
+from flannelish.cli.node import node_ops_options
 from flannelish.doctor import (
     SYSCTL_BRIDGE_NF,
     SYSCTL_FORWARD,
@@ -248,3 +249,29 @@ def test_status_reads_the_health_server_and_exits_1_when_not_ready():
         assert result.exit_code == 0 and json.loads(result.stdout)["peers"]["programmed"] == 2
     finally:
         server.stop()
+
+
+def test_node_ops_options_decorator_for_the_daemon():
+    import click
+
+    seen = {}
+
+    @click.command()
+    @click.option("--ip-masq/--no-ip-masq", default=False)
+    @node_ops_options
+    def cmd(ip_masq, node_ops):
+        seen["ops"] = node_ops
+
+    result = CliRunner().invoke(
+        cmd, ["--ip-masq", "--healthz-port", "9099", "--vxlan-allow-any"], env={}
+    )
+    assert result.exit_code == 0, result.output
+    ops = seen["ops"]
+    assert (ops.ip_masq, ops.vxlan_allow_any, ops.healthz_ip, ops.healthz_port) == (
+        True,
+        True,
+        "0.0.0.0",
+        9099,
+    )
+    result = CliRunner().invoke(cmd, ["--healthz-port", "70000"])
+    assert result.exit_code == 2
