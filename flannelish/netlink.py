@@ -4,10 +4,13 @@ Three parts:
 
 * plain records (:class:`Link`, :class:`Addr`, :class:`Neigh`, :class:`Fdb`,
   :class:`Route`) so the rest of the code never sees pyroute2 messages;
-* the :class:`Netlink` protocol with two implementations: :class:`PyRoute2Netlink`
-  (the real kernel, in the namespace of the calling process) and
-  :class:`FakeNetlink` (an in-memory kernel for root-free unit tests, which also
-  records the order of mutating calls);
+* the :class:`Netlink` protocol with three implementations: :class:`RawNetlink`
+  (the real kernel through hand-packed rtnetlink messages, see
+  :mod:`flannelish.daemon.rtnl`; what the daemon uses: fast, and no pyroute2
+  import), :class:`PyRoute2Netlink` (links and addresses through pyroute2, a
+  cross-check for the raw encoder in the kernel tests) and
+  :class:`FakeNetlink` (an in-memory kernel for root-free unit tests, which
+  also records the order of mutating calls);
 * :class:`ChangeMonitor`, a raw rtnetlink multicast socket that only tells
   *that* something relevant changed; the reconciler then re-reads the state.
   Parsing just the fixed headers keeps it independent of pyroute2's asyncio
@@ -34,6 +37,15 @@ from typing import Any, Protocol
 
 from flannelish.daemon.rtnl import (
     AF_BRIDGE,
+    IFA_ADDRESS,
+    IFA_LOCAL,
+    IFF_UP,
+    IFLA_ADDRESS,
+    IFLA_VXLAN_ID,
+    IFLA_VXLAN_LEARNING,
+    IFLA_VXLAN_LINK,
+    IFLA_VXLAN_LOCAL,
+    IFLA_VXLAN_PORT,
     NDA_DST,
     NDA_LLADDR,
     NTF_SELF,
@@ -43,6 +55,7 @@ from flannelish.daemon.rtnl import (
     RTA_GATEWAY,
     RTA_OIF,
     RTNH_F_ONLINK,
+    LinkMsg,
     RtnlSocket,
     is_missing,
     mac_str,
@@ -185,13 +198,210 @@ def _mac(value: Any) -> str:
     return str(value or "").lower()
 
 
-class PyRoute2Netlink:
-    """The real kernel through one long-lived pyroute2 IPRoute socket.
+class _RtnlEntries:
+    """Per-peer entries (neigh, FDB, routes) through the raw rtnetlink socket."""
 
-    The socket is bound to the network namespace of the process (the daemon
-    runs inside its node's namespace via `ip netns exec`), so nothing here can
-    reach another namespace.  A lock serialises callers from different threads;
-    the kernel serialises rtnetlink anyway.
+    _rtnl: RtnlSocket
+
+    @contextlib.contextmanager
+    def _raw(self, op: str, what: Any, missing_ok: bool = False) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            if missing_ok and is_missing(exc):
+                return  # already gone: what a delete wanted
+            raise KernelError(f"netlink {op} failed for {what}", exc.strerror) from None
+
+    def routes(self, proto: int = ROUTE_PROTO) -> list[Route]:
+        out = []
+        with self._raw("route dump", f"proto {proto}"):
+            msgs = self._rtnl.routes()
+        for m in msgs:
+            if m.proto != proto or m.table != MAIN_TABLE:
+                continue
+            dst = IPv4Address(m.attrs.get(RTA_DST, b"\0\0\0\0"))
+            gw = m.attrs.get(RTA_GATEWAY)
+            oif = m.attrs.get(RTA_OIF)
+            out.append(
+                Route(
+                    dst=IPv4Network(f"{dst}/{m.dst_len}"),
+                    gateway=IPv4Address(gw) if gw else None,
+                    oif=struct.unpack("=i", oif)[0] if oif else 0,
+                    onlink=bool(m.flags & RTNH_F_ONLINK),
+                    proto=m.proto,
+                )
+            )
+        return out
+
+    def replace_route(self, route: Route) -> None:
+        gw = route.gateway.packed if route.gateway is not None else None
+        with self._raw("route replace", route.dst):
+            self._rtnl.route_replace(
+                route.dst.network_address.packed,
+                route.dst.prefixlen,
+                gw,
+                route.oif,
+                route.onlink,
+                route.proto,
+                MAIN_TABLE,
+            )
+
+    def del_route(self, route: Route) -> None:
+        with self._raw("route del", route.dst, missing_ok=True):
+            self._rtnl.route_del(
+                route.dst.network_address.packed, route.dst.prefixlen, route.proto, MAIN_TABLE
+            )
+
+    def neighs(self, ifindex: int) -> list[Neigh]:
+        with self._raw("neigh dump", f"ifindex {ifindex}"):
+            msgs = self._rtnl.neighs(socket.AF_INET, ifindex)
+        return [
+            Neigh(ifindex, IPv4Address(m.attrs[NDA_DST]), mac_str(m.attrs.get(NDA_LLADDR, b"")))
+            for m in msgs
+            # Only permanent entries are ours; the kernel's own dynamic ones are not.
+            if m.ifindex == ifindex
+            and m.state & NUD_PERMANENT
+            and len(m.attrs.get(NDA_DST, b"")) == 4
+        ]
+
+    def replace_neigh(self, neigh: Neigh) -> None:
+        with self._raw("neigh replace", neigh.ip):
+            self._rtnl.neigh(
+                "replace", socket.AF_INET, neigh.ifindex, neigh.ip.packed, neigh.mac, NUD_PERMANENT
+            )
+
+    def del_neigh(self, neigh: Neigh) -> None:
+        with self._raw("neigh del", neigh.ip, missing_ok=True):
+            self._rtnl.neigh("del", socket.AF_INET, neigh.ifindex, neigh.ip.packed, None, 0)
+
+    def fdbs(self, ifindex: int) -> list[Fdb]:
+        with self._raw("fdb dump", f"ifindex {ifindex}"):
+            msgs = self._rtnl.neighs(AF_BRIDGE, ifindex)
+        return [
+            Fdb(ifindex, mac_str(m.attrs[NDA_LLADDR]), IPv4Address(m.attrs[NDA_DST]))
+            for m in msgs
+            # Entries without an IPv4 remote (e.g. the device's own address) are not peers.
+            if m.ifindex == ifindex
+            and len(m.attrs.get(NDA_DST, b"")) == 4
+            and NDA_LLADDR in m.attrs
+        ]
+
+    def replace_fdb(self, fdb: Fdb) -> None:
+        with self._raw("fdb replace", fdb.mac):
+            self._rtnl.neigh(
+                "replace", AF_BRIDGE, fdb.ifindex, fdb.dst.packed, fdb.mac,
+                NUD_PERMANENT | NUD_NOARP, NTF_SELF,
+            )  # fmt: skip
+
+    def del_fdb(self, fdb: Fdb) -> None:
+        with self._raw("fdb del", fdb.mac, missing_ok=True):
+            self._rtnl.neigh(
+                "del", AF_BRIDGE, fdb.ifindex, fdb.dst.packed, fdb.mac,
+                NUD_PERMANENT | NUD_NOARP, NTF_SELF,
+            )  # fmt: skip
+
+
+class RawNetlink(_RtnlEntries):
+    """The real kernel through raw rtnetlink only: what the daemon uses.
+
+    The socket belongs to the namespace of the process (the daemon runs inside
+    its node's namespace via `ip netns exec`) or of `netns` when given.
+    """
+
+    def __init__(self, netns: str | None = None) -> None:
+        with netns_scope(netns):
+            self._rtnl = RtnlSocket()
+
+    def _to_link(self, msg: LinkMsg) -> Link:
+        kind, data = msg.linkinfo()
+        vxlan = None
+        if kind == "vxlan":
+            local = data.get(IFLA_VXLAN_LOCAL)
+            link = data.get(IFLA_VXLAN_LINK)
+            port = data.get(IFLA_VXLAN_PORT)
+            vxlan = VxlanInfo(
+                vni=struct.unpack("=I", data[IFLA_VXLAN_ID])[0] if IFLA_VXLAN_ID in data else 0,
+                local=IPv4Address(local) if local and len(local) == 4 else None,
+                link=struct.unpack("=I", link)[0] if link else None,
+                port=struct.unpack("!H", port)[0] if port else 0,
+                learning=bool(data.get(IFLA_VXLAN_LEARNING, b"\0")[0]),
+            )
+        return Link(
+            index=msg.index,
+            name=msg.name,
+            kind=kind,
+            mac=mac_str(msg.attrs.get(IFLA_ADDRESS, b"")),
+            mtu=msg.mtu,
+            up=bool(msg.flags & IFF_UP),
+            vxlan=vxlan,
+        )
+
+    def links(self) -> list[Link]:
+        with self._raw("link dump", "all links"):
+            return [self._to_link(m) for m in self._rtnl.links()]
+
+    def link(self, name: str) -> Link | None:
+        with self._raw("link get", name):
+            msgs = self._rtnl.links(name)
+        return self._to_link(msgs[0]) if msgs else None
+
+    def create_vxlan(self, spec: VxlanSpec) -> Link:
+        with self._raw("vxlan add", spec.name):
+            self._rtnl.vxlan_add(
+                spec.name, spec.vni, spec.local.packed, spec.link, spec.port, spec.learning,
+                spec.gbp, spec.mac, spec.mtu,
+            )  # fmt: skip
+        link = self.link(spec.name)
+        if link is None:
+            raise KernelError(f"vxlan device {spec.name} vanished right after creation")
+        return link
+
+    def delete_link(self, index: int) -> None:
+        with self._raw("link del", f"ifindex {index}", missing_ok=True):
+            self._rtnl.link_del(index)
+
+    def set_link(
+        self, index: int, *, mtu: int | None = None, mac: str | None = None, up: bool | None = None
+    ) -> None:
+        with self._raw("link set", f"ifindex {index}"):
+            self._rtnl.link_set(index, mtu, mac, up)
+
+    def addrs(self, index: int | None = None) -> list[Addr]:
+        with self._raw("addr dump", f"ifindex {index}"):
+            msgs = self._rtnl.addrs()
+        out = []
+        for m in msgs:
+            raw = m.attrs.get(IFA_LOCAL) or m.attrs.get(IFA_ADDRESS)
+            if raw and len(raw) == 4 and (index is None or m.index == index):
+                out.append(Addr(m.index, IPv4Address(raw), m.prefixlen))
+        return out
+
+    def add_addr(self, addr: Addr) -> None:
+        with self._raw("addr add", f"{addr.address}/{addr.prefixlen}"):
+            self._rtnl.addr("replace", addr.index, addr.address.packed, addr.prefixlen)
+
+    def del_addr(self, addr: Addr) -> None:
+        with self._raw("addr del", f"{addr.address}/{addr.prefixlen}", missing_ok=True):
+            self._rtnl.addr("del", addr.index, addr.address.packed, addr.prefixlen)
+
+    def default_route_oif(self) -> int | None:
+        with self._raw("route dump", "default route"):
+            msgs = self._rtnl.routes()
+        for m in msgs:
+            if m.dst_len == 0 and m.table == MAIN_TABLE and RTA_OIF in m.attrs:
+                return int(struct.unpack("=i", m.attrs[RTA_OIF])[0])
+        return None
+
+    def close(self) -> None:
+        self._rtnl.close()
+
+
+class PyRoute2Netlink(_RtnlEntries):
+    """Links and addresses through pyroute2's IPRoute, per-peer entries raw.
+
+    Kept as an independent implementation of the link/address half: the
+    kernel tests run against both, so a mistake in the hand-packed messages
+    of RawNetlink shows up as a difference.  A lock serialises threads.
     """
 
     def __init__(self, netns: str | None = None) -> None:
@@ -318,104 +528,6 @@ class PyRoute2Netlink:
                 if msg["dst_len"] == 0 and msg.get("RTA_OIF"):
                     return int(msg.get("RTA_OIF"))
         return None
-
-    # -- per-peer entries: the raw rtnetlink socket (fast path, see daemon/rtnl.py) --------
-    @contextlib.contextmanager
-    def _raw(self, op: str, what: Any, missing_ok: bool = False) -> Iterator[None]:
-        try:
-            yield
-        except OSError as exc:
-            if missing_ok and is_missing(exc):
-                return  # already gone: what a delete wanted
-            raise KernelError(f"netlink {op} failed for {what}", exc.strerror) from None
-
-    def routes(self, proto: int = ROUTE_PROTO) -> list[Route]:
-        out = []
-        with self._raw("route dump", f"proto {proto}"):
-            msgs = self._rtnl.routes()
-        for m in msgs:
-            if m.proto != proto or m.table != MAIN_TABLE:
-                continue
-            dst = IPv4Address(m.attrs.get(RTA_DST, b"\0\0\0\0"))
-            gw = m.attrs.get(RTA_GATEWAY)
-            oif = m.attrs.get(RTA_OIF)
-            out.append(
-                Route(
-                    dst=IPv4Network(f"{dst}/{m.dst_len}"),
-                    gateway=IPv4Address(gw) if gw else None,
-                    oif=struct.unpack("=i", oif)[0] if oif else 0,
-                    onlink=bool(m.flags & RTNH_F_ONLINK),
-                    proto=m.proto,
-                )
-            )
-        return out
-
-    def replace_route(self, route: Route) -> None:
-        gw = route.gateway.packed if route.gateway is not None else None
-        with self._raw("route replace", route.dst):
-            self._rtnl.route_replace(
-                route.dst.network_address.packed,
-                route.dst.prefixlen,
-                gw,
-                route.oif,
-                route.onlink,
-                route.proto,
-                MAIN_TABLE,
-            )
-
-    def del_route(self, route: Route) -> None:
-        with self._raw("route del", route.dst, missing_ok=True):
-            self._rtnl.route_del(
-                route.dst.network_address.packed, route.dst.prefixlen, route.proto, MAIN_TABLE
-            )
-
-    def neighs(self, ifindex: int) -> list[Neigh]:
-        with self._raw("neigh dump", f"ifindex {ifindex}"):
-            msgs = self._rtnl.neighs(socket.AF_INET, ifindex)
-        return [
-            Neigh(ifindex, IPv4Address(m.attrs[NDA_DST]), mac_str(m.attrs.get(NDA_LLADDR, b"")))
-            for m in msgs
-            # Only permanent entries are ours; the kernel's own dynamic ones are not.
-            if m.ifindex == ifindex
-            and m.state & NUD_PERMANENT
-            and len(m.attrs.get(NDA_DST, b"")) == 4
-        ]
-
-    def replace_neigh(self, neigh: Neigh) -> None:
-        with self._raw("neigh replace", neigh.ip):
-            self._rtnl.neigh(
-                "replace", socket.AF_INET, neigh.ifindex, neigh.ip.packed, neigh.mac, NUD_PERMANENT
-            )
-
-    def del_neigh(self, neigh: Neigh) -> None:
-        with self._raw("neigh del", neigh.ip, missing_ok=True):
-            self._rtnl.neigh("del", socket.AF_INET, neigh.ifindex, neigh.ip.packed, None, 0)
-
-    def fdbs(self, ifindex: int) -> list[Fdb]:
-        with self._raw("fdb dump", f"ifindex {ifindex}"):
-            msgs = self._rtnl.neighs(AF_BRIDGE, ifindex)
-        return [
-            Fdb(ifindex, mac_str(m.attrs[NDA_LLADDR]), IPv4Address(m.attrs[NDA_DST]))
-            for m in msgs
-            # Entries without an IPv4 remote (e.g. the device's own address) are not peers.
-            if m.ifindex == ifindex
-            and len(m.attrs.get(NDA_DST, b"")) == 4
-            and NDA_LLADDR in m.attrs
-        ]
-
-    def replace_fdb(self, fdb: Fdb) -> None:
-        with self._raw("fdb replace", fdb.mac):
-            self._rtnl.neigh(
-                "replace", AF_BRIDGE, fdb.ifindex, fdb.dst.packed, fdb.mac,
-                NUD_PERMANENT | NUD_NOARP, NTF_SELF,
-            )  # fmt: skip
-
-    def del_fdb(self, fdb: Fdb) -> None:
-        with self._raw("fdb del", fdb.mac, missing_ok=True):
-            self._rtnl.neigh(
-                "del", AF_BRIDGE, fdb.ifindex, fdb.dst.packed, fdb.mac,
-                NUD_PERMANENT | NUD_NOARP, NTF_SELF,
-            )  # fmt: skip
 
     def close(self) -> None:
         with self._lock:

@@ -99,9 +99,9 @@ class NodeDaemon:
         return SubnetManager(EtcdRegistry(self.options.etcd))
 
     def _make_netlink(self) -> Any:
-        from flannelish.netlink import PyRoute2Netlink
+        from flannelish.netlink import RawNetlink
 
-        return PyRoute2Netlink()
+        return RawNetlink()
 
     def fail(self, exc: BaseException) -> None:
         """Called from any thread: stop the daemon and exit with this error."""

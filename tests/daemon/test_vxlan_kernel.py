@@ -15,7 +15,7 @@ from flannelish.backends.vxlan import VxlanBackend
 
 from flannelish.daemon.iface import select_interface
 from flannelish.daemon.reconciler import Reconciler
-from flannelish.netlink import PyRoute2Netlink
+from flannelish.netlink import PyRoute2Netlink, RawNetlink
 from flannelish.subnet.lease import Lease
 
 from .helpers import add_pod, kernel_state, link_details, ping
@@ -24,9 +24,9 @@ NET = SimpleNamespace(network=IPv4Network("10.244.0.0/16"), backend={"Type": "vx
 
 
 class Node:
-    def __init__(self, host, subnet: str, state_dir):
+    def __init__(self, host, subnet: str, state_dir, impl):
         self.host = host
-        self.nl = PyRoute2Netlink(host.netns)
+        self.nl = impl(host.netns)
         ext = select_interface(self.nl)
         self.backend = VxlanBackend(BackendContext(self.nl, ext, NET, state_dir))
         self.backend.setup()
@@ -38,12 +38,13 @@ class Node:
         self.nl.close()
 
 
-@pytest.fixture
-def nodes(underlay, netns_factory, tmp_path):
+# Both real implementations: the raw encoder is cross-checked against pyroute2's.
+@pytest.fixture(params=[RawNetlink, PyRoute2Netlink], ids=["raw", "pyroute2"])
+def nodes(request, underlay, netns_factory, tmp_path):
     made = []
     for i, subnet in ((1, "10.244.1.0/24"), (2, "10.244.2.0/24")):
         host = underlay.add_host(f"h{i}")
-        made.append(Node(host, subnet, tmp_path / f"h{i}"))
+        made.append(Node(host, subnet, tmp_path / f"h{i}", request.param))
     yield made
     for node in made:
         node.close()
@@ -51,6 +52,11 @@ def nodes(underlay, netns_factory, tmp_path):
 
 def test_device_has_flannel_attributes(nodes):
     a = nodes[0]
+    assert a.nl.link("flannel.1") == a.nl.link("flannel.1")  # read back the same way twice
+    link = a.nl.link("flannel.1")
+    assert link.kind == "vxlan" and link.vxlan.port == 8472 and link.vxlan.vni == 1
+    assert link.up and link.mtu == 1450 and link.mac == a.backend.mac
+    assert a.nl.link("no-such-dev") is None
     info = link_details(a.host, "flannel.1")
     data = info["linkinfo"]["info_data"]
     assert info["mtu"] == 1450 and info["address"] == a.backend.mac
