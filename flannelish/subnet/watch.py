@@ -72,6 +72,8 @@ def lease_changes(
         except EtcdAuthError:
             raise
         except EtcdError as exc:
+            if stop.is_set():
+                return  # shutting down: the client was closed under us
             log.warning(
                 "lease watch interrupted; reconnecting in %.1fs: %s",
                 backoff,
