@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -54,14 +55,39 @@ class LabCli:
         return [n for n in list_netns() if n.startswith(names.netns_prefix(self.name))]
 
 
+TEMP_PREFIX = "fll-"
+_NAME = re.compile(r"t(\d+)x\d+")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_labs_of_crashed_runs() -> None:
+    """Labs left by an earlier test run that was killed (its PID is gone) are torn down
+    from their state files: only their recorded processes are stopped."""
+    from flannelish.lab.state import load_state
+    from flannelish.lab.teardown import teardown
+    from flannelish.testing.proc import pid_alive
+
+    for lab_dir in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*/t*x*"):
+        match = _NAME.fullmatch(lab_dir.name)
+        if not match or pid_alive(int(match.group(1))):
+            continue
+        try:
+            state = load_state(lab_dir)
+        except Exception:  # damaged: nothing recorded to stop, just remove it
+            state = None
+        if state is not None:
+            teardown(state)
+        shutil.rmtree(lab_dir.parent, ignore_errors=True)
+
+
 @pytest.fixture
 def lab_cli() -> Iterator[LabCli]:
     """A unique lab name and a short temp state dir; whatever happens, the lab is removed."""
     global _counter
     _counter += 1
     # Short: the daemons' unix sockets live inside the state dir (108-byte limit).
-    state_dir = Path(tempfile.mkdtemp(prefix="fll-"))
-    lab = LabCli(f"t{os.getpid() % 100000}x{_counter}", state_dir)
+    state_dir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+    lab = LabCli(f"t{os.getpid()}x{_counter}", state_dir)  # the PID lets a later run spot leftovers
     try:
         yield lab
     finally:

@@ -91,6 +91,9 @@ def test_lab_up_check_verify_down_leaves_nothing_behind(lab_cli, tmp_path):
     time.sleep(0.2)
     status = lab_cli.lab("status")
     assert status.returncode == 1 and "down" in status.stdout
+    again = lab_cli.lab("up")
+    assert again.returncode == 1
+    assert "exists but is degraded: etcd, node2 down" in again.stderr
 
     started = time.monotonic()
     down = lab_cli.lab("down")
