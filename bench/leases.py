@@ -26,6 +26,10 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 
 from flannelish.store import EtcdOptions
+
+# The watcher processes are spawned, not forked; this also keeps gRPC quiet if
+# anything forks (etcd itself is started with fork+exec).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 from flannelish.subnet.lease import LeaseAttrs
 from flannelish.subnet.manager import SubnetManager
 from flannelish.subnet.registry import EtcdRegistry
