@@ -1,7 +1,66 @@
-"""`flannelish install-cni`: install the plugin launcher and conflist."""
+"""`flannelish install-cni`: install the plugin launcher and the conflist.
 
-from flannelish.cli._pending import pending_command
+The work is in flannelish.cni.install; this module only maps options and
+turns bad input into ConfigError (exit 3) before anything is written.
+"""
 
-COMMANDS = [
-    pending_command("install-cni", "the CNI plugin", 6, "Install the CNI plugin and conflist.")
-]
+from __future__ import annotations
+
+import re
+
+import click
+
+from flannelish.errors import ConfigError, FlannelishError
+
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+
+
+@click.command("install-cni")
+@click.option(
+    "--bin-dir",
+    default="/opt/cni/bin",
+    show_default=True,
+    help="Where the runtime looks for CNI plugins (gets the flannelish-cni launcher).",
+)
+@click.option(
+    "--conf-dir",
+    default="/etc/cni/net.d",
+    show_default=True,
+    help="Where the runtime reads network configs (gets 10-flannelish.conflist).",
+)
+@click.option(
+    "--network-name",
+    default="flannelish",
+    show_default=True,
+    help="The conflist's network name (also names the IPAM store directory).",
+)
+@click.option(
+    "--subnet-file",
+    default="/run/flannel/subnet.env",
+    show_default=True,
+    help="The daemon's subnet.env the plugin derives its settings from.",
+)
+@click.option(
+    "--cni-version",
+    default="1.0.0",
+    show_default=True,
+    type=click.Choice(["0.4.0", "1.0.0", "1.1.0"]),
+    help="cniVersion of the conflist (podman 4 and containerd 1.6 speak up to 1.0.0).",
+)
+def install_cni(
+    bin_dir: str, conf_dir: str, network_name: str, subnet_file: str, cni_version: str
+) -> None:
+    """Install the flannelish-cni launcher and 10-flannelish.conflist (with portmap)."""
+    if not _NAME_RE.match(network_name):
+        raise ConfigError(f"invalid --network-name {network_name!r}: use letters, digits, _ . -")
+    from flannelish.cni.install import install
+
+    try:
+        launcher, conf = install(bin_dir, conf_dir, network_name, subnet_file, cni_version)
+    except OSError as exc:
+        raise FlannelishError(f"cannot install the CNI plugin: {exc}") from None
+    click.echo(f"installed {launcher}")
+    click.echo(f"installed {conf}")
+
+
+COMMANDS = [install_cni]
