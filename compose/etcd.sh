@@ -1,7 +1,7 @@
 #!/bin/bash
 # etcd service of the compose lab: Debian's etcd on the underlay, then the
-# network config written once with `flannelish config put` (idempotent: an
-# existing config is left alone).  The healthcheck passes once the config is in.
+# network config written once with `flannelish config put` (an existing config
+# is left alone, so a restart does not undo `flannelish config put` by hand).  The healthcheck passes once the config is in.
 set -euo pipefail
 
 ETCD_IP="${ETCD_IP:?set ETCD_IP to the underlay address of this container}"
@@ -12,7 +12,10 @@ ENDPOINT="http://${ETCD_IP}:2379"
 
 log() { echo "[etcd] $*" >&2; }
 
-etcd --name etcd --data-dir /var/lib/flannelish-etcd \
+rm -f /run/flannelish-etcd.ready
+
+# The data dir is a volume: recreating this container keeps leases and revisions.
+etcd --name etcd --data-dir /var/lib/flannelish-etcd/data \
     --listen-client-urls "http://0.0.0.0:2379" --advertise-client-urls "$ENDPOINT" \
     --listen-peer-urls "http://127.0.0.1:2380" \
     --initial-advertise-peer-urls "http://127.0.0.1:2380" \
@@ -30,14 +33,8 @@ if [ -n "$(ETCDCTL_API=3 etcdctl --endpoints "$ENDPOINT" get --print-value-only 
     log "network config already in etcd, leaving it"
 else
     log "writing network config: $NETWORK_CONFIG"
-    if flannelish config --help 2>&1 | grep -q 'not available yet'; then
-        # Interim until `flannelish config put` (issue #4) lands: the same key via etcdctl.
-        log "flannelish config put is not built yet; writing the key with etcdctl"
-        ETCDCTL_API=3 etcdctl --endpoints "$ENDPOINT" put "$ETCD_PREFIX/config" "$NETWORK_CONFIG" >/dev/null
-    else
-        printf '%s\n' "$NETWORK_CONFIG" \
-            | flannelish config put - --etcd-endpoints "$ENDPOINT" --etcd-prefix "$ETCD_PREFIX"
-    fi
+    printf '%s\n' "$NETWORK_CONFIG" \
+        | flannelish config put - --etcd-endpoints "$ENDPOINT" --etcd-prefix "$ETCD_PREFIX"
 fi
 log "ready on $ENDPOINT"
 touch /run/flannelish-etcd.ready

@@ -27,7 +27,7 @@ case "${1:-run}" in
 esac
 
 NODE_IP="${NODE_IP:?set NODE_IP to the underlay address of this node}"
-ETCD_ENDPOINTS="${ETCD_ENDPOINTS:?set ETCD_ENDPOINTS, e.g. http://10.97.100.2:2379}"
+ETCD_ENDPOINTS="${FLANNELD_ETCD_ENDPOINTS:?set FLANNELD_ETCD_ENDPOINTS, e.g. http://10.97.100.2:2379}"
 # The interface that holds NODE_IP (eth0 unless the container has several networks).
 IFACE=$(ip -o -4 addr show | awk -v ip="$NODE_IP" 'index($4, ip "/") == 1 {print $2; exit}')
 [ -n "$IFACE" ] || { log "no interface has $NODE_IP"; ip -br addr >&2; exit 1; }
@@ -41,6 +41,12 @@ if [ ! -w /proc/sys/net/ipv4/ip_forward ]; then
     mount -o remount,bind,rw,nosuid,nodev,noexec /proc/sys/net
 fi
 
+# Pods of an earlier run of this container (a restart, or a crash that skipped
+# the cleanup below) are released once the daemon is up, as a runtime would.
+stale_pods=()
+if [ -f "$STATE/pods.tsv" ]; then
+    while read -r pod _; do [ -z "$pod" ] || stale_pods+=("$pod"); done <"$STATE/pods.tsv"
+fi
 rm -rf "$STATE" && mkdir -p "$STATE" /run/flannel
 : >"$STATE/pods.tsv"
 
@@ -51,6 +57,7 @@ cni() { # cni COMMAND POD: run the plugin as a runtime does
 
 daemon_pid=""
 stopping=0
+running=0
 shutdown() {
     stopping=1
     log "stopping: releasing pods, then the daemon"
@@ -59,24 +66,38 @@ shutdown() {
         cni DEL "$pod" >/dev/null 2>&1 || log "CNI DEL $pod failed"
         ip netns del "$pod" 2>/dev/null || true
     done <"$STATE/pods.tsv"
+    : >"$STATE/pods.tsv"
+    rm -f "$STATE/ready"
     [ -z "$daemon_pid" ] || kill -TERM "$daemon_pid" 2>/dev/null || true
+    if [ "$running" = 0 ]; then # still setting up: do not go on
+        [ -z "$daemon_pid" ] || wait "$daemon_pid" 2>/dev/null || true
+        exit 0
+    fi
 }
 trap shutdown TERM INT
 
 log "starting flannelish daemon: iface $IFACE ($NODE_IP), etcd $ETCD_ENDPOINTS"
 # --ip-masq as kube-flannel runs it: the node masquerades only traffic leaving
 # the pod network; pod-to-pod traffic keeps its pod source address.
+touch "$STATE/daemon-started"
 flannelish daemon --etcd-endpoints "$ETCD_ENDPOINTS" --iface "$IFACE" \
     --public-ip "$NODE_IP" --subnet-file "$SUBNET_FILE" --ip-masq &
 daemon_pid=$!
 
+# subnet.env of an earlier run may still be there: wait for this daemon's.
 for _ in $(seq 1 600); do
-    [ -s "$SUBNET_FILE" ] && break
+    [ -s "$SUBNET_FILE" ] && [ "$SUBNET_FILE" -nt "$STATE/daemon-started" ] && break
     kill -0 "$daemon_pid" 2>/dev/null || { log "daemon exited before writing $SUBNET_FILE"; exit 1; }
     sleep 0.1
 done
-[ -s "$SUBNET_FILE" ] || { log "no $SUBNET_FILE after 60 s"; exit 1; }
+[ "$SUBNET_FILE" -nt "$STATE/daemon-started" ] || { log "no $SUBNET_FILE after 60 s"; exit 1; }
 log "subnet.env: $(tr '\n' ' ' <"$SUBNET_FILE")"
+
+for pod in "${stale_pods[@]}"; do
+    log "releasing $pod of an earlier run"
+    ip netns del "$pod" 2>/dev/null || rm -f "/run/netns/$pod"
+    cni DEL "$pod" >/dev/null || log "CNI DEL $pod failed"
+done
 
 for i in $(seq 1 "$PODS"); do
     pod="$NODE_NAME-pod$i"
@@ -95,6 +116,7 @@ log "ready: $(tr '\n' ' ' <"$STATE/pods.tsv")"
 
 # Run until the daemon ends or we are told to stop (a trapped signal interrupts `wait`).
 status=0
+running=1
 wait "$daemon_pid" || status=$?
 if [ "$stopping" = 1 ]; then
     wait "$daemon_pid" 2>/dev/null || true
