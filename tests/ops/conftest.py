@@ -43,19 +43,19 @@ def build_node(
     subnet = IPv4Network(f"10.244.{index}.0/24")
     node = Node(host, subnet, f"0a:58:0a:f4:0{index}:00", factory.create(pod_short))
     h = host.run
-    h("sysctl", "-qw", "net.ipv4.ip_forward=1")
     if not vxlan:
-        return _build_pod(node, mtu=1500)
+        return build_pod(node, mtu=1500)
     h("ip", "link", "add", "flannel.1", "type", "vxlan", "id", str(VNI), "local", str(host.ip),
       "dev", "eth0", "dstport", str(PORT), "nolearning")  # fmt: skip
     h("ip", "link", "set", "flannel.1", "address", node.mac, "mtu", "1450", "up")
     h("ip", "addr", "add", f"{subnet.network_address}/32", "dev", "flannel.1")
-    return _build_pod(node, mtu=1450)
+    return build_pod(node, mtu=1450)
 
 
-def _build_pod(node: Node, mtu: int) -> Node:
+def build_pod(node: Node, mtu: int) -> Node:
     """cni0 bridge with the subnet's .1 and one pod (.2) behind a veth."""
     h, subnet = node.host.run, node.subnet
+    h("sysctl", "-qw", "net.ipv4.ip_forward=1")
     h("ip", "link", "add", "cni0", "type", "bridge")
     h("ip", "addr", "add", f"{subnet.network_address + 1}/24", "dev", "cni0")
     h("ip", "link", "set", "cni0", "mtu", str(mtu), "up")

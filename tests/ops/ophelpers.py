@@ -77,3 +77,43 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+class Daemon:
+    """`flannelish daemon` inside a host namespace (stopped by PID)."""
+
+    def __init__(self, netns: str, endpoint: str, workdir, *flags: str) -> None:
+        import os
+        from pathlib import Path
+
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.subnet_file = self.dir / "subnet.env"
+        self.log_path = self.dir / "daemon.log"
+        binary = str(Path(sys.executable).with_name("flannelish"))
+        argv = [binary, "daemon", "--etcd-endpoints", endpoint,
+                "--subnet-file", str(self.subnet_file), *flags]  # fmt: skip
+        env = {**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "false"}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", netns, *argv], stdout=log, stderr=log, env=env
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_subnet(self, timeout: float = 30.0) -> str:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited: {self.log()[-2000:]}")
+            return self.subnet_file.exists()
+
+        assert wait_for(ready, timeout), f"no subnet.env: {self.log()[-2000:]}"
+        env = dict(line.split("=", 1) for line in self.subnet_file.read_text().splitlines())
+        return env["FLANNEL_SUBNET"]
+
+    def stop(self) -> None:
+        from flannelish.testing.proc import stop_pid
+
+        if self.proc.poll() is None:
+            stop_pid(self.proc.pid, proc=self.proc)
