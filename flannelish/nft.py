@@ -359,27 +359,60 @@ class PeerAddr:
     ip: IPv4Address
 
 
+@dataclass
+class _PassBatch:
+    """What one reconcile pass wants and found, so element changes go out in one transaction."""
+
+    planned: set[IPv4Address] = field(default_factory=set)
+    actual: set[IPv4Address] = field(default_factory=set)
+    done: set[IPv4Address] = field(default_factory=set)
+
+
 class PeerSetResource:
-    """The elements of ``vxlan_peers`` as a reconciler Resource (diffed like routes)."""
+    """The elements of ``vxlan_peers`` as a reconciler Resource (diffed like routes).
+
+    The reconciler calls ensure()/remove() once per element; with 1000 peers
+    that would be 1000 `nft` processes.  Within a pass (``batch`` reset by
+    NftOwner.ensure_base and filled by plan()/dump()), the first call writes
+    every missing (or stale) element in one transaction and later calls for
+    elements already written return at once.
+    """
 
     kind: ClassVar[str] = "nft-peer"
     record: ClassVar[type] = PeerAddr
 
-    def __init__(self, rules: NftRules) -> None:
+    def __init__(self, rules: NftRules, batch: _PassBatch | None = None) -> None:
         self._rules = rules
+        self.batch = batch
 
     def key(self, obj: PeerAddr) -> Hashable:
         return obj.ip
 
     def dump(self) -> Sequence[PeerAddr]:
         state = self._rules.state()
-        return [PeerAddr(ip) for ip in sorted(state.peers)] if state else []
+        peers = state.peers if state else set()
+        if self.batch is not None:
+            self.batch.actual = set(peers)
+        return [PeerAddr(ip) for ip in sorted(peers)]
+
+    def _write(self, verb: str, obj: PeerAddr, batch_ips: set[IPv4Address]) -> None:
+        b = self.batch
+        if b is not None and obj.ip in b.done:
+            return
+        ips = {obj.ip} | (batch_ips - b.done if b is not None else set())
+        self._rules.runner.run(
+            f"{verb} element {FAMILY} {TABLE} {PEER_SET} {{ {_elements(ips)} }}\n"
+        )
+        if b is not None:
+            b.done |= ips
 
     def ensure(self, obj: PeerAddr) -> None:
-        self._rules.runner.run(f"add element {FAMILY} {TABLE} {PEER_SET} {{ {obj.ip} }}\n")
+        b = self.batch
+        self._write("add", obj, b.planned - b.actual if b is not None else set())
 
     def remove(self, obj: PeerAddr) -> None:
-        self._rules.runner.run(f"delete element {FAMILY} {TABLE} {PEER_SET} {{ {obj.ip} }}\n")
+        b = self.batch
+        self._write("delete", obj, b.actual - b.planned if b is not None else set())
 
 
 class NftOwner:
@@ -399,20 +432,28 @@ class NftOwner:
         self.repairs = 0
         self._created = False
         self._arm_stage = 0  # 0 idle, 1 requested, 2 set synced once -> arm
-        self._resources = [PeerSetResource(rules)] if rules.vxlan_port is not None else []
+        self._batch = _PassBatch()
+        self._resources = self._make_resources(rules)
+
+    def _make_resources(self, rules: NftRules) -> list[PeerSetResource]:
+        return [PeerSetResource(rules, self._batch)] if rules.vxlan_port is not None else []
 
     def replace_rules(self, rules: NftRules) -> None:
         """Adopt new desired rules (e.g. the lease moved); the next pass applies them."""
         if self.rules.armed:
             rules.arm()
         self.rules = rules
-        self._resources = [PeerSetResource(rules)] if rules.vxlan_port is not None else []
+        self._resources = self._make_resources(rules)
 
     def arm(self) -> None:
         if self._arm_stage == 0 and not self.rules.armed:
             self._arm_stage = 1
 
     def ensure_base(self) -> bool:
+        # A new pass begins (ensure_base runs first): forget the last pass's batch.
+        self._batch.planned.clear()
+        self._batch.actual.clear()
+        self._batch.done.clear()
         if self._arm_stage == 2:
             self.rules.arm()
             self._arm_stage = 0
@@ -434,7 +475,9 @@ class NftOwner:
     def plan(self, peer: Any) -> Sequence[Any]:
         if not self._resources:
             return ()
-        return (PeerAddr(IPv4Address(peer.attrs.public_ip)),)
+        ip = IPv4Address(peer.attrs.public_ip)
+        self._batch.planned.add(ip)
+        return (PeerAddr(ip),)
 
 
 def _elements(ips: Iterable[IPv4Address]) -> str:

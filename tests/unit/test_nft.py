@@ -269,3 +269,21 @@ def test_owner_lets_the_reconciler_diff_the_peer_set_and_arms_after_a_synced_pas
     assert owner.repairs == 1
     assert fake.table["set"] == {IPv4Address("198.18.0.2")}
     assert labels(fake.table["chains"]["input"]) == ["anti-spoof: vxlan from non-peers"]
+
+
+def test_owner_writes_many_peer_changes_in_one_transaction_per_direction():
+    from flannelish.daemon.reconciler import Reconciler
+    from flannelish.nft import NftOwner
+
+    nft, fake = rules()
+    rec = Reconciler([NftOwner(nft)])
+    rec.reconcile([])
+    many = [_lease(n, f"198.18.1.{n}") for n in range(1, 201)]
+    before = len(fake.scripts)
+    result = rec.reconcile(many)
+    assert result.errors == 0 and result.changes == 200
+    assert len(fake.scripts) - before == 1  # not 200 nft processes
+    assert len(fake.table["set"]) == 200
+    before = len(fake.scripts)
+    rec.reconcile(many[:50])
+    assert len(fake.scripts) - before == 1 and len(fake.table["set"]) == 50
