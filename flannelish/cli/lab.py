@@ -93,9 +93,9 @@ def lab_up(name: str, state_dir: Path, nodes: int, pods_per_node: int, backend: 
     started = time.monotonic()
     state, built = build.up(spec, state_dir, render.StepReporter(console))
     if not built:
-        console.print(f"lab [bold]{name}[/bold] is already up (state in {state.dir}):")
+        console.print(f"lab [bold]{name!r}[/bold] is already up (state in {state.dir}):")
     else:
-        console.print(f"lab [bold]{name}[/bold] is up in {time.monotonic() - started:.1f}s")
+        console.print(f"lab [bold]{name!r}[/bold] is up in {time.monotonic() - started:.1f}s")
     console.print(render.lab_table(state))
     if not built:
         unhealthy = [row[0] for row in render.health(state) if not row[1]]
@@ -131,6 +131,15 @@ def lab_check(name: str, state_dir: Path, count: int) -> None:
         console.print(f"{render.BAD} {problem}")
     failed_pings = [p for p in report.pings if not p.ok]
     failed_nat = [n for n in report.nat if not n.ok]
+    rtts = {
+        kind: [p.rtt_avg_ms for p in report.pings if p.same_node == same and p.rtt_avg_ms]
+        for kind, same in (("cross-node", False), ("same-node", True))
+    }
+    rtt = ", ".join(
+        f"{kind} average RTT {sum(vals) / len(vals):.3f} ms" for kind, vals in rtts.items() if vals
+    )
+    if rtt:
+        console.print(rtt)
     summary = (
         f"{len(report.pings) - len(failed_pings)}/{len(report.pings)} pairs reachable, "
         f"{len(report.nat) - len(failed_nat)}/{len(report.nat)} probes without NAT "
@@ -233,10 +242,11 @@ def verify(name: str, state_dir: Path, pcap: Path | None) -> None:
     console.print(render.verify_table(report.analysis))
     counts = report.analysis.counts
     console.print(
-        f"captured {report.analysis.frames} frames on {names.BRIDGE} in {state.underlay_netns}: "
-        f"{counts['vxlan']} VXLAN pod packets, {counts['pod-unencapsulated']} unencapsulated "
-        f"pod packets, {counts['underlay']} other underlay packets; pcap: {report.pcap} "
-        f"({time.monotonic() - started:.1f}s)"
+        f"captured {report.analysis.frames} frames on {names.BRIDGE} in {state.underlay_netns} "
+        f"({time.monotonic() - started:.1f}s): {counts['vxlan']} VXLAN pod packets, "
+        f"{counts['pod-unencapsulated']} unencapsulated pod packets,\n"
+        f"{counts['underlay']} other IPv4 underlay packets, {counts['non-ip']} non-IPv4 frames; "
+        f"pcap: {report.pcap}"
     )
     failed = report.analysis.failed
     if failed:

@@ -256,7 +256,7 @@ class _Builder:
                 raise FlannelishError(
                     "flannelish config put failed", (result.stderr or result.stdout).strip()
                 )
-            st.detail = json.dumps(self.spec.network_config(), separators=(",", ":"))
+            st.detail = f"{path.name}: {json.dumps(self.spec.network_config()['Backend'])}"
 
     def _daemons(self) -> None:
         with self._step(f"{len(self.state.nodes)} daemons (flannelish daemon)") as st:
@@ -331,9 +331,7 @@ class _Builder:
             self.state.save()
             if errors:
                 raise FlannelishError("flannelish-cni ADD failed", "; ".join(errors))
-            st.detail = ", ".join(f"{p.name} {p.ip}" for p in self.state.pods[:4])
-            if len(self.state.pods) > 4:
-                st.detail += ", ..."
+            st.detail = f"{len(self.state.pods)} attached, IPs in the table below"
 
     def _attach_node(self, node: NodeState) -> str:
         for pod in self.state.pods_of(node.name):
@@ -347,7 +345,7 @@ class _Builder:
         return ""
 
     def _routes(self) -> None:
-        with self._step("overlay routes between all nodes") as st:
+        with self._step("routes to every peer subnet on every node") as st:
             deadline = time.monotonic() + ROUTES_READY_TIMEOUT
             while True:
                 missing = self._missing_routes()

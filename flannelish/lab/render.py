@@ -48,10 +48,10 @@ class StepReporter:
 
 def lab_table(state: LabState) -> Table:
     vxlan = state.spec.backend == "vxlan"
-    title = f"lab {state.spec.name}: {state.spec.backend}"
+    title = f"backend {state.spec.backend}"
     if vxlan:
-        title += f" VNI {state.spec.vni} udp/{state.spec.port}"
-    title += f", pods {state.spec.network}, etcd {state.etcd_endpoint}"
+        title += f" (VNI {state.spec.vni}, udp/{state.spec.port})"
+    title += f", pod network {state.spec.network}, etcd {state.etcd_endpoint}"
     table = Table(title=title, title_justify="left")
     for column in ("node", "public IP", "subnet", "MTU", "VTEP MAC" if vxlan else "", "pods"):
         if column:
@@ -139,7 +139,7 @@ def check_tables(report: CheckReport) -> list[Table]:
 
 def verify_table(analysis: Analysis) -> Table:
     table = Table(title="what crossed the underlay", title_justify="left")
-    table.add_column("assertion")
+    table.add_column("assertion", no_wrap=True)
     table.add_column("result", no_wrap=True)
     table.add_column("detail")
     marks = {PASS: f"{OK} pass", FAIL: f"{BAD} FAIL"}
