@@ -94,6 +94,12 @@ def lab_up(name: str, state_dir: Path, nodes: int, pods_per_node: int, backend: 
     state, built = build.up(spec, state_dir, render.StepReporter(console))
     if not built:
         console.print(f"lab [bold]{name!r}[/bold] is already up (state in {state.dir}):")
+        if state.spec != spec:
+            console.print(
+                f"note: it was built with --nodes {state.spec.nodes} --pods-per-node "
+                f"{state.spec.pods_per_node} --backend {state.spec.backend}; to change that, "
+                f"run `flannelish lab down` first"
+            )
     else:
         console.print(f"lab [bold]{name!r}[/bold] is up in {time.monotonic() - started:.1f}s")
     console.print(render.lab_table(state))
@@ -104,10 +110,11 @@ def lab_up(name: str, state_dir: Path, nodes: int, pods_per_node: int, backend: 
                 f"lab {name!r} exists but is degraded: {', '.join(unhealthy)} down",
                 "run `flannelish lab down` and `flannelish lab up` again",
             )
+    opt = "" if name == names.DEFAULT_NAME else f" --name {name}"
+    first = state.pods[0].name if state.pods else "node1"
     console.print(
-        f"next: flannelish lab check | flannelish verify | "
-        f"flannelish lab exec {state.pods[0].name if state.pods else 'node1'} -- ip addr | "
-        f"flannelish lab down"
+        f"next: flannelish lab check{opt} | flannelish verify{opt} | "
+        f"flannelish lab exec{opt} {first} -- ip addr | flannelish lab down{opt}"
     )
 
 
