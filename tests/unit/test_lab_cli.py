@@ -83,3 +83,11 @@ def test_the_lab_commands_module_imports_no_heavy_dependency():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_lab_up_as_a_normal_user_says_it_needs_root(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    result = invoke("lab", "up", "--state-dir", str(tmp_path))
+    assert result.exit_code == 8
+    assert "the lab needs root" in result.output
+    assert list(tmp_path.iterdir()) == []
