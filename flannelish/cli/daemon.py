@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from flannelish.cli.etcd_options import etcd_options
+from flannelish.cli.node import node_ops_options
 from flannelish.logs import LOG_FORMATS, setup_logging
 
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
@@ -95,6 +96,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
     default=None,
     help="Log line format (overrides the global --log-format).",
 )
+@node_ops_options
 def daemon_command(
     etcd: Any,
     iface: tuple[str, ...],
@@ -106,6 +108,7 @@ def daemon_command(
     resync_interval: float,
     cni_socket: Path | None,
     log_format: str | None,
+    node_ops: Any,
 ) -> None:
     """Run the node daemon (flanneld): take a subnet lease, build the overlay
     device, write subnet.env and keep every peer programmed in the kernel.
@@ -144,6 +147,7 @@ def daemon_command(
         renew_margin_minutes=subnet_lease_renew_margin,
         resync_seconds=resync_interval,
         cni_socket=cni_socket,
+        node_ops=node_ops,
     )
     node = NodeDaemon(options)
 

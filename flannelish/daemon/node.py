@@ -60,6 +60,7 @@ class DaemonOptions:
     renew_margin_minutes: int = 60
     resync_seconds: float = 10.0
     cni_socket: Path | None = None  # default: <dir of subnet_file>/flannelish.sock
+    node_ops: Any = None  # flannelish.nodeops.NodeOpsOptions: health, metrics, nftables
 
     @property
     def socket_path(self) -> Path:
@@ -90,6 +91,8 @@ class NodeDaemon:
         self.backend: Backend | None = None
         self.peers = PeerTable()
         self.loop: ReconcileLoop | None = None
+        self.ops: Any = None  # flannelish.nodeops.NodeOps (issue 8), when enabled
+        self._owners: list[Any] = []
 
     # -- wiring ------------------------------------------------------------------
     def _make_manager(self) -> Any:
@@ -143,9 +146,33 @@ class NodeDaemon:
         lease = manager.acquire(backend.lease_attrs(), previous_subnet(opts.subnet_file))
         log.info("acquired lease", extra={"subnet": lease.subnet, "public_ip": ext.public_ip})
         self._bind(lease)
+        self._start_node_ops(manager, ext, config, lease)
         self._write_subnet_env(config)
         self._start_cni_server()
         self._start_threads(manager, lease)
+
+    def _start_node_ops(
+        self, manager: Any, ext: ExternalInterface, config: Any, lease: Lease
+    ) -> None:
+        """Health server, metrics and the nftables table (flannelish.nodeops, issue 8)."""
+        if self.options.node_ops is None:
+            return
+        from flannelish.nodeops import NodeOps
+
+        backend = self.backend
+        registry = getattr(manager, "registry", None)
+        self.ops = NodeOps(
+            self.options.node_ops,
+            node=str(ext.public_ip),
+            backend=config.backend_type,
+            device=getattr(backend, "name", None),
+            etcd_probe=(lambda: registry.get_config()) if registry is not None else None,
+        )
+        self._closers.append(self.ops.stop)
+        # The nft table is one more Owner for the reconciler (re-asserted, peer set diffed).
+        self._owners = self.ops.start(
+            config.network, lease, vxlan_port=getattr(backend, "port", None)
+        )
 
     def _make_backend(self, nl: Any, ext: ExternalInterface, config: Any) -> Backend:
         cls = get_backend_class(config.backend_type)
@@ -171,6 +198,8 @@ class NodeDaemon:
         )
         write_subnet_env(self.options.subnet_file, env)
         self.status.subnet_env_written = True
+        if self.ops is not None:
+            self.ops.subnet_env_written(self.options.subnet_file)
         log.info("wrote subnet file", extra={"path": self.options.subnet_file})
 
     def _start_cni_server(self) -> None:
@@ -190,7 +219,7 @@ class NodeDaemon:
 
     def _start_threads(self, manager: Any, lease: Lease) -> None:
         assert self.backend is not None
-        reconciler = Reconciler([self.backend])
+        reconciler = Reconciler([self.backend, *self._owners])
         self.loop = ReconcileLoop(
             reconciler,
             self.peers.snapshot,
@@ -220,8 +249,12 @@ class NodeDaemon:
     def _watch(self, manager: Any, lease: Lease) -> None:
         assert self.loop is not None
         for batch in manager.watch_leases(self.stop_event, exclude=lease.subnet):
+            first = not self.peers.synced.is_set()
             if self.peers.apply(batch):
-                self.loop.trigger()
+                # The first pass after the snapshot also checks the base objects.
+                self.loop.trigger(check_base=first)
+            if first and self.ops is not None:
+                self.ops.peers_synced()
             self.status.peers = len(self.peers)
 
     def _start_monitor(self) -> None:
@@ -257,12 +290,17 @@ class NodeDaemon:
             lease,
             self.options.renew_margin_minutes * 60,
             self._lease_changed,
-            on_fatal=self.fail,
+            on_fatal=self._lease_fatal,
         )
         keeper.start()
         if hasattr(keeper, "stop"):
             self._closers.append(keeper.stop)
         self._keeper = keeper
+
+    def _lease_fatal(self, exc: BaseException) -> None:
+        if self.ops is not None:
+            self.ops.lease_lost()
+        self.fail(exc)
 
     def _lease_changed(self, lease: Lease) -> None:
         old = self.status.lease
@@ -275,9 +313,13 @@ class NodeDaemon:
             if self.loop is not None:
                 self.loop.trigger()
         self.status.lease = lease
+        if self.ops is not None:
+            self.ops.lease_changed(lease)
 
     def _after_pass(self, result: PassResult) -> None:
         self.status.last_pass = result
+        if self.ops is not None:
+            self.ops.on_pass(result, len(self.peers))
         lease = self.status.lease
         if self.backend is None or lease is None:
             return

@@ -140,7 +140,7 @@ def test_restart_during_continuous_ping_loses_nothing(start_daemons, netns_facto
     add_pod(netns_factory, b.host, b.subnet, "pb", 1450)
     subnet, mac = a.subnet, link_details(a.host, "flannel.1")["address"]
     pinger = subprocess.Popen(
-        ["ip", "netns", "exec", pa, "ping", "-q", "-i", "0.05", "-w", "6", "-W", "1",
+        ["ip", "netns", "exec", pa, "ping", "-q", "-i", "0.05", "-c", "120", "-W", "1",
          str(b.subnet.network_address + 2)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
