@@ -58,6 +58,7 @@ cni() { # cni COMMAND POD: run the plugin as a runtime does
 daemon_pid=""
 stopping=0
 running=0
+# shellcheck disable=SC2317  # called by the trap
 shutdown() {
     stopping=1
     log "stopping: releasing pods, then the daemon"

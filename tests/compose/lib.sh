@@ -1,5 +1,7 @@
 # Functions of tests/compose/run.sh (sourced).  All names start with flc_.
 # shellcheck shell=bash
+# Single quotes around scripts that run inside the containers are on purpose:
+# shellcheck disable=SC2016
 
 FLC_CACHE="${FLANNELISH_COMPOSE_CACHE:-/var/lib/flannelish-compose}"
 FLC_DATA_ROOT="$FLC_CACHE/docker"
@@ -51,6 +53,9 @@ flc_begin() {
     export FLANNELISH_BUILD_NETWORK=host
     export BASE_IMAGE="$FLC_BASE_IMAGE"
     export COMPOSE_HTTP_TIMEOUT=300
+    # The test checks the default lab: 2 pods per node, VXLAN VNI 1 on port 8472.
+    export FLANNELISH_PODS_PER_NODE=2
+    unset FLANNELISH_NETWORK_CONFIG
     flc_log "state: $FLC_RUN (run), $FLC_CACHE (cache); DOCKER_HOST=$DOCKER_HOST"
 }
 
@@ -91,9 +96,9 @@ flc_pid_is_our_dockerd() { # PID: a dockerd using our data root?
 }
 
 flc_stop_pid() { # PID [seconds]: TERM, wait, then KILL
-    local pid="$1" wait="${2:-30}" i
+    local pid="$1" wait="${2:-30}"
     kill -TERM "$pid" 2>/dev/null || return 0
-    for i in $(seq 1 $((wait * 10))); do
+    for _ in $(seq 1 $((wait * 10))); do
         kill -0 "$pid" 2>/dev/null || return 0
         sleep 0.1
     done
@@ -124,8 +129,7 @@ flc_start_dockerd() {
         >"$FLC_RUN/dockerd.log" 2>&1 </dev/null &
     FLC_DOCKERD_PID=$!
     echo "$FLC_DOCKERD_PID" >"$FLC_CACHE/dockerd.pid"
-    local i
-    for i in $(seq 1 300); do
+    for _ in $(seq 1 300); do
         if "$FLC_DOCKER" info >/dev/null 2>&1; then
             flc_log "dockerd pid $FLC_DOCKERD_PID ready"
             return 0
@@ -139,9 +143,9 @@ flc_start_dockerd() {
 
 # Leftovers of a crashed earlier run inside our private data root.
 flc_preclean() {
-    local ids
-    ids=$("$FLC_DOCKER" ps -aq)
-    [ -z "$ids" ] || { flc_log "removing leftover containers"; "$FLC_DOCKER" rm -f $ids >/dev/null; }
+    local ids=()
+    mapfile -t ids < <("$FLC_DOCKER" ps -aq)
+    [ "${#ids[@]}" = 0 ] || { flc_log "removing leftover containers"; "$FLC_DOCKER" rm -f "${ids[@]}" >/dev/null; }
     "$FLC_DOCKER" network prune -f >/dev/null
     "$FLC_DOCKER" volume prune -f >/dev/null
     flc_prune_images
@@ -264,13 +268,12 @@ flc_wait_healthy() { # timeout seconds
 
 flc_verify() {
     local node pod ip
-    declare -A POD_IP POD_NODE
+    declare -A POD_IP
     local pods=()
     for node in "${FLC_NODES[@]}"; do
         while read -r pod ip; do
             [ -n "$pod" ] || continue
             POD_IP[$pod]=$ip
-            POD_NODE[$pod]=$node
             pods+=("$pod")
         done < <(flc_exec "$node" flannelish-compose-node pods)
         flc_log "$node: $(flc_exec "$node" sh -c '. /run/flannel/subnet.env; echo subnet $FLANNEL_SUBNET mtu $FLANNEL_MTU pods: $(flannelish-compose-node pods)')"
@@ -340,9 +343,9 @@ flc_teardown() {
             flc_compose down -v --rmi local --remove-orphans --timeout 10 >"$FLC_RUN/down.log" 2>&1 \
                 || { cat "$FLC_RUN/down.log" >&2; flc_log "compose down failed"; }
         fi
-        local ids
-        ids=$("$FLC_DOCKER" ps -aq 2>/dev/null || true)
-        [ -z "$ids" ] || "$FLC_DOCKER" rm -f $ids >/dev/null 2>&1 || true
+        local ids=()
+        mapfile -t ids < <("$FLC_DOCKER" ps -aq 2>/dev/null || true)
+        [ "${#ids[@]}" = 0 ] || "$FLC_DOCKER" rm -f "${ids[@]}" >/dev/null 2>&1 || true
         "$FLC_DOCKER" network prune -f >/dev/null 2>&1 || true
         "$FLC_DOCKER" volume prune -f >/dev/null 2>&1 || true
         flc_prune_images
@@ -363,9 +366,8 @@ flc_teardown() {
     flc_remove_docker_firewall
     # Mounts under our run dir or data root (overlay layers, netns of containers).
     local m
-    for m in $(awk -v r="$FLC_RUN" -v d="$FLC_DATA_ROOT" 'index($2, r) == 1 || index($2, d "/") == 1 {print $2}' /proc/self/mounts | sort -r); do
-        umount -l "$m" 2>/dev/null || true
-    done
+    awk -v r="$FLC_RUN" -v d="$FLC_DATA_ROOT" 'index($2, r) == 1 || index($2, d "/") == 1 {print $2}' \
+        /proc/self/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
 }
 
 # Docker's chains, should a dockerd ever have made them (ours runs with --iptables=false).
@@ -440,6 +442,7 @@ flc_check_clean() {
         printf '  - %s\n' "${problems[@]}" >&2
         flc_fail "teardown left things behind"
     fi
+    flc_log "docker before stopping: $(tr '\n' ';' <"$FLC_RUN/inventory.after" 2>/dev/null)"
     flc_log "clean: no container, network, volume, image but $FLC_BASE_IMAGE, build cache, link, firewall chain, mount or process left"
     rm -rf "$FLC_RUN"
 }
@@ -479,7 +482,10 @@ flc_dump_logs_if_up() {
 flc_down_only() {
     FLC_T0=$(flc_now)
     FLC_RUN=$(cat "$FLC_CACHE/kept-run" 2>/dev/null || true)
-    [ -n "$FLC_RUN" ] && [ -d "$FLC_RUN" ] || { echo "no kept compose lab" >&2; return 0; }
+    if [ -z "$FLC_RUN" ] || [ ! -d "$FLC_RUN" ]; then
+        echo "no kept compose lab" >&2
+        return 0
+    fi
     export DOCKER_HOST="unix://$FLC_RUN/docker.sock"
     FLC_DOCKERD_PID=$(cat "$FLC_CACHE/dockerd.pid" 2>/dev/null || true)
     flc_pid_is_our_dockerd "$FLC_DOCKERD_PID" || FLC_DOCKERD_PID=""
