@@ -493,6 +493,7 @@ class WatchStream:
 
         self._store = store
         self.endpoint = store.current_endpoint
+        self.established = False  # set by etcd's "created" answer
         request = etcdrpc.WatchRequest(
             create_request=etcdrpc.WatchCreateRequest(
                 key=prefix.encode(),
@@ -536,6 +537,8 @@ class WatchStream:
             raise HistoryCompacted(int(item.compact_revision))
         if item.canceled:
             raise EtcdError("etcd canceled the watch", item.cancel_reason or self.endpoint)
+        if item.created:
+            self.established = True
         return [WatchEvent(ev.type == 1, _kv(ev.kv)) for ev in item.events]  # 1 = DELETE
 
     def close(self) -> None:

@@ -81,7 +81,10 @@ class LeaseKeeper(threading.Thread):
     def _keep(self, lease: Lease) -> None:
         """Watch and renew `lease` until it is lost (then re-acquire) or we are stopped."""
         ours = lease.attrs.public_ip
-        for item in lease_changes(self.manager.registry, self._stop_event, lease.subnet):
+        changes = lease_changes(
+            self.manager.registry, self._stop_event, lease.subnet, label="own-lease watch"
+        )
+        for item in changes:
             if isinstance(item, Snapshot):
                 here = item.leases[0] if item.leases else None
                 lost = here is None or here.attrs.public_ip != ours

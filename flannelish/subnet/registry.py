@@ -49,6 +49,11 @@ class Change:
 
 
 class WatchStream(Protocol):
+    @property
+    def established(self) -> bool:
+        """The server confirmed the watch (the connection works)."""
+        ...
+
     def next_changes(self, timeout: float) -> list[Change]:
         """Changes of one response; [] after `timeout`.  Raises HistoryCompacted or
         EtcdError when the stream is over (the caller re-opens it)."""
@@ -218,6 +223,10 @@ class _EtcdWatch:
         self._registry = registry
         self._stream = stream
         self._subnet = subnet
+
+    @property
+    def established(self) -> bool:
+        return self._stream.established
 
     def next_changes(self, timeout: float) -> list[Change]:
         changes = []
@@ -409,6 +418,7 @@ class _MemoryWatch:
         self._subnet = subnet
         self._generation = registry._watch_generation
         self._closed = False
+        self.established = True
 
     def next_changes(self, timeout: float) -> list[Change]:
         reg = self._reg

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Network
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 POLL_S = 0.25
+REPORT_EVERY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -40,11 +42,16 @@ class Snapshot:
 
 
 def lease_changes(
-    registry: Registry, stop: threading.Event, subnet: IPv4Network | None = None
+    registry: Registry,
+    stop: threading.Event,
+    subnet: IPv4Network | None = None,
+    label: str = "lease watch",
 ) -> Iterator[Snapshot | list[Change]]:
     """Snapshot first, then lists of changes ([] when idle); returns when `stop` is set."""
     backoff = BACKOFF_MIN_S
     next_revision = 0  # 0: a snapshot is needed
+    outage_since: float | None = None
+    last_report = 0.0
     while not stop.is_set():
         try:
             if not next_revision:
@@ -57,7 +64,16 @@ def lease_changes(
             try:
                 while not stop.is_set():
                     changes = stream.next_changes(POLL_S)
-                    backoff = BACKOFF_MIN_S  # the stream works: next failure starts small
+                    if stream.established:  # etcd confirmed the watch: the outage is over
+                        backoff = BACKOFF_MIN_S
+                        if outage_since is not None:
+                            log.info(
+                                "%s resumed after %.1fs",
+                                label,
+                                time.monotonic() - outage_since,
+                                extra={"resume_revision": next_revision},
+                            )
+                            outage_since = None
                     if changes:
                         next_revision = changes[-1].revision + 1
                     yield changes
@@ -65,7 +81,8 @@ def lease_changes(
                 stream.close()
         except HistoryCompacted as exc:
             log.warning(
-                "lease watch fell behind etcd's compacted history; re-listing",
+                "%s fell behind etcd's compacted history; re-listing",
+                label,
                 extra={"resume_revision": next_revision, "compacted": exc.compact_revision},
             )
             next_revision = 0
@@ -74,12 +91,19 @@ def lease_changes(
         except EtcdError as exc:
             if stop.is_set():
                 return  # shutting down: the client was closed under us
-            log.warning(
-                "lease watch interrupted; reconnecting in %.1fs: %s",
-                backoff,
-                exc,
-                extra={"resume_revision": next_revision},
-            )
+            now = time.monotonic()
+            if outage_since is None:
+                outage_since = last_report = now
+                log.warning("%s interrupted; reconnecting: %s", label, exc)
+            elif now - last_report >= REPORT_EVERY_S:  # an outage: one line per 30 s, not per try
+                last_report = now
+                log.warning(
+                    "%s still down after %.0fs; retrying every %.0fs: %s",
+                    label,
+                    now - outage_since,
+                    backoff,
+                    exc,
+                )
             if stop.wait(backoff):
                 return
             backoff = min(backoff * 2, BACKOFF_MAX_S)

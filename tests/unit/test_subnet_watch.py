@@ -134,3 +134,18 @@ def test_renewal_with_same_attrs_is_added_without_previous():
     tracker.apply([Change(lease.subnet, lease, 2)])
     again = tracker.apply([Change(lease.subnet, lease, 3)])
     assert [(e.type, e.previous) for e in again] == [(EventType.ADDED, None)]
+
+
+def test_an_outage_logs_one_warning_then_one_resumed_line(setup, caplog):
+    reg, mgr, stop = setup
+    events = mgr.watch_leases(stop)
+    next(events)
+    caplog.set_level("INFO", logger="flannelish.subnet.watch")
+    reg.fail_next(4)  # four reconnects fail (backoff 0.1+0.2+0.4+0.8 s)
+    reg.break_watches()
+    reg.put_raw(NET("10.5.2.0/24"), attrs("198.18.0.2"))
+    assert summary(next(events)) == [(EventType.ADDED, "10.5.2.0/24", None)]
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    warnings = [m for level, m in lines if level == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith("lease watch interrupted; reconnecting")
+    assert any(level == "INFO" and "lease watch resumed after" in m for level, m in lines)
