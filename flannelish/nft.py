@@ -55,7 +55,7 @@ import hashlib
 import json
 import shutil
 import subprocess
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, ip_network
 from typing import Any, ClassVar, Protocol
@@ -366,6 +366,14 @@ class _PassBatch:
     planned: set[IPv4Address] = field(default_factory=set)
     actual: set[IPv4Address] = field(default_factory=set)
     done: set[IPv4Address] = field(default_factory=set)
+    dumped: bool = False  # the reconciler got as far as listing the set
+    failed: bool = False  # a write failed, so the set may not match the plan
+
+    def reset(self) -> None:
+        self.planned.clear()
+        self.actual.clear()
+        self.done.clear()
+        self.dumped = self.failed = False
 
 
 class PeerSetResource:
@@ -381,18 +389,32 @@ class PeerSetResource:
     kind: ClassVar[str] = "nft-peer"
     record: ClassVar[type] = PeerAddr
 
-    def __init__(self, rules: NftRules, batch: _PassBatch | None = None) -> None:
+    def __init__(
+        self,
+        rules: NftRules,
+        batch: _PassBatch | None = None,
+        restore: Callable[[], None] | None = None,
+    ) -> None:
         self._rules = rules
         self.batch = batch
+        self._restore = restore  # called when the table is gone, before listing
+
+    def _listing(self) -> TableState | None:
+        state = self._rules.state()
+        if state is None and self._restore is not None:
+            self._restore()
+            state = self._rules.state()
+        return state
 
     def key(self, obj: PeerAddr) -> Hashable:
         return obj.ip
 
     def dump(self) -> Sequence[PeerAddr]:
-        state = self._rules.state()
+        state = self._listing()
         peers = state.peers if state else set()
         if self.batch is not None:
             self.batch.actual = set(peers)
+            self.batch.dumped = True
         return [PeerAddr(ip) for ip in sorted(peers)]
 
     def _write(self, verb: str, obj: PeerAddr, batch_ips: set[IPv4Address]) -> None:
@@ -400,9 +422,13 @@ class PeerSetResource:
         if b is not None and obj.ip in b.done:
             return
         ips = {obj.ip} | (batch_ips - b.done if b is not None else set())
-        self._rules.runner.run(
-            f"{verb} element {FAMILY} {TABLE} {PEER_SET} {{ {_elements(ips)} }}\n"
-        )
+        target = f"{FAMILY} {TABLE} {PEER_SET}"
+        try:
+            self._rules.runner.run(f"{verb} element {target} {{ {_elements(ips)} }}\n")
+        except KernelError:
+            if b is not None:
+                b.failed = True
+            raise
         if b is not None:
             b.done |= ips
 
@@ -418,25 +444,31 @@ class PeerSetResource:
 class NftOwner:
     """NftRules as an Owner of the daemon's Reconciler (flannelish.daemon.reconciler).
 
-    * ``ensure_base()`` re-asserts the table (a deleted table, chain or rule
-      is restored in the same pass) and counts repairs in ``repairs``;
+    * ``ensure_base()`` (periodic passes) re-asserts the table: a deleted
+      table, chain or edited rule is restored; counted in ``repairs``.  A
+      table found missing while listing the set (any pass) is restored too.
     * ``plan(peer)`` / ``resources()`` make the reconciler diff the peer set
-      element by element, exactly like kernel routes;
+      like kernel routes; ``resources()`` marks the start of a pass (it is
+      called once per pass, also when ``ensure_base`` is skipped).
     * ``arm()``: call once the first lease snapshot is in the PeerTable.  The
-      drop rule is added on the *second* pass after that, when the set
-      already holds every peer, so arming never drops a peer's traffic.
+      drop rule is added after the first pass that completed with the set
+      written in full (``after_pass()``, or the start of the next pass), so
+      arming never drops a peer's traffic.
     """
 
     def __init__(self, rules: NftRules) -> None:
         self.rules = rules
         self.repairs = 0
         self._created = False
-        self._arm_stage = 0  # 0 idle, 1 requested, 2 set synced once -> arm
+        self._arm_requested = False
+        self._pass_since_request = False  # a pass started after arm() was called
         self._batch = _PassBatch()
         self._resources = self._make_resources(rules)
 
     def _make_resources(self, rules: NftRules) -> list[PeerSetResource]:
-        return [PeerSetResource(rules, self._batch)] if rules.vxlan_port is not None else []
+        if rules.vxlan_port is None:
+            return []
+        return [PeerSetResource(rules, self._batch, restore=self._restore)]
 
     def replace_rules(self, rules: NftRules) -> None:
         """Adopt new desired rules (e.g. the lease moved); the next pass applies them."""
@@ -444,24 +476,31 @@ class NftOwner:
             rules.arm()
         self.rules = rules
         self._resources = self._make_resources(rules)
+        self.rules.apply()
 
     def arm(self) -> None:
-        if self._arm_stage == 0 and not self.rules.armed:
-            self._arm_stage = 1
+        if not self.rules.armed and not self._arm_requested:
+            self._arm_requested = True
+            self._pass_since_request = False
+
+    def _restore(self) -> None:
+        self.rules.apply()
+        if self._created:
+            self.repairs += 1
+        self._created = True
+
+    def _maybe_arm(self) -> None:
+        b = self._batch
+        if self._arm_requested and self._pass_since_request and b.dumped and not b.failed:
+            self._arm_requested = False
+            self.rules.arm()
+            self.rules.apply()  # a planned change, not a repair
+
+    def after_pass(self) -> None:
+        """End of a reconcile pass (from the daemon's on_pass hook): arm if due."""
+        self._maybe_arm()
 
     def ensure_base(self) -> bool:
-        # A new pass begins (ensure_base runs first): forget the last pass's batch.
-        self._batch.planned.clear()
-        self._batch.actual.clear()
-        self._batch.done.clear()
-        if self._arm_stage == 2:
-            self.rules.arm()
-            self._arm_stage = 0
-            self.rules.apply()  # a planned change, not a repair
-            self._created = True
-            return False
-        if self._arm_stage == 1:
-            self._arm_stage = 2
         if not self._created:  # start-up: creating is not repairing
             self.rules.apply()
             self._created = True
@@ -470,6 +509,9 @@ class NftOwner:
         return False  # nothing per peer needs replaying beyond the set diff
 
     def resources(self) -> Sequence[PeerSetResource]:
+        self._maybe_arm()  # the previous pass may have completed the set
+        self._batch.reset()
+        self._pass_since_request = self._arm_requested
         return self._resources
 
     def plan(self, peer: Any) -> Sequence[Any]:

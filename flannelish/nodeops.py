@@ -131,6 +131,7 @@ class NodeOps:
         self.state.set_peers(peers_in_etcd, programmed)
         if self.owner is not None:
             try:
+                self.owner.after_pass()  # arms the anti-spoof rule once the set is complete
                 present = self.owner.rules.present()
                 self.state.set_check("nftables", present, "" if present else "table not in place")
                 self.state.set_vxlan_rejected(self.owner.rules.rejected_packets())

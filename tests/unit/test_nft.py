@@ -259,7 +259,7 @@ def test_owner_lets_the_reconciler_diff_the_peer_set_and_arms_after_a_synced_pas
     rec.reconcile(peers)  # set filled, still unarmed
     assert fake.table["set"] == {IPv4Address("198.18.0.2"), IPv4Address("198.18.0.3")}
     assert "input" not in fake.table["chains"]
-    rec.reconcile(peers)  # now armed, the set already complete
+    owner.after_pass()  # end of that pass (the daemon's on_pass hook): arm now
     assert labels(fake.table["chains"]["input"]) == ["anti-spoof: vxlan from non-peers"]
     assert rec.reconcile(peers).changes == 0
     result = rec.reconcile(peers[:1])
@@ -287,3 +287,34 @@ def test_owner_writes_many_peer_changes_in_one_transaction_per_direction():
     before = len(fake.scripts)
     rec.reconcile(many[:50])
     assert len(fake.scripts) - before == 1 and len(fake.table["set"]) == 50
+
+
+def test_lease_event_passes_without_the_base_check_still_restore_and_never_arm_early():
+    from flannelish.daemon.reconciler import Reconciler
+    from flannelish.nft import NftOwner
+
+    nft, fake = rules()
+    owner = NftOwner(nft)
+    rec = Reconciler([owner])
+    peers = [_lease(2, "198.18.0.2")]
+    rec.reconcile(peers)
+    fake.table = None  # deleted by hand, then a lease event arrives
+    result = rec.reconcile(peers, check_base=False)
+    assert result.errors == 0 and owner.repairs == 1
+    assert fake.table["set"] == {IPv4Address("198.18.0.2")}
+    owner.arm()
+    real_run = fake.run
+
+    def failing(script: str) -> None:
+        if "add element" in script:
+            raise KernelError("nftables transaction failed", "injected")
+        real_run(script)
+
+    fake.run = failing  # type: ignore[method-assign]
+    rec.reconcile([*peers, _lease(3, "198.18.0.3")], check_base=False)
+    owner.after_pass()
+    assert not nft.armed  # the set is incomplete: arming would drop 198.18.0.3
+    fake.run = real_run  # type: ignore[method-assign]
+    rec.reconcile([*peers, _lease(3, "198.18.0.3")], check_base=False)
+    owner.after_pass()
+    assert nft.armed and "input" in fake.table["chains"]
