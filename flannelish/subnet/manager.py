@@ -116,6 +116,8 @@ class SubnetManager:
             config = self._config_now()
             if not config.enable_ipv4:
                 raise ConfigError("IPv6-only networks are not supported by the lease manager yet")
+            if config.enable_ipv6 and attempt == 0:
+                log.warning("EnableIPv6 is set, but only an IPv4 subnet is leased (not built yet)")
             leases, _ = self.registry.list_leases()
             lease = self._try_acquire(config, leases, attrs, previous_subnet)
             if lease is not None:

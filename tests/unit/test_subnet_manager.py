@@ -256,3 +256,14 @@ def test_etcd_failure_without_wait_is_raised():
     reg.fail_next(1)
     with pytest.raises(EtcdError):
         mgr.get_network_config(wait=False)
+
+
+def test_waiting_for_a_missing_config_logs_the_expected_key(caplog):
+    reg = InMemoryRegistry("/my/net")
+    threading.Timer(0.3, reg.put_config, args=(b'{"Network":"10.5.0.0/16"}',)).start()
+    caplog.set_level("WARNING", logger="flannelish.subnet.manager")
+    SubnetManager(reg).get_network_config(wait=True)
+    assert any(
+        "network config not found in etcd at key /my/net/config" in r.getMessage()
+        for r in caplog.records
+    )
