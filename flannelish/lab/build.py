@@ -182,7 +182,8 @@ class _Builder:
         teardown(self.state, keep_logs=True)
         raise LabBuildError(
             f"lab up failed at step '{self.current}'",
-            f"{reason}\nthe lab was torn down; logs are in {self.state.logs_dir}",
+            f"{reason}\nthe lab was torn down; logs are in {self.state.logs_dir} "
+            f"(daemons) and {self.state.path / 'etcd' / 'etcd.log'}",
         ) from exc
 
     # -- steps --------------------------------------------------------------

@@ -75,8 +75,9 @@ def teardown(state: LabState, keep_logs: bool = False, remove_dir: bool = True) 
     report = TeardownReport()
     records = state.procs()
     records += _unrecorded_lab_processes(state)
-    report.warnings += procs.stop_all(records)
-    report.stopped = [f"{r.role} (pid {r.pid})" for r in records]
+    running = [r for r in records if procs.is_ours(r)]
+    report.warnings += procs.stop_all(running)
+    report.stopped = [f"{r.role} (pid {r.pid})" for r in running]
     existing = set(list_netns())
     for name in reversed(state.netns):
         if name in existing:
