@@ -283,7 +283,8 @@ class _Builder:
                 node.subnet = _network_of(env.get("FLANNEL_SUBNET", ""))
                 node.mtu = int(env.get("FLANNEL_MTU", "0") or 0)
             self.state.save()
-            st.detail = ", ".join(f"{n.name} {n.subnet}" for n in self.state.nodes)
+            leases = [f"{n.name} {n.subnet}" for n in self.state.nodes]
+            st.detail = ", ".join(leases[:3]) + (", ..." if len(leases) > 3 else "")
 
     def _wait_for_subnet_files(self) -> None:
         deadline = time.monotonic() + DAEMON_READY_TIMEOUT
