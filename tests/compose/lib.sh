@@ -267,16 +267,20 @@ flc_wait_healthy() { # timeout seconds
 # --- verification ---------------------------------------------------------------------
 
 flc_verify() {
-    local node pod ip
-    declare -A POD_IP
-    local pods=()
+    local node pod ip subnet mtu i=0
+    declare -A POD_IP NODE_PODS
+    local pods=() node_args=()
     for node in "${FLC_NODES[@]}"; do
-        while read -r pod ip; do
+        i=$((i + 1))
+        # First line: subnet and MTU from subnet.env; then "pod ip" lines.
+        { read -r subnet mtu; while read -r pod ip; do
             [ -n "$pod" ] || continue
             POD_IP[$pod]=$ip
+            NODE_PODS[$node]="${NODE_PODS[$node]:-} $pod"
             pods+=("$pod")
-        done < <(flc_exec "$node" flannelish-compose-node pods)
-        flc_log "$node: $(flc_exec "$node" sh -c '. /run/flannel/subnet.env; echo subnet $FLANNEL_SUBNET mtu $FLANNEL_MTU pods: $(flannelish-compose-node pods)')"
+        done; } < <(flc_exec "$node" sh -c '. /run/flannel/subnet.env; echo $FLANNEL_SUBNET $FLANNEL_MTU; flannelish-compose-node pods')
+        node_args+=(--node "$FLC_UNDERLAY.$((10 + i))=$subnet")
+        flc_log "$node ($FLC_UNDERLAY.$((10 + i))): subnet $subnet, mtu $mtu, pods:$(for p in ${NODE_PODS[$node]}; do printf ' %s %s' "$p" "${POD_IP[$p]}"; done)"
     done
     [ "${#pods[@]}" -ge $((2 * ${#FLC_NODES[@]})) ] || flc_fail "expected 2 pods per node, got: ${pods[*]}"
 
@@ -333,6 +337,55 @@ flc_verify() {
     plain=$(flc_exec node2 cat /tmp/plain.txt)
     [ -z "$plain" ] || flc_fail "pod-network packets crossed the underlay unencapsulated: $plain"
     flc_log "VXLAN: $outer packets $n1 -> $n2 udp/8472 vni 1 carrying $src_ip -> $dst_ip; none unencapsulated"
+
+    # The same, judged by the project's verifier (flannelish.lab.analysis, scapy):
+    # a capture on node2's eth0 while node1's and node3's pods ping node2's pods
+    # (normal and full-MTU packets with DF set) and node2's pods ping each other.
+    local a b cross="" same="" all_ips=""
+    for pod in "${pods[@]}"; do all_ips="$all_ips,${POD_IP[$pod]}"; done
+    for a in ${NODE_PODS[node1]} ${NODE_PODS[node3]}; do
+        for b in ${NODE_PODS[node2]}; do
+            cross="$cross,${POD_IP[$a]}>${POD_IP[$b]},${POD_IP[$b]}>${POD_IP[$a]}"
+        done
+    done
+    for a in ${NODE_PODS[node2]}; do
+        for b in ${NODE_PODS[node2]}; do
+            [ "$a" = "$b" ] || same="$same,${POD_IP[$a]}>${POD_IP[$b]}"
+        done
+    done
+    flc_exec node2 sh -c 'rm -f /tmp/ul.pcap /tmp/ul.err
+        (tcpdump -i eth0 -s 256 -U -w /tmp/ul.pcap "not tcp port 2379" 2>/tmp/ul.err &)
+        for i in $(seq 1 50); do grep -q "listening on" /tmp/ul.err && break; sleep 0.1; done'
+    local node2_ips="" pid_list=()
+    for b in ${NODE_PODS[node2]}; do node2_ips="$node2_ips ${POD_IP[$b]}"; done
+    for node in node1 node2 node3; do
+        flc_exec "$node" bash -c '
+            size=$(( $(. /run/flannel/subnet.env; echo $FLANNEL_MTU) - 28 ))
+            while read -r pod ip; do
+                for t in '"$node2_ips"'; do
+                    [ "$t" != "$ip" ] || continue
+                    ip netns exec "$pod" ping -n -q -c 1 -W 2 "$t" >/dev/null || echo "FAIL $pod -> $t"
+                    ip netns exec "$pod" ping -n -q -c 1 -W 2 -M do -s "$size" "$t" >/dev/null \
+                        || echo "FAIL $pod -> $t ($size bytes, DF)"
+                done
+            done < <(flannelish-compose-node pods)' >"$FLC_RUN/traffic.$node" 2>&1 &
+        pid_list+=($!)
+    done
+    wait "${pid_list[@]}" || true
+    flc_exec node2 sh -c 'sleep 0.5; pkill -INT -x tcpdump; for i in $(seq 1 50); do pgrep -x tcpdump >/dev/null || break; sleep 0.1; done' || true
+    if grep -h FAIL "$FLC_RUN"/traffic.node* >&2; then
+        flc_fail "pings during the capture failed"
+    fi
+    local verdicts
+    if verdicts=$("$FLC_DOCKER" exec -i "$(flc_container node2)" python - --pcap /tmp/ul.pcap \
+        "${node_args[@]}" --pods "${all_ips#,}" --cross "${cross#,}" --same "${same#,}" \
+        --mtu "$mtu" <"$REPO/tests/compose/vxlan_verdicts.py" 2>&1); then
+        printf '%s\n' "$verdicts" | sed 's/^/    /' >&2
+        flc_log "verifier (scapy): every verdict passed"
+    else
+        printf '%s\n' "$verdicts" | sed 's/^/    /' >&2
+        flc_fail "the verifier found a failed verdict on node2's eth0"
+    fi
 }
 
 # --- teardown -----------------------------------------------------------------------
