@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTHON ?= python3
 DEB_PACKAGES := etcd-server etcd-client iproute2 nftables tcpdump iputils-ping iperf3 ethtool \
-	containernetworking-plugins procps kmod ca-certificates openssl
+	containernetworking-plugins procps kmod ca-certificates openssl \
+	podman runc busybox-static iptables
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
