@@ -523,6 +523,8 @@ class WatchStream:
                 self._queue.put(EtcdError("watch closed"))
                 return
             kind, cause = self._store._classify(exc)
+            if kind == "token":  # expired: the reconnect authenticates again first
+                self._store._token_needed = True
             error_type = EtcdAuthError if kind in ("auth", "tls") else EtcdError
             self._queue.put(error_type(f"etcd watch on {self.endpoint} ended", cause))
 
@@ -536,7 +538,17 @@ class WatchStream:
         if item.compact_revision:
             raise HistoryCompacted(int(item.compact_revision))
         if item.canceled:
-            raise EtcdError("etcd canceled the watch", item.cancel_reason or self.endpoint)
+            reason = (item.cancel_reason or "").replace("etcdserver: ", "")
+            if "permission denied" in reason or "invalid auth token" in reason:
+                if not self._store.options.username:
+                    raise EtcdAuthError(
+                        "etcd refused the watch",
+                        "permission denied without credentials; give --etcd-username and "
+                        "--etcd-password",
+                    )
+                # Most likely our token expired while the stream was down: log in again.
+                self._store._token_needed = True
+            raise EtcdError("etcd canceled the watch", reason or self.endpoint)
         if item.created:
             self.established = True
         return [WatchEvent(ev.type == 1, _kv(ev.kv)) for ev in item.events]  # 1 = DELETE

@@ -104,6 +104,8 @@ def lease_changes(
                     backoff,
                     exc,
                 )
+            else:
+                log.debug("%s reconnect failed: %s", label, exc)
             if stop.wait(backoff):
                 return
             backoff = min(backoff * 2, BACKOFF_MAX_S)
