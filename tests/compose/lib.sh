@@ -319,14 +319,16 @@ flc_verify() {
     local src_ip="${POD_IP[$src]}" dst_ip="${POD_IP[$dst]}"
     local n1="$FLC_UNDERLAY.11" n2="$FLC_UNDERLAY.12" cap
     flc_exec node2 sh -c 'rm -f /tmp/vx.txt /tmp/plain.txt
-        (timeout 20 tcpdump -i eth0 -t -nn -l -T vxlan -c 4 "udp port 8472 and src host '"$n1"'" >/tmp/vx.txt 2>/tmp/vx.err &)
-        (timeout 20 tcpdump -i eth0 -t -nn -l "ip and net 10.244.0.0/16" >/tmp/plain.txt 2>/tmp/plain.err &)
+        timeout 20 tcpdump -i eth0 -t -nn -l -T vxlan -c 4 "udp port 8472 and src host '"$n1"'" >/tmp/vx.txt 2>/tmp/vx.err &
+        echo $! >/tmp/vx.pid
+        timeout 20 tcpdump -i eth0 -t -nn -l "ip and net 10.244.0.0/16" >/tmp/plain.txt 2>/tmp/plain.err &
+        echo $! >/tmp/plain.pid
         sleep 1'
     flc_exec node1 ip netns exec "$src" ping -n -q -c 4 -i 0.2 -W 2 "$dst_ip" >/dev/null \
         || flc_fail "ping $src -> $dst failed during the capture"
     sleep 1
     cap=$(flc_exec node2 sh -c 'for i in $(seq 1 50); do [ "$(grep -c "ICMP echo request" /tmp/vx.txt)" -ge 4 ] && break; sleep 0.1; done; cat /tmp/vx.txt')
-    flc_exec node2 sh -c 'pkill -INT -x tcpdump; sleep 0.5; true' || true
+    flc_exec node2 sh -c 'kill -INT $(cat /tmp/vx.pid /tmp/plain.pid) 2>/dev/null; sleep 0.5; true' || true
     printf '%s\n' "$cap" | sed 's/^/    node2 eth0: /' >&2
     local outer inner
     outer=$(printf '%s\n' "$cap" | grep -cE "^IP $n1\.[0-9]+ > $n2\.8472: VXLAN, flags \[I\] \(0x08\), vni 1$" || true)
@@ -337,6 +339,25 @@ flc_verify() {
     plain=$(flc_exec node2 cat /tmp/plain.txt)
     [ -z "$plain" ] || flc_fail "pod-network packets crossed the underlay unencapsulated: $plain"
     flc_log "VXLAN: $outer packets $n1 -> $n2 udp/8472 vni 1 carrying $src_ip -> $dst_ip; none unencapsulated"
+
+    # TCP across the overlay: node1-pod1 fetches 8 MB from an HTTP server in
+    # node2-pod1; the checksums must match (catches offload/MTU trouble ping misses).
+    flc_exec node2 sh -c 'head -c 8388608 /dev/urandom >/tmp/blob
+        cd /tmp && ip netns exec node2-pod1 python3 -m http.server 8080 >/dev/null 2>&1 &
+        echo $! >/tmp/http.pid
+        for i in $(seq 1 50); do ip netns exec node2-pod1 ss -ltn | grep -q ":8080 " && break; sleep 0.1; done'
+    local want got
+    want=$(flc_exec node2 sha256sum /tmp/blob | cut -d' ' -f1)
+    got=$(flc_exec node1 ip netns exec node1-pod1 python3 -c '
+import hashlib, sys, time, urllib.request
+t = time.monotonic()
+data = urllib.request.urlopen(sys.argv[1], timeout=30).read()
+dt = time.monotonic() - t
+print(hashlib.sha256(data).hexdigest(), len(data), f"{len(data) * 8 / dt / 1e6:.0f}")
+' "http://${POD_IP[node2-pod1]}:8080/blob") || flc_fail "TCP transfer node1-pod1 -> node2-pod1 failed"
+    flc_exec node2 sh -c 'kill $(cat /tmp/http.pid)' || true
+    [ "${got%% *}" = "$want" ] || flc_fail "TCP transfer corrupted: sha256 $got, want $want"
+    flc_log "TCP: 8 MiB ${POD_IP[node2-pod1]} -> ${POD_IP[node1-pod1]} intact (sha256 match), $(echo "$got" | cut -d' ' -f3) Mbit/s"
 
     # The same, judged by the project's verifier (flannelish.lab.analysis, scapy):
     # a capture on node2's eth0 while node1's and node3's pods ping node2's pods
@@ -354,7 +375,8 @@ flc_verify() {
         done
     done
     flc_exec node2 sh -c 'rm -f /tmp/ul.pcap /tmp/ul.err
-        (tcpdump -i eth0 -s 256 -U -w /tmp/ul.pcap "not tcp port 2379" 2>/tmp/ul.err &)
+        tcpdump -i eth0 -s 256 -U -w /tmp/ul.pcap "not tcp port 2379" 2>/tmp/ul.err &
+        echo $! >/tmp/ul.pid
         for i in $(seq 1 50); do grep -q "listening on" /tmp/ul.err && break; sleep 0.1; done'
     local node2_ips="" pid_list=()
     for b in ${NODE_PODS[node2]}; do node2_ips="$node2_ips ${POD_IP[$b]}"; done
@@ -372,7 +394,8 @@ flc_verify() {
         pid_list+=($!)
     done
     wait "${pid_list[@]}" || true
-    flc_exec node2 sh -c 'sleep 0.5; pkill -INT -x tcpdump; for i in $(seq 1 50); do pgrep -x tcpdump >/dev/null || break; sleep 0.1; done' || true
+    flc_exec node2 sh -c 'sleep 0.5; pid=$(cat /tmp/ul.pid); kill -INT $pid
+        for i in $(seq 1 50); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done' || true
     if grep -h FAIL "$FLC_RUN"/traffic.node* >&2; then
         flc_fail "pings during the capture failed"
     fi
