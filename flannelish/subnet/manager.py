@@ -39,7 +39,7 @@ from flannelish.errors import (
 from flannelish.subnet.keeper import LeaseKeeper
 from flannelish.subnet.lease import Event, Lease, LeaseAttrs
 from flannelish.subnet.registry import Registry
-from flannelish.subnet.watch import watch_events
+from flannelish.subnet.watch import Exclude, watch_events
 
 log = logging.getLogger(__name__)
 
@@ -264,10 +264,10 @@ class SubnetManager:
         leases, _ = self.registry.list_leases(with_expiry=True)
         return sorted(leases, key=lambda x: int(x.subnet.network_address))
 
-    def watch_leases(
-        self, stop: threading.Event, exclude: IPv4Network | None = None
-    ) -> Iterator[list[Event]]:
+    def watch_leases(self, stop: threading.Event, exclude: Exclude = None) -> Iterator[list[Event]]:
         """Peer events: a snapshot batch first (may be empty), then live batches.
+
+        `exclude` (our subnet, or a function returning the current one) is never reported.
 
         Resumes across disconnects (backoff 100 ms..5 s) and compaction (re-list
         and diff, attributes included) without missed or repeated events.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
@@ -33,6 +33,8 @@ BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 POLL_S = 0.25
 REPORT_EVERY_S = 30.0
+
+Exclude = IPv4Network | Callable[[], IPv4Network | None] | None
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ def lease_changes(
 
 
 def watch_events(
-    registry: Registry, stop: threading.Event, exclude: IPv4Network | None = None
+    registry: Registry, stop: threading.Event, exclude: Exclude = None
 ) -> Iterator[list[Event]]:
     """Peer events: the first batch is the snapshot (possibly empty), then live batches."""
     tracker = PeerTracker(exclude)
@@ -126,15 +128,24 @@ def watch_events(
 
 
 class PeerTracker:
-    """The set of known peers, turning snapshots and changes into Events."""
+    """The set of known peers, turning snapshots and changes into Events.
 
-    def __init__(self, exclude: IPv4Network | None = None):
-        self.exclude = exclude
+    `exclude` is our own subnet, or a function returning it: a node whose lease
+    moved to another subnet then stops seeing its new subnet as a peer.
+    """
+
+    def __init__(self, exclude: Exclude = None):
+        self._exclude = exclude
         self.known: dict[IPv4Network, Lease] = {}
+
+    @property
+    def exclude(self) -> IPv4Network | None:
+        return self._exclude() if callable(self._exclude) else self._exclude
 
     def resync(self, leases: list[Lease]) -> list[Event]:
         """Diff a fresh listing against what we knew."""
-        current = {x.subnet: x for x in leases if x.subnet != self.exclude}
+        own = self.exclude
+        current = {x.subnet: x for x in leases if x.subnet != own}
         events = []
         for subnet, old in list(self.known.items()):
             if subnet not in current:
@@ -150,8 +161,9 @@ class PeerTracker:
 
     def apply(self, changes: list[Change]) -> list[Event]:
         events = []
+        own = self.exclude
         for change in changes:
-            if change.subnet == self.exclude:
+            if change.subnet == own:
                 continue
             old = self.known.get(change.subnet)
             new = change.lease

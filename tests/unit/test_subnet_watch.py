@@ -149,3 +149,14 @@ def test_an_outage_logs_one_warning_then_one_resumed_line(setup, caplog):
     warnings = [m for level, m in lines if level == "WARNING"]
     assert len(warnings) == 1 and warnings[0].startswith("lease watch interrupted; reconnecting")
     assert any(level == "INFO" and "lease watch resumed after" in m for level, m in lines)
+
+
+def test_exclude_may_follow_a_moving_own_subnet(setup):
+    reg, mgr, stop = setup
+    own = {"subnet": OWN}
+    events = mgr.watch_leases(stop, exclude=lambda: own["subnet"])
+    next(events)
+    own["subnet"] = NET("10.5.7.0/24")  # the keeper re-acquired elsewhere
+    reg.put_raw(NET("10.5.7.0/24"), attrs("198.18.0.1"))
+    reg.put_raw(OWN, attrs("198.18.0.3"))  # the old subnet now belongs to a peer
+    assert summary(next(events)) == [(EventType.ADDED, "10.5.1.0/24", None)]
