@@ -1,31 +1,61 @@
 """The fast path: forward one request to the daemon's CniServer over a unix socket.
 
-Imports only ``os``, ``json`` and ``socket``: this runs in every plugin
-process, where Python start-up already dominates the cost.
+This runs in every plugin process, where interpreter start-up is already
+most of the cost, so it imports only C built-ins (``_socket``, ``_json``):
+``json`` and ``socket`` would pull in ``re``, ``enum`` and ``collections``,
+which cost more than the whole request takes in the daemon.
 
-Wire format (private to flannelish.cni, version in the magic line)::
+Wire format (private to flannelish.cni; the magic line carries the version)::
 
-    request : b"FLCNI1\\n" + JSON {"env": {...}} + b"\\n" + raw stdin bytes, then EOF
-    response: JSON {"exit": int, "stdout": str, "stderr": str}, then EOF
+    request : b"FLCNI2\\n" + <len(env)> b"\\n" + env + stdin, then EOF
+              env = b"\\0".join(b"KEY=VALUE" ...)   (the plugin's whole environment)
+    reply   : <exit> b"\\n" + <len(stdout)> b"\\n" + stdout + stderr, then EOF
+              or b"DECLINE\\n" + reason (the caller then works in-process)
 
 The server learns the caller's network namespace from SO_PEERCRED, so the
-plugin must stay connected (blocked on the reply) while the work is done.
+plugin stays connected (blocked on the reply) while the work is done.
 ``forward`` returns None when no daemon answers (no socket, nobody listening,
-or the server declines): the caller then does the work in-process.  Once the
-request is sent, a broken connection is *not* retried in-process, because
-the daemon may have done part of the work; the runtime gets code 11.
+or the server declines).  Once the request is sent, a broken connection is
+*not* retried in-process, because the daemon may have done part of the work:
+the runtime gets code 11 (try again later) instead.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import socket
+import _json
+import _socket
 
-MAGIC = b"FLCNI1\n"
+MAGIC = b"FLCNI2\n"
+DECLINE = b"DECLINE\n"
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 SOCKET_NAME = "flannelish.sock"
 REPLY_TIMEOUT_S = 300.0
+
+
+class _JsonContext:
+    """What _json's C scanner reads from json.JSONDecoder; strict like json.loads."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float  # NaN, Infinity, -Infinity, as json.loads accepts them
+
+
+_scan = _json.make_scanner(_JsonContext())  # type: ignore[arg-type]
+_WS = " \t\n\r"
+
+
+def peek_json(data: bytes) -> object:
+    """The JSON document in `data`, or None if it is not valid JSON (the handler says why)."""
+    try:
+        text = data.decode("utf-8")
+        start = len(text) - len(text.lstrip(_WS))
+        doc, end = _scan(text, start)
+    except Exception:  # StopIteration, JSONDecodeError, UnicodeDecodeError, RecursionError
+        return None
+    return doc if not text[end:].strip(_WS) else None
 
 
 def socket_path(doc: object) -> str:
@@ -38,12 +68,47 @@ def socket_path(doc: object) -> str:
     subnet_file = doc.get("subnetFile")
     if not isinstance(subnet_file, str) or not subnet_file:
         subnet_file = DEFAULT_SUBNET_FILE
-    return os.path.join(os.path.dirname(subnet_file) or ".", SOCKET_NAME)
+    directory = subnet_file.rpartition("/")[0] if "/" in subnet_file else "."
+    return (directory or "/") + "/" + SOCKET_NAME
+
+
+def encode_request(env: dict[str, str], stdin: bytes) -> bytes:
+    block = "\0".join(f"{k}={v}" for k, v in env.items()).encode("utf-8", "surrogateescape")
+    return MAGIC + str(len(block)).encode() + b"\n" + block + stdin
+
+
+def decode_request(data: bytes) -> tuple[dict[str, str], bytes] | None:
+    if not data.startswith(MAGIC):
+        return None
+    size, sep, rest = data[len(MAGIC) :].partition(b"\n")
+    if not sep or not size.isdigit() or int(size) > len(rest):
+        return None
+    block, stdin = rest[: int(size)], rest[int(size) :]
+    env: dict[str, str] = {}
+    for item in block.decode("utf-8", "surrogateescape").split("\0"):
+        key, eq, value = item.partition("=")
+        if eq:
+            env[key] = value
+    return env, stdin
+
+
+def encode_reply(exit_code: int, stdout: str, stderr: str) -> bytes:
+    out = stdout.encode("utf-8", "surrogateescape")
+    return b"%d\n%d\n" % (exit_code, len(out)) + out + stderr.encode("utf-8", "surrogateescape")
+
+
+def decode_reply(data: bytes) -> tuple[int, str, str]:
+    code, _, rest = data.partition(b"\n")
+    size, _, rest = rest.partition(b"\n")
+    if not code.lstrip(b"-").isdigit() or not size.isdigit() or int(size) > len(rest):
+        raise ValueError("malformed reply")
+    out, err = rest[: int(size)], rest[int(size) :]
+    return int(code), out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
 
 def forward(path: str, env: dict[str, str], stdin: bytes) -> tuple[int, str, str] | None:
     """(exit code, stdout, stderr) from the daemon, or None if no daemon serves `path`."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         try:
             sock.connect(path)
@@ -51,23 +116,25 @@ def forward(path: str, env: dict[str, str], stdin: bytes) -> tuple[int, str, str
             return None  # absent, stale socket or not ours: do the work in-process
         sock.settimeout(REPLY_TIMEOUT_S)
         try:
-            sock.sendall(MAGIC + json.dumps({"env": env}).encode() + b"\n" + stdin)
-            sock.shutdown(socket.SHUT_WR)
+            sock.sendall(encode_request(env, stdin))
+            sock.shutdown(_socket.SHUT_WR)
             chunks = []
             while True:
                 chunk = sock.recv(65536)
                 if not chunk:
                     break
                 chunks.append(chunk)
-            reply = json.loads(b"".join(chunks))
+            data = b"".join(chunks)
+            if data.startswith(DECLINE):
+                return None
+            return decode_reply(data)
         except (OSError, ValueError) as exc:
-            return 1, _try_later(f"lost the connection to the daemon at {path}: {exc}"), ""
-        if not isinstance(reply, dict) or reply.get("decline"):
-            return None
-        return int(reply["exit"]), str(reply["stdout"]), str(reply.get("stderr", ""))
+            msg = f"lost the connection to the daemon at {path}: {exc}"
+            return 1, try_later(msg), ""
     finally:
         sock.close()
 
 
-def _try_later(msg: str) -> str:
-    return json.dumps({"cniVersion": "1.1.0", "code": 11, "msg": msg}, indent=4)
+def try_later(msg: str) -> str:
+    quoted = _json.encode_basestring_ascii(msg)
+    return '{\n    "cniVersion": "1.1.0",\n    "code": 11,\n    "msg": ' + quoted + "\n}"

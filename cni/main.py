@@ -1,13 +1,14 @@
 """Entry point of the `flannelish-cni` executable (CNI protocol).
 
-Kept to the standard library on the fast path: the runtime starts a fresh
-process for every call, and Python start-up is already most of its cost.
+The fast path imports only C built-ins (see client.py): the runtime starts a
+fresh process for every call, and interpreter start-up is already most of
+its cost.
 
-1. CNI_COMMAND missing/unknown or VERSION: answered here.
-2. Otherwise stdin is read and the request is forwarded to the daemon's
+1. VERSION: answered here from a constant.
+2. ADD/DEL/CHECK/GC/STATUS with a JSON netconf: forwarded to the daemon's
    CniServer (``daemonSocket``, else ``<dir of subnetFile>/flannelish.sock``).
-3. No daemon answers: ``handler.handle`` runs in this process (the same code
-   the server runs; pyroute2 is imported only then).
+3. Everything else, or no daemon answering: ``handler.handle`` runs in this
+   process — the same code the server runs (pyroute2 is imported only then).
 
 Whatever happens, the runtime gets a CNI error object on stdout and a
 non-zero exit, never a traceback.
@@ -15,75 +16,85 @@ non-zero exit, never a traceback.
 
 from __future__ import annotations
 
-import json
-import os
+import posix
 import sys
 
-# Kept literal (not imported) so VERSION costs no extra imports.
-_SUPPORTED = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+from .client import forward, peek_json, socket_path
+
+# Literal, not computed: VERSION must cost no imports (mirrors protocol.SUPPORTED_VERSIONS).
+VERSION_REPLY = (
+    '{"cniVersion": "1.1.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}'
+)
+FORWARDED = ("ADD", "DEL", "CHECK", "GC", "STATUS")
+
+
+def _write(fd: int, text: str) -> None:
+    data = text.encode("utf-8", "surrogateescape")
+    while data:
+        data = data[posix.write(fd, data) :]
 
 
 def _emit(code: int, out: str, err: str) -> int:
     if err:
-        sys.stderr.write(err)
-        sys.stderr.flush()
+        _write(2, err)
     if out:
-        sys.stdout.write(out)
-        sys.stdout.flush()
+        _write(1, out)
     return code
 
 
+def _read_stdin() -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = posix.read(0, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
 def run(environ: dict[str, str], stdin: bytes | None = None) -> int:
+    """Serve one invocation; returns the exit status."""
     command = environ.get("CNI_COMMAND", "")
     if command == "VERSION":
-        return _emit(
-            0, json.dumps({"cniVersion": "1.1.0", "supportedVersions": list(_SUPPORTED)}), ""
-        )
-    if command in ("ADD", "DEL", "CHECK", "GC", "STATUS"):
-        try:
-            data = sys.stdin.buffer.read() if stdin is None else stdin
-        except OSError as exc:
-            return _emit(
-                1,
-                json.dumps(
-                    {"cniVersion": "1.1.0", "code": 5, "msg": f"error reading from stdin: {exc}"},
-                    indent=4,
-                ),
-                "",
-            )
-        from flannelish.cni.client import forward, socket_path
-
-        try:
-            doc = json.loads(data)
-        except (ValueError, RecursionError):
-            doc = None  # the handler reports it with code 6
-        if doc is not None:
+        return _emit(0, VERSION_REPLY, "")
+    data = b""
+    if command in FORWARDED:
+        if stdin is None:
+            try:
+                stdin = _read_stdin()
+            except OSError as exc:
+                return _emit(1, _io_error(exc), "")
+        data = stdin
+        doc = peek_json(data)
+        if isinstance(doc, dict):
             reply = forward(socket_path(doc), environ, data)
             if reply is not None:
                 return _emit(*reply)
-    else:
-        data = b""
-    from flannelish.cni.handler import handle
+    from .handler import handle
 
     response = handle(environ, data)
     return _emit(response.exit_code, response.stdout, response.stderr)
 
 
+def _io_error(exc: OSError) -> str:
+    import json
+
+    return json.dumps(
+        {"cniVersion": "1.1.0", "code": 5, "msg": f"error reading from stdin: {exc}"}, indent=4
+    )
+
+
 def main() -> None:
     try:
-        code = run(dict(os.environ))
-    except BaseException as exc:  # the last line of defence: still a CNI error object
-        if isinstance(exc, SystemExit):
-            raise
-        sys.stdout.write(
-            json.dumps(
-                {
-                    "cniVersion": "1.1.0",
-                    "code": 999,
-                    "msg": f"internal error: {type(exc).__name__}: {exc}",
-                }
-            )
-        )
+        env = {
+            k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
+            for k, v in posix.environ.items()
+        }
+        code = run(env)
+    except Exception as exc:  # the last line of defence: still a CNI error object
+        import json
+
+        msg = f"internal error: {type(exc).__name__}: {exc}"
+        _write(1, json.dumps({"cniVersion": "1.1.0", "code": 999, "msg": msg}, indent=4))
         code = 1
     sys.exit(code)
 

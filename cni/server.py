@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -29,7 +28,7 @@ import stat
 import struct
 import threading
 
-from .client import MAGIC
+from .client import DECLINE, decode_request, encode_reply
 from .handler import handle
 
 log = logging.getLogger("flannelish.cni.server")
@@ -45,42 +44,36 @@ class _Handler(socketserver.BaseRequestHandler):
         sock: socket.socket = self.request
         with self.server.slots:
             reply = self._serve(sock)
-        if "exit" in reply:
+        if not reply.startswith(DECLINE):
             with self.server.count_lock:
                 self.server.served += 1
         with contextlib.suppress(OSError):
-            sock.sendall(json.dumps(reply).encode())
+            sock.sendall(reply)
 
-    def _serve(self, sock: socket.socket) -> dict:
-        pid, uid, _gid = struct.unpack(
-            "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-        )
+    def _serve(self, sock: socket.socket) -> bytes:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        pid, uid, _gid = struct.unpack("3i", creds)
         if uid != os.geteuid():
-            return {"decline": True, "reason": "caller uid not allowed"}
+            return DECLINE + b"caller uid not allowed"
         data = bytearray()
         while len(data) <= MAX_REQUEST_BYTES:
             chunk = sock.recv(65536)
             if not chunk:
                 break
             data += chunk
-        if not data.startswith(MAGIC):
-            return {"decline": True, "reason": "unknown protocol"}
-        header, _, stdin = bytes(data[len(MAGIC) :]).partition(b"\n")
-        try:
-            env = json.loads(header)["env"]
-            if not isinstance(env, dict):
-                raise ValueError("env is not an object")
-        except (ValueError, KeyError, TypeError):
-            return {"decline": True, "reason": "bad request header"}
+        request = decode_request(bytes(data))
+        if request is None:
+            return DECLINE + b"unknown protocol or bad request"
+        env, stdin = request
         try:
             host_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            return {"decline": True, "reason": "cannot open the caller's netns"}
+            return DECLINE + b"cannot open the caller's netns"
         try:
-            response = handle({str(k): str(v) for k, v in env.items()}, stdin, host_fd)
+            response = handle(env, stdin, host_fd)
         finally:
             os.close(host_fd)
-        return {"exit": response.exit_code, "stdout": response.stdout, "stderr": response.stderr}
+        return encode_reply(response.exit_code, response.stdout, response.stderr)
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

@@ -181,10 +181,10 @@ def fuzz_dir(tmp_path_factory) -> Path:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(doc=netconf, command=st.sampled_from(["ADD", "ADD", "CHECK", "STATUS"]))
-def test_fuzzed_netconf_always_gives_a_cni_error_object(fuzz_dir, capsys, doc, command):
+def test_fuzzed_netconf_always_gives_a_cni_error_object(fuzz_dir, capfd, doc, command):
     env = _env(command, "ctr", "x", "eth0", "IgnoreUnknown=1", fuzz_dir)
     rc = cni_main.run(env, json.dumps(_safe(doc, fuzz_dir)).encode())
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()
     _assert_cni_output(rc, out, err, command)
     assert not (fuzz_dir / "data").exists() or not [
         f for f in os.listdir(fuzz_dir / "data" / "fz") if f[0].isdigit()
@@ -194,12 +194,12 @@ def test_fuzzed_netconf_always_gives_a_cni_error_object(fuzz_dir, capsys, doc, c
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(command=commands, cid=env_text, netns=env_text, ifname=env_text, args=env_text)
 def test_fuzzed_env_always_gives_a_cni_error_object(
-    fuzz_dir, capsys, command, cid, netns, ifname, args
+    fuzz_dir, capfd, command, cid, netns, ifname, args
 ):
     doc = {"cniVersion": "1.0.0", "name": "fz", "type": "flannelish-cni"}
     env = _env(command, cid, netns, ifname, args, fuzz_dir)
     rc = cni_main.run(env, json.dumps(_safe(doc, fuzz_dir)).encode())
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()
     _assert_cni_output(rc, out, err, command)
 
 
@@ -211,10 +211,10 @@ def test_fuzzed_env_always_gives_a_cni_error_object(
         json_value.map(lambda v: json.dumps(v).encode()),
     )
 )
-def test_fuzzed_raw_stdin_gives_a_cni_error_object(fuzz_dir, capsys, raw):
+def test_fuzzed_raw_stdin_gives_a_cni_error_object(fuzz_dir, capfd, raw):
     env = _env("ADD", "ctr", "x", "eth0", "", fuzz_dir)
     rc = cni_main.run(env, raw)
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()
     _assert_cni_output(rc, out, err, "ADD")
 
 
