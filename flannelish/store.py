@@ -595,7 +595,9 @@ _SOCKET_ERRORS = re.compile(
 
 
 def _connection_cause(details: str) -> str:
-    """ "Connection refused" rather than gRPC's whole "failed to connect to all addresses…"."""
+    """A short cause ("connection refused") instead of gRPC's whole connect report."""
+    if "handshake" in details.lower():
+        return "TLS handshake failed: the server closed the connection (is it plain http://?)"
     match = _SOCKET_ERRORS.search(details)
     return match.group(0).lower() if match else details.splitlines()[0][:200] if details else ""
 

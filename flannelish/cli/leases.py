@@ -130,7 +130,7 @@ def _print_table(leases: list[Lease], now: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{len(leases)} subnet lease(s)", title_justify="left")
+    table = Table()
     for column in ("subnet", "public IP", "backend", "VTEP MAC", "expires in", "reserved"):
         table.add_column(column)
     for lease in leases:
@@ -146,6 +146,8 @@ def _print_table(leases: list[Lease], now: float) -> None:
     if not console.is_terminal:  # piped: never cut a MAC or subnet to fit 80 columns
         console = Console(width=200)
     console.print(table)
+    reserved = sum(1 for x in leases if x.reserved)
+    console.print(f"{len(leases)} subnet(s): {len(leases) - reserved} leased, {reserved} reserved")
 
 
 def _duration(seconds: float) -> str:

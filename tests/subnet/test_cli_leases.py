@@ -86,6 +86,7 @@ def test_leases_table_and_json(run, etcd, registries):
     for text in (str(lease.subnet), "198.18.0.1", "0a:00:00:00:00:01", "23h59m", "10.244.9.0/24"):
         assert text in table.stdout
     assert "never" in table.stdout and "yes" in table.stdout
+    assert "2 subnet(s): 1 leased, 1 reserved" in table.stdout
     docs = json.loads(run("leases", "--json").stdout)
     by_subnet = {d["subnet"]: d for d in docs}
     assert by_subnet["10.244.9.0/24"]["reserved"] is True
@@ -187,3 +188,10 @@ def test_bad_etcd_flag_is_exit_3_naming_the_flag(run):
     assert "--etcd-endpoints: 'ftp://x' must start with http:// or https://" in one_line_error(
         result, 3
     )
+
+
+def test_https_endpoint_on_a_plain_http_etcd_says_so(etcd):
+    https = etcd.client_url.replace("http://", "https://")
+    result = CliRunner().invoke(cli, ["leases", "--etcd-endpoints", https])
+    line = one_line_error(result, 4)
+    assert "TLS handshake failed" in line and "plain http://" in line
