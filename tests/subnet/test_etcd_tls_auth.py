@@ -126,3 +126,20 @@ def test_untrusted_ca_is_a_clear_tls_error(secure_etcd, pki, registries):
     )
     assert "TLS handshake with etcd" in text
     assert f"not trusted by --etcd-cafile '{pki / 'other-ca.crt'}'" in text
+
+
+def test_ca_file_alone_is_enough_for_a_tls_server_without_client_auth(pki, registries):
+    # Flannel ignores a lone --etcd-cafile (flannel.md §6); we use it.
+    member = EtcdMember(
+        name="tls-ca-only",
+        scheme="https",
+        extra_args=["--cert-file", str(pki / "server.crt"), "--key-file", str(pki / "server.key")],
+    )
+    try:
+        member.start()
+        member.wait_healthy(ctl_args=[f"--cacert={pki / 'ca.crt'}"])
+        registry = registries(member.client_url, cafile=str(pki / "ca.crt"))
+        registry.put_config(CONFIG)
+        assert registry.get_config() == CONFIG
+    finally:
+        member.destroy()
