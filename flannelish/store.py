@@ -99,13 +99,13 @@ class EtcdOptions:
                 else ("--etcd-keyfile", "--etcd-certfile")
             )
             raise ConfigError(f"{given} needs {missing} as well")
-        for flag, path in (
-            ("--etcd-cafile", cafile),
-            ("--etcd-certfile", certfile),
-            ("--etcd-keyfile", keyfile),
+        for flag, path, marker in (
+            ("--etcd-cafile", cafile, "CERTIFICATE-----"),
+            ("--etcd-certfile", certfile, "CERTIFICATE-----"),
+            ("--etcd-keyfile", keyfile, "PRIVATE KEY-----"),
         ):
-            if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
-                raise ConfigError(f"{flag}: cannot read {path!r}", _why_unreadable(path))
+            if path:
+                _check_pem(flag, path, marker)
         if bool(username) != bool(password):
             raise ConfigError(
                 "--etcd-username and --etcd-password must be given together",
@@ -152,6 +152,20 @@ def normalize_prefix(prefix: str) -> str:
     if any(c.isspace() for c in prefix):
         raise ConfigError("--etcd-prefix must not contain spaces", f"got {prefix!r}")
     return "/" + re.sub("/+", "/", prefix.strip("/"))
+
+
+def _check_pem(flag: str, path: str, marker: str) -> None:
+    """Fail early: gRPC would only print C-level errors and report the endpoint unreachable."""
+    if not (os.path.isfile(path) and os.access(path, os.R_OK)):
+        raise ConfigError(f"{flag}: cannot read {path!r}", _why_unreadable(path))
+    try:
+        with open(path, "rb") as f:
+            text = f.read(1 << 20)
+    except OSError as exc:
+        raise ConfigError(f"{flag}: cannot read {path!r}", exc.strerror) from None
+    if marker.encode() not in text:
+        kind = "private key" if "KEY" in marker else "certificate"
+        raise ConfigError(f"{flag}: {path!r} is not a PEM {kind}", f"no '-----BEGIN ...{marker}'")
 
 
 def _why_unreadable(path: str) -> str:

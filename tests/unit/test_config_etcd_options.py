@@ -44,6 +44,11 @@ def test_endpoint_forms_are_normalized():
         ({"keyfile": "/etc/hostname"}, "--etcd-keyfile needs --etcd-certfile"),
         ({"cafile": "/nonexistent/ca.pem"}, "--etcd-cafile: cannot read '/nonexistent/ca.pem'"),
         ({"cafile": "/etc"}, "it is a directory"),
+        ({"cafile": "/etc/hostname"}, "--etcd-cafile: '/etc/hostname' is not a PEM certificate"),
+        (
+            {"certfile": "/etc/hostname", "keyfile": "/etc/hostname"},
+            "--etcd-certfile: '/etc/hostname' is not a PEM certificate",
+        ),
         ({"username": "root"}, "only --etcd-username is set"),
         ({"password": "pw"}, "only --etcd-password is set"),
         ({"prefix": "///"}, "--etcd-prefix is empty"),
