@@ -60,6 +60,10 @@ class LeaseAttrs:
             raise LeaseDecodeError("lease value is not a JSON object", repr(raw)[:80])
         # Go's encoding/json matches field names case-insensitively.
         fields = {k.lower(): v for k, v in doc.items()}
+        for name in ("publicip", "publicipv6"):
+            # Go decodes these from JSON strings only; IPv4Address(5) would accept a number.
+            if fields.get(name) is not None and not isinstance(fields[name], str):
+                raise LeaseDecodeError("lease has an invalid PublicIP", repr(fields[name])[:80])
         try:
             public_ip = IPv4Address(fields.get("publicip") or "")
             v6 = fields.get("publicipv6")
