@@ -6,7 +6,9 @@ next to a baseline measured in the same run with the bare etcd client
 (pyetcd), so the ratio shows what the lease manager adds:
 
 * acquire: SubnetManager.acquire (config read, list, grant, create-only txn)
-  for each node in turn, against a raw ``put`` of the same value;
+  for each node in turn, against a raw ``put`` of the same value; then all
+  nodes at once (a cluster boot, with lost races retried) against as many
+  concurrent raw puts;
 * propagation: a lease written by the bare client → the event delivered by
   N ``watch_leases`` iterators, against N raw pyetcd prefix watches.  Each
   sample is (arrival in the watcher thread) minus (just before the put).
@@ -81,6 +83,43 @@ def bench_acquire(url: str, nodes: int) -> tuple[list[float], list[float]]:
         t0 = time.perf_counter()
         manager.acquire(attrs(i))
         ours.append(time.perf_counter() - t0)
+    for registry in registries:
+        registry.close()
+    return ours, base
+
+
+def bench_acquire_concurrent(url: str, nodes: int) -> tuple[list[float], list[float]]:
+    """All nodes acquire at once (a cluster boot): lost races are retried."""
+
+    def at_once(work: Callable[[int], None]) -> list[float]:
+        barrier = threading.Barrier(nodes)
+        took = [0.0] * nodes
+
+        def one(i: int) -> None:
+            barrier.wait()
+            t0 = time.perf_counter()
+            work(i)
+            took[i] = time.perf_counter() - t0
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(nodes)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return took
+
+    raws = [bare_client(url) for _ in range(nodes)]
+    base = at_once(lambda i: raws[i].put(f"/bench/raw-concurrent/{i}", attrs(i).to_json()))
+    for raw in raws:
+        raw.close()
+    options = EtcdOptions.from_flags(endpoints=url, prefix="/bench/concurrent")
+    registries = [EtcdRegistry(options) for _ in range(nodes)]
+    registries[0].put_config(CONFIG)
+    managers = [SubnetManager(r) for r in registries]
+    ours = at_once(lambda i: managers[i].acquire(attrs(i)) and None)
+    subnets = {x.subnet for x in managers[0].list_leases()}
+    if len(subnets) != nodes:
+        raise SystemExit(f"concurrent acquire: {len(subnets)} distinct subnets for {nodes} nodes")
     for registry in registries:
         registry.close()
     return ours, base
@@ -216,6 +255,7 @@ def main() -> None:
     try:
         url = member.client_url
         acquire, put = bench_acquire(url, args.nodes)
+        acquire_all, put_all = bench_acquire_concurrent(url, args.nodes)
         gap = args.gap_ms / 1000
         raw_keys = [f"/bench/watch-raw/{i}" for i in range(args.writes)]
         nets = [IPv4Network(f"10.244.{200 + i // 64}.{i % 64 * 4}/30") for i in range(args.writes)]
@@ -234,7 +274,15 @@ def main() -> None:
         f"{'metric (ms)':<34} {'p50':>8} {'p99':>8}   {'baseline':<26} {'p50':>8} {'p99':>8}"
         f"   {'ratio p50':>7} {'p99':>6}"
     )
-    print(row("acquire (list+grant+create txn)", acquire, put, "raw etcd put"))
+    print(row("acquire, one node at a time", acquire, put, "raw etcd put"))
+    print(
+        row(
+            f"acquire, {args.nodes} nodes at once",
+            acquire_all,
+            put_all,
+            f"{args.nodes} raw puts at once",
+        )
+    )
     print(
         row(
             f"propagation to {args.nodes} watch_leases",
