@@ -127,8 +127,9 @@ class LeaseKeeper(threading.Thread):
             "re-acquiring, preferring the same subnet",
             lost.subnet,
         )
+        # The daemon may have advertised new attributes (a new VTEP MAC) since.
+        attrs = (self.manager.own_lease(lost.subnet) or lost).attrs
         self.manager.forget(lost.subnet)
-        attrs = lost.attrs
         delay = 1.0
         while not self._stop_event.is_set():
             try:

@@ -143,3 +143,16 @@ def test_stop_ends_the_thread(world):
     keeper = start(mgr.acquire(ME))
     keeper.stop()
     assert not keeper.is_alive()
+
+
+def test_reacquisition_advertises_the_attrs_the_daemon_set_last(world):
+    reg, mgr, rec, start = world
+    lease = mgr.acquire(ME)
+    start(lease)
+    new_mac = LeaseAttrs(ME.public_ip, "vxlan", {"VNI": 1, "VtepMAC": "0a:00:00:00:00:99"})
+    mgr.renew(Lease(lease.subnet, new_mac, None, lease.lease_id, None, lease.mod_revision))
+    time.sleep(0.3)
+    reg.expire(lease.subnet)
+    rec.wait()
+    assert rec.changes[-1].attrs == new_mac
+    assert reg.get_lease(lease.subnet).attrs == new_mac  # type: ignore[union-attr]
