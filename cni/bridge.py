@@ -157,9 +157,9 @@ def _ensure_bridge(host: Netlink, conf: NetConf) -> LinkInfo:
             CniCode.INTERNAL, f'"{conf.bridge}" already exists but is not a bridge ({link.kind})'
         )
     if conf.promisc and not link.promisc:
-        host.set_promisc(link.index, True)
+        host.set_link(link.index, f"set bridge {conf.bridge} promiscuous", promisc=True)
     if not link.up:
-        host.set_link(link.index, f"set bridge {conf.bridge} up", state="up")
+        host.set_link(link.index, f"set bridge {conf.bridge} up", up=True)
     return link
 
 
@@ -233,7 +233,7 @@ def cmd_add(call: Call) -> str:
             raise CniError(CniCode.INTERNAL, f"veth pair {host_name}/{inv.ifname} not found")
         host.sysctl(f"net.ipv6.conf.{host_name}.accept_ra", "0")
         host.set_link(
-            veth.index, f"attach {host_name} to {conf.bridge}", master=bridge.index, state="up"
+            veth.index, f"attach {host_name} to {conf.bridge}", master=bridge.index, up=True
         )
         if conf.hairpin:
             host.set_hairpin(veth.index, True)
@@ -243,7 +243,7 @@ def cmd_add(call: Call) -> str:
         for ip in res["ips"]:
             iface = ipaddress.ip_interface(ip["address"])
             pod.add_address(cont.index, str(iface.ip), iface.network.prefixlen)
-        pod.set_link(cont.index, f"set {inv.ifname} up", state="up")
+        pod.set_link(cont.index, f"set {inv.ifname} up", up=True)
         for route in res["routes"]:
             _add_pod_route(pod, cont.index, route, res["ips"])
 

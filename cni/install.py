@@ -83,8 +83,9 @@ def write_atomic(path: str, content: str, mode: int) -> None:
         raise
 
 
-def install(bin_dir: str, conf_dir: str, name: str, subnet_file: str,
-            cni_version: str = "1.0.0") -> tuple[str, str]:  # fmt: skip
+def install(
+    bin_dir: str, conf_dir: str, name: str, subnet_file: str, cni_version: str = "1.0.0"
+) -> tuple[str, str]:
     launcher = os.path.join(bin_dir, LAUNCHER)
     write_atomic(launcher, launcher_source(), 0o755)
     conf = os.path.join(conf_dir, CONFLIST)

@@ -9,7 +9,7 @@ os.setns, hence ctypes): a netlink socket stays bound to the namespace it was
 created in, /proc/sys/net and child processes follow the calling thread's
 namespace.  This is what lets the daemon's worker threads serve callers from
 any namespace concurrently, and the in-process path use the very same code.
-This module imports pyroute2, so only the worker side imports it.
+The netlink messages themselves are built in rtnl.py (standard library only).
 """
 
 from __future__ import annotations
@@ -20,14 +20,12 @@ import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from flannelish.errors import CniCode, KernelError
 
+from . import rtnl
 from .protocol import CniError
+from .rtnl import RawLink, Rtnl, mac_text
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -95,11 +93,13 @@ class LinkInfo:
     promisc: bool
     up: bool
     peer_index: int  # IFLA_LINK: for a veth, the peer's index in the other netns
-    hairpin: bool | None
 
 
-def _kernel_error(what: str, exc: NetlinkError) -> KernelError:
-    return KernelError(f"{what}: {os.strerror(exc.code) if exc.code > 0 else exc}")
+def _kernel_error(what: str, exc: OSError) -> KernelError:
+    return KernelError(f"{what}: {exc.strerror or exc}")
+
+
+_GONE = (errno.ENODEV, errno.ENOENT)
 
 
 class Netlink:
@@ -107,11 +107,11 @@ class Netlink:
 
     def __init__(self, netns_fd: int | None = None) -> None:
         with entered(netns_fd):
-            self.ipr = IPRoute()
+            self.nl = Rtnl()
         self.netns_fd = netns_fd
 
     def close(self) -> None:
-        self.ipr.close()
+        self.nl.close()
 
     def __enter__(self) -> Netlink:
         return self
@@ -129,132 +129,145 @@ class Netlink:
         ):
             fh.write(value)
 
-    def read_sysctl(self, key: str) -> str:
-        with entered(self.netns_fd), open("/proc/sys/" + key.replace(".", "/")) as fh:
-            return fh.read().strip()
-
     # links -----------------------------------------------------------------
     def link(self, name: str) -> LinkInfo | None:
         try:
-            msgs = self.ipr.link("get", ifname=name)
-        except NetlinkError as exc:
-            if exc.code in (errno.ENODEV, errno.ENOENT):
+            return self._info(self.nl.get_link(name=name))
+        except OSError as exc:
+            if exc.errno in _GONE:
                 return None
             raise _kernel_error(f"look up link {name}", exc) from None
-        return self._info(msgs[0]) if msgs else None
 
     def link_by_index(self, index: int) -> LinkInfo | None:
         try:
-            msgs = self.ipr.link("get", index=index)
-        except NetlinkError:
+            return self._info(self.nl.get_link(index=index))
+        except OSError:
             return None
-        return self._info(msgs[0]) if msgs else None
 
     @staticmethod
-    def _info(msg: Any) -> LinkInfo:
-        linkinfo = msg.get("IFLA_LINKINFO")
-        kind = linkinfo.get("IFLA_INFO_KIND") if linkinfo else ""
-        protinfo = msg.get("IFLA_PROTINFO")
-        hairpin = None
-        if protinfo is not None:
-            mode = protinfo.get("IFLA_BRPORT_MODE")
-            hairpin = bool(mode) if mode is not None else None
+    def _info(raw: RawLink) -> LinkInfo:
         return LinkInfo(
-            index=msg["index"],
-            name=msg.get("IFLA_IFNAME"),
-            kind=kind or "",
-            mac=(msg.get("IFLA_ADDRESS") or "").lower(),
-            mtu=msg.get("IFLA_MTU") or 0,
-            master=msg.get("IFLA_MASTER") or 0,
-            promisc=bool(msg.get("IFLA_PROMISCUITY")),
-            up=bool(msg["flags"] & 1),
-            peer_index=msg.get("IFLA_LINK") or 0,
-            hairpin=hairpin,
+            index=raw.index,
+            name=raw.name,
+            kind=raw.kind,
+            mac=mac_text(raw.attrs.get(rtnl.IFLA_ADDRESS, b"")),
+            mtu=raw.u32(rtnl.IFLA_MTU),
+            master=raw.u32(rtnl.IFLA_MASTER),
+            promisc=bool(raw.flags & rtnl.IFF_PROMISC),
+            up=bool(raw.flags & rtnl.IFF_UP),
+            peer_index=raw.u32(rtnl.IFLA_LINK),
         )
 
     def create_bridge(self, name: str, mtu: int, mac: str) -> None:
+        data = rtnl.nested(
+            rtnl.IFLA_INFO_DATA,
+            rtnl.u32(rtnl.IFLA_BR_STP_STATE, 0),
+            rtnl.u32(rtnl.IFLA_BR_FORWARD_DELAY, 1500),  # centiseconds, as the reference
+            rtnl.u32(rtnl.IFLA_BR_AGEING_TIME, 30000),
+        )
+        info = rtnl.nested(rtnl.IFLA_LINKINFO, rtnl.string(rtnl.IFLA_INFO_KIND, "bridge"), data)
+        attrs = (
+            rtnl.string(rtnl.IFLA_IFNAME, name)
+            + rtnl.u32(rtnl.IFLA_MTU, mtu)
+            + rtnl.attr(rtnl.IFLA_ADDRESS, rtnl.mac_bytes(mac))
+            + info
+        )
         try:
-            self.ipr.link(
-                "add",
-                ifname=name,
-                kind="bridge",
-                mtu=mtu,
-                address=mac,
-                br_stp_state=0,
-                br_forward_delay=1500,
-                br_ageing_time=30000,
-            )
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:  # a concurrent ADD created it first
+            self.nl.new_link(attrs)
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:  # a concurrent ADD created it first
                 raise _kernel_error(f"create bridge {name}", exc) from None
 
-    def set_link(self, index: int, what: str, **attrs: Any) -> None:
+    def set_link(
+        self,
+        index: int,
+        what: str,
+        up: bool | None = None,
+        master: int | None = None,
+        promisc: bool | None = None,
+    ) -> None:
+        flags = change = 0
+        if up is not None:
+            change |= rtnl.IFF_UP
+            flags |= rtnl.IFF_UP if up else 0
+        if promisc is not None:
+            change |= rtnl.IFF_PROMISC
+            flags |= rtnl.IFF_PROMISC if promisc else 0
+        attrs = rtnl.u32(rtnl.IFLA_MASTER, master) if master is not None else b""
         try:
-            self.ipr.link("set", index=index, **attrs)
-        except NetlinkError as exc:
+            self.nl.set_link(index, attrs, flags, change)
+        except OSError as exc:
             raise _kernel_error(what, exc) from None
 
-    def set_promisc(self, index: int, on: bool) -> None:
-        flag = 0x100  # IFF_PROMISC
-        self.set_link(index, "set promiscuous mode", flags=flag if on else 0, change=flag)
-
-    def create_veth(self, name: str, peer: str, peer_netns_fd: int, mtu: int, mac: str | None):
-        peer_attrs: dict[str, Any] = {"ifname": peer, "net_ns_fd": peer_netns_fd, "mtu": mtu}
+    def create_veth(
+        self, name: str, peer: str, peer_netns_fd: int, mtu: int, mac: str | None
+    ) -> None:
+        peer_attrs = (
+            rtnl.string(rtnl.IFLA_IFNAME, peer)
+            + rtnl.u32(rtnl.IFLA_NET_NS_FD, peer_netns_fd)
+            + rtnl.u32(rtnl.IFLA_MTU, mtu)
+        )
         if mac:
-            peer_attrs["address"] = mac
+            peer_attrs += rtnl.attr(rtnl.IFLA_ADDRESS, rtnl.mac_bytes(mac))
+        info = rtnl.nested(
+            rtnl.IFLA_LINKINFO,
+            rtnl.string(rtnl.IFLA_INFO_KIND, "veth"),
+            rtnl.nested(
+                rtnl.IFLA_INFO_DATA, rtnl.nested(rtnl.VETH_INFO_PEER, rtnl.ifinfo(), peer_attrs)
+            ),
+        )
+        attrs = rtnl.string(rtnl.IFLA_IFNAME, name) + rtnl.u32(rtnl.IFLA_MTU, mtu) + info
         try:
-            self.ipr.link("add", ifname=name, kind="veth", mtu=mtu, peer=peer_attrs)
-        except NetlinkError as exc:
+            self.nl.new_link(attrs)
+        except OSError as exc:
             raise _kernel_error(f"create veth pair {name}/{peer}", exc) from None
 
     def set_hairpin(self, index: int, on: bool) -> None:
         try:
-            self.ipr.brport("set", index=index, mode=1 if on else 0)
-        except NetlinkError as exc:
+            self.nl.set_brport_mode(index, on)
+        except OSError as exc:
             raise _kernel_error("set hairpin mode", exc) from None
 
     def delete_link(self, index: int) -> None:
         try:
-            self.ipr.link("del", index=index)
-        except NetlinkError as exc:
-            if exc.code not in (errno.ENODEV, errno.ENOENT):
+            self.nl.del_link(index)
+        except OSError as exc:
+            if exc.errno not in _GONE:
                 raise _kernel_error(f"delete link {index}", exc) from None
 
     # addresses and routes ---------------------------------------------------
-    def addresses(self, index: int, family: int | None = None) -> list[tuple[str, int]]:
-        kwargs: dict[str, Any] = {"index": index}
-        if family:
-            kwargs["family"] = family
-        return [(m.get("IFA_ADDRESS"), m["prefixlen"]) for m in self.ipr.get_addr(**kwargs)]
+    def addresses(self, index: int, family: int = 0) -> list[tuple[str, int]]:
+        return [(a, p) for i, a, p in self.nl.addresses(family) if i == index]
 
     def add_address(self, index: int, address: str, prefixlen: int) -> None:
         try:
-            self.ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
+            self.nl.change_address(True, index, address, prefixlen)
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:
                 raise _kernel_error(f"add address {address}/{prefixlen}", exc) from None
 
     def del_address(self, index: int, address: str, prefixlen: int) -> None:
         try:
-            self.ipr.addr("del", index=index, address=address, prefixlen=prefixlen)
-        except NetlinkError as exc:
+            self.nl.change_address(False, index, address, prefixlen)
+        except OSError as exc:
             raise _kernel_error(f"delete address {address}/{prefixlen}", exc) from None
 
-    def add_route(self, dst: str, gateway: str | None, index: int, **extra: Any) -> None:
-        attrs: dict[str, Any] = {"dst": dst, "oif": index, **extra}
-        if gateway:
-            attrs["gateway"] = gateway
+    def add_route(
+        self,
+        dst: str,
+        gateway: str | None,
+        index: int,
+        priority: int | None = None,
+        table: int | None = None,
+        scope: int | None = None,
+    ) -> None:
+        net, _, prefix = dst.partition("/")
         try:
-            self.ipr.route("add", **attrs)
-        except NetlinkError as exc:
+            self.nl.add_route(net, int(prefix), gateway, index, priority, table, scope)
+        except OSError as exc:
             via = f" via {gateway}" if gateway else ""
             raise _kernel_error(f"add route {dst}{via}", exc) from None
 
     def routes(self, family: int) -> list[tuple[str, str | None, int]]:
         """(dst CIDR, gateway, oif) of the main table."""
-        result = []
-        for msg in self.ipr.get_routes(family=family, table=254):
-            dst = msg.get("RTA_DST")
-            dst = f"{dst}/{msg['dst_len']}" if dst else ("0.0.0.0/0" if family == 2 else "::/0")
-            result.append((dst, msg.get("RTA_GATEWAY"), msg.get("RTA_OIF") or 0))
-        return result
+        return self.nl.routes(family)
