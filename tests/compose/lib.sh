@@ -165,7 +165,8 @@ flc_prune_images() { # every image but the base image, and the build cache
 flc_base_image() {
     # The key changes when the package list, the mirror or the host's extra CA
     # certificates change (the latter so pip inside the build trusts a TLS proxy).
-    local cas=() key tar="$FLC_CACHE/base-rootfs.tar"
+    # The image itself is the cache (in our data root); the rootfs tar is temporary.
+    local cas=() key tar="$FLC_RUN/rootfs.tar"
     mapfile -t cas < <(find /usr/local/share/ca-certificates -name '*.crt' -type f 2>/dev/null | sort)
     key=$( { echo "$FLC_BASE_PACKAGES $FLC_MIRROR v1"; cat "${cas[@]}" /dev/null; } | sha256sum | cut -c1-16)
     if [ "$(cat "$FLC_CACHE/base.key" 2>/dev/null)" = "$key" ] \
@@ -173,24 +174,19 @@ flc_base_image() {
         flc_log "cached (key $key)"
         return 0
     fi
-    if [ "$(cat "$FLC_CACHE/base-rootfs.key" 2>/dev/null)" != "$key" ] || [ ! -s "$tar" ]; then
-        local hooks=()
-        if [ "${#cas[@]}" -gt 0 ]; then
-            hooks+=(--customize-hook="copy-in ${cas[*]} /usr/local/share/ca-certificates/")
-            hooks+=(--customize-hook='chroot "$1" update-ca-certificates')
-        fi
-        flc_log "mmdebstrap bookworm ($FLC_BASE_PACKAGES)"
-        rm -f "$tar" "$FLC_CACHE/base-rootfs.key"
-        mmdebstrap --quiet --variant=apt --include="$FLC_BASE_PACKAGES" "${hooks[@]}" \
-            bookworm "${tar%.tar}.tmp.tar" \
-            "deb $FLC_MIRROR bookworm main" "deb $FLC_MIRROR bookworm-updates main" \
-            "deb ${FLC_MIRROR%/debian}/debian-security bookworm-security main" \
-            >"$FLC_RUN/mmdebstrap.log" 2>&1 \
-            || { tail -20 "$FLC_RUN/mmdebstrap.log" >&2; rm -f "${tar%.tar}.tmp.tar"; flc_fail "mmdebstrap failed"; }
-        mv "${tar%.tar}.tmp.tar" "$tar"
-        echo "$key" >"$FLC_CACHE/base-rootfs.key"
+    local hooks=()
+    if [ "${#cas[@]}" -gt 0 ]; then
+        hooks+=(--customize-hook="copy-in ${cas[*]} /usr/local/share/ca-certificates/")
+        hooks+=(--customize-hook='chroot "$1" update-ca-certificates')
     fi
-    flc_log "docker import $tar"
+    flc_log "mmdebstrap bookworm ($FLC_BASE_PACKAGES)"
+    rm -f "$FLC_CACHE/base.key"
+    mmdebstrap --quiet --variant=apt --include="$FLC_BASE_PACKAGES" "${hooks[@]}" bookworm "$tar" \
+        "deb $FLC_MIRROR bookworm main" "deb $FLC_MIRROR bookworm-updates main" \
+        "deb ${FLC_MIRROR%/debian}/debian-security bookworm-security main" \
+        >"$FLC_RUN/mmdebstrap.log" 2>&1 \
+        || { tail -20 "$FLC_RUN/mmdebstrap.log" >&2; flc_fail "mmdebstrap failed"; }
+    flc_log "docker import ($(du -m "$tar" | cut -f1) MB)"
     "$FLC_DOCKER" rmi -f "$FLC_BASE_IMAGE" >/dev/null 2>&1 || true
     # pip in the build must use the system CA store (which holds the host's extra CAs).
     "$FLC_DOCKER" import \
@@ -198,6 +194,7 @@ flc_base_image() {
         --change 'ENV REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt' \
         --change 'CMD ["/bin/bash"]' \
         "$tar" "$FLC_BASE_IMAGE" >/dev/null
+    rm -f "$tar"
     echo "$key" >"$FLC_CACHE/base.key"
 }
 
@@ -209,9 +206,15 @@ flc_base_image() {
 flc_snapshot_source() {
     local src="$FLC_RUN/src"
     mkdir -p "$src"
-    (cd "$REPO" && git ls-files -z --cached --others --exclude-standard \
-        | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
-        | tar --null -T - -cf -) | tar -C "$src" -xf -
+    if git -C "$REPO" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        (cd "$REPO" && git ls-files -z --cached --others --exclude-standard \
+            | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
+            | tar --null -T - -cf -) | tar -C "$src" -xf -
+    else # not a git checkout: everything but the usual build and cache dirs
+        tar -C "$REPO" --exclude-vcs --exclude=./.venv --exclude=./.build --exclude=./build \
+            --exclude='*.egg-info' --exclude=__pycache__ --exclude='.*_cache' -cf - . \
+            | tar -C "$src" -xf -
+    fi
     flc_log "$(find "$src" -type f | wc -l) files in $src"
 }
 
