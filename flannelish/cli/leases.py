@@ -48,6 +48,7 @@ def config_put(file: str, etcd: EtcdOptions) -> None:
     raw = _read_input(file)
     try:
         config = parse_network_config(raw)
+        _check_backend(config)
     except ConfigError as exc:
         source = "stdin" if file == "-" else file
         raise ConfigError(f"invalid network config in {source}", str(exc)) from None
@@ -68,6 +69,23 @@ def config_get(etcd: EtcdOptions) -> None:
             "write one with `flannelish config put FILE`",
         )
     click.echo(raw.decode(errors="replace").rstrip("\n"))
+
+
+def _check_backend(config: NetworkConfig) -> None:
+    """Catch a Backend section our daemons would refuse, before it reaches every node."""
+    from flannelish.backends import REGISTRY
+
+    if config.backend_type not in REGISTRY:
+        # Not an error: Flannel nodes sharing this etcd may have that backend.
+        click.echo(
+            f'warning: flannelish has no "{config.backend_type}" backend '
+            f"(it has {', '.join(sorted(REGISTRY))}); flannelish daemons will refuse this config",
+            err=True,
+        )
+    elif config.backend_type == "vxlan":
+        from flannelish.backends.vxlan import VxlanOptions
+
+        VxlanOptions.parse(config.backend)
 
 
 def _read_input(file: str) -> bytes:

@@ -195,3 +195,17 @@ def test_https_endpoint_on_a_plain_http_etcd_says_so(etcd):
     result = CliRunner().invoke(cli, ["leases", "--etcd-endpoints", https])
     line = one_line_error(result, 4)
     assert "TLS handshake failed" in line and "plain http://" in line
+
+
+def test_config_put_rejects_a_bad_vxlan_section_and_warns_about_unknown_backends(run, etcd):
+    result = run(
+        "config",
+        "put",
+        "-",
+        input='{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":"1"}}',
+    )
+    assert "Backend.VNI must be an integer" in one_line_error(result, 3)
+    assert etcd.etcdctl("get", "/coreos.com/network/config").stdout == ""
+    result = run("config", "put", "-", input='{"Network":"10.244.0.0/16"}')  # Flannel's udp default
+    assert result.exit_code == 0, result.output
+    assert 'warning: flannelish has no "udp" backend' in result.stderr
