@@ -61,6 +61,29 @@ class UdpReceiver:
             self.proc.wait()
 
 
+# A VXLAN frame with a valid VNI whose inner packet claims to come from a pod
+# and goes to the target pod's UDP receiver (port 9999), sent 3 times.
+_SPOOF = """
+import sys
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+from scapy.sendrecv import send
+node_ip, port, inner_mac, pod_ip, vni, inner_src = sys.argv[1:7]
+inner = Ether(src="0a:58:0a:f4:ff:00", dst=inner_mac) / IP(src=inner_src, dst=pod_ip)
+pkt = (IP(dst=node_ip) / UDP(sport=40000, dport=int(port)) / VXLAN(vni=int(vni), flags=0x08)
+       / inner / UDP(sport=5555, dport=9999) / b"spoofed")
+send(pkt, count=3, inter=0.1, verbose=False)
+"""
+
+
+def send_spoofed_vxlan(netns, node_ip, inner_mac: str, pod_ip: str, *, inner_src: str,
+                       port: int = 8472, vni: int = 1) -> None:  # fmt: skip
+    """From `netns` (a non-peer underlay host), inject VXLAN at node_ip with scapy."""
+    run(["ip", "netns", "exec", netns, sys.executable, "-c", _SPOOF, str(node_ip), str(port),
+         inner_mac, pod_ip, str(vni), inner_src], timeout=60)  # fmt: skip
+
+
 def send_udp(netns: str, dst: str, payload: str, port: int = 9999) -> None:
     run(["ip", "netns", "exec", netns, sys.executable, "-c", _SENDER, dst, str(port), payload])
 

@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 from conftest import NETWORK, PORT
-from ophelpers import UdpReceiver, ping, send_udp
+from ophelpers import UdpReceiver, ping, send_spoofed_vxlan, send_udp
 
 from flannelish.nft import NftCli, NftRules
 from flannelish.testing.proc import run
-
-# Sent from the rogue host: a VXLAN frame with a valid VNI whose inner packet
-# claims to come from a node1 pod and goes to pod2's UDP receiver.
-_SPOOF = """
-import sys
-from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
-from scapy.layers.vxlan import VXLAN
-from scapy.sendrecv import send
-node_ip, port, inner_mac, pod_ip, vni = sys.argv[1:6]
-inner = Ether(src="0a:58:0a:f4:01:00", dst=inner_mac) / IP(src="10.244.1.66", dst=pod_ip)
-pkt = (IP(dst=node_ip) / UDP(sport=40000, dport=int(port)) / VXLAN(vni=int(vni), flags=0x08)
-       / inner / UDP(sport=5555, dport=9999) / b"spoofed")
-send(pkt, count=3, inter=0.1, verbose=False)
-"""
 
 
 def nft_rules(overlay_node, **kwargs) -> NftRules:
@@ -42,9 +25,9 @@ def listing(netns: str) -> str:
 
 
 def spoof(overlay) -> None:
-    run(["ip", "netns", "exec", overlay.rogue.netns, sys.executable, "-c", _SPOOF,
-         str(overlay.node2.host.ip), str(PORT), overlay.node2.mac, overlay.node2.pod_ip, "1"],
-        timeout=60)  # fmt: skip
+    n1, n2 = overlay.node1, overlay.node2
+    send_spoofed_vxlan(overlay.rogue.netns, n2.host.ip, n2.mac, n2.pod_ip,
+                       inner_src=str(n1.subnet.network_address + 66))  # fmt: skip
 
 
 def test_rules_exist_are_idempotent_restored_and_removed_cleanly(overlay):
