@@ -19,6 +19,7 @@ import dataclasses
 import importlib
 import logging
 import os
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from flannelish.backends.base import Backend, BackendContext, ExternalInterface
 from flannelish.daemon.iface import select_interface
 from flannelish.daemon.peers import PeerTable
 from flannelish.daemon.reconciler import PassResult, ReconcileLoop, Reconciler
-from flannelish.errors import FlannelishError
+from flannelish.errors import ConfigError, FlannelishError
 from flannelish.netlink import (
     ROUTE_PROTO,
     RTM_DELADDR,
@@ -129,8 +130,21 @@ class NodeDaemon:
         if self._fatal is not None:
             raise self._fatal
 
+    def _preflight(self) -> None:
+        """Fail before touching etcd or the kernel if subnet.env cannot be written."""
+        directory = self.options.subnet_file.parent
+        try:
+            directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"--subnet-file directory {directory} is not writable", exc.strerror
+            ) from None
+
     def _start(self) -> None:
         opts = self.options
+        self._preflight()
         nl = self._netlink = self._netlink or self._make_netlink()
         ext = select_interface(nl, opts.ifaces, opts.iface_regexes, opts.public_ip)
         log.info(
@@ -343,4 +357,5 @@ class NodeDaemon:
             thread.join(timeout=5)
         if self._netlink is not None and hasattr(self._netlink, "close"):
             self._netlink.close()
-        log.info("stopped; data path left in place", extra={"pid": os.getpid()})
+        if self.status.lease is not None:  # only once there is a data path to leave
+            log.info("stopped; data path left in place", extra={"pid": os.getpid()})

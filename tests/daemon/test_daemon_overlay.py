@@ -12,7 +12,7 @@ import pytest
 from flannelish.testing.proc import run
 
 from .conftest import PREFIX
-from .helpers import add_pod, kernel_state, link_details, ping, wait_for
+from .helpers import CONFIG, DaemonProc, add_pod, kernel_state, link_details, ping, wait_for
 
 FAKE_PEER_KEY = f"{PREFIX}/subnets/10.244.250.0-24"
 
@@ -157,16 +157,29 @@ def test_restart_during_continuous_ping_loses_nothing(start_daemons, netns_facto
     assert '"op": "delete"' not in log and "rebuilding" not in log
 
 
-def test_bad_iface_exits_3_with_one_line_and_creates_nothing(underlay, underlay_etcd, tmp_path):
-    from .helpers import CONFIG, DaemonProc
+BAD_VNI_CONFIG = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":"1"}}'
 
-    underlay_etcd.etcdctl("put", f"{PREFIX}/config", CONFIG)
+
+@pytest.mark.parametrize(
+    ("config", "flags", "message"),
+    [
+        (CONFIG, ["--iface", "nope0"], "no interface matches: --iface nope0"),
+        (BAD_VNI_CONFIG, [], "Backend.VNI must be an integer: got '1'"),
+        (CONFIG, ["--subnet-file", "/proc/flannelish/subnet.env"], "is not writable"),
+    ],
+    ids=["bad-iface", "bad-vni", "unwritable-subnet-file"],
+)
+def test_bad_input_exits_3_with_one_line_and_creates_nothing(
+    underlay, underlay_etcd, tmp_path, config, flags, message
+):
+    underlay_etcd.etcdctl("put", f"{PREFIX}/config", config)
     host = underlay.add_host("h1")
-    d = DaemonProc(host, underlay_etcd.client_url, tmp_path, "--iface", "nope0").start()
+    d = DaemonProc(host, underlay_etcd.client_url, tmp_path, *flags).start()
     assert d.proc is not None
-    assert d.proc.wait(timeout=30) == 3
+    assert d.proc.wait(timeout=60) == 3
     log = d.log_path.read_text()
-    assert "no interface matches: --iface nope0" in log and "Traceback" not in log
+    assert message in log and "Traceback" not in log
+    assert log.count("flannelish: error:") == 1
     assert "flannel.1" not in host.run("ip", "link").stdout
     assert not d.subnet_file.exists()
     assert "subnets/" not in underlay_etcd.etcdctl("get", "--prefix", "--keys-only", PREFIX).stdout
