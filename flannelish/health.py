@@ -151,6 +151,7 @@ class NodeState:
         self._probe_interval = probe_interval
         self._probe_cache: tuple[float, Check] | None = None
         self._probe_lock = threading.Lock()
+        self._probe_thread: threading.Thread | None = None
 
     # -- updates from the daemon -----------------------------------------------
 
@@ -243,6 +244,10 @@ class NodeState:
 
     def _run_probe(self) -> Check:
         assert self._probe is not None
+        hung = self._probe_thread
+        if hung is not None and hung.is_alive():
+            # Never stack threads on a hung etcd: the earlier probe has not answered.
+            return Check("etcd", False, "an earlier probe is still waiting for etcd")
         outcome: list[BaseException | None] = []
 
         def target() -> None:
@@ -254,6 +259,7 @@ class NodeState:
 
         # A daemon thread: a hung etcd call must not block the HTTP handler.
         thread = threading.Thread(target=target, name="etcd-probe", daemon=True)
+        self._probe_thread = thread
         thread.start()
         thread.join(self._probe_timeout)
         if not outcome:

@@ -91,6 +91,11 @@ def test_etcd_probe_failure_and_timeout_are_not_ready_and_counted():
     ok, checks = state.ready()
     assert not ok and "no answer within 0.2s" in next(c.detail for c in checks if c.name == "etcd")
     hang.clear()
+    threads = threading.active_count()
+    ok, checks = state.ready()  # the hung probe is still running: no second thread
+    assert not ok and "still waiting" in next(c.detail for c in checks if c.name == "etcd")
+    assert threading.active_count() == threads
+    state._probe_thread.join(5)  # the hung call returns (the 2 s wait ends)
     assert state.ready()[0]
     assert state.metrics.etcd_errors._value.get() == 2
 
