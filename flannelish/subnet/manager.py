@@ -147,6 +147,12 @@ class SubnetManager:
                     extra={"subnet": str(lease.subnet), "reserved": lease.reserved},
                 )
                 return self._take_over(lease, attrs)
+            if lease.reserved:  # an operator's key: never delete it, just do not use it
+                log.warning(
+                    "ignoring the reservation for our public IP: it is outside the configured pool",
+                    extra={"subnet": str(lease.subnet), "pool": _pool(config)},
+                )
+                continue
             log.warning(
                 "deleting our old lease: it is outside the configured pool",
                 extra={"subnet": str(lease.subnet), "pool": _pool(config)},

@@ -267,3 +267,11 @@ def test_waiting_for_a_missing_config_logs_the_expected_key(caplog):
         "network config not found in etcd at key /my/net/config" in r.getMessage()
         for r in caplog.records
     )
+
+
+def test_reservation_outside_the_pool_is_ignored_but_never_deleted():
+    reg, mgr = make('{"Network":"10.5.0.0/16","SubnetMax":"10.5.100.0"}')
+    reg.put_raw(NET("10.5.250.0/24"), attrs("198.18.0.1"))
+    lease = mgr.acquire(attrs("198.18.0.1"))
+    assert lease.subnet != NET("10.5.250.0/24") and not lease.reserved
+    assert reg.get_lease(NET("10.5.250.0/24")) is not None
