@@ -79,12 +79,20 @@ class NodeStatus:
 
 
 class NodeDaemon:
-    def __init__(self, options: DaemonOptions, netlink: Any = None, manager: Any = None) -> None:
+    def __init__(
+        self,
+        options: DaemonOptions,
+        netlink: Any = None,
+        manager: Any = None,
+        kernel_notifications: bool = True,
+    ) -> None:
         self.options = options
         self._netlink = netlink
         self._manager = manager
+        self._kernel_notifications = kernel_notifications  # off in root-free unit tests
         self.stop_event = threading.Event()
         self.status = NodeStatus()
+        self.started = threading.Event()  # set once the data path is up and threads run
         self._fatal: BaseException | None = None
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -164,6 +172,7 @@ class NodeDaemon:
         self._write_subnet_env(config)
         self._start_cni_server()
         self._start_threads(manager, lease)
+        self.started.set()
 
     def _start_node_ops(
         self, manager: Any, ext: ExternalInterface, config: Any, lease: Lease
@@ -244,7 +253,8 @@ class NodeDaemon:
         self.loop.start()
         self._closers.append(self.loop.stop)
         self._spawn("lease-watch", self._watch, manager, lease)
-        self._start_monitor()
+        if self._kernel_notifications:
+            self._start_monitor()
         self._start_keeper(manager, lease)
 
     def _spawn(self, name: str, target: Any, *args: Any) -> None:
