@@ -562,6 +562,9 @@ class WatchStream:
                     )
                 # Most likely our token expired while the stream was down: log in again.
                 self._store._token_needed = True
+            if "no leader" in reason:
+                # This member is cut off from the cluster (hasleader): use another one.
+                self._store._mark_failed()
             raise EtcdError("etcd canceled the watch", reason or self.endpoint)
         if item.created:
             self.established = True
