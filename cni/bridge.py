@@ -24,9 +24,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from flannelish.errors import CniCode
 
@@ -44,23 +42,29 @@ from .netconf import NetConf
 from .protocol import CniError, Invocation, version_tuple
 
 
-@dataclass
 class Call:
     """One validated invocation and where its host side lives."""
 
-    inv: Invocation
-    doc: dict
-    conf: NetConf
-    host_fd: int | None = None  # None: the calling thread's namespace
-    stderr: list[str] = field(default_factory=list)
+    def __init__(
+        self,
+        inv: Invocation,
+        doc: dict,
+        conf: NetConf,
+        host_fd: int | None = None,
+        stderr: list[str] | None = None,
+    ) -> None:
+        self.inv, self.doc, self.conf = inv, doc, conf
+        self.host_fd = host_fd  # None: the calling thread's namespace
+        self.stderr: list[str] = stderr if stderr is not None else []
 
     def in_host(self) -> contextlib.AbstractContextManager[None]:
         return entered(self.host_fd)
 
 
 def _random_mac() -> str:
-    first = (secrets.randbits(8) & 0xFC) | 0x02  # unicast, locally administered
-    return ":".join(f"{b:02x}" for b in [first, *secrets.token_bytes(5)])
+    raw = bytearray(os.urandom(6))
+    raw[0] = (raw[0] & 0xFC) | 0x02  # unicast, locally administered
+    return ":".join(f"{b:02x}" for b in raw)
 
 
 def _open_pod(call: Call) -> int:
@@ -224,7 +228,7 @@ def cmd_add(call: Call) -> str:
         if conf.is_default_gateway:
             _default_route(res)
 
-        host_name = "veth" + secrets.token_hex(4)
+        host_name = "veth" + os.urandom(4).hex()
         host.create_veth(host_name, inv.ifname, pod_fd, conf.mtu, conf.mac)
         undo.append(lambda: _delete_named(host, host_name))
         veth = host.link(host_name)

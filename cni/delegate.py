@@ -11,20 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-from dataclasses import dataclass
 
 from flannelish.errors import CniCode
 
 from .protocol import CniError, Invocation
 
 DELEGATE_TIMEOUT_S = 60
-
-
-@dataclass
-class DelegateOutput:
-    stdout: str
-    stderr: str
 
 
 def find_plugin(plugin_type: str, search_path: list[str]) -> str:
@@ -42,6 +34,8 @@ def run_delegate(
     plugin_type: str, command: str, inv: Invocation, netconf: dict, stderr_sink: list[str]
 ) -> dict | None:
     """Run the delegate; returns its parsed stdout (ADD) or None; raises its error."""
+    import subprocess  # lazily: most configs never delegate
+
     binary = find_plugin(plugin_type, inv.path)
     env = dict(inv.env)
     env["CNI_COMMAND"] = command

@@ -14,7 +14,7 @@ kernel layer (pyroute2) is only imported once a request is valid.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from flannelish.errors import CniCode, FlannelishError
 
@@ -33,8 +33,7 @@ from .protocol import (
 )
 
 
-@dataclass
-class Response:
+class Response(NamedTuple):
     exit_code: int
     stdout: str
     stderr: str = ""

@@ -25,7 +25,7 @@ import fcntl
 import ipaddress
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from flannelish.errors import CniCode
 
@@ -35,8 +35,7 @@ from .protocol import CniError
 LAST_RESERVED = "last_reserved_ip."
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     ip: IPAddress
     container_id: str
     ifname: str
@@ -46,8 +45,7 @@ class Entry:
         return self.container_id == container_id and self.ifname in (ifname, "")
 
 
-@dataclass(frozen=True)
-class Allocation:
+class Allocation(NamedTuple):
     range: Range
     ip: IPAddress
     set_index: int

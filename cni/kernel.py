@@ -19,7 +19,6 @@ import ctypes
 import errno
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from flannelish.errors import CniCode, KernelError
 
@@ -82,17 +81,26 @@ def same_netns(fd_a: int, fd_b: int) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-@dataclass
 class LinkInfo:
-    index: int
-    name: str
-    kind: str
-    mac: str
-    mtu: int
-    master: int
-    promisc: bool
-    up: bool
-    peer_index: int  # IFLA_LINK: for a veth, the peer's index in the other netns
+    """What the plugin needs to know about one link (a snapshot)."""
+
+    __slots__ = ("index", "kind", "mac", "master", "mtu", "name", "peer_index", "promisc", "up")
+
+    def __init__(
+        self,
+        index: int,
+        name: str,
+        kind: str,
+        mac: str,
+        mtu: int,
+        master: int,
+        promisc: bool,
+        up: bool,
+        peer_index: int,
+    ) -> None:
+        self.index, self.name, self.kind, self.mac, self.mtu = index, name, kind, mac, mtu
+        self.master, self.promisc, self.up = master, promisc, up
+        self.peer_index = peer_index  # IFLA_LINK: for a veth, the peer's index in the other netns
 
 
 def _kernel_error(what: str, exc: OSError) -> KernelError:

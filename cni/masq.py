@@ -18,9 +18,6 @@ The nft process inherits the calling thread's network namespace.
 
 from __future__ import annotations
 
-import hashlib
-import subprocess
-
 from flannelish.errors import KernelError
 
 TABLE = "flannelish_cni"
@@ -28,6 +25,8 @@ NFT = "nft"
 
 
 def chain_name(network: str, container_id: str) -> str:
+    import hashlib  # lazily: only masquerading calls pay for it
+
     digest = hashlib.sha512(f"{network}{container_id}".encode()).hexdigest()
     return "CNI-" + digest[:24]
 
@@ -50,6 +49,8 @@ def _base() -> list[str]:
 
 
 def _run(commands: list[str], what: str) -> None:
+    import subprocess
+
     proc = subprocess.run(
         [NFT, "-f", "-"],
         input="\n".join(commands) + "\n",
@@ -92,6 +93,8 @@ def teardown(network: str, container_id: str, ips: list[str]) -> None:
 
 
 def exists(network: str, container_id: str) -> bool:
+    import subprocess
+
     proc = subprocess.run(
         [NFT, "list", "chain", "ip", TABLE, chain_name(network, container_id)],
         capture_output=True,

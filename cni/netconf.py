@@ -24,9 +24,8 @@ import ipaddress
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Any
+from typing import Any, NamedTuple
 
 from flannelish.errors import CniCode
 
@@ -95,8 +94,7 @@ def parse_mac(value: Any, field_name: str) -> str:
     return value.lower()
 
 
-@dataclass(frozen=True)
-class Range:
+class Range(NamedTuple):
     """One host-local range: allocate from [start, end] in subnet, never the gateway."""
 
     subnet: IPNetwork
@@ -151,16 +149,16 @@ class Range:
         return cls(subnet, start, end, gateway)
 
 
-@dataclass
 class IpamConf:
     """What to allocate: built-in host-local range sets, or a delegate plugin type."""
 
-    type: str = "host-local"
-    range_sets: list[list[Range]] = field(default_factory=list)
-    routes: list[dict] = field(default_factory=list)
-    data_dir: str = DEFAULT_DATA_DIR
-    resolv_conf: str = ""
-    raw: dict = field(default_factory=dict)
+    def __init__(self, raw: dict | None = None) -> None:
+        self.type = "host-local"
+        self.range_sets: list[list[Range]] = []
+        self.routes: list[dict] = []
+        self.data_dir = DEFAULT_DATA_DIR
+        self.resolv_conf = ""
+        self.raw: dict = raw or {}
 
     @property
     def delegated(self) -> bool:
@@ -204,8 +202,7 @@ def parse_range_sets(ipam: dict) -> list[list[Range]]:
     return sets
 
 
-@dataclass
-class SubnetEnv:
+class SubnetEnv(NamedTuple):
     networks: list[IPNetwork]
     subnet: IPNetwork
     mtu: int
@@ -254,28 +251,28 @@ def read_subnet_env(path: str) -> SubnetEnv:
     return SubnetEnv(networks, subnet, mtu, values["FLANNEL_IPMASQ"] == "true")
 
 
-@dataclass
 class NetConf:
-    version: str
-    name: str
-    raw: dict
-    bridge: str = DEFAULT_BRIDGE
-    is_gateway: bool = True
-    is_default_gateway: bool = False
-    force_address: bool = False
-    ip_masq: bool = False
-    hairpin: bool = False
-    promisc: bool = False
-    mtu: int = 1500
-    dns: dict = field(default_factory=dict)
-    ipam: IpamConf = field(default_factory=IpamConf)
-    node_mode: bool = True
-    subnet_file: str = DEFAULT_SUBNET_FILE
-    subnet_env: SubnetEnv | None = None
-    requested_ips: list[IPAddress] = field(default_factory=list)
-    mac: str | None = None
-    prev_result: dict | None = None
-    valid_attachments: list[tuple[str, str]] = field(default_factory=list)
+    """The validated netconf; `load` fills it in field by field."""
+
+    def __init__(self, version: str, name: str, raw: dict) -> None:
+        self.version, self.name, self.raw = version, name, raw
+        self.bridge = DEFAULT_BRIDGE
+        self.is_gateway = True
+        self.is_default_gateway = False
+        self.force_address = False
+        self.ip_masq = False
+        self.hairpin = False
+        self.promisc = False
+        self.mtu = 1500
+        self.dns: dict = {}
+        self.ipam = IpamConf()
+        self.node_mode = True
+        self.subnet_file = DEFAULT_SUBNET_FILE
+        self.subnet_env: SubnetEnv | None = None
+        self.requested_ips: list[IPAddress] = []
+        self.mac: str | None = None
+        self.prev_result: dict | None = None
+        self.valid_attachments: list[tuple[str, str]] = []
 
     @property
     def store_dir(self) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 
 from flannelish.errors import CniCode, FlannelishError
 
@@ -90,17 +89,23 @@ def is_valid_id(value: str) -> bool:
     return bool(_ID_RE.match(value))
 
 
-@dataclass
 class Invocation:
     """One plugin call: the command and attachment parameters from the environment."""
 
-    command: str
-    container_id: str = ""
-    netns: str = ""
-    ifname: str = ""
-    args: str = ""
-    path: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
+    def __init__(
+        self,
+        command: str,
+        container_id: str = "",
+        netns: str = "",
+        ifname: str = "",
+        args: str = "",
+        path: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.command, self.container_id, self.netns = command, container_id, netns
+        self.ifname, self.args = ifname, args
+        self.path: list[str] = path or []
+        self.env: dict[str, str] = env or {}
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> Invocation:

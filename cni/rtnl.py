@@ -20,7 +20,6 @@ import os
 import socket
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 # netlink header flags and message types
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
@@ -96,11 +95,11 @@ def ifinfo(index: int = 0, flags: int = 0, change: int = 0, family: int = 0) -> 
     return _IFINFOMSG.pack(family, 0, index, flags, change)
 
 
-@dataclass
 class RawLink:
-    index: int
-    flags: int
-    attrs: dict[int, bytes]
+    __slots__ = ("attrs", "flags", "index")
+
+    def __init__(self, index: int, flags: int, attrs: dict[int, bytes]) -> None:
+        self.index, self.flags, self.attrs = index, flags, attrs
 
     def u32(self, kind: int) -> int:
         raw = self.attrs.get(kind)
