@@ -60,3 +60,27 @@ def test_member_stopped_and_restarted_renewals_and_watch_carry_on(etcd_cluster, 
     finally:
         watcher.close()
         keeper.stop()
+
+
+def test_quorum_lost_and_regained_the_watch_catches_up(etcd_cluster, registries):
+    members = etcd_cluster.members
+    node = SubnetManager(registries(etcd_cluster.endpoints))
+    node.registry.put_config(CONFIG)
+    watcher = EventCollector(node)
+    try:
+        watcher.wait_snapshot()
+        used = node.registry.store.current_endpoint
+        others = [m for m in members if m.client_url != used]
+        for m in others:  # the member we watch through is left without a leader
+            m.stop()
+        time.sleep(3)
+        for m in others:
+            m.start()
+        for m in others:
+            m.wait_healthy(timeout=30)
+        writer = SubnetManager(registries([m.client_url for m in others]))
+        lease = writer.acquire(node_attrs(2))
+        events = watcher.wait_for(1, timeout=20)
+        assert [(e.type, e.lease.subnet) for e in events] == [(EventType.ADDED, lease.subnet)]
+    finally:
+        watcher.close()
