@@ -298,7 +298,10 @@ class NftRules:
 
     def present(self) -> bool:
         """True if the kernel's table matches the desired state exactly."""
-        state = self.state()
+        return self.matches(self.state())
+
+    def matches(self, state: TableState | None) -> bool:
+        """present() on a listing the caller already has (None: table absent)."""
         if state is None or not state.has_set:
             return False
         if state.chains != self.desired_chains():

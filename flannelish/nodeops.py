@@ -31,12 +31,13 @@ with ``ip_masq``) and removed by ``stop()``.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any
 
-from flannelish.errors import FlannelishError
+from flannelish.errors import FlannelishError, NotAvailableError
 from flannelish.health import HealthServer, NodeState
 from flannelish.nft import NftOwner, NftRules, NftRunner
 
@@ -81,6 +82,17 @@ class NodeOps:
         for backends without VXLAN (host-gw): then no anti-spoof rule.
         """
         self.lease_changed(lease, network=network)
+        if self._runner is None and shutil.which("nft") is None:
+            if self.options.ip_masq:
+                raise NotAvailableError(
+                    "--ip-masq needs nftables, but the nft command is not installed",
+                    "install the nftables package",
+                )
+            log.warning(
+                "nft not found: no forward-accept rules and no VXLAN anti-spoofing on this node"
+            )
+            self._start_server()
+            return []
         rules = NftRules(
             network,
             lease.subnet,
@@ -90,11 +102,14 @@ class NodeOps:
             runner=self._runner,
         )
         self.owner = NftOwner(rules)
+        self._start_server()
+        return [self.owner]
+
+    def _start_server(self) -> None:
         if self.options.healthz_port:
             self.server = HealthServer(
                 self.state, self.options.healthz_ip, self.options.healthz_port
             ).start()
-        return [self.owner]
 
     def subnet_env_written(self, path: Any) -> None:
         self.state.set_subnet_env_written(str(path))
@@ -132,9 +147,11 @@ class NodeOps:
         if self.owner is not None:
             try:
                 self.owner.after_pass()  # arms the anti-spoof rule once the set is complete
-                present = self.owner.rules.present()
+                rules = self.owner.rules
+                table = rules.state()  # one listing for both
+                present = rules.matches(table)
                 self.state.set_check("nftables", present, "" if present else "table not in place")
-                self.state.set_vxlan_rejected(self.owner.rules.rejected_packets())
+                self.state.set_vxlan_rejected(table.rejected_packets if table else 0)
             except FlannelishError as exc:
                 self.state.set_check("nftables", False, str(exc))
 

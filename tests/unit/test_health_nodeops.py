@@ -82,3 +82,17 @@ def test_health_server_runs_when_a_port_is_given():
             assert json.loads(resp.read())["lease"]["subnet"] == "10.244.1.0/24"
     finally:
         ops.stop()
+
+
+def test_missing_nft_is_fatal_only_with_ip_masq(monkeypatch):
+    import pytest
+
+    from flannelish import nodeops
+    from flannelish.errors import NotAvailableError
+
+    monkeypatch.setattr(nodeops.shutil, "which", lambda _name: None)
+    with pytest.raises(NotAvailableError, match="--ip-masq needs nftables"):
+        NodeOps(NodeOpsOptions(ip_masq=True)).start(NETWORK, lease(1, "198.18.0.1"), vxlan_port=1)
+    ops = NodeOps(NodeOpsOptions())
+    assert ops.start(NETWORK, lease(1, "198.18.0.1"), vxlan_port=8472) == []
+    ops.stop()
