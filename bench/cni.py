@@ -61,8 +61,8 @@ class Variant:
         self.rss_kb: list[int] = []
         self.errors: list[str] = []
 
-    def call(self, command: str, cid: str, netns: str) -> float:
-        env = {
+    def env(self, command: str, cid: str, netns: str) -> dict[str, str]:
+        return {
             "PATH": os.environ["PATH"],
             "CNI_COMMAND": command,
             "CNI_CONTAINERID": cid,
@@ -70,34 +70,34 @@ class Variant:
             "CNI_IFNAME": "eth0",
             "CNI_PATH": "/usr/lib/cni",
         }
+
+    def call(self, command: str, cid: str, netns: str) -> float:
+        env = self.env(command, cid, netns)
         start = time.perf_counter()
-        proc = subprocess.Popen(
-            [self.binary],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
+        proc = subprocess.run(
+            [self.binary], input=self.conf, env=env, capture_output=True, check=False
         )
-        out, err = _talk(proc, self.conf)
-        _, status, usage = os.wait4(proc.pid, 0)
         elapsed = (time.perf_counter() - start) * 1000
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        self.rss_kb.append(usage.ru_maxrss)
         if proc.returncode != 0:
-            self.errors.append(f"{command} {cid}: {out[:200]!r} {err[:200]!r}")
+            self.errors.append(f"{command} {cid}: {proc.stdout[:200]!r} {proc.stderr[:200]!r}")
         return elapsed
+
+    def measure_rss(self, command: str, cid: str, netns: str) -> None:
+        """Peak RSS of one plugin process via GNU time: a wait4() on a child forked
+        from this (big) Python process would report the parent's pages instead."""
+        proc = subprocess.run(
+            ["/usr/bin/time", "-f", "RSS %M", self.binary],
+            input=self.conf,
+            env=self.env(command, cid, netns),
+            capture_output=True,
+            check=False,
+        )
+        for line in proc.stderr.decode().splitlines():
+            if line.startswith("RSS "):
+                self.rss_kb.append(int(line.split()[1]))
 
     def record(self, command: str, conc: int, ms: float) -> None:
         self.samples.setdefault((command, conc), []).append(ms)
-
-
-def _talk(proc: subprocess.Popen, data: bytes) -> tuple[bytes, bytes]:
-    assert proc.stdin and proc.stdout and proc.stderr
-    proc.stdin.write(data)
-    proc.stdin.close()
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    return out, err
 
 
 def pct(values: list[float], q: float) -> float:
@@ -157,10 +157,11 @@ def report(variants: list[Variant], server_rss_kb: int) -> None:
                     + " ".join(f"{x:7.2f}" for x in ratio)
                 )
             print()
-    print("peak RSS per plugin process (max over calls):")
+    print("peak RSS per plugin process (GNU time, 3 ADD + 3 DEL each):")
     for v in variants:
-        peak, median = max(v.rss_kb) / 1024, statistics.median(v.rss_kb) / 1024
-        print(f"  {v.name:<12} {peak:6.1f} MiB  (median {median:.1f})")
+        if v.rss_kb:
+            peak, median = max(v.rss_kb) / 1024, statistics.median(v.rss_kb) / 1024
+            print(f"  {v.name:<12} {peak:6.1f} MiB  (median {median:.1f})")
     print(f"  CniServer process (daemon side, VmHWM): {server_rss_kb / 1024:.1f} MiB")
     for v in variants:
         if v.errors:
@@ -230,12 +231,17 @@ def main() -> None:
             v.call("ADD", "warm", ns)
             v.call("DEL", "warm", ns)
             v.errors.clear()
-            v.rss_kb.clear()
         print(
             f"interleaved run: {args.rounds} rounds at concurrency 1, "
             f"{args.batches}x8 at concurrency 8, {os.cpu_count()} CPUs"
         )
         run_rounds(variants, factory, args.rounds, args.batches)
+        if os.path.exists("/usr/bin/time"):
+            for v in variants:
+                for i in range(3):
+                    ns = factory.create(f"r{v.short}{i}")
+                    v.measure_rss("ADD", f"rss{i}", ns)
+                    v.measure_rss("DEL", f"rss{i}", ns)
         with open(f"/proc/{server.pid}/status") as fh:
             hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM"))
         report(variants, hwm)
