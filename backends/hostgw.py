@@ -38,6 +38,19 @@ log = logging.getLogger("flannelish.hostgw")
 WARN_INTERVAL = 30.0  # seconds between repeated warnings about one off-link peer
 
 
+def onlink_prefixes(netlink: Any, ifindex: int) -> list[IPv4Network]:
+    """The IPv4 prefixes configured on an interface: whose addresses are on its L2.
+
+    Also what VXLAN DirectRouting needs to decide, per peer, between a plain
+    route via the PublicIP and the tunnel.
+    """
+    return [
+        IPv4Network(f"{a.address}/{a.prefixlen}", strict=False)
+        for a in netlink.addrs(ifindex)
+        if isinstance(a.address, IPv4Address)
+    ]
+
+
 class HostGwBackend(Backend):
     backend_type = "host-gw"
 
@@ -75,12 +88,7 @@ class HostGwBackend(Backend):
         return False
 
     def _refresh_prefixes(self) -> None:
-        addrs = self.ctx.netlink.addrs(self.ctx.ext.index)
-        self._prefixes = [
-            IPv4Network(f"{a.address}/{a.prefixlen}", strict=False)
-            for a in addrs
-            if isinstance(a.address, IPv4Address)
-        ]
+        self._prefixes = onlink_prefixes(self.ctx.netlink, self.ctx.ext.index)
 
     def on_link(self, ip: IPv4Address) -> bool:
         return any(ip in prefix for prefix in self._prefixes)

@@ -354,9 +354,18 @@ def _lease_key(prefix: str, lease: Lease) -> str:
 
 
 def check_leases(facts: NodeFacts) -> list[Finding]:
+    if facts.leases is None and facts.leases_error:
+        return [
+            Finding(
+                Severity.WARNING,
+                "leases",
+                f"lease checks skipped, cannot read the leases: {facts.leases_error}",
+                "check --etcd-endpoints (and the TLS/auth flags) against the daemon's; "
+                "a node that cannot reach etcd keeps its data path but loses its lease",
+            )
+        ]
     if facts.leases is None:
-        reason = facts.leases_error or "etcd not consulted"
-        return [Finding(Severity.INFO, "leases", f"lease checks skipped: {reason}")]
+        return [Finding(Severity.INFO, "leases", "lease checks skipped: etcd not consulted")]
     out: list[Finding] = []
     by_ip: dict[IPv4Address, list[Lease]] = defaultdict(list)
     by_mac: dict[str, list[Lease]] = defaultdict(list)

@@ -184,11 +184,11 @@ def test_facts_that_could_not_be_gathered_are_reported_as_info():
                     leases_error="etcd: connection refused")  # fmt: skip
     report = run_checks(facts)
     assert report.ok
-    assert {f.check for f in report.findings if f.severity is Severity.INFO} == {
-        "mtu",
-        "firewall",
-        "leases",
-    }
+    assert {f.check for f in report.findings if f.severity is Severity.INFO} == {"mtu", "firewall"}
+    (etcd,) = [f for f in report.findings if f.check == "leases"]
+    assert etcd.severity is Severity.WARNING and "connection refused" in etcd.message
+    (skipped,) = check_leases(healthy(leases=None))
+    assert skipped.severity is Severity.INFO
 
 
 def test_parse_links_reads_vxlan_attributes():
