@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import json
+import shutil
 import subprocess
 import time
 from collections import defaultdict
@@ -87,6 +88,7 @@ class NodeFacts:
     sysctls: dict[str, str | None] = field(default_factory=dict)  # None value: missing
     ruleset: list[dict[str, Any]] | None = None  # `nft -j list ruleset` items
     ruleset_error: str | None = None
+    iptables_legacy: str | None = None  # `iptables-legacy-save -t filter`, if that exists
     leases: list[Lease] | None = None
     leases_error: str | None = None
     etcd_prefix: str = "/coreos.com/network"
@@ -273,6 +275,10 @@ def _peer_ips(facts: NodeFacts) -> list[IPv4Address] | None:
 
 
 def check_firewall(facts: NodeFacts) -> list[Finding]:
+    return _check_nft(facts) + check_legacy_iptables(facts)
+
+
+def _check_nft(facts: NodeFacts) -> list[Finding]:
     if facts.ruleset is None:
         return [
             Finding(
@@ -347,6 +353,85 @@ def check_firewall(facts: NodeFacts) -> list[Finding]:
                 )
             )
     return out
+
+
+def legacy_input_drops(save: str, port: int) -> list[tuple[str, bool]]:
+    """(rule, certain) for iptables-legacy INPUT rules that drop or reject UDP to ``port``.
+
+    These rules are invisible to nft.  Only the filter table's INPUT chain is
+    read; a rule with extra conditions (source, interface, other matches)
+    "may" drop, and a DROP policy is reported as "may" unless an earlier
+    ACCEPT for the port exists.
+    """
+    out: list[tuple[str, bool]] = []
+    policy_drop = False
+    in_filter = False
+    for line in save.splitlines():
+        line = line.strip()
+        if line.startswith("*"):
+            in_filter = line == "*filter"
+        if not in_filter:
+            continue
+        if line.startswith(":INPUT "):
+            policy_drop = line.split()[1] == "DROP"
+        if not line.startswith("-A INPUT "):
+            continue
+        words = line.split()
+        target = words[words.index("-j") + 1] if "-j" in words else ""
+        proto = words[words.index("-p") + 1] if "-p" in words else "all"
+        if proto not in ("udp", "all", "17"):
+            continue
+        if "--dport" in words:
+            spec = words[words.index("--dport") + 1]
+            low, _, high = spec.partition(":")
+            if not int(low or 0) <= port <= int(high or low or 65535):
+                continue
+        elif "--dports" in words:
+            continue  # multiport lists: not modelled, keep quiet rather than guess
+        extra = _extra_conditions(words)
+        if target == "ACCEPT" and not extra:
+            return out  # accepted before any later drop or the policy
+        if target in ("DROP", "REJECT"):
+            out.append((line, not extra))
+            if not extra:
+                return out  # the packet ends here
+    if policy_drop:
+        out.append((":INPUT DROP (policy)", False))
+    return out
+
+
+# Options that do not narrow "UDP to our port" (value-taking ones skip their value).
+_PLAIN_OPTIONS = {"-A": 1, "-p": 1, "-m": 1, "--dport": 1, "-j": 1, "--reject-with": 1}
+
+
+def _extra_conditions(words: list[str]) -> bool:
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word in _PLAIN_OPTIONS:
+            i += 1 + _PLAIN_OPTIONS[word]
+            continue
+        if word.startswith("-") or word == "!":
+            return True  # e.g. -s, -i, -m conntrack --ctstate: only some packets match
+        i += 1
+    return False
+
+
+def check_legacy_iptables(facts: NodeFacts) -> list[Finding]:
+    dev = facts.overlay()
+    if dev is None or not facts.iptables_legacy:
+        return []
+    port = dev.port or DEFAULT_VXLAN_PORT
+    return [
+        Finding(
+            Severity.ERROR if certain else Severity.WARNING,
+            "firewall",
+            f"VXLAN (udp/{port}) {'is' if certain else 'may be'} dropped by the iptables-legacy "
+            f"rule `{rule}` (invisible to nft)",
+            f"allow it first: `iptables-legacy -I INPUT -p udp --dport {port} -j ACCEPT`",
+        )
+        for rule, certain in legacy_input_drops(facts.iptables_legacy, port)
+    ]
 
 
 def _lease_key(prefix: str, lease: Lease) -> str:
@@ -560,6 +645,12 @@ def collect(
             facts.ruleset_error = result.stderr.strip() or f"nft exited {result.returncode}"
     except (OSError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
         facts.ruleset_error = str(exc)
+    if shutil.which("iptables-legacy-save"):
+        try:
+            result = _run(["iptables-legacy-save", "-t", "filter"])
+            facts.iptables_legacy = result.stdout if result.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired):
+            facts.iptables_legacy = None
     if leases is not None:
         try:
             facts.leases = leases()

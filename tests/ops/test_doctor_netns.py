@@ -74,3 +74,12 @@ def test_doctor_finds_a_broken_mtu_and_a_blocked_vxlan_port_then_a_clean_node(
     assert result.returncode == 0, result.stdout
     found = findings(result)
     assert found["mtu"] == [] and found["firewall"] == [] and found["leases"] == []
+
+    # A rule nft cannot see: iptables-legacy.
+    h("iptables-legacy", "-A", "INPUT", "-p", "udp", "--dport", "8472", "-j", "REJECT")
+    result = doctor(host.netns, *etcd_flags)
+    assert result.returncode == 1
+    (legacy,) = findings(result)["firewall"]
+    assert (
+        "iptables-legacy rule `-A INPUT -p udp -m udp --dport 8472 -j REJECT" in legacy["message"]
+    )
