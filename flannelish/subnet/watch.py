@@ -119,11 +119,17 @@ def watch_events(
 ) -> Iterator[list[Event]]:
     """Peer events: the first batch is the snapshot (possibly empty), then live batches."""
     tracker = PeerTracker(exclude)
-    first = True
+    synced = False  # the first batch must be a real listing, even an empty one
     for item in lease_changes(registry, stop):
-        events = tracker.resync(item.leases) if isinstance(item, Snapshot) else tracker.apply(item)
-        if events or first:
-            first = False
+        if isinstance(item, Snapshot):
+            events = tracker.resync(item.leases)
+            if not synced:
+                synced = True
+                yield events
+                continue
+        else:
+            events = tracker.apply(item)
+        if events:
             yield events
 
 

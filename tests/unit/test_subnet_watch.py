@@ -160,3 +160,12 @@ def test_exclude_may_follow_a_moving_own_subnet(setup):
     reg.put_raw(NET("10.5.7.0/24"), attrs("198.18.0.1"))
     reg.put_raw(OWN, attrs("198.18.0.3"))  # the old subnet now belongs to a peer
     assert summary(next(events)) == [(EventType.ADDED, "10.5.1.0/24", None)]
+
+
+def test_first_batch_waits_for_a_real_listing_when_etcd_is_down_at_start(setup):
+    # An empty first batch while etcd is down would look like "no peers" and could
+    # make a consumer delete every peer route.
+    reg, mgr, stop = setup
+    reg.put_raw(NET("10.5.2.0/24"), attrs("198.18.0.2"))
+    reg.fail_next(3)
+    assert summary(next(mgr.watch_leases(stop))) == [(EventType.ADDED, "10.5.2.0/24", None)]
