@@ -99,7 +99,8 @@ class NodeDaemon:
         self._closers: list[Any] = []
         self.backend: Backend | None = None
         self.peers = PeerTable()
-        self.loop: ReconcileLoop | None = None
+        self.loop: ReconcileLoop | None = None  # the backend's
+        self.loops: list[ReconcileLoop] = []  # the backend's, then one per extra owner
         self.ops: Any = None  # flannelish.nodeops.NodeOps (issue 8), when enabled
         self._owners: list[Any] = []
 
@@ -131,8 +132,9 @@ class NodeDaemon:
         try:
             self._start()
             while not self.stop_event.wait(0.5):
-                if self.loop is not None and self.loop.failure is not None:
-                    self.fail(self.loop.failure)
+                for loop in self.loops:
+                    if loop.failure is not None:
+                        self.fail(loop.failure)
         finally:
             self._shutdown()
         if self._fatal is not None:
@@ -242,20 +244,33 @@ class NodeDaemon:
 
     def _start_threads(self, manager: Any, lease: Lease) -> None:
         assert self.backend is not None
-        reconciler = Reconciler([self.backend, *self._owners])
-        self.loop = ReconcileLoop(
-            reconciler,
-            self.peers.snapshot,
-            self.options.resync_seconds,
-            self._after_pass,
-            ready=self.peers.synced.is_set,
-        )
-        self.loop.start()
-        self._closers.append(self.loop.stop)
+        # One loop per owner: the overlay's convergence never waits for a slower
+        # owner (the nftables table is changed through `nft` subprocesses).
+        self.loop = self._make_loop(self.backend, self._after_pass)
+        self.loops = [self.loop]
+        for owner in self._owners:
+            self.loops.append(self._make_loop(owner, self._after_owner_pass))
+        for loop in self.loops:
+            loop.start()
+            self._closers.append(loop.stop)
         self._spawn("lease-watch", self._watch, manager, lease)
         if self._kernel_notifications:
             self._start_monitor()
         self._start_keeper(manager, lease)
+
+    def _make_loop(self, owner: Any, on_pass: Any) -> ReconcileLoop:
+        return ReconcileLoop(
+            Reconciler([owner]),
+            self.peers.snapshot,
+            self.options.resync_seconds,
+            on_pass,
+            ready=self.peers.synced.is_set,
+            name=f"reconcile-{type(owner).__name__}",
+        )
+
+    def _trigger_all(self, check_base: bool = False) -> None:
+        for loop in self.loops:
+            loop.trigger(check_base=check_base)
 
     def _spawn(self, name: str, target: Any, *args: Any) -> None:
         def body() -> None:
@@ -271,12 +286,11 @@ class NodeDaemon:
         self._threads.append(thread)
 
     def _watch(self, manager: Any, lease: Lease) -> None:
-        assert self.loop is not None
         for batch in manager.watch_leases(self.stop_event, exclude=lease.subnet):
             first = not self.peers.synced.is_set()
             if self.peers.apply(batch):
                 # The first pass after the snapshot also checks the base objects.
-                self.loop.trigger(check_base=first)
+                self._trigger_all(check_base=first)
             if first and self.ops is not None:
                 self.ops.peers_synced()
             self.status.peers = len(self.peers)
@@ -334,16 +348,30 @@ class NodeDaemon:
             )
             self._bind(lease)
             self._write_subnet_env(self._config)
-            if self.loop is not None:
-                self.loop.trigger()
+            self._trigger_all(check_base=True)
         self.status.lease = lease
         if self.ops is not None:
             self.ops.lease_changed(lease)
 
+    def _report(self) -> None:
+        """Readiness/metrics see one combined pass: errors of every loop, the backend's skips."""
+        if self.ops is None or self.status.last_pass is None:
+            return
+        with self._lock:  # loops finish passes in their own threads
+            results = [loop.last for loop in self.loops if loop.last is not None]
+            combined = dataclasses.replace(
+                self.status.last_pass,
+                errors=sum(r.errors for r in results),
+                changes=sum(r.changes for r in results),
+            )
+            self.ops.on_pass(combined, len(self.peers))
+
+    def _after_owner_pass(self, result: PassResult) -> None:
+        self._report()
+
     def _after_pass(self, result: PassResult) -> None:
         self.status.last_pass = result
-        if self.ops is not None:
-            self.ops.on_pass(result, len(self.peers))
+        self._report()
         lease = self.status.lease
         if self.backend is None or lease is None:
             return

@@ -209,6 +209,7 @@ class ReconcileLoop:
         interval: float,
         on_pass: Callable[[PassResult], None] | None = None,
         ready: Callable[[], bool] = lambda: True,
+        name: str = "reconciler",
     ) -> None:
         self.reconciler = reconciler
         self._peers = peers
@@ -218,7 +219,7 @@ class ReconcileLoop:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._base_due = True
-        self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.passes = 0
         self.last: PassResult | None = None
         self.failure: BaseException | None = None

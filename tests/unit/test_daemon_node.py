@@ -48,7 +48,7 @@ class Running:
 
     def __enter__(self):
         self.thread.start()
-        assert self.node.started.wait(10) or self.error, "daemon did not start"
+        assert self.node.started.wait(30) or self.error, "daemon did not start"
         return self.node
 
     def __exit__(self, *exc):
@@ -56,7 +56,7 @@ class Running:
         self.thread.join(10)
 
 
-def wait_for(cond, timeout=5.0):
+def wait_for(cond, timeout=15.0):
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline, "timed out"
