@@ -165,6 +165,13 @@ class NodeDaemon:
         config = manager.get_network_config(wait=True, stop=self.stop_event)
         if self.stop_event.is_set() or config is None:
             return
+        if not config.enable_ipv4 or config.network is None:
+            raise ConfigError(
+                "the network config has no IPv4 Network (EnableIPv4 is false)",
+                "IPv6-only overlays are not supported by flannelish yet",
+            )
+        if config.enable_ipv6:
+            log.warning("EnableIPv6 is set; only the IPv4 overlay is programmed")
         backend = self._make_backend(nl, ext, config)
         backend.setup()
         lease = manager.acquire(backend.lease_attrs(), previous_subnet(opts.subnet_file))
