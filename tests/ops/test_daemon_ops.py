@@ -15,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from flannelish.testing.proc import run
 
+pytestmark = pytest.mark.slow  # real daemons: about 10 s per test
+
 PREFIX = "/coreos.com/network"
 CONFIG = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'
 HEALTH_PORT = "9911"

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from ipaddress import IPv4Interface
 
+import pytest
 from conftest import Node, build_pod
 from ophelpers import Daemon, ping, wait_for
+
+pytestmark = pytest.mark.slow  # real daemons: about 10 s per test
 
 PREFIX = "/coreos.com/network"
 CONFIG = '{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}'
