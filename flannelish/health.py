@@ -142,6 +142,7 @@ class NodeState:
         self.peers_in_etcd = 0
         self.peers_programmed = 0
         self.skipped_peers: dict[str, str] = {}
+        self.skipped_count = 0
         self.last_reconcile: dict[str, Any] | None = None
         self.reconcile_ok: bool | None = None  # None: no pass yet
         self.started_at = clock()
@@ -184,16 +185,26 @@ class NodeState:
             self.subnet_env_written = written
 
     def set_peers(
-        self, in_etcd: int, programmed: int, skipped: dict[str, str] | None = None
+        self,
+        in_etcd: int,
+        programmed: int,
+        skipped: dict[str, str] | int | None = None,
     ) -> None:
-        """Peer counts after a pass: leases known, peers fully programmed, skipped (why)."""
+        """Peer counts after a pass: leases known, peers programmed, peers skipped.
+
+        ``skipped`` is either {subnet: reason} (shown by `flannelish status`)
+        or just a count when the reasons are only in the daemon's log.
+        """
+        reasons = dict(skipped) if isinstance(skipped, dict) else {}
+        count = len(reasons) if isinstance(skipped, dict) else int(skipped or 0)
         with self._lock:
             self.peers_in_etcd = in_etcd
             self.peers_programmed = programmed
-            self.skipped_peers = dict(skipped or {})
+            self.skipped_peers = reasons
+            self.skipped_count = count
         backend = self.backend or "unknown"
         self.metrics.peers.labels(backend, "programmed").set(programmed)
-        self.metrics.peers.labels(backend, "skipped").set(len(skipped or {}))
+        self.metrics.peers.labels(backend, "skipped").set(count)
 
     def record_reconcile(self, seconds: float, changes: int, errors: int) -> None:
         """One reconcile pass (call from the reconcile loop's on_pass hook)."""
@@ -327,6 +338,7 @@ class NodeState:
                     "in_etcd": self.peers_in_etcd,
                     "programmed": self.peers_programmed,
                     "skipped": dict(self.skipped_peers),
+                    "skipped_count": self.skipped_count,
                 },
                 "last_reconcile": dict(self.last_reconcile) if self.last_reconcile else None,
                 "uptime_seconds": round(self._clock() - self.started_at, 3),

@@ -143,7 +143,7 @@ class NodeOps:
         """Feed one reconcile PassResult into readiness and metrics."""
         self.state.record_reconcile(result.seconds, result.changes, result.errors)
         programmed = max(peers_in_etcd - result.skipped, 0)
-        self.state.set_peers(peers_in_etcd, programmed)
+        self.state.set_peers(peers_in_etcd, programmed, result.skipped)
         if self.owner is not None:
             try:
                 self.owner.after_pass()  # arms the anti-spoof rule once the set is complete

@@ -141,10 +141,13 @@ def render_status(doc: dict[str, Any]) -> list[str]:
     )
     table.add_row("backend", f"{doc.get('backend') or '-'}  device {doc.get('device') or '-'}")
     skipped = peers.get("skipped") or {}
+    n_skipped = peers.get("skipped_count", len(skipped))
+    suffix = ""
+    if n_skipped:
+        suffix = f", {n_skipped} skipped" + ("" if skipped else " (reasons in the daemon log)")
     table.add_row(
         "peers",
-        f"{peers.get('programmed', 0)} programmed of {peers.get('in_etcd', 0)} in etcd"
-        + (f", {len(skipped)} skipped" if skipped else ""),
+        f"{peers.get('programmed', 0)} programmed of {peers.get('in_etcd', 0)} in etcd{suffix}",
     )
     for subnet, why in sorted(skipped.items()):
         table.add_row("", f"[yellow]skipped {subnet}: {escape(str(why))}[/]")

@@ -187,3 +187,17 @@ def test_server_argument_errors():
             HealthServer(state, "127.0.0.1", first.address[1])
     finally:
         first.stop()
+
+
+def test_skipped_peers_as_a_count_reach_the_metric_and_status():
+    state = ready_state()
+    state.set_peers(in_etcd=4, programmed=3, skipped=1)
+    fams = _families(state.metrics_text().decode())
+    skipped = [s for s in fams["flannelish_peers"].samples if s.labels["state"] == "skipped"]
+    assert skipped[0].value == 1
+    assert state.status()["peers"] == {
+        "in_etcd": 4,
+        "programmed": 3,
+        "skipped": {},
+        "skipped_count": 1,
+    }

@@ -41,7 +41,7 @@ def test_lifecycle_as_the_daemon_drives_it():
     assert labels(fake.table["chains"]["input"]) == ["anti-spoof: vxlan from non-peers"]
     assert fake.table["set"] == {IPv4Address("198.18.0.2")}
     status = ops.state.status()
-    assert status["peers"] == {"in_etcd": 1, "programmed": 1, "skipped": {}}
+    assert status["peers"] == {"in_etcd": 1, "programmed": 1, "skipped": {}, "skipped_count": 0}
     fake.table = None  # deleted by hand: the next pass restores it
     ops.on_pass(rec.reconcile(peers), 1)
     assert ops.state.ready()[0] and fake.table is not None
