@@ -287,6 +287,13 @@ class VxlanBackend(Backend):
             return Skip("lease has no VtepMAC")
         if self.index is None:
             return Skip("device not present")
+        # A misconfigured or cloned node must not hijack our own traffic.
+        if mac == self.mac:
+            return Skip(f"VtepMAC {mac} is our own")
+        if attrs.public_ip in (self.ctx.ext.public_ip, self.local):
+            return Skip(f"PublicIP {attrs.public_ip} is our own")
+        if self.lease is not None and peer.subnet.overlaps(self.lease.subnet):
+            return Skip(f"subnet overlaps our lease {self.lease.subnet}")
         gateway = peer.subnet.network_address
         return (
             Neigh(self.index, gateway, mac),

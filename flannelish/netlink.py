@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import select
 import socket
@@ -740,6 +741,15 @@ class ChangeMonitor:
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # the periodic resync still covers us; say so once
+            if not self._stop.is_set():
+                logging.getLogger("flannelish.netlink").warning(
+                    "kernel change notifications stopped (%s); periodic resync only", exc
+                )
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             ready, _, _ = select.select([self._sock], [], [], 0.5)
             if not ready:

@@ -168,3 +168,22 @@ def test_diff_is_empty_when_actual_matches_desired():
     assert diff(resources, [group], actual).empty
     missing_route = {"neigh": [group[0]], "fdb": [group[1]], "route": []}
     assert diff(resources, [group], missing_route).apply == [[group[2]]]
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (lambda k: peer(2, ip="198.18.0.1"), "PublicIP 198.18.0.1 is our own"),
+        (lambda k: peer(2, mac=k.backend.mac), "is our own"),
+        (
+            lambda k: Lease(IPv4Network("10.244.1.0/25"), peer(2).attrs),
+            "overlaps our lease 10.244.1.0/24",
+        ),
+    ],
+    ids=["own-public-ip", "own-mac", "overlapping-subnet"],
+)
+def test_peer_that_would_hijack_our_traffic_is_skipped(kernel, bad, reason, caplog):
+    result = kernel.rec.reconcile([bad(kernel), peer(3)])
+    assert result.skipped == 1 and result.errors == 0
+    assert reason in caplog.text
+    assert [str(r.dst) for r in kernel.nl.routes()] == ["10.244.3.0/24"]
