@@ -1,5 +1,22 @@
-"""The flannelish CNI plugin (imported as flannelish.cni).
+"""The flannelish CNI plugin (imported as flannelish.cni): bridge + host-local IPAM.
 
-Only the standard library may be imported at module level here and in
-``main``: a container runtime starts a fresh process for every call.
+Modules, in the order a call passes through them:
+
+* ``main``     entry point of ``flannelish-cni``; VERSION, then the fast path
+* ``client``   forwards env + stdin to the daemon's socket (C built-ins only)
+* ``server``   ``CniServer``: the daemon side, one thread per request
+* ``handler``  one request -> one response; shared by both paths
+* ``protocol`` env/version validation and error objects (codes 1, 4, 6)
+* ``netconf``  netconf + subnet.env -> validated NetConf (codes 2, 7, 11)
+* ``bridge``   ADD/DEL/CHECK/GC/STATUS with rollback on failure
+* ``ipam``     host-local compatible allocator and on-disk store (flock)
+* ``delegate`` runs another IPAM plugin from CNI_PATH
+* ``kernel``   namespaces (per-thread setns), links, addresses, routes, sysctls
+* ``rtnl``     the rtnetlink messages themselves (socket + struct)
+* ``masq``     per-container masquerade with nftables
+* ``result``   results shaped per cniVersion
+* ``install``  launcher + conflist for ``flannelish install-cni``
+
+Only the standard library is imported here and on the fast path: a container
+runtime starts a fresh process for every call.
 """
