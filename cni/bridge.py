@@ -264,7 +264,7 @@ def cmd_add(call: Call) -> str:
             ]
             with call.in_host():
                 masq.setup(conf.name, inv.container_id, v4, subnets)
-            undo.append(lambda: _masq_teardown(call, v4))
+            undo.append(lambda: _masq_teardown(call))
 
         bridge = host.link(conf.bridge) or bridge  # its MAC is final once ports exist
         ours = {
@@ -341,9 +341,9 @@ def _chain(prev: dict | None, ours: dict) -> dict:
 # --- DEL ---------------------------------------------------------------------
 
 
-def _masq_teardown(call: Call, ips: list[str], container_id: str | None = None) -> None:
+def _masq_teardown(call: Call, container_id: str | None = None) -> None:
     with call.in_host():
-        masq.teardown(call.conf.name, container_id or call.inv.container_id, ips)
+        masq.teardown(call.conf.name, container_id or call.inv.container_id)
 
 
 def _masq_maybe(conf: NetConf) -> bool:
@@ -353,7 +353,6 @@ def _masq_maybe(conf: NetConf) -> bool:
 
 def cmd_del(call: Call) -> None:
     conf, inv = call.conf, call.inv
-    seen: list[str] = []
     if inv.netns:
         pod_fd = None
         try:
@@ -366,22 +365,16 @@ def cmd_del(call: Call) -> None:
                 with Netlink(pod_fd) as pod:
                     link = pod.link(inv.ifname)
                     if link is not None:
-                        seen = [a for a, _ in pod.addresses(link.index, 2)]
                         pod.delete_link(link.index)  # the host end goes with it
             finally:
                 os.close(pod_fd)
     if conf.ipam.delegated:
         with call.in_host():
             run_delegate(conf.ipam.type, "DEL", inv, call.doc, call.stderr)
-        freed: list[str] = []
     else:
-        freed = [
-            str(ip)
-            for ip in ipam.release(conf.store_dir, inv.container_id, inv.ifname)
-            if ip.version == 4
-        ]
+        ipam.release(conf.store_dir, inv.container_id, inv.ifname)
     if _masq_maybe(conf):
-        _masq_teardown(call, sorted(set(freed) | set(seen)))
+        _masq_teardown(call)
 
 
 # --- CHECK -------------------------------------------------------------------
@@ -481,13 +474,9 @@ def cmd_gc(call: Call) -> None:
     if not _masq_maybe(conf):
         return
     errors = []
-    by_container: dict[str, list[str]] = {}
-    for entry in released:
-        if entry.ip.version == 4:
-            by_container.setdefault(entry.container_id, []).append(str(entry.ip))
-    for container_id, ips in by_container.items():
+    for container_id in sorted({entry.container_id for entry in released}):
         try:
-            _masq_teardown(call, ips, container_id)
+            _masq_teardown(call, container_id)
         except Exception as exc:  # GC continues past errors and reports them all
             errors.append(f"{container_id}: {exc}")
     if errors:

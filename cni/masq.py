@@ -11,8 +11,9 @@ an nftables table of our own so nothing else's rules are touched::
 ``CNI-<hash>`` is the reference's name: "CNI-" + the first 24 hex digits of
 SHA-512(<network name><container ID>).  Every change is one ``nft -f -``
 batch, which the kernel applies atomically, so concurrent ADDs/DELs cannot
-interleave.  Because nft 1.0.6 has no "destroy", removal first *adds* what it
-deletes in the same batch: that makes DEL idempotent without a listing.
+interleave.  nft 1.0.6 has no "destroy", so removal first lists the map to find what is
+there: DEL stays idempotent and never creates the table on a host that did
+not masquerade.
 The nft process inherits the calling thread's network namespace.
 """
 
@@ -77,28 +78,57 @@ def setup(network: str, container_id: str, ips: list[str], subnets: list[str]) -
     _run(cmds, f"set up masquerade for {container_id}")
 
 
-def teardown(network: str, container_id: str, ips: list[str]) -> None:
-    """Remove the container's chain and map entries; fine if they are already gone."""
+def teardown(network: str, container_id: str) -> None:
+    """Remove the container's chain and the map entries jumping to it, if any.
+
+    The entries are found in the map rather than taken from the caller, so DEL
+    also cleans up after an IPAM store that lost the container's addresses.
+    Setup is one atomic batch, so the chain exists exactly when entries jump
+    to it; with none there is nothing to do (and no table gets created).
+    """
     chain = chain_name(network, container_id)
+    ips = [ip for ip, target in _map_entries() if target == chain]
+    if not ips:
+        return
     cmds = [
-        f"add table ip {TABLE}",
-        f"add map ip {TABLE} pods {{ type ipv4_addr : verdict ; }}",
-        f"add chain ip {TABLE} {chain}",
+        f"delete element ip {TABLE} pods {{ {', '.join(ips)} }}",
+        f"flush chain ip {TABLE} {chain}",
+        f"delete chain ip {TABLE} {chain}",
     ]
-    for ip in ips:
-        cmds.append(f"add element ip {TABLE} pods {{ {ip} : jump {chain} }}")
-        cmds.append(f"delete element ip {TABLE} pods {{ {ip} }}")
-    cmds += [f"flush chain ip {TABLE} {chain}", f"delete chain ip {TABLE} {chain}"]
     _run(cmds, f"remove masquerade of {container_id}")
 
 
-def exists(network: str, container_id: str) -> bool:
+def _map_entries() -> list[tuple[str, str]]:
+    """(pod ip, chain) pairs of the dispatch map; empty when our table does not exist."""
+    import json
     import subprocess
 
     proc = subprocess.run(
-        [NFT, "list", "chain", "ip", TABLE, chain_name(network, container_id)],
+        [NFT, "-j", "list", "map", "ip", TABLE, "pods"], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        return []
+    entries = []
+    for item in json.loads(proc.stdout).get("nftables", []):
+        for elem in item.get("map", {}).get("elem", []):
+            key, verdict = elem
+            target = verdict.get("jump", {}).get("target") if isinstance(verdict, dict) else None
+            if isinstance(key, str) and target:
+                entries.append((key, target))
+    return entries
+
+
+def exists(network: str, container_id: str) -> bool:
+    return _chain_exists(chain_name(network, container_id), need_rules=True)
+
+
+def _chain_exists(chain: str, need_rules: bool = False) -> bool:
+    import subprocess
+
+    proc = subprocess.run(
+        [NFT, "list", "chain", "ip", TABLE, chain],
         capture_output=True,
         text=True,
         check=False,
     )
-    return proc.returncode == 0 and "masquerade" in proc.stdout
+    return proc.returncode == 0 and (not need_rules or "masquerade" in proc.stdout)

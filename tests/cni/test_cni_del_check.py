@@ -195,3 +195,20 @@ def test_store_layout_is_host_local_compatible(cni):
     )
     ref_ip = json.loads(proc.stdout)["ips"][0]["address"].split("/")[0]
     assert ref_ip != ip and (cni.store / ref_ip).read_bytes() == b"ref\r\neth1"
+
+
+def test_del_removes_nat_rules_even_if_the_store_lost_the_address(cni):
+    cni.write_subnet_env(ipmasq=False)
+    pod = cni.pod()
+    ip = cni.add(pod)["ips"][0]["address"].split("/")[0]
+    os.unlink(cni.store / ip)  # e.g. an operator wiped the IPAM directory
+    cni.delete(pod)
+    assert "CNI-" not in _nat(cni) and ip not in _nat(cni)
+
+
+def test_del_without_subnet_env_does_not_create_nft_state(cni):
+    pod = cni.pod()
+    cni.add(pod)  # FLANNEL_IPMASQ=true: the plugin adds no NAT rules
+    os.unlink(cni.run_dir / "subnet.env")  # masquerading now unknown: DEL checks, adds nothing
+    cni.delete(pod)
+    assert "flannelish_cni" not in _nat(cni)
