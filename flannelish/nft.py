@@ -55,6 +55,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, ip_network
@@ -364,19 +365,30 @@ class PeerAddr:
 
 @dataclass
 class _PassBatch:
-    """What one reconcile pass wants and found, so element changes go out in one transaction."""
+    """What one reconcile pass wants and found, so element changes go out in one transaction.
+
+    The reconcile thread fills it; the daemon's on_pass hook may read it from
+    another thread (NftOwner.after_pass), hence the lock.
+    """
 
     planned: set[IPv4Address] = field(default_factory=set)
     actual: set[IPv4Address] = field(default_factory=set)
     done: set[IPv4Address] = field(default_factory=set)
     dumped: bool = False  # the reconciler got as far as listing the set
     failed: bool = False  # a write failed, so the set may not match the plan
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def reset(self) -> None:
-        self.planned.clear()
-        self.actual.clear()
-        self.done.clear()
-        self.dumped = self.failed = False
+        with self.lock:
+            self.planned.clear()
+            self.actual.clear()
+            self.done.clear()
+            self.dumped = self.failed = False
+
+    def complete(self) -> bool:
+        """True once every planned peer is known to be in the kernel set."""
+        with self.lock:
+            return self.dumped and not self.failed and self.planned <= (self.actual | self.done)
 
 
 class PeerSetResource:
@@ -416,32 +428,38 @@ class PeerSetResource:
         state = self._listing()
         peers = state.peers if state else set()
         if self.batch is not None:
-            self.batch.actual = set(peers)
-            self.batch.dumped = True
+            with self.batch.lock:
+                self.batch.actual = set(peers)
+                self.batch.dumped = True
         return [PeerAddr(ip) for ip in sorted(peers)]
 
-    def _write(self, verb: str, obj: PeerAddr, batch_ips: set[IPv4Address]) -> None:
+    def _write(self, verb: str, obj: PeerAddr) -> None:
         b = self.batch
-        if b is not None and obj.ip in b.done:
-            return
-        ips = {obj.ip} | (batch_ips - b.done if b is not None else set())
+        if b is None:
+            ips = {obj.ip}
+        else:
+            with b.lock:
+                if obj.ip in b.done:
+                    return
+                pending = b.planned - b.actual if verb == "add" else b.actual - b.planned
+                ips = {obj.ip} | (pending - b.done)
         target = f"{FAMILY} {TABLE} {PEER_SET}"
         try:
             self._rules.runner.run(f"{verb} element {target} {{ {_elements(ips)} }}\n")
         except KernelError:
             if b is not None:
-                b.failed = True
+                with b.lock:
+                    b.failed = True
             raise
         if b is not None:
-            b.done |= ips
+            with b.lock:
+                b.done |= ips
 
     def ensure(self, obj: PeerAddr) -> None:
-        b = self.batch
-        self._write("add", obj, b.planned - b.actual if b is not None else set())
+        self._write("add", obj)
 
     def remove(self, obj: PeerAddr) -> None:
-        b = self.batch
-        self._write("delete", obj, b.actual - b.planned if b is not None else set())
+        self._write("delete", obj)
 
 
 class NftOwner:
@@ -465,6 +483,7 @@ class NftOwner:
         self._created = False
         self._arm_requested = False
         self._pass_since_request = False  # a pass started after arm() was called
+        self._arm_lock = threading.Lock()
         self._batch = _PassBatch()
         self._resources = self._make_resources(rules)
 
@@ -493,11 +512,11 @@ class NftOwner:
         self._created = True
 
     def _maybe_arm(self) -> None:
-        b = self._batch
-        if self._arm_requested and self._pass_since_request and b.dumped and not b.failed:
-            self._arm_requested = False
-            self.rules.arm()
-            self.rules.apply()  # a planned change, not a repair
+        with self._arm_lock:  # the reconcile thread and the on_pass hook may race here
+            if self._arm_requested and self._pass_since_request and self._batch.complete():
+                self._arm_requested = False
+                self.rules.arm()
+                self.rules.apply()  # a planned change, not a repair
 
     def after_pass(self) -> None:
         """End of a reconcile pass (from the daemon's on_pass hook): arm if due."""
@@ -521,7 +540,8 @@ class NftOwner:
         if not self._resources:
             return ()
         ip = IPv4Address(peer.attrs.public_ip)
-        self._batch.planned.add(ip)
+        with self._batch.lock:
+            self._batch.planned.add(ip)
         return (PeerAddr(ip),)
 
 

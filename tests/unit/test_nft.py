@@ -318,3 +318,28 @@ def test_lease_event_passes_without_the_base_check_still_restore_and_never_arm_e
     rec.reconcile([*peers, _lease(3, "198.18.0.3")], check_base=False)
     owner.after_pass()
     assert nft.armed and "input" in fake.table["chains"]
+
+
+def test_after_pass_from_another_thread_mid_pass_does_not_arm_before_the_set_is_written():
+    from flannelish.daemon.reconciler import Reconciler
+    from flannelish.nft import NftOwner
+
+    nft, fake = rules()
+    owner = NftOwner(nft)
+    rec = Reconciler([owner])
+    rec.reconcile([])
+    owner.arm()
+    real_run = fake.run
+    seen = []
+
+    def run(script: str) -> None:
+        if "add element" in script:  # the set write of this pass is about to happen...
+            owner.after_pass()  # ...when the backend's loop reports its own pass
+            seen.append(nft.armed)
+        real_run(script)
+
+    fake.run = run  # type: ignore[method-assign]
+    rec.reconcile([_lease(2, "198.18.0.2")])
+    assert seen == [False]
+    owner.after_pass()
+    assert nft.armed and fake.table["set"] == {IPv4Address("198.18.0.2")}
