@@ -43,6 +43,7 @@ AF_BRIDGE = 7
 
 # address and route attributes
 IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFA_F_NODAD = 0x02
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 RT_TABLE_MAIN, RTPROT_BOOT, RTN_UNICAST = 254, 3, 1
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
@@ -205,7 +206,10 @@ class Rtnl:
     def change_address(self, add: bool, index: int, address: str, prefixlen: int) -> None:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         raw = socket.inet_pton(family, address)
-        body = _IFADDRMSG.pack(family, prefixlen, 0, RT_SCOPE_UNIVERSE, index)
+        # IPv6: no duplicate address detection, so the address (e.g. the gateway on
+        # the bridge) is usable at once instead of "tentative" for a second or two.
+        flags = IFA_F_NODAD if family == socket.AF_INET6 else 0
+        body = _IFADDRMSG.pack(family, prefixlen, flags, RT_SCOPE_UNIVERSE, index)
         if family == socket.AF_INET:
             body += attr(IFA_LOCAL, raw)
         body += attr(IFA_ADDRESS, raw)

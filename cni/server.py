@@ -27,6 +27,7 @@ import socketserver
 import stat
 import struct
 import threading
+import time
 
 from .client import DECLINE, decode_request, encode_reply
 from .handler import handle
@@ -69,10 +70,18 @@ class _Handler(socketserver.BaseRequestHandler):
             host_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return DECLINE + b"cannot open the caller's netns"
+        started = time.monotonic()
         try:
             response = handle(env, stdin, host_fd)
         finally:
             os.close(host_fd)
+        log.info(
+            "CNI %s %s: exit %d in %.1f ms",
+            env.get("CNI_COMMAND", "?"),
+            env.get("CNI_CONTAINERID", "-"),
+            response.exit_code,
+            (time.monotonic() - started) * 1000,
+        )
         return encode_reply(response.exit_code, response.stdout, response.stderr)
 
 

@@ -195,3 +195,24 @@ def test_prev_result_is_passed_through_with_our_interfaces_appended(cni):
     assert res["ips"][0]["address"] == "127.0.0.1/8" and res["ips"][1]["interface"] == 3
     assert {"dst": "192.168.255.0/24"} in res["routes"]
     assert res["dns"] == {"nameservers": ["1.1.1.1"]}
+
+
+def test_dual_stack_range_sets_give_one_address_per_family(cni):
+    ipam = {"subnet": "10.244.9.0/24", "ranges": [[{"subnet": "fd00:10:244:9::/64"}]]}
+    pod = cni.pod()
+    res = cni.add(pod, conf=cni.standalone(ipam))
+    addresses = [ip["address"] for ip in res["ips"]]
+    assert addresses[0].startswith("10.244.9.") and addresses[1].startswith("fd00:10:244:9::")
+    assert res["ips"][1]["gateway"] == "fd00:10:244:9::1"
+    if cni.version == "0.4.0":
+        assert [ip["version"] for ip in res["ips"]] == ["4", "6"]
+    pod_v6 = cni.ip(pod, "-6", "addr", "show", "eth0")
+    assert addresses[1] in pod_v6
+    assert "fd00:10:244:9::1/64" in cni.ip(cni.host, "-6", "addr", "show", "br9")
+    ping = run(
+        ["ip", "netns", "exec", pod, "ping", "-6", "-c", "1", "-W", "2", "fd00:10:244:9::1"],
+        check=False,
+    )
+    assert ping.returncode == 0, ping.stdout
+    cni.delete(pod, conf=cni.standalone(ipam))
+    assert cni.reserved_ips() == []

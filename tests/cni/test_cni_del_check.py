@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from flannelish.testing.proc import run
 
 from .conftest import SUBNET
@@ -212,3 +214,40 @@ def test_del_without_subnet_env_does_not_create_nft_state(cni):
     os.unlink(cni.run_dir / "subnet.env")  # masquerading now unknown: DEL checks, adds nothing
     cni.delete(pod)
     assert "flannelish_cni" not in _nat(cni)
+
+
+def test_standalone_server_helper_serves_requests_and_removes_its_socket(cni_latest):
+    """`python -m flannelish.cni.server` (the daemon's CniServer without the daemon)."""
+    import sys
+
+    from flannelish.testing.proc import stop_pid
+
+    cni = cni_latest
+    if cni.mode == "daemon":
+        pytest.skip("the fixture's in-process CniServer already owns the socket")
+    proc = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            cni.host,
+            sys.executable,
+            "-m",
+            "flannelish.cni.server",
+            "--socket",
+            cni.socket,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().startswith("ready")
+        pod = cni.pod()
+        cni.add(pod)
+        cni.delete(pod)
+    finally:
+        stop_pid(proc.pid, proc=proc)
+    log = proc.stderr.read()
+    assert "CNI ADD ctr1: exit 0" in log and "CNI DEL ctr1: exit 0" in log
+    assert not os.path.exists(cni.socket)
