@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from flannelish.testing.proc import run
 
 from .conftest import SUBNET
@@ -216,3 +218,12 @@ def test_dual_stack_range_sets_give_one_address_per_family(cni):
     assert ping.returncode == 0, ping.stdout
     cni.delete(pod, conf=cni.standalone(ipam))
     assert cni.reserved_ips() == []
+
+
+@pytest.mark.parametrize("version", ["0.3.0", "0.3.1"])
+def test_older_supported_versions_get_0_3_shaped_results(cni_latest, version):
+    cni = cni_latest
+    res = cni.add(cni.pod(), conf=cni.conf(cniVersion=version))
+    assert res["cniVersion"] == version
+    assert res["ips"][0]["version"] == "4" and res["ips"][0]["interface"] == 2
+    assert all("mtu" not in i for i in res["interfaces"])
