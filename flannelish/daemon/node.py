@@ -102,6 +102,7 @@ class NodeDaemon:
         self.loop: ReconcileLoop | None = None  # the backend's
         self.loops: list[ReconcileLoop] = []  # the backend's, then one per extra owner
         self.ops: Any = None  # flannelish.nodeops.NodeOps (issue 8), when enabled
+        self._advertised: Any = None  # last backend attributes we re-put into the lease
         self._owners: list[Any] = []
 
     # -- wiring ------------------------------------------------------------------
@@ -383,7 +384,9 @@ class NodeDaemon:
         if self.backend is None or lease is None:
             return
         attrs = self.backend.lease_attrs()
-        if attrs != lease.attrs and self._manager is not None:
+        # Once per new set of attributes: a failing or no-op renew must not repeat every pass.
+        if attrs != lease.attrs and attrs != self._advertised and self._manager is not None:
+            self._advertised = attrs
             # The device was rebuilt with different attributes: advertise them.
             log.info("advertising new backend attributes", extra={"subnet": lease.subnet})
             try:

@@ -129,3 +129,21 @@ def test_missing_underlay_interface_is_a_config_error(tmp_path, registry):
     node = NodeDaemon(opts, fake_kernel(), SubnetManager(registry), kernel_notifications=False)
     with pytest.raises(ConfigError, match="--iface eth9"):
         node.run()
+
+
+def test_changed_vtep_mac_is_advertised_in_the_lease(tmp_path, registry):
+    nl = fake_kernel()
+    with Running(tmp_path, registry, nl) as node:
+        subnet = node.status.lease.subnet
+        # As if the device came back with another MAC (e.g. its state file was lost).
+        node.backend.mac = "0e:00:00:00:99:99"
+        nl.delete_link(nl.link("flannel.1").index)
+
+        def advertised() -> str | None:
+            leases, _ = registry.list_leases()
+            mine = [x for x in leases if x.subnet == subnet]
+            return mine[0].attrs.vtep_mac if mine else None
+
+        wait_for(lambda: advertised() == "0e:00:00:00:99:99")
+        assert nl.link("flannel.1").mac == "0e:00:00:00:99:99"
+        assert node.status.lease.attrs.vtep_mac == "0e:00:00:00:99:99"
