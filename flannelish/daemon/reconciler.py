@@ -35,6 +35,8 @@ from flannelish.subnet.lease import Lease
 
 log = logging.getLogger("flannelish.reconciler")
 
+RETRY_SECONDS = 1.0  # after a pass with errors
+
 
 class Owner(Protocol):
     """Something that owns kernel objects: a backend, or later an nftables table."""
@@ -252,16 +254,20 @@ class ReconcileLoop:
         return result
 
     def _run(self) -> None:
+        timeout = self.interval
         try:
             while not self._stop.is_set():
-                if not self._wake.wait(self.interval):
-                    self._base_due = True  # periodic resync: check everything
+                if not self._wake.wait(timeout):
+                    self._base_due = True  # periodic resync (or retry): check everything
                 if self._stop.is_set():
                     return
                 self._wake.clear()
+                timeout = self.interval
                 if self._ready():  # no pass before the peer set is known
                     check_base, self._base_due = self._base_due, False
-                    self.run_once(check_base)
+                    if self.run_once(check_base).errors:
+                        # A failed step is retried soon, not only at the next resync.
+                        timeout = min(RETRY_SECONDS, self.interval)
         except BaseException as exc:  # reported by the node, which exits non-zero
             self.failure = exc
             log.exception("reconciler stopped")

@@ -64,3 +64,26 @@ def test_loop_runs_no_pass_until_the_peer_set_is_known():
         assert rec.seen and rec.seen[0] == 1
     finally:
         loop.stop()
+
+
+class FailingOnceReconciler:
+    def __init__(self) -> None:
+        self.calls: list[bool] = []
+
+    def reconcile(self, peers, check_base=True):
+        self.calls.append(check_base)
+        return PassResult(errors=1 if len(self.calls) == 1 else 0)
+
+
+def test_a_pass_with_errors_is_retried_long_before_the_resync_interval():
+    rec = FailingOnceReconciler()
+    loop = ReconcileLoop(rec, list, 60.0)  # type: ignore[arg-type]
+    loop.start()
+    try:
+        loop.trigger()
+        deadline = time.monotonic() + 3
+        while len(rec.calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert rec.calls[:2] == [True, True]  # the retry re-checks the base objects too
+    finally:
+        loop.stop()
