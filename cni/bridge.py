@@ -174,7 +174,13 @@ def _ensure_gateway(host: Netlink, conf: NetConf, bridge: LinkInfo, cidr: str) -
     present = host.addresses(bridge.index, family)
     if want in present:
         return
-    conflicting = [a for a in present if iface.version == 4 or not a[0].startswith("fe80:")]
+    # Like the reference: any other IPv4 address conflicts; IPv6 ones only if they overlap.
+    conflicting = [
+        (address, prefix)
+        for address, prefix in present
+        if iface.version == 4
+        or ipaddress.ip_network(f"{address}/{prefix}", strict=False).overlaps(iface.network)
+    ]
     if conflicting and not conf.force_address:
         raise CniError(
             CniCode.INTERNAL,
