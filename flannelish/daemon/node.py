@@ -3,8 +3,11 @@
 Start-up (flannel.md §6, minus iptables): network config from etcd (retried
 until it exists) → external interface → backend device (before the lease, so
 the lease can carry the VTEP MAC) → lease (preferring the subnet in our old
-subnet.env) → device address → subnet.env → CNI socket → peer watch,
-reconcile loop, kernel change monitor and lease keeper.
+subnet.env) → device address → node operations (health server, nftables
+owner; flannelish.nodeops) → subnet.env → CNI socket → peer watch, one
+reconcile loop per owner (the backend's never waits for a slower one),
+kernel change monitor and lease keeper.  No pass runs before the watch's
+first snapshot: an empty peer table then means "unknown", not "no peers".
 
 Threads report fatal errors through :meth:`NodeDaemon.fail`; the main thread
 then stops everything and re-raises, so the CLI prints one line and exits
@@ -162,7 +165,12 @@ class NodeDaemon:
             "using interface",
             extra={"iface": ext.name, "address": ext.address, "public_ip": ext.public_ip},
         )
-        manager = self._manager = self._manager or self._make_manager()
+        if self._manager is None:
+            self._manager = self._make_manager()
+            registry = getattr(self._manager, "registry", None)
+            if registry is not None and hasattr(registry, "close"):
+                self._closers.append(registry.close)  # runs last: closers go in reverse
+        manager = self._manager
         config = manager.get_network_config(wait=True, stop=self.stop_event)
         if self.stop_event.is_set() or config is None:
             return
