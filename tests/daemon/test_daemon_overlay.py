@@ -216,3 +216,18 @@ def test_etcd_outage_leaves_data_path_and_lease_intact(start_daemons, netns_fact
     wait_for(lambda: any(r[0] == "10.244.250.0/24" for r in kernel_state(a.host)["route"]), 20,
              what="peer after outage")  # fmt: skip
     run(["true"])
+
+
+def test_daemon_waits_for_missing_config_and_stops_cleanly_on_sigterm(
+    underlay, underlay_etcd, tmp_path
+):
+    host = underlay.add_host("h1")
+    d = DaemonProc(host, underlay_etcd.client_url, tmp_path).start()
+    time.sleep(2.0)
+    assert d.proc is not None and d.proc.poll() is None, d.log_tail()  # still waiting
+    assert "waiting for the network config" in d.log_path.read_text()
+    started = time.monotonic()
+    assert d.stop() == 0
+    assert time.monotonic() - started < 3.0
+    assert "flannel.1" not in host.run("ip", "link").stdout
+    assert not d.subnet_file.exists()
