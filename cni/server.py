@@ -36,6 +36,7 @@ log = logging.getLogger("flannelish.cni.server")
 
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 MAX_CONCURRENT = 32  # more parallel netlink work only adds contention
+READ_TIMEOUT_S = 10.0
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -43,8 +44,13 @@ class _Handler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         sock: socket.socket = self.request
-        with self.server.slots:
+        # A plugin sends its whole request at once; one that stalls must not hold a
+        # thread (or a work slot) forever.  Declining makes it work in-process.
+        sock.settimeout(READ_TIMEOUT_S)
+        try:
             reply = self._serve(sock)
+        except OSError as exc:
+            reply = DECLINE + f"reading the request failed: {exc}".encode()
         if not reply.startswith(DECLINE):
             with self.server.count_lock:
                 self.server.served += 1
@@ -72,7 +78,8 @@ class _Handler(socketserver.BaseRequestHandler):
             return DECLINE + b"cannot open the caller's netns"
         started = time.monotonic()
         try:
-            response = handle(env, stdin, host_fd)
+            with self.server.slots:
+                response = handle(env, stdin, host_fd)
         finally:
             os.close(host_fd)
         log.info(

@@ -251,3 +251,28 @@ def test_standalone_server_helper_serves_requests_and_removes_its_socket(cni_lat
     log = proc.stderr.read()
     assert "CNI ADD ctr1: exit 0" in log and "CNI DEL ctr1: exit 0" in log
     assert not os.path.exists(cni.socket)
+
+
+def test_a_stalled_client_does_not_block_the_daemon(cni_latest, monkeypatch):
+    import socket
+    import time
+
+    from flannelish.cni import server as server_module
+
+    cni = cni_latest
+    if cni.mode != "daemon":
+        pytest.skip("needs the fixture's CniServer")
+    monkeypatch.setattr(server_module, "READ_TIMEOUT_S", 0.5)
+    stalled = []
+    for _ in range(server_module.MAX_CONCURRENT + 2):  # more than the work slots
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(cni.socket)
+        sock.sendall(b"FLCNI2\n")  # then nothing more
+        stalled.append(sock)
+    try:
+        started = time.monotonic()
+        cni.add(cni.pod())  # served while the stalled connections wait
+        assert time.monotonic() - started < 5
+    finally:
+        for sock in stalled:
+            sock.close()
