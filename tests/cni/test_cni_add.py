@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -227,3 +228,39 @@ def test_older_supported_versions_get_0_3_shaped_results(cni_latest, version):
     assert res["cniVersion"] == version
     assert res["ips"][0]["version"] == "4" and res["ips"][0]["interface"] == 2
     assert all("mtu" not in i for i in res["interfaces"])
+
+
+def _shape(res: dict, pod: str) -> dict:
+    """A result with what must differ between two pods (MACs, veth name, address) masked."""
+    text = json.dumps(res).replace(f"/run/netns/{pod}", "<netns>")
+    doc = json.loads(text)
+    for iface in doc["interfaces"]:
+        iface["mac"] = "<mac>"
+        if iface["name"].startswith("veth"):
+            iface["name"] = "<veth>"
+    for ip in doc["ips"]:
+        ip["address"] = "<address>/" + ip["address"].split("/")[1]
+    return doc
+
+
+def test_daemon_and_in_process_paths_give_identical_results(cni_latest, tmp_path):
+    from flannelish.cni.server import CniServer
+
+    cni = cni_latest
+    if cni.mode != "inproc":
+        pytest.skip("starts its own CniServer")
+    sock = str(tmp_path / "own.sock")
+    server = CniServer(sock)
+    server.start()
+    try:
+        a, b = cni.pod(), cni.pod()
+        via_daemon = cni.add(a, cid="a", conf=cni.conf(daemonSocket=sock))
+        in_process = cni.add(b, cid="b")
+        assert server.served == 1
+        assert _shape(via_daemon, a) == _shape(in_process, b)
+        cni.delete(a, cid="a", conf=cni.conf(daemonSocket=sock))
+        assert server.served == 2
+    finally:
+        server.stop()
+    cni.delete(b, cid="b")
+    assert cni.reserved_ips() == []
