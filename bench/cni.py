@@ -8,9 +8,11 @@ off), and the variants are interleaved in every round so machine noise hits
 them alike.  Variants:
 
   reference     /usr/lib/cni/bridge + host-local
-  daemon        flannelish-cni launcher (from `install-cni`) -> CniServer process
+  daemon        flannelish-cni as `install-cni` installs it (the native launcher when
+                a C compiler exists) -> CniServer process
+  daemon-py     the Python launcher (python -IS) -> CniServer (only with native)
   daemon-pip    the pip console script (.venv/bin/flannelish-cni) -> CniServer
-  inproc        flannelish-cni launcher, no daemon (work done in the plugin)
+  inproc        the Python launcher, no daemon (work done in the plugin)
 
 Printed: ADD and DEL p50/p90/p99 (ms) at concurrency 1 and 8, ratios against
 the reference measured in the same run, and peak RSS per plugin process.
@@ -182,9 +184,12 @@ def main() -> None:
     server = None
     try:
         host = factory.create("host")
-        launcher, _conf = install(
+        launcher, _conf, how = install(
             str(tmp / "bin"), str(tmp / "conf"), "bench", str(tmp / "run" / "subnet.env")
         )
+        native = (tmp / "bin" / "flannelish-cni.py").exists()
+        py_launcher = str(tmp / "bin" / "flannelish-cni.py") if native else launcher
+        print(f"installed: {how}")
         sock = str(tmp / "run" / "flannelish.sock")
         common = {"cniVersion": "1.0.0", "isGateway": True, "mtu": 1450, "ipMasq": False}
 
@@ -202,6 +207,9 @@ def main() -> None:
         )
         fl = dict(common, type="flannelish-cni", daemonSocket=sock)
         daemon = Variant("daemon", launcher, dict(fl, name="fld", bridge="fbr0", ipam=ipam(21)))
+        daemon_py = Variant(
+            "daemon-py", py_launcher, dict(fl, name="fly", bridge="fbr3", ipam=ipam(24))
+        )
         daemon_pip = Variant(
             "daemon-pip",
             str(VENV_BIN / "flannelish-cni"),
@@ -209,10 +217,14 @@ def main() -> None:
         )
         inproc = Variant(
             "inproc",
-            launcher,
+            py_launcher,
             dict(fl, name="fli", bridge="fbr2", ipam=ipam(23), daemonSocket=str(tmp / "none.sock")),
         )
-        variants = [ref, daemon, daemon_pip, inproc]
+        variants = (
+            [ref, daemon, daemon_py, daemon_pip, inproc]
+            if native
+            else [ref, daemon, daemon_pip, inproc]
+        )
 
         enter_netns(host)  # from here on this process and its children live in the host netns
         env = dict(os.environ, GRPC_ENABLE_FORK_SUPPORT="false")

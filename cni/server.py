@@ -29,7 +29,7 @@ import struct
 import threading
 import time
 
-from .client import DECLINE, decode_request, encode_reply
+from .client import DECLINE, decode_request, encode_reply, peek_json, socket_path
 from .handler import handle
 
 log = logging.getLogger("flannelish.cni.server")
@@ -72,6 +72,11 @@ class _Handler(socketserver.BaseRequestHandler):
         if request is None:
             return DECLINE + b"unknown protocol or bad request"
         env, stdin = request
+        doc = peek_json(stdin)
+        if isinstance(doc, dict) and not _same_file(socket_path(doc), self.server.socket_path):
+            # "Answers for this subnet": a netconf naming another daemon's socket (or
+            # another subnet file) is not ours.  The caller then routes it itself.
+            return DECLINE + b"not this daemon's network"
         try:
             host_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -92,7 +97,12 @@ class _Handler(socketserver.BaseRequestHandler):
         return encode_reply(response.exit_code, response.stdout, response.stderr)
 
 
+def _same_file(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    socket_path = ""
     daemon_threads = True
     request_queue_size = 256
     slots = threading.BoundedSemaphore(MAX_CONCURRENT)
@@ -126,6 +136,7 @@ class CniServer:
         finally:
             os.umask(old_umask)
         self._server.slots = threading.BoundedSemaphore(MAX_CONCURRENT)
+        self._server.socket_path = self.socket_path
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="cni-server", daemon=True
         )

@@ -38,7 +38,8 @@ _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
     "--subnet-file",
     default="/run/flannel/subnet.env",
     show_default=True,
-    help="The daemon's subnet.env the plugin derives its settings from.",
+    help="The daemon's subnet.env; the plugin derives its settings from it and "
+    "finds the daemon's socket next to it.",
 )
 @click.option(
     "--cni-version",
@@ -47,19 +48,33 @@ _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
     type=click.Choice(["0.4.0", "1.0.0", "1.1.0"]),
     help="cniVersion of the conflist (podman 4 and containerd 1.6 speak up to 1.0.0).",
 )
+@click.option(
+    "--launcher",
+    type=click.Choice(["auto", "native", "python"]),
+    default="auto",
+    show_default=True,
+    help="native: a small compiled launcher that reaches the daemon without starting "
+    "Python (needs cc); auto: native if it builds, else python.",
+)
 def install_cni(
-    bin_dir: str, conf_dir: str, network_name: str, subnet_file: str, cni_version: str
+    bin_dir: str,
+    conf_dir: str,
+    network_name: str,
+    subnet_file: str,
+    cni_version: str,
+    launcher: str,
 ) -> None:
     """Install the flannelish-cni launcher and 10-flannelish.conflist (with portmap)."""
     if not _NAME_RE.match(network_name):
         raise ConfigError(f"invalid --network-name {network_name!r}: use letters, digits, _ . -")
     from flannelish.cni.install import install
 
+    native = {"auto": None, "native": True, "python": False}[launcher]
     try:
-        launcher, conf = install(bin_dir, conf_dir, network_name, subnet_file, cni_version)
+        path, conf, how = install(bin_dir, conf_dir, network_name, subnet_file, cni_version, native)
     except OSError as exc:
         raise FlannelishError(f"cannot install the CNI plugin: {exc}") from None
-    click.echo(f"installed {launcher}")
+    click.echo(f"installed {path} ({how})")
     click.echo(f"installed {conf}")
 
 

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,6 +67,7 @@ class Cni:
     name: str = "testnet"
     pods: list[str] = field(default_factory=list)
     forwarded: int = 0  # successful calls: in daemon mode they must have reached the server
+    server: Any = None  # the CniServer in daemon mode
 
     @property
     def run_dir(self) -> Path:
@@ -126,6 +128,7 @@ class Cni:
         env: dict[str, str] | None = None,
         path: str | None = "/usr/lib/cni",
         timeout: float = 60,
+        binary: str = PLUGIN,
     ) -> Reply:
         full_env = {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
@@ -147,7 +150,7 @@ class Cni:
         else:
             data = conf.encode() if isinstance(conf, str) else conf
         proc = subprocess.run(
-            ["ip", "netns", "exec", self.host, PLUGIN],
+            ["ip", "netns", "exec", self.host, binary],
             input=data,
             env=full_env,
             capture_output=True,
@@ -216,6 +219,7 @@ def _make(factory: NetnsFactory, tmp: Path, mode: str, version: str) -> Iterator
 
     server = CniServer(cni.socket)
     server.start()
+    cni.server = server
     try:
         yield cni
     finally:
