@@ -72,8 +72,8 @@ class Podman:
         return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
-@pytest.fixture
-def podman(netns_factory, tmp_path):
+@pytest.fixture(params=["inproc", "daemon"])
+def podman(request, netns_factory, tmp_path):
     host = netns_factory.create("pm")
     run_dir, data = tmp_path / "run", tmp_path / "data"
     run_dir.mkdir()
@@ -129,7 +129,19 @@ def podman(netns_factory, tmp_path):
             stdin=tar.stdout,
             host_netns=False,
         )
-        yield pm
+        if request.param == "daemon":
+            from flannelish.cni.server import CniServer
+
+            server = CniServer(str(run_dir / "flannelish.sock"))
+            server.start()
+            try:
+                yield pm
+            finally:
+                server.stop()
+            # ADD x2 + DEL x2 went through the daemon (the native launcher, if built)
+            assert server.served >= 4
+        else:
+            yield pm
     finally:
         pm("rm", "-af", "-t", "0", check=False)
         pm("rmi", "-af", check=False)
