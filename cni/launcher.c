@@ -23,6 +23,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +44,8 @@ struct buf {
 };
 
 static int buf_add(struct buf *b, const void *data, size_t len) {
+    if (len == 0)
+        return 0;
     if (b->len + len > b->cap) {
         size_t cap = b->cap ? b->cap : 8192;
         while (cap < b->len + len)
@@ -129,6 +132,8 @@ int main(void) {
     if (!forwarded(getenv("CNI_COMMAND")))
         fallback(NULL); /* VERSION and every error case: the Python entry point answers */
 
+    /* A daemon that goes away mid-request must give error 11, not death by SIGPIPE. */
+    signal(SIGPIPE, SIG_IGN);
     struct buf input = {0}, request = {0}, env = {0}, reply = {0};
     if (read_all(0, &input) < 0)
         fallback(&input);
