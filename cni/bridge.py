@@ -268,6 +268,11 @@ def cmd_add(call: Call) -> str:
                 for ip in res["ips"]
                 if ipaddress.ip_interface(ip["address"]).version == 4
             ]
+            if conf.subnet_env is not None:
+                # Node mode: pod-to-pod traffic across nodes keeps pod IPs. The
+                # reference bridge exempts only this node's subnet, which NATs
+                # cross-node pod traffic whenever the daemon runs without --ip-masq.
+                subnets += [str(n) for n in conf.subnet_env.networks if n.version == 4]
             with call.in_host():
                 masq.setup(conf.name, inv.container_id, v4, subnets)
             undo.append(lambda: _masq_teardown(call))

@@ -31,6 +31,7 @@ def test_ip_masq_installs_per_container_nat_chain_and_del_removes_it(cni):
     nat = _nat(cni)
     assert f"{ip} : jump {chain}" in nat
     assert f"ip daddr {SUBNET}.0/24 accept" in nat
+    assert "ip daddr 10.244.0.0/16 accept" in nat  # pods on other nodes: never NATed
     assert "ip daddr != 224.0.0.0/4 masquerade" in nat
     assert "type nat hook postrouting" in nat
     cni.delete(pod)
