@@ -302,7 +302,12 @@ class NodeDaemon:
         self._threads.append(thread)
 
     def _watch(self, manager: Any, lease: Lease) -> None:
-        for batch in manager.watch_leases(self.stop_event, exclude=lease.subnet):
+        def own_subnet() -> Any:
+            # The keeper may move us to another subnet; that one is never a peer.
+            current = self.status.lease or lease
+            return current.subnet
+
+        for batch in manager.watch_leases(self.stop_event, exclude=own_subnet):
             first = not self.peers.synced.is_set()
             if self.peers.apply(batch):
                 # The first pass after the snapshot also checks the base objects.
