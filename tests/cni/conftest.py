@@ -208,6 +208,18 @@ def cni_latest(request, netns_factory: NetnsFactory, tmp_path: Path) -> Iterator
     yield from _make(netns_factory, tmp_path, request.param, "1.1.0")
 
 
+@pytest.fixture
+def cni_inproc(netns_factory: NetnsFactory, tmp_path: Path) -> Iterator[Cni]:
+    """The in-process path only (for checks that start their own server)."""
+    yield from _make(netns_factory, tmp_path, "inproc", "1.1.0")
+
+
+@pytest.fixture
+def cni_daemon(netns_factory: NetnsFactory, tmp_path: Path) -> Iterator[Cni]:
+    """The daemon fast path only (for checks of the server itself)."""
+    yield from _make(netns_factory, tmp_path, "daemon", "1.1.0")
+
+
 def _make(factory: NetnsFactory, tmp: Path, mode: str, version: str) -> Iterator[Cni]:
     cni = Cni(factory, mode, version, tmp)
     cni.host = factory.create("h")

@@ -6,8 +6,6 @@ import json
 import os
 import subprocess
 
-import pytest
-
 from flannelish.testing.proc import run
 
 from .conftest import SUBNET
@@ -217,15 +215,13 @@ def test_del_without_subnet_env_does_not_create_nft_state(cni):
     assert "flannelish_cni" not in _nat(cni)
 
 
-def test_standalone_server_helper_serves_requests_and_removes_its_socket(cni_latest):
+def test_standalone_server_helper_serves_requests_and_removes_its_socket(cni_inproc):
     """`python -m flannelish.cni.server` (the daemon's CniServer without the daemon)."""
     import sys
 
     from flannelish.testing.proc import stop_pid
 
-    cni = cni_latest
-    if cni.mode == "daemon":
-        pytest.skip("the fixture's in-process CniServer already owns the socket")
+    cni = cni_inproc
     proc = subprocess.Popen(
         [
             "ip",
@@ -254,15 +250,13 @@ def test_standalone_server_helper_serves_requests_and_removes_its_socket(cni_lat
     assert not os.path.exists(cni.socket)
 
 
-def test_a_stalled_client_does_not_block_the_daemon(cni_latest, monkeypatch):
+def test_a_stalled_client_does_not_block_the_daemon(cni_daemon, monkeypatch):
     import socket
     import time
 
     from flannelish.cni import server as server_module
 
-    cni = cni_latest
-    if cni.mode != "daemon":
-        pytest.skip("needs the fixture's CniServer")
+    cni = cni_daemon
     monkeypatch.setattr(server_module, "READ_TIMEOUT_S", 0.5)
     stalled = []
     for _ in range(server_module.MAX_CONCURRENT + 2):  # more than the work slots
