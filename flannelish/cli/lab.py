@@ -194,7 +194,14 @@ def lab_exec(name: str, state_dir: Path, target: str, command: tuple[str, ...]) 
     state = _load(state_dir, name)
     netns = state.target_netns(target)
     argv = ["ip", "netns", "exec", netns, *command]
-    os.execvp(argv[0], argv)
+    # Inside the lab, `flannelish leases` and friends should just work: our own
+    # bin dir on PATH, the lab's etcd as the default endpoint.
+    env = dict(os.environ)
+    bin_dir = os.path.dirname(sys.executable)
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])
+    if state.etcd_endpoint:
+        env.setdefault("FLANNELD_ETCD_ENDPOINTS", state.etcd_endpoint)
+    os.execvpe(argv[0], argv, env)
 
 
 @lab.command("down")

@@ -54,6 +54,9 @@ def test_lab_up_check_verify_down_leaves_nothing_behind(lab_cli, tmp_path):
     pod = state.pods[2]
     shown = lab_cli.lab("exec", pod.name, "--", "ip", "-4", "-o", "addr", "show", "eth0")
     _assert_ok(shown, f"inet {pod.ip}/")
+    # Our own commands work inside the lab, against the lab's etcd, with no set-up.
+    leases = lab_cli.lab("exec", "node1", "--", "flannelish", "leases", "--json")
+    _assert_ok(leases, *(node.subnet for node in state.nodes))
 
     _assert_ok(
         lab_cli.lab("check"), "check passed: 30/30 pairs reachable", "10/10 probes without NAT"
