@@ -10,7 +10,10 @@ and is then driven by the daemon in this order:
 3. repeatedly, from the reconciler: ``ensure_base()`` repairs the device and
    says whether it had to be rebuilt, ``resources()`` names the kinds of
    kernel objects it owns (in apply order) and ``plan(peer)`` returns the
-   objects one peer needs, in the order they must be applied.
+   objects one peer needs, in the order they must be applied;
+4. when the network config in etcd changes while running (same backend
+   type): ``reconfigure(config)`` applies what it can live and names what
+   needs a restart; the daemon then runs a pass, so ``plan()`` decides anew.
 
 The backend never diffs or applies anything itself: the reconciler compares
 ``plan()`` for all peers with the ``resources()`` dumps.  So a new backend is
@@ -92,5 +95,25 @@ class Backend(ABC):
     def plan(self, peer: Lease) -> Sequence[Any] | Skip:
         """The kernel objects for one peer, in apply order, or why it is skipped."""
 
+    def reconfigure(self, network: Any) -> list[str]:
+        """A changed network config (same backend type) arrived while the daemon runs.
+
+        Apply the options that can change live (the daemon runs a reconcile
+        pass afterwards) and return the names of changed options that need a
+        restart, e.g. ``["VNI"]``: those keep their running values.  Raise
+        ConfigError if the new Backend section is invalid.  Default: nothing
+        is live, any change to the Backend section needs a restart.
+        """
+        old_raw = getattr(self.ctx.network, "backend", None) or {}
+        new_raw = getattr(network, "backend", None) or {}
+        old, new = _folded(old_raw), _folded(new_raw)
+        spelled = {str(k).lower(): str(k) for k in [*old_raw, *new_raw]}
+        return sorted(spelled[k] for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release non-kernel resources; the data path stays in place."""
+
+
+def _folded(section: Any) -> dict[str, Any]:
+    """A Backend section with keys folded to lower case (matched like Go), minus Type."""
+    return {str(k).lower(): v for k, v in (section or {}).items() if str(k).lower() != "type"}

@@ -14,7 +14,8 @@ Design (flannel.md §4, with one fix):
   a prefix configured on the external interface gets *no* route, and a
   warning naming it is logged again every ``WARN_INTERVAL`` seconds while it
   lasts (operators miss a one-off line).  On-link is judged from the
-  interface's connected prefixes, re-read on every pass, so readdressing
+  interface's connected prefixes (flannelish.backends.onlink, shared with
+  VXLAN DirectRouting), re-read on every base check, so readdressing
   converges without a restart.
 """
 
@@ -27,6 +28,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from flannelish.backends.base import Backend, BackendContext, Skip
+from flannelish.backends.onlink import OnLink
 
 from flannelish.daemon.resources import Resource, RouteResource
 from flannelish.errors import ConfigError
@@ -38,19 +40,6 @@ log = logging.getLogger("flannelish.hostgw")
 WARN_INTERVAL = 30.0  # seconds between repeated warnings about one off-link peer
 
 
-def onlink_prefixes(netlink: Any, ifindex: int) -> list[IPv4Network]:
-    """The IPv4 prefixes configured on an interface: whose addresses are on its L2.
-
-    Also what VXLAN DirectRouting needs to decide, per peer, between a plain
-    route via the PublicIP and the tunnel.
-    """
-    return [
-        IPv4Network(f"{a.address}/{a.prefixlen}", strict=False)
-        for a in netlink.addrs(ifindex)
-        if isinstance(a.address, IPv4Address)
-    ]
-
-
 class HostGwBackend(Backend):
     backend_type = "host-gw"
 
@@ -58,7 +47,7 @@ class HostGwBackend(Backend):
         super().__init__(ctx)
         self._clock = clock
         self._routes: list[Resource] = [RouteResource(ctx.netlink)]
-        self._prefixes: list[IPv4Network] = []
+        self._onlink = OnLink(ctx.netlink, ctx.ext.index)
         self._warned: dict[IPv4Network, float] = {}
         self.lease: Lease | None = None
 
@@ -88,10 +77,10 @@ class HostGwBackend(Backend):
         return False
 
     def _refresh_prefixes(self) -> None:
-        self._prefixes = onlink_prefixes(self.ctx.netlink, self.ctx.ext.index)
+        self._onlink.refresh()
 
     def on_link(self, ip: IPv4Address) -> bool:
-        return any(ip in prefix for prefix in self._prefixes)
+        return ip in self._onlink
 
     def resources(self) -> Sequence[Resource]:
         return self._routes

@@ -17,6 +17,18 @@ Design (flannel.md §3, with its listed bugs fixed):
   by the reconciler; the route goes last so the kernel never ARPs for S.0.
 * The address ``<our subnet>.0/32`` marks the device as the gateway for our
   subnet's VTEP; any other address inside the network is removed.
+* DirectRouting (off by default): a peer whose PublicIP is on-link on the
+  external interface (inside one of its prefixes: same L2, no gateway; the
+  helper host-gw uses, flannelish.backends.onlink) gets only the plain route
+  ``S via P dev <ext>`` (our route protocol, like every route we own) and no
+  neighbour or FDB entry; every other peer keeps the tunnel.  The choice is
+  made per peer on every pass, from prefixes re-read on every base check, so
+  the reconciler's diff removes the other kind's entries when a peer changes
+  side (the route is replaced in place: same key).  Flannel instead runs
+  ``ip route get P`` per event and again on removal, so a topology change in
+  between deletes the wrong kind of entry.  The option is the one backend
+  setting applied live (:meth:`VxlanBackend.reconfigure`); the others shape
+  the device and need a restart.
 """
 
 from __future__ import annotations
@@ -25,12 +37,13 @@ import logging
 import os
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
 from flannelish.backends.base import Backend, BackendContext, Skip
+from flannelish.backends.onlink import OnLink
 
 from flannelish.daemon.resources import FdbResource, NeighResource, Resource, RouteResource
 from flannelish.errors import ConfigError, KernelError
@@ -42,6 +55,17 @@ log = logging.getLogger("flannelish.vxlan")
 DEFAULT_PORT = 8472  # the Linux default, used by Flannel (not IANA's 4789)
 OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 MIN_MTU = 68
+
+# VxlanOptions field -> its name in the config's Backend section
+OPTION_NAMES = {
+    "vni": "VNI",
+    "port": "Port",
+    "mtu": "MTU",
+    "gbp": "GBP",
+    "learning": "Learning",
+    "direct_routing": "DirectRouting",
+}
+LIVE_OPTIONS = frozenset({"direct_routing"})  # applied without a restart
 
 
 @dataclass(frozen=True)
@@ -123,8 +147,6 @@ class VxlanBackend(Backend):
     def __init__(self, ctx: BackendContext) -> None:
         super().__init__(ctx)
         self.options = VxlanOptions.parse(getattr(ctx.network, "backend", None))
-        if self.options.direct_routing:
-            log.warning("Backend.DirectRouting is not supported yet; using VXLAN for every peer")
         self.name = f"flannel.{self.options.vni}"
         self.port = self.options.port or DEFAULT_PORT
         base_mtu = self.options.mtu or ctx.ext.mtu
@@ -140,6 +162,8 @@ class VxlanBackend(Backend):
         self.mac: str = ""
         self.index: int | None = None
         self.lease: Lease | None = None
+        self._onlink = OnLink(ctx.netlink, ctx.ext.index)
+        self._paths: dict[Any, str] = {}  # peer subnet -> "direct" | "vxlan" (DirectRouting)
         self._resources: list[Resource] = [
             NeighResource(ctx.netlink, lambda: self.index),
             FdbResource(ctx.netlink, lambda: self.index),
@@ -181,6 +205,8 @@ class VxlanBackend(Backend):
         )
 
     def setup(self) -> None:
+        if self.options.direct_routing:
+            self._onlink.refresh()
         link = self._nl.link(self.name)
         stored = self.macs.load()
         if link is not None and self._compatible(link):
@@ -269,7 +295,46 @@ class VxlanBackend(Backend):
         self.index = link.index
         self._ensure_address()
         self._fix_link(link, up=self.lease is not None)
+        if self.options.direct_routing:
+            self._onlink.refresh()  # the underlay may have been readdressed
         return rebuilt
+
+    # -- live reconfiguration ------------------------------------------------------
+    def reconfigure(self, network: Any) -> list[str]:
+        """Apply DirectRouting from a changed config; name the options needing a restart.
+
+        Raises ConfigError if the new Backend section is invalid (nothing applied).
+        """
+        new = VxlanOptions.parse(getattr(network, "backend", None))
+        restart = [
+            OPTION_NAMES[f.name]
+            for f in fields(VxlanOptions)
+            if f.name not in LIVE_OPTIONS
+            and self._effective(new, f.name) != self._effective(self.options, f.name)
+        ]
+        if new.direct_routing != self.options.direct_routing:
+            if new.direct_routing:
+                self._onlink.refresh()  # before the first pass that plans with it
+            self._paths.clear()
+            self.options = replace(self.options, direct_routing=new.direct_routing)
+            log.info(
+                "DirectRouting turned %s",
+                "on" if new.direct_routing else "off",
+                extra={"direct_routing": new.direct_routing, "underlay": self.ctx.ext.name},
+            )
+        return restart
+
+    def _effective(self, options: VxlanOptions, name: str) -> Any:
+        """An option's value as the device sees it (Port 0 is 8472, no MTU is the underlay's)."""
+        if name == "port":
+            return options.port or DEFAULT_PORT
+        if name == "mtu":
+            return options.mtu or self.ctx.ext.mtu
+        return getattr(options, name)
+
+    def direct(self, ip: IPv4Address) -> bool:
+        """Would a peer with this PublicIP get a plain route (DirectRouting, on-link)?"""
+        return self.options.direct_routing and ip in self._onlink
 
     # -- peers -------------------------------------------------------------------
     def resources(self) -> Sequence[Resource]:
@@ -285,8 +350,6 @@ class VxlanBackend(Backend):
             return Skip(f"invalid VtepMAC: {exc}")
         if mac is None:
             return Skip("lease has no VtepMAC")
-        if self.index is None:
-            return Skip("device not present")
         # A misconfigured or cloned node must not hijack our own traffic.
         if mac == self.mac:
             return Skip(f"VtepMAC {mac} is our own")
@@ -294,11 +357,38 @@ class VxlanBackend(Backend):
             return Skip(f"PublicIP {attrs.public_ip} is our own")
         if self.lease is not None and peer.subnet.overlaps(self.lease.subnet):
             return Skip(f"subnet overlaps our lease {self.lease.subnet}")
+        if self.direct(attrs.public_ip):
+            self._note_path(peer, "direct")
+            return (Route(peer.subnet, attrs.public_ip, self.ctx.ext.index),)
+        if self.index is None:
+            return Skip("device not present")
+        if self.options.direct_routing:
+            self._note_path(peer, "vxlan")
         gateway = peer.subnet.network_address
         return (
             Neigh(self.index, gateway, mac),
             Fdb(self.index, mac, attrs.public_ip),
             Route(peer.subnet, gateway, self.index, onlink=True),
+        )
+
+    def _note_path(self, peer: Lease, path: str) -> None:
+        """With DirectRouting: one line whenever a peer moves between route and tunnel."""
+        previous = self._paths.get(peer.subnet)
+        if previous == path:
+            return
+        self._paths[peer.subnet] = path
+        how = (
+            f"direct route via {peer.attrs.public_ip} dev {self.ctx.ext.name}"
+            if path == "direct"
+            else f"VXLAN: PublicIP {peer.attrs.public_ip} is not on-link on {self.ctx.ext.name}"
+        )
+        # First sight: the reconciler's "set ..." line says it already; a change is news.
+        log.log(
+            logging.INFO if previous is not None else logging.DEBUG,
+            "peer %s: %s",
+            peer.subnet,
+            how,
+            extra={"peer": str(peer.subnet), "public_ip": str(peer.attrs.public_ip), "path": path},
         )
 
 

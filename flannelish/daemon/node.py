@@ -6,8 +6,11 @@ the lease can carry the VTEP MAC) → lease (preferring the subnet in our old
 subnet.env) → device address → node operations (health server, nftables
 owner; flannelish.nodeops) → subnet.env → CNI socket → peer watch, one
 reconcile loop per owner (the backend's never waits for a slower one),
-kernel change monitor and lease keeper.  No pass runs before the watch's
-first snapshot: an empty peer table then means "unknown", not "no peers".
+kernel change monitor, lease keeper and config watch (the network config is
+re-read every resync interval; live backend options such as VXLAN
+DirectRouting are applied without a restart, flannelish.daemon.configwatch).
+No pass runs before the watch's first snapshot: an empty peer table then
+means "unknown", not "no peers".
 
 Threads report fatal errors through :meth:`NodeDaemon.fail`; the main thread
 then stops everything and re-raises, so the CLI prints one line and exits
@@ -107,6 +110,7 @@ class NodeDaemon:
         self.ops: Any = None  # flannelish.nodeops.NodeOps (issue 8), when enabled
         self._advertised: Any = None  # last backend attributes we re-put into the lease
         self._owners: list[Any] = []
+        self.config_watch: Any = None  # flannelish.daemon.configwatch.ConfigWatch
 
     # -- wiring ------------------------------------------------------------------
     def _make_manager(self) -> Any:
@@ -273,6 +277,20 @@ class NodeDaemon:
         if self._kernel_notifications:
             self._start_monitor()
         self._start_keeper(manager, lease)
+        self._start_config_watch(manager)
+
+    def _start_config_watch(self, manager: Any) -> None:
+        """Re-read the network config every resync; hand changes to the running backend."""
+        from flannelish.daemon.configwatch import ConfigWatch
+
+        self.config_watch = ConfigWatch(
+            lambda: manager.get_network_config(wait=False),
+            self._config,
+            self.backend,
+            lambda: self._trigger_all(check_base=True),
+            self.options.resync_seconds,
+        )
+        self._spawn("config-watch", self.config_watch.run, self.stop_event)
 
     def _make_loop(self, owner: Any, on_pass: Any) -> ReconcileLoop:
         return ReconcileLoop(
