@@ -13,6 +13,11 @@ One pass:
    neigh), so a changed MAC's old FDB entry is gone before the new one lands
    and the kernel never has a route without its neighbour.  Within a peer,
    a failed step skips that peer's later steps; the next pass retries.
+   One exception: a peer whose changes only replace existing objects in
+   place (same key, one object under it) is applied *before* the deletions.
+   That is what a peer switching from VXLAN to a direct route needs (VXLAN
+   DirectRouting): its route is re-pointed first, then its neighbour and FDB
+   entries go, so no packet ever meets a route without its neighbour.
 
 The diff is a pure function so it is unit-tested without a kernel.
 """
@@ -50,10 +55,12 @@ class Owner(Protocol):
 class Diff:
     remove: list[Any] = field(default_factory=list)  # already in removal order
     apply: list[list[Any]] = field(default_factory=list)  # per peer, in apply order
+    # per peer, in apply order, before `remove`: groups that only replace objects in place
+    early: list[list[Any]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not self.remove and not any(self.apply)
+        return not self.remove and not any(self.apply) and not any(self.early)
 
 
 def diff(
@@ -67,7 +74,9 @@ def diff(
     * an actual object that differs from the desired one under the same key
       is replaced in place, unless several actual objects share the key (an
       FDB MAC with two remotes): then all differing ones are removed first;
-    * a desired object not present exactly is (re)applied.
+    * a desired object not present exactly is (re)applied; a peer's group
+      goes to ``early`` (applied before the removals) when each of its
+      objects replaces the single actual object under the same key.
     """
     by_type = {r.record: r for r in resources}
     desired: dict[tuple[str, Hashable], Any] = {}
@@ -78,6 +87,7 @@ def diff(
 
     result = Diff()
     present: set[Any] = set()
+    in_place: set[tuple[str, Hashable]] = set()  # keys whose one object is replaced
     for res in reversed(resources):
         objs = actual.get(res.kind, ())
         counts = Counter(res.key(o) for o in objs)
@@ -88,9 +98,16 @@ def diff(
                 result.remove.append(obj)
             elif want == obj:
                 present.add(obj)
+            else:
+                in_place.add((res.kind, k))
     for group in desired_groups:
         todo = [obj for obj in group if obj not in present]
-        if todo:
+        if not todo:
+            continue
+        slots = [(by_type[type(obj)].kind, by_type[type(obj)].key(obj)) for obj in todo]
+        if result.remove and all(slot in in_place for slot in slots):
+            result.early.append(todo)
+        else:
             result.apply.append(todo)
     return result
 
@@ -160,6 +177,7 @@ class Reconciler:
                 return
         plan = diff(resources, groups, actual)
         by_type = {r.record: r for r in resources}
+        self._apply(plan.early, by_type, result)
         for obj in plan.remove:
             res = by_type[type(obj)]
             try:
@@ -170,7 +188,12 @@ class Reconciler:
                 continue
             result.changes += 1
             log.info("deleted %s", res.kind, extra={"op": "delete", **describe(obj)})
-        for group in plan.apply:
+        self._apply(plan.apply, by_type, result)
+
+    def _apply(
+        self, groups: Sequence[Sequence[Any]], by_type: Mapping[type, Resource], result: PassResult
+    ) -> None:
+        for group in groups:
             done: dict[str, str] = {}
             kinds = []
             for obj in group:

@@ -114,19 +114,36 @@ def test_direct_routing_on_one_segment_and_toggled_live(
     assert vxlan == 0, "pod traffic was encapsulated although DirectRouting is on"
     assert plain >= 6, f"pod ICMP not seen unencapsulated on the underlay ({plain})"
 
-    # Operator turns DirectRouting off in etcd: VXLAN for every peer, no restart.
-    underlay_etcd.etcdctl("put", f"{PREFIX}/config", net_config(False))
-    wait_for(lambda: converged(daemons, False), 10, what="VXLAN routes after turning it off")
-    cap = Capture(underlay.netns, tmp_path / "vxlan.pcap")
+    # A continuous ping runs through both flips: switching loses nothing (the route
+    # is re-pointed before the neighbour/FDB entries go, and added after they exist).
+    pinger = subprocess.Popen(
+        ["ip", "netns", "exec", pods[0], "ping", "-q", "-i", "0.05", "-W", "1",
+         str(daemons[1].subnet.network_address + 2)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
     try:
-        ping_all(pods, daemons)
-    finally:
-        vxlan, plain = cap.stop()
-    assert vxlan >= 6 and plain == 0, (vxlan, plain)
+        time.sleep(0.5)
+        # Operator turns DirectRouting off in etcd: VXLAN for every peer, no restart.
+        underlay_etcd.etcdctl("put", f"{PREFIX}/config", net_config(False))
+        wait_for(lambda: converged(daemons, False), 10, what="VXLAN routes after turning it off")
+        cap = Capture(underlay.netns, tmp_path / "vxlan.pcap")
+        try:
+            ping_all(pods, daemons)
+        finally:
+            vxlan, plain = cap.stop()
+        assert vxlan >= 6 and plain == 0, (vxlan, plain)
 
-    # ... and on again: back to plain routes, neigh/FDB of the near peers removed.
-    underlay_etcd.etcdctl("put", f"{PREFIX}/config", net_config(True))
-    wait_for(lambda: converged(daemons, True), 10, what="direct routes after turning it on")
+        # ... and on again: back to plain routes, neigh/FDB of the near peers removed.
+        underlay_etcd.etcdctl("put", f"{PREFIX}/config", net_config(True))
+        wait_for(lambda: converged(daemons, True), 10, what="direct routes after turning it on")
+        time.sleep(0.5)
+        pinger.send_signal(signal.SIGINT)  # our own ping, by its PID: prints its summary
+        out, _ = pinger.communicate(timeout=10)
+    finally:
+        if pinger.poll() is None:
+            pinger.kill()
+            pinger.wait()
+    assert " 0% packet loss" in out, out
     ping_all(pods, daemons)
     assert [d.proc.pid for d in daemons if d.proc is not None] == pids  # never restarted
     for d in daemons:

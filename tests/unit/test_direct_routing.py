@@ -20,7 +20,8 @@ from flannelish.backends.vxlan import VxlanBackend
 from flannelish.config import parse_network_config
 from flannelish.daemon.configwatch import ConfigWatch
 from flannelish.daemon.node import DaemonOptions, NodeDaemon
-from flannelish.daemon.reconciler import Reconciler
+from flannelish.daemon.reconciler import Reconciler, diff
+from flannelish.daemon.resources import FdbResource, NeighResource, RouteResource
 from flannelish.errors import ConfigError, EtcdError
 from flannelish.netlink import ROUTE_PROTO, Addr, FakeNetlink, Fdb, Neigh, Route
 from flannelish.subnet.lease import Lease, LeaseAttrs
@@ -159,7 +160,8 @@ def test_switching_on_removes_neigh_and_fdb_and_replaces_the_route(tmp_path):
     k.nl.calls.clear()
     k.backend.reconfigure(parse_network_config(config(True)))
     k.rec.reconcile(peers)
-    assert [op for op, _ in k.nl.calls] == ["del_fdb", "del_neigh", "replace_route"]
+    # The route is re-pointed first: no packet meets a tunnel route without its neighbour.
+    assert [op for op, _ in k.nl.calls] == ["replace_route", "del_fdb", "del_neigh"]
     assert state(k) == (
         ["10.244.3.0"],
         ["0e:00:00:00:00:03"],
@@ -174,6 +176,29 @@ def test_switching_on_removes_neigh_and_fdb_and_replaces_the_route(tmp_path):
         ["0e:00:00:00:00:02", "0e:00:00:00:00:03"],
         [vxlan_route(k, 2), vxlan_route(k, 3)],
     )
+
+
+def test_diff_applies_pure_in_place_replacements_before_the_deletions():
+    nl = FakeNetlink()
+    resources = [NeighResource(nl, lambda: 5), FdbResource(nl, lambda: 5), RouteResource(nl)]
+    subnet, gw, mac = IPv4Network("10.244.2.0/24"), IPv4Address("10.244.2.0"), "0e:00:00:00:00:02"
+    tunnel = [
+        Neigh(5, gw, mac),
+        Fdb(5, mac, IPv4Address("198.18.0.2")),
+        Route(subnet, gw, 5, onlink=True),
+    ]
+    direct = [Route(subnet, IPv4Address("198.18.0.2"), 2)]
+    actual = {"neigh": [tunnel[0]], "fdb": [tunnel[1]], "route": [tunnel[2]]}
+    plan = diff(resources, [direct], actual)
+    assert plan.early == [direct] and plan.apply == [] and plan.remove == tunnel[1::-1]
+    # the other way round nothing is removed: neigh, fdb, then the route, in one group
+    plan = diff(resources, [tunnel], {"neigh": [], "fdb": [], "route": direct})
+    assert plan.early == [] and plan.remove == [] and plan.apply == [tunnel]
+    # a group that also adds a new key waits for the deletions (a changed MAC: old FDB first)
+    new_mac = "0e:aa:00:00:00:02"
+    changed = [Neigh(5, gw, new_mac), Fdb(5, new_mac, IPv4Address("198.18.0.2")), tunnel[2]]
+    plan = diff(resources, [changed], actual)
+    assert plan.early == [] and plan.remove == [tunnel[1]] and plan.apply == [changed[:2]]
 
 
 def test_peer_moving_on_or_off_link_changes_kind_without_stale_entries(tmp_path):
