@@ -151,24 +151,20 @@ class RouteEvents:
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
-        from flannelish.daemon import rtnl
+        from flannelish import rtnl
         from flannelish.netlink import ROUTE_PROTO
 
         while True:
             data = self._sock.recv(1 << 16)
             now = time.time()
-            offset = 0
-            while offset + rtnl.HDR.size <= len(data):
-                length, mtype, _f, _s, _p = rtnl.HDR.unpack_from(data, offset)
-                body = offset + rtnl.HDR.size
+            for mtype, _flags, _seq, body, end in rtnl.messages(data):
                 if mtype in (rtnl.RTM_NEWROUTE, rtnl.RTM_DELROUTE):
                     fields = rtnl.RTMSG.unpack_from(data, body)
-                    attrs = rtnl.parse_attrs(data, body + rtnl.RTMSG.size, offset + length)
+                    attrs = rtnl.parse_attrs(data, body + rtnl.RTMSG.size, end)
                     if fields[5] == ROUTE_PROTO and rtnl.RTA_DST in attrs:
                         dst = IPv4Network((bytes(attrs[rtnl.RTA_DST]), fields[1]))
                         kind = "add" if mtype == rtnl.RTM_NEWROUTE else "del"
                         self.seen.setdefault((kind, dst), now)
-                offset += (length + 3) & ~3
 
     def wait(self, kind: str, dst: IPv4Network, timeout: float = 5.0) -> float:
         deadline = time.monotonic() + timeout

@@ -11,8 +11,8 @@ Modules, in the order a call passes through them:
 * ``bridge``   ADD/DEL/CHECK/GC/STATUS with rollback on failure
 * ``ipam``     host-local compatible allocator and on-disk store (flock)
 * ``delegate`` runs another IPAM plugin from CNI_PATH
-* ``kernel``   namespaces (per-thread setns), links, addresses, routes, sysctls
-* ``rtnl``     the rtnetlink messages themselves (socket + struct)
+* ``kernel``   namespaces (per-thread setns), links, addresses, routes, sysctls;
+               the rtnetlink messages are flannelish.rtnl's (shared with the daemon)
 * ``masq``     per-container masquerade with nftables
 * ``result``   results shaped per cniVersion
 * ``install``  launcher + conflist for ``flannelish install-cni``

@@ -9,7 +9,8 @@ os.setns, hence ctypes): a netlink socket stays bound to the namespace it was
 created in, /proc/sys/net and child processes follow the calling thread's
 namespace.  This is what lets the daemon's worker threads serve callers from
 any namespace concurrently, and the in-process path use the very same code.
-The netlink messages themselves are built in rtnl.py (standard library only).
+The netlink messages themselves are built in flannelish.rtnl (standard
+library only, shared with the daemon).
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import contextlib
 import ctypes
 import errno
 import os
+import socket
 from collections.abc import Iterator
 
+from flannelish import rtnl
 from flannelish.errors import CniCode, KernelError
+from flannelish.rtnl import LinkMsg, RtnlSocket, mac_str
 
-from . import rtnl
 from .protocol import CniError
-from .rtnl import RawLink, Rtnl, mac_text
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -115,7 +117,7 @@ class Netlink:
 
     def __init__(self, netns_fd: int | None = None) -> None:
         with entered(netns_fd):
-            self.nl = Rtnl()
+            self.nl = RtnlSocket()
         self.netns_fd = netns_fd
 
     def close(self) -> None:
@@ -140,7 +142,7 @@ class Netlink:
     # links -----------------------------------------------------------------
     def link(self, name: str) -> LinkInfo | None:
         try:
-            return self._info(self.nl.get_link(name=name))
+            return self._info(self.nl.link(name=name))
         except OSError as exc:
             if exc.errno in _GONE:
                 return None
@@ -148,17 +150,17 @@ class Netlink:
 
     def link_by_index(self, index: int) -> LinkInfo | None:
         try:
-            return self._info(self.nl.get_link(index=index))
+            return self._info(self.nl.link(index=index))
         except OSError:
             return None
 
     @staticmethod
-    def _info(raw: RawLink) -> LinkInfo:
+    def _info(raw: LinkMsg) -> LinkInfo:
         return LinkInfo(
             index=raw.index,
             name=raw.name,
             kind=raw.kind,
-            mac=mac_text(raw.attrs.get(rtnl.IFLA_ADDRESS, b"")),
+            mac=mac_str(raw.attrs.get(rtnl.IFLA_ADDRESS, b"")),
             mtu=raw.u32(rtnl.IFLA_MTU),
             master=raw.u32(rtnl.IFLA_MASTER),
             promisc=bool(raw.flags & rtnl.IFF_PROMISC),
@@ -194,16 +196,8 @@ class Netlink:
         master: int | None = None,
         promisc: bool | None = None,
     ) -> None:
-        flags = change = 0
-        if up is not None:
-            change |= rtnl.IFF_UP
-            flags |= rtnl.IFF_UP if up else 0
-        if promisc is not None:
-            change |= rtnl.IFF_PROMISC
-            flags |= rtnl.IFF_PROMISC if promisc else 0
-        attrs = rtnl.u32(rtnl.IFLA_MASTER, master) if master is not None else b""
         try:
-            self.nl.set_link(index, attrs, flags, change)
+            self.nl.set_link(index, up=up, master=master, promisc=promisc)
         except OSError as exc:
             raise _kernel_error(what, exc) from None
 
@@ -245,18 +239,23 @@ class Netlink:
 
     # addresses and routes ---------------------------------------------------
     def addresses(self, index: int, family: int = 0) -> list[tuple[str, int]]:
-        return [(a, p) for i, a, p in self.nl.addresses(family) if i == index]
+        """(address, prefixlen) of link `index` in `family` (0: all)."""
+        return [
+            (socket.inet_ntop(_af(m.family), m.address), m.prefixlen)
+            for m in self.nl.addrs(family)
+            if m.index == index and m.address
+        ]
 
     def add_address(self, index: int, address: str, prefixlen: int) -> None:
         try:
-            self.nl.change_address(True, index, address, prefixlen)
+            self.nl.addr("add", index, _packed(address), prefixlen)
         except OSError as exc:
             if exc.errno != errno.EEXIST:
                 raise _kernel_error(f"add address {address}/{prefixlen}", exc) from None
 
     def del_address(self, index: int, address: str, prefixlen: int) -> None:
         try:
-            self.nl.change_address(False, index, address, prefixlen)
+            self.nl.addr("del", index, _packed(address), prefixlen)
         except OSError as exc:
             raise _kernel_error(f"delete address {address}/{prefixlen}", exc) from None
 
@@ -271,11 +270,40 @@ class Netlink:
     ) -> None:
         net, _, prefix = dst.partition("/")
         try:
-            self.nl.add_route(net, int(prefix), gateway, index, priority, table, scope)
+            self.nl.route(
+                "add",
+                _packed(net),
+                int(prefix),
+                _packed(gateway) if gateway else None,
+                index,
+                table=rtnl.RT_TABLE_MAIN if table is None else table,
+                scope=scope,
+                priority=priority,
+            )
         except OSError as exc:
             via = f" via {gateway}" if gateway else ""
             raise _kernel_error(f"add route {dst}{via}", exc) from None
 
     def routes(self, family: int) -> list[tuple[str, str | None, int]]:
-        """(dst CIDR, gateway, oif) of the main table."""
-        return self.nl.routes(family)
+        """(dst CIDR, gateway, oif) of the unicast routes in the main table."""
+        result = []
+        for m in self.nl.routes(family):
+            if m.table != rtnl.RT_TABLE_MAIN or m.type != rtnl.RTN_UNICAST:
+                continue
+            af = _af(m.family)
+            raw_dst, raw_gw = m.attrs.get(rtnl.RTA_DST), m.attrs.get(rtnl.RTA_GATEWAY)
+            if raw_dst is not None:
+                dst = socket.inet_ntop(af, raw_dst)
+            else:
+                dst = "0.0.0.0" if af == socket.AF_INET else "::"
+            gw = socket.inet_ntop(af, raw_gw) if raw_gw is not None else None
+            result.append((f"{dst}/{m.dst_len}", gw, m.u32(rtnl.RTA_OIF)))
+        return result
+
+
+def _af(family: int) -> int:
+    return socket.AF_INET if family == socket.AF_INET else socket.AF_INET6
+
+
+def _packed(address: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)

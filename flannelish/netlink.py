@@ -6,7 +6,7 @@ Three parts:
   :class:`Route`) so the rest of the code never sees pyroute2 messages;
 * the :class:`Netlink` protocol with three implementations: :class:`RawNetlink`
   (the real kernel through hand-packed rtnetlink messages, see
-  :mod:`flannelish.daemon.rtnl`; what the daemon uses: fast, and no pyroute2
+  :mod:`flannelish.rtnl`; what the daemon uses: fast, and no pyroute2
   import), :class:`PyRoute2Netlink` (links and addresses through pyroute2, a
   cross-check for the raw encoder in the kernel tests) and
   :class:`FakeNetlink` (an in-memory kernel for root-free unit tests, which
@@ -36,11 +36,12 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, ip_address
 from typing import Any, Protocol
 
-from flannelish.daemon.rtnl import (
+from flannelish.errors import KernelError
+from flannelish.rtnl import (
     AF_BRIDGE,
-    IFA_ADDRESS,
-    IFA_LOCAL,
+    IFADDRMSG,
     IFF_UP,
+    IFINFOMSG,
     IFLA_ADDRESS,
     IFLA_VXLAN_ID,
     IFLA_VXLAN_LEARNING,
@@ -49,19 +50,32 @@ from flannelish.daemon.rtnl import (
     IFLA_VXLAN_PORT,
     NDA_DST,
     NDA_LLADDR,
+    NDMSG,
     NTF_SELF,
     NUD_NOARP,
     NUD_PERMANENT,
+    RT_SCOPE_UNIVERSE,
     RTA_DST,
     RTA_GATEWAY,
     RTA_OIF,
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_DELNEIGH,
+    RTM_DELROUTE,
+    RTM_NEWLINK,
+    RTM_NEWNEIGH,
+    RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV4_ROUTE,
+    RTMGRP_LINK,
+    RTMGRP_NEIGH,
+    RTMSG,
     RTNH_F_ONLINK,
     LinkMsg,
     RtnlSocket,
     is_missing,
     mac_str,
+    messages,
 )
-from flannelish.errors import KernelError
 
 ROUTE_PROTO = 0x46  # "F": marks routes flannelish owns
 MAIN_TABLE = 254
@@ -237,20 +251,26 @@ class _RtnlEntries:
     def replace_route(self, route: Route) -> None:
         gw = route.gateway.packed if route.gateway is not None else None
         with self._raw("route replace", route.dst):
-            self._rtnl.route_replace(
+            self._rtnl.route(
+                "replace",
                 route.dst.network_address.packed,
                 route.dst.prefixlen,
                 gw,
                 route.oif,
-                route.onlink,
-                route.proto,
-                MAIN_TABLE,
+                proto=route.proto,
+                table=MAIN_TABLE,
+                scope=RT_SCOPE_UNIVERSE,
+                onlink=route.onlink,
             )
 
     def del_route(self, route: Route) -> None:
         with self._raw("route del", route.dst, missing_ok=True):
-            self._rtnl.route_del(
-                route.dst.network_address.packed, route.dst.prefixlen, route.proto, MAIN_TABLE
+            self._rtnl.route(
+                "del",
+                route.dst.network_address.packed,
+                route.dst.prefixlen,
+                proto=route.proto,
+                table=MAIN_TABLE,
             )
 
     def neighs(self, ifindex: int) -> list[Neigh]:
@@ -359,23 +379,22 @@ class RawNetlink(_RtnlEntries):
 
     def delete_link(self, index: int) -> None:
         with self._raw("link del", f"ifindex {index}", missing_ok=True):
-            self._rtnl.link_del(index)
+            self._rtnl.del_link(index)
 
     def set_link(
         self, index: int, *, mtu: int | None = None, mac: str | None = None, up: bool | None = None
     ) -> None:
         with self._raw("link set", f"ifindex {index}"):
-            self._rtnl.link_set(index, mtu, mac, up)
+            self._rtnl.set_link(index, mtu=mtu, mac=mac, up=up)
 
     def addrs(self, index: int | None = None) -> list[Addr]:
         with self._raw("addr dump", f"ifindex {index}"):
-            msgs = self._rtnl.addrs()
-        out = []
-        for m in msgs:
-            raw = m.attrs.get(IFA_LOCAL) or m.attrs.get(IFA_ADDRESS)
-            if raw and len(raw) == 4 and (index is None or m.index == index):
-                out.append(Addr(m.index, IPv4Address(raw), m.prefixlen))
-        return out
+            msgs = self._rtnl.addrs(socket.AF_INET)
+        return [
+            Addr(m.index, IPv4Address(m.address), m.prefixlen)
+            for m in msgs
+            if len(m.address) == 4 and (index is None or m.index == index)
+        ]
 
     def add_addr(self, addr: Addr) -> None:
         with self._raw("addr add", f"{addr.address}/{addr.prefixlen}"):
@@ -668,20 +687,6 @@ class FakeNetlink:
 
 # -- change notifications ----------------------------------------------------------
 
-RTMGRP_LINK = 0x1
-RTMGRP_NEIGH = 0x4
-RTMGRP_IPV4_IFADDR = 0x10
-RTMGRP_IPV4_ROUTE = 0x40
-RTM_NEWLINK, RTM_DELLINK = 16, 17
-RTM_DELADDR = 21
-RTM_DELROUTE = 25
-RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
-_NLMSGHDR = struct.Struct("=IHHII")
-_IFINFOMSG = struct.Struct("=BxHiII")
-_IFADDRMSG = struct.Struct("=BBBBI")
-_RTMSG = struct.Struct("=BBBBBBBBI")
-_NDMSG = struct.Struct("=BxxxiHBB")
-
 
 @dataclass(frozen=True)
 class Change:
@@ -695,21 +700,16 @@ class Change:
 def parse_changes(data: bytes) -> list[Change]:
     """Decode the fixed headers of the rtnetlink messages in one datagram."""
     out: list[Change] = []
-    offset = 0
-    while offset + _NLMSGHDR.size <= len(data):
-        length, mtype, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-        if length < _NLMSGHDR.size:
-            break
-        body = offset + _NLMSGHDR.size
-        if mtype in (RTM_NEWLINK, RTM_DELLINK) and length >= 16 + _IFINFOMSG.size:
-            out.append(Change(mtype, ifindex=_IFINFOMSG.unpack_from(data, body)[2]))
-        elif mtype == RTM_DELADDR and length >= 16 + _IFADDRMSG.size:
-            out.append(Change(mtype, ifindex=_IFADDRMSG.unpack_from(data, body)[4]))
-        elif mtype == RTM_DELROUTE and length >= 16 + _RTMSG.size:
-            out.append(Change(mtype, proto=_RTMSG.unpack_from(data, body)[5]))
-        elif mtype in (RTM_NEWNEIGH, RTM_DELNEIGH) and length >= 16 + _NDMSG.size:
-            out.append(Change(mtype, ifindex=_NDMSG.unpack_from(data, body)[1]))
-        offset += (length + 3) & ~3
+    for mtype, _flags, _seq, body, end in messages(data):
+        size = end - body
+        if mtype in (RTM_NEWLINK, RTM_DELLINK) and size >= IFINFOMSG.size:
+            out.append(Change(mtype, ifindex=IFINFOMSG.unpack_from(data, body)[2]))
+        elif mtype == RTM_DELADDR and size >= IFADDRMSG.size:
+            out.append(Change(mtype, ifindex=IFADDRMSG.unpack_from(data, body)[4]))
+        elif mtype == RTM_DELROUTE and size >= RTMSG.size:
+            out.append(Change(mtype, proto=RTMSG.unpack_from(data, body)[5]))
+        elif mtype in (RTM_NEWNEIGH, RTM_DELNEIGH) and size >= NDMSG.size:
+            out.append(Change(mtype, ifindex=NDMSG.unpack_from(data, body)[1]))
     return out
 
 

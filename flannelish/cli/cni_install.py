@@ -10,6 +10,7 @@ import re
 
 import click
 
+from flannelish.cli.node import DEFAULT_SUBNET_FILE
 from flannelish.errors import ConfigError, FlannelishError
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
@@ -36,7 +37,7 @@ _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 )
 @click.option(
     "--subnet-file",
-    default="/run/flannel/subnet.env",
+    default=DEFAULT_SUBNET_FILE,
     show_default=True,
     help="The daemon's subnet.env; the plugin derives its settings from it and "
     "finds the daemon's socket next to it.",

@@ -14,10 +14,8 @@ from typing import Any
 import click
 
 from flannelish.cli.etcd_options import etcd_options
-from flannelish.cli.node import node_ops_options
+from flannelish.cli.node import node_ops_options, renew_margin_option, subnet_file_option
 from flannelish.logs import LOG_FORMATS, setup_logging
-
-DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -47,15 +45,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
     show_envvar=True,
     help="IPv4 address peers reach this node on (default: the interface address).",
 )
-@click.option(
-    "--subnet-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_SUBNET_FILE,
-    show_default=True,
-    envvar="FLANNELD_SUBNET_FILE",
-    show_envvar=True,
-    help="Where subnet.env is written; the VTEP MAC and the CNI socket live next to it.",
-)
+@subnet_file_option("Where subnet.env is written; the VTEP MAC and the CNI socket live next to it.")
 @click.option(
     "--ip-masq/--no-ip-masq",
     default=False,
@@ -64,15 +54,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
     show_envvar=True,
     help="Write FLANNEL_IPMASQ=true to subnet.env (the node, not the CNI bridge, masquerades).",
 )
-@click.option(
-    "--subnet-lease-renew-margin",
-    type=click.IntRange(1, 1439),
-    default=60,
-    show_default=True,
-    envvar="FLANNELD_SUBNET_LEASE_RENEW_MARGIN",
-    show_envvar=True,
-    help="Minutes before the lease expires to renew it.",
-)
+@renew_margin_option("Minutes before the lease expires to renew it.")
 @click.option(
     "--resync-interval",
     type=click.FloatRange(min=0.1),

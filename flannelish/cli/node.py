@@ -27,6 +27,32 @@ from flannelish.errors import ConfigError, ExitCode, NotAvailableError
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 
 
+def subnet_file_option(help_text: str) -> Any:
+    """--subnet-file as the daemon takes it (shared with `daemon`)."""
+    return click.option(
+        "--subnet-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=DEFAULT_SUBNET_FILE,
+        show_default=True,
+        envvar="FLANNELD_SUBNET_FILE",
+        show_envvar=True,
+        help=help_text,
+    )
+
+
+def renew_margin_option(help_text: str) -> Any:
+    """--subnet-lease-renew-margin in minutes, as the daemon takes it (shared with `daemon`)."""
+    return click.option(
+        "--subnet-lease-renew-margin",
+        type=click.IntRange(1, 1439),
+        default=60,
+        show_default=True,
+        envvar="FLANNELD_SUBNET_LEASE_RENEW_MARGIN",
+        show_envvar=True,
+        help=help_text,
+    )
+
+
 def healthz_options(command: Any) -> Any:
     """--healthz-ip/--healthz-port with the daemon's env names (shared with `daemon`)."""
     command = click.option(
@@ -199,24 +225,10 @@ _STYLE = {"error": "red", "warning": "yellow", "info": "cyan"}
 
 @click.command("doctor")
 @etcd_options
-@click.option(
-    "--subnet-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_SUBNET_FILE,
-    show_default=True,
-    envvar="FLANNELD_SUBNET_FILE",
-    show_envvar=True,
-)
+@subnet_file_option("The daemon's subnet.env.")
 @click.option("--device", default=None, help="Overlay device  [default: the flannel.* vxlan]")
 @click.option("--no-etcd", is_flag=True, help="Skip the lease checks (no etcd access).")
-@click.option(
-    "--subnet-lease-renew-margin",
-    type=click.IntRange(1, 1439),
-    default=60,
-    show_default=True,
-    envvar="FLANNELD_SUBNET_LEASE_RENEW_MARGIN",
-    help="Minutes; a lease closer to expiry than this was not renewed.",
-)
+@renew_margin_option("Minutes; a lease closer to expiry than this was not renewed.")
 @click.option("--json", "as_json", is_flag=True, help="Print findings as JSON.")
 def doctor_command(
     etcd: Any,

@@ -37,16 +37,8 @@ from flannelish.daemon.iface import select_interface
 from flannelish.daemon.peers import PeerTable
 from flannelish.daemon.reconciler import PassResult, ReconcileLoop, Reconciler
 from flannelish.errors import ConfigError, FlannelishError
-from flannelish.netlink import (
-    ROUTE_PROTO,
-    RTM_DELADDR,
-    RTM_DELLINK,
-    RTM_DELNEIGH,
-    RTM_DELROUTE,
-    RTM_NEWLINK,
-    Change,
-    ChangeMonitor,
-)
+from flannelish.netlink import ROUTE_PROTO, Change, ChangeMonitor
+from flannelish.rtnl import RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE, RTM_NEWLINK
 from flannelish.subnet.lease import Lease
 from flannelish.subnet_env import SubnetEnv, previous_subnet, write_subnet_env
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import struct
 
-from flannelish.daemon import rtnl
-from flannelish.netlink import RTM_DELLINK, RTM_DELROUTE, Change, parse_changes
+from flannelish import rtnl
+from flannelish.netlink import Change, parse_changes
+from flannelish.rtnl import RTM_DELLINK, RTM_DELROUTE
 
 
 def test_attrs_are_padded_to_four_bytes_and_parse_back():
@@ -13,7 +14,7 @@ def test_attrs_are_padded_to_four_bytes_and_parse_back():
         rtnl.NDA_DST, bytes([10, 244, 2, 0])
     )
     assert len(blob) == 12 + 8  # 4+6 padded to 12, then 4+4
-    attrs = rtnl.parse_attrs(blob, 0, len(blob))
+    attrs = rtnl.parse_attrs(blob)
     assert rtnl.mac_str(attrs[rtnl.NDA_LLADDR]) == "0e:00:00:00:00:01"
     assert attrs[rtnl.NDA_DST] == bytes([10, 244, 2, 0])
 
