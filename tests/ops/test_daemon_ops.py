@@ -9,11 +9,12 @@ from ipaddress import IPv4Interface
 from pathlib import Path
 
 import pytest
-from conftest import Node, build_pod
-from ophelpers import Daemon, UdpReceiver, ping, send_spoofed_vxlan, send_udp, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from flannelish.testing.proc import run
+
+from .conftest import Node, build_pod
+from .ophelpers import Daemon, UdpReceiver, ping, send_spoofed_vxlan, send_udp, wait_for
 
 pytestmark = pytest.mark.slow  # real daemons: about 10 s per test
 

@@ -8,10 +8,11 @@ from ipaddress import IPv4Interface
 from pathlib import Path
 
 import pytest
-from conftest import Node, build_pod
-from ophelpers import Daemon, ping, wait_for
 
 from flannelish.testing.proc import run
+
+from .conftest import Node, build_pod
+from .ophelpers import Daemon, ping, wait_for
 
 pytestmark = pytest.mark.slow  # real daemons: about 10 s per test
 

@@ -6,14 +6,15 @@ import logging
 from ipaddress import IPv4Address, IPv4Network
 from types import SimpleNamespace
 
-from conftest import build_node
 from flannelish.backends.base import BackendContext, ExternalInterface
 from flannelish.backends.hostgw import HostGwBackend
-from ophelpers import ping
 
 from flannelish.daemon.reconciler import Reconciler
 from flannelish.netlink import PyRoute2Netlink
 from flannelish.subnet.lease import Lease, LeaseAttrs
+
+from .conftest import build_node
+from .ophelpers import ping
 
 NET = SimpleNamespace(network=IPv4Network("10.244.0.0/16"), backend={"Type": "host-gw"})
 

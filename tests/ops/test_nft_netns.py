@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from conftest import NETWORK, PORT
-from ophelpers import UdpReceiver, ping, send_spoofed_vxlan, send_udp
 
 from flannelish.nft import NftCli, NftRules
 from flannelish.testing.proc import run
+
+from .conftest import NETWORK, PORT
+from .ophelpers import UdpReceiver, ping, send_spoofed_vxlan, send_udp
 
 
 def nft_rules(overlay_node, **kwargs) -> NftRules:
