@@ -207,6 +207,20 @@ class HistoryCompacted(Exception):  # a signal to re-list, not a failure
         self.compact_revision = compact_revision
 
 
+class ClusterReset(Exception):  # a signal to re-list, not a failure
+    """etcd's revision is below one we already saw: the cluster was recreated without its
+    data (restored from scratch on the same endpoint).  A watch resuming from the old
+    revision would wait silently until the new cluster's revision catches up."""
+
+    def __init__(self, revision: int, last_seen: int) -> None:
+        super().__init__(
+            f"etcd is at revision {revision}, below revision {last_seen} seen before: "
+            "the cluster was recreated without its data"
+        )
+        self.revision = revision
+        self.last_seen = last_seen
+
+
 @dataclass(frozen=True)
 class KeyValue:
     """One key as read from etcd (or from a watch event)."""
@@ -498,14 +512,17 @@ class WatchStream:
     """One etcd watch stream, read by a background thread into a queue.
 
     ``next_events(timeout)`` returns the events of one response, [] on a
-    timeout or progress message, and raises HistoryCompacted or EtcdError
-    when the stream ends; ``close()`` ends it from any thread.
+    timeout or progress message, and raises HistoryCompacted, ClusterReset
+    (a response header's revision is below ``start_revision - 1``, the last
+    revision the caller saw) or EtcdError when the stream ends; ``close()``
+    ends it from any thread.
     """
 
     def __init__(self, store: EtcdStore, client: Any, prefix: str, start_revision: int):
         from pyetcd import etcdrpc, utils
 
         self._store = store
+        self.start_revision = start_revision
         self.endpoint = store.current_endpoint
         self.established = False  # set by etcd's "created" answer
         request = etcdrpc.WatchRequest(
@@ -551,6 +568,11 @@ class WatchStream:
             raise item
         if item.compact_revision:
             raise HistoryCompacted(int(item.compact_revision))
+        # The "created" answer carries the cluster's current revision: a recreated,
+        # empty cluster is behind the revision we resume from.
+        revision = int(item.header.revision) if item.HasField("header") else 0
+        if revision and self.start_revision > 1 and revision < self.start_revision - 1:
+            raise ClusterReset(revision, self.start_revision - 1)
         if item.canceled:
             reason = (item.cancel_reason or "").replace("etcdserver: ", "")
             if "permission denied" in reason or "invalid auth token" in reason:

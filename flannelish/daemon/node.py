@@ -360,6 +360,8 @@ class NodeDaemon:
             self.options.renew_margin_minutes * 60,
             self._lease_changed,
             on_fatal=self._lease_fatal,
+            # Also GET our key every resync: notices an etcd recreated without its data.
+            check_interval_s=self.options.resync_seconds,
         )
         keeper.start()
         if hasattr(keeper, "stop"):

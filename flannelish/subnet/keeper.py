@@ -11,6 +11,15 @@ same subnet.  If no subnet can be had (pool full, config gone) the keeper
 reports LeaseLostError through ``on_fatal`` and ends.  A reservation has no
 expiry and is never renewed, but its loss is handled the same way.
 
+When etcd is recreated without its data, the own-key watch notices the
+revision going backwards and re-lists (flannelish.subnet.watch): the key is
+missing, so the lease is re-acquired like any lost one.  As a second line
+(a new cluster whose revision already caught up looks like the old one),
+``check_interval_s`` makes the keeper GET its own key that often.  The
+re-acquisition first waits for the network config (an empty etcd has none
+until the operator puts it back), logging the key it expects; it never gives
+up while waiting, and nothing is torn down meanwhile.
+
 ``on_change(lease)`` is called with every new version of the lease (renewal
 or re-acquisition); compare ``.subnet`` to notice a move.
 """
@@ -49,6 +58,7 @@ class LeaseKeeper(threading.Thread):
         on_change: Callable[[Lease], None],
         on_fatal: Callable[[BaseException], None] | None = None,
         retry_interval_s: float = 60.0,
+        check_interval_s: float | None = None,
     ):
         super().__init__(name="lease-keeper", daemon=True)
         self.manager = manager
@@ -57,6 +67,7 @@ class LeaseKeeper(threading.Thread):
         self.on_change = on_change
         self.on_fatal = on_fatal
         self.retry_interval_s = retry_interval_s
+        self.check_interval_s = check_interval_s
         self.error: BaseException | None = None
         self._stop_event = threading.Event()
         self._next_renew = self._renew_time(lease)
@@ -84,17 +95,45 @@ class LeaseKeeper(threading.Thread):
         changes = lease_changes(
             self.manager.registry, self._stop_event, lease.subnet, label="own-lease watch"
         )
+        interval = self.check_interval_s
+        next_check = time.monotonic() + interval if interval else float("inf")
         for item in changes:
             if isinstance(item, Snapshot):
                 here = item.leases[0] if item.leases else None
                 lost = here is None or here.attrs.public_ip != ours
+                if lost and item.reset:
+                    log.error(
+                        "LEASE LOST: etcd was recreated without its data; our key for %s is gone",
+                        lease.subnet,
+                    )
             else:
                 lost = any(c.lease is None or c.lease.attrs.public_ip != ours for c in item)
+                if not lost and interval and time.monotonic() >= next_check:
+                    next_check = time.monotonic() + interval
+                    lost = self._key_missing(lease)
             if not lost and time.time() >= self._next_renew:
                 lost = not self._renew()
             if lost:
                 self._recover(self.lease)
                 return  # watch the (possibly new) subnet from a fresh snapshot
+
+    def _key_missing(self, lease: Lease) -> bool:
+        """The periodic check: True if our key is gone or holds another node's address."""
+        try:
+            current = self.manager.registry.get_lease(lease.subnet)
+        except EtcdAuthError:
+            raise
+        except EtcdError as exc:
+            log.debug("own-lease check failed: %s", exc)
+            return False
+        if current is not None and current.attrs.public_ip == lease.attrs.public_ip:
+            return False
+        log.error(
+            "own-lease check: the key for %s is %s in etcd",
+            lease.subnet,
+            "missing" if current is None else f"held by {current.attrs.public_ip}",
+        )
+        return True
 
     def _renew(self) -> bool:
         """True if renewed or retry scheduled; False if the lease turned out lost."""
@@ -133,6 +172,10 @@ class LeaseKeeper(threading.Thread):
         delay = 1.0
         while not self._stop_event.is_set():
             try:
+                # An empty (recreated) etcd has no config: wait for the operator to put it
+                # back, logging the key, keeping the data path as it is.
+                if self.manager.get_network_config(wait=True, stop=self._stop_event) is None:
+                    return  # stopped while waiting
                 new = self.manager.acquire(attrs, previous_subnet=lost.subnet)
                 break
             except (OutOfSubnetsError, ConfigError, EtcdAuthError) as exc:

@@ -39,7 +39,7 @@ from flannelish.errors import (
 from flannelish.subnet.keeper import LeaseKeeper
 from flannelish.subnet.lease import Event, Lease, LeaseAttrs
 from flannelish.subnet.registry import Registry
-from flannelish.subnet.watch import Exclude, watch_events
+from flannelish.subnet.watch import RESET_GRACE_S, Exclude, watch_events
 
 log = logging.getLogger(__name__)
 
@@ -270,16 +270,23 @@ class SubnetManager:
         leases, _ = self.registry.list_leases(with_expiry=True)
         return sorted(leases, key=lambda x: int(x.subnet.network_address))
 
-    def watch_leases(self, stop: threading.Event, exclude: Exclude = None) -> Iterator[list[Event]]:
+    def watch_leases(
+        self,
+        stop: threading.Event,
+        exclude: Exclude = None,
+        reset_grace_s: float = RESET_GRACE_S,
+    ) -> Iterator[list[Event]]:
         """Peer events: a snapshot batch first (may be empty), then live batches.
 
         `exclude` (our subnet, or a function returning the current one) is never reported.
 
         Resumes across disconnects (backoff 100 ms..5 s) and compaction (re-list
-        and diff, attributes included) without missed or repeated events.
-        Returns when `stop` is set.
+        and diff, attributes included) without missed or repeated events.  An etcd
+        recreated without its data (its revision went backwards) is re-listed too;
+        the peers it lost are held until they register again, or REMOVED
+        `reset_grace_s` after the network config is back.  Returns when `stop` is set.
         """
-        return watch_events(self.registry, stop, exclude)
+        return watch_events(self.registry, stop, exclude, reset_grace_s)
 
     # -- helpers -----------------------------------------------------------------
 

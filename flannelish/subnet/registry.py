@@ -22,7 +22,7 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Protocol
 
 from flannelish.errors import EtcdError
-from flannelish.store import EtcdOptions, EtcdStore, HistoryCompacted, KeyValue
+from flannelish.store import ClusterReset, EtcdOptions, EtcdStore, HistoryCompacted, KeyValue
 from flannelish.store import WatchStream as EtcdWatchStream
 from flannelish.subnet.keys import Keys
 from flannelish.subnet.lease import Lease, LeaseAttrs, LeaseDecodeError
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Change",
+    "ClusterReset",
     "EtcdRegistry",
     "HistoryCompacted",
     "InMemoryRegistry",
@@ -55,8 +56,9 @@ class WatchStream(Protocol):
         ...
 
     def next_changes(self, timeout: float) -> list[Change]:
-        """Changes of one response; [] after `timeout`.  Raises HistoryCompacted or
-        EtcdError when the stream is over (the caller re-opens it)."""
+        """Changes of one response; [] after `timeout`.  Raises HistoryCompacted,
+        ClusterReset (the store is behind the start revision: recreated without its
+        data) or EtcdError when the stream is over (the caller re-opens it or re-lists)."""
         ...
 
     def close(self) -> None: ...
@@ -255,8 +257,9 @@ class InMemoryRegistry:
     Test hooks: ``compact()`` drops history (watches from older revisions get
     HistoryCompacted), ``break_watches()`` ends every open watch with an
     EtcdError as a dropped connection would, ``expire(subnet)`` deletes a key
-    as a TTL expiry would, and ``fail_next(n)`` makes the next n calls raise
-    EtcdError.
+    as a TTL expiry would, ``fail_next(n)`` makes the next n calls raise
+    EtcdError, and ``reset()`` simulates etcd recreated without its data (every
+    key gone, the config too, revision restarting low, watches dropped).
     """
 
     def __init__(self, key_prefix: str = "/coreos.com/network"):
@@ -284,6 +287,19 @@ class InMemoryRegistry:
 
     def break_watches(self) -> None:
         with self._cond:
+            self._watch_generation += 1
+            self._cond.notify_all()
+
+    def reset(self, revision: int = 1) -> None:
+        """etcd recreated empty on the same endpoint: all keys and etcd leases are gone,
+        the revision restarts at `revision` and open watches drop (the server restarted)."""
+        with self._cond:
+            self._config = None
+            self._leases.clear()
+            self._history.clear()
+            self._live_lease_ids.clear()
+            self._revision = revision
+            self._compacted = 0
             self._watch_generation += 1
             self._cond.notify_all()
 
@@ -429,6 +445,8 @@ class _MemoryWatch:
                     raise EtcdError("watch connection lost (simulated)")
                 if self._next < reg._compacted:
                     raise HistoryCompacted(reg._compacted)
+                if self._next > 1 and reg._revision < self._next - 1:
+                    raise ClusterReset(reg._revision, self._next - 1)
                 new = [c for c in reg._history if c.revision >= self._next]
                 if new:
                     self._next = new[-1].revision + 1

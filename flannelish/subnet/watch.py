@@ -8,10 +8,21 @@ reconnects with backoff from 100 ms doubling to 5 s.  While idle or backing
 off it yields empty lists, so a consumer with timers (the LeaseKeeper) never
 blocks for long.
 
+When etcd is recreated without its data (a new, empty cluster on the same
+endpoint), resuming from the old revision would wait silently until the new
+cluster's revision catches up.  The watch notices that the cluster's revision
+(the response header) is below the last one seen (ClusterReset), re-lists and
+yields a Snapshot marked ``reset``.
+
 ``watch_events`` turns that stream into peer Events: a snapshot is diffed
 against the peers already known, comparing attributes too (Flannel ignores a
 MAC or IP change made during the gap), and ``Event.previous`` carries the old
 attributes on removal and change so backends can delete stale kernel entries.
+After a reset, the peers missing from the new (empty) cluster are held, not
+removed: they re-register on their own once the operator has put the network
+config back, and removing them meanwhile would cut every pod off its peers.
+A held peer that has not re-registered ``reset_grace_s`` after the config is
+readable again is REMOVED.
 """
 
 from __future__ import annotations
@@ -19,13 +30,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
 from flannelish.errors import EtcdAuthError, EtcdError
 from flannelish.subnet.lease import Event, EventType, Lease
-from flannelish.subnet.registry import Change, HistoryCompacted, Registry
+from flannelish.subnet.registry import Change, ClusterReset, HistoryCompacted, Registry
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +44,8 @@ BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 POLL_S = 0.25
 REPORT_EVERY_S = 30.0
+RESET_GRACE_S = 60.0  # held peers of a reset etcd: removed this long after the config is back
+CONFIG_CHECK_S = 1.0  # how often held peers look for the network config
 
 Exclude = IPv4Network | Callable[[], IPv4Network | None] | None
 
@@ -41,6 +54,7 @@ Exclude = IPv4Network | Callable[[], IPv4Network | None] | None
 class Snapshot:
     leases: list[Lease]
     revision: int
+    reset: bool = False  # re-listed because etcd was recreated without its data
 
 
 def lease_changes(
@@ -52,6 +66,7 @@ def lease_changes(
     """Snapshot first, then lists of changes ([] when idle); returns when `stop` is set."""
     backoff = BACKOFF_MIN_S
     next_revision = 0  # 0: a snapshot is needed
+    reset = False  # the next snapshot follows a ClusterReset
     outage_since: float | None = None
     last_report = 0.0
     while not stop.is_set():
@@ -61,7 +76,8 @@ def lease_changes(
                 if subnet is not None:
                     leases = [x for x in leases if x.subnet == subnet]
                 next_revision = revision + 1
-                yield Snapshot(leases, revision)
+                snapshot, reset = Snapshot(leases, revision, reset), False
+                yield snapshot
             stream = registry.watch(next_revision, subnet)
             try:
                 while not stop.is_set():
@@ -88,6 +104,16 @@ def lease_changes(
                 extra={"resume_revision": next_revision, "compacted": exc.compact_revision},
             )
             next_revision = 0
+        except ClusterReset as exc:
+            log.error(
+                "%s: ETCD WAS RECREATED WITHOUT ITS DATA (revision %d, below %d seen before); "
+                "re-listing, every lease must be registered again",
+                label,
+                exc.revision,
+                exc.last_seen,
+                extra={"resume_revision": next_revision, "revision": exc.revision},
+            )
+            next_revision, reset = 0, True
         except EtcdAuthError:
             raise
         except EtcdError as exc:
@@ -115,22 +141,88 @@ def lease_changes(
 
 
 def watch_events(
-    registry: Registry, stop: threading.Event, exclude: Exclude = None
+    registry: Registry,
+    stop: threading.Event,
+    exclude: Exclude = None,
+    reset_grace_s: float = RESET_GRACE_S,
 ) -> Iterator[list[Event]]:
     """Peer events: the first batch is the snapshot (possibly empty), then live batches."""
     tracker = PeerTracker(exclude)
+    held = HeldPeers(registry, reset_grace_s)
     synced = False  # the first batch must be a real listing, even an empty one
     for item in lease_changes(registry, stop):
         if isinstance(item, Snapshot):
-            events = tracker.resync(item.leases)
+            listed = {x.subnet for x in item.leases}
+            if item.reset:
+                held.hold(set(tracker.known) - listed)
+            held.release(listed)
+            events = tracker.resync(item.leases, keep=held.subnets)
             if not synced:
                 synced = True
                 yield events
                 continue
         else:
+            held.release(c.subnet for c in item)
             events = tracker.apply(item)
+        events += tracker.drop(held.expired())
         if events:
             yield events
+
+
+class HeldPeers:
+    """Peers that vanished with a reset etcd, kept until they re-register or time out.
+
+    The grace period starts when the network config is readable again (before,
+    no node can re-register, so an absence means nothing).
+    """
+
+    def __init__(self, registry: Registry, grace_s: float) -> None:
+        self._registry = registry
+        self.grace_s = grace_s
+        self.subnets: set[IPv4Network] = set()
+        self._config_since: float | None = None
+        self._next_check = 0.0
+
+    def hold(self, subnets: set[IPv4Network]) -> None:
+        self._config_since, self._next_check = None, 0.0
+        if not subnets:
+            return
+        self.subnets |= subnets
+        log.warning(
+            "keeping %d peer(s) that vanished with the old etcd data until they register "
+            "again (removed %.0fs after the network config is back if they do not)",
+            len(subnets),
+            self.grace_s,
+            extra={"peers": ",".join(sorted(str(x) for x in subnets))},
+        )
+
+    def release(self, subnets: Iterable[IPv4Network]) -> None:
+        if self.subnets:
+            self.subnets.difference_update(subnets)
+
+    def expired(self) -> set[IPv4Network]:
+        if not self.subnets:
+            return set()
+        now = time.monotonic()
+        if self._config_since is None:
+            if now < self._next_check:
+                return set()
+            self._next_check = now + CONFIG_CHECK_S
+            try:
+                if self._registry.get_config() is None:
+                    return set()
+            except EtcdError:
+                return set()
+            self._config_since = now
+        if now - self._config_since < self.grace_s:
+            return set()
+        gone, self.subnets = self.subnets, set()
+        log.warning(
+            "%d peer(s) did not register again after etcd was recreated; removing them",
+            len(gone),
+            extra={"peers": ",".join(sorted(str(x) for x in gone))},
+        )
+        return gone
 
 
 class PeerTracker:
@@ -148,13 +240,16 @@ class PeerTracker:
     def exclude(self) -> IPv4Network | None:
         return self._exclude() if callable(self._exclude) else self._exclude
 
-    def resync(self, leases: list[Lease]) -> list[Event]:
-        """Diff a fresh listing against what we knew."""
+    def resync(self, leases: list[Lease], keep: Collection[IPv4Network] = ()) -> list[Event]:
+        """Diff a fresh listing against what we knew; known peers in `keep` stay known
+        (no REMOVED) even if they are not listed."""
         own = self.exclude
         current = {x.subnet: x for x in leases if x.subnet != own}
         events = []
         for subnet, old in list(self.known.items()):
-            if subnet not in current:
+            if subnet in keep and subnet != own:
+                current.setdefault(subnet, old)
+            elif subnet not in current:
                 events.append(Event(EventType.REMOVED, old, old.attrs))
         for subnet, lease in current.items():
             before = self.known.get(subnet)
@@ -163,6 +258,15 @@ class PeerTracker:
             elif before.attrs != lease.attrs:
                 events.append(Event(EventType.ADDED, lease, before.attrs))
         self.known = current
+        return events
+
+    def drop(self, subnets: Iterable[IPv4Network]) -> list[Event]:
+        """REMOVED for each of `subnets` that is known (held peers whose grace ran out)."""
+        events = []
+        for subnet in subnets:
+            old = self.known.pop(subnet, None)
+            if old is not None:
+                events.append(Event(EventType.REMOVED, old, old.attrs))
         return events
 
     def apply(self, changes: list[Change]) -> list[Event]:
