@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -129,6 +130,10 @@ class BenchCluster:
         if self.etcd is not None:
             self.etcd.destroy()
         self.factory.cleanup()
+        if os.environ.get("FLANNELISH_BENCH_KEEP"):
+            print(f"daemon logs kept in {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 # -- the measurement, run inside the host namespace ------------------------------------
