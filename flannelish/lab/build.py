@@ -76,22 +76,6 @@ def flannelish_exe() -> str:
     return found
 
 
-def _pending(module: str, command: str) -> bool:
-    """True while a CLI command is still the placeholder of a part not built yet."""
-    import importlib
-
-    commands = importlib.import_module(f"flannelish.cli.{module}").COMMANDS
-    return any(
-        cmd.name == command and "(not available yet)" in (cmd.help or "") for cmd in commands
-    )
-
-
-def _require_component(module: str, command: str, what: str) -> None:
-    """Fail before building anything when a part the lab drives is not built yet."""
-    if _pending(module, command):
-        raise NotAvailableError(f"the lab needs {what}, which is not built yet")
-
-
 def check_prerequisites(spec: LabSpec) -> None:
     if os.geteuid() != 0:
         raise NotAvailableError("the lab needs root (it creates network namespaces)")
@@ -100,8 +84,6 @@ def check_prerequisites(spec: LabSpec) -> None:
     require_etcd()
     if not Path(ETHTOOL).exists():
         raise NotAvailableError(f"{ETHTOOL} not found", "install Debian's ethtool (make setup)")
-    _require_component("leases", "config", "`flannelish config put` (issue #4)")
-    _require_component("daemon", "daemon", "`flannelish daemon` (issue #5)")
     cni.plugin_dir()
     if spec.backend == "host-gw":
         from flannelish.backends import REGISTRY
