@@ -16,7 +16,6 @@ library only, shared with the daemon).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import socket
@@ -24,22 +23,9 @@ from collections.abc import Iterator
 
 from flannelish import rtnl
 from flannelish.errors import CniCode, KernelError
-from flannelish.rtnl import LinkMsg, RtnlSocket, mac_str
+from flannelish.rtnl import LinkMsg, RtnlSocket, current_netns_fd, mac_str, setns
 
 from .protocol import CniError
-
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def current_netns_fd() -> int:
-    return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,6 @@ filtered by it never returns a route somebody else made.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import select
@@ -72,9 +71,11 @@ from flannelish.rtnl import (
     RTNH_F_ONLINK,
     LinkMsg,
     RtnlSocket,
+    current_netns_fd,
     is_missing,
     mac_str,
     messages,
+    setns,
 )
 
 ROUTE_PROTO = 0x46  # "F": marks routes flannelish owns
@@ -176,9 +177,6 @@ class Netlink(Protocol):
     def close(self) -> None: ...
 
 
-CLONE_NEWNET = 0x40000000
-
-
 @contextlib.contextmanager
 def netns_scope(name: str | None) -> Iterator[None]:
     """Run the block with the calling thread inside /run/netns/<name> (no fork).
@@ -190,20 +188,21 @@ def netns_scope(name: str | None) -> Iterator[None]:
     if name is None:
         yield
         return
-    libc = ctypes.CDLL(None, use_errno=True)
     try:
         target = os.open(f"/run/netns/{name}", os.O_RDONLY)
     except OSError as exc:
         raise KernelError(f"network namespace {name!r} not found", exc.strerror) from None
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    home = current_netns_fd()
     try:
-        if libc.setns(target, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise KernelError(f"cannot enter network namespace {name!r}", os.strerror(err))
+        try:
+            setns(target)
+        except OSError as exc:
+            raise KernelError(f"cannot enter network namespace {name!r}", exc.strerror) from None
         try:
             yield
         finally:
-            libc.setns(home, CLONE_NEWNET)
+            with contextlib.suppress(OSError):  # as before: a failed return is not raised
+                setns(home)
     finally:
         os.close(target)
         os.close(home)

@@ -97,6 +97,32 @@ class RtnlError(OSError):
     """The kernel refused a request; ``errno`` is the kernel's error number."""
 
 
+# -- network namespaces, per thread ------------------------------------------
+# A netlink socket stays bound to the namespace of the thread that opened it,
+# so both users enter a namespace with setns(2) on the calling thread only
+# (Python 3.11 has no os.setns, hence ctypes).
+
+CLONE_NEWNET = 0x40000000
+_libc = None
+
+
+def setns(fd: int) -> None:
+    """Move the calling thread into the network namespace `fd`; OSError on failure."""
+    global _libc
+    import ctypes  # only when a namespace is entered: not on the plugin's fast path
+
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def current_netns_fd() -> int:
+    """An fd of the calling thread's own network namespace (to come back to)."""
+    return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+
 def is_missing(exc: OSError) -> bool:
     """True for "already gone" errors, which a delete may treat as success."""
     return exc.errno in (errno.ENOENT, errno.ESRCH, errno.ENODEV)
