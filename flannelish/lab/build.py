@@ -392,12 +392,12 @@ def _network_of(cidr: str) -> str:
 
 def read_env_file(path: Path) -> dict[str, str]:
     """KEY=value lines (subnet.env); missing file -> {}."""
+    from flannelish.subnet_env import parse_subnet_env_text
+
     try:
-        text = path.read_text()
+        return parse_subnet_env_text(path.read_text())
     except OSError:
         return {}
-    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line)
-    return {key.strip(): value.strip() for key, value in pairs}
 
 
 def log_tail(path: str, lines: int = 15) -> str:
