@@ -29,8 +29,8 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, ClassVar
 
-from flannelish.daemon.resources import Resource
-from flannelish.netlink import Netlink
+from flannelish.kernel.netlink import Netlink
+from flannelish.kernel.resources import Resource, Skip
 from flannelish.subnet.lease import Lease, LeaseAttrs
 
 
@@ -49,15 +49,10 @@ class ExternalInterface:
 class BackendContext:
     netlink: Netlink
     ext: ExternalInterface
-    network: Any  # flannelish.config.NetworkConfig (network, backend_type, backend dict, ...)
+    network: (
+        Any  # flannelish.subnet.config.NetworkConfig (network, backend_type, backend dict, ...)
+    )
     state_dir: Path  # persistent node state (e.g. the VTEP MAC), next to subnet.env
-
-
-@dataclass(frozen=True)
-class Skip:
-    """A peer the backend cannot program, with the reason (logged once per change)."""
-
-    reason: str
 
 
 class Backend(ABC):

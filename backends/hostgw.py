@@ -27,12 +27,12 @@ from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from flannelish.backends.base import Backend, BackendContext, Skip
+from flannelish.backends.base import Backend, BackendContext
 from flannelish.backends.onlink import OnLink
 
-from flannelish.daemon.resources import Resource, RouteResource
 from flannelish.errors import ConfigError
-from flannelish.netlink import Route
+from flannelish.kernel.netlink import Route
+from flannelish.kernel.resources import Resource, RouteResource, Skip
 from flannelish.subnet.lease import Lease, LeaseAttrs
 
 log = logging.getLogger("flannelish.hostgw")

@@ -42,12 +42,12 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from flannelish.backends.base import Backend, BackendContext, Skip
+from flannelish.backends.base import Backend, BackendContext
 from flannelish.backends.onlink import OnLink
 
-from flannelish.daemon.resources import FdbResource, NeighResource, Resource, RouteResource
 from flannelish.errors import ConfigError, KernelError
-from flannelish.netlink import Addr, Fdb, Link, Neigh, Route, VxlanSpec
+from flannelish.kernel.netlink import Addr, Fdb, Link, Neigh, Route, VxlanSpec
+from flannelish.kernel.resources import FdbResource, NeighResource, Resource, RouteResource, Skip
 from flannelish.subnet.lease import Lease, LeaseAttrs, LeaseDecodeError, normalize_mac
 
 log = logging.getLogger("flannelish.vxlan")

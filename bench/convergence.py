@@ -156,8 +156,8 @@ class RouteEvents:
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
-        from flannelish import rtnl
-        from flannelish.netlink import ROUTE_PROTO
+        from flannelish.kernel import rtnl
+        from flannelish.kernel.netlink import ROUTE_PROTO
 
         while True:
             data = self._sock.recv(1 << 16)

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 
-from flannelish.store import EtcdOptions
+from flannelish.subnet.etcdstore import EtcdOptions
 
 # The watcher processes are spawned, not forked; this also keeps gRPC quiet if
 # anything forks (etcd itself is started with fork+exec).

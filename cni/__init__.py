@@ -12,7 +12,7 @@ Modules, in the order a call passes through them:
 * ``ipam``     host-local compatible allocator and on-disk store (flock)
 * ``delegate`` runs another IPAM plugin from CNI_PATH
 * ``kernel``   namespaces (per-thread setns), links, addresses, routes, sysctls;
-               the rtnetlink messages are flannelish.rtnl's (shared with the daemon)
+               the rtnetlink messages are flannelish.kernel.rtnl's (shared with the daemon)
 * ``masq``     per-container masquerade with nftables
 * ``result``   results shaped per cniVersion
 * ``install``  launcher + conflist for ``flannelish install-cni``

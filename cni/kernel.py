@@ -9,7 +9,7 @@ os.setns, hence ctypes): a netlink socket stays bound to the namespace it was
 created in, /proc/sys/net and child processes follow the calling thread's
 namespace.  This is what lets the daemon's worker threads serve callers from
 any namespace concurrently, and the in-process path use the very same code.
-The netlink messages themselves are built in flannelish.rtnl (standard
+The netlink messages themselves are built in flannelish.kernel.rtnl (standard
 library only, shared with the daemon).
 """
 
@@ -21,9 +21,9 @@ import os
 import socket
 from collections.abc import Iterator
 
-from flannelish import rtnl
 from flannelish.errors import CniCode, KernelError
-from flannelish.rtnl import LinkMsg, RtnlSocket, current_netns_fd, mac_str, setns
+from flannelish.kernel import rtnl
+from flannelish.kernel.rtnl import LinkMsg, RtnlSocket, current_netns_fd, mac_str, setns
 
 from .protocol import CniError
 

@@ -1,7 +1,8 @@
 """Shared fixtures: real etcd servers, namespaces, an isolated underlay.
 
-Tests under tests/unit/ are marked `unit` automatically; every other test is
-marked `netns` (needs root and the kernel) unless it is marked `unit` itself.
+Tests mirror the source tree (tests/<package>/...).  A test marked `unit`
+(pure logic) or `etcd` (a real etcd on loopback, nothing else) runs without
+root; every other test is marked `netns` (needs root and the kernel).
 Every fixture removes what it made, also when the test fails.
 """
 
@@ -22,11 +23,8 @@ TESTS_DIR = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    unit_dir = TESTS_DIR / "unit"
     for item in items:
-        if Path(str(item.fspath)).is_relative_to(unit_dir):
-            item.add_marker(pytest.mark.unit)
-        elif item.get_closest_marker("unit") is None:
+        if item.get_closest_marker("unit") is None and item.get_closest_marker("etcd") is None:
             item.add_marker(pytest.mark.netns)
 
 

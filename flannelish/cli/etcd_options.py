@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from flannelish.store import DEFAULT_ENDPOINTS, DEFAULT_PREFIX, EtcdOptions
+from flannelish.subnet.etcdstore import DEFAULT_ENDPOINTS, DEFAULT_PREFIX, EtcdOptions
 
 _FLAGS: list[tuple[str, str, str | None]] = [
     ("endpoints", "Comma-separated etcd URLs; requests fail over between them.", DEFAULT_ENDPOINTS),

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from flannelish.cli.etcd_options import etcd_options
-from flannelish.config import NetworkConfig, parse_network_config
 from flannelish.errors import ConfigError
-from flannelish.store import EtcdOptions
+from flannelish.subnet.config import NetworkConfig, parse_network_config
+from flannelish.subnet.etcdstore import EtcdOptions
 
 if TYPE_CHECKING:
     from flannelish.subnet.lease import Lease

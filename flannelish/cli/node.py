@@ -82,7 +82,7 @@ def node_ops_options(command: Any) -> Any:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from flannelish.nodeops import NodeOpsOptions
+        from flannelish.node.ops import NodeOpsOptions
 
         kwargs["node_ops"] = NodeOpsOptions(
             ip_masq=bool(kwargs.get("ip_masq", False)),
@@ -247,7 +247,7 @@ def doctor_command(
     \b
     Exit statuses: 0 no errors (warnings allowed), 1 at least one error.
     """
-    from flannelish import doctor
+    from flannelish.node import doctor
 
     leases = None if no_etcd else _lease_reader(etcd)
     facts = doctor.collect(

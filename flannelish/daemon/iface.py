@@ -15,7 +15,7 @@ from ipaddress import IPv4Address
 
 from flannelish.backends.base import ExternalInterface
 from flannelish.errors import ConfigError, NotAvailableError
-from flannelish.netlink import Link, Netlink, is_ipv4
+from flannelish.kernel.netlink import Link, Netlink, is_ipv4
 
 
 def _first_address(nl: Netlink, link: Link) -> IPv4Address | None:

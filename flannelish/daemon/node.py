@@ -4,7 +4,7 @@ Start-up (flannel.md §6, minus iptables): network config from etcd (retried
 until it exists) → external interface → backend device (before the lease, so
 the lease can carry the VTEP MAC) → lease (preferring the subnet in our old
 subnet.env) → device address → node operations (health server, nftables
-owner; flannelish.nodeops) → subnet.env → CNI socket → peer watch, one
+owner; flannelish.node.ops) → subnet.env → CNI socket → peer watch, one
 reconcile loop per owner (the backend's never waits for a slower one),
 kernel change monitor, lease keeper and config watch (the network config is
 re-read every resync interval; live backend options such as VXLAN
@@ -37,8 +37,8 @@ from flannelish.daemon.iface import select_interface
 from flannelish.daemon.peers import PeerTable
 from flannelish.daemon.reconciler import PassResult, ReconcileLoop, Reconciler
 from flannelish.errors import ConfigError, FlannelishError
-from flannelish.netlink import ROUTE_PROTO, Change, ChangeMonitor
-from flannelish.rtnl import RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE, RTM_NEWLINK
+from flannelish.kernel.netlink import ROUTE_PROTO, Change, ChangeMonitor
+from flannelish.kernel.rtnl import RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE, RTM_NEWLINK
 from flannelish.subnet.lease import Lease
 from flannelish.subnet_env import SubnetEnv, previous_subnet, write_subnet_env
 
@@ -50,7 +50,7 @@ SOCKET_NAME = "flannelish.sock"
 
 @dataclass
 class DaemonOptions:
-    etcd: Any  # flannelish.store.EtcdOptions
+    etcd: Any  # flannelish.subnet.etcdstore.EtcdOptions
     subnet_file: Path = Path(DEFAULT_SUBNET_FILE)
     ifaces: list[str] = field(default_factory=list)
     iface_regexes: list[str] = field(default_factory=list)
@@ -59,7 +59,7 @@ class DaemonOptions:
     renew_margin_minutes: int = 60
     resync_seconds: float = 10.0
     cni_socket: Path | None = None  # default: <dir of subnet_file>/flannelish.sock
-    node_ops: Any = None  # flannelish.nodeops.NodeOpsOptions: health, metrics, nftables
+    node_ops: Any = None  # flannelish.node.ops.NodeOpsOptions: health, metrics, nftables
 
     @property
     def socket_path(self) -> Path:
@@ -99,7 +99,7 @@ class NodeDaemon:
         self.peers = PeerTable()
         self.loop: ReconcileLoop | None = None  # the backend's
         self.loops: list[ReconcileLoop] = []  # the backend's, then one per extra owner
-        self.ops: Any = None  # flannelish.nodeops.NodeOps (issue 8), when enabled
+        self.ops: Any = None  # flannelish.node.ops.NodeOps (issue 8), when enabled
         self._advertised: Any = None  # last backend attributes we re-put into the lease
         self._owners: list[Any] = []
         self.config_watch: Any = None  # flannelish.daemon.configwatch.ConfigWatch
@@ -112,7 +112,7 @@ class NodeDaemon:
         return SubnetManager(EtcdRegistry(self.options.etcd))
 
     def _make_netlink(self) -> Any:
-        from flannelish.netlink import RawNetlink
+        from flannelish.kernel.netlink import RawNetlink
 
         return RawNetlink()
 
@@ -191,10 +191,10 @@ class NodeDaemon:
     def _start_node_ops(
         self, manager: Any, ext: ExternalInterface, config: Any, lease: Lease
     ) -> None:
-        """Health server, metrics and the nftables table (flannelish.nodeops, issue 8)."""
+        """Health server, metrics and the nftables table (flannelish.node.ops, issue 8)."""
         if self.options.node_ops is None:
             return
-        from flannelish.nodeops import NodeOps
+        from flannelish.node.ops import NodeOps
 
         backend = self.backend
         registry = getattr(manager, "registry", None)
@@ -350,7 +350,7 @@ class NodeDaemon:
 
     def _start_keeper(self, manager: Any, lease: Lease) -> None:
         try:
-            from flannelish.subnet.manager import LeaseKeeper
+            from flannelish.subnet.keeper import LeaseKeeper
         except ImportError:
             log.warning("lease keeper unavailable; the lease will not be renewed")
             return

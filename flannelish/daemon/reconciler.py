@@ -31,24 +31,15 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Network
-from typing import Any, Protocol
+from typing import Any
 
-from flannelish.backends.base import Skip
-from flannelish.daemon.resources import Resource
 from flannelish.errors import KernelError
+from flannelish.kernel.resources import Owner, Resource, Skip
 from flannelish.subnet.lease import Lease
 
 log = logging.getLogger("flannelish.reconciler")
 
 RETRY_SECONDS = 1.0  # after a pass with errors
-
-
-class Owner(Protocol):
-    """Something that owns kernel objects: a backend, or later an nftables table."""
-
-    def ensure_base(self) -> bool: ...
-    def resources(self) -> Sequence[Resource]: ...
-    def plan(self, peer: Lease) -> Sequence[Any] | Skip: ...
 
 
 @dataclass

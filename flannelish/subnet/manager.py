@@ -28,7 +28,6 @@ import time
 from collections.abc import Iterator
 from ipaddress import IPv4Network
 
-from flannelish.config import NetworkConfig, parse_network_config
 from flannelish.errors import (
     ConfigError,
     EtcdAuthError,
@@ -36,14 +35,14 @@ from flannelish.errors import (
     LeaseLostError,
     OutOfSubnetsError,
 )
-from flannelish.subnet.keeper import LeaseKeeper
+from flannelish.subnet.config import NetworkConfig, parse_network_config
 from flannelish.subnet.lease import Event, Lease, LeaseAttrs
 from flannelish.subnet.registry import Registry
 from flannelish.subnet.watch import RESET_GRACE_S, Exclude, watch_events
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_LEASE_TTL", "LeaseKeeper", "SubnetManager"]
+__all__ = ["DEFAULT_LEASE_TTL", "SubnetManager"]
 
 DEFAULT_LEASE_TTL = 24 * 3600  # Flannel's fixed TTL
 MAX_CANDIDATES = 100  # Flannel picks at random among the first 100 free subnets

@@ -22,8 +22,14 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Protocol
 
 from flannelish.errors import EtcdError
-from flannelish.store import ClusterReset, EtcdOptions, EtcdStore, HistoryCompacted, KeyValue
-from flannelish.store import WatchStream as EtcdWatchStream
+from flannelish.subnet.etcdstore import (
+    ClusterReset,
+    EtcdOptions,
+    EtcdStore,
+    HistoryCompacted,
+    KeyValue,
+)
+from flannelish.subnet.etcdstore import WatchStream as EtcdWatchStream
 from flannelish.subnet.keys import Keys
 from flannelish.subnet.lease import Lease, LeaseAttrs, LeaseDecodeError
 

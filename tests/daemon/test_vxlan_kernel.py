@@ -15,7 +15,7 @@ from flannelish.backends.vxlan import VxlanBackend
 
 from flannelish.daemon.iface import select_interface
 from flannelish.daemon.reconciler import Reconciler
-from flannelish.netlink import PyRoute2Netlink, RawNetlink
+from flannelish.kernel.netlink import PyRoute2Netlink, RawNetlink
 from flannelish.subnet.lease import Lease
 
 from .helpers import add_pod, kernel_state, link_details, ping

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from lease_helpers import CONFIG
 
-from flannelish.store import EtcdOptions
+from flannelish.subnet.etcdstore import EtcdOptions
 from flannelish.subnet.manager import SubnetManager
 from flannelish.subnet.registry import EtcdRegistry
 

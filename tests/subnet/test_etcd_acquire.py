@@ -10,8 +10,9 @@ import pytest
 from lease_helpers import CONFIG, EventCollector, key_json, node_attrs
 
 from flannelish.errors import OutOfSubnetsError
+from flannelish.subnet.keeper import LeaseKeeper
 from flannelish.subnet.lease import EventType
-from flannelish.subnet.manager import LeaseKeeper, SubnetManager
+from flannelish.subnet.manager import SubnetManager
 
 
 def test_twenty_concurrent_acquirers_get_twenty_distinct_subnets(etcd, registries):

@@ -7,8 +7,9 @@ import time
 import pytest
 from lease_helpers import CONFIG, EventCollector, key_json, node_attrs
 
+from flannelish.subnet.keeper import LeaseKeeper
 from flannelish.subnet.lease import EventType
-from flannelish.subnet.manager import LeaseKeeper, SubnetManager
+from flannelish.subnet.manager import SubnetManager
 
 pytestmark = pytest.mark.slow
 

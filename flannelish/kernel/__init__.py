@@ -1,0 +1,1 @@
+"""The kernel layer: rtnetlink encoder, typed kernel interface, change monitor, resources."""

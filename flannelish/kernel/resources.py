@@ -1,0 +1,129 @@
+"""Kinds of kernel objects the reconciler owns, each behind one small interface.
+
+A :class:`Resource` knows how to list the objects *we own* of one kind, how
+to create-or-replace one and how to delete one.  Objects are the frozen
+records of :mod:`flannelish.kernel.netlink`; two objects with the same
+:meth:`Resource.key` describe the same kernel slot (one route per
+destination, one neighbour per IP, one FDB entry per MAC), so a differing
+value under the same key is fixed in place with a replace.
+
+Ownership rules (why dumps are filtered the way they are):
+
+* neighbour and FDB entries: only on our own device, which nobody else uses;
+* routes: only those carrying our route protocol number, on any device, so a
+  foreign route is never touched.
+
+An :class:`Owner` (a backend, the nftables table) groups resources and plans
+the objects one peer needs, or a :class:`Skip` with the reason it cannot.
+These types live here, below both ``daemon/`` and ``backends/``, so neither
+imports the other's internals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from flannelish.kernel.netlink import ROUTE_PROTO, Fdb, Neigh, Netlink, Route
+
+if TYPE_CHECKING:
+    from flannelish.subnet.lease import Lease
+
+
+class Resource(Protocol):
+    """One kind of owned kernel object."""
+
+    kind: ClassVar[str]  # short name used in logs ("neigh", "fdb", "route")
+    record: ClassVar[type]  # the record class this resource handles
+
+    def key(self, obj: Any) -> Hashable: ...
+    def dump(self) -> Sequence[Any]: ...
+    def ensure(self, obj: Any) -> None: ...
+    def remove(self, obj: Any) -> None: ...
+
+
+class NeighResource:
+    """Permanent neighbour entries on one device (found by index at call time)."""
+
+    kind: ClassVar[str] = "neigh"
+    record: ClassVar[type] = Neigh
+
+    def __init__(self, netlink: Netlink, ifindex: Callable[[], int | None]) -> None:
+        self._nl = netlink
+        self._ifindex = ifindex
+
+    def key(self, obj: Neigh) -> Hashable:
+        return (obj.ifindex, obj.ip)
+
+    def dump(self) -> Sequence[Neigh]:
+        index = self._ifindex()
+        return self._nl.neighs(index) if index else []
+
+    def ensure(self, obj: Neigh) -> None:
+        self._nl.replace_neigh(obj)
+
+    def remove(self, obj: Neigh) -> None:
+        self._nl.del_neigh(obj)
+
+
+class FdbResource:
+    """VXLAN forwarding entries on one device."""
+
+    kind: ClassVar[str] = "fdb"
+    record: ClassVar[type] = Fdb
+
+    def __init__(self, netlink: Netlink, ifindex: Callable[[], int | None]) -> None:
+        self._nl = netlink
+        self._ifindex = ifindex
+
+    def key(self, obj: Fdb) -> Hashable:
+        return (obj.ifindex, obj.mac)
+
+    def dump(self) -> Sequence[Fdb]:
+        index = self._ifindex()
+        return self._nl.fdbs(index) if index else []
+
+    def ensure(self, obj: Fdb) -> None:
+        self._nl.replace_fdb(obj)
+
+    def remove(self, obj: Fdb) -> None:
+        self._nl.del_fdb(obj)
+
+
+class RouteResource:
+    """Main-table IPv4 routes marked with our route protocol."""
+
+    kind: ClassVar[str] = "route"
+    record: ClassVar[type] = Route
+
+    def __init__(self, netlink: Netlink, proto: int = ROUTE_PROTO) -> None:
+        self._nl = netlink
+        self._proto = proto
+
+    def key(self, obj: Route) -> Hashable:
+        return obj.dst
+
+    def dump(self) -> Sequence[Route]:
+        return self._nl.routes(self._proto)
+
+    def ensure(self, obj: Route) -> None:
+        self._nl.replace_route(obj)
+
+    def remove(self, obj: Route) -> None:
+        self._nl.del_route(obj)
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A peer the backend cannot program, with the reason (logged once per change)."""
+
+    reason: str
+
+
+class Owner(Protocol):
+    """Something that owns kernel objects: a backend, or later an nftables table."""
+
+    def ensure_base(self) -> bool: ...
+    def resources(self) -> Sequence[Resource]: ...
+    def plan(self, peer: Lease) -> Sequence[Any] | Skip: ...

@@ -1,0 +1,1 @@
+"""Node operations: health and metrics server, nftables firewall, doctor, ops wiring."""

@@ -1,0 +1,426 @@
+"""Node health: readiness state, Prometheus metrics and the HTTP endpoints serving them.
+
+Design
+------
+:class:`NodeState` is the one object the daemon updates as it works (lease
+held, subnet.env written, each reconcile pass, peer counts, etcd errors); the
+HTTP server only reads it.  Every update takes a lock and is O(1), so the
+daemon's threads never wait on a scrape.
+
+Readiness (``/readyz``) is the conjunction of four checks, each reported by
+name so an operator sees *why* a node is not ready:
+
+* ``lease``      -- a lease is held and has not expired;
+* ``etcd``       -- the etcd probe the daemon supplied answered within its
+                    timeout (cached for ``probe_interval`` so scrapes cannot
+                    hammer etcd; no probe supplied counts as healthy);
+* ``reconcile``  -- the last reconcile pass had no errors;
+* ``subnet-env`` -- subnet.env has been written.
+
+Optional extra checks (``state.set_check("nftables", ok, detail)``) join the
+conjunction, e.g. the masquerade table when ``--ip-masq`` is set.
+
+Endpoints on ``--healthz-ip:--healthz-port`` (the daemon starts the server
+only when the port is non-zero, like flanneld; port 0 here means "any free
+port", which the tests use):
+
+* ``GET /healthz`` -> 200 ``flannelish is running``
+* ``GET /readyz``  -> 200 or 503, one ``[+]``/``[-]`` line per check
+* ``GET /metrics`` -> Prometheus text format (prometheus-client)
+* ``GET /status``  -> JSON document for ``flannelish status`` (schema in
+  docs/interfaces.md, "Node operations"); its ``version`` field is bumped on
+  incompatible changes.
+
+Metrics live in a private CollectorRegistry per NodeState, so several nodes
+(tests, the lab) can share one process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import IPv4Network
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from flannelish.errors import ConfigError, NotAvailableError
+
+log = logging.getLogger("flannelish.node.health")
+
+STATUS_VERSION = 1
+CORE_CHECKS = ("lease", "etcd", "reconcile", "subnet-env")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+class Metrics:
+    """The daemon's Prometheus metrics (names are part of the operator interface)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.peers = Gauge(
+            "flannelish_peers",
+            "Peers by backend and state",
+            ["backend", "state"],
+            registry=registry,
+        )
+        self.reconcile_runs = Counter(
+            "flannelish_reconcile_runs", "Reconcile passes run", registry=registry
+        )
+        self.reconcile_duration = Histogram(
+            "flannelish_reconcile_duration_seconds",
+            "Duration of one reconcile pass",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        self.reconcile_errors = Counter(
+            "flannelish_reconcile_errors", "Kernel operations that failed", registry=registry
+        )
+        self.reconcile_repairs = Counter(
+            "flannelish_reconcile_repairs",
+            "Kernel objects created, replaced or deleted to match the leases",
+            registry=registry,
+        )
+        self.lease_expiry = Gauge(
+            "flannelish_lease_expiry_timestamp_seconds",
+            "Unix time our lease expires (0: reservation or no lease)",
+            registry=registry,
+        )
+        self.etcd_errors = Counter(
+            "flannelish_etcd_request_errors", "etcd requests that failed", registry=registry
+        )
+        self.watch_restarts = Counter(
+            "flannelish_watch_restarts", "Lease watch re-creations", registry=registry
+        )
+        self.ready = Gauge("flannelish_ready", "1 if the node is ready", registry=registry)
+        self.vxlan_rejected = Gauge(
+            "flannelish_vxlan_rejected_packets",
+            "VXLAN packets from non-peers dropped by the anti-spoof rule",
+            registry=registry,
+        )
+
+
+class NodeState:
+    """Everything ``/readyz``, ``/metrics`` and ``/status`` report; updated by the daemon."""
+
+    def __init__(
+        self,
+        *,
+        node: str = "",
+        backend: str = "",
+        device: str | None = None,
+        etcd_probe: Callable[[], None] | None = None,
+        etcd_timeout: float = 2.0,
+        probe_interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self.metrics = Metrics(CollectorRegistry(auto_describe=True))
+        self.node = node
+        self.backend = backend
+        self.device = device
+        self.public_ip: str | None = None
+        self.subnet: IPv4Network | None = None
+        self.network: IPv4Network | None = None
+        self.lease_expiration: float | None = None  # None with a lease: a reservation
+        self.lease_held = False
+        self.subnet_env_path: str | None = None
+        self.subnet_env_written = False
+        self.peers_in_etcd = 0
+        self.peers_programmed = 0
+        self.skipped_peers: dict[str, str] = {}
+        self.skipped_count = 0
+        self.last_reconcile: dict[str, Any] | None = None
+        self.reconcile_ok: bool | None = None  # None: no pass yet
+        self.started_at = clock()
+        self._extra: dict[str, Check] = {}
+        self._probe = etcd_probe
+        self._probe_timeout = etcd_timeout
+        self._probe_interval = probe_interval
+        self._probe_cache: tuple[float, Check] | None = None
+        self._probe_lock = threading.Lock()
+        self._probe_thread: threading.Thread | None = None
+
+    # -- updates from the daemon -----------------------------------------------
+
+    def set_lease(
+        self,
+        subnet: IPv4Network | str,
+        expiration: float | None,
+        *,
+        public_ip: str | None = None,
+        network: IPv4Network | str | None = None,
+    ) -> None:
+        with self._lock:
+            self.subnet = IPv4Network(str(subnet))
+            self.lease_expiration = expiration
+            self.lease_held = True
+            if public_ip is not None:
+                self.public_ip = str(public_ip)
+            if network is not None:
+                self.network = IPv4Network(str(network))
+        self.metrics.lease_expiry.set(expiration or 0)
+
+    def lease_lost(self) -> None:
+        with self._lock:
+            self.lease_held = False
+        self.metrics.lease_expiry.set(0)
+
+    def set_subnet_env_written(self, path: str, written: bool = True) -> None:
+        with self._lock:
+            self.subnet_env_path = str(path)
+            self.subnet_env_written = written
+
+    def set_peers(
+        self,
+        in_etcd: int,
+        programmed: int,
+        skipped: dict[str, str] | int | None = None,
+    ) -> None:
+        """Peer counts after a pass: leases known, peers programmed, peers skipped.
+
+        ``skipped`` is either {subnet: reason} (shown by `flannelish status`)
+        or just a count when the reasons are only in the daemon's log.
+        """
+        reasons = dict(skipped) if isinstance(skipped, dict) else {}
+        count = len(reasons) if isinstance(skipped, dict) else int(skipped or 0)
+        with self._lock:
+            self.peers_in_etcd = in_etcd
+            self.peers_programmed = programmed
+            self.skipped_peers = reasons
+            self.skipped_count = count
+        backend = self.backend or "unknown"
+        self.metrics.peers.labels(backend, "programmed").set(programmed)
+        self.metrics.peers.labels(backend, "skipped").set(count)
+
+    def record_reconcile(self, seconds: float, changes: int, errors: int) -> None:
+        """One reconcile pass (call from the reconcile loop's on_pass hook)."""
+        now = self._clock()
+        with self._lock:
+            self.reconcile_ok = errors == 0
+            self.last_reconcile = {
+                "at": now,
+                "seconds": round(seconds, 6),
+                "changes": changes,
+                "errors": errors,
+            }
+        self.metrics.reconcile_runs.inc()
+        self.metrics.reconcile_duration.observe(seconds)
+        if changes:
+            self.metrics.reconcile_repairs.inc(changes)
+        if errors:
+            self.metrics.reconcile_errors.inc(errors)
+
+    def record_etcd_error(self) -> None:
+        self.metrics.etcd_errors.inc()
+
+    def record_watch_restart(self) -> None:
+        self.metrics.watch_restarts.inc()
+
+    def set_vxlan_rejected(self, packets: int) -> None:
+        self.metrics.vxlan_rejected.set(packets)
+
+    def set_check(self, name: str, ok: bool, detail: str = "") -> None:
+        """An extra readiness condition (e.g. "nftables"); part of /readyz from now on."""
+        if name in CORE_CHECKS:
+            raise ValueError(f"{name} is a built-in check")
+        with self._lock:
+            self._extra[name] = Check(name, ok, detail)
+
+    # -- readiness -------------------------------------------------------------
+
+    def _etcd_check(self) -> Check:
+        if self._probe is None:
+            return Check("etcd", True, "no probe configured")
+        with self._probe_lock:  # one probe at a time; others reuse its answer
+            now = time.monotonic()
+            if self._probe_cache and now - self._probe_cache[0] < self._probe_interval:
+                return self._probe_cache[1]
+            check = self._run_probe()
+            self._probe_cache = (time.monotonic(), check)
+            return check
+
+    def _run_probe(self) -> Check:
+        assert self._probe is not None
+        hung = self._probe_thread
+        if hung is not None and hung.is_alive():
+            # Never stack threads on a hung etcd: the earlier probe has not answered.
+            return Check("etcd", False, "an earlier probe is still waiting for etcd")
+        outcome: list[BaseException | None] = []
+
+        def target() -> None:
+            try:
+                self._probe()  # type: ignore[misc]
+                outcome.append(None)
+            except BaseException as exc:  # reported as the check's detail
+                outcome.append(exc)
+
+        # A daemon thread: a hung etcd call must not block the HTTP handler.
+        thread = threading.Thread(target=target, name="etcd-probe", daemon=True)
+        self._probe_thread = thread
+        thread.start()
+        thread.join(self._probe_timeout)
+        if not outcome:
+            self.record_etcd_error()
+            return Check("etcd", False, f"no answer within {self._probe_timeout:g}s")
+        if outcome[0] is not None:
+            self.record_etcd_error()
+            return Check("etcd", False, f"{type(outcome[0]).__name__}: {outcome[0]}"[:200])
+        return Check("etcd", True, "reachable")
+
+    def checks(self) -> list[Check]:
+        now = self._clock()
+        with self._lock:
+            if not self.lease_held:
+                lease = Check("lease", False, "no lease held")
+            elif self.lease_expiration is not None and self.lease_expiration <= now:
+                lease = Check("lease", False, f"lease for {self.subnet} expired")
+            else:
+                lease = Check("lease", True, str(self.subnet))
+            if self.reconcile_ok is None:
+                rec = Check("reconcile", False, "no reconcile pass yet")
+            elif self.reconcile_ok:
+                rec = Check("reconcile", True, "last pass succeeded")
+            else:
+                errors = (self.last_reconcile or {}).get("errors", 0)
+                rec = Check("reconcile", False, f"last pass had {errors} error(s)")
+            env = Check(
+                "subnet-env",
+                self.subnet_env_written,
+                self.subnet_env_path or "" if self.subnet_env_written else "not written yet",
+            )
+            extra = list(self._extra.values())
+        etcd = self._etcd_check()
+        return [lease, etcd, rec, env, *extra]
+
+    def ready(self) -> tuple[bool, list[Check]]:
+        checks = self.checks()
+        ok = all(c.ok for c in checks)
+        self.metrics.ready.set(1 if ok else 0)
+        return ok, checks
+
+    def status(self) -> dict[str, Any]:
+        """The ``/status`` JSON document."""
+        ready, checks = self.ready()
+        with self._lock:
+            return {
+                "version": STATUS_VERSION,
+                "node": self.node,
+                "ready": ready,
+                "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks],
+                "lease": {
+                    "held": self.lease_held,
+                    "subnet": str(self.subnet) if self.subnet else None,
+                    "network": str(self.network) if self.network else None,
+                    "public_ip": self.public_ip,
+                    "expiration": self.lease_expiration,
+                },
+                "backend": self.backend,
+                "device": self.device,
+                "subnet_env": {
+                    "path": self.subnet_env_path,
+                    "written": self.subnet_env_written,
+                },
+                "peers": {
+                    "in_etcd": self.peers_in_etcd,
+                    "programmed": self.peers_programmed,
+                    "skipped": dict(self.skipped_peers),
+                    "skipped_count": self.skipped_count,
+                },
+                "last_reconcile": dict(self.last_reconcile) if self.last_reconcile else None,
+                "uptime_seconds": round(self._clock() - self.started_at, 3),
+            }
+
+    def metrics_text(self) -> bytes:
+        self.ready()  # refresh the flannelish_ready gauge
+        return generate_latest(self.metrics.registry)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        state = self.server.state
+        path = self.path.split("?", 1)[0]
+        try:
+            if path == "/healthz":
+                self._send(200, b"flannelish is running\n")
+            elif path == "/readyz":
+                ok, checks = state.ready()
+                lines = [f"[{'+' if c.ok else '-'}]{c.name} {c.detail}".rstrip() for c in checks]
+                lines.append("ready" if ok else "not ready")
+                self._send(200 if ok else 503, ("\n".join(lines) + "\n").encode())
+            elif path == "/metrics":
+                self._send(200, state.metrics_text(), CONTENT_TYPE_LATEST)
+            elif path == "/status":
+                body = json.dumps(state.status(), indent=2).encode() + b"\n"
+                self._send(200, body, "application/json")
+            else:
+                self._send(404, b"not found; try /healthz /readyz /metrics /status\n")
+        except Exception:  # a broken handler must not kill the daemon
+            log.exception("health endpoint %s failed", path)
+            self._send(500, b"internal error\n")
+
+    def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("health %s", format % args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    state: NodeState
+
+
+class HealthServer:
+    """``/healthz`` ``/readyz`` ``/metrics`` ``/status`` in a background thread."""
+
+    def __init__(self, state: NodeState, host: str = "0.0.0.0", port: int = 0) -> None:
+        if not 0 <= port <= 65535:
+            raise ConfigError("--healthz-port must be in 0..65535", str(port))
+        try:
+            self._httpd = _Server((host, port), _Handler)
+        except OSError as exc:
+            raise NotAvailableError(
+                f"cannot listen on {host}:{port} for health checks", exc.strerror or str(exc)
+            ) from None
+        self._httpd.state = state
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="health", kwargs={"poll_interval": 0.2}
+        )
+        self._thread.daemon = True
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._httpd.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        log.info("health server listening", extra={"address": "{}:{}".format(*self.address)})
+        return self
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._httpd.shutdown()
+            self._thread.join(timeout=5)
+        self._httpd.server_close()

@@ -1,0 +1,166 @@
+"""Node operations wired for the daemon: health server, NodeState and the nftables owner.
+
+Design
+------
+The daemon (flannelish.daemon.node) should not need to know how readiness,
+metrics, masquerading and VXLAN anti-spoofing fit together, so this module
+gives it one object with lifecycle calls that map onto its start-up order:
+
+=====================================  ========================================
+daemon step                            call
+=====================================  ========================================
+after the backend is chosen            ``ops = NodeOps(opts, node=..., backend=...,
+                                       etcd_probe=...)``
+after the lease is bound               ``owners += ops.start(network, lease, ...)``
+                                       (returns the nft Owner for the Reconciler)
+after subnet.env is written            ``ops.subnet_env_written(path)``
+each ``ReconcileLoop`` on_pass         ``ops.on_pass(result, peers_in_etcd)``
+first lease snapshot applied           ``ops.peers_synced()``
+lease renewed / moved / lost           ``ops.lease_changed(lease)`` / ``ops.lease_lost()``
+etcd error / watch re-created          ``ops.state.record_etcd_error()`` /
+                                       ``ops.state.record_watch_restart()``
+clean shutdown (SIGTERM)               ``ops.stop()``
+=====================================  ========================================
+
+The health server runs only when ``healthz_port`` is non-zero (flanneld's
+rule).  The nftables table is always created (forward-accept and, unless
+``vxlan_allow_any``, anti-spoofing are on by default; masquerading only
+with ``ip_masq``) and removed by ``stop()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from typing import Any
+
+from flannelish.errors import FlannelishError, NotAvailableError
+from flannelish.node.firewall import NftOwner, NftRules, NftRunner
+from flannelish.node.health import HealthServer, NodeState
+
+log = logging.getLogger("flannelish.node.ops")
+
+
+@dataclass(frozen=True)
+class NodeOpsOptions:
+    ip_masq: bool = False
+    vxlan_allow_any: bool = False
+    healthz_ip: str = "0.0.0.0"
+    healthz_port: int = 0  # 0: no health server
+
+
+class NodeOps:
+    def __init__(
+        self,
+        options: NodeOpsOptions,
+        *,
+        node: str = "",
+        backend: str = "",
+        device: str | None = None,
+        etcd_probe: Callable[[], None] | None = None,
+        runner: NftRunner | None = None,
+    ) -> None:
+        self.options = options
+        self.state = NodeState(node=node, backend=backend, device=device, etcd_probe=etcd_probe)
+        self.owner: NftOwner | None = None
+        self.server: HealthServer | None = None
+        self._runner = runner
+
+    def start(
+        self,
+        network: IPv4Network | str,
+        lease: Any,
+        *,
+        vxlan_port: int | None,
+    ) -> list[NftOwner]:
+        """Create the nft Owner (for the Reconciler) and start the health server.
+
+        ``lease`` is a flannelish.subnet.lease.Lease; ``vxlan_port`` is None
+        for backends without VXLAN (host-gw): then no anti-spoof rule.
+        """
+        self.lease_changed(lease, network=network)
+        if self._runner is None and shutil.which("nft") is None:
+            if self.options.ip_masq:
+                raise NotAvailableError(
+                    "--ip-masq needs nftables, but the nft command is not installed",
+                    "install the nftables package",
+                )
+            log.warning(
+                "nft not found: no forward-accept rules and no VXLAN anti-spoofing on this node"
+            )
+            self._start_server()
+            return []
+        rules = NftRules(
+            network,
+            lease.subnet,
+            vxlan_port,
+            masq=self.options.ip_masq,
+            allow_any_vxlan=self.options.vxlan_allow_any,
+            runner=self._runner,
+        )
+        self.owner = NftOwner(rules)
+        self._start_server()
+        return [self.owner]
+
+    def _start_server(self) -> None:
+        if self.options.healthz_port:
+            self.server = HealthServer(
+                self.state, self.options.healthz_ip, self.options.healthz_port
+            ).start()
+
+    def subnet_env_written(self, path: Any) -> None:
+        self.state.set_subnet_env_written(str(path))
+
+    def lease_changed(self, lease: Any, network: IPv4Network | str | None = None) -> None:
+        self.state.set_lease(
+            lease.subnet, lease.expiration, public_ip=str(lease.attrs.public_ip), network=network
+        )
+        if self.owner is not None and self.owner.rules.subnet != lease.subnet:
+            # A new subnet changes the masquerade rules; the next pass applies them.
+            old = self.owner.rules
+            self.owner.replace_rules(
+                NftRules(
+                    old.network,
+                    lease.subnet,
+                    old.vxlan_port,
+                    masq=old.masq,
+                    allow_any_vxlan=old.allow_any_vxlan,
+                    runner=old.runner,
+                )
+            )
+
+    def lease_lost(self) -> None:
+        self.state.lease_lost()
+
+    def peers_synced(self) -> None:
+        if self.owner is not None:
+            self.owner.arm()
+
+    def on_pass(self, result: Any, peers_in_etcd: int) -> None:
+        """Feed one reconcile PassResult into readiness and metrics."""
+        self.state.record_reconcile(result.seconds, result.changes, result.errors)
+        programmed = max(peers_in_etcd - result.skipped, 0)
+        self.state.set_peers(peers_in_etcd, programmed, result.skipped)
+        if self.owner is not None:
+            try:
+                self.owner.after_pass()  # arms the anti-spoof rule once the set is complete
+                rules = self.owner.rules
+                table = rules.state()  # one listing for both
+                present = rules.matches(table)
+                self.state.set_check("nftables", present, "" if present else "table not in place")
+                self.state.set_vxlan_rejected(table.rejected_packets if table else 0)
+            except FlannelishError as exc:
+                self.state.set_check("nftables", False, str(exc))
+
+    def stop(self) -> None:
+        """Clean shutdown: remove our nftables table, stop the health server."""
+        if self.owner is not None:
+            try:
+                self.owner.rules.remove()
+            except FlannelishError as exc:
+                log.warning("cannot remove nftables table: %s", exc)
+        if self.server is not None:
+            self.server.stop()

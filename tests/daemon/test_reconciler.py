@@ -1,0 +1,191 @@
+"""Reconciler diff logic against the in-memory fake kernel (no root)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from flannelish.backends.base import BackendContext, ExternalInterface
+from flannelish.backends.vxlan import VxlanBackend
+
+from flannelish.daemon.reconciler import Reconciler, diff
+from flannelish.kernel.netlink import ROUTE_PROTO, FakeNetlink, Fdb, Neigh, Route
+from flannelish.kernel.resources import FdbResource, NeighResource, RouteResource
+from flannelish.subnet.lease import Lease, LeaseAttrs
+
+pytestmark = pytest.mark.unit
+
+NETWORK = IPv4Network("10.244.0.0/16")
+OWN = IPv4Network("10.244.1.0/24")
+
+
+def peer(n: int, mac: str | None = None, ip: str | None = None, btype: str = "vxlan") -> Lease:
+    return Lease(
+        IPv4Network(f"10.244.{n}.0/24"),
+        LeaseAttrs(
+            IPv4Address(ip or f"198.18.0.{n}"),
+            btype,
+            {"VNI": 1, "VtepMAC": mac or f"0e:00:00:00:00:{n:02x}"},
+        ),
+    )
+
+
+@pytest.fixture
+def kernel(tmp_path: Path):
+    nl = FakeNetlink()
+    eth0 = nl.add_link("eth0", mtu=1500)
+    ext = ExternalInterface(
+        "eth0", eth0.index, IPv4Address("198.18.0.1"), IPv4Address("198.18.0.1"), 1500
+    )
+    net = SimpleNamespace(network=NETWORK, backend={"Type": "vxlan"})
+    backend = VxlanBackend(BackendContext(nl, ext, net, tmp_path))
+    backend.setup()
+    backend.bind_lease(Lease(OWN, backend.lease_attrs()))
+    nl.calls.clear()
+    return SimpleNamespace(nl=nl, backend=backend, rec=Reconciler([backend]))
+
+
+def entries(k):
+    idx = k.backend.index
+    return (
+        sorted((str(n.ip), n.mac) for n in k.nl.neighs(idx)),
+        sorted((f.mac, str(f.dst)) for f in k.nl.fdbs(idx)),
+        sorted((str(r.dst), str(r.gateway)) for r in k.nl.routes()),
+    )
+
+
+def test_new_peer_is_programmed_neigh_then_fdb_then_route(kernel):
+    result = kernel.rec.reconcile([peer(2)])
+    assert result.changes == 3 and result.errors == 0
+    assert [op for op, _ in kernel.nl.calls] == ["replace_neigh", "replace_fdb", "replace_route"]
+    assert entries(kernel) == (
+        [("10.244.2.0", "0e:00:00:00:00:02")],
+        [("0e:00:00:00:00:02", "198.18.0.2")],
+        [("10.244.2.0/24", "10.244.2.0")],
+    )
+    route = kernel.nl.routes()[0]
+    assert route.onlink and route.proto == ROUTE_PROTO and route.oif == kernel.backend.index
+
+
+def test_second_pass_with_same_peers_changes_nothing(kernel):
+    kernel.rec.reconcile([peer(2), peer(3)])
+    kernel.nl.calls.clear()
+    assert kernel.rec.reconcile([peer(2), peer(3)]).changes == 0
+    assert kernel.nl.calls == []
+
+
+def test_removed_peer_loses_route_fdb_and_neigh_in_that_order(kernel):
+    kernel.rec.reconcile([peer(2), peer(3)])
+    kernel.nl.calls.clear()
+    kernel.rec.reconcile([peer(3)])
+    assert [op for op, _ in kernel.nl.calls] == ["del_route", "del_fdb", "del_neigh"]
+    assert entries(kernel)[1] == [("0e:00:00:00:00:03", "198.18.0.3")]
+
+
+def test_mac_change_deletes_the_stale_fdb_before_adding_the_new_one(kernel):
+    kernel.rec.reconcile([peer(2)])
+    kernel.nl.calls.clear()
+    kernel.rec.reconcile([peer(2, mac="0e:aa:00:00:00:02")])
+    ops = [op for op, _ in kernel.nl.calls]
+    assert ops == ["del_fdb", "replace_neigh", "replace_fdb"]
+    neighs, fdbs, _ = entries(kernel)
+    assert fdbs == [("0e:aa:00:00:00:02", "198.18.0.2")]  # no stale FDB left (Flannel leaves it)
+    assert neighs == [("10.244.2.0", "0e:aa:00:00:00:02")]
+
+
+def test_public_ip_change_replaces_fdb_dst_in_place(kernel):
+    kernel.rec.reconcile([peer(2)])
+    kernel.nl.calls.clear()
+    kernel.rec.reconcile([peer(2, ip="198.18.0.22")])
+    assert [op for op, _ in kernel.nl.calls] == ["replace_fdb"]
+    assert entries(kernel)[1] == [("0e:00:00:00:00:02", "198.18.0.22")]
+
+
+def test_fdb_mac_with_an_extra_remote_is_cleaned_up(kernel):
+    kernel.rec.reconcile([peer(2)])
+    idx = kernel.backend.index
+    kernel.nl.append_fdb(Fdb(idx, "0e:00:00:00:00:02", IPv4Address("198.18.0.99")))
+    kernel.rec.reconcile([peer(2)])
+    assert entries(kernel)[1] == [("0e:00:00:00:00:02", "198.18.0.2")]
+
+
+def test_hand_deleted_entries_are_restored(kernel):
+    kernel.rec.reconcile([peer(2)])
+    idx = kernel.backend.index
+    kernel.nl.del_neigh(Neigh(idx, IPv4Address("10.244.2.0"), "0e:00:00:00:00:02"))
+    kernel.nl.del_route(kernel.nl.routes()[0])
+    kernel.nl.calls.clear()
+    result = kernel.rec.reconcile([peer(2)])
+    assert [op for op, _ in kernel.nl.calls] == ["replace_neigh", "replace_route"]
+    assert result.changes == 2
+
+
+def test_foreign_routes_are_never_touched(kernel):
+    foreign = Route(IPv4Network("10.244.9.0/24"), IPv4Address("198.18.0.9"), 1, proto=4)
+    kernel.nl.add_foreign_route(foreign)
+    kernel.rec.reconcile([peer(2)])
+    kernel.rec.reconcile([])
+    assert foreign in kernel.nl.routes(proto=4)
+    assert kernel.nl.routes() == []
+
+
+def test_deleted_device_is_rebuilt_with_the_same_mac_and_all_peers_replayed(kernel):
+    kernel.rec.reconcile([peer(2), peer(3)])
+    mac, old_index = kernel.backend.mac, kernel.backend.index
+    kernel.nl.delete_link(old_index)
+    result = kernel.rec.reconcile([peer(2), peer(3)])
+    assert result.rebuilt
+    link = kernel.nl.link("flannel.1")
+    assert link is not None and link.mac == mac and link.index != old_index and link.up
+    assert [str(a.address) for a in kernel.nl.addrs(link.index)] == ["10.244.1.0"]
+    assert len(entries(kernel)[0]) == 2 and len(entries(kernel)[2]) == 2
+
+
+def test_peer_of_another_backend_type_is_skipped(kernel):
+    result = kernel.rec.reconcile([peer(2, btype="host-gw")])
+    assert result.skipped == 1 and result.changes == 0
+
+
+def test_failed_fdb_skips_the_route_and_the_next_pass_completes_it(kernel):
+    kernel.nl.fail_on = {"replace_fdb"}
+    result = kernel.rec.reconcile([peer(2)])
+    assert result.errors == 1
+    assert kernel.nl.routes() == []  # never a route whose FDB entry is missing
+    kernel.nl.fail_on = set()
+    assert kernel.rec.reconcile([peer(2)]).errors == 0
+    assert len(kernel.nl.routes()) == 1
+
+
+def test_diff_is_empty_when_actual_matches_desired():
+    nl = FakeNetlink()
+    resources = [NeighResource(nl, lambda: 5), FdbResource(nl, lambda: 5), RouteResource(nl)]
+    group = [
+        Neigh(5, IPv4Address("10.1.2.0"), "0e:00:00:00:00:01"),
+        Fdb(5, "0e:00:00:00:00:01", IPv4Address("198.18.0.7")),
+        Route(IPv4Network("10.1.2.0/24"), IPv4Address("10.1.2.0"), 5, onlink=True),
+    ]
+    actual = {"neigh": [group[0]], "fdb": [group[1]], "route": [group[2]]}
+    assert diff(resources, [group], actual).empty
+    missing_route = {"neigh": [group[0]], "fdb": [group[1]], "route": []}
+    assert diff(resources, [group], missing_route).apply == [[group[2]]]
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (lambda k: peer(2, ip="198.18.0.1"), "PublicIP 198.18.0.1 is our own"),
+        (lambda k: peer(2, mac=k.backend.mac), "is our own"),
+        (
+            lambda k: Lease(IPv4Network("10.244.1.0/25"), peer(2).attrs),
+            "overlaps our lease 10.244.1.0/24",
+        ),
+    ],
+    ids=["own-public-ip", "own-mac", "overlapping-subnet"],
+)
+def test_peer_that_would_hijack_our_traffic_is_skipped(kernel, bad, reason, caplog):
+    result = kernel.rec.reconcile([bad(kernel), peer(3)])
+    assert result.skipped == 1 and result.errors == 0
+    assert reason in caplog.text
+    assert [str(r.dst) for r in kernel.nl.routes()] == ["10.244.3.0/24"]

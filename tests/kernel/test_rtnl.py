@@ -1,0 +1,40 @@
+"""Raw rtnetlink encoding helpers and change-notification parsing (no kernel)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from flannelish.kernel import rtnl
+from flannelish.kernel.netlink import Change, parse_changes
+from flannelish.kernel.rtnl import RTM_DELLINK, RTM_DELROUTE
+
+pytestmark = pytest.mark.unit
+
+
+def test_attrs_are_padded_to_four_bytes_and_parse_back():
+    blob = rtnl.attr(rtnl.NDA_LLADDR, rtnl.mac_bytes("0e:00:00:00:00:01")) + rtnl.attr(
+        rtnl.NDA_DST, bytes([10, 244, 2, 0])
+    )
+    assert len(blob) == 12 + 8  # 4+6 padded to 12, then 4+4
+    attrs = rtnl.parse_attrs(blob)
+    assert rtnl.mac_str(attrs[rtnl.NDA_LLADDR]) == "0e:00:00:00:00:01"
+    assert attrs[rtnl.NDA_DST] == bytes([10, 244, 2, 0])
+
+
+def _msg(mtype: int, body: bytes) -> bytes:
+    return rtnl.HDR.pack(rtnl.HDR.size + len(body), mtype, 0, 0, 0) + body
+
+
+def test_change_parser_reads_link_index_and_route_protocol_from_one_datagram():
+    link = _msg(RTM_DELLINK, struct.pack("=BxHiII", 0, 1, 42, 0, 0))
+    route = _msg(RTM_DELROUTE, rtnl.RTMSG.pack(2, 24, 0, 0, 254, 0x46, 0, 1, 0))
+    assert parse_changes(link + route) == [
+        Change(RTM_DELLINK, ifindex=42),
+        Change(RTM_DELROUTE, proto=0x46),
+    ]
+
+
+def test_change_parser_stops_on_a_truncated_header():
+    assert parse_changes(b"\x03\x00\x00") == []

@@ -1,0 +1,67 @@
+"""subnet.env: Flannel's exact format, atomic 0644 write, lenient read."""
+
+from __future__ import annotations
+
+import os
+import stat
+from ipaddress import IPv4Network
+
+import pytest
+
+from flannelish.errors import ConfigError
+from flannelish.subnet_env import SubnetEnv, previous_subnet, read_subnet_env, write_subnet_env
+
+pytestmark = pytest.mark.unit
+
+VECTOR = SubnetEnv(IPv4Network("10.5.0.0/16"), IPv4Network("10.5.34.0/24"), 1450, True)
+
+
+def test_written_file_matches_flannel_test_vector_with_mode_0644(tmp_path):
+    path = tmp_path / "run" / "flannel" / "subnet.env"
+    old = os.umask(0o077)
+    try:
+        write_subnet_env(path, VECTOR)
+    finally:
+        os.umask(old)
+    assert path.read_text() == (
+        "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.34.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+    )
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in path.parent.iterdir()] == ["subnet.env"]  # no temp file left
+
+
+def test_round_trip_and_previous_subnet(tmp_path):
+    path = tmp_path / "subnet.env"
+    write_subnet_env(path, VECTOR)
+    assert read_subnet_env(path) == VECTOR
+    assert previous_subnet(path) == IPv4Network("10.5.34.0/24")
+
+
+def test_missing_file_reads_as_none(tmp_path):
+    assert read_subnet_env(tmp_path / "nope") is None
+    assert previous_subnet(tmp_path / "nope") is None
+
+
+def test_bad_value_names_key_and_file(tmp_path):
+    path = tmp_path / "subnet.env"
+    path.write_text("FLANNEL_SUBNET=10.5.300.1/24\nFLANNEL_MTU=1450\n")
+    with pytest.raises(ConfigError, match="FLANNEL_SUBNET"):
+        read_subnet_env(path)
+    assert previous_subnet(path) is None
+
+
+def test_list_valued_previous_subnet_is_ignored_like_flannel(tmp_path):
+    path = tmp_path / "subnet.env"
+    path.write_text("FLANNEL_SUBNET=10.5.34.1/24,10.5.35.1/24\nFLANNEL_MTU=1450\n")
+    assert previous_subnet(path) is None
+
+
+def test_replacing_keeps_readers_seeing_a_whole_file(tmp_path):
+    path = tmp_path / "subnet.env"
+    write_subnet_env(path, VECTOR)
+    inode = path.stat().st_ino
+    write_subnet_env(
+        path, SubnetEnv(IPv4Network("10.5.0.0/16"), IPv4Network("10.5.7.0/24"), 1450, False)
+    )
+    assert path.stat().st_ino != inode  # renamed into place, not rewritten
+    assert "FLANNEL_SUBNET=10.5.7.1/24" in path.read_text()
