@@ -23,7 +23,7 @@ one module here that implements this class, plus one line in ``REGISTRY``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -85,6 +85,18 @@ class Backend(ABC):
     @abstractmethod
     def resources(self) -> Sequence[Resource]:
         """Kinds of owned kernel objects, in the order one peer's objects are applied."""
+
+    def validate(self, peer: Lease) -> Skip | None:
+        """Checks of the lease alone (backend type, backend data): a Skip, or None if fine.
+
+        Runs on every watch event before the peer is admitted, so it must be
+        cheap and must not depend on kernel state (that belongs in plan()).
+        """
+        return None
+
+    def claims(self, peer: Lease) -> Sequence[Hashable]:
+        """Values only one peer may hold (e.g. a VTEP MAC); the first holder keeps them."""
+        return ()
 
     @abstractmethod
     def plan(self, peer: Lease) -> Sequence[Any] | Skip:

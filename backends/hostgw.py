@@ -85,17 +85,24 @@ class HostGwBackend(Backend):
     def resources(self) -> Sequence[Resource]:
         return self._routes
 
+    def validate(self, peer: Lease) -> Skip | None:
+        if peer.attrs.backend_type != self.backend_type:
+            kind = peer.attrs.backend_type or "none"
+            return Skip(f"backend type {kind!r}, we use host-gw", "backend-type")
+        return None
+
     def plan(self, peer: Lease) -> Sequence[Any] | Skip:
         attrs = peer.attrs
-        if attrs.backend_type != self.backend_type:
-            return Skip(f"backend type {attrs.backend_type or 'none'!r}, we use host-gw")
+        skip = self.validate(peer)
+        if skip is not None:
+            return skip
         if not self.on_link(attrs.public_ip):
             reason = (
                 f"PublicIP {attrs.public_ip} is not on-link on {self.ctx.ext.name}: "
                 "host-gw needs all nodes on one L2 segment"
             )
             self._warn_off_link(peer, reason)
-            return Skip(reason)
+            return Skip(reason, "off-link")
         self._warned.pop(peer.subnet, None)
         return (Route(peer.subnet, attrs.public_ip, self.ctx.ext.index),)
 

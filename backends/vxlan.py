@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, fields, replace
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -340,28 +340,45 @@ class VxlanBackend(Backend):
     def resources(self) -> Sequence[Resource]:
         return self._resources
 
-    def plan(self, peer: Lease) -> Sequence[Any] | Skip:
+    def validate(self, peer: Lease) -> Skip | None:
         attrs = peer.attrs
         if attrs.backend_type != self.backend_type:
-            return Skip(f"backend type {attrs.backend_type or 'none'!r}, we use vxlan")
+            return Skip(
+                f"backend type {attrs.backend_type or 'none'!r}, we use vxlan", "backend-type"
+            )
         try:
             mac = attrs.vtep_mac
         except LeaseDecodeError as exc:
-            return Skip(f"invalid VtepMAC: {exc}")
+            return Skip(f"invalid VtepMAC: {exc}", "vtep-mac")
         if mac is None:
-            return Skip("lease has no VtepMAC")
+            return Skip("lease has no VtepMAC", "vtep-mac")
+        if int(mac[:2], 16) & 1:
+            return Skip(f"VtepMAC {mac} is a multicast address", "vtep-mac")
         # A misconfigured or cloned node must not hijack our own traffic.
         if mac == self.mac:
-            return Skip(f"VtepMAC {mac} is our own")
+            return Skip(f"VtepMAC {mac} is our own", "vtep-mac")
         if attrs.public_ip in (self.ctx.ext.public_ip, self.local):
-            return Skip(f"PublicIP {attrs.public_ip} is our own")
+            return Skip(f"PublicIP {attrs.public_ip} is our own", "public-ip")
+        return None
+
+    def claims(self, peer: Lease) -> Sequence[Hashable]:
+        # One FDB entry per MAC: a second peer with the same MAC would steal the first's.
+        return (("vtep-mac", peer.attrs.vtep_mac),)
+
+    def plan(self, peer: Lease) -> Sequence[Any] | Skip:
+        attrs = peer.attrs
+        skip = self.validate(peer)
+        if skip is not None:
+            return skip
+        mac = attrs.vtep_mac
+        assert mac is not None  # validate() checked it
         if self.lease is not None and peer.subnet.overlaps(self.lease.subnet):
-            return Skip(f"subnet overlaps our lease {self.lease.subnet}")
+            return Skip(f"subnet overlaps our lease {self.lease.subnet}", "overlap")
         if self.direct(attrs.public_ip):
             self._note_path(peer, "direct")
             return (Route(peer.subnet, attrs.public_ip, self.ctx.ext.index),)
         if self.index is None:
-            return Skip("device not present")
+            return Skip("device not present", "device")
         if self.options.direct_routing:
             self._note_path(peer, "vxlan")
         gateway = peer.subnet.network_address

@@ -28,11 +28,13 @@ import os
 import tempfile
 import threading
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
 from flannelish.backends import get_backend_class
 from flannelish.backends.base import Backend, BackendContext, ExternalInterface
+from flannelish.daemon.admission import AdmissionRules
 from flannelish.daemon.iface import select_interface
 from flannelish.daemon.peers import PeerTable
 from flannelish.daemon.reconciler import PassResult, ReconcileLoop, Reconciler
@@ -222,8 +224,27 @@ class NodeDaemon:
     def _bind(self, lease: Lease) -> None:
         assert self.backend is not None
         self.backend.bind_lease(lease)
-        self.peers.set_own_subnet(lease.subnet)
         self.status.lease = lease
+        if self.peers.rules is None:
+            self.peers.own_subnet = lease.subnet
+            self.peers.set_rules(self._admission_rules(self.backend))
+        else:
+            self.peers.set_own_subnet(lease.subnet)
+
+    def _admission_rules(self, backend: Backend) -> AdmissionRules:
+        ext, config = backend.ctx.ext, self._config
+
+        def own_subnet() -> IPv4Network | None:
+            return self.status.lease.subnet if self.status.lease is not None else None
+
+        return AdmissionRules(
+            network=config.network,
+            subnet_len=config.subnet_len,
+            own_ips=frozenset({ext.public_ip, ext.address}),
+            own_subnet=own_subnet,
+            validate=backend.validate,
+            claims=backend.claims,
+        )
 
     def _write_subnet_env(self, config: Any) -> None:
         assert self.backend is not None and self.status.lease is not None
@@ -285,14 +306,31 @@ class NodeDaemon:
         self._spawn("config-watch", self.config_watch.run, self.stop_event)
 
     def _make_loop(self, owner: Any, on_pass: Any) -> ReconcileLoop:
+        backend_loop = owner is self.backend
         return ReconcileLoop(
             Reconciler([owner]),
-            self.peers.snapshot,
+            self.peers.snapshot if backend_loop else self._programmed_peers,
             self.options.resync_seconds,
             on_pass,
             ready=self.peers.synced.is_set,
             name=f"reconcile-{type(owner).__name__}",
+            # The nftables set is rewritten in one `nft` transaction per pass
+            # anyway, so its loop keeps coalesced full passes.
+            lookup=self.peers.get if backend_loop else None,
         )
+
+    def _programmed_peers(self) -> list[Lease]:
+        """Admitted peers the backend did not skip (the anti-spoof set lists only those)."""
+        skipped = self.loop.reconciler.skipped if self.loop is not None else {}
+        return [p for p in self.peers.snapshot() if p.subnet not in skipped]
+
+    def skipped_peers(self) -> dict[str, tuple[str, str]]:
+        """Every peer lease not programmed: {subnet: (kind, reason)}."""
+        out = {str(s): (skip.kind, skip.reason) for s, (_, skip) in self.peers.rejected().items()}
+        if self.loop is not None:
+            for subnet, skip in self.loop.reconciler.skipped.items():
+                out[str(subnet)] = (skip.kind, skip.reason)
+        return out
 
     def _trigger_all(self, check_base: bool = False) -> None:
         for loop in self.loops:
@@ -319,9 +357,15 @@ class NodeDaemon:
 
         for batch in manager.watch_leases(self.stop_event, exclude=own_subnet):
             first = not self.peers.synced.is_set()
-            if self.peers.apply(batch):
+            changed = self.peers.apply(batch)
+            if first:
                 # The first pass after the snapshot also checks the base objects.
-                self._trigger_all(check_base=first)
+                self._trigger_all(check_base=True)
+            elif changed:
+                for loop in self.loops:
+                    loop.notify(changed)  # only these peers: no pass over the others
+            else:
+                self._report()  # e.g. a bad lease was rejected: status shows it
             if first and self.ops is not None:
                 self.ops.peers_synced()
             self.status.peers = len(self.peers)
@@ -397,7 +441,9 @@ class NodeDaemon:
                 errors=sum(r.errors for r in results),
                 changes=sum(r.changes for r in results),
             )
-            self.ops.on_pass(combined, len(self.peers))
+            skipped = self.skipped_peers()
+            known = len(self.peers) + len(self.peers.rejected())
+            self.ops.on_pass(combined, known, skipped)
 
     def _after_owner_pass(self, result: PassResult) -> None:
         self._report()

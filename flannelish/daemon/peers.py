@@ -1,58 +1,159 @@
 """The set of peer leases the node currently knows, fed by lease watch events.
 
-Thread-safe: the watch thread applies events, the reconciler takes
-snapshots.  Our own subnet is always left out (a peer route to ourselves
-would black-hole local pods).  A REMOVED event simply drops the peer: the
-reconciler deletes whatever the kernel still holds for it, so the event's
-previous attributes are not needed for cleanup.
+Thread-safe: the watch thread applies events, the reconcile loops read.
+Every lease passes :mod:`flannelish.daemon.admission` first; a rejected one
+is kept apart with its reason (``flannelish status``, ``/metrics``) and never
+reaches a reconciler.  Our own subnet is always left out (a peer route to
+ourselves would black-hole local pods).
+
+:meth:`PeerTable.apply` returns the subnets whose admitted lease changed, so
+the reconcile loops program exactly those peers (one lease event costs one
+peer's work, not a pass over every peer).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from ipaddress import IPv4Network
 
+from flannelish.daemon.admission import AdmissionRules, check_lease
+from flannelish.kernel.resources import Skip
 from flannelish.subnet.lease import Event, EventType, Lease
 
 
 class PeerTable:
-    def __init__(self, own_subnet: IPv4Network | None = None) -> None:
+    def __init__(
+        self, own_subnet: IPv4Network | None = None, rules: AdmissionRules | None = None
+    ) -> None:
         self._lock = threading.Lock()
-        self._peers: dict[IPv4Network, Lease] = {}
+        self._peers: dict[IPv4Network, Lease] = {}  # admitted
+        self._rejected: dict[IPv4Network, tuple[Lease, Skip]] = {}
+        self._holder: dict[Hashable, IPv4Network] = {}  # claim -> admitted subnet holding it
+        self._held: dict[IPv4Network, tuple[Hashable, ...]] = {}  # admitted subnet -> its claims
         self.own_subnet = own_subnet
+        self.rules = rules
         # Set once the watch's first batch (the snapshot) is in.  Before that an
         # empty table means "not known yet", not "no peers": reconciling then
         # would delete every peer's entries on a daemon restart.
         self.synced = threading.Event()
 
-    def apply(self, events: Iterable[Event]) -> bool:
-        """Apply a batch; True if the peer set changed."""
-        changed = False
+    def set_rules(self, rules: AdmissionRules) -> None:
+        """Install (or change) the admission rules and re-check every known lease."""
         with self._lock:
-            for event in events:
+            self.rules = rules
+            leases = [*self._peers.values(), *(lease for lease, _ in self._rejected.values())]
+            self._peers.clear()
+            self._rejected.clear()
+            self._holder.clear()
+            self._held.clear()
+            for lease in sorted(leases, key=_age):
+                self._admit(lease)
+
+    def apply(self, events: Iterable[Event]) -> set[IPv4Network]:
+        """Apply a batch; returns the subnets whose admitted lease was added, changed or removed.
+
+        The first batch (the snapshot) always counts as a change of the table.
+        """
+        changed: set[IPv4Network] = set()
+        with self._lock:
+            batch = list(events)
+            # Older leases first, so the older holder of a claim keeps it.
+            for event in sorted(batch, key=lambda e: _age(e.lease)):
                 subnet = event.lease.subnet
                 if subnet == self.own_subnet:
                     continue
                 if event.type is EventType.REMOVED:
-                    changed |= self._peers.pop(subnet, None) is not None
+                    self._rejected.pop(subnet, None)
+                    if subnet in self._peers:
+                        changed.add(subnet)
+                        changed |= self._wake(self._drop(subnet))
                 elif self._peers.get(subnet) != event.lease:
-                    self._peers[subnet] = event.lease
-                    changed = True
+                    freed = self._drop(subnet) if subnet in self._peers else set()
+                    self._rejected.pop(subnet, None)
+                    if self._admit(event.lease) or freed:
+                        changed.add(subnet)
+                    # Claims the new version no longer holds go to whoever waits for them.
+                    changed |= self._wake({c for c in freed if c not in self._holder})
         if not self.synced.is_set():
             self.synced.set()
-            changed = True
         return changed
+
+    def _admit(self, lease: Lease) -> bool:
+        rules = self.rules
+        skip = check_lease(lease, rules) if rules is not None else None
+        claims = rules.claims(lease) if rules is not None and skip is None else ()
+        for claim in claims:
+            holder = self._holder.get(claim)
+            if holder is not None and holder != lease.subnet:
+                skip = Skip(f"{_claim_text(claim)} is already used by peer {holder}", "duplicate")
+                break
+        if skip is not None:
+            self._rejected[lease.subnet] = (lease, skip)
+            return False
+        self._peers[lease.subnet] = lease
+        self._held[lease.subnet] = tuple(claims)
+        for claim in claims:
+            self._holder[claim] = lease.subnet
+        return True
+
+    def _drop(self, subnet: IPv4Network) -> set[Hashable]:
+        """Forget an admitted peer; returns the claims it held."""
+        self._peers.pop(subnet)
+        freed = set(self._held.pop(subnet, ()))
+        for claim in freed:
+            del self._holder[claim]
+        return freed
+
+    def _wake(self, freed: set[Hashable]) -> set[IPv4Network]:
+        """Peers rejected for a claim that is free now get another chance."""
+        rules = self.rules
+        if not freed or rules is None:
+            return set()
+        waiting = [
+            lease
+            for lease, skip in self._rejected.values()
+            if skip.kind == "duplicate" and freed & set(rules.claims(lease))
+        ]
+        admitted = set()
+        for lease in sorted(waiting, key=_age):
+            del self._rejected[lease.subnet]
+            if self._admit(lease):
+                admitted.add(lease.subnet)
+        return admitted
 
     def set_own_subnet(self, subnet: IPv4Network) -> None:
         with self._lock:
             self.own_subnet = subnet
-            self._peers.pop(subnet, None)
+            if subnet in self._peers:
+                self._drop(subnet)
+            self._rejected.pop(subnet, None)
+        if self.rules is not None:  # overlap checks depend on our subnet
+            self.set_rules(self.rules)
+
+    def get(self, subnet: IPv4Network) -> Lease | None:
+        with self._lock:
+            return self._peers.get(subnet)
 
     def snapshot(self) -> list[Lease]:
         with self._lock:
             return list(self._peers.values())
 
+    def rejected(self) -> dict[IPv4Network, tuple[Lease, Skip]]:
+        with self._lock:
+            return dict(self._rejected)
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._peers)
+
+
+def _age(lease: Lease) -> tuple[int, int]:
+    # mod_revision 0 means unknown (in-memory registries): keep batch order stable.
+    return (lease.mod_revision or 0, int(lease.subnet.network_address))
+
+
+def _claim_text(claim: Hashable) -> str:
+    if isinstance(claim, tuple) and len(claim) == 2:
+        return f"{claim[0]} {claim[1]}"
+    return str(claim)

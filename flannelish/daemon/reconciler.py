@@ -28,18 +28,20 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Network
 from typing import Any
 
 from flannelish.errors import KernelError
+from flannelish.kernel.netlink import RouteExists
 from flannelish.kernel.resources import Owner, Resource, Skip
 from flannelish.subnet.lease import Lease
 
 log = logging.getLogger("flannelish.reconciler")
 
 RETRY_SECONDS = 1.0  # after a pass with errors
+YIELD_EVERY = 256  # a full pass lets pending events through this often (peers or writes)
 
 
 @dataclass
@@ -48,6 +50,9 @@ class Diff:
     apply: list[list[Any]] = field(default_factory=list)  # per peer, in apply order
     # per peer, in apply order, before `remove`: groups that only replace objects in place
     early: list[list[Any]] = field(default_factory=list)
+    # the index (in desired_groups) of each group in `apply` / `early`
+    apply_peers: list[int] = field(default_factory=list)
+    early_peers: list[int] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -91,15 +96,17 @@ def diff(
                 present.add(obj)
             else:
                 in_place.add((res.kind, k))
-    for group in desired_groups:
+    for n, group in enumerate(desired_groups):
         todo = [obj for obj in group if obj not in present]
         if not todo:
             continue
         slots = [(by_type[type(obj)].kind, by_type[type(obj)].key(obj)) for obj in todo]
         if result.remove and all(slot in in_place for slot in slots):
             result.early.append(todo)
+            result.early_peers.append(n)
         else:
             result.apply.append(todo)
+            result.apply_peers.append(n)
     return result
 
 
@@ -121,43 +128,108 @@ class PassResult:
     rebuilt: bool = False
     skipped: int = 0
     seconds: float = 0.0
+    full: bool = True  # a dump-and-diff pass (False: a per-event apply)
+    needs_full: bool = False  # a per-event apply found something only a full pass can settle
+
+
+Slot = tuple[str, Hashable]  # (resource kind, key): one kernel slot
+
+
+@dataclass
+class _OwnerState:
+    # What we last wrote per peer and know to be in the kernel (the per-event
+    # path diffs against this instead of dumping the kernel).
+    programmed: dict[IPv4Network, tuple[Any, ...]] = field(default_factory=dict)
+    skipped: dict[IPv4Network, Skip] = field(default_factory=dict)
 
 
 class Reconciler:
-    """Brings the kernel in line with the peer leases, one pass at a time."""
+    """Brings the kernel in line with the peer leases.
+
+    Two ways, one state:
+
+    * :meth:`apply_peers` (per lease event): plans the changed peers only and
+      writes the difference to what it last wrote for them; cost independent
+      of the number of peers.
+    * :meth:`reconcile` (start-up, periodic resync, kernel notifications):
+      the full dump-and-diff pass, the safety net that repairs drift.  It
+      calls ``between()`` at a few points so pending events are applied
+      without waiting for the pass; slots those events touched are left to
+      them for the rest of the pass.
+
+    A route is only ever replaced when the kernel's route under that key is
+    ours (our route protocol); otherwise it is created exclusively, and a
+    foreign route in the way makes the peer skipped ("conflict"), leaving the
+    foreign route alone.
+    """
 
     def __init__(self, owners: Sequence[Owner]) -> None:
         self.owners = list(owners)
+        self._state = [_OwnerState() for _ in self.owners]
         self._skip_logged: dict[IPv4Network, tuple[str, Any]] = {}
+        self._touched: set[Slot] | None = None  # slots events changed during a full pass
+        self._touched_peers: set[IPv4Network] = set()
 
-    def reconcile(self, peers: Sequence[Lease], check_base: bool = True) -> PassResult:
-        """One pass; ``check_base=False`` skips the device check (lease-event passes:
-        the device is re-checked on the periodic resync and on link notifications)."""
+    @property
+    def skipped(self) -> dict[IPv4Network, Skip]:
+        """Peers some owner does not program, with the reason."""
+        out: dict[IPv4Network, Skip] = {}
+        for state in self._state:
+            out.update(state.skipped)
+        return out
+
+    def programmed(self, owner_index: int = 0) -> dict[IPv4Network, tuple[Any, ...]]:
+        return dict(self._state[owner_index].programmed)
+
+    # -- full pass ----------------------------------------------------------------
+    def reconcile(
+        self,
+        peers: Sequence[Lease],
+        check_base: bool = True,
+        between: Callable[[], object] | None = None,
+    ) -> PassResult:
+        """One full pass; ``check_base=False`` skips the device check."""
         started = time.monotonic()
         result = PassResult()
-        for owner in self.owners:
-            try:
-                if check_base:
-                    result.rebuilt |= owner.ensure_base()
-            except KernelError as exc:
-                log.error("cannot repair base object: %s", exc)
-                result.errors += 1
-                continue
-            self._reconcile_owner(owner, peers, result)
+        self._touched, self._touched_peers = set(), set()
+        try:
+            for owner, state in zip(self.owners, self._state, strict=True):
+                try:
+                    if check_base:
+                        result.rebuilt |= owner.ensure_base()
+                except KernelError as exc:
+                    log.error("cannot repair base object: %s", exc)
+                    result.errors += 1
+                    continue
+                self._full(owner, state, peers, result, between or (lambda: None))
+        finally:
+            self._touched = None
+        result.skipped = len(self.skipped)
         result.seconds = time.monotonic() - started
         return result
 
-    def _reconcile_owner(self, owner: Owner, peers: Sequence[Lease], result: PassResult) -> None:
+    def _full(
+        self,
+        owner: Owner,
+        state: _OwnerState,
+        peers: Sequence[Lease],
+        result: PassResult,
+        between: Callable[[], object],
+    ) -> None:
         resources = owner.resources()
-        groups: list[Sequence[Any]] = []
-        for peer in peers:
+        groups: list[tuple[Any, ...]] = []
+        subnets: list[IPv4Network] = []
+        skipped: dict[IPv4Network, Skip] = {}
+        for i, peer in enumerate(peers):
             planned = owner.plan(peer)
             if isinstance(planned, Skip):
-                result.skipped += 1
+                skipped[peer.subnet] = planned
                 self._log_skip(peer, planned)
             else:
-                self._skip_logged.pop(peer.subnet, None)
-                groups.append(planned)
+                groups.append(tuple(planned))
+                subnets.append(peer.subnet)
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                between()
         actual: dict[str, Sequence[Any]] = {}
         for res in resources:
             try:
@@ -166,11 +238,17 @@ class Reconciler:
                 log.error("cannot list %s entries: %s", res.kind, exc)
                 result.errors += 1
                 return
+        between()
         plan = diff(resources, groups, actual)
         by_type = {r.record: r for r in resources}
-        self._apply(plan.early, by_type, result)
-        for obj in plan.remove:
+        owned = {(r.kind, r.key(o)) for r in resources for o in actual.get(r.kind, ())}
+        failed: set[IPv4Network] = set()
+        early = list(zip(plan.early_peers, plan.early, strict=True))
+        self._apply_groups(early, by_type, owned, subnets, groups, failed, skipped, result, between)
+        for n, obj in enumerate(plan.remove):
             res = by_type[type(obj)]
+            if self._touched and (res.kind, res.key(obj)) in self._touched:
+                continue  # an event rewrote this slot meanwhile
             try:
                 res.remove(obj)
             except KernelError as exc:
@@ -179,29 +257,183 @@ class Reconciler:
                 continue
             result.changes += 1
             log.info("deleted %s", res.kind, extra={"op": "delete", **describe(obj)})
-        self._apply(plan.apply, by_type, result)
+            if n % YIELD_EVERY == YIELD_EVERY - 1:
+                between()
+        later = list(zip(plan.apply_peers, plan.apply, strict=True))
+        self._apply_groups(later, by_type, owned, subnets, groups, failed, skipped, result, between)
+        # What the kernel now holds per peer; peers events changed meanwhile keep
+        # what the event path recorded for them.
+        touched = self._touched_peers
+        programmed = {
+            subnet: group
+            for subnet, group in zip(subnets, groups, strict=True)
+            if subnet not in failed and subnet not in touched
+        }
+        for subnet in touched:
+            if subnet in state.programmed:
+                programmed[subnet] = state.programmed[subnet]
+        state.programmed = programmed
+        for subnet in touched:
+            if subnet in state.skipped and subnet not in skipped:
+                skipped[subnet] = state.skipped[subnet]
+        state.skipped = skipped
+        for subnet in list(self._skip_logged):
+            if subnet not in skipped:
+                del self._skip_logged[subnet]
 
-    def _apply(
-        self, groups: Sequence[Sequence[Any]], by_type: Mapping[type, Resource], result: PassResult
+    def _apply_groups(
+        self,
+        todo: Sequence[tuple[int, Sequence[Any]]],
+        by_type: Mapping[type, Resource],
+        owned: set[Slot],
+        subnets: Sequence[IPv4Network],
+        groups: Sequence[Sequence[Any]],
+        failed: set[IPv4Network],
+        skipped: dict[IPv4Network, Skip],
+        result: PassResult,
+        between: Callable[[], object],
     ) -> None:
-        for group in groups:
-            done: dict[str, str] = {}
-            kinds = []
-            for obj in group:
-                res = by_type[type(obj)]
-                try:
+        for n, (group_index, objs) in enumerate(todo):
+            subnet = subnets[group_index]
+            if subnet in self._touched_peers or subnet in failed:
+                continue
+            skip = self._write_group(objs, by_type, owned, result)
+            if skip is not None:
+                failed.add(subnet)
+                if skip.kind == "conflict":
+                    skipped[subnet] = skip
+                    self._log_skip_subnet(subnet, groups[group_index], skip)
+            if n % YIELD_EVERY == YIELD_EVERY - 1:
+                between()
+
+    def _write_group(
+        self,
+        objs: Sequence[Any],
+        by_type: Mapping[type, Resource],
+        owned: set[Slot] | Mapping[Slot, Any],
+        result: PassResult,
+    ) -> Skip | None:
+        """Write one peer's objects in order; a failed step stops the peer's later steps.
+
+        Returns None when all were written, else a Skip (``conflict`` for a
+        foreign object in the way, ``error`` for a failed write).
+        """
+        done: dict[str, str] = {}
+        kinds = []
+        outcome: Skip | None = None
+        for obj in objs:
+            res = by_type[type(obj)]
+            try:
+                if (res.kind, res.key(obj)) in owned:
                     res.ensure(obj)
-                except KernelError as exc:
-                    log.warning("cannot set %s: %s", res.kind, exc, extra=describe(obj))
-                    result.errors += 1
-                    break  # the peer's later steps depend on this one
-                result.changes += 1
-                kinds.append(res.kind)
-                done.update(describe(obj, prefix=f"{res.kind}_"))
-            if kinds:
-                # One line per peer listing every entry written (a cold start with
-                # 1000 peers logs 1000 lines, not 3000).
-                log.info("set %s", "+".join(kinds), extra={"op": "replace", **done})
+                else:
+                    res.create(obj)
+            except RouteExists as exc:
+                outcome = Skip(
+                    f"the kernel already has a route to {exc.dst} that flannelish does not own; "
+                    "left alone",
+                    "conflict",
+                )
+                break
+            except KernelError as exc:
+                log.warning("cannot set %s: %s", res.kind, exc, extra=describe(obj))
+                result.errors += 1
+                outcome = Skip(str(exc), "error")
+                break  # the peer's later steps depend on this one
+            result.changes += 1
+            kinds.append(res.kind)
+            done.update(describe(obj, prefix=f"{res.kind}_"))
+        if kinds:
+            # One line per peer listing every entry written (a cold start with
+            # 1000 peers logs 1000 lines, not 3000).
+            log.info("set %s", "+".join(kinds), extra={"op": "replace", **done})
+        return outcome
+
+    # -- per-event path -------------------------------------------------------------
+    def apply_peers(
+        self, subnets: Iterable[IPv4Network], lookup: Callable[[IPv4Network], Lease | None]
+    ) -> PassResult:
+        """Program exactly these peers (added, changed or removed) against what we last wrote."""
+        started = time.monotonic()
+        result = PassResult(full=False)
+        for owner, state in zip(self.owners, self._state, strict=True):
+            by_type = {r.record: r for r in owner.resources()}
+            for subnet in subnets:
+                self._apply_peer(owner, state, subnet, lookup(subnet), by_type, result)
+        result.skipped = len(self.skipped)
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _apply_peer(
+        self,
+        owner: Owner,
+        state: _OwnerState,
+        subnet: IPv4Network,
+        peer: Lease | None,
+        by_type: Mapping[type, Resource],
+        result: PassResult,
+    ) -> None:
+        old = state.programmed.pop(subnet, None)
+        new: tuple[Any, ...] = ()
+        state.skipped.pop(subnet, None)
+        if peer is not None:
+            planned = owner.plan(peer)
+            if isinstance(planned, Skip):
+                state.skipped[subnet] = planned
+                self._log_skip(peer, planned)
+            else:
+                new = tuple(planned)
+                self._skip_logged.pop(subnet, None)
+        else:
+            self._skip_logged.pop(subnet, None)
+        if old is None and peer is None:
+            result.needs_full = True  # unknown leftovers (a failed write): the full pass finds them
+            return
+        if self._touched is not None:
+            self._touched_peers.add(subnet)
+            for obj in (*(old or ()), *new):
+                res = by_type.get(type(obj))
+                if res is not None:
+                    self._touched.add((res.kind, res.key(obj)))
+        old_slots = {(by_type[type(o)].kind, by_type[type(o)].key(o)): o for o in old or ()}
+        new_slots = {(by_type[type(o)].kind, by_type[type(o)].key(o)) for o in new}
+        # New slots first (in the peer's order), then in-place replacements, then
+        # stale slots in reverse: a VXLAN peer turning direct gets its route
+        # re-pointed before its neighbour and FDB entry go, and vice versa.
+        fresh = [o for o in new if _slot(by_type, o) not in old_slots]
+        changed = [
+            o for o in new if _slot(by_type, o) in old_slots and old_slots[_slot(by_type, o)] != o
+        ]
+        skip = (
+            self._write_group(fresh + changed, by_type, old_slots, result)
+            if fresh or changed
+            else None
+        )
+        if skip is not None:
+            if skip.kind == "conflict" and old is None:
+                # Maybe our own route from an earlier failed write: the full
+                # pass knows which routes are ours and decides.
+                result.needs_full = True
+            elif skip.kind == "conflict":
+                state.skipped[subnet] = skip
+            else:
+                result.needs_full = True
+            return
+        for obj in reversed(old or ()):
+            if _slot(by_type, obj) in new_slots:
+                continue
+            res = by_type[type(obj)]
+            try:
+                res.remove(obj)
+            except KernelError as exc:
+                log.warning("cannot delete %s: %s", res.kind, exc, extra=describe(obj))
+                result.errors += 1
+                result.needs_full = True
+                continue
+            result.changes += 1
+            log.info("deleted %s", res.kind, extra={"op": "delete", **describe(obj)})
+        if new:
+            state.programmed[subnet] = new
 
     def _log_skip(self, peer: Lease, skip: Skip) -> None:
         # Once per peer and attributes, not once per resync.
@@ -210,12 +442,28 @@ class Reconciler:
             self._skip_logged[peer.subnet] = marker
             log.warning("peer %s skipped: %s", peer.subnet, skip.reason)
 
+    def _log_skip_subnet(self, subnet: IPv4Network, group: Sequence[Any], skip: Skip) -> None:
+        marker = (skip.reason, tuple(group))
+        if self._skip_logged.get(subnet) != marker:
+            self._skip_logged[subnet] = marker
+            log.warning("peer %s skipped: %s", subnet, skip.reason)
+
+
+def _slot(by_type: Mapping[type, Resource], obj: Any) -> Slot:
+    res = by_type[type(obj)]
+    return (res.kind, res.key(obj))
+
 
 class ReconcileLoop:
-    """Runs reconcile passes on demand (lease events, kernel changes) and periodically.
+    """Runs the reconciler in its own thread: per-event applies, and full passes.
 
-    Triggers that arrive during a pass are coalesced into one more pass, so a
-    burst of events costs at most two passes.
+    * :meth:`notify` (lease events): the named peers are applied on their
+      own (``lookup`` gives each one's current lease, None once removed).
+      Without ``lookup`` every notification is a full pass.
+    * :meth:`trigger` (kernel notifications, start-up, config changes): a full
+      pass; triggers that arrive during one are coalesced into one more.
+    * a full pass every ``interval`` seconds regardless (the periodic resync),
+      and 1 s after a pass or apply with errors.
     """
 
     def __init__(
@@ -226,17 +474,24 @@ class ReconcileLoop:
         on_pass: Callable[[PassResult], None] | None = None,
         ready: Callable[[], bool] = lambda: True,
         name: str = "reconciler",
+        lookup: Callable[[IPv4Network], Lease | None] | None = None,
     ) -> None:
         self.reconciler = reconciler
         self._peers = peers
+        self._lookup = lookup
         self._ready = ready
         self.interval = interval
         self._on_pass = on_pass
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._pending: set[IPv4Network] = set()
         self._base_due = True
+        self._full_due = False
+        self._followup = False  # an apply left work for a full pass (1 s later)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.passes = 0
+        self.applies = 0
         self.last: PassResult | None = None
         self.failure: BaseException | None = None
 
@@ -244,18 +499,49 @@ class ReconcileLoop:
         self._thread.start()
 
     def trigger(self, check_base: bool = False) -> None:
-        """Request a pass; ``check_base`` also re-checks the device (kernel link events)."""
+        """Request a full pass; ``check_base`` also re-checks the device (kernel link events)."""
         if check_base:
             self._base_due = True
+        self._full_due = True
+        self._wake.set()
+
+    def notify(self, subnets: Iterable[IPv4Network]) -> None:
+        """These peers changed: apply them (without a pass over the others)."""
+        if self._lookup is None:
+            self.trigger()
+            return
+        with self._lock:
+            self._pending.update(subnets)
         self._wake.set()
 
     def run_once(self, check_base: bool = True) -> PassResult:
-        result = self.reconciler.reconcile(self._peers(), check_base)
+        with self._lock:
+            self._pending.clear()  # the pass plans from the current peers, these included
+        result = self.reconciler.reconcile(self._peers(), check_base, between=self._drain)
         self.passes += 1
+        self._finish(result)
+        return result
+
+    def _drain(self) -> PassResult | None:
+        """Apply the peers notified so far (also called from inside a full pass)."""
+        if self._lookup is None:
+            return None
+        with self._lock:
+            subnets, self._pending = self._pending, set()
+        if not subnets:
+            return None
+        result = self.reconciler.apply_peers(subnets, self._lookup)
+        self.applies += 1
+        if result.needs_full or result.errors:
+            self._followup = True
+        self._finish(result)
+        return result
+
+    def _finish(self, result: PassResult) -> None:
         self.last = result
         if result.changes or result.errors:
             log.info(
-                "reconciled",
+                "reconciled" if result.full else "applied lease events",
                 extra={
                     "changes": result.changes,
                     "errors": result.errors,
@@ -265,23 +551,29 @@ class ReconcileLoop:
             )
         if self._on_pass is not None:
             self._on_pass(result)
-        return result
 
     def _run(self) -> None:
-        timeout = self.interval
+        next_full = time.monotonic() + self.interval  # the first pass comes from trigger()
         try:
             while not self._stop.is_set():
-                if not self._wake.wait(timeout):
-                    self._base_due = True  # periodic resync (or retry): check everything
+                if not self._wake.wait(max(0.0, next_full - time.monotonic())):
+                    self._base_due = True  # periodic resync or retry: check everything
                 if self._stop.is_set():
                     return
                 self._wake.clear()
-                timeout = self.interval
-                if self._ready():  # no pass before the peer set is known
+                if not self._ready():  # no pass before the peer set is known
+                    continue
+                if self._full_due or time.monotonic() >= next_full:
+                    self._full_due = self._followup = False
                     check_base, self._base_due = self._base_due, False
-                    if self.run_once(check_base).errors:
-                        # A failed step is retried soon, not only at the next resync.
-                        timeout = min(RETRY_SECONDS, self.interval)
+                    errors = self.run_once(check_base).errors
+                    # A failed step is retried soon, not only at the next resync.
+                    delay = RETRY_SECONDS if errors or self._followup else self.interval
+                    next_full = time.monotonic() + min(delay, self.interval)
+                else:
+                    self._drain()
+                if self._followup:
+                    next_full = min(next_full, time.monotonic() + RETRY_SECONDS)
         except BaseException as exc:  # reported by the node, which exits non-zero
             self.failure = exc
             log.exception("reconciler stopped")

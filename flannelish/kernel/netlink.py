@@ -24,6 +24,7 @@ filtered by it never returns a route somebody else made.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
@@ -151,6 +152,14 @@ class VxlanSpec:
     gbp: bool = False
 
 
+class RouteExists(KernelError):
+    """The table already holds a route to this destination (perhaps not ours)."""
+
+    def __init__(self, dst: IPv4Network) -> None:
+        super().__init__(f"a route to {dst} already exists")
+        self.dst = dst
+
+
 class Netlink(Protocol):
     """The kernel operations flannelish needs, in one network namespace."""
 
@@ -172,6 +181,7 @@ class Netlink(Protocol):
     def replace_fdb(self, fdb: Fdb) -> None: ...
     def del_fdb(self, fdb: Fdb) -> None: ...
     def routes(self, proto: int = ROUTE_PROTO) -> list[Route]: ...
+    def add_route(self, route: Route) -> None: ...
     def replace_route(self, route: Route) -> None: ...
     def del_route(self, route: Route) -> None: ...
     def close(self) -> None: ...
@@ -247,20 +257,32 @@ class _RtnlEntries:
             )
         return out
 
+    def add_route(self, route: Route) -> None:
+        """Create only: RouteExists if the table already has a route to that destination."""
+        try:
+            self._route("add", route)
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                raise RouteExists(route.dst) from None
+            raise KernelError(f"netlink route add failed for {route.dst}", exc.strerror) from None
+
     def replace_route(self, route: Route) -> None:
-        gw = route.gateway.packed if route.gateway is not None else None
         with self._raw("route replace", route.dst):
-            self._rtnl.route(
-                "replace",
-                route.dst.network_address.packed,
-                route.dst.prefixlen,
-                gw,
-                route.oif,
-                proto=route.proto,
-                table=MAIN_TABLE,
-                scope=RT_SCOPE_UNIVERSE,
-                onlink=route.onlink,
-            )
+            self._route("replace", route)
+
+    def _route(self, op: str, route: Route) -> None:
+        gw = route.gateway.packed if route.gateway is not None else None
+        self._rtnl.route(
+            op,
+            route.dst.network_address.packed,
+            route.dst.prefixlen,
+            gw,
+            route.oif,
+            proto=route.proto,
+            table=MAIN_TABLE,
+            scope=RT_SCOPE_UNIVERSE,
+            onlink=route.onlink,
+        )
 
     def del_route(self, route: Route) -> None:
         with self._raw("route del", route.dst, missing_ok=True):
@@ -667,6 +689,12 @@ class FakeNetlink:
 
     def routes(self, proto: int = ROUTE_PROTO) -> list[Route]:
         return [r for r in self._routes.values() if r.proto == proto]
+
+    def add_route(self, route: Route) -> None:
+        self._mutate("add_route", route)
+        if route.dst in self._routes:
+            raise RouteExists(route.dst)
+        self._routes[route.dst] = route
 
     def replace_route(self, route: Route) -> None:
         self._mutate("replace_route", route)

@@ -39,7 +39,8 @@ class Resource(Protocol):
 
     def key(self, obj: Any) -> Hashable: ...
     def dump(self) -> Sequence[Any]: ...
-    def ensure(self, obj: Any) -> None: ...
+    def ensure(self, obj: Any) -> None: ...  # create, or replace our object under its key
+    def create(self, obj: Any) -> None: ...  # no object of ours under its key: never replace
     def remove(self, obj: Any) -> None: ...
 
 
@@ -62,6 +63,8 @@ class NeighResource:
 
     def ensure(self, obj: Neigh) -> None:
         self._nl.replace_neigh(obj)
+
+    create = ensure  # every entry on our own device is ours
 
     def remove(self, obj: Neigh) -> None:
         self._nl.del_neigh(obj)
@@ -87,6 +90,8 @@ class FdbResource:
     def ensure(self, obj: Fdb) -> None:
         self._nl.replace_fdb(obj)
 
+    create = ensure  # every entry on our own device is ours
+
     def remove(self, obj: Fdb) -> None:
         self._nl.del_fdb(obj)
 
@@ -110,15 +115,25 @@ class RouteResource:
     def ensure(self, obj: Route) -> None:
         self._nl.replace_route(obj)
 
+    def create(self, obj: Route) -> None:
+        # A replace would overwrite whatever route has this destination (a
+        # connected route, the default route); creating exclusively fails instead.
+        self._nl.add_route(obj)
+
     def remove(self, obj: Route) -> None:
         self._nl.del_route(obj)
 
 
 @dataclass(frozen=True)
 class Skip:
-    """A peer the backend cannot program, with the reason (logged once per change)."""
+    """A peer that is not programmed, with the reason (logged once per change).
+
+    ``kind`` is a short fixed category (a metrics label: few distinct values),
+    ``reason`` the full sentence for logs and ``flannelish status``.
+    """
 
     reason: str
+    kind: str = "backend"
 
 
 class Owner(Protocol):

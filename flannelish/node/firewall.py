@@ -458,6 +458,8 @@ class PeerSetResource:
     def ensure(self, obj: PeerAddr) -> None:
         self._write("add", obj)
 
+    create = ensure
+
     def remove(self, obj: PeerAddr) -> None:
         self._write("delete", obj)
 

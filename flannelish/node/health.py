@@ -41,6 +41,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter as Counter_
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -105,6 +106,12 @@ class Metrics:
             "flannelish_watch_restarts", "Lease watch re-creations", registry=registry
         )
         self.ready = Gauge("flannelish_ready", "1 if the node is ready", registry=registry)
+        self.peers_skipped = Gauge(
+            "flannelish_peers_skipped",
+            "Peer leases not programmed, by reason (see `flannelish status` for each one)",
+            ["reason"],
+            registry=registry,
+        )
         self.vxlan_rejected = Gauge(
             "flannelish_vxlan_rejected_packets",
             "VXLAN packets from non-peers dropped by the anti-spoof rule",
@@ -142,6 +149,7 @@ class NodeState:
         self.peers_in_etcd = 0
         self.peers_programmed = 0
         self.skipped_peers: dict[str, str] = {}
+        self._skip_kinds: set[str] = set()
         self.skipped_count = 0
         self.last_reconcile: dict[str, Any] | None = None
         self.reconcile_ok: bool | None = None  # None: no pass yet
@@ -188,15 +196,28 @@ class NodeState:
         self,
         in_etcd: int,
         programmed: int,
-        skipped: dict[str, str] | int | None = None,
+        skipped: dict[str, tuple[str, str]] | dict[str, str] | int | None = None,
     ) -> None:
         """Peer counts after a pass: leases known, peers programmed, peers skipped.
 
-        ``skipped`` is either {subnet: reason} (shown by `flannelish status`)
-        or just a count when the reasons are only in the daemon's log.
+        ``skipped`` is {subnet: (kind, reason)} or {subnet: reason} (shown by
+        `flannelish status`; kinds label ``flannelish_peers_skipped``), or just
+        a count when the reasons are only in the daemon's log.
         """
-        reasons = dict(skipped) if isinstance(skipped, dict) else {}
+        reasons: dict[str, str] = {}
+        kinds: Counter_[str] = Counter_()
+        if isinstance(skipped, dict):
+            for subnet, why in skipped.items():
+                kind, text = why if isinstance(why, tuple) else ("other", why)
+                reasons[subnet] = text
+                kinds[kind] += 1
         count = len(reasons) if isinstance(skipped, dict) else int(skipped or 0)
+        with self._lock:
+            for kind in self._skip_kinds - set(kinds):
+                self.metrics.peers_skipped.labels(kind).set(0)  # a reason that went away
+            self._skip_kinds |= set(kinds)
+        for kind, n in kinds.items():
+            self.metrics.peers_skipped.labels(kind).set(n)
         with self._lock:
             self.peers_in_etcd = in_etcd
             self.peers_programmed = programmed

@@ -139,11 +139,17 @@ class NodeOps:
         if self.owner is not None:
             self.owner.arm()
 
-    def on_pass(self, result: Any, peers_in_etcd: int) -> None:
-        """Feed one reconcile PassResult into readiness and metrics."""
+    def on_pass(
+        self, result: Any, peers_in_etcd: int, skipped: dict[str, tuple[str, str]] | None = None
+    ) -> None:
+        """Feed one reconcile PassResult into readiness and metrics.
+
+        ``skipped``: {subnet: (kind, reason)} of every peer not programmed.
+        """
         self.state.record_reconcile(result.seconds, result.changes, result.errors)
-        programmed = max(peers_in_etcd - result.skipped, 0)
-        self.state.set_peers(peers_in_etcd, programmed, result.skipped)
+        count = len(skipped) if skipped is not None else result.skipped
+        programmed = max(peers_in_etcd - count, 0)
+        self.state.set_peers(peers_in_etcd, programmed, skipped if skipped is not None else count)
         if self.owner is not None:
             try:
                 self.owner.after_pass()  # arms the anti-spoof rule once the set is complete

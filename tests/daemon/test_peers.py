@@ -25,20 +25,20 @@ def test_own_subnet_is_never_a_peer():
     assert [p.subnet for p in table.snapshot()] == [IPv4Network("10.244.2.0/24")]
 
 
-def test_empty_snapshot_marks_synced_and_counts_as_a_change():
+def test_empty_snapshot_marks_synced_and_changes_no_peer():
     table = PeerTable()
     assert not table.synced.is_set()
-    assert table.apply([]) is True
+    assert table.apply([]) == set()
     assert table.synced.is_set()
-    assert table.apply([]) is False
 
 
 def test_renewal_with_same_attrs_is_no_change_but_new_mac_is():
     table = PeerTable()
     table.apply([Event(EventType.ADDED, lease(2))])
-    assert table.apply([Event(EventType.ADDED, lease(2))]) is False
-    assert table.apply([Event(EventType.ADDED, lease(2, "0e:00:00:00:00:09"))]) is True
-    assert table.apply([Event(EventType.REMOVED, lease(2))]) is True
+    subnet = IPv4Network("10.244.2.0/24")
+    assert table.apply([Event(EventType.ADDED, lease(2))]) == set()
+    assert table.apply([Event(EventType.ADDED, lease(2, "0e:00:00:00:00:09"))]) == {subnet}
+    assert table.apply([Event(EventType.REMOVED, lease(2))]) == {subnet}
     assert table.snapshot() == []
 
 
@@ -46,7 +46,7 @@ class CountingReconciler:
     def __init__(self) -> None:
         self.seen: list[int] = []
 
-    def reconcile(self, peers, check_base=True):
+    def reconcile(self, peers, check_base=True, between=None):
         self.seen.append(len(peers))
         return PassResult()
 
@@ -74,7 +74,7 @@ class FailingOnceReconciler:
     def __init__(self) -> None:
         self.calls: list[bool] = []
 
-    def reconcile(self, peers, check_base=True):
+    def reconcile(self, peers, check_base=True, between=None):
         self.calls.append(check_base)
         return PassResult(errors=1 if len(self.calls) == 1 else 0)
 

@@ -59,7 +59,8 @@ def entries(k):
 def test_new_peer_is_programmed_neigh_then_fdb_then_route(kernel):
     result = kernel.rec.reconcile([peer(2)])
     assert result.changes == 3 and result.errors == 0
-    assert [op for op, _ in kernel.nl.calls] == ["replace_neigh", "replace_fdb", "replace_route"]
+    # A new route is created exclusively: it never replaces a route that is not ours.
+    assert [op for op, _ in kernel.nl.calls] == ["replace_neigh", "replace_fdb", "add_route"]
     assert entries(kernel) == (
         [("10.244.2.0", "0e:00:00:00:00:02")],
         [("0e:00:00:00:00:02", "198.18.0.2")],
@@ -118,7 +119,7 @@ def test_hand_deleted_entries_are_restored(kernel):
     kernel.nl.del_route(kernel.nl.routes()[0])
     kernel.nl.calls.clear()
     result = kernel.rec.reconcile([peer(2)])
-    assert [op for op, _ in kernel.nl.calls] == ["replace_neigh", "replace_route"]
+    assert [op for op, _ in kernel.nl.calls] == ["replace_neigh", "add_route"]
     assert result.changes == 2
 
 
@@ -189,3 +190,66 @@ def test_peer_that_would_hijack_our_traffic_is_skipped(kernel, bad, reason, capl
     assert result.skipped == 1 and result.errors == 0
     assert reason in caplog.text
     assert [str(r.dst) for r in kernel.nl.routes()] == ["10.244.3.0/24"]
+
+
+# -- per-event path and foreign routes ------------------------------------------------
+
+
+def test_one_lease_event_writes_only_that_peer_and_dumps_nothing(kernel):
+    peers = {p.subnet: p for p in (peer(n) for n in range(2, 200))}
+    kernel.rec.reconcile(list(peers.values()))
+    kernel.nl.calls.clear()
+
+    def no_dump(*_a, **_k):
+        raise AssertionError("a lease event must not dump the kernel")
+
+    kernel.nl.routes = kernel.nl.neighs = kernel.nl.fdbs = no_dump
+    new = peer(200, mac="0e:00:00:00:01:c8", ip="198.18.1.200")
+    peers[new.subnet] = new
+    result = kernel.rec.apply_peers([new.subnet], peers.get)
+    assert (result.changes, result.errors, result.full) == (3, 0, False)
+    assert [op for op, _ in kernel.nl.calls] == ["replace_neigh", "replace_fdb", "add_route"]
+    kernel.nl.calls.clear()
+    del peers[peer(7).subnet]
+    result = kernel.rec.apply_peers([peer(7).subnet], peers.get)
+    assert [op for op, _ in kernel.nl.calls] == ["del_route", "del_fdb", "del_neigh"]
+
+
+def test_a_changed_mac_rewrites_neigh_and_fdb_but_not_the_route(kernel):
+    peers = {peer(2).subnet: peer(2)}
+    kernel.rec.reconcile(list(peers.values()))
+    kernel.nl.calls.clear()
+    peers[peer(2).subnet] = peer(2, mac="0e:00:00:00:00:99")
+    kernel.rec.apply_peers([peer(2).subnet], peers.get)
+    assert [op for op, _ in kernel.nl.calls] == ["replace_fdb", "replace_neigh", "del_fdb"]
+    assert entries(kernel)[1] == [("0e:00:00:00:00:99", "198.18.0.2")]
+
+
+def test_a_foreign_route_in_the_way_is_left_alone_and_the_peer_is_skipped(kernel):
+    foreign = Route(IPv4Network("10.244.2.0/24"), IPv4Address("198.18.0.254"), 1, proto=4)
+    kernel.nl.add_foreign_route(foreign)
+    result = kernel.rec.reconcile([peer(2), peer(3)])
+    assert kernel.nl._routes[foreign.dst] == foreign
+    skip = kernel.rec.skipped[foreign.dst]
+    assert skip.kind == "conflict" and "does not own" in skip.reason
+    assert result.skipped == 1 and IPv4Network("10.244.3.0/24") in kernel.rec.programmed()
+    # The lease goes away: nothing of ours to delete there, the foreign route stays.
+    kernel.rec.reconcile([peer(3)])
+    assert kernel.nl._routes[foreign.dst] == foreign and not kernel.rec.skipped
+
+
+def test_events_during_a_full_pass_are_applied_without_waiting_for_it(kernel):
+    peers = {p.subnet: p for p in (peer(n) for n in range(2, 40))}
+    late = peer(41, mac="0e:00:00:00:00:41", ip="198.18.0.41")
+    applied: list[int] = []
+
+    def between() -> None:
+        if late.subnet not in peers:  # the event arrives mid-pass
+            peers[late.subnet] = late
+            kernel.rec.apply_peers([late.subnet], peers.get)
+            applied.append(len(kernel.nl.routes()))
+
+    kernel.rec.reconcile(list(peers.values()), between=between)
+    assert applied and applied[0] < 39  # written before the pass finished its own peers
+    assert late.subnet in kernel.rec.programmed()
+    assert len(kernel.nl.routes()) == 39
