@@ -152,10 +152,17 @@ def test_gc_releases_attachments_not_listed_and_their_nat_rules(cni):
 
 
 def test_gc_and_status_need_1_1_0(cni):
+    cni.add(cni.pod())
+    nothing_valid = cni.conf(**{"cni.dev/valid-attachments": []})
+    gc = cni.call("GC", nothing_valid, cid=None, ifname=None)
+    status = cni.call("STATUS", cni.conf(), cid=None, ifname=None)
     if cni.version == "1.1.0":
-        return
-    cni.call("GC", cni.conf(), cid=None, ifname=None).error(1)
-    cni.call("STATUS", cni.conf(), cid=None, ifname=None).error(1)
+        assert gc.ok().stdout == "" and status.ok().stdout == ""
+        assert cni.reserved_ips() == []  # no attachment listed as valid: collected
+    else:
+        assert gc.error(1)["msg"] == "config version does not allow GC"
+        assert status.error(1)["msg"] == "config version does not allow STATUS"
+        assert len(cni.reserved_ips()) == 1  # a refused GC releases nothing
 
 
 def test_status_is_ok_when_ready_and_50_without_subnet_env(cni):
