@@ -1,6 +1,6 @@
 """The host-gw backend: per peer one plain route to its subnet via its PublicIP.
 
-Design (flannel.md §4, with one fix):
+Design (docs/flannel-compat.md §8, with one fix):
 
 * No device: pods' packets are routed unencapsulated to the peer's underlay
   address, so every node must sit on the same L2 segment as its peers.  MTU

@@ -1,6 +1,6 @@
 """The VXLAN backend: one device, and per peer one neighbour, FDB entry and route.
 
-Design (flannel.md §3, with its listed bugs fixed):
+Design (docs/flannel-compat.md §7, with the upstream bugs listed there fixed):
 
 * Device ``flannel.<VNI>``: vxlan with local = our address on the external
   interface, dev = that interface, dstport from config or 8472, learning off,

@@ -1,6 +1,6 @@
 """Built-in host-local IPAM: allocator + on-disk store compatible with host-local.
 
-Store layout under ``<dataDir>/<network name>/`` (cni.md §5.3), so the
+Store layout under ``<dataDir>/<network name>/`` (docs/cni-compat.md §8), so the
 reference host-local plugin and flannelish-cni can take over from each other:
 
 * ``<ip>``: one file per reservation holding ``<containerID>\\r\\n<ifname>``

@@ -1,6 +1,6 @@
 """Per-container masquerade (bridge ``ipMasq``) with nftables, in the host netns.
 
-Same effect as the reference bridge plugin's iptables rules (cni.md §4.3), in
+Same effect as the reference bridge plugin's iptables rules (docs/cni-compat.md §7), in
 an nftables table of our own so nothing else's rules are touched::
 
     table ip flannelish_cni

@@ -4,7 +4,7 @@ Two ways to get the pod range, decided by the ``ipam`` section:
 
 * **node mode** (no ``ipam``, or a host-local ``ipam`` without ``subnet``/``ranges``):
   the range, MTU and masquerade default come from the daemon's ``subnet.env``
-  the way Flannel's CNI plugin derives them (flannel.md §7): range =
+  the way Flannel's CNI plugin derives them (docs/flannel-compat.md §11): range =
   FLANNEL_SUBNET, gateway = its .1, MTU = FLANNEL_MTU, ipMasq = !FLANNEL_IPMASQ,
   routes = user routes + FLANNEL_NETWORK via the gateway + a default route.
 * **stand-alone mode**: a host-local style ``ipam`` (``subnet`` shorthand and/or
@@ -210,7 +210,7 @@ class SubnetEnv(NamedTuple):
 
 
 def read_subnet_env(path: str) -> SubnetEnv:
-    """Parse subnet.env the way Flannel's plugin does (flannel.md §7)."""
+    """Parse subnet.env the way Flannel's plugin does (docs/flannel-compat.md §11)."""
     hint = "Check the flannelish daemon log for this node."
     try:
         with open(path, encoding="utf-8") as fh:

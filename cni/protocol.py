@@ -2,7 +2,7 @@
 
 Everything here is standard library only, because the entry point imports it
 on every invocation.  The validation rules and messages follow the reference
-`skel` library (cni.md §1, §6), so a runtime sees the same codes from
+`skel` library (docs/cni-compat.md §1, §2), so a runtime sees the same codes from
 flannelish-cni as from the reference plugins:
 
 * unknown/missing env variables, bad container ID or ifname -> code 4
@@ -26,7 +26,7 @@ COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 _ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 _VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 
-# Which attachment variables each command needs (cni.md §1.1 table; CNI_PATH is
+# Which attachment variables each command needs (docs/cni-compat.md §1 table; CNI_PATH is
 # required like the reference library does, except for STATUS).
 _REQUIRED_ENV = {
     "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),

@@ -1,7 +1,7 @@
 """CNI results: one internal shape (1.1.0) and its rendering per requested version.
 
 Internally a result is a plain dict in the 1.1.0 layout.  ``render`` converts
-it for the caller's ``cniVersion`` (cni.md §3.2): 1.0.0 drops the 1.1.0-only
+it for the caller's ``cniVersion`` (docs/cni-compat.md §5): 1.0.0 drops the 1.1.0-only
 interface and route fields; 0.4.0/0.3.x add ``ips[].version``.  ``normalize``
 does the opposite for a ``prevResult`` arriving in an older shape, so chaining
 works whichever version the runtime speaks.  Empty fields are omitted like the

@@ -26,7 +26,7 @@ class ExitCode(IntEnum):
 
 
 class CniCode(IntEnum):
-    """CNI spec error codes (spec 1.1.0 §Error)."""
+    """CNI spec error codes (CNI spec 1.1.0; docs/cni-compat.md §2)."""
 
     INCOMPATIBLE_VERSION = 1
     UNSUPPORTED_FIELD = 2

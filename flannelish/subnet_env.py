@@ -1,4 +1,4 @@
-"""subnet.env: the file the daemon hands to the CNI plugin (flannel.md §2).
+"""subnet.env: the file the daemon hands to the CNI plugin (docs/flannel-compat.md §6).
 
 Written atomically (temp file in the same directory, fsync, rename) with mode
 0644 whatever the umask, so a reader never sees half a file.  The format is

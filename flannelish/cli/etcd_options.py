@@ -1,6 +1,6 @@
 """The flanneld-compatible ``--etcd-*`` flags, shared by every command that talks to etcd.
 
-Names and defaults are flanneld's (flannel.md §6); each flag can also come
+Names and defaults are flanneld's (docs/flannel-compat.md §10); each flag can also come
 from ``FLANNELD_<NAME>`` in the environment, and the command line wins, as in
 flanneld.  The decorated command receives one validated EtcdOptions as its
 ``etcd`` keyword argument instead of seven loose strings.

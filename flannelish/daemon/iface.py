@@ -1,6 +1,6 @@
 """Choosing the external (underlay) interface and the public IP, as flanneld does.
 
-Order (flannel.md §6): every ``--iface`` (a name or an IPv4 address) in turn,
+Order (docs/flannel-compat.md §10): every ``--iface`` (a name or an IPv4 address) in turn,
 then every ``--iface-regex`` (matched against addresses first, then names);
 the first match wins.  Without those flags: the interface holding
 ``--public-ip`` if given, else the one of the default route.  The public IP

@@ -1,6 +1,6 @@
 """The node daemon's lifecycle: start-up order, running threads, clean stop.
 
-Start-up (flannel.md §6, minus iptables): network config from etcd (retried
+Start-up (docs/flannel-compat.md §10, minus iptables): network config from etcd (retried
 until it exists) → external interface → backend device (before the lease, so
 the lease can carry the VTEP MAC) → lease (preferring the subnet in our old
 subnet.env) → device address → node operations (health server, nftables

@@ -11,7 +11,7 @@ never sees a half-built rule set and re-applying is idempotent.
 Chains (N = pod network, L = this node's subnet, P = VXLAN UDP port):
 
 ``postrouting`` (nat, srcnat) -- only with ``masq``; the iptables semantics
-of flannel.md §5, in order::
+of docs/flannel-compat.md §9, in order::
 
     meta mark & 0x4000 == 0x4000 return     kube-proxy marked it: no double NAT
     ip saddr L ip daddr N return            local pods -> cluster keep pod IPs

@@ -2,7 +2,7 @@
 
 Flannel decodes this JSON with Go's encoding/json, so field names match
 case-insensitively, unknown fields are ignored and ``null`` leaves a field at
-its default.  Defaults and validation follow flannel.md §1.2 rule by rule; each
+its default.  Defaults and validation follow docs/flannel-compat.md §2 rule by rule; each
 violation is a ConfigError whose message names the field and the value.
 
 Two deliberate differences from Flannel: SubnetMin > SubnetMax is rejected here

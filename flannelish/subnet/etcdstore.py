@@ -2,7 +2,7 @@
 
 Only this module imports etcd-sdk-python (``pyetcd``) and gRPC, and only
 inside EtcdStore, so the CLI stays fast to start.  The wrapper exists to fix
-what the library leaves to its callers (deps.md §1):
+what the library leaves to its callers (docs/dependencies.md §1):
 
 * failover: a request that fails on one member is retried on the next one
   (the library marks the member failed but does not retry);

@@ -6,10 +6,11 @@ retrying every ``retry_interval_s`` (1 min, as flanneld) when etcd fails.
 
 When the key disappears (revoked, deleted by an operator, expired during an
 outage) or another node's address appears in it, the lease is lost.  Flannel
-then exits 0 (#904, #1240); we log it loudly and re-acquire, preferring the
-same subnet.  If no subnet can be had (pool full, config gone) the keeper
-reports LeaseLostError through ``on_fatal`` and ends.  A reservation has no
-expiry and is never renewed, but its loss is handled the same way.
+then exits 0 (upstream #904, #1240; docs/flannel-compat.md §5); we log it
+loudly and re-acquire, preferring the same subnet.  If no subnet can be had
+(pool full, config gone) the keeper reports LeaseLostError through
+``on_fatal`` and ends.  A reservation has no expiry and is never renewed,
+but its loss is handled the same way.
 
 When etcd is recreated without its data, the own-key watch notices the
 revision going backwards and re-lists (flannelish.subnet.watch): the key is

@@ -1,4 +1,4 @@
-"""The only place that knows etcd key paths (flannel.md §1.1).
+"""The only place that knows etcd key paths (docs/flannel-compat.md §1).
 
 ``<prefix>/config`` holds the network config and ``<prefix>/subnets/<key>``
 one lease per node, where ``<key>`` is ``10.5.34.0-24`` or, dual stack,

@@ -1,7 +1,7 @@
 """Lease records and watch events, with Flannel's exact JSON encoding.
 
 The value stored under ``<prefix>/subnets/<key>`` must be byte-identical to
-what flanneld writes (flannel.md §1.4) so that both can share one etcd:
+what flanneld writes (docs/flannel-compat.md §3) so that both can share one etcd:
 compact JSON, fields in the order PublicIP, PublicIPv6, BackendType,
 BackendData, BackendV6Data, with the last three left out when empty.
 """
@@ -86,7 +86,7 @@ class Lease:
     """A subnet held by one node.
 
     ``expiration`` is a Unix timestamp, or None for a reservation: a key an
-    operator wrote without an etcd lease, which never expires (flannel.md §1.3).
+    operator wrote without an etcd lease, which never expires (docs/flannel-compat.md §3).
     """
 
     subnet: IPv4Network

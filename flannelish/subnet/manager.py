@@ -1,6 +1,6 @@
 """SubnetManager: read the network config, acquire, renew, list and watch leases.
 
-Acquisition follows Flannel's order (flannel.md §1.5) with its bugs fixed:
+Acquisition follows Flannel's order (docs/flannel-compat.md §4) with its bugs fixed:
 
 1. reuse the lease whose PublicIP is ours (a reservation stays lease-less);
 2. else the previous subnet from subnet.env, if it is in the pool and
@@ -12,7 +12,7 @@ Acquisition follows Flannel's order (flannel.md §1.5) with its bugs fixed:
 Renewal rewrites the key only if nobody else wrote it since we did (compare on
 mod revision), grants a fresh etcd lease and revokes the old one, so each node
 holds exactly one etcd lease.  A reservation is never given an etcd lease
-(Flannel bug #1329).
+(Flannel bug #1329, docs/flannel-compat.md §3).
 
 The manager remembers the last version of each lease it wrote, so a renewal by
 the LeaseKeeper and an attribute change by the daemon do not mistake each

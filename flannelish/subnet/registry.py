@@ -7,7 +7,7 @@ revoke, and watch from a revision.  Two implementations: EtcdRegistry (real,
 Flannel's key layout and JSON) and InMemoryRegistry (unit tests; it can also
 compact its history and drop watches to exercise the resume logic).
 
-The conditional writes are what fix Flannel's lease races (flannel.md §8): a
+The conditional writes are what fix Flannel's lease races (docs/flannel-compat.md §12): a
 create never overwrites, and a renewal never overwrites a key that someone
 else wrote after us.
 """

@@ -1,4 +1,4 @@
-"""Resumable lease watches and the peer events derived from them (flannel.md §1.6).
+"""Resumable lease watches and the peer events derived from them (docs/flannel-compat.md §5).
 
 ``lease_changes`` is the low-level stream: a Snapshot (list + revision R),
 then the changes from R+1 on.  Every change moves the resume point to its
