@@ -8,7 +8,8 @@ can go stale.  Every failure becomes a CNI error object (never a traceback);
 errors that are not ours get code 999 and one line on stderr.
 
 Validation runs before anything touches the kernel or the disk, and the
-kernel layer (pyroute2) is only imported once a request is valid.
+kernel side (``bridge`` and the rtnetlink code under it) is only imported once
+a request is valid.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ its cost.
 2. ADD/DEL/CHECK/GC/STATUS with a JSON netconf: forwarded to the daemon's
    CniServer (``daemonSocket``, else ``<dir of subnetFile>/flannelish.sock``).
 3. Everything else, or no daemon answering: ``handler.handle`` runs in this
-   process — the same code the server runs (pyroute2 is imported only then).
+   process — the same code the server runs (the kernel side is imported only
+   then).
 
 Whatever happens, the runtime gets a CNI error object on stdout and a
 non-zero exit, never a traceback.

@@ -1,14 +1,15 @@
 """CniServer: the daemon side of the fast path (unix socket, one thread per call).
 
-The daemon has pyroute2 imported and warm; a plugin process only forwards
-env + stdin here and prints the reply.  Each connection is served in its own
-thread running exactly the in-process code (``handler.handle``), with the
-*caller's* network namespace as the host side: the server opens
-``/proc/<peer pid>/ns/net`` from SO_PEERCRED, so a runtime calling from a
-node namespace gets its bridge there even if the daemon runs elsewhere.
-Nothing is cached between requests (netconf, subnet.env and the IPAM store
-are read each time); concurrency safety comes from the same file locks and
-atomic nft batches the in-process path relies on.
+The daemon has the plugin's code (and the rtnetlink layer under it) imported
+and warm; a plugin process only forwards env + stdin here and prints the
+reply.  Each connection is served in its own thread running exactly the
+in-process code (``handler.handle``), with the *caller's* network namespace
+as the host side: the server opens ``/proc/<peer pid>/ns/net`` from
+SO_PEERCRED, so a runtime calling from a node namespace gets its bridge there
+even if the daemon runs elsewhere.  Nothing is cached between requests
+(netconf, subnet.env and the IPAM store are read each time); concurrency
+safety comes from the same file locks and atomic nft batches the in-process
+path relies on.
 
 Only callers with our own UID (root) are served; the socket is mode 0600.
 Run stand-alone for tests or without the daemon:

@@ -1,8 +1,8 @@
 """The `flannelish` command: one click group, subcommands from small modules.
 
 Each subcommand module exposes ``COMMANDS`` (a list of click commands) and
-imports its heavy dependencies (pyroute2, gRPC, scapy) inside the command
-bodies, so ``flannelish --help`` stays fast.  Errors derived from
+imports its heavy dependencies (the etcd client and gRPC, scapy, rich) inside
+the command bodies, so ``flannelish --help`` stays fast.  Errors derived from
 FlannelishError become one line on stderr and a documented exit status.
 """
 

@@ -1,7 +1,8 @@
 """`flannelish daemon`: the per-node agent (flanneld-compatible flags).
 
 Only click and the standard library are imported at module level; the
-daemon's machinery (pyroute2, the etcd client) is imported when it runs.
+daemon's machinery (the kernel layer, the etcd client and gRPC) is imported
+when it runs.
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def daemon_command(
         import logging
 
         setup_logging(log_format, logging.getLogger().level)
-    # gRPC's fork handlers only add warnings here; pyroute2 may fork helpers.
+    # The daemon forks `nft` while its etcd channel is open; gRPC's fork handlers
+    # would only log warnings (docs/dependencies.md §2).
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     from flannelish.daemon.node import DaemonOptions, NodeDaemon
 

@@ -85,13 +85,6 @@ def check_prerequisites(spec: LabSpec) -> None:
     if not Path(ETHTOOL).exists():
         raise NotAvailableError(f"{ETHTOOL} not found", "install Debian's ethtool (make setup)")
     cni.plugin_dir()
-    if spec.backend == "host-gw":
-        from flannelish.backends import REGISTRY
-
-        if "host-gw" not in REGISTRY:
-            raise NotAvailableError(
-                "the host-gw backend is not built yet (issue #8)", "use --backend vxlan"
-            )
 
 
 def up(spec: LabSpec, state_root: Path, reporter: Reporter) -> tuple[LabState, bool]:

@@ -1,5 +1,5 @@
-"""Issue 8 end to end through real daemons: ip-masq, table repair and removal, status and
-readiness across an etcd outage, metrics, and the VXLAN anti-spoof rule (scapy)."""
+"""Node operations end to end through real daemons: ip-masq, table repair and removal,
+status and readiness across an etcd outage, metrics, and the VXLAN anti-spoof rule (scapy)."""
 
 from __future__ import annotations
 
