@@ -1,4 +1,7 @@
-"""cni.md §8 items 7-14, 16, 28, 30, 32: ADD results and the kernel state they describe."""
+"""ADD results and the kernel state they describe.
+
+docs/cni-compat.md §9 items 7-14, 16, 28, 30, 32.
+"""
 
 from __future__ import annotations
 

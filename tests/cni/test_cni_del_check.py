@@ -1,4 +1,4 @@
-"""cni.md §8 items 15, 17-21, 31: masquerade, CHECK, DEL idempotency, rollback, GC."""
+"""docs/cni-compat.md §9 items 15, 17-21, 31: masquerade, CHECK, DEL idempotency, rollback, GC."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""cni.md §8 items 22-26, 29, 34: allocation rules, exhaustion, concurrency, delegated IPAM."""
+"""Allocation rules, exhaustion, concurrency, delegated IPAM.
+
+docs/cni-compat.md §9 items 22-26, 29, 34.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A real runtime: podman (CNI backend) attaches containers with flannelish-cni + portmap.
 
-Set up as runtimes.md describes, with everything private: CONTAINERS_CONF
+Set up as docs/dependencies.md §6 describes, with everything private: CONTAINERS_CONF
 points at a temp containers.conf whose network_config_dir holds only our
 conflist (written by `flannelish install-cni`) and whose plugin dirs are the
 installed launcher + Debian's plugins; images, containers and state live in

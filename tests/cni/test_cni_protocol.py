@@ -1,4 +1,4 @@
-"""cni.md §8 items 1-6, 9, 27: VERSION, version negotiation, env and input validation.
+"""docs/cni-compat.md §9 items 1-6, 9, 27: VERSION, version negotiation, env and input validation.
 
 Each error case checks the exact CNI code, that stdout is one JSON error
 object, and that nothing was created (no bridge in the host, no IPAM store).

@@ -4,7 +4,7 @@
                                                ├─ underlay br0 ───────┤
     pod2 10.244.2.2 ─ cni0 ─ node2 198.18.0.2 ┘                       └ rogue 198.18.0.99
 
-flannel.1 on each node is configured as flannel.md §3 describes (VNI 1,
+flannel.1 on each node is configured as docs/flannel-compat.md §7 describes (VNI 1,
 nolearning, permanent neigh + FDB + onlink route per peer), so the nft tests
 exercise the same kernel paths as the daemon without depending on it.
 """

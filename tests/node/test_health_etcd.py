@@ -6,10 +6,13 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flannelish.node.health import HealthServer, NodeState
 from flannelish.subnet.etcdstore import EtcdOptions, EtcdStore
+
+pytestmark = pytest.mark.etcd
 
 
 def get(url: str) -> tuple[int, str]:

@@ -15,6 +15,8 @@ from lease_helpers import CONFIG, key_json, node_attrs
 from flannelish.cli import cli
 from flannelish.subnet.manager import SubnetManager
 
+pytestmark = pytest.mark.etcd
+
 KEY = "/coreos.com/network/subnets/10.244.9.0-24"
 FLANNELISH = str(Path(sys.executable).parent / "flannelish")
 

@@ -1,4 +1,7 @@
-"""Network config parsing: Flannel's defaults, validation and test vectors (flannel.md §1.2, §9)."""
+"""Network config parsing: Flannel's defaults, validation and worked examples.
+
+docs/flannel-compat.md §2; the examples are numbered as in its §13.
+"""
 
 from __future__ import annotations
 

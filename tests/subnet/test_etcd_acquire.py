@@ -14,6 +14,8 @@ from flannelish.subnet.keeper import LeaseKeeper
 from flannelish.subnet.lease import EventType
 from flannelish.subnet.manager import SubnetManager
 
+pytestmark = pytest.mark.etcd
+
 
 def test_twenty_concurrent_acquirers_get_twenty_distinct_subnets(etcd, registries):
     # A pool of 24 subnets for 20 nodes: most random picks collide, so races are lost and retried.

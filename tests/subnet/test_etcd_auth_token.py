@@ -11,7 +11,7 @@ from flannelish.subnet.lease import EventType
 from flannelish.subnet.manager import SubnetManager
 from flannelish.testing.etcd import EtcdMember
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.etcd, pytest.mark.slow]
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from flannelish.subnet.keeper import LeaseKeeper
 from flannelish.subnet.lease import EventType
 from flannelish.subnet.manager import SubnetManager
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.etcd, pytest.mark.slow]
 
 
 def test_member_stopped_and_restarted_renewals_and_watch_carry_on(etcd_cluster, registries):

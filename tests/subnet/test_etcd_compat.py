@@ -1,15 +1,18 @@
 """Wire compatibility with Flannel: data written with etcdctl is read, and what we write
-is Flannel's exact format (flannel.md §1, §9 vectors 6 and 7)."""
+is Flannel's exact format (docs/flannel-compat.md §1, §3; examples 6 and 7 of §13)."""
 
 from __future__ import annotations
 
 import time
 from ipaddress import IPv4Address, IPv4Network
 
+import pytest
 from lease_helpers import grant, key_json
 
 from flannelish.subnet.lease import LeaseAttrs
 from flannelish.subnet.manager import SubnetManager
+
+pytestmark = pytest.mark.etcd
 
 VECTOR7 = (
     '{"PublicIP":"192.168.1.10","PublicIPv6":null,"BackendType":"vxlan",'

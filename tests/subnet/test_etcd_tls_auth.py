@@ -16,7 +16,7 @@ from flannelish.errors import EtcdAuthError
 from flannelish.subnet.manager import SubnetManager
 from flannelish.testing.etcd import EtcdMember
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.etcd, pytest.mark.slow]
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -129,7 +129,7 @@ def test_untrusted_ca_is_a_clear_tls_error(secure_etcd, pki, registries):
 
 
 def test_ca_file_alone_is_enough_for_a_tls_server_without_client_auth(pki, registries):
-    # Flannel ignores a lone --etcd-cafile (flannel.md §6); we use it.
+    # Flannel ignores a lone --etcd-cafile (docs/flannel-compat.md §10); we use it.
     member = EtcdMember(
         name="tls-ca-only",
         scheme="https",

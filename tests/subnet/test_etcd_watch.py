@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import threading
 
+import pytest
 from lease_helpers import CONFIG, EventCollector, node_attrs
 
 from flannelish.subnet.lease import EventType
 from flannelish.subnet.manager import SubnetManager
+
+pytestmark = pytest.mark.etcd
 
 PREFIX = "/coreos.com/network/subnets/"
 

@@ -1,4 +1,4 @@
-"""Key paths and subnet-key parsing (flannel.md §1.1, §9 vector 6)."""
+"""Key paths and subnet-key parsing (docs/flannel-compat.md §1, example 6 of §13)."""
 
 from ipaddress import IPv4Network, IPv6Network
 

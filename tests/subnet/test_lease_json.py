@@ -1,4 +1,4 @@
-"""Lease JSON is byte-compatible with Flannel (flannel.md §1.4, §9 vector 7)."""
+"""Lease JSON is byte-compatible with Flannel (docs/flannel-compat.md §3, example 7 of §13)."""
 
 import contextlib
 import json

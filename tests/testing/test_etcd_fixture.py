@@ -1,17 +1,24 @@
-"""The etcd fixtures start real servers and leave nothing behind."""
+"""The etcd fixtures start real servers and leave nothing behind.
+
+Only the underlay case needs root (a namespace); the others need only etcd.
+"""
 
 from pathlib import Path
+
+import pytest
 
 from flannelish.testing.etcd import start_etcd
 from flannelish.testing.proc import pid_alive
 
 
+@pytest.mark.etcd
 def test_etcd_fixture_serves_reads_and_writes(etcd):
     etcd.etcdctl("put", "/flt/key", "value")
     assert etcd.etcdctl("get", "--print-value-only", "/flt/key").stdout.strip() == "value"
     assert etcd.client_url.startswith("http://127.0.0.1:")
 
 
+@pytest.mark.etcd
 def test_stopped_etcd_leaves_no_process_and_no_data_dir():
     member = start_etcd(name="leak-check")
     pid = member.proc.pid
@@ -32,6 +39,7 @@ def test_etcd_can_listen_on_the_underlay_inside_its_namespace(underlay, underlay
     assert result.stdout.strip() == "OK"
 
 
+@pytest.mark.etcd
 def test_three_member_cluster_keeps_serving_with_one_member_stopped(etcd_cluster):
     first, second, third = etcd_cluster.members
     first.etcdctl("put", "/flt/a", "1")
