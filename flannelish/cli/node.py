@@ -1,7 +1,7 @@
 """`flannelish status` and `flannelish doctor`: local node health.
 
 `status` asks the local daemon's health server for ``/status`` (JSON, schema
-in docs/interfaces.md, "Node operations"), so it needs the daemon's
+in docs/architecture.md, "Contracts between packages"), so it needs the daemon's
 ``--healthz-port`` (same flag and FLANNELD_HEALTHZ_PORT env as the daemon).
 `doctor` reads the node itself (links, sysctls, nftables, subnet.env) and,
 unless ``--no-etcd``, the leases; it works when the daemon is down, which

@@ -28,7 +28,7 @@ port", which the tests use):
 * ``GET /readyz``  -> 200 or 503, one ``[+]``/``[-]`` line per check
 * ``GET /metrics`` -> Prometheus text format (prometheus-client)
 * ``GET /status``  -> JSON document for ``flannelish status`` (schema in
-  docs/interfaces.md, "Node operations"); its ``version`` field is bumped on
+  docs/architecture.md, "Contracts between packages"); its ``version`` field is bumped on
   incompatible changes.
 
 Metrics live in a private CollectorRegistry per NodeState, so several nodes
