@@ -16,8 +16,8 @@ only if
   share one FDB entry).  The peer that held the claim first keeps it; the
   other is admitted once the holder is gone.
 
-Upstream Flannel checks none of this (see docs/flannel-compat.md, "Bugs we
-fix").  Everything here is per lease, O(1): the checks run on every watch
+Upstream Flannel checks none of this (see docs/flannel-compat.md §12, "Bugs
+we fix").  Everything here is per lease, O(1): the checks run on every watch
 event without looking at the other peers.
 """
 
