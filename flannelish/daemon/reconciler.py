@@ -1,25 +1,29 @@
-"""Desired state (from leases) vs actual kernel state, applied as a diff.
+"""Desired state (from admitted peer leases) vs kernel state, applied as a diff.
 
-One pass:
+Two paths share one state (what we last wrote per peer, ``_OwnerState``):
 
-1. every owner (the backend, later also e.g. an nftables table) repairs its
-   base object (``ensure_base``; a rebuilt device comes back empty, so the
-   diff below replays every peer - Flannel does not);
-2. the desired objects are computed from the current peer leases, one group
-   per peer, in apply order (VXLAN: neigh -> fdb -> route);
-3. the owned objects are dumped from the kernel, one dump per resource kind;
-4. :func:`diff` yields stale objects to delete and missing/changed objects to
-   replace.  Deletions run first and in reverse kind order (route before
-   neigh), so a changed MAC's old FDB entry is gone before the new one lands
-   and the kernel never has a route without its neighbour.  Within a peer,
-   a failed step skips that peer's later steps; the next pass retries.
-   One exception: a peer whose changes only replace existing objects in
-   place (same key, one object under it) is applied *before* the deletions.
-   That is what a peer switching from VXLAN to a direct route needs (VXLAN
-   DirectRouting): its route is re-pointed first, then its neighbour and FDB
-   entries go, so no packet ever meets a route without its neighbour.
+* **Per lease event** (:meth:`Reconciler.apply_peers`): the changed peers
+  are planned and written against what we last wrote for them; nothing is
+  dumped, so one event costs one peer's work whatever the cluster size.
+  Order within a peer: new slots first, then in-place replacements, then
+  stale slots in reverse (a VXLAN peer turning direct gets its route
+  re-pointed before its neighbour and FDB entries go, and vice versa).
+* **Full pass** (:meth:`Reconciler.reconcile`; start-up, the periodic resync,
+  kernel notifications, and 1 s after a write failed): every owner repairs
+  its base object (a rebuilt device comes back empty, so the diff replays
+  every peer); the desired objects of every peer are diffed (:func:`diff`)
+  against one dump per resource kind; deletions run first and in reverse
+  kind order, except peers whose changes only replace objects in place
+  (applied before the deletions: DirectRouting switches).  The pass calls
+  ``between()`` every few hundred peers or writes, so pending events are
+  applied meanwhile; slots they touched are left to them.
 
-The diff is a pure function so it is unit-tested without a kernel.
+Within a peer a failed step skips its later steps; the next full pass
+retries.  A route is replaced only where the kernel's route under that key
+is ours (our route protocol in the dump); otherwise it is created
+exclusively and a foreign route in the way makes the peer skipped
+("conflict"), never replaced.  The diff is a pure function, unit-tested
+without a kernel.
 """
 
 from __future__ import annotations
