@@ -181,12 +181,16 @@ def _why_unreadable(path: str) -> str:
 
 # Reconnect quickly after an etcd restart (gRPC's default backoff grows to
 # 120 s); keepalive pings notice a silently dead member on an open watch.
+# ping_timeout: gRPC skips keepalive pings while another ping (its BDP probe)
+# is unanswered and waits 60 s for that one by default, so a frozen (SIGSTOPped,
+# hung) member kept the watch for over a minute; now it is dropped within 15 s.
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.ping_timeout_ms", 5_000),
 ]
 _TLS_HINTS = (
     "certificate_verify_failed",
