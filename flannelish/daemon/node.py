@@ -25,6 +25,7 @@ import dataclasses
 import importlib
 import logging
 import os
+import socket
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -388,6 +389,29 @@ class NodeDaemon:
             monitor = ChangeMonitor(lambda _changes: loop.trigger(check_base=True), relevant)
         except OSError as exc:
             log.warning("kernel change notifications unavailable (%s); periodic resync only", exc)
+            return
+        monitor.start()
+        self._closers.append(monitor.stop)
+        self._start_nft_monitor()
+
+    def _start_nft_monitor(self) -> None:
+        """Deletions in our nftables table re-run the extra owners' loops (the nft table)."""
+        loops = self.loops[1:]
+        if not loops:
+            return
+        from flannelish.node.firewall import TABLE
+
+        def ours(change: Change) -> bool:
+            return change.family == socket.AF_INET and change.table == TABLE
+
+        def trigger(_changes: list[Change]) -> None:
+            for loop in loops:
+                loop.trigger(check_base=True)
+
+        try:
+            monitor = ChangeMonitor(trigger, ours, nftables=True)
+        except OSError as exc:
+            log.warning("nftables notifications unavailable (%s); periodic resync only", exc)
             return
         monitor.start()
         self._closers.append(monitor.stop)

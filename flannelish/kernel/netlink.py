@@ -76,6 +76,7 @@ from flannelish.kernel.rtnl import (
     is_missing,
     mac_str,
     messages,
+    parse_attrs,
     setns,
 )
 
@@ -722,6 +723,8 @@ class Change:
     type: int
     ifindex: int = 0
     proto: int = 0
+    family: int = 0  # nftables: the table's family (NFPROTO_IPV4 = 2)
+    table: str = ""  # nftables: the table the change is in
 
 
 def parse_changes(data: bytes) -> list[Change]:
@@ -740,12 +743,37 @@ def parse_changes(data: bytes) -> list[Change]:
     return out
 
 
+# nftables notifications (nfnetlink): deletions in a table, so a table, chain,
+# rule, set or element removed behind the daemon's back is repaired at once.
+NETLINK_NETFILTER = 12
+NFNLGRP_NFTABLES = 7
+NFNL_SUBSYS_NFTABLES = 10
+NFT_DELETIONS = frozenset({2, 5, 8, 11, 14})  # DELTABLE DELCHAIN DELRULE DELSET DELSETELEM
+NFGENMSG_SIZE = 4  # family, version, res_id
+NFTA_TABLE = 1  # the table name is attribute 1 of table/chain/rule/set/element messages
+
+
+def parse_nft_changes(data: bytes) -> list[Change]:
+    """Deletions in nftables tables, from one nfnetlink datagram."""
+    out: list[Change] = []
+    for mtype, _flags, _seq, body, end in messages(data):
+        if mtype >> 8 != NFNL_SUBSYS_NFTABLES or mtype & 0xFF not in NFT_DELETIONS:
+            continue
+        if end - body < NFGENMSG_SIZE:
+            continue
+        name = parse_attrs(data, body + NFGENMSG_SIZE, end).get(NFTA_TABLE, b"")
+        table = name.split(b"\0", 1)[0].decode(errors="replace")
+        out.append(Change(mtype, family=data[body], table=table))
+    return out
+
+
 class ChangeMonitor:
     """Calls ``on_change(changes)`` for kernel notifications accepted by ``relevant``.
 
     Runs in its own daemon thread until stop().  A notification only triggers
     a resync; it is never applied directly, so a lost or reordered message
-    costs at most one resync interval.
+    costs at most one resync interval.  ``nftables=True`` listens to nftables
+    deletions (parse_nft_changes) instead of rtnetlink.
     """
 
     def __init__(
@@ -753,13 +781,18 @@ class ChangeMonitor:
         on_change: Callable[[list[Change]], None],
         relevant: Callable[[Change], bool],
         netns: str | None = None,
+        nftables: bool = False,
     ) -> None:
         self._on_change = on_change
         self._relevant = relevant
+        self._parse = parse_nft_changes if nftables else parse_changes
         self._stop = threading.Event()
+        protocol = NETLINK_NETFILTER if nftables else socket.NETLINK_ROUTE
         with netns_scope(netns):
-            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
         groups = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
+        if nftables:
+            groups = 1 << (NFNLGRP_NFTABLES - 1)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self._sock.bind((0, groups))
         self._thread = threading.Thread(target=self._run, name="netlink-monitor", daemon=True)
@@ -790,7 +823,7 @@ class ChangeMonitor:
                 if self._stop.is_set():
                     return
                 raise
-            changes = [c for c in parse_changes(data) if self._relevant(c)]
+            changes = [c for c in self._parse(data) if self._relevant(c)]
             if changes:
                 self._on_change(changes)
 

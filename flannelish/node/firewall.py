@@ -270,12 +270,13 @@ class NftRules:
             chains.setdefault(rule.chain, []).append(rule.comment)
         return chains
 
-    def render(self) -> str:
-        """The full idempotent transaction for ``nft -f -``."""
+    def render(self, seed: Iterable[IPv4Address] = ()) -> str:
+        """The full idempotent transaction for ``nft -f -``; ``seed``: more set elements."""
         t = f"{FAMILY} {TABLE}"
         lines = [f"add table {t}", f"add set {t} {PEER_SET} {{ type ipv4_addr; }}"]
-        if self.peers:
-            lines.append(f"add element {t} {PEER_SET} {{ {_elements(self.peers)} }}")
+        peers = self.peers | frozenset(seed)
+        if peers:
+            lines.append(f"add element {t} {PEER_SET} {{ {_elements(peers)} }}")
         wanted = self.desired_chains()
         for chain, spec in _CHAIN_SPECS.items():
             # add+flush works whether or not the chain exists; a chain we no
@@ -293,9 +294,13 @@ class NftRules:
         items = self.runner.list_table(FAMILY, TABLE)
         return None if items is None else parse_table(items)
 
-    def apply(self) -> None:
-        """Create or restore the whole table in one transaction (idempotent)."""
-        self.runner.run(self.render())
+    def apply(self, seed: Iterable[IPv4Address] = ()) -> None:
+        """Create or restore the whole table in one transaction (idempotent).
+
+        ``seed``: set elements written in the same transaction (the peers the
+        reconciler wants), so a restored drop rule never meets an empty set.
+        """
+        self.runner.run(self.render(seed))
 
     def present(self) -> bool:
         """True if the kernel's table matches the desired state exactly."""
@@ -309,11 +314,11 @@ class NftRules:
             return False
         return self._peers is None or state.peers == self._peers
 
-    def ensure(self) -> bool:
+    def ensure(self, seed: Iterable[IPv4Address] = ()) -> bool:
         """Re-assert for the reconciler: apply if anything is missing. True if it repaired."""
         if self.present():
             return False
-        self.apply()
+        self.apply(seed)
         return True
 
     def set_peers(self, ips: Iterable[IPv4Address | str]) -> None:
@@ -507,8 +512,18 @@ class NftOwner:
             self._arm_requested = True
             self._pass_since_request = False
 
+    def _seed(self) -> frozenset[IPv4Address]:
+        """The peers the current (or, before resources(), the last) pass wants.
+
+        Written with a restored table in one transaction: a table deleted
+        behind our back comes back with its drop rule *and* the peers, so no
+        legitimate peer's VXLAN packet is dropped in between.
+        """
+        with self._batch.lock:
+            return frozenset(self._batch.planned)
+
     def _restore(self) -> None:
-        self.rules.apply()
+        self.rules.apply(self._seed())
         if self._created:
             self.repairs += 1
         self._created = True
@@ -528,7 +543,7 @@ class NftOwner:
         if not self._created:  # start-up: creating is not repairing
             self.rules.apply()
             self._created = True
-        elif self.rules.ensure():
+        elif self.rules.ensure(self._seed()):
             self.repairs += 1
         return False  # nothing per peer needs replaying beyond the set diff
 

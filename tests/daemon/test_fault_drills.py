@@ -9,6 +9,7 @@ prints its figures (`pytest -s` shows them) so they can be quoted.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -232,11 +233,10 @@ def test_etcd_member_frozen_30s_then_resumed(env: DrillEnv) -> None:
     )
     assert all(n.alive() for n in env.nodes), [n.daemon.log_tail() for n in env.nodes]
     assert result.lost == 0, result
-    if isinstance(during[a.host.name], str):
-        pytest.xfail(
-            f"known gap: a lease written through a live member during the freeze reached "
-            f"{a.host.name} (watch on the frozen {frozen.name}) only after SIGCONT"
-        )
+    # The watch on the frozen member must give up (gRPC ping timeout) and move to a
+    # live one: a lease written during the freeze is programmed before SIGCONT.
+    late = {k: v for k, v in during.items() if not isinstance(v, float) or v > 20.0}
+    assert not late, f"lease written during the freeze not programmed within 20 s: {late}"
 
 
 def has_route(node, dst: str) -> bool:
@@ -244,7 +244,9 @@ def has_route(node, dst: str) -> bool:
 
 
 def nft_table(host) -> str:
-    return host.run("nft", "list", "table", "ip", "flannelish", check=False).stdout
+    """`table ip flannelish` as nft lists it, rule counters blanked."""
+    text = host.run("nft", "list", "table", "ip", "flannelish", check=False).stdout
+    return re.sub(r"counter packets \d+ bytes \d+", "counter", text)
 
 
 def test_objects_deleted_behind_the_daemons_back_are_repaired_within_1s(env: DrillEnv) -> None:
@@ -267,8 +269,11 @@ def test_objects_deleted_behind_the_daemons_back_are_repaired_within_1s(env: Dri
     }
     dev_mac = link_details(a.host, "flannel.1")["address"]
 
+    last: dict[str, object] = {}
+
     def repaired() -> bool:
-        return kernel_state(a.host) == want and nft_table(a.host) == table
+        last["kernel"], last["nft"] = kernel_state(a.host), nft_table(a.host)
+        return last["kernel"] == want and last["nft"] == table
 
     report: dict[str, str] = {}
     slow = {}
@@ -279,6 +284,8 @@ def test_objects_deleted_behind_the_daemons_back_are_repaired_within_1s(env: Dri
         try:
             # Past the 30 s resync: a repair that waits for the timer is measured, not hidden.
             wait_for(repaired, 35, 0.01, f"{what} repaired")
+        except AssertionError:
+            raise AssertionError(f"{what} not repaired: {last} != {want}, {table}") from None
         finally:
             took = time.monotonic() - deleted
             result = pinger.stop()
@@ -287,7 +294,11 @@ def test_objects_deleted_behind_the_daemons_back_are_repaired_within_1s(env: Dri
         if took > 1.0:
             slow[what] = round(took, 2)
         assert result.received > 0 and result.sent - result.lost > 0
-    figures("deleted behind the daemon's back", **report)
+    # Only real peers talk VXLAN here: any anti-spoof drop was a peer's packet (a table
+    # restored with its drop rule before its peer set drops them).
+    drops = re.findall(r"counter packets (\d+)", a.host.run("nft", "list", "ruleset").stdout)
+    figures("deleted behind the daemon's back", **report, anti_spoof_drops=drops)
+    assert drops == ["0"], f"legitimate VXLAN dropped by the anti-spoof rule: {drops}"
     assert link_details(a.host, "flannel.1")["address"] == dev_mac
     assert a.alive(), a.daemon.log_tail()
     assert not slow, f"repairs slower than 1 s: {slow}"

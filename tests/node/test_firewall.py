@@ -345,3 +345,29 @@ def test_after_pass_from_another_thread_mid_pass_does_not_arm_before_the_set_is_
     assert seen == [False]
     owner.after_pass()
     assert nft.armed and fake.table["set"] == {IPv4Address("198.18.0.2")}
+
+
+@pytest.mark.parametrize("check_base", [True, False], ids=["base-check", "lease-event-pass"])
+def test_a_restored_table_brings_its_drop_rule_and_its_peers_in_one_transaction(check_base):
+    # A table deleted behind our back must not come back armed with an empty set for
+    # a moment: every VXLAN packet of a real peer would be dropped until the next write.
+    from flannelish.daemon.reconciler import Reconciler
+    from flannelish.node.firewall import NftOwner
+
+    nft, fake = rules()
+    owner = NftOwner(nft)
+    rec = Reconciler([owner])
+    peers = [_lease(2, "198.18.0.2"), _lease(3, "198.18.0.3")]
+    rec.reconcile([])
+    owner.arm()
+    rec.reconcile(peers)
+    owner.after_pass()
+    assert nft.armed
+    fake.table = None
+    before = len(fake.scripts)
+    rec.reconcile(peers, check_base=check_base)
+    restore = fake.scripts[before]
+    assert "anti-spoof" in restore
+    assert re.search(r"add element ip flannelish vxlan_peers \{ 198.18.0.2, 198.18.0.3 \}", restore)
+    assert owner.repairs == 1
+    assert fake.table["set"] == {IPv4Address("198.18.0.2"), IPv4Address("198.18.0.3")}
