@@ -311,12 +311,15 @@ class EtcdStore:
         Connection failures are retried on the other members, and on all of them
         again once they may be retried (after ``retry_failed_after``), for up to
         ``retry_window`` seconds: long enough to ride out a leader election.
+        Every member gets at least one attempt, even past the window: a hung
+        member's timeout alone outlasts the window, and the live ones must not
+        go untried.
         """
         deadline = time.monotonic() + self.retry_window
         reauthenticated = False
         cause = last_cause = "no attempt made"
         attempt = 0
-        while attempt == 0 or time.monotonic() < deadline:
+        while attempt < len(self._endpoints) or time.monotonic() < deadline:
             attempt += 1
             try:
                 if self._token_needed:

@@ -427,7 +427,7 @@ class UnderlayCluster:
         while time.monotonic() < deadline:
             for st in self.status():
                 header = st["Status"]["header"]
-                if header["member_id"] == st["Status"]["leader"]:
+                if header["member_id"] == st["Status"].get("leader"):
                     return next(m for m in self.members if m.client_url == st["Endpoint"])
             time.sleep(0.1)
         raise AssertionError("no etcd leader")

@@ -148,6 +148,7 @@ def test_etcd_leader_killed_in_a_3_member_cluster(env: DrillEnv) -> None:
     sim = SimPeers(env.taken)
     env.writer.put(sim.populate(20))
     converge(env)
+    used = {n.host.name: etcd_members_used(n.host, env.cluster) for n in env.nodes}
     pinger = env.ping(a, b)
     try:
         leader = env.cluster.leader()
@@ -165,6 +166,7 @@ def test_etcd_leader_killed_in_a_3_member_cluster(env: DrillEnv) -> None:
     figures(
         "etcd leader killed",
         killed=leader.name,
+        members_used=used,
         new_leader=new_leader.name,
         election_s=elected,
         lease_written_after_s=written,
@@ -233,6 +235,10 @@ def test_etcd_member_frozen_30s_then_resumed(env: DrillEnv) -> None:
     )
     assert all(n.alive() for n in env.nodes), [n.daemon.log_tail() for n in env.nodes]
     assert result.lost == 0, result
+    # Two members were live all along: no request may have given up.
+    for n in env.nodes:
+        failed = [x for x in n.daemon.log_path.read_text().splitlines() if "unreachable" in x]
+        assert not failed, f"{n.host.name}: {failed}"
     # The watch on the frozen member must give up (gRPC ping timeout) and move to a
     # live one: a lease written during the freeze is programmed before SIGCONT.
     late = {k: v for k, v in during.items() if not isinstance(v, float) or v > 20.0}
