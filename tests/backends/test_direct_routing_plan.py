@@ -26,7 +26,7 @@ from flannelish.kernel.resources import FdbResource, NeighResource, RouteResourc
 from flannelish.subnet.config import parse_network_config
 from flannelish.subnet.lease import Lease, LeaseAttrs
 from flannelish.subnet.manager import SubnetManager
-from flannelish.subnet.registry import InMemoryRegistry
+from flannelish.testing.registry import InMemoryRegistry
 
 pytestmark = pytest.mark.unit
 

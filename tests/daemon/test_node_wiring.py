@@ -13,7 +13,7 @@ from flannelish.errors import ConfigError, KernelError
 from flannelish.kernel.netlink import Addr, FakeNetlink
 from flannelish.subnet.lease import LeaseAttrs
 from flannelish.subnet.manager import SubnetManager
-from flannelish.subnet.registry import InMemoryRegistry
+from flannelish.testing.registry import InMemoryRegistry
 
 pytestmark = pytest.mark.unit
 

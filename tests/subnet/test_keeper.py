@@ -12,7 +12,7 @@ from flannelish.errors import EtcdError, LeaseLostError
 from flannelish.subnet.keeper import LeaseKeeper
 from flannelish.subnet.lease import Lease, LeaseAttrs
 from flannelish.subnet.manager import SubnetManager
-from flannelish.subnet.registry import InMemoryRegistry
+from flannelish.testing.registry import InMemoryRegistry
 
 pytestmark = pytest.mark.unit
 

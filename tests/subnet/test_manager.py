@@ -11,7 +11,7 @@ import pytest
 from flannelish.errors import ConfigError, EtcdError, LeaseLostError, OutOfSubnetsError
 from flannelish.subnet.lease import LeaseAttrs
 from flannelish.subnet.manager import SubnetManager
-from flannelish.subnet.registry import InMemoryRegistry
+from flannelish.testing.registry import InMemoryRegistry
 
 pytestmark = pytest.mark.unit
 

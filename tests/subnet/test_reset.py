@@ -12,8 +12,8 @@ import pytest
 from flannelish.subnet.keeper import LeaseKeeper
 from flannelish.subnet.lease import EventType, LeaseAttrs
 from flannelish.subnet.manager import SubnetManager
-from flannelish.subnet.registry import InMemoryRegistry
 from flannelish.subnet.watch import Snapshot, lease_changes
+from flannelish.testing.registry import InMemoryRegistry
 
 pytestmark = pytest.mark.unit
 

@@ -9,8 +9,8 @@ import pytest
 
 from flannelish.subnet.lease import EventType, LeaseAttrs
 from flannelish.subnet.manager import SubnetManager
-from flannelish.subnet.registry import InMemoryRegistry
 from flannelish.subnet.watch import PeerTracker
+from flannelish.testing.registry import InMemoryRegistry
 
 pytestmark = pytest.mark.unit
 
