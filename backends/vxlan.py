@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, fields, replace
 from ipaddress import IPv4Address
@@ -46,6 +45,7 @@ from flannelish.backends.base import Backend, BackendContext
 from flannelish.backends.onlink import OnLink
 
 from flannelish.errors import ConfigError, KernelError
+from flannelish.kernel.mac import random_mac
 from flannelish.kernel.netlink import Addr, Fdb, Link, Neigh, Route, VxlanSpec
 from flannelish.kernel.resources import FdbResource, NeighResource, Resource, RouteResource, Skip
 from flannelish.subnet.lease import Lease, LeaseAttrs, LeaseDecodeError, normalize_mac
@@ -109,13 +109,6 @@ class VxlanOptions:
             learning=boolean("learning", "Learning"),
             direct_routing=boolean("directrouting", "DirectRouting"),
         )
-
-
-def random_vtep_mac() -> str:
-    """Random locally administered unicast MAC (first octet: bit0 clear, bit1 set)."""
-    octets = bytearray(secrets.token_bytes(6))
-    octets[0] = (octets[0] & 0xFC) | 0x02
-    return ":".join(f"{b:02x}" for b in octets)
 
 
 class MacStore:
@@ -217,7 +210,7 @@ class VxlanBackend(Backend):
             self.index = link.index
             self._fix_link(link)
             return
-        self.mac = stored or random_vtep_mac()
+        self.mac = stored or random_mac()
         if stored is None:
             self.macs.save(self.mac)
         self._create(link)

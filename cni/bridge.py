@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable
 
 from flannelish.errors import CniCode
+from flannelish.kernel.mac import random_mac
 
 from . import ipam, masq, result
 from .delegate import run_delegate
@@ -59,12 +60,6 @@ class Call:
 
     def in_host(self) -> contextlib.AbstractContextManager[None]:
         return entered(self.host_fd)
-
-
-def _random_mac() -> str:
-    raw = bytearray(os.urandom(6))
-    raw[0] = (raw[0] & 0xFC) | 0x02  # unicast, locally administered
-    return ":".join(f"{b:02x}" for b in raw)
 
 
 def _open_pod(call: Call) -> int:
@@ -151,7 +146,7 @@ def _parse_resolv_conf(path: str) -> dict:
 def _ensure_bridge(host: Netlink, conf: NetConf) -> LinkInfo:
     link = host.link(conf.bridge)
     if link is None:
-        host.create_bridge(conf.bridge, conf.mtu, _random_mac())
+        host.create_bridge(conf.bridge, conf.mtu, random_mac())
         host.sysctl(f"net.ipv6.conf.{conf.bridge}.accept_ra", "0")
         link = host.link(conf.bridge)
         if link is None:
