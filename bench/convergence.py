@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -117,10 +117,12 @@ class BenchCluster:
             time.sleep(0.02)
 
     def subnet(self, host: Any) -> IPv4Network:
-        for line in self.subnet_file(host).read_text().splitlines():
-            if line.startswith("FLANNEL_SUBNET="):
-                return IPv4Interface(line.split("=", 1)[1]).network
-        raise RuntimeError("no FLANNEL_SUBNET")
+        from flannelish.subnet_env import read_subnet_env
+
+        env = read_subnet_env(self.subnet_file(host))
+        if env is None or env.subnet is None:
+            raise RuntimeError("no FLANNEL_SUBNET")
+        return env.subnet
 
     def __exit__(self, *exc: object) -> None:
         from flannelish.testing.proc import stop_pid

@@ -28,6 +28,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, NamedTuple
 
 from flannelish.errors import CniCode
+from flannelish.subnet_env import IncompleteSubnetEnv, PluginEnv, read_plugin_env
 
 from .client import DEFAULT_SUBNET_FILE
 from .protocol import CniError, check_version, is_valid_id, validate_ifname
@@ -202,53 +203,30 @@ def parse_range_sets(ipam: dict) -> list[list[Range]]:
     return sets
 
 
-class SubnetEnv(NamedTuple):
-    networks: list[IPNetwork]
-    subnet: IPNetwork
-    mtu: int
-    ipmasq: bool
+def read_subnet_env(path: str) -> PluginEnv:
+    """subnet.env for node mode (flannelish.subnet_env parses it); every failure is code 11.
 
-
-def read_subnet_env(path: str) -> SubnetEnv:
-    """Parse subnet.env the way Flannel's plugin does (docs/flannel-compat.md §11)."""
+    "Try again later" because the daemon may not have written the file yet.  The
+    keys are read the way Flannel's plugin reads them (docs/flannel-compat.md §11).
+    """
     hint = "Check the flannelish daemon log for this node."
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        return read_plugin_env(path)
     except OSError as exc:
         raise CniError(
             CniCode.TRY_AGAIN_LATER,
             f"failed to load flannel 'subnet.env' file: open {path}: {exc.strerror or exc}. {hint}",
         ) from None
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            values[key.strip()] = value.strip()
-    missing = [
-        k
-        for k in ("FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ")
-        if not values.get(k)
-    ]
-    if missing:
+    except IncompleteSubnetEnv as exc:
         raise CniError(
             CniCode.TRY_AGAIN_LATER,
-            f"failed to load flannel 'subnet.env' file: {path} is missing {', '.join(missing)}. "
-            + hint,
-        )
-    try:
-        networks = []
-        for item in values["FLANNEL_NETWORK"].split(","):
-            net = ipaddress.ip_network(item.strip(), strict=False)
-            if net not in networks:
-                networks.append(net)
-        subnet = ipaddress.ip_interface(values["FLANNEL_SUBNET"]).network
-        mtu = int(values["FLANNEL_MTU"])
+            f"failed to load flannel 'subnet.env' file: {path} is missing "
+            f"{', '.join(exc.missing)}. {hint}",
+        ) from None
     except ValueError as exc:
         raise CniError(
             CniCode.TRY_AGAIN_LATER, f"failed to load flannel 'subnet.env' file {path}: {exc}"
         ) from None
-    return SubnetEnv(networks, subnet, mtu, values["FLANNEL_IPMASQ"] == "true")
 
 
 class NetConf:
@@ -268,7 +246,7 @@ class NetConf:
         self.ipam = IpamConf()
         self.node_mode = True
         self.subnet_file = DEFAULT_SUBNET_FILE
-        self.subnet_env: SubnetEnv | None = None
+        self.subnet_env: PluginEnv | None = None
         self.requested_ips: list[IPAddress] = []
         self.mac: str | None = None
         self.prev_result: dict | None = None

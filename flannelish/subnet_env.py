@@ -1,26 +1,42 @@
-"""subnet.env: the file the daemon hands to the CNI plugin (docs/flannel-compat.md §6).
+"""subnet.env: the file the daemon hands to the CNI plugin, and its only parser.
 
-Written atomically (temp file in the same directory, fsync, rename) with mode
-0644 whatever the umask, so a reader never sees half a file.  The format is
-Flannel's exactly: ``KEY=value`` lines, no quotes, no comments, in a fixed
-order.  Reading is lenient like Flannel's dotenv parser (unknown keys are
-kept, comma lists allowed) and only used to find our previous subnet.
+The format is Flannel's exactly (docs/flannel-compat.md §6): ``KEY=value``
+lines, no quotes, no comments, in a fixed order.  The daemon writes it
+atomically (temp file in the same directory, fsync, rename) with mode 0644
+whatever the umask, so a reader never sees half a file.  Everything that
+reads it goes through here: the daemon (its previous subnet), ``flannelish
+doctor``, the lab and the CNI plugin.
+
+Two readings of the same ``KEY=value`` lines, because the two readers need
+different things:
+
+* :func:`read_subnet_env` (daemon, doctor) is lenient like Flannel's dotenv
+  parser: unknown keys are kept, a key given as a comma list is ignored.
+* :func:`read_plugin_env` (CNI plugin) insists on the four keys Flannel's
+  plugin needs and takes FLANNEL_NETWORK as a comma list (§11 there).
+
+Standard library only and cheap to import (``tempfile`` is imported by the
+writer when it runs; no ``dataclasses`` or ``pathlib``): the CNI plugin
+imports this module on its in-process path, where start-up time matters.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
-import tempfile
-from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
-from pathlib import Path
+from typing import NamedTuple
 
 from flannelish.errors import ConfigError, KernelError
 
+# What the CNI plugin cannot work without (the same four keys Flannel's plugin requires).
+PLUGIN_KEYS = ("FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ")
 
-@dataclass(frozen=True)
-class SubnetEnv:
+
+class SubnetEnv(NamedTuple):
+    """The file as the daemon writes it."""
+
     network: IPv4Network | None
     subnet: IPv4Network | None  # the lease; written as its first host address
     mtu: int
@@ -46,13 +62,33 @@ class SubnetEnv:
         return "".join(f"{line}\n" for line in lines)
 
 
+class PluginEnv(NamedTuple):
+    """What the CNI plugin derives a pod's range, MTU and masquerade default from."""
+
+    networks: list[IPv4Network | IPv6Network]  # every FLANNEL_NETWORK entry, in order
+    subnet: IPv4Network | IPv6Network  # the node's subnet
+    mtu: int
+    ipmasq: bool  # the daemon masquerades, so the plugin need not
+
+
+class IncompleteSubnetEnv(ValueError):
+    """The file lacks keys the CNI plugin needs (the daemon may still be writing its first)."""
+
+    def __init__(self, missing: list[str]) -> None:
+        super().__init__(f"missing {', '.join(missing)}")
+        self.missing = missing
+
+
 def write_subnet_env(path: str | os.PathLike[str], env: SubnetEnv) -> None:
     """Atomically replace `path` with `env`; parent directories are created 0755."""
-    target = Path(path)
+    import tempfile  # only the daemon writes; the CNI plugin must not pay for this import
+
+    target = os.fspath(path)
+    directory = os.path.dirname(target) or "."
     data = env.render().encode()
     try:
-        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", dir=directory)
     except OSError as exc:
         raise KernelError(f"cannot write subnet file {target}", exc.strerror) from None
     try:
@@ -80,19 +116,24 @@ def parse_subnet_env_text(text: str) -> dict[str, str]:
     return values
 
 
+def read_subnet_env_values(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The file's KEY=value pairs; raises OSError (FileNotFoundError if absent)."""
+    with open(path, encoding="utf-8") as handle:
+        return parse_subnet_env_text(handle.read())
+
+
 def read_subnet_env(path: str | os.PathLike[str]) -> SubnetEnv | None:
     """The file's contents, or None if it does not exist.
 
     A malformed value raises ConfigError naming the key and the file.
     """
-    target = Path(path)
+    target = os.fspath(path)
     try:
-        text = target.read_text()
+        values = read_subnet_env_values(target)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise ConfigError(f"cannot read subnet file {target}", exc.strerror) from None
-    values = parse_subnet_env_text(text)
 
     def single(key: str, kind: type) -> object | None:
         value = values.get(key)
@@ -116,6 +157,27 @@ def read_subnet_env(path: str | os.PathLike[str]) -> SubnetEnv | None:
         ipmasq=values.get("FLANNEL_IPMASQ") == "true",
         ipv6_network=single("FLANNEL_IPV6_NETWORK", IPv6Network),  # type: ignore[arg-type]
         ipv6_subnet=single("FLANNEL_IPV6_SUBNET", IPv6Interface),  # type: ignore[arg-type]
+    )
+
+
+def read_plugin_env(path: str | os.PathLike[str]) -> PluginEnv:
+    """The CNI plugin's reading of the file.
+
+    Raises OSError if it cannot be read, IncompleteSubnetEnv if one of
+    PLUGIN_KEYS is missing or empty, ValueError for a malformed value.
+    """
+    values = read_subnet_env_values(path)
+    missing = [key for key in PLUGIN_KEYS if not values.get(key)]
+    if missing:
+        raise IncompleteSubnetEnv(missing)
+    networks: list[IPv4Network | IPv6Network] = []
+    for item in values["FLANNEL_NETWORK"].split(","):
+        net = ipaddress.ip_network(item.strip(), strict=False)
+        if net not in networks:
+            networks.append(net)
+    subnet = ipaddress.ip_interface(values["FLANNEL_SUBNET"]).network
+    return PluginEnv(
+        networks, subnet, int(values["FLANNEL_MTU"]), values["FLANNEL_IPMASQ"] == "true"
     )
 
 

@@ -1,15 +1,23 @@
-"""subnet.env: Flannel's exact format, atomic 0644 write, lenient read."""
+"""subnet.env: Flannel's exact format, atomic 0644 write, lenient read, the CNI plugin's read."""
 
 from __future__ import annotations
 
 import os
 import stat
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 import pytest
 
 from flannelish.errors import ConfigError
-from flannelish.subnet_env import SubnetEnv, previous_subnet, read_subnet_env, write_subnet_env
+from flannelish.subnet_env import (
+    IncompleteSubnetEnv,
+    PluginEnv,
+    SubnetEnv,
+    previous_subnet,
+    read_plugin_env,
+    read_subnet_env,
+    write_subnet_env,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -65,3 +73,38 @@ def test_replacing_keeps_readers_seeing_a_whole_file(tmp_path):
     )
     assert path.stat().st_ino != inode  # renamed into place, not rewritten
     assert "FLANNEL_SUBNET=10.5.7.1/24" in path.read_text()
+
+
+def test_plugin_reads_what_the_daemon_wrote(tmp_path):
+    path = tmp_path / "subnet.env"
+    write_subnet_env(path, VECTOR)
+    assert read_plugin_env(path) == PluginEnv(
+        [IPv4Network("10.5.0.0/16")], IPv4Network("10.5.34.0/24"), 1450, True
+    )
+
+
+def test_plugin_takes_every_network_of_a_list_once(tmp_path):
+    path = tmp_path / "subnet.env"
+    path.write_text(
+        "# written by hand\nFLANNEL_NETWORK=10.5.0.0/16, fd00::/48,10.5.0.0/16\n"
+        "FLANNEL_SUBNET=10.5.34.1/24\nFLANNEL_MTU=1400\nFLANNEL_IPMASQ=false\n"
+    )
+    env = read_plugin_env(path)
+    assert env.networks == [IPv4Network("10.5.0.0/16"), IPv6Network("fd00::/48")]
+    assert (env.mtu, env.ipmasq) == (1400, False)
+
+
+def test_plugin_names_missing_keys_and_rejects_bad_values(tmp_path):
+    path = tmp_path / "subnet.env"
+    path.write_text("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_MTU=\n")
+    with pytest.raises(IncompleteSubnetEnv) as err:
+        read_plugin_env(path)
+    assert err.value.missing == ["FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ"]
+    path.write_text(
+        "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.34.1/24\n"
+        "FLANNEL_MTU=big\nFLANNEL_IPMASQ=true\n"
+    )
+    with pytest.raises(ValueError):
+        read_plugin_env(path)
+    with pytest.raises(FileNotFoundError):
+        read_plugin_env(tmp_path / "absent")

@@ -385,10 +385,10 @@ def _network_of(cidr: str) -> str:
 
 def read_env_file(path: Path) -> dict[str, str]:
     """KEY=value lines (subnet.env); missing file -> {}."""
-    from flannelish.subnet_env import parse_subnet_env_text
+    from flannelish.subnet_env import read_subnet_env_values
 
     try:
-        return parse_subnet_env_text(path.read_text())
+        return read_subnet_env_values(path)
     except OSError:
         return {}
 

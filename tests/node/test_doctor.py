@@ -96,7 +96,7 @@ def test_jumbo_underlay_with_small_overlay_is_fine_but_bridge_bigger_than_pods_i
 
 def test_host_gw_node_compares_subnet_env_with_the_underlay():
     no_vxlan = {"eth0": LinkFacts("eth0", 1400, "veth")}
-    env = dataclasses.replace(ENV, mtu=1500)
+    env = ENV._replace(mtu=1500)
     (f,) = check_mtu(healthy(links=no_vxlan, subnet_env=env))
     assert "FLANNEL_MTU=1500 exceeds eth0 MTU 1400" in f.message
 
