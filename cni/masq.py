@@ -14,15 +14,20 @@ batch, which the kernel applies atomically, so concurrent ADDs/DELs cannot
 interleave.  nft 1.0.6 has no "destroy", so removal first lists the map to find what is
 there: DEL stays idempotent and never creates the table on a host that did
 not masquerade.
-The nft process inherits the calling thread's network namespace.
+The nft process inherits the calling thread's network namespace.  ``nft`` is
+run through flannelish.kernel.nft (a fake can be passed as ``nft=``); its
+errors are mapped here so the plugin's error codes stay what they always were.
 """
 
 from __future__ import annotations
 
-from flannelish.errors import KernelError
+import contextlib
+from collections.abc import Iterator
+
+from flannelish.errors import KernelError, NotAvailableError
+from flannelish.kernel.nft import NftCli, NftRunner
 
 TABLE = "flannelish_cni"
-NFT = "nft"
 
 
 def chain_name(network: str, container_id: str) -> str:
@@ -49,21 +54,44 @@ def _base() -> list[str]:
     ]
 
 
-def _run(commands: list[str], what: str) -> None:
-    import subprocess
-
-    proc = subprocess.run(
-        [NFT, "-f", "-"],
-        input="\n".join(commands) + "\n",
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise KernelError(f"{what}: nft failed: {proc.stderr.strip()}")
+@contextlib.contextmanager
+def _missing_nft_is_internal(what: str) -> Iterator[None]:
+    # The plugin has always reported a missing nft as an internal error (code
+    # 999); passing NotAvailableError on would turn it into 11, "try again later".
+    try:
+        yield
+    except NotAvailableError as exc:
+        raise KernelError(f"{what}: {exc}") from None
 
 
-def setup(network: str, container_id: str, ips: list[str], subnets: list[str]) -> None:
+def _run(nft: NftRunner | None, commands: list[str], what: str) -> None:
+    with _missing_nft_is_internal(what):
+        try:
+            (nft or NftCli()).run("\n".join(commands) + "\n")
+        except KernelError as exc:
+            raise KernelError(f"{what}: nft failed: {exc.details or ''}") from None
+
+
+def _listing(nft: NftRunner | None, what: str, *obj: str) -> list[dict]:
+    """`nft -j list <obj>` items; [] when it is absent or cannot be listed.
+
+    DEL must stay idempotent and CHECK must answer, so a listing that fails
+    counts as "nothing of ours there".
+    """
+    with _missing_nft_is_internal(what):
+        try:
+            return (nft or NftCli()).listing(*obj) or []
+        except KernelError:
+            return []
+
+
+def setup(
+    network: str,
+    container_id: str,
+    ips: list[str],
+    subnets: list[str],
+    nft: NftRunner | None = None,
+) -> None:
     """Masquerade traffic from `ips` leaving `subnets` (IPv4 only)."""
     if not ips:
         return
@@ -75,10 +103,10 @@ def setup(network: str, container_id: str, ips: list[str], subnets: list[str]) -
     cmds.append(f"add rule ip {TABLE} {chain} ip daddr != 224.0.0.0/4 masquerade comment {comment}")
     for ip in ips:
         cmds.append(f"add element ip {TABLE} pods {{ {ip} : jump {chain} }}")
-    _run(cmds, f"set up masquerade for {container_id}")
+    _run(nft, cmds, f"set up masquerade for {container_id}")
 
 
-def teardown(network: str, container_id: str) -> None:
+def teardown(network: str, container_id: str, nft: NftRunner | None = None) -> None:
     """Remove the container's chain and the map entries jumping to it, if any.
 
     The entries are found in the map rather than taken from the caller, so DEL
@@ -87,7 +115,8 @@ def teardown(network: str, container_id: str) -> None:
     to it; with none there is nothing to do (and no table gets created).
     """
     chain = chain_name(network, container_id)
-    ips = [ip for ip, target in _map_entries() if target == chain]
+    what = f"remove masquerade of {container_id}"
+    ips = [ip for ip, target in _map_entries(nft, what) if target == chain]
     if not ips:
         return
     cmds = [
@@ -95,21 +124,13 @@ def teardown(network: str, container_id: str) -> None:
         f"flush chain ip {TABLE} {chain}",
         f"delete chain ip {TABLE} {chain}",
     ]
-    _run(cmds, f"remove masquerade of {container_id}")
+    _run(nft, cmds, what)
 
 
-def _map_entries() -> list[tuple[str, str]]:
+def _map_entries(nft: NftRunner | None, what: str) -> list[tuple[str, str]]:
     """(pod ip, chain) pairs of the dispatch map; empty when our table does not exist."""
-    import json
-    import subprocess
-
-    proc = subprocess.run(
-        [NFT, "-j", "list", "map", "ip", TABLE, "pods"], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        return []
     entries = []
-    for item in json.loads(proc.stdout).get("nftables", []):
+    for item in _listing(nft, what, "map", "ip", TABLE, "pods"):
         for elem in item.get("map", {}).get("elem", []):
             key, verdict = elem
             target = verdict.get("jump", {}).get("target") if isinstance(verdict, dict) else None
@@ -118,17 +139,13 @@ def _map_entries() -> list[tuple[str, str]]:
     return entries
 
 
-def exists(network: str, container_id: str) -> bool:
-    return _chain_exists(chain_name(network, container_id), need_rules=True)
-
-
-def _chain_exists(chain: str, need_rules: bool = False) -> bool:
-    import subprocess
-
-    proc = subprocess.run(
-        [NFT, "list", "chain", "ip", TABLE, chain],
-        capture_output=True,
-        text=True,
-        check=False,
+def exists(network: str, container_id: str, nft: NftRunner | None = None) -> bool:
+    """True if the container's chain is there with its masquerade rule."""
+    chain = chain_name(network, container_id)
+    items = _listing(nft, f"check masquerade of {container_id}", "chain", "ip", TABLE, chain)
+    return any(
+        "masquerade" in expr
+        for item in items
+        if "rule" in item
+        for expr in item["rule"].get("expr", [])
     )
-    return proc.returncode == 0 and (not need_rules or "masquerade" in proc.stdout)

@@ -35,7 +35,8 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from flannelish.errors import ConfigError
+from flannelish.errors import ConfigError, KernelError, NotAvailableError
+from flannelish.kernel.nft import NftCli, NftRunner
 from flannelish.node.nft_verdict import Packet, input_blocks
 from flannelish.subnet.lease import Lease, LeaseDecodeError
 from flannelish.subnet_env import SubnetEnv, read_subnet_env
@@ -617,6 +618,7 @@ def collect(
     leases: Callable[[], list[Lease]] | None = None,
     etcd_prefix: str = "/coreos.com/network",
     renew_margin: float = 3600.0,
+    nft: NftRunner | None = None,
 ) -> NodeFacts:
     """Gather facts from this network namespace (read-only)."""
     facts = NodeFacts(
@@ -638,12 +640,10 @@ def collect(
         facts.links = None
     facts.sysctls = {name: read_sysctl(name) for name in (SYSCTL_FORWARD, SYSCTL_BRIDGE_NF)}
     try:
-        result = _run(["nft", "-j", "list", "ruleset"])
-        if result.returncode == 0:
-            facts.ruleset = list(json.loads(result.stdout or '{"nftables": []}')["nftables"])
-        else:
-            facts.ruleset_error = result.stderr.strip() or f"nft exited {result.returncode}"
-    except (OSError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
+        facts.ruleset = (nft or NftCli()).listing("ruleset") or []
+    except KernelError as exc:
+        facts.ruleset_error = exc.details or exc.msg
+    except (NotAvailableError, OSError, subprocess.TimeoutExpired) as exc:
         facts.ruleset_error = str(exc)
     if shutil.which("iptables-legacy-save"):
         try:

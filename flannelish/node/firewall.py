@@ -52,16 +52,14 @@ detected; re-applying restores it).
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
-import subprocess
 import threading
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, ip_network
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
-from flannelish.errors import ConfigError, KernelError, NotAvailableError
+from flannelish.errors import ConfigError, KernelError
+from flannelish.kernel.nft import NftCli, NftRunner
 
 FAMILY = "ip"
 TABLE = "flannelish"
@@ -75,60 +73,6 @@ _CHAIN_SPECS = {
     "forward": "type filter hook forward priority filter; policy accept;",
     "input": "type filter hook input priority filter; policy accept;",
 }
-
-
-class NftRunner(Protocol):
-    """The two things NftRules needs from nftables (a fake in unit tests)."""
-
-    def run(self, script: str) -> None:
-        """Apply a script atomically (``nft -f -``); raise KernelError on failure."""
-
-    def list_table(self, family: str, table: str) -> list[dict[str, Any]] | None:
-        """The ``nftables`` array of ``nft -j list table``, or None if the table is absent."""
-
-
-@dataclass
-class NftCli:
-    """NftRunner running the `nft` binary, optionally inside a named namespace."""
-
-    netns: str | None = None
-    binary: str = "nft"
-    timeout: float = 10.0
-
-    def _argv(self, *args: str) -> list[str]:
-        if shutil.which(self.binary) is None:
-            raise NotAvailableError(f"{self.binary} not found", "install the nftables package")
-        argv = [self.binary, *args]
-        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
-
-    def run(self, script: str) -> None:
-        result = subprocess.run(
-            self._argv("-f", "-"),
-            input=script,
-            capture_output=True,
-            text=True,
-            timeout=self.timeout,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise KernelError("nftables transaction failed", result.stderr.strip())
-
-    def list_table(self, family: str, table: str) -> list[dict[str, Any]] | None:
-        result = subprocess.run(
-            self._argv("-j", "list", "table", family, table),
-            capture_output=True,
-            text=True,
-            timeout=self.timeout,
-            check=False,
-        )
-        if result.returncode != 0:
-            if "No such file or directory" in result.stderr:
-                return None
-            raise KernelError(f"cannot list nftables table {family} {table}", result.stderr.strip())
-        try:
-            return list(json.loads(result.stdout)["nftables"])
-        except (ValueError, KeyError) as exc:
-            raise KernelError("nft -j printed something that is not its JSON", str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -291,7 +235,7 @@ class NftRules:
     # -- operations ----------------------------------------------------------
 
     def state(self) -> TableState | None:
-        items = self.runner.list_table(FAMILY, TABLE)
+        items = self.runner.listing("table", FAMILY, TABLE)
         return None if items is None else parse_table(items)
 
     def apply(self, seed: Iterable[IPv4Address] = ()) -> None:
@@ -356,7 +300,7 @@ class NftRules:
 
     def remove(self) -> None:
         """Delete our table (clean shutdown); absent already is fine."""
-        if self.runner.list_table(FAMILY, TABLE) is None:
+        if self.runner.listing("table", FAMILY, TABLE) is None:
             return
         self.runner.run(f"delete table {FAMILY} {TABLE}\n")
 
@@ -581,10 +525,8 @@ __all__ = [
     "FAMILY",
     "PEER_SET",
     "TABLE",
-    "NftCli",
     "NftOwner",
     "NftRules",
-    "NftRunner",
     "PeerAddr",
     "PeerSetResource",
     "TableState",

@@ -38,7 +38,8 @@ from ipaddress import IPv4Network
 from typing import Any
 
 from flannelish.errors import FlannelishError, NotAvailableError
-from flannelish.node.firewall import NftOwner, NftRules, NftRunner
+from flannelish.kernel.nft import NftRunner
+from flannelish.node.firewall import NftOwner, NftRules
 from flannelish.node.health import HealthServer, NodeState
 
 log = logging.getLogger("flannelish.node.ops")

@@ -6,5 +6,6 @@ per-run prefix, and an isolated underlay bridge living in its own namespace.
 Nothing here ever touches the root namespace's routes, addresses or firewall.
 
 The fakes for unit tests live here too, next to the interface they stand in
-for: ``registry.InMemoryRegistry`` (flannelish.subnet.registry.Registry).
+for: ``registry.InMemoryRegistry`` (flannelish.subnet.registry.Registry) and
+``nft.FakeNft`` (flannelish.kernel.nft.NftRunner).
 """

@@ -37,6 +37,20 @@ def test_ip_masq_installs_per_container_nat_chain_and_del_removes_it(cni):
     assert chain not in nat and ip not in nat
 
 
+def test_check_finds_the_masquerade_rule_and_notices_it_gone(cni):
+    from flannelish.cni.masq import TABLE, chain_name
+
+    cni.write_subnet_env(ipmasq=False)
+    pod = cni.pod()
+    conf = cni.conf(prevResult=cni.add(pod))
+    assert cni.call("CHECK", conf, netns=pod).ok().stdout == ""
+    chain = chain_name(cni.name, "ctr1")
+    run(["ip", "netns", "exec", cni.host, "nft", "flush", "chain", "ip", TABLE, chain])
+    doc = cni.call("CHECK", conf, netns=pod).error()
+    assert doc["code"] == 999 and doc["msg"] == "masquerade rules of ctr1 missing"
+    cni.delete(pod)
+
+
 def test_no_masquerade_when_the_daemon_masquerades(cni):
     cni.add(cni.pod())  # subnet.env says FLANNEL_IPMASQ=true
     assert "CNI-" not in _nat(cni)

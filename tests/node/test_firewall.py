@@ -1,8 +1,7 @@
-"""NftRules logic against a fake nft that interprets the statements NftRules emits."""
+"""NftRules logic against flannelish.testing.nft.FakeNft, which interprets what NftRules emits."""
 
 from __future__ import annotations
 
-import re
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -10,77 +9,13 @@ import pytest
 
 from flannelish.errors import ConfigError, KernelError
 from flannelish.node.firewall import NftRules, parse_port, parse_table
+from flannelish.testing.nft import FakeNft, copy_table
 
 pytestmark = pytest.mark.unit
 
 
-class FakeNft:
-    """Just enough of nft's transaction and JSON listing semantics for NftRules."""
-
-    def __init__(self) -> None:
-        self.table: dict[str, Any] | None = None
-        self.scripts: list[str] = []
-
-    def run(self, script: str) -> None:
-        self.scripts.append(script)
-        table = None if self.table is None else {k: _copy(v) for k, v in self.table.items()}
-        for line in script.strip().splitlines():
-            table = self._statement(table, line)
-        self.table = table  # all or nothing, as a transaction
-
-    def _statement(self, t: dict[str, Any] | None, line: str) -> dict[str, Any] | None:
-        words = line.split()
-        verb, kind = words[0], words[1]
-        if kind == "table":
-            if verb == "add":
-                return t or {"chains": {}, "set": None}
-            if t is None:
-                raise KernelError("nftables transaction failed", "No such file or directory")
-            return None
-        if t is None:
-            raise KernelError("nftables transaction failed", "No such file or directory")
-        name = words[4]
-        if kind == "set":
-            t["set"] = t["set"] if t["set"] is not None else set()
-        elif kind == "element":
-            elems = {IPv4Address(e) for e in re.findall(r"[\d.]+(?=[ ,}])", line.split("{")[1])}
-            if verb == "delete" and not elems <= t["set"]:
-                raise KernelError("nftables transaction failed", "No such file or directory")
-            t["set"] = t["set"] | elems if verb == "add" else t["set"] - elems
-        elif kind == "chain":
-            if verb == "add":
-                t["chains"].setdefault(name, [])
-            elif verb == "flush":
-                t["chains"][name] = []
-            else:
-                if t["chains"][name]:
-                    raise KernelError("nftables transaction failed", "Device or resource busy")
-                del t["chains"][name]
-        elif kind == "rule":
-            t["chains"][name].append(line.rsplit('comment "', 1)[1].rstrip('"'))
-        return t
-
-    def list_table(self, family: str, table: str) -> list[dict[str, Any]] | None:
-        if self.table is None:
-            return None
-        items: list[dict[str, Any]] = [{"table": {"family": family, "name": table}}]
-        if self.table["set"] is not None:
-            elem = sorted(str(ip) for ip in self.table["set"])
-            items.append({"set": {"name": "vxlan_peers", **({"elem": elem} if elem else {})}})
-        for chain, comments in self.table["chains"].items():
-            items.append({"chain": {"name": chain}})
-            items += [{"rule": {"chain": chain, "comment": c, "expr": []}} for c in comments]
-        return items
-
-
 def labels(comments: list[str]) -> list[str]:
     return [c.rsplit(" #", 1)[0] for c in comments]
-
-
-def _copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: list(v) for k, v in value.items()}
-    return set(value) if isinstance(value, set) else value
 
 
 def rules(**kwargs: Any) -> tuple[NftRules, FakeNft]:
@@ -177,7 +112,7 @@ def test_apply_is_idempotent_and_remove_is_clean():
     nft, fake = rules()
     nft.set_peers(["198.18.0.2"])
     nft.apply()
-    first = _copy(fake.table["chains"])
+    first = copy_table(fake.table["chains"])
     nft.apply()
     assert fake.table["chains"] == first
     nft.remove()

@@ -11,8 +11,9 @@ import pytest
 from flannelish.daemon.reconciler import Reconciler
 from flannelish.node.ops import NodeOps, NodeOpsOptions
 from flannelish.subnet.lease import Lease, LeaseAttrs
+from flannelish.testing.nft import FakeNft
 
-from .test_firewall import FakeNft, labels
+from .test_firewall import labels
 
 pytestmark = pytest.mark.unit
 

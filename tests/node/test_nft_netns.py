@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flannelish.node.firewall import NftCli, NftRules
+from flannelish.kernel.nft import NftCli
+from flannelish.node.firewall import NftRules
 from flannelish.testing.proc import run
 
 from .conftest import NETWORK, PORT

@@ -1,0 +1,84 @@
+"""A fake nft for unit tests: stands in for flannelish.kernel.nft.NftCli."""
+
+from __future__ import annotations
+
+import re
+from ipaddress import IPv4Address
+from typing import Any
+
+from flannelish.errors import KernelError
+
+
+class FakeNft:
+    """Just enough of nft's transactions and JSON listings for NftRules (one table).
+
+    ``table`` is the kernel's view: None (absent) or ``{"chains": {name:
+    [rule comments]}, "set": set of peer addresses or None}``; tests read and
+    edit it to play an operator or a crash.  ``scripts`` records every
+    transaction.  A failing statement leaves the table as it was.
+    """
+
+    def __init__(self) -> None:
+        self.table: dict[str, Any] | None = None
+        self.scripts: list[str] = []
+
+    def run(self, script: str) -> None:
+        self.scripts.append(script)
+        table = None if self.table is None else {k: copy_table(v) for k, v in self.table.items()}
+        for line in script.strip().splitlines():
+            table = self._statement(table, line)
+        self.table = table  # all or nothing, as a transaction
+
+    def _statement(self, t: dict[str, Any] | None, line: str) -> dict[str, Any] | None:
+        words = line.split()
+        verb, kind = words[0], words[1]
+        if kind == "table":
+            if verb == "add":
+                return t or {"chains": {}, "set": None}
+            if t is None:
+                raise KernelError("nftables transaction failed", "No such file or directory")
+            return None
+        if t is None:
+            raise KernelError("nftables transaction failed", "No such file or directory")
+        name = words[4]
+        if kind == "set":
+            t["set"] = t["set"] if t["set"] is not None else set()
+        elif kind == "element":
+            elems = {IPv4Address(e) for e in re.findall(r"[\d.]+(?=[ ,}])", line.split("{")[1])}
+            if verb == "delete" and not elems <= t["set"]:
+                raise KernelError("nftables transaction failed", "No such file or directory")
+            t["set"] = t["set"] | elems if verb == "add" else t["set"] - elems
+        elif kind == "chain":
+            if verb == "add":
+                t["chains"].setdefault(name, [])
+            elif verb == "flush":
+                t["chains"][name] = []
+            else:
+                if t["chains"][name]:
+                    raise KernelError("nftables transaction failed", "Device or resource busy")
+                del t["chains"][name]
+        elif kind == "rule":
+            t["chains"][name].append(line.rsplit('comment "', 1)[1].rstrip('"'))
+        return t
+
+    def listing(self, *what: str) -> list[dict[str, Any]] | None:
+        if what[0] != "table":
+            raise NotImplementedError(f"FakeNft lists whole tables only, not {what}")
+        if self.table is None:
+            return None
+        family, table = what[1], what[2]
+        items: list[dict[str, Any]] = [{"table": {"family": family, "name": table}}]
+        if self.table["set"] is not None:
+            elem = sorted(str(ip) for ip in self.table["set"])
+            items.append({"set": {"name": "vxlan_peers", **({"elem": elem} if elem else {})}})
+        for chain, comments in self.table["chains"].items():
+            items.append({"chain": {"name": chain}})
+            items += [{"rule": {"chain": chain, "comment": c, "expr": []}} for c in comments]
+        return items
+
+
+def copy_table(value: Any) -> Any:
+    """A copy of one entry of FakeNft.table (the chains dict or the peer set)."""
+    if isinstance(value, dict):
+        return {k: list(v) for k, v in value.items()}
+    return set(value) if isinstance(value, set) else value
