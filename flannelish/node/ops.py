@@ -39,7 +39,8 @@ from typing import Any
 
 from flannelish.errors import FlannelishError, NotAvailableError
 from flannelish.kernel.nft import NftRunner
-from flannelish.node.firewall import NftOwner, NftRules
+from flannelish.node.firewall import NftRules
+from flannelish.node.firewall_owner import NftOwner
 from flannelish.node.health import HealthServer, NodeState
 
 log = logging.getLogger("flannelish.node.ops")

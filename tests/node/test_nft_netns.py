@@ -141,7 +141,7 @@ def test_peer_set_follows_peer_changes(overlay):
 
 def test_reconciler_restores_a_deleted_table_with_its_peer_set_in_one_pass(overlay):
     from flannelish.daemon.reconciler import Reconciler
-    from flannelish.node.firewall import NftOwner
+    from flannelish.node.firewall_owner import NftOwner
     from flannelish.subnet.lease import Lease, LeaseAttrs
 
     n1, n2 = overlay.node1, overlay.node2

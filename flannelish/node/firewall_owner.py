@@ -1,0 +1,228 @@
+"""The daemon's nftables table as an Owner of its reconciler (flannelish.daemon.reconciler).
+
+:class:`NftOwner` re-asserts the table that flannelish.node.firewall.NftRules
+describes and diffs the ``vxlan_peers`` set element by element like any
+kernel object (:class:`PeerSetResource`), batching a pass's element changes
+into one nft transaction.  It also decides when the anti-spoof drop rule is
+armed: only after a pass has written the full peer set, so arming never drops
+a peer's traffic.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Any, ClassVar
+
+from flannelish.errors import KernelError
+from flannelish.node.firewall import (
+    FAMILY,
+    PEER_SET,
+    TABLE,
+    NftRules,
+    TableState,
+    set_elements,
+)
+
+
+@dataclass(frozen=True)
+class PeerAddr:
+    """One element of ``vxlan_peers``: a peer's PublicIP (a reconciler record)."""
+
+    ip: IPv4Address
+
+
+@dataclass
+class _PassBatch:
+    """What one reconcile pass wants and found, so element changes go out in one transaction.
+
+    The reconcile thread fills it; the daemon's on_pass hook may read it from
+    another thread (NftOwner.after_pass), hence the lock.
+    """
+
+    planned: set[IPv4Address] = field(default_factory=set)
+    actual: set[IPv4Address] = field(default_factory=set)
+    done: set[IPv4Address] = field(default_factory=set)
+    dumped: bool = False  # the reconciler got as far as listing the set
+    failed: bool = False  # a write failed, so the set may not match the plan
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.planned.clear()
+            self.actual.clear()
+            self.done.clear()
+            self.dumped = self.failed = False
+
+    def complete(self) -> bool:
+        """True once every planned peer is known to be in the kernel set."""
+        with self.lock:
+            return self.dumped and not self.failed and self.planned <= (self.actual | self.done)
+
+
+class PeerSetResource:
+    """The elements of ``vxlan_peers`` as a reconciler Resource (diffed like routes).
+
+    The reconciler calls ensure()/remove() once per element; with 1000 peers
+    that would be 1000 `nft` processes.  Within a pass (``batch`` reset by
+    NftOwner.ensure_base and filled by plan()/dump()), the first call writes
+    every missing (or stale) element in one transaction and later calls for
+    elements already written return at once.
+    """
+
+    kind: ClassVar[str] = "nft-peer"
+    record: ClassVar[type] = PeerAddr
+
+    def __init__(
+        self,
+        rules: NftRules,
+        batch: _PassBatch | None = None,
+        restore: Callable[[], None] | None = None,
+    ) -> None:
+        self._rules = rules
+        self.batch = batch
+        self._restore = restore  # called when the table is gone, before listing
+
+    def _listing(self) -> TableState | None:
+        state = self._rules.state()
+        if state is None and self._restore is not None:
+            self._restore()
+            state = self._rules.state()
+        return state
+
+    def key(self, obj: PeerAddr) -> Hashable:
+        return obj.ip
+
+    def dump(self) -> Sequence[PeerAddr]:
+        state = self._listing()
+        peers = state.peers if state else set()
+        if self.batch is not None:
+            with self.batch.lock:
+                self.batch.actual = set(peers)
+                self.batch.dumped = True
+        return [PeerAddr(ip) for ip in sorted(peers)]
+
+    def _write(self, verb: str, obj: PeerAddr) -> None:
+        b = self.batch
+        if b is None:
+            ips = {obj.ip}
+        else:
+            with b.lock:
+                if obj.ip in b.done:
+                    return
+                pending = b.planned - b.actual if verb == "add" else b.actual - b.planned
+                ips = {obj.ip} | (pending - b.done)
+        target = f"{FAMILY} {TABLE} {PEER_SET}"
+        try:
+            self._rules.runner.run(f"{verb} element {target} {{ {set_elements(ips)} }}\n")
+        except KernelError:
+            if b is not None:
+                with b.lock:
+                    b.failed = True
+            raise
+        if b is not None:
+            with b.lock:
+                b.done |= ips
+
+    def ensure(self, obj: PeerAddr) -> None:
+        self._write("add", obj)
+
+    create = ensure
+
+    def remove(self, obj: PeerAddr) -> None:
+        self._write("delete", obj)
+
+
+class NftOwner:
+    """NftRules as an Owner of the daemon's Reconciler (flannelish.daemon.reconciler).
+
+    * ``ensure_base()`` (periodic passes) re-asserts the table: a deleted
+      table, chain or edited rule is restored; counted in ``repairs``.  A
+      table found missing while listing the set (any pass) is restored too.
+    * ``plan(peer)`` / ``resources()`` make the reconciler diff the peer set
+      like kernel routes; ``resources()`` marks the start of a pass (it is
+      called once per pass, also when ``ensure_base`` is skipped).
+    * ``arm()``: call once the first lease snapshot is in the PeerTable.  The
+      drop rule is added after the first pass that completed with the set
+      written in full (``after_pass()``, or the start of the next pass), so
+      arming never drops a peer's traffic.
+    """
+
+    def __init__(self, rules: NftRules) -> None:
+        self.rules = rules
+        self.repairs = 0
+        self._created = False
+        self._arm_requested = False
+        self._pass_since_request = False  # a pass started after arm() was called
+        self._arm_lock = threading.Lock()
+        self._batch = _PassBatch()
+        self._resources = self._make_resources(rules)
+
+    def _make_resources(self, rules: NftRules) -> list[PeerSetResource]:
+        if rules.vxlan_port is None:
+            return []
+        return [PeerSetResource(rules, self._batch, restore=self._restore)]
+
+    def replace_rules(self, rules: NftRules) -> None:
+        """Adopt new desired rules (e.g. the lease moved); the next pass applies them."""
+        if self.rules.armed:
+            rules.arm()
+        self.rules = rules
+        self._resources = self._make_resources(rules)
+        self.rules.apply()
+
+    def arm(self) -> None:
+        if not self.rules.armed and not self._arm_requested:
+            self._arm_requested = True
+            self._pass_since_request = False
+
+    def _seed(self) -> frozenset[IPv4Address]:
+        """The peers the current (or, before resources(), the last) pass wants.
+
+        Written with a restored table in one transaction: a table deleted
+        behind our back comes back with its drop rule *and* the peers, so no
+        legitimate peer's VXLAN packet is dropped in between.
+        """
+        with self._batch.lock:
+            return frozenset(self._batch.planned)
+
+    def _restore(self) -> None:
+        self.rules.apply(self._seed())
+        if self._created:
+            self.repairs += 1
+        self._created = True
+
+    def _maybe_arm(self) -> None:
+        with self._arm_lock:  # the reconcile thread and the on_pass hook may race here
+            if self._arm_requested and self._pass_since_request and self._batch.complete():
+                self._arm_requested = False
+                self.rules.arm()
+                self.rules.apply()  # a planned change, not a repair
+
+    def after_pass(self) -> None:
+        """End of a reconcile pass (from the daemon's on_pass hook): arm if due."""
+        self._maybe_arm()
+
+    def ensure_base(self) -> bool:
+        if not self._created:  # start-up: creating is not repairing
+            self.rules.apply()
+            self._created = True
+        elif self.rules.ensure(self._seed()):
+            self.repairs += 1
+        return False  # nothing per peer needs replaying beyond the set diff
+
+    def resources(self) -> Sequence[PeerSetResource]:
+        self._maybe_arm()  # the previous pass may have completed the set
+        self._batch.reset()
+        self._pass_since_request = self._arm_requested
+        return self._resources
+
+    def plan(self, peer: Any) -> Sequence[Any]:
+        if not self._resources:
+            return ()
+        ip = IPv4Address(peer.attrs.public_ip)
+        with self._batch.lock:
+            self._batch.planned.add(ip)
+        return (PeerAddr(ip),)
