@@ -32,9 +32,12 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
+from flannelish.subnet.keys import Keys
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 PREFIX = "/coreos.com/network"
+KEYS = Keys(PREFIX)
 CONFIG = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'
 
 
@@ -76,7 +79,7 @@ class BenchCluster:
             self.etcd = start_etcd(
                 name="bench-etcd", host=str(self.underlay.gateway), netns=self.underlay.netns
             )
-            self.etcd.etcdctl("put", f"{PREFIX}/config", CONFIG)
+            self.etcd.etcdctl("put", KEYS.config, CONFIG)
         except BaseException:
             self.__exit__()
             raise
@@ -220,13 +223,13 @@ def measure_inside(endpoint: str, peers: int) -> dict[str, list[float]]:
     add_ms, del_ms = [], []
     for i in range(peers):
         subnet = IPv4Network(f"10.244.{150 + i}.0/24")  # the daemon's own is in .1-.100
-        key = f"{PREFIX}/subnets/{subnet.network_address}-24"
+        key = KEYS.subnet(subnet)
         t0 = time.time()
         client.put(key, lease_value(i, f"198.18.1.{1 + i}"))
         add_ms.append((routes.wait("add", subnet) - t0) * 1000)
     for i in range(peers):
         subnet = IPv4Network(f"10.244.{150 + i}.0/24")
-        key = f"{PREFIX}/subnets/{subnet.network_address}-24"
+        key = KEYS.subnet(subnet)
         t0 = time.time()
         client.delete(key)
         del_ms.append((routes.wait("del", subnet) - t0) * 1000)

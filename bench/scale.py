@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from convergence import PREFIX, BenchCluster
+from convergence import KEYS, PREFIX, BenchCluster
 
 PEERS = 1000
 CONFIG_26 = '{"Network":"10.244.0.0/16","SubnetLen":26,"Backend":{"Type":"vxlan"}}'
@@ -97,7 +97,7 @@ def main() -> int:
 
     env = {**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "false"}
     with BenchCluster() as cluster:
-        cluster.etcd.etcdctl("put", f"{PREFIX}/config", CONFIG_26)
+        cluster.etcd.etcdctl("put", KEYS.config, CONFIG_26)
         host = cluster.add_host("n1")
         script = WRITER.format(bench=str(Path(__file__).parent), endpoint=cluster.endpoint,
                                peers=PEERS, prefix=PREFIX)  # fmt: skip

@@ -20,6 +20,7 @@ from flannelish.cli.etcd_options import etcd_options
 from flannelish.errors import ConfigError
 from flannelish.subnet.config import NetworkConfig, parse_network_config
 from flannelish.subnet.etcdstore import EtcdOptions
+from flannelish.subnet.keys import Keys
 
 if TYPE_CHECKING:
     from flannelish.subnet.lease import Lease
@@ -54,7 +55,7 @@ def config_put(file: str, etcd: EtcdOptions) -> None:
         raise ConfigError(f"invalid network config in {source}", str(exc)) from None
     with _registry(etcd) as registry:
         registry.put_config(raw)
-    click.echo(f"network config written to {etcd.prefix}/config: {_describe(config)}")
+    click.echo(f"network config written to {Keys(etcd.prefix).config}: {_describe(config)}")
 
 
 @config_group.command("get")
@@ -65,7 +66,7 @@ def config_get(etcd: EtcdOptions) -> None:
         raw = registry.get_config()
     if raw is None:
         raise ConfigError(
-            f"no network config in etcd at {etcd.prefix}/config",
+            f"no network config in etcd at {Keys(etcd.prefix).config}",
             "write one with `flannelish config put FILE`",
         )
     click.echo(raw.decode(errors="replace").rstrip("\n"))

@@ -248,9 +248,10 @@ def doctor_command(
     Exit statuses: 0 no errors (warnings allowed), 1 at least one error.
     """
     from flannelish.node import doctor
+    from flannelish.node import facts as node_facts
 
     leases = None if no_etcd else _lease_reader(etcd)
-    facts = doctor.collect(
+    facts = node_facts.collect(
         subnet_file,
         device=device,
         leases=leases,

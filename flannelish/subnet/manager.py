@@ -36,6 +36,7 @@ from flannelish.errors import (
     OutOfSubnetsError,
 )
 from flannelish.subnet.config import NetworkConfig, parse_network_config
+from flannelish.subnet.keys import Keys
 from flannelish.subnet.lease import Event, Lease, LeaseAttrs
 from flannelish.subnet.registry import Registry
 from flannelish.subnet.watch import RESET_GRACE_S, Exclude, watch_events
@@ -73,7 +74,7 @@ class SubnetManager:
         """The parsed config; with `wait`, retry every second while it is missing or etcd
         is unreachable.  Returns None only if `stop` is set while waiting.  An invalid
         config or refused credentials raise at once: waiting would not fix them."""
-        key = f"{self.registry.key_prefix}/config"
+        key = Keys(self.registry.key_prefix).config
         stop = stop or threading.Event()
         attempt = 0
         while True:

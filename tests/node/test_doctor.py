@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from pathlib import Path
 
 import pytest
@@ -11,20 +11,22 @@ from click.testing import CliRunner
 
 from flannelish.cli import cli
 from flannelish.cli.node import node_ops_options
-from flannelish.node.doctor import (
-    SYSCTL_BRIDGE_NF,
-    SYSCTL_FORWARD,
-    LinkFacts,
-    NodeFacts,
+from flannelish.node.checks import (
     Severity,
-    check_firewall,
     check_leases,
     check_mtu,
     check_subnet_env,
     check_sysctls,
-    parse_links,
-    run_checks,
 )
+from flannelish.node.doctor import run_checks
+from flannelish.node.facts import (
+    SYSCTL_BRIDGE_NF,
+    SYSCTL_FORWARD,
+    LinkFacts,
+    NodeFacts,
+    parse_links,
+)
+from flannelish.node.firewall_checks import check_firewall
 from flannelish.subnet.lease import Lease, LeaseAttrs
 from flannelish.subnet_env import SubnetEnv
 
@@ -168,6 +170,14 @@ def test_duplicate_public_ips_and_vtep_macs():
     assert "VTEP MAC 0a:00:00:00:00:02 is used by 2 leases" in findings[1].message
 
 
+def test_the_key_to_delete_keeps_a_dual_stack_lease_ipv6_half():
+    stale = dataclasses.replace(
+        lease(3, "198.18.0.3", expires=NOW - 60), ipv6_subnet=IPv6Network("fd00:0:0:3::/64")
+    )
+    (f,) = check_leases(healthy(leases=[lease(1, "198.18.0.1"), stale]))
+    assert f.fix == "`etcdctl del /coreos.com/network/subnets/10.244.3.0-24&fd00:0:0:3::-64`"
+
+
 def test_stale_expired_mixed_and_missing_own_lease():
     leases = [
         lease(2, "198.18.0.2", expires=NOW + 600),  # should have renewed 50 min ago
@@ -296,7 +306,7 @@ COMMIT
 
 
 def test_legacy_iptables_rules_invisible_to_nft_are_read_from_iptables_save():
-    from flannelish.node.doctor import check_legacy_iptables, legacy_input_drops
+    from flannelish.node.firewall_checks import check_legacy_iptables, legacy_input_drops
 
     reject = "-A INPUT -p udp -m udp --dport 8472 -j REJECT --reject-with icmp-port-unreachable"
     save = LEGACY.format(policy="ACCEPT", rules=reject)

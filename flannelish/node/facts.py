@@ -1,0 +1,154 @@
+"""What `flannelish doctor` knows about a node: :class:`NodeFacts` and :func:`collect`.
+
+:func:`collect` reads the running system (``ip -j``, ``/proc/sys``, the nft
+ruleset, ``iptables-legacy-save``, subnet.env, optionally the leases from
+etcd) into plain data.  It is the only part of the doctor that needs root or
+the kernel, and it never changes anything.  A fact that could not be gathered
+is None, so the checks (flannelish.node.checks) can say so instead of
+guessing; unit tests build NodeFacts by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from flannelish.errors import ConfigError, KernelError, NotAvailableError
+from flannelish.kernel.nft import NftCli, NftRunner
+from flannelish.subnet.lease import Lease
+from flannelish.subnet_env import SubnetEnv, read_subnet_env
+
+SYSCTL_FORWARD = "net.ipv4.ip_forward"
+SYSCTL_BRIDGE_NF = "net.bridge.bridge-nf-call-iptables"
+
+
+@dataclass(frozen=True)
+class LinkFacts:
+    name: str
+    mtu: int
+    kind: str = ""
+    underlay: str | None = None  # vxlan: the `dev` it sends on
+    port: int | None = None  # vxlan: dstport
+    local: IPv4Address | None = None  # vxlan: local address
+
+
+@dataclass
+class NodeFacts:
+    subnet_env_path: str
+    subnet_env: SubnetEnv | None = None
+    subnet_env_error: str | None = None
+    links: dict[str, LinkFacts] | None = None  # None: could not list links
+    default_iface: str | None = None
+    sysctls: dict[str, str | None] = field(default_factory=dict)  # None value: missing
+    ruleset: list[dict[str, Any]] | None = None  # `nft -j list ruleset` items
+    ruleset_error: str | None = None
+    iptables_legacy: str | None = None  # `iptables-legacy-save -t filter`, if that exists
+    leases: list[Lease] | None = None
+    leases_error: str | None = None
+    etcd_prefix: str = "/coreos.com/network"
+    device: str | None = None  # explicit overlay device name
+    renew_margin: float = 3600.0  # seconds; a live node renews before this
+    now: float = field(default_factory=time.time)
+
+    # -- derived -------------------------------------------------------------
+
+    def overlay(self) -> LinkFacts | None:
+        links = self.links or {}
+        if self.device:
+            return links.get(self.device)
+        vx = [x for x in links.values() if x.kind == "vxlan" and x.name.startswith("flannel.")]
+        return sorted(vx, key=lambda x: x.name)[0] if vx else None
+
+    def underlay(self) -> LinkFacts | None:
+        links = self.links or {}
+        dev = self.overlay()
+        name = dev.underlay if dev and dev.underlay else self.default_iface
+        return links.get(name) if name else None
+
+    def own_subnet(self) -> IPv4Network | None:
+        return self.subnet_env.subnet if self.subnet_env else None
+
+
+def _run(argv: list[str], timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def parse_links(doc: list[dict[str, Any]]) -> dict[str, LinkFacts]:
+    """`ip -j -d link show` output -> LinkFacts by name."""
+    links = {}
+    for item in doc:
+        info = item.get("linkinfo") or {}
+        data = info.get("info_data") or {}
+        kind = info.get("info_kind", "")
+        local = data.get("local") if kind == "vxlan" else None
+        links[item["ifname"]] = LinkFacts(
+            name=item["ifname"],
+            mtu=int(item.get("mtu", 0)),
+            kind=kind,
+            underlay=data.get("link") if kind == "vxlan" else None,
+            port=int(data["port"]) if kind == "vxlan" and data.get("port") else None,
+            local=IPv4Address(local) if local and ":" not in local else None,
+        )
+    return links
+
+
+def read_sysctl(name: str, root: Path = Path("/proc/sys")) -> str | None:
+    try:
+        return (root / name.replace(".", "/")).read_text().strip()
+    except OSError:
+        return None
+
+
+def collect(
+    subnet_file: str | Path,
+    *,
+    device: str | None = None,
+    leases: Callable[[], list[Lease]] | None = None,
+    etcd_prefix: str = "/coreos.com/network",
+    renew_margin: float = 3600.0,
+    nft: NftRunner | None = None,
+) -> NodeFacts:
+    """Gather facts from this network namespace (read-only)."""
+    facts = NodeFacts(
+        str(subnet_file), device=device, etcd_prefix=etcd_prefix, renew_margin=renew_margin
+    )
+    try:
+        facts.subnet_env = read_subnet_env(subnet_file)
+    except ConfigError as exc:
+        facts.subnet_env_error = str(exc)
+    try:
+        result = _run(["ip", "-j", "-d", "link", "show"])
+        if result.returncode == 0:
+            facts.links = parse_links(json.loads(result.stdout))
+        result = _run(["ip", "-j", "route", "show", "default"])
+        if result.returncode == 0:
+            routes = json.loads(result.stdout or "[]")
+            facts.default_iface = routes[0].get("dev") if routes else None
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        facts.links = None
+    facts.sysctls = {name: read_sysctl(name) for name in (SYSCTL_FORWARD, SYSCTL_BRIDGE_NF)}
+    try:
+        facts.ruleset = (nft or NftCli()).listing("ruleset") or []
+    except KernelError as exc:
+        facts.ruleset_error = exc.details or exc.msg
+    except (NotAvailableError, OSError, subprocess.TimeoutExpired) as exc:
+        facts.ruleset_error = str(exc)
+    if shutil.which("iptables-legacy-save"):
+        try:
+            result = _run(["iptables-legacy-save", "-t", "filter"])
+            facts.iptables_legacy = result.stdout if result.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired):
+            facts.iptables_legacy = None
+    if leases is not None:
+        try:
+            facts.leases = leases()
+        except Exception as exc:  # any etcd failure only disables the lease checks
+            facts.leases_error = f"etcd: {exc}"
+    return facts
