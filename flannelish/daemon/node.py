@@ -22,28 +22,40 @@ and the restarted daemon adopts the device, its MAC and the same lease.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import os
 import socket
 import tempfile
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from flannelish.backends import get_backend_class
 from flannelish.backends.base import Backend, BackendContext, ExternalInterface
+from flannelish.cni.server import CniServer
 from flannelish.daemon.admission import AdmissionRules
 from flannelish.daemon.iface import select_interface
 from flannelish.daemon.peers import PeerTable
 from flannelish.daemon.reconciler import PassResult, ReconcileLoop, Reconciler
 from flannelish.errors import ConfigError, FlannelishError
-from flannelish.kernel.netlink import ROUTE_PROTO, Change, ChangeMonitor
+from flannelish.kernel.netlink import ROUTE_PROTO, Change, ChangeMonitor, Netlink
+from flannelish.kernel.resources import Owner
 from flannelish.kernel.rtnl import RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE, RTM_NEWLINK
-from flannelish.subnet.lease import Lease
+from flannelish.subnet.lease import Lease, LeaseAttrs
 from flannelish.subnet_env import SubnetEnv, previous_subnet, write_subnet_env
+
+if TYPE_CHECKING:
+    # For annotations only: at run time these are imported where they are used,
+    # so importing this module loads neither the etcd client nor the health server.
+    from flannelish.daemon.configwatch import ConfigWatch
+    from flannelish.node.ops import NodeOps, NodeOpsOptions
+    from flannelish.subnet.config import NetworkConfig
+    from flannelish.subnet.etcdstore import EtcdOptions
+    from flannelish.subnet.keeper import LeaseKeeper
+    from flannelish.subnet.manager import SubnetManager
 
 log = logging.getLogger("flannelish.daemon")
 
@@ -53,7 +65,7 @@ SOCKET_NAME = "flannelish.sock"
 
 @dataclass
 class DaemonOptions:
-    etcd: Any  # flannelish.subnet.etcdstore.EtcdOptions
+    etcd: EtcdOptions
     subnet_file: Path = Path(DEFAULT_SUBNET_FILE)
     ifaces: list[str] = field(default_factory=list)
     iface_regexes: list[str] = field(default_factory=list)
@@ -62,7 +74,7 @@ class DaemonOptions:
     renew_margin_minutes: int = 60
     resync_seconds: float = 10.0
     cni_socket: Path | None = None  # default: <dir of subnet_file>/flannelish.sock
-    node_ops: Any = None  # flannelish.node.ops.NodeOpsOptions: health, metrics, nftables
+    node_ops: NodeOpsOptions | None = None  # health, metrics, nftables; None: none of them
 
     @property
     def socket_path(self) -> Path:
@@ -71,7 +83,7 @@ class DaemonOptions:
 
 @dataclass
 class NodeStatus:
-    """What health/readiness reporting (issue 8) needs to know."""
+    """What health/readiness reporting needs to know."""
 
     lease: Lease | None = None
     subnet_env_written: bool = False
@@ -83,8 +95,8 @@ class NodeDaemon:
     def __init__(
         self,
         options: DaemonOptions,
-        netlink: Any = None,
-        manager: Any = None,
+        netlink: Netlink | None = None,
+        manager: SubnetManager | None = None,
         kernel_notifications: bool = True,
     ) -> None:
         self.options = options
@@ -97,24 +109,26 @@ class NodeDaemon:
         self._fatal: BaseException | None = None
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._closers: list[Any] = []
+        self._closers: list[Callable[[], object]] = []
         self.backend: Backend | None = None
         self.peers = PeerTable()
         self.loop: ReconcileLoop | None = None  # the backend's
         self.loops: list[ReconcileLoop] = []  # the backend's, then one per extra owner
-        self.ops: Any = None  # flannelish.node.ops.NodeOps (issue 8), when enabled
-        self._advertised: Any = None  # last backend attributes we re-put into the lease
-        self._owners: list[Any] = []
-        self.config_watch: Any = None  # flannelish.daemon.configwatch.ConfigWatch
+        self.ops: NodeOps | None = None  # when options.node_ops is set
+        self._advertised: LeaseAttrs | None = None  # last backend attributes re-put into the lease
+        self._owners: Sequence[Owner] = ()  # besides the backend, e.g. the nftables table
+        self.config_watch: ConfigWatch | None = None
+        self._config: NetworkConfig | None = None  # the network config the daemon started with
+        self._keeper: LeaseKeeper | None = None
 
     # -- wiring ------------------------------------------------------------------
-    def _make_manager(self) -> Any:
+    def _make_manager(self) -> SubnetManager:
         from flannelish.subnet.manager import SubnetManager
         from flannelish.subnet.registry import EtcdRegistry
 
         return SubnetManager(EtcdRegistry(self.options.etcd))
 
-    def _make_netlink(self) -> Any:
+    def _make_netlink(self) -> Netlink:
         from flannelish.kernel.netlink import RawNetlink
 
         return RawNetlink()
@@ -192,13 +206,14 @@ class NodeDaemon:
         self.started.set()
 
     def _start_node_ops(
-        self, manager: Any, ext: ExternalInterface, config: Any, lease: Lease
+        self, manager: SubnetManager, ext: ExternalInterface, config: NetworkConfig, lease: Lease
     ) -> None:
-        """Health server, metrics and the nftables table (flannelish.node.ops, issue 8)."""
+        """Health server, metrics and the nftables table (flannelish.node.ops)."""
         if self.options.node_ops is None:
             return
         from flannelish.node.ops import NodeOps
 
+        assert config.network is not None  # _start() refuses a config without one
         backend = self.backend
         registry = getattr(manager, "registry", None)
         self.ops = NodeOps(
@@ -214,7 +229,7 @@ class NodeDaemon:
             config.network, lease, vxlan_port=getattr(backend, "port", None)
         )
 
-    def _make_backend(self, nl: Any, ext: ExternalInterface, config: Any) -> Backend:
+    def _make_backend(self, nl: Netlink, ext: ExternalInterface, config: NetworkConfig) -> Backend:
         cls = get_backend_class(config.backend_type)
         state_dir = self.options.subnet_file.parent
         backend: Backend = cls(BackendContext(nl, ext, config, state_dir))
@@ -234,6 +249,8 @@ class NodeDaemon:
 
     def _admission_rules(self, backend: Backend) -> AdmissionRules:
         ext, config = backend.ctx.ext, self._config
+        # _make_backend() stored the config and _start() refused one without a Network.
+        assert config is not None and config.network is not None
 
         def own_subnet() -> IPv4Network | None:
             return self.status.lease.subnet if self.status.lease is not None else None
@@ -247,7 +264,7 @@ class NodeDaemon:
             claims=backend.claims,
         )
 
-    def _write_subnet_env(self, config: Any) -> None:
+    def _write_subnet_env(self, config: NetworkConfig) -> None:
         assert self.backend is not None and self.status.lease is not None
         env = SubnetEnv(
             network=config.network if config.enable_ipv4 else None,
@@ -262,21 +279,16 @@ class NodeDaemon:
         log.info("wrote subnet file", extra={"path": self.options.subnet_file})
 
     def _start_cni_server(self) -> None:
-        try:
-            module = importlib.import_module("flannelish.cni.server")
-        except ImportError:
-            log.info("CNI fast path not available (flannelish.cni.server missing)")
-            return
         path = self.options.socket_path
         try:
-            server = module.CniServer(str(path))
+            server = CniServer(str(path))
             server.start()
         except (OSError, FlannelishError) as exc:
             log.warning("CNI socket %s not started: %s", path, exc)
             return
         self._closers.append(server.stop)
 
-    def _start_threads(self, manager: Any, lease: Lease) -> None:
+    def _start_threads(self, manager: SubnetManager, lease: Lease) -> None:
         assert self.backend is not None
         # One loop per owner: the overlay's convergence never waits for a slower
         # owner (the nftables table is changed through `nft` subprocesses).
@@ -293,7 +305,7 @@ class NodeDaemon:
         self._start_keeper(manager, lease)
         self._start_config_watch(manager)
 
-    def _start_config_watch(self, manager: Any) -> None:
+    def _start_config_watch(self, manager: SubnetManager) -> None:
         """Re-read the network config every resync; hand changes to the running backend."""
         from flannelish.daemon.configwatch import ConfigWatch
 
@@ -306,7 +318,7 @@ class NodeDaemon:
         )
         self._spawn("config-watch", self.config_watch.run, self.stop_event)
 
-    def _make_loop(self, owner: Any, on_pass: Any) -> ReconcileLoop:
+    def _make_loop(self, owner: Owner, on_pass: Callable[[PassResult], None]) -> ReconcileLoop:
         backend_loop = owner is self.backend
         return ReconcileLoop(
             Reconciler([owner]),
@@ -337,7 +349,7 @@ class NodeDaemon:
         for loop in self.loops:
             loop.trigger(check_base=check_base)
 
-    def _spawn(self, name: str, target: Any, *args: Any) -> None:
+    def _spawn(self, name: str, target: Callable[..., object], *args: object) -> None:
         def body() -> None:
             try:
                 target(*args)
@@ -350,8 +362,8 @@ class NodeDaemon:
         thread.start()
         self._threads.append(thread)
 
-    def _watch(self, manager: Any, lease: Lease) -> None:
-        def own_subnet() -> Any:
+    def _watch(self, manager: SubnetManager, lease: Lease) -> None:
+        def own_subnet() -> IPv4Network:
             # The keeper may move us to another subnet; that one is never a peer.
             current = self.status.lease or lease
             return current.subnet
@@ -416,12 +428,9 @@ class NodeDaemon:
         monitor.start()
         self._closers.append(monitor.stop)
 
-    def _start_keeper(self, manager: Any, lease: Lease) -> None:
-        try:
-            from flannelish.subnet.keeper import LeaseKeeper
-        except ImportError:
-            log.warning("lease keeper unavailable; the lease will not be renewed")
-            return
+    def _start_keeper(self, manager: SubnetManager, lease: Lease) -> None:
+        from flannelish.subnet.keeper import LeaseKeeper
+
         keeper = LeaseKeeper(
             manager,
             lease,
@@ -432,8 +441,7 @@ class NodeDaemon:
             check_interval_s=self.options.resync_seconds,
         )
         keeper.start()
-        if hasattr(keeper, "stop"):
-            self._closers.append(keeper.stop)
+        self._closers.append(keeper.stop)
         self._keeper = keeper
 
     def _lease_fatal(self, exc: BaseException) -> None:
@@ -448,6 +456,7 @@ class NodeDaemon:
                 "lease moved to another subnet", extra={"old": old.subnet, "new": lease.subnet}
             )
             self._bind(lease)
+            assert self._config is not None  # set before the keeper that calls us starts
             self._write_subnet_env(self._config)
             self._trigger_all(check_base=True)
         self.status.lease = lease
