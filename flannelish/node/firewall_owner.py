@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from flannelish.errors import KernelError
 from flannelish.node.firewall import (
@@ -25,6 +25,7 @@ from flannelish.node.firewall import (
     TableState,
     set_elements,
 )
+from flannelish.subnet.lease import Lease
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ class NftOwner:
         self._pass_since_request = self._arm_requested
         return self._resources
 
-    def plan(self, peer: Any) -> Sequence[Any]:
+    def plan(self, peer: Lease) -> Sequence[PeerAddr]:
         if not self._resources:
             return ()
         ip = IPv4Address(peer.attrs.public_ip)

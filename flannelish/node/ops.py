@@ -35,13 +35,19 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network
-from typing import Any
+from typing import TYPE_CHECKING
 
 from flannelish.errors import FlannelishError, NotAvailableError
 from flannelish.kernel.nft import NftRunner
 from flannelish.node.firewall import NftRules
 from flannelish.node.firewall_owner import NftOwner
 from flannelish.node.health import HealthServer, NodeState
+from flannelish.subnet.lease import Lease
+
+if TYPE_CHECKING:  # annotations only: the daemon imports this module, not the reverse
+    import os
+
+    from flannelish.daemon.reconciler import PassResult
 
 log = logging.getLogger("flannelish.node.ops")
 
@@ -74,14 +80,14 @@ class NodeOps:
     def start(
         self,
         network: IPv4Network | str,
-        lease: Any,
+        lease: Lease,
         *,
         vxlan_port: int | None,
     ) -> list[NftOwner]:
         """Create the nft Owner (for the Reconciler) and start the health server.
 
-        ``lease`` is a flannelish.subnet.lease.Lease; ``vxlan_port`` is None
-        for backends without VXLAN (host-gw): then no anti-spoof rule.
+        ``vxlan_port`` is None for backends without VXLAN (host-gw): then no
+        anti-spoof rule.
         """
         self.lease_changed(lease, network=network)
         if self._runner is None and shutil.which("nft") is None:
@@ -113,10 +119,10 @@ class NodeOps:
                 self.state, self.options.healthz_ip, self.options.healthz_port
             ).start()
 
-    def subnet_env_written(self, path: Any) -> None:
+    def subnet_env_written(self, path: str | os.PathLike[str]) -> None:
         self.state.set_subnet_env_written(str(path))
 
-    def lease_changed(self, lease: Any, network: IPv4Network | str | None = None) -> None:
+    def lease_changed(self, lease: Lease, network: IPv4Network | str | None = None) -> None:
         self.state.set_lease(
             lease.subnet, lease.expiration, public_ip=str(lease.attrs.public_ip), network=network
         )
@@ -142,7 +148,10 @@ class NodeOps:
             self.owner.arm()
 
     def on_pass(
-        self, result: Any, peers_in_etcd: int, skipped: dict[str, tuple[str, str]] | None = None
+        self,
+        result: PassResult,
+        peers_in_etcd: int,
+        skipped: dict[str, tuple[str, str]] | None = None,
     ) -> None:
         """Feed one reconcile PassResult into readiness and metrics.
 
