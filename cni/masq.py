@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from flannelish.errors import KernelError, NotAvailableError
-from flannelish.kernel.nft import NftCli, NftRunner
+
+if TYPE_CHECKING:
+    from flannelish.kernel.nft import NftRunner
 
 TABLE = "flannelish_cni"
 
@@ -64,10 +67,16 @@ def _missing_nft_is_internal(what: str) -> Iterator[None]:
         raise KernelError(f"{what}: {exc}") from None
 
 
+def _runner(nft: NftRunner | None) -> NftRunner:
+    from flannelish.kernel.nft import NftCli  # lazily: only masquerading calls pay for it
+
+    return nft or NftCli()
+
+
 def _run(nft: NftRunner | None, commands: list[str], what: str) -> None:
     with _missing_nft_is_internal(what):
         try:
-            (nft or NftCli()).run("\n".join(commands) + "\n")
+            _runner(nft).run("\n".join(commands) + "\n")
         except KernelError as exc:
             raise KernelError(f"{what}: nft failed: {exc.details or ''}") from None
 
@@ -80,7 +89,7 @@ def _listing(nft: NftRunner | None, what: str, *obj: str) -> list[dict]:
     """
     with _missing_nft_is_internal(what):
         try:
-            return (nft or NftCli()).listing(*obj) or []
+            return _runner(nft).listing(*obj) or []
         except KernelError:
             return []
 
