@@ -5,7 +5,7 @@ etcd servers started by PID in temp data dirs, network namespaces with a
 per-run prefix, and an isolated underlay bridge living in its own namespace.
 Nothing here ever touches the root namespace's routes, addresses or firewall.
 
-The fakes for unit tests live here too, next to the interface they stand in
-for: ``registry.InMemoryRegistry`` (flannelish.subnet.registry.Registry) and
-``nft.FakeNft`` (flannelish.kernel.nft.NftRunner).
+The fakes the unit tests use live here too: ``registry.InMemoryRegistry``
+(a flannelish.subnet.registry.Registry) and ``nft.FakeNft`` (a
+flannelish.kernel.nft.NftRunner).
 """
