@@ -29,6 +29,7 @@ from ipaddress import (
 from typing import Any
 
 from flannelish.errors import ConfigError
+from flannelish.subnet.jsonvalue import loads_bounded
 
 DEFAULT_BACKEND_TYPE = "udp"  # Flannel's code (not its docs) when Backend is absent
 
@@ -98,10 +99,14 @@ class NetworkConfig:
 
 
 def parse_network_config(raw: bytes | str) -> NetworkConfig:
-    """Parse and validate the JSON text of ``<prefix>/config``; raises ConfigError."""
+    """Parse and validate the JSON text of ``<prefix>/config``; raises ConfigError only.
+
+    The value is size-, depth- and number-checked before decoding
+    (flannelish.subnet.jsonvalue: 64 KiB, 32 levels).
+    """
     try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        doc = loads_bounded(raw)
+    except ValueError as exc:
         raise ConfigError("network config is not valid JSON", _short(exc)) from None
     if not isinstance(doc, dict):
         raise ConfigError(

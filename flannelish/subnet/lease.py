@@ -15,10 +15,16 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from flannelish.errors import FlannelishError
+from flannelish.subnet.jsonvalue import MAX_VALUE_BYTES, loads_bounded
 
 
 class LeaseDecodeError(FlannelishError):
-    """A lease value in etcd is not valid Flannel lease JSON."""
+    """A lease value in etcd is not valid Flannel lease JSON (a "bad lease").
+
+    The only exception :meth:`LeaseAttrs.from_json` raises, whatever the value:
+    too large (over ``MAX_VALUE_BYTES``), nested too deeply, not UTF-8, not
+    JSON, or with fields of the wrong type.
+    """
 
 
 @dataclass(frozen=True)
@@ -51,11 +57,12 @@ class LeaseAttrs:
         return json.dumps(doc, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> LeaseAttrs:
+    def from_json(cls, raw: bytes | str, max_bytes: int = MAX_VALUE_BYTES) -> LeaseAttrs:
+        """Decode a lease value; LeaseDecodeError (never anything else) if it is bad."""
         try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise LeaseDecodeError("lease value is not JSON", str(exc)) from None
+            doc = loads_bounded(raw, max_bytes=max_bytes)
+        except ValueError as exc:
+            raise LeaseDecodeError("lease value is not valid JSON", str(exc)) from None
         if not isinstance(doc, dict):
             raise LeaseDecodeError("lease value is not a JSON object", repr(raw)[:80])
         # Go's encoding/json matches field names case-insensitively.
