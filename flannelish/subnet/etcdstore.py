@@ -1,6 +1,8 @@
-"""etcd connection options and the thin wrapper around the etcd client library.
+"""The thin wrapper around the etcd client library.
 
-Only this module imports etcd-sdk-python (``pyetcd``) and gRPC, and only
+Connection options live in flannelish.subnet.etcdoptions, watch streams in
+flannelish.subnet.etcdwatch; both are re-exported here.  Only this module and
+etcdwatch import etcd-sdk-python (``pyetcd``) and gRPC, and only
 inside EtcdStore, so the CLI stays fast to start.  The wrapper exists to fix
 what the library leaves to its callers (docs/dependencies.md §1):
 
@@ -11,169 +13,75 @@ what the library leaves to its callers (docs/dependencies.md §1):
 * auth and TLS failures become EtcdAuthError/EtcdError with one readable
   cause instead of a raw gRPC status dump;
 * simple auth tokens are per member and expire, so an "invalid auth token"
-  answer triggers one re-authentication and a retry.
+  answer triggers one re-authentication and a retry;
+* listing a prefix reads it in pages at one revision (gRPC's receive limit
+  would otherwise make a few large values fail the whole listing, exit 4).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import queue
-import re
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from flannelish.errors import ConfigError, EtcdAuthError, EtcdError
+from flannelish.subnet.etcderrors import (
+    TLS_HINTS,
+    connection_cause,
+    error_code,
+    error_details,
+    is_too_large,
+    tls_cause,
+)
+from flannelish.subnet.etcdoptions import (
+    DEFAULT_ENDPOINTS,
+    DEFAULT_PORT,
+    DEFAULT_PREFIX,
+    Endpoint,
+    EtcdOptions,
+    normalize_prefix,
+    parse_endpoint,
+)
+from flannelish.subnet.etcdwatch import (
+    ClusterReset,
+    HistoryCompacted,
+    KeyValue,
+    WatchEvent,
+    WatchResponseTooLarge,
+    WatchStream,
+    _kv,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ENDPOINTS = "http://127.0.0.1:4001,http://127.0.0.1:2379"
-DEFAULT_PREFIX = "/coreos.com/network"
-DEFAULT_PORT = 2379
+__all__ = [
+    "DEFAULT_ENDPOINTS",
+    "DEFAULT_PORT",
+    "DEFAULT_PREFIX",
+    "ClusterReset",
+    "Endpoint",
+    "EtcdOptions",
+    "EtcdStore",
+    "HistoryCompacted",
+    "KeyValue",
+    "WatchEvent",
+    "WatchResponseTooLarge",
+    "WatchStream",
+    "normalize_prefix",
+    "parse_endpoint",
+]
 
 T = TypeVar("T")
 
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One etcd member URL, split into the parts gRPC needs."""
-
-    scheme: str
-    host: str
-    port: int
-
-    @property
-    def secure(self) -> bool:
-        return self.scheme == "https"
-
-    @property
-    def netloc(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    def __str__(self) -> str:
-        return f"{self.scheme}://{self.netloc}"
-
-
-@dataclass(frozen=True)
-class EtcdOptions:
-    """Validated etcd connection settings (flanneld's --etcd-* flags)."""
-
-    endpoints: list[str] = field(default_factory=lambda: DEFAULT_ENDPOINTS.split(","))
-    prefix: str = DEFAULT_PREFIX
-    cafile: str | None = None
-    certfile: str | None = None
-    keyfile: str | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_flags(
-        cls,
-        endpoints: str | list[str] | tuple[str, ...] = DEFAULT_ENDPOINTS,
-        prefix: str = DEFAULT_PREFIX,
-        cafile: str | None = None,
-        certfile: str | None = None,
-        keyfile: str | None = None,
-        username: str | None = None,
-        password: str | None = None,
-    ) -> EtcdOptions:
-        """Build from flag values; raises ConfigError naming the bad flag."""
-        if isinstance(endpoints, str):
-            endpoints = endpoints.split(",")
-        urls = [e.strip() for e in endpoints if e and e.strip()]
-        if not urls:
-            raise ConfigError("--etcd-endpoints is empty", "give at least one etcd URL")
-        parsed = [str(parse_endpoint(u)) for u in urls]
-        cafile, certfile, keyfile = (v or None for v in (cafile, certfile, keyfile))
-        username, password = username or None, password or None
-        if bool(certfile) != bool(keyfile):
-            given, missing = (
-                ("--etcd-certfile", "--etcd-keyfile")
-                if certfile
-                else ("--etcd-keyfile", "--etcd-certfile")
-            )
-            raise ConfigError(f"{given} needs {missing} as well")
-        for flag, path, marker in (
-            ("--etcd-cafile", cafile, "CERTIFICATE-----"),
-            ("--etcd-certfile", certfile, "CERTIFICATE-----"),
-            ("--etcd-keyfile", keyfile, "PRIVATE KEY-----"),
-        ):
-            if path:
-                _check_pem(flag, path, marker)
-        if bool(username) != bool(password):
-            raise ConfigError(
-                "--etcd-username and --etcd-password must be given together",
-                "only --etcd-username is set" if username else "only --etcd-password is set",
-            )
-        if (cafile or certfile) and not any(u.startswith("https://") for u in parsed):
-            log.warning(
-                "TLS files are given but no --etcd-endpoints URL is https://; "
-                "connecting to etcd without TLS"
-            )
-        return cls(parsed, normalize_prefix(prefix), cafile, certfile, keyfile, username, password)
-
-    @property
-    def parsed_endpoints(self) -> list[Endpoint]:
-        return [parse_endpoint(u) for u in self.endpoints]
-
-
-def parse_endpoint(url: str) -> Endpoint:
-    """``http(s)://host[:port]`` (or bare ``host:port``, meaning http) to an Endpoint."""
-    text = url.strip()
-    if "://" not in text:
-        text = "http://" + text
-    try:
-        parts = urlsplit(text)
-        port = parts.port or DEFAULT_PORT
-    except ValueError as exc:
-        raise ConfigError(f"--etcd-endpoints: invalid URL {url!r}", str(exc)) from None
-    if parts.scheme not in ("http", "https"):
-        raise ConfigError(
-            f"--etcd-endpoints: {url!r} must start with http:// or https://",
-            f"scheme {parts.scheme!r} is not supported",
-        )
-    if not parts.hostname:
-        raise ConfigError(f"--etcd-endpoints: {url!r} has no host")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigError(f"--etcd-endpoints: {url!r} must not have a path or query")
-    return Endpoint(parts.scheme, parts.hostname, port)
-
-
-def normalize_prefix(prefix: str) -> str:
-    """Join-style cleanup as Flannel's path.Join: one leading slash, no doubles, no trailing."""
-    if not prefix or not prefix.strip("/ "):
-        raise ConfigError("--etcd-prefix is empty", f"got {prefix!r}")
-    if any(c.isspace() for c in prefix):
-        raise ConfigError("--etcd-prefix must not contain spaces", f"got {prefix!r}")
-    return "/" + re.sub("/+", "/", prefix.strip("/"))
-
-
-def _check_pem(flag: str, path: str, marker: str) -> None:
-    """Fail early: gRPC would only print C-level errors and report the endpoint unreachable."""
-    if not (os.path.isfile(path) and os.access(path, os.R_OK)):
-        raise ConfigError(f"{flag}: cannot read {path!r}", _why_unreadable(path))
-    try:
-        with open(path, "rb") as f:
-            text = f.read(1 << 20)
-    except OSError as exc:
-        raise ConfigError(f"{flag}: cannot read {path!r}", exc.strerror) from None
-    if marker.encode() not in text:
-        kind = "private key" if "KEY" in marker else "certificate"
-        raise ConfigError(f"{flag}: {path!r} is not a PEM {kind}", f"no '-----BEGIN ...{marker}'")
-
-
-def _why_unreadable(path: str) -> str:
-    if not os.path.exists(path):
-        return "no such file"
-    if os.path.isdir(path):
-        return "it is a directory"
-    return "permission denied"
+# Listing reads this many keys per request, fewer after a response was too large.
+PAGE_KEYS = 500
+# gRPC's default receive limit is 4 MiB; a little more means fewer smaller pages and
+# fewer watch re-lists, while one message still cannot take unbounded memory.
+MAX_RECEIVE_BYTES = 16 * 1024 * 1024
+_MAX_LIST_RESTARTS = 5
 
 
 # --------------------------------------------------------------------------
@@ -191,54 +99,8 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.http2.ping_timeout_ms", 5_000),
+    ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
 ]
-_TLS_HINTS = (
-    "certificate_verify_failed",
-    "certificate verify failed",
-    "ssl handshake failed",
-    "handshake failed",
-    "ssl_error",
-    "wrong_version_number",
-    "tls",
-)
-
-
-class HistoryCompacted(Exception):  # a signal to re-list, not a failure
-    """The watch start revision is older than etcd's compacted history."""
-
-    def __init__(self, compact_revision: int) -> None:
-        super().__init__(f"etcd history compacted up to revision {compact_revision}")
-        self.compact_revision = compact_revision
-
-
-class ClusterReset(Exception):  # a signal to re-list, not a failure
-    """etcd's revision is below one we already saw: the cluster was recreated without its
-    data (restored from scratch on the same endpoint).  A watch resuming from the old
-    revision would wait silently until the new cluster's revision catches up."""
-
-    def __init__(self, revision: int, last_seen: int) -> None:
-        super().__init__(
-            f"etcd is at revision {revision}, below revision {last_seen} seen before: "
-            "the cluster was recreated without its data"
-        )
-        self.revision = revision
-        self.last_seen = last_seen
-
-
-@dataclass(frozen=True)
-class KeyValue:
-    """One key as read from etcd (or from a watch event)."""
-
-    key: str
-    value: bytes
-    mod_revision: int
-    lease_id: int
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    deleted: bool
-    kv: KeyValue
 
 
 class EtcdStore:
@@ -358,7 +220,7 @@ class EtcdStore:
             try:
                 response = self._client.authstub.Authenticate(request, self.timeout)
             except Exception as exc:
-                if "authentication is not enabled" in _details(exc):
+                if "authentication is not enabled" in error_details(exc):
                     log.warning("etcd has authentication disabled; --etcd-username is ignored")
                     self._client.metadata = None
                     self._token_needed = False
@@ -377,11 +239,11 @@ class EtcdStore:
 
         if isinstance(exc, EtcdError):
             raise exc
-        details = _details(exc)
+        details = error_details(exc)
         low = details.lower()
-        code = _code(exc)
-        if any(h in low for h in _TLS_HINTS) and ("ssl" in low or "certificate" in low):
-            return "tls", _tls_cause(low, details, self.options)
+        code = error_code(exc)
+        if any(h in low for h in TLS_HINTS) and ("ssl" in low or "certificate" in low):
+            return "tls", tls_cause(low, details, self.options)
         if "invalid auth token" in low or "auth: revision in header is old" in low:
             return "token", details
         if "authentication failed" in low or "invalid user id or password" in low:
@@ -413,7 +275,7 @@ class EtcdStore:
         ) or code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             if isinstance(exc, grpc.RpcError):
                 self._mark_failed()  # the library only does this for calls it wraps
-            return "unavailable", _connection_cause(details) or type(exc).__name__
+            return "unavailable", connection_cause(details) or type(exc).__name__
         if isinstance(exc, ValueError) and "failed node" in details:
             return "waiting", "every etcd member failed recently"
         return "other", details or type(exc).__name__
@@ -431,20 +293,60 @@ class EtcdStore:
     # -- key-value operations --------------------------------------------
 
     def get(self, key: str) -> KeyValue | None:
-        def op(c: Any) -> KeyValue | None:
-            resp = c.get_response(key)
-            return _kv(resp.kvs[0]) if resp.count else None
+        """The key, or None; a value over the receive limit comes back ``oversized``."""
+        resp = self.call(f"get {key}", _range_op(key.encode(), b"", 1, 0))
+        oversized = resp == "too large"
+        if oversized:
+            resp = self.call(f"get {key}", _range_op(key.encode(), b"", 1, 0, keys_only=True))
+        return _kv(resp.kvs[0], oversized) if resp.kvs else None
 
-        return self.call(f"get {key}", op)
+    def get_prefix(self, prefix: str, page_keys: int = PAGE_KEYS) -> tuple[list[KeyValue], int]:
+        """Every key under `prefix` and the revision of that snapshot.
 
-    def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
-        """Every key under `prefix` and the revision of that snapshot."""
+        Read in pages of at most `page_keys` keys, all at the revision of the
+        first page, each continuing after the last key of the one before.  A
+        page over the receive limit is read again with a quarter of the keys;
+        a single value over the limit is returned with ``oversized=True`` and
+        no value.  A compaction of that revision mid-listing starts it over.
+        """
+        from pyetcd import utils
 
-        def op(c: Any) -> tuple[list[KeyValue], int]:
-            resp = c.get_prefix_response(prefix)
-            return [_kv(kv) for kv in resp.kvs], int(resp.header.revision)
+        end = utils.prefix_range_end(prefix.encode())
+        for _ in range(_MAX_LIST_RESTARTS):
+            result = self._list_pages(prefix, prefix.encode(), end, max(1, page_keys))
+            if result is not None:
+                return result
+            log.info("listing %s: its revision was compacted meanwhile; listing again", prefix)
+        raise EtcdError(f"etcd list {prefix} failed", "compacted during every attempt")
 
-        return self.call(f"list {prefix}", op)
+    def _list_pages(
+        self, prefix: str, start: bytes, end: bytes, page_keys: int
+    ) -> tuple[list[KeyValue], int] | None:
+        """One paged listing; None if its revision was compacted meanwhile."""
+        out: list[KeyValue] = []
+        revision = 0
+        limit = page_keys
+        while True:
+            resp = self.call(f"list {prefix}", _range_op(start, end, limit, revision))
+            if resp == "compacted":
+                return None
+            if resp == "too large":
+                if limit > 1:
+                    limit = max(1, limit // 4)
+                    continue
+                # One value alone is over the limit: its key and metadata still count.
+                resp = self.call(f"list {prefix}", _range_op(start, end, 1, revision, True))
+                if isinstance(resp, str):
+                    return None
+                kvs = [_kv(kv, oversized=True) for kv in resp.kvs]
+            else:
+                kvs = [_kv(kv) for kv in resp.kvs]
+                limit = min(page_keys, limit * 2)
+            revision = revision or int(resp.header.revision)
+            out.extend(kvs)
+            if not resp.more or not kvs:
+                return out, revision
+            start = bytes(resp.kvs[-1].key) + b"\0"  # the raw key: names may not be UTF-8
 
     def put(self, key: str, value: bytes) -> int:
         return self.call(f"put {key}", lambda c: int(c.put(key, value).header.revision))
@@ -496,7 +398,7 @@ class EtcdStore:
             try:
                 c.revoke_lease(lease_id)
             except Exception as exc:
-                if "lease not found" not in _details(exc):
+                if "lease not found" not in error_details(exc):
                     raise
 
         self.call(f"revoke lease {lease_id:x}", op)
@@ -515,102 +417,6 @@ class EtcdStore:
         return self.call(f"watch {prefix}", lambda c: WatchStream(self, c, prefix, start_revision))
 
 
-class WatchStream:
-    """One etcd watch stream, read by a background thread into a queue.
-
-    ``next_events(timeout)`` returns the events of one response, [] on a
-    timeout or progress message, and raises HistoryCompacted, ClusterReset
-    (a response header's revision is below ``start_revision - 1``, the last
-    revision the caller saw) or EtcdError when the stream ends; ``close()``
-    ends it from any thread.
-    """
-
-    def __init__(self, store: EtcdStore, client: Any, prefix: str, start_revision: int):
-        from pyetcd import etcdrpc, utils
-
-        self._store = store
-        self.start_revision = start_revision
-        self.endpoint = store.current_endpoint
-        self.established = False  # set by etcd's "created" answer
-        request = etcdrpc.WatchRequest(
-            create_request=etcdrpc.WatchCreateRequest(
-                key=prefix.encode(),
-                range_end=utils.prefix_range_end(prefix.encode()),
-                start_revision=start_revision,
-            )
-        )
-        self._closed = threading.Event()
-
-        def requests() -> Iterator[Any]:
-            yield request
-            self._closed.wait()  # keep the send side open until close()
-
-        self._queue: queue.Queue[Any] = queue.Queue()
-        stub = etcdrpc.WatchStub(client.channel)
-        self._call = stub.Watch(requests(), metadata=store.watch_metadata())
-        self._reader = threading.Thread(target=self._read, name="etcd-watch", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        try:
-            for response in self._call:
-                self._queue.put(response)
-            self._queue.put(EtcdError("etcd closed the watch stream", self.endpoint))
-        except Exception as exc:
-            if self._closed.is_set():
-                self._queue.put(EtcdError("watch closed"))
-                return
-            kind, cause = self._store._classify(exc)
-            if kind == "token":  # expired: the reconnect authenticates again first
-                self._store._token_needed = True
-            error_type = EtcdAuthError if kind in ("auth", "tls") else EtcdError
-            self._queue.put(error_type(f"etcd watch on {self.endpoint} ended", cause))
-
-    def next_events(self, timeout: float) -> list[WatchEvent]:
-        try:
-            item = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return []
-        if isinstance(item, Exception):
-            raise item
-        if item.compact_revision:
-            raise HistoryCompacted(int(item.compact_revision))
-        # The "created" answer carries the cluster's current revision: a recreated,
-        # empty cluster is behind the revision we resume from.
-        revision = int(item.header.revision) if item.HasField("header") else 0
-        if revision and self.start_revision > 1 and revision < self.start_revision - 1:
-            raise ClusterReset(revision, self.start_revision - 1)
-        if item.canceled:
-            reason = (item.cancel_reason or "").replace("etcdserver: ", "")
-            if "permission denied" in reason or "invalid auth token" in reason:
-                if not self._store.options.username:
-                    raise EtcdAuthError(
-                        "etcd refused the watch",
-                        "permission denied without credentials; give --etcd-username and "
-                        "--etcd-password",
-                    )
-                # Most likely our token expired while the stream was down: log in again.
-                self._store._token_needed = True
-            if "no leader" in reason:
-                # This member is cut off from the cluster (hasleader): use another one.
-                self._store._mark_failed()
-            raise EtcdError("etcd canceled the watch", reason or self.endpoint)
-        if item.created:
-            self.established = True
-        return [WatchEvent(ev.type == 1, _kv(ev.kv)) for ev in item.events]  # 1 = DELETE
-
-    def close(self) -> None:
-        self._closed.set()
-        with contextlib.suppress(Exception):
-            self._call.cancel()
-
-
-def _kv(kv: Any) -> KeyValue:
-    return KeyValue(
-        kv.key.decode(errors="replace"), bytes(kv.value), int(kv.mod_revision), int(kv.lease)
-    )
-
-
 def _read(path: str | None, flag: str) -> bytes | None:
     if not path:
         return None
@@ -621,46 +427,26 @@ def _read(path: str | None, flag: str) -> bytes | None:
         raise ConfigError(f"{flag}: cannot read {path!r}", exc.strerror) from None
 
 
-def _details(exc: BaseException) -> str:
-    """The readable part of a gRPC error, also when pyetcd re-raised it as its own type."""
-    for candidate in (exc, exc.__context__, exc.__cause__):
-        details = getattr(candidate, "details", None)
-        if callable(details):
-            with contextlib.suppress(Exception):
-                text = details()
-                if text:
-                    return str(text).replace("etcdserver: ", "")
-    return str(exc)
+def _range_op(
+    start: bytes, end: bytes, limit: int, revision: int, keys_only: bool = False
+) -> Callable[[Any], Any]:
+    """A Range request for EtcdStore.call; "too large" or "compacted" instead of those errors."""
 
+    def op(c: Any) -> Any:
+        from pyetcd import etcdrpc
 
-_SOCKET_ERRORS = re.compile(
-    r"connection refused|connection reset|no route to host|network is unreachable|"
-    r"deadline exceeded|socket closed|connection timed out|name resolution|dns resolution",
-    re.IGNORECASE,
-)
+        request = etcdrpc.RangeRequest(
+            key=start, range_end=end, limit=limit, revision=revision, keys_only=keys_only
+        )
+        try:
+            return c.kvstub.Range(
+                request, c.timeout, credentials=c.call_credentials, metadata=c.metadata
+            )
+        except Exception as exc:
+            if is_too_large(exc):
+                return "too large"
+            if revision and "compacted" in error_details(exc):
+                return "compacted"
+            raise
 
-
-def _connection_cause(details: str) -> str:
-    """A short cause ("connection refused") instead of gRPC's whole connect report."""
-    if "handshake" in details.lower():
-        return "TLS handshake failed: the server closed the connection (is it plain http://?)"
-    match = _SOCKET_ERRORS.search(details)
-    return match.group(0).lower() if match else details.splitlines()[0][:200] if details else ""
-
-
-def _code(exc: BaseException) -> Any:
-    for candidate in (exc, exc.__context__):
-        code = getattr(candidate, "code", None)
-        if callable(code):
-            with contextlib.suppress(Exception):
-                return code()
-    return None
-
-
-def _tls_cause(low: str, details: str, options: EtcdOptions) -> str:
-    if "certificate_verify_failed" in low or "certificate verify failed" in low:
-        source = f"--etcd-cafile {options.cafile!r}" if options.cafile else "the system CA store"
-        return f"the etcd server certificate is not trusted by {source}"
-    if "wrong_version_number" in low:
-        return "the server does not speak TLS; use an http:// endpoint"
-    return details.splitlines()[0][:200]
+    return op
