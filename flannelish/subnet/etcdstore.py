@@ -99,7 +99,6 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.http2.ping_timeout_ms", 5_000),
-    ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
 ]
 
 
@@ -116,6 +115,7 @@ class EtcdStore:
         timeout: float = 5.0,
         retry_failed_after: float = 1.0,
         retry_window: float = 2.0,
+        max_receive_bytes: int = MAX_RECEIVE_BYTES,
     ):
         import grpc
         import pyetcd
@@ -139,7 +139,10 @@ class EtcdStore:
                     secure=ep.secure,
                     creds=creds if ep.secure else None,
                     time_retry=retry_failed_after,
-                    opts=_CHANNEL_OPTIONS,
+                    opts=[
+                        *_CHANNEL_OPTIONS,
+                        ("grpc.max_receive_message_length", max_receive_bytes),
+                    ],
                 )
                 for ep in self._endpoints
             ],

@@ -118,8 +118,16 @@ class SubnetManager:
                 raise ConfigError("IPv6-only networks are not supported by the lease manager yet")
             if config.enable_ipv6 and attempt == 0:
                 log.warning("EnableIPv6 is set, but only an IPv4 subnet is leased (not built yet)")
-            leases, _ = self.registry.list_leases()
-            lease = self._try_acquire(config, leases, attrs, previous_subnet)
+            listing = self.registry.list_all()
+            # A key with a bad value still exists: a create there would fail every time.
+            taken = [b.subnet for b in listing.bad if b.subnet is not None]
+            if taken and attempt == 0:
+                log.warning(
+                    "%d subnet key(s) hold bad lease values; treating those subnets as taken",
+                    len(taken),
+                    extra={"subnets": ",".join(str(x) for x in taken[:20])},
+                )
+            lease = self._try_acquire(config, listing.leases, attrs, previous_subnet, taken)
             if lease is not None:
                 self._remember(lease)
                 return lease
@@ -135,8 +143,12 @@ class SubnetManager:
         leases: list[Lease],
         attrs: LeaseAttrs,
         previous: IPv4Network | None,
+        taken: list[IPv4Network] | None = None,
     ) -> Lease | None:
-        """One decision round; None means a race was lost and the caller re-lists."""
+        """One decision round; None means a race was lost and the caller re-lists.
+
+        `taken`: subnets of keys that exist but hold no usable lease (bad values)."""
+        taken = taken or []
         mine = [x for x in leases if x.attrs.public_ip == attrs.public_ip]
         # An operator's reservation for our IP wins over an old lease of ours.
         mine.sort(key=lambda x: (not x.reserved, x.subnet != previous))
@@ -164,6 +176,7 @@ class SubnetManager:
         if previous is not None:
             previous = IPv4Network(previous, strict=False)
             clash = next((x for x in leases if x.subnet.overlaps(previous)), None)
+            bad_clash = next((x for x in taken if x.overlaps(previous)), None)
             if not config.in_pool(previous):
                 log.info(
                     "ignoring the previous subnet: not in the configured pool",
@@ -174,10 +187,15 @@ class SubnetManager:
                     "ignoring the previous subnet: it overlaps a live lease",
                     extra={"subnet": str(previous), "holder": str(clash.attrs.public_ip)},
                 )
+            elif bad_clash is not None:
+                log.warning(
+                    "ignoring the previous subnet: its key holds a bad lease value",
+                    extra={"subnet": str(previous), "key_subnet": str(bad_clash)},
+                )
             else:
                 return self.registry.create_lease(previous, attrs, self.lease_ttl)
 
-        free = _free_subnets(config, leases, MAX_CANDIDATES)
+        free = _free_subnets(config, leases, MAX_CANDIDATES, taken)
         if not free:
             network = config.network
             assert network is not None
@@ -306,10 +324,16 @@ class SubnetManager:
 FlannelishErrorLike = ConfigError | EtcdError
 
 
-def _free_subnets(config: NetworkConfig, leases: list[Lease], limit: int) -> list[IPv4Network]:
-    taken = {x.subnet for x in leases}
+def _free_subnets(
+    config: NetworkConfig,
+    leases: list[Lease],
+    limit: int,
+    bad: list[IPv4Network] | None = None,
+) -> list[IPv4Network]:
+    subnets = [x.subnet for x in leases] + list(bad or [])
+    taken = set(subnets)
     # Leases of another size (an old config, a foreign tool) are checked by overlap.
-    odd = [x.subnet for x in leases if x.subnet.prefixlen != config.subnet_len]
+    odd = [x for x in subnets if x.prefixlen != config.subnet_len]
     free = []
     for candidate in config.subnet_candidates():
         if candidate in taken or any(candidate.overlaps(o) for o in odd):

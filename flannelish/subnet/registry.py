@@ -10,47 +10,123 @@ flannelish.testing.registry.InMemoryRegistry.
 The conditional writes are what fix Flannel's lease races (docs/flannel-compat.md §12): a
 create never overwrites, and a renewal never overwrites a key that someone
 else wrote after us.
+
+Bad leases: a key under ``subnets/`` that is not a lease key, or whose value
+does not decode (too large, too deep, not JSON, wrong types: see
+flannelish.subnet.jsonvalue), is never an exception.  It is skipped, logged
+once per (key, revision), counted (``bad_leases_total``) and kept in
+``bad_leases`` until the key is deleted or rewritten with a good value.  A
+listing returns them too (``Listing.bad``) because their subnets are taken: a
+create there would fail.  A watched put that makes a value bad is a Change
+with ``lease=None`` and ``bad`` set: for the peers it is a removal.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network
 from typing import Protocol
 
-from flannelish.errors import EtcdError
-from flannelish.subnet.etcdstore import (
+from flannelish.errors import ConfigError, EtcdError
+from flannelish.subnet.etcdstore import EtcdOptions, EtcdStore
+from flannelish.subnet.etcdwatch import (
     ClusterReset,
-    EtcdOptions,
-    EtcdStore,
     HistoryCompacted,
     KeyValue,
+    WatchResponseTooLarge,
 )
-from flannelish.subnet.etcdstore import WatchStream as EtcdWatchStream
+from flannelish.subnet.etcdwatch import WatchStream as EtcdWatchStream
+from flannelish.subnet.jsonvalue import MAX_VALUE_BYTES
 from flannelish.subnet.keys import Keys
 from flannelish.subnet.lease import Lease, LeaseAttrs, LeaseDecodeError
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "BadLease",
+    "BadLeases",
     "Change",
     "ClusterReset",
     "EtcdRegistry",
     "HistoryCompacted",
+    "Listing",
     "Registry",
+    "WatchResponseTooLarge",
     "WatchStream",
 ]
 
 
 @dataclass(frozen=True)
 class Change:
-    """One lease key changed: ``lease`` is the new value, None if the key was deleted."""
+    """One lease key changed: ``lease`` is the new value, None if the key was deleted
+    or (``bad`` set: the reason) now holds a value that is not a usable lease."""
 
     subnet: IPv4Network
     lease: Lease | None
     revision: int
+    bad: str | None = None
+
+
+@dataclass(frozen=True)
+class BadLease:
+    """A key under ``subnets/`` that is not a usable lease."""
+
+    key: str
+    subnet: IPv4Network | None  # None: the key names no subnet
+    reason: str
+    mod_revision: int = 0
+
+
+@dataclass(frozen=True)
+class Listing:
+    """All leases at one revision, and the keys skipped as bad leases."""
+
+    leases: list[Lease]
+    revision: int
+    bad: list[BadLease] = field(default_factory=list)
+
+
+class BadLeases:
+    """The bad leases known now, the count ever seen, and one log line per (key, revision)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._current: dict[str, BadLease] = {}
+        self.total = 0
+
+    def seen(self, bad: BadLease) -> None:
+        with self._lock:
+            before = self._current.get(bad.key)
+            self._current[bad.key] = bad
+            if before is not None and before.mod_revision == bad.mod_revision:
+                return
+            self.total += 1
+        log.warning(
+            "skipping bad lease %s: %s",
+            bad.key[:200],
+            bad.reason,
+            extra={"key": bad.key[:200], "mod_revision": bad.mod_revision},
+        )
+
+    def cleared(self, key: str) -> None:
+        with self._lock:
+            self._current.pop(key, None)
+
+    def replace_all(self, found: list[BadLease]) -> None:
+        """A full listing: exactly `found` are bad now."""
+        with self._lock:
+            keys = {b.key for b in found}
+            for key in [k for k in self._current if k not in keys]:
+                del self._current[key]
+        for bad in found:
+            self.seen(bad)
+
+    def current(self) -> list[BadLease]:
+        with self._lock:
+            return sorted(self._current.values(), key=lambda b: b.key)
 
 
 class WatchStream(Protocol):
@@ -77,6 +153,20 @@ class Registry(Protocol):
 
     def list_leases(self, with_expiry: bool = False) -> tuple[list[Lease], int]:
         """All leases and the revision of the snapshot."""
+        ...
+
+    def list_all(self, with_expiry: bool = False) -> Listing:
+        """All leases, the revision of the snapshot and the bad leases skipped."""
+        ...
+
+    @property
+    def bad_leases(self) -> list[BadLease]:
+        """Keys under subnets/ skipped as bad leases, as last seen."""
+        ...
+
+    @property
+    def bad_leases_total(self) -> int:
+        """How many bad (key, revision) pairs were seen so far."""
         ...
 
     def get_lease(self, subnet: IPv4Network, with_expiry: bool = False) -> Lease | None: ...
@@ -110,6 +200,15 @@ class EtcdRegistry:
         self.keys = Keys(options.prefix)
         self.key_prefix = options.prefix
         self.store = store or EtcdStore(options)
+        self._bad = BadLeases()
+
+    @property
+    def bad_leases(self) -> list[BadLease]:
+        return self._bad.current()
+
+    @property
+    def bad_leases_total(self) -> int:
+        return self._bad.total
 
     def close(self) -> None:
         self.store.close()
@@ -122,17 +221,31 @@ class EtcdRegistry:
 
     def get_config(self) -> bytes | None:
         kv = self.store.get(self.keys.config)
+        if kv is not None and kv.oversized:  # b"" would read as "not JSON": say what it is
+            raise ConfigError(
+                f"the network config at {self.keys.config} is too large to receive",
+                f"a config is a few hundred bytes; the limit is {MAX_VALUE_BYTES} bytes",
+            )
         return kv.value if kv else None
 
     def put_config(self, raw: bytes) -> None:
         self.store.put(self.keys.config, raw)
 
     def list_leases(self, with_expiry: bool = False) -> tuple[list[Lease], int]:
+        listing = self.list_all(with_expiry)
+        return listing.leases, listing.revision
+
+    def list_all(self, with_expiry: bool = False) -> Listing:
         kvs, revision = self.store.get_prefix(self.keys.subnets)
-        leases = [lease for kv in kvs if (lease := self._decode(kv)) is not None]
+        leases: list[Lease] = []
+        bad: list[BadLease] = []
+        for kv in kvs:
+            decoded = self._decode(kv, track=False)
+            (leases if isinstance(decoded, Lease) else bad).append(decoded)  # type: ignore[arg-type]
+        self._bad.replace_all(bad)
         if with_expiry:
             leases = self._with_expiry(leases)
-        return leases, revision
+        return Listing(leases, revision, bad)
 
     def get_lease(self, subnet: IPv4Network, with_expiry: bool = False) -> Lease | None:
         # A prefix read also finds the dual-stack form of the key ("…-24&fd00::-64").
@@ -140,7 +253,7 @@ class EtcdRegistry:
         found = [
             lease
             for kv in kvs
-            if (lease := self._decode(kv)) is not None and lease.subnet == subnet
+            if isinstance(lease := self._decode(kv), Lease) and lease.subnet == subnet
         ]
         if not found:
             return None
@@ -196,17 +309,26 @@ class EtcdRegistry:
             except EtcdError as exc:
                 log.warning("could not revoke unused etcd lease %x: %s", lease_id, exc)
 
-    def _decode(self, kv: KeyValue) -> Lease | None:
+    def _decode(self, kv: KeyValue, track: bool = True) -> Lease | BadLease:
+        """The lease, or a BadLease (logged and counted unless `track` is False)."""
         subnets = self.keys.parse(kv.key)
+        bad: BadLease | None = None
         if subnets is None:
-            log.warning("skipping %s: not a subnet lease key", kv.key)
-            return None
-        try:
-            attrs = LeaseAttrs.from_json(kv.value)
-        except LeaseDecodeError as exc:
-            log.warning("skipping bad subnet node %s: %s", kv.key, exc)
-            return None
-        return Lease(subnets[0], attrs, None, kv.lease_id, subnets[1], kv.mod_revision)
+            bad = BadLease(kv.key, None, "not a subnet lease key", kv.mod_revision)
+        elif kv.oversized:
+            reason = "value too large to receive (over the gRPC receive limit)"
+            bad = BadLease(kv.key, subnets[0], reason, kv.mod_revision)
+        else:
+            try:
+                attrs = LeaseAttrs.from_json(kv.value)
+            except LeaseDecodeError as exc:
+                bad = BadLease(kv.key, subnets[0], str(exc)[:300], kv.mod_revision)
+            else:
+                self._bad.cleared(kv.key)
+                return Lease(subnets[0], attrs, None, kv.lease_id, subnets[1], kv.mod_revision)
+        if track:
+            self._bad.seen(bad)
+        return bad
 
     def _with_expiry(self, leases: list[Lease]) -> list[Lease]:
         ttls: dict[int, int] = {}
@@ -241,11 +363,14 @@ class _EtcdWatch:
             if subnets is None or (self._subnet is not None and subnets[0] != self._subnet):
                 continue
             if event.deleted:
+                self._registry._bad.cleared(event.kv.key)
                 changes.append(Change(subnets[0], None, event.kv.mod_revision))
                 continue
-            lease = self._registry._decode(event.kv)
-            if lease is not None:
-                changes.append(Change(lease.subnet, lease, event.kv.mod_revision))
+            decoded = self._registry._decode(event.kv)
+            if isinstance(decoded, Lease):
+                changes.append(Change(decoded.subnet, decoded, event.kv.mod_revision))
+            else:  # the key now holds a bad value: for the peers it is gone
+                changes.append(Change(subnets[0], None, event.kv.mod_revision, decoded.reason))
         return changes
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ yields a Snapshot marked ``reset``.
 against the peers already known, comparing attributes too (Flannel ignores a
 MAC or IP change made during the gap), and ``Event.previous`` carries the old
 attributes on removal and change so backends can delete stale kernel entries.
+A put that makes a peer's value undecodable (a bad lease) is a removal too.
 After a reset, the peers missing from the new (empty) cluster are held, not
 removed: they re-register on their own once the operator has put the network
 config back, and removing them meanwhile would cut every pod off its peers.
@@ -36,7 +37,13 @@ from ipaddress import IPv4Network
 
 from flannelish.errors import EtcdAuthError, EtcdError
 from flannelish.subnet.lease import Event, EventType, Lease
-from flannelish.subnet.registry import Change, ClusterReset, HistoryCompacted, Registry
+from flannelish.subnet.registry import (
+    Change,
+    ClusterReset,
+    HistoryCompacted,
+    Registry,
+    WatchResponseTooLarge,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +110,11 @@ def lease_changes(
                 label,
                 extra={"resume_revision": next_revision, "compacted": exc.compact_revision},
             )
+            next_revision = 0
+        except WatchResponseTooLarge as exc:
+            # Values too large for one response (a catch-up batch of big values): a paged
+            # listing reads them, and the watch resumes after it.
+            log.warning("%s: %s; re-listing", label, exc, extra={"resume_revision": next_revision})
             next_revision = 0
         except ClusterReset as exc:
             log.error(
@@ -279,6 +291,14 @@ class PeerTracker:
             new = change.lease
             if new is None:
                 if old is not None:  # a removal of an unknown peer carries nothing useful
+                    if change.bad:
+                        # Its new value is undecodable: the old attributes are void, so the
+                        # peer goes now (its routes with it), not at the next re-list.
+                        log.warning(
+                            "peer %s now has a bad lease value (%s); removing it",
+                            change.subnet,
+                            change.bad,
+                        )
                     del self.known[change.subnet]
                     events.append(Event(EventType.REMOVED, old, old.attrs))
                 continue

@@ -15,8 +15,8 @@ from ipaddress import IPv4Network, IPv6Network
 
 from flannelish.errors import EtcdError
 from flannelish.subnet.etcdstore import ClusterReset, HistoryCompacted
-from flannelish.subnet.lease import Lease, LeaseAttrs
-from flannelish.subnet.registry import Change
+from flannelish.subnet.lease import Lease, LeaseAttrs, LeaseDecodeError
+from flannelish.subnet.registry import BadLease, BadLeases, Change, Listing
 
 
 class InMemoryRegistry:
@@ -28,6 +28,8 @@ class InMemoryRegistry:
     as a TTL expiry would, ``fail_next(n)`` makes the next n calls raise
     EtcdError, and ``reset()`` simulates etcd recreated without its data (every
     key gone, the config too, revision restarting low, watches dropped).
+    ``put_value(subnet, raw)`` writes a raw value as etcdctl would: a value
+    that does not decode becomes a bad lease, exactly as EtcdRegistry sees it.
     """
 
     def __init__(self, key_prefix: str = "/coreos.com/network"):
@@ -42,6 +44,16 @@ class InMemoryRegistry:
         self._live_lease_ids: set[int] = set()
         self._watch_generation = 0
         self._fail_next = 0
+        self._bad_keys: dict[IPv4Network, BadLease] = {}
+        self._bad = BadLeases()
+
+    @property
+    def bad_leases(self) -> list[BadLease]:
+        return self._bad.current()
+
+    @property
+    def bad_leases_total(self) -> int:
+        return self._bad.total
 
     # -- test hooks ---------------------------------------------------------
 
@@ -64,6 +76,7 @@ class InMemoryRegistry:
         with self._cond:
             self._config = None
             self._leases.clear()
+            self._bad_keys.clear()
             self._history.clear()
             self._live_lease_ids.clear()
             self._revision = revision
@@ -76,6 +89,28 @@ class InMemoryRegistry:
             lease = self._leases.get(subnet)
             if lease is not None:
                 self._delete_locked(lease)
+            elif subnet in self._bad_keys:
+                self._revision += 1
+                self._bad.cleared(self._bad_keys.pop(subnet).key)
+                self._history.append(Change(subnet, None, self._revision))
+                self._cond.notify_all()
+
+    def put_value(self, subnet: IPv4Network, raw: bytes | str, lease_id: int = 0) -> Lease | None:
+        """Unconditional write of a raw value; None if it is a bad lease (then tracked)."""
+        try:
+            attrs = LeaseAttrs.from_json(raw)
+        except LeaseDecodeError as exc:
+            with self._cond:
+                self._revision += 1
+                self._leases.pop(subnet, None)
+                key = f"{self.key_prefix}/subnets/{subnet.network_address}-{subnet.prefixlen}"
+                bad = BadLease(key, subnet, str(exc)[:300], self._revision)
+                self._bad_keys[subnet] = bad
+                self._bad.seen(bad)
+                self._history.append(Change(subnet, None, self._revision, bad.reason))
+                self._cond.notify_all()
+            return None
+        return self.put_raw(subnet, attrs, lease_id)
 
     def fail_next(self, count: int = 1) -> None:
         self._fail_next = count
@@ -99,11 +134,14 @@ class InMemoryRegistry:
         self._config = raw
 
     def list_leases(self, with_expiry: bool = False) -> tuple[list[Lease], int]:
+        listing = self.list_all(with_expiry)
+        return listing.leases, listing.revision
+
+    def list_all(self, with_expiry: bool = False) -> Listing:
         self._maybe_fail()
         with self._cond:
-            return sorted(self._leases.values(), key=lambda x: int(x.subnet.network_address)), (
-                self._revision
-            )
+            leases = sorted(self._leases.values(), key=lambda x: int(x.subnet.network_address))
+            return Listing(leases, self._revision, list(self._bad_keys.values()))
 
     def get_lease(self, subnet: IPv4Network, with_expiry: bool = False) -> Lease | None:
         self._maybe_fail()
@@ -113,7 +151,7 @@ class InMemoryRegistry:
     def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None) -> Lease | None:
         self._maybe_fail()
         with self._cond:
-            if subnet in self._leases:
+            if subnet in self._leases or subnet in self._bad_keys:
                 return None
             return self._put_locked(subnet, None, attrs, ttl)
 
@@ -175,6 +213,10 @@ class InMemoryRegistry:
             self._next_lease_id += 1
             lease_id = self._next_lease_id
             self._live_lease_ids.add(lease_id)
+        if self._bad_keys.pop(subnet, None) is not None:
+            self._bad.cleared(
+                f"{self.key_prefix}/subnets/{subnet.network_address}-{subnet.prefixlen}"
+            )
         lease = Lease(
             subnet,
             attrs,
