@@ -9,12 +9,16 @@ flanneld.  The decorated command receives one validated EtcdOptions as its
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
-from flannelish.subnet.etcdstore import DEFAULT_ENDPOINTS, DEFAULT_PREFIX, EtcdOptions
+from flannelish.subnet.etcdoptions import DEFAULT_ENDPOINTS, DEFAULT_PREFIX, EtcdOptions
+
+log = logging.getLogger("flannelish.cli")
 
 _FLAGS: list[tuple[str, str, str | None]] = [
     ("endpoints", "Comma-separated etcd URLs; requests fail over between them.", DEFAULT_ENDPOINTS),
@@ -23,7 +27,17 @@ _FLAGS: list[tuple[str, str, str | None]] = [
     ("certfile", "Client certificate for etcd (TLS, with --etcd-keyfile).", None),
     ("keyfile", "Client private key for etcd (TLS, with --etcd-certfile).", None),
     ("username", "etcd user name (etcd auth, with --etcd-password).", None),
-    ("password", "etcd password (better given as FLANNELD_ETCD_PASSWORD).", None),
+    (
+        "password",
+        "etcd password; visible to every local user in the process list: prefer "
+        "--etcd-password-file or FLANNELD_ETCD_PASSWORD.",
+        None,
+    ),
+    (
+        "password-file",
+        "File holding the etcd password (one line; a trailing newline is dropped).",
+        None,
+    ),
 ]
 
 
@@ -32,7 +46,17 @@ def etcd_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        values = {name: kwargs.pop(f"etcd_{name}") for name, _, _ in _FLAGS}
+        values = {_py(name): kwargs.pop(f"etcd_{_py(name)}") for name, _, _ in _FLAGS}
+        ctx = click.get_current_context(silent=True)
+        if (
+            values["password"]
+            and ctx is not None
+            and ctx.get_parameter_source("etcd_password") == ParameterSource.COMMANDLINE
+        ):
+            log.warning(
+                "--etcd-password on the command line is visible to every local user "
+                "(/proc/<pid>/cmdline, ps); use --etcd-password-file or FLANNELD_ETCD_PASSWORD"
+            )
         kwargs["etcd"] = EtcdOptions.from_flags(**values)
         return command(*args, **kwargs)
 
@@ -40,11 +64,15 @@ def etcd_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for name, help_text, default in reversed(_FLAGS):
         wrapper = click.option(
             f"--etcd-{name}",
-            f"etcd_{name}",
+            f"etcd_{_py(name)}",
             default=default,
             show_default=default is not None,
-            envvar=f"FLANNELD_ETCD_{name.upper()}",
+            envvar=f"FLANNELD_ETCD_{_py(name).upper()}",
             show_envvar=True,
             help=help_text,
         )(wrapper)
     return wrapper
+
+
+def _py(name: str) -> str:
+    return name.replace("-", "_")

@@ -104,7 +104,8 @@ class EtcdOptions:
                 _check_pem(flag, path, marker)
         if bool(username) != bool(password):
             raise ConfigError(
-                "--etcd-username and --etcd-password must be given together",
+                "--etcd-username and --etcd-password (or --etcd-password-file) "
+                "must be given together",
                 "only --etcd-username is set" if username else "only --etcd-password is set",
             )
         if (cafile or certfile) and not any(u.startswith("https://") for u in parsed):
