@@ -33,12 +33,32 @@ port", which the tests use):
 
 Metrics live in a private CollectorRegistry per NodeState, so several nodes
 (tests, the lab) can share one process.
+
+Hardening: the port is reachable by anyone on the node's networks (flanneld's
+default bind address is 0.0.0.0, kept for compatibility; README, operator's
+guide), so a client gets nothing it can hold:
+
+* ``request_timeout`` (5 s): a request line and headers must arrive within it
+  (and an idle keep-alive connection is closed after it); a slow or stalled
+  client is disconnected, whatever its byte rate.  Socket writes time out
+  one second after it.
+* ``max_connections`` (16) handler threads at most.  When all are busy, a new
+  connection first evicts the oldest connection that has not finished sending
+  its request (a stalled client; a real probe sends its request at once), so
+  stalled clients cannot lock probes out; if every admitted connection is
+  already being answered, the new one gets ``503`` from the accepting thread
+  and is closed, holding no thread.
+* A client that resets or disconnects mid-request is logged at debug level
+  only: no traceback.  Unexpected handler errors still answer 500 and log
+  one line with the error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import threading
 import time
 from collections import Counter as Counter_
@@ -57,6 +77,18 @@ log = logging.getLogger("flannelish.node.health")
 
 STATUS_VERSION = 1
 CORE_CHECKS = ("lease", "etcd", "reconcile", "subnet-env")
+REQUEST_TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 16
+_LINGER_S = 1.0  # a rejected connection is closed after this (or the client's EOF)
+_MAX_LINGERING = 256  # beyond this, rejected connections are closed at once
+# The client vanished or stalled: routine on a port anyone can reach, never a traceback.
+_CLIENT_GONE = (ConnectionError, TimeoutError, socket.timeout, BrokenPipeError)
+_BUSY_BODY = b"too many connections\n"
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
+    % (len(_BUSY_BODY), _BUSY_BODY)
+)
 
 
 @dataclass(frozen=True)
@@ -117,6 +149,26 @@ class Metrics:
             "VXLAN packets from non-peers dropped by the anti-spoof rule",
             registry=registry,
         )
+        self.health_rejected = Counter(
+            "flannelish_health_connections_rejected",
+            "Health-port connections answered 503 because max_connections were busy",
+            registry=registry,
+        )
+        self.health_evicted = Counter(
+            "flannelish_health_connections_evicted",
+            "Unfinished health-port requests closed to admit a new connection",
+            registry=registry,
+        )
+        self.health_timeouts = Counter(
+            "flannelish_health_request_timeouts",
+            "Health-port connections closed for not sending a request in time",
+            registry=registry,
+        )
+        self.bad_leases = Gauge(
+            "flannelish_bad_leases",
+            "Keys under <prefix>/subnets whose value is not a usable lease (skipped)",
+            registry=registry,
+        )
 
 
 class NodeState:
@@ -151,6 +203,7 @@ class NodeState:
         self.skipped_peers: dict[str, str] = {}
         self._skip_kinds: set[str] = set()
         self.skipped_count = 0
+        self.bad_leases: dict[str, str] = {}
         self.last_reconcile: dict[str, Any] | None = None
         self.reconcile_ok: bool | None = None  # None: no pass yet
         self.started_at = clock()
@@ -253,6 +306,12 @@ class NodeState:
 
     def set_vxlan_rejected(self, packets: int) -> None:
         self.metrics.vxlan_rejected.set(packets)
+
+    def set_bad_leases(self, bad: dict[str, str]) -> None:
+        """Keys skipped as bad leases, {key: reason} (the registry's ``bad_leases``)."""
+        with self._lock:
+            self.bad_leases = dict(bad)
+        self.metrics.bad_leases.set(len(bad))
 
     def set_check(self, name: str, ok: bool, detail: str = "") -> None:
         """An extra readiness condition (e.g. "nftables"); part of /readyz from now on."""
@@ -361,6 +420,7 @@ class NodeState:
                     "skipped": dict(self.skipped_peers),
                     "skipped_count": self.skipped_count,
                 },
+                "bad_leases": dict(self.bad_leases),
                 "last_reconcile": dict(self.last_reconcile) if self.last_reconcile else None,
                 "uptime_seconds": round(self._clock() - self.started_at, 3),
             }
@@ -373,6 +433,26 @@ class NodeState:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        # Every socket read and write; one second more than the request deadline, so
+        # a stalled request is always ended (and counted) by the deadline watchdog.
+        super().setup()
+        self.connection.settimeout(self.server.request_timeout + 1.0)
+
+    def handle_one_request(self) -> None:
+        # Request line and headers (or, on keep-alive, the next request) within the limit.
+        self.server.set_deadline(self.connection, time.monotonic() + self.server.request_timeout)
+        try:
+            super().handle_one_request()
+        except _CLIENT_GONE as exc:
+            self.close_connection = True
+            log.debug("health client %s went away: %s", self.client_address[0], exc)
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self.server.set_deadline(self.connection, None)  # read: now our turn, no deadline
+        return ok
 
     def do_GET(self) -> None:
         state = self.server.state
@@ -392,8 +472,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, body, "application/json")
             else:
                 self._send(404, b"not found; try /healthz /readyz /metrics /status\n")
-        except Exception:  # a broken handler must not kill the daemon
-            log.exception("health endpoint %s failed", path)
+        except _CLIENT_GONE:
+            raise  # handled quietly in handle_one_request
+        except Exception as exc:  # a broken handler must not kill the daemon
+            log.error("health endpoint %s failed: %s: %s", path[:100], type(exc).__name__, exc)
             self._send(500, b"internal error\n")
 
     def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
@@ -408,18 +490,160 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a connection cap and a request-read deadline per connection."""
+
     daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128  # listen backlog: a burst is answered (503), not SYN-dropped
     state: NodeState
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        max_connections: int = MAX_CONNECTIONS,
+        request_timeout: float = REQUEST_TIMEOUT_S,
+    ) -> None:
+        self.max_connections = max_connections
+        self.request_timeout = request_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._deadlines: dict[socket.socket, float | None] = {}
+        self._deadline_lock = threading.Lock()
+        self._lingering: list[tuple[float, socket.socket]] = []  # rejected, closing
+        super().__init__(address, _Handler)
+
+    # -- admission --------------------------------------------------------------
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False) and not self._evict_for(request):
+            self._reject(request)
+            return
+        with self._deadline_lock:
+            self._deadlines[request] = time.monotonic() + self.request_timeout
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: give the slot back
+            self._forget(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._forget(request)
+
+    def _evict_for(self, request: Any) -> bool:
+        """All slots busy: cut the oldest connection still sending its request, so a
+        flood of stalled clients cannot lock out a probe (a real probe sends its request
+        in well under a millisecond).  True if a slot came free for `request`."""
+        with self._deadline_lock:
+            reading = [(d, r) for r, d in self._deadlines.items() if d is not None]
+            if not reading:
+                return False
+            _, victim = min(reading, key=lambda item: item[0])
+            self._deadlines[victim] = None
+        self.state.metrics.health_evicted.inc()
+        log.debug("health: all connections busy; closing the oldest unfinished request")
+        with contextlib.suppress(OSError):
+            victim.shutdown(socket.SHUT_RDWR)
+        return self._slots.acquire(timeout=0.1)  # its thread ends at once
+
+    def _forget(self, request: Any) -> None:
+        with self._deadline_lock:
+            if request not in self._deadlines:
+                return
+            del self._deadlines[request]
+        self._slots.release()
+
+    def _reject(self, request: socket.socket) -> None:
+        """503 from the accepting thread without ever blocking on the client.
+
+        The socket is half-closed and kept up to a second (drained, never read
+        from by a thread): closing it while the client's request is still
+        arriving would be a reset, which destroys the 503 before it is read.
+        """
+        self.state.metrics.health_rejected.inc()
+        try:
+            request.setblocking(False)
+            request.send(_BUSY)
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.shutdown_request(request)
+            return
+        if len(self._lingering) >= _MAX_LINGERING:
+            self.shutdown_request(request)
+            return
+        self._lingering.append((time.monotonic() + _LINGER_S, request))
+
+    def _drain_lingering(self, now: float) -> None:
+        keep = []
+        for close_at, request in self._lingering:
+            done = now >= close_at
+            with contextlib.suppress(BlockingIOError):
+                try:
+                    while request.recv(65536):
+                        pass
+                    done = True  # EOF: the client closed its side
+                except BlockingIOError:
+                    raise
+                except OSError:
+                    done = True
+            if done:
+                request.close()
+            else:
+                keep.append((close_at, request))
+        self._lingering = keep
+
+    # -- deadlines ----------------------------------------------------------------
+
+    def set_deadline(self, request: socket.socket, deadline: float | None) -> None:
+        with self._deadline_lock:
+            if request in self._deadlines:
+                self._deadlines[request] = deadline
+
+    def service_actions(self) -> None:
+        """Called by serve_forever every poll interval: cut off clients past their deadline."""
+        super().service_actions()
+        now = time.monotonic()
+        if self._lingering:
+            self._drain_lingering(now)
+        with self._deadline_lock:
+            late = [r for r, d in self._deadlines.items() if d is not None and d < now]
+            for request in late:
+                self._deadlines[request] = None  # once
+        for request in late:
+            self.state.metrics.health_timeouts.inc()
+            log.debug("health: closing a connection that sent no complete request in time")
+            with contextlib.suppress(OSError):
+                request.shutdown(socket.SHUT_RDWR)  # its handler's read returns at once
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, _CLIENT_GONE):
+            log.debug("health client %s went away: %s", client_address, exc)
+            return
+        log.error(
+            "health connection from %s failed: %s: %s", client_address, type(exc).__name__, exc
+        )
 
 
 class HealthServer:
     """``/healthz`` ``/readyz`` ``/metrics`` ``/status`` in a background thread."""
 
-    def __init__(self, state: NodeState, host: str = "0.0.0.0", port: int = 0) -> None:
+    def __init__(
+        self,
+        state: NodeState,
+        host: str = "0.0.0.0",  # flanneld's --healthz-ip default (README: restrict it)
+        port: int = 0,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        request_timeout: float = REQUEST_TIMEOUT_S,
+    ) -> None:
         if not 0 <= port <= 65535:
             raise ConfigError("--healthz-port must be in 0..65535", str(port))
         try:
-            self._httpd = _Server((host, port), _Handler)
+            self._httpd = _Server((host, port), max_connections, request_timeout)
         except OSError as exc:
             raise NotAvailableError(
                 f"cannot listen on {host}:{port} for health checks", exc.strerror or str(exc)
@@ -445,3 +669,6 @@ class HealthServer:
             self._httpd.shutdown()
             self._thread.join(timeout=5)
         self._httpd.server_close()
+        for _, request in self._httpd._lingering:
+            request.close()
+        self._httpd._lingering = []
