@@ -13,7 +13,7 @@ DEB_PACKAGES := etcd-server etcd-client iproute2 nftables tcpdump iputils-ping i
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup deb-packages venv lab lab-down test test-fast lint typecheck bench clean test-compose
+.PHONY: setup deb-packages venv lab lab-down test test-fast fuzz lint typecheck bench clean test-compose
 
 setup: deb-packages $(STAMP)
 
@@ -45,6 +45,10 @@ lab-down: setup
 
 test: setup lint
 	GRPC_ENABLE_FORK_SUPPORT=false $(BIN)/pytest $(PYTEST_ARGS)
+
+# Long fuzzing run of every hypothesis test named *fuzz* (make test runs them bounded).
+fuzz: setup
+	FLANNELISH_FUZZ=1 $(BIN)/pytest -m unit -k fuzz -q $(PYTEST_ARGS)
 
 # Quick loop while developing: unit tests only.
 test-fast: setup

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from flannelish.testing.etcd import EtcdCluster, EtcdMember, start_etcd, start_etcd_cluster
 from flannelish.testing.netns import NetnsFactory, remove_stale_netns
@@ -20,6 +21,12 @@ from flannelish.testing.underlay import Underlay
 
 NETNS_BASE = "flt"
 TESTS_DIR = Path(__file__).parent
+
+# Hypothesis: a bounded run in `make test`; FLANNELISH_FUZZ=1 (`make fuzz`) for a long one.
+# Fuzz tests have "fuzz" in their names and leave max_examples to the profile.
+settings.register_profile("bounded", deadline=None, max_examples=100)
+settings.register_profile("fuzz", deadline=None, max_examples=20_000)
+settings.load_profile("fuzz" if os.environ.get("FLANNELISH_FUZZ") else "bounded")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

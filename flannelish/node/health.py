@@ -433,6 +433,10 @@ class NodeState:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # Garbage or HTTP/0.9-style request lines still get a status line (0.9 has none).
+    default_request_version = "HTTP/1.0"
+    error_message_format = "%(code)d %(message)s\n"
+    error_content_type = "text/plain; charset=utf-8"
 
     def setup(self) -> None:
         # Every socket read and write; one second more than the request deadline, so

@@ -2,9 +2,14 @@
 
 ``<prefix>/config`` holds the network config and ``<prefix>/subnets/<key>``
 one lease per node, where ``<key>`` is ``10.5.34.0-24`` or, dual stack,
-``10.5.34.0-24&fd00:0:0:22::-64``.  Keys are parsed with a pattern anchored at
-the end, as Flannel does; anything else under ``subnets/`` is not a lease and
-is skipped by the callers.
+``10.5.34.0-24&fd00:0:0:22::-64``.  Keys are parsed with Flannel's pattern, but
+matched against the whole key and only in the canonical form we (and
+Flannel) write: ``10.5.34.0-024``, ``…-24\n`` or a non-canonical IPv6 part
+would name a different etcd key than the one renewal or deletion rebuilds.
+Anything else under ``subnets/`` is not a lease and is skipped (a bad lease)
+by the callers.  Keys longer than MAX_KEY_LEN are refused before any regex
+runs (Flannel's unanchored pattern costs quadratic time on a long run of
+digits).
 """
 
 from __future__ import annotations
@@ -13,7 +18,11 @@ import re
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 
-_SUBNET_KEY = re.compile(r"(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$")
+_SUBNET_KEY = re.compile(
+    r"(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})-(\d{1,2})(?:&([a-f\d:]{2,39})-(\d{1,3}))?"
+)
+# "255.255.255.255-32&ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff-128" is 62 characters.
+MAX_KEY_LEN = 64
 
 
 @dataclass(frozen=True)
@@ -53,17 +62,22 @@ def subnet_key(subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> s
 def parse_subnet_key(key: str) -> tuple[IPv4Network, IPv6Network | None] | None:
     """``10.5.34.0-24`` → (10.5.34.0/24, None); None if it is not a valid subnet key.
 
-    Keys with host bits set (``10.5.34.1-24``) are rejected rather than
-    masked: the key we would rebuild from the masked subnet names a different
-    etcd key, so renewing or deleting it would touch the wrong entry.
+    Keys with host bits set (``10.5.34.1-24``) or in a non-canonical form
+    (``10.5.34.0-024``, upper-case or uncompressed IPv6) are rejected rather
+    than normalized: the key we would rebuild names a different etcd key, so
+    renewing or deleting it would touch the wrong entry.  Never raises.
     """
-    match = _SUBNET_KEY.search(key)
-    if match is None or match.start() != 0:
+    if len(key) > MAX_KEY_LEN:
+        return None
+    match = _SUBNET_KEY.fullmatch(key)
+    if match is None:
         return None
     ip4, len4, ip6, len6 = match.groups()
     try:
         v4 = IPv4Network(f"{ip4}/{len4}")
         v6 = IPv6Network(f"{ip6}/{len6}") if ip6 else None
     except ValueError:
+        return None
+    if subnet_key(v4, v6) != key:
         return None
     return v4, v6
