@@ -204,6 +204,7 @@ class NodeState:
         self._skip_kinds: set[str] = set()
         self.skipped_count = 0
         self.bad_leases: dict[str, str] = {}
+        self._bad_source: Callable[[], dict[str, str]] | None = None
         self.last_reconcile: dict[str, Any] | None = None
         self.reconcile_ok: bool | None = None  # None: no pass yet
         self.started_at = clock()
@@ -313,6 +314,19 @@ class NodeState:
             self.bad_leases = dict(bad)
         self.metrics.bad_leases.set(len(bad))
 
+    def set_bad_lease_source(self, source: Callable[[], dict[str, str]]) -> None:
+        """Read the bad leases at every /status and /metrics request, e.g.
+        ``lambda: {b.key: b.reason for b in registry.bad_leases}`` (cheap: no etcd call)."""
+        self._bad_source = source
+
+    def _refresh_bad_leases(self) -> None:
+        if self._bad_source is None:
+            return
+        try:
+            self.set_bad_leases(self._bad_source())
+        except Exception as exc:  # a report, never a failed scrape
+            log.debug("could not read the bad leases: %s", exc)
+
     def set_check(self, name: str, ok: bool, detail: str = "") -> None:
         """An extra readiness condition (e.g. "nftables"); part of /readyz from now on."""
         if name in CORE_CHECKS:
@@ -394,6 +408,7 @@ class NodeState:
 
     def status(self) -> dict[str, Any]:
         """The ``/status`` JSON document."""
+        self._refresh_bad_leases()
         ready, checks = self.ready()
         with self._lock:
             return {
@@ -427,6 +442,7 @@ class NodeState:
 
     def metrics_text(self) -> bytes:
         self.ready()  # refresh the flannelish_ready gauge
+        self._refresh_bad_leases()
         return generate_latest(self.metrics.registry)
 
 

@@ -7,7 +7,7 @@ not a ValueError), not UTF-8, or full of numbers Go's decoder would refuse.
 readable reason; callers wrap it in their own error type (LeaseDecodeError for
 lease values, ConfigError for the network config).
 
-Limits (documented in README, "Limits on values in etcd"):
+Limits (documented in README, Troubleshooting, "Bad leases"):
 
 * ``MAX_VALUE_BYTES`` = 64 KiB.  A real lease value is about 150 bytes and a
   network config well under 1 KiB; 64 KiB leaves room for any backend data

@@ -203,3 +203,15 @@ def test_skipped_peers_as_a_count_reach_the_metric_and_status():
         "skipped": {},
         "skipped_count": 1,
     }
+
+
+def test_bad_leases_are_read_from_their_source_at_each_scrape():
+    state = ready_state()
+    bad = {"/coreos.com/network/subnets/10.244.7.0-24": "lease value is not valid JSON"}
+    state.set_bad_lease_source(lambda: dict(bad))
+    assert state.status()["bad_leases"] == bad
+    assert "flannelish_bad_leases 1.0" in state.metrics_text().decode()
+    bad.clear()
+    assert state.status()["bad_leases"] == {}
+    state.set_bad_lease_source(lambda: 1 / 0)  # a broken source never breaks a scrape
+    assert state.status()["bad_leases"] == {}
