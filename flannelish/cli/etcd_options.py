@@ -3,7 +3,7 @@
 Names and defaults are flanneld's (docs/flannel-compat.md §10); each flag can also come
 from ``FLANNELD_<NAME>`` in the environment, and the command line wins, as in
 flanneld.  The decorated command receives one validated EtcdOptions as its
-``etcd`` keyword argument instead of seven loose strings.
+``etcd`` keyword argument instead of eight loose strings.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""etcd connection options: flanneld's ``--etcd-*`` flags, validated (flannel.md §6).
+"""etcd connection options: flanneld's ``--etcd-*`` flags, validated (docs/flannel-compat.md §10).
 
 Pure standard library (no gRPC): the CLI builds an EtcdOptions before any
 connection exists, and every mistake is a ConfigError naming the flag.
