@@ -472,6 +472,9 @@ class _Handler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         ok = super().parse_request()
         self.server.set_deadline(self.connection, None)  # read: now our turn, no deadline
+        if self.request_version == "HTTP/0.9":  # answered as 1.0: always a status line
+            self.request_version = "HTTP/1.0"
+            self.close_connection = True
         return ok
 
     def do_GET(self) -> None:
