@@ -213,15 +213,14 @@ class _Server(ThreadingHTTPServer):
         keep = []
         for close_at, request in self._lingering:
             done = now >= close_at
-            with contextlib.suppress(BlockingIOError):
-                try:
-                    while request.recv(65536):
-                        pass
-                    done = True  # EOF: the client closed its side
-                except BlockingIOError:
-                    raise
-                except OSError:
-                    done = True
+            try:
+                while request.recv(65536):
+                    pass
+                done = True  # EOF: the client closed its side
+            except BlockingIOError:
+                pass  # nothing more yet
+            except OSError:
+                done = True
             if done:
                 request.close()
             else:
