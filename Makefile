@@ -46,13 +46,13 @@ lab-down: setup
 test: setup lint
 	GRPC_ENABLE_FORK_SUPPORT=false $(BIN)/pytest $(PYTEST_ARGS)
 
-# Long fuzzing run of every hypothesis test named *fuzz* (make test runs them bounded).
-fuzz: setup
-	FLANNELISH_FUZZ=1 $(BIN)/pytest -m unit -k fuzz -q $(PYTEST_ARGS)
-
 # Quick loop while developing: unit tests only.
 test-fast: setup
 	$(BIN)/pytest -m unit -q $(PYTEST_ARGS)
+
+# The fuzz tests with the long hypothesis profile (`make test` runs them with a small one).
+fuzz: setup
+	FLANNELISH_FUZZ=1 $(BIN)/pytest -q -k fuzz
 
 lint: setup typecheck
 	$(BIN)/ruff check flannelish cni backends tests bench
