@@ -23,11 +23,13 @@ Stages (each check is one named row of the result table):
    the daemon has seen everything written before it), then one row per
    kind: the kernel holds nothing of that kind's leases (compared with a
    baseline snapshot of routes (all tables), permanent neighbours and the
-   VXLAN FDB) and the daemon is alive and still applying events.  Then the
-   group's keys are deleted and the harness puts the node back the way it
-   was (restores lost baseline entries, removes leftovers, restarts a dead
-   daemon), saying so in the detail, so one kind's damage never decides
-   another kind's row.
+   VXLAN FDB), the daemon is alive and still applying events, and (flannelish)
+   /status lists each of its leases as skipped with a reason.  If the group
+   as a whole stopped the daemon, its kinds are measured again one by one,
+   so the rows name the culprits.  Then the group's keys are deleted and,
+   if anything is off, the harness puts the node back the way it was
+   (restores lost baseline entries, removes leftovers, restarts the daemon),
+   saying so in a note, so one kind's damage never decides another's row.
 2. **all present**: every bad lease at once; the daemon keeps running, its
    default/connected routes and the good peers are untouched, ping crosses
    nodes, a good lease is programmed within 1 s and removed within 1 s of
@@ -922,10 +924,18 @@ class HostileSuite:
         ok, _, _, why = self._barrier()
         now = snapshot(self.n1.host)
         alive = self.daemon.alive()
+        status = self.daemon.status() if alive and self.daemon.has_status else None
+        skipped = skipped_reasons(status) if status is not None else {}
         rows: dict[str, list[str]] = {}
         for kind in kinds:
             marks = footprint(self.base, now, kind.leases)
             detail = [f"kernel: {summary(marks)}"] if marks else []
+            if self.daemon.has_status and kind.reported and alive:
+                unlisted = [str(x.subnet) for x in kind.leases if not skipped.get(str(x.subnet))]
+                if status is None:
+                    detail.append("no /status")
+                elif unlisted:
+                    detail.append(f"not skipped with a reason in /status: {summary(unlisted)}")
             if not alive:
                 detail.append(f"daemon {self.daemon.exit_text()}: {self.daemon.log_tail(2)}")
             elif not ok:
