@@ -134,6 +134,8 @@ def read_subnet_env(path: str | os.PathLike[str]) -> SubnetEnv | None:
         return None
     except OSError as exc:
         raise ConfigError(f"cannot read subnet file {target}", exc.strerror) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{target} is not UTF-8 text") from None
 
     def single(key: str, kind: type) -> object | None:
         value = values.get(key)
@@ -148,8 +150,9 @@ def read_subnet_env(path: str | os.PathLike[str]) -> SubnetEnv | None:
         return parsed.network if isinstance(parsed, IPv4Interface | IPv6Interface) else parsed
 
     mtu_raw = values.get("FLANNEL_MTU", "0")
-    if not mtu_raw.isdigit():
-        raise ConfigError(f"{target}: invalid FLANNEL_MTU", repr(mtu_raw))
+    # ASCII digits only ("²".isdigit() is true) and a length int() accepts.
+    if not (mtu_raw.isascii() and mtu_raw.isdigit() and len(mtu_raw) <= 6):
+        raise ConfigError(f"{target}: invalid FLANNEL_MTU", repr(mtu_raw[:20]))
     return SubnetEnv(
         network=single("FLANNEL_NETWORK", IPv4Network),  # type: ignore[arg-type]
         subnet=single("FLANNEL_SUBNET", IPv4Interface),  # type: ignore[arg-type]

@@ -224,6 +224,11 @@ class NodeDaemon:
             etcd_probe=(lambda: registry.get_config()) if registry is not None else None,
         )
         self._closers.append(self.ops.stop)
+        if registry is not None:
+            self.ops.state.set_bad_lease_source(
+                lambda: {b.key: b.reason for b in registry.bad_leases}
+            )
+        self.ops.state.set_peer_source(self._peer_report)
         # The nft table is one more Owner for the reconciler (re-asserted, peer set diffed).
         self._owners = self.ops.start(
             config.network, lease, vxlan_port=getattr(backend, "port", None)
@@ -337,9 +342,20 @@ class NodeDaemon:
         skipped = self.loop.reconciler.skipped if self.loop is not None else {}
         return [p for p in self.peers.snapshot() if p.subnet not in skipped]
 
+    def _peer_report(self) -> tuple[int, int, dict[str, tuple[str, str]]]:
+        """(leases known, peers programmed, {subnet: (kind, reason)} of the others)."""
+        skipped = self.skipped_peers()
+        # Skipped by the reconciler: admitted, so already counted in self.peers.
+        admitted_but_skipped = len(self.loop.reconciler.skipped) if self.loop is not None else 0
+        known = len(self.peers) + len(skipped) - admitted_but_skipped
+        return known, max(known - len(skipped), 0), skipped
+
     def skipped_peers(self) -> dict[str, tuple[str, str]]:
         """Every peer lease not programmed: {subnet: (kind, reason)}."""
         out = {str(s): (skip.kind, skip.reason) for s, (_, skip) in self.peers.rejected().items()}
+        registry = getattr(self._manager, "registry", None)
+        for bad in getattr(registry, "bad_leases", ()):  # undecodable values: never peers
+            out[str(bad.subnet or bad.key)] = ("undecodable", bad.reason)
         if self.loop is not None:
             for subnet, skip in self.loop.reconciler.skipped.items():
                 out[str(subnet)] = (skip.kind, skip.reason)
@@ -474,8 +490,7 @@ class NodeDaemon:
                 errors=sum(r.errors for r in results),
                 changes=sum(r.changes for r in results),
             )
-            skipped = self.skipped_peers()
-            known = len(self.peers) + len(self.peers.rejected())
+            known, _, skipped = self._peer_report()
             self.ops.on_pass(combined, known, skipped)
 
     def _after_owner_pass(self, result: PassResult) -> None:

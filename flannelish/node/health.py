@@ -175,6 +175,7 @@ class NodeState:
         self._skip_kinds: set[str] = set()
         self.skipped_count = 0
         self.bad_leases: dict[str, str] = {}
+        self._peer_source: Callable[[], tuple[int, int, dict[str, tuple[str, str]]]] | None = None
         self._bad_source: Callable[[], dict[str, str]] | None = None
         self.last_reconcile: dict[str, Any] | None = None
         self.reconcile_ok: bool | None = None  # None: no pass yet
@@ -290,7 +291,23 @@ class NodeState:
         ``lambda: {b.key: b.reason for b in registry.bad_leases}`` (cheap: no etcd call)."""
         self._bad_source = source
 
+    def set_peer_source(
+        self, source: Callable[[], tuple[int, int, dict[str, tuple[str, str]]]]
+    ) -> None:
+        """Read (in_etcd, programmed, skipped) at every /status and /metrics request, so
+        a lease rejected between two passes shows at once (cheap: in-memory tables)."""
+        self._peer_source = source
+
+    def _refresh_peers(self) -> None:
+        if self._peer_source is None:
+            return
+        try:
+            self.set_peers(*self._peer_source())
+        except Exception as exc:  # a report, never a failed scrape
+            log.debug("could not read the peer tables: %s", exc)
+
     def _refresh_bad_leases(self) -> None:
+        self._refresh_peers()
         if self._bad_source is None:
             return
         try:
