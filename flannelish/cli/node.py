@@ -292,4 +292,42 @@ def _lease_reader(etcd: Any) -> Any:
     return read
 
 
-COMMANDS = [status_command, doctor_command]
+@click.command("uninstall")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def uninstall_command(dry_run: bool, yes: bool) -> None:
+    """Take this node out of the overlay: remove the overlay device, our routes and the
+    nftables table (the daemon leaves all three in place when it stops, so pods keep
+    their network during restarts).  Stop the daemon first.  Leases stay in etcd until
+    they expire; subnet.env stays so a re-installed node gets its subnet back."""
+    from flannelish.kernel.netlink import RawNetlink
+    from flannelish.kernel.nft import NftCli
+    from flannelish.node.teardown import teardown
+
+    nl = RawNetlink()
+    try:
+        plan = teardown(nl, NftCli(), dry_run=True)
+        if plan.empty:
+            click.echo("nothing of flannelish's is left on this node")
+            return
+        for what, items in (
+            ("route", plan.routes),
+            ("device", plan.devices),
+            ("nft table", plan.tables),
+        ):
+            for item in items:
+                click.echo(f"{'would remove' if dry_run else 'remove'} {what} {item}")
+        if dry_run:
+            return
+        if not yes:
+            click.confirm("remove these from this node?", abort=True)
+        done = teardown(nl, NftCli())
+        click.echo(
+            f"removed {len(done.routes)} routes, {len(done.devices)} devices, "
+            f"{len(done.tables)} nft tables"
+        )
+    finally:
+        nl.close()
+
+
+COMMANDS = [status_command, doctor_command, uninstall_command]

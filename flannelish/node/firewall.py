@@ -216,6 +216,14 @@ class NftRules:
             chains.setdefault(rule.chain, []).append(rule.comment)
         return chains
 
+    def armed_chains(self) -> dict[str, list[str]]:
+        """desired_chains() as they are once the drop rule is armed (start-up adoption)."""
+        was, self._armed = self._armed, True
+        try:
+            return self.desired_chains()
+        finally:
+            self._armed = was
+
     def render(self, seed: Iterable[IPv4Address] = ()) -> str:
         """The full idempotent transaction for ``nft -f -``; ``seed``: more set elements."""
         t = f"{FAMILY} {TABLE}"

@@ -10,6 +10,7 @@ a peer's traffic.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from flannelish.node.firewall import (
     set_elements,
 )
 from flannelish.subnet.lease import Lease
+
+log = logging.getLogger("flannelish.nft")
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,27 @@ class NftOwner:
             self.repairs += 1
         self._created = True
 
+    def _adopt_or_create(self) -> None:
+        """Start-up: keep a table an earlier run left armed, else create it unarmed.
+
+        A restart must not open a window without the anti-spoof filter: if the
+        kernel already has our armed table, it is adopted armed, its peer set
+        kept (the first pass then adds and removes only the difference).
+        """
+        state = self.rules.state()
+        if (
+            state is not None
+            and state.has_set
+            and self.rules.vxlan_port is not None
+            and state.chains == self.rules.armed_chains()
+        ):
+            self.rules.arm()
+            self._arm_requested = False
+            self.rules.apply(state.peers)
+            log.info("adopted the armed nftables table", extra={"peers": len(state.peers)})
+            return
+        self.rules.apply()
+
     def _maybe_arm(self) -> None:
         with self._arm_lock:  # the reconcile thread and the on_pass hook may race here
             if self._arm_requested and self._pass_since_request and self._batch.complete():
@@ -207,8 +231,8 @@ class NftOwner:
         self._maybe_arm()
 
     def ensure_base(self) -> bool:
-        if not self._created:  # start-up: creating is not repairing
-            self.rules.apply()
+        if not self._created:  # start-up: creating (or adopting) is not repairing
+            self._adopt_or_create()
             self._created = True
         elif self.rules.ensure(self._seed()):
             self.repairs += 1

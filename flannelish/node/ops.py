@@ -173,11 +173,13 @@ class NodeOps:
                 self.state.set_check("nftables", False, str(exc))
 
     def stop(self) -> None:
-        """Clean shutdown: remove our nftables table, stop the health server."""
+        """Clean shutdown: stop the health server.
+
+        The nftables table stays, like the device and the routes: masquerade
+        and the anti-spoof filter must protect the data path that keeps
+        running while the daemon is down.  `flannelish uninstall` removes all three.
+        """
         if self.owner is not None:
-            try:
-                self.owner.rules.remove()
-            except FlannelishError as exc:
-                log.warning("cannot remove nftables table: %s", exc)
+            log.info("nftables table left in place", extra={"table": "ip flannelish"})
         if self.server is not None:
             self.server.stop()

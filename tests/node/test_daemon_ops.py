@@ -93,9 +93,44 @@ def test_daemon_ip_masq_repair_removal_status_and_readiness(
         underlay_etcd.wait_healthy()
         assert wait_for(lambda: status(n1.host.netns)[0] == 0, 30), daemons[0].log()[-3000:]
 
-        daemons[0].stop()  # clean shutdown removes the table, keeps the overlay
-        assert "flannelish" not in table(n1.host.netns)
+        daemons[0].stop()  # clean shutdown: the overlay and its protection both stay
+        kept = table(n1.host.netns)
+        assert "masquerade fully-random" in kept and "@vxlan_peers" in kept
         assert ping(n2.pod, n1.pod_ip)
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+
+
+def test_restart_adopts_the_armed_table_and_uninstall_removes_everything(
+    netns_factory, underlay, underlay_etcd, tmp_path
+):
+    nodes, daemons = start_nodes(netns_factory, underlay, underlay_etcd, tmp_path)
+    n1, n2 = nodes
+    ns = n1.host.netns
+    try:
+        assert wait_for(lambda: "@vxlan_peers" in table(ns), 15)  # armed
+        daemons[0].stop()
+        assert "@vxlan_peers" in table(ns) and str(n2.host.ip) in table(ns)
+        restarted = Daemon(ns, underlay_etcd.client_url, tmp_path / "n1", "--resync-interval", "1")
+        daemons.append(restarted)
+        assert wait_for(lambda: "adopted the armed nftables table" in restarted.log(), 15)
+        # Never unarmed: the drop rule and the peer were there the whole time.
+        assert "@vxlan_peers" in table(ns) and str(n2.host.ip) in table(ns)
+        assert wait_for(lambda: ping(n1.pod, n2.pod_ip, count=1), 10)
+        restarted.stop()
+
+        # A route that is not ours survives the uninstall.
+        run(["ip", "route", "add", "203.0.113.0/24", "via", str(underlay.gateway)], netns=ns)
+        dry = run([FLANNELISH, "uninstall", "--dry-run"], netns=ns).stdout
+        assert "would remove device flannel.1" in dry and "ip flannelish" in dry
+        assert "flannel.1" in run(["ip", "link"], netns=ns).stdout  # a dry run changes nothing
+        run([FLANNELISH, "uninstall", "--yes"], netns=ns)
+        assert "flannel.1" not in run(["ip", "link"], netns=ns).stdout
+        assert "flannelish" not in table(ns)
+        routes = run(["ip", "route"], netns=ns).stdout
+        assert "proto 70" not in routes and "203.0.113.0/24" in routes
+        assert "nothing of flannelish's" in run([FLANNELISH, "uninstall", "--yes"], netns=ns).stdout
     finally:
         for daemon in daemons:
             daemon.stop()

@@ -1,0 +1,53 @@
+"""`flannelish uninstall`: remove everything the daemon leaves in place on purpose.
+
+The daemon never removes its data path when it stops (SIGTERM, a crash, an
+upgrade): the overlay device, the routes with our route protocol and the
+nftables table (masquerade and the anti-spoof filter) stay, so pods keep
+talking and stay protected while it is down.  Taking a node out of the
+overlay is therefore an explicit step; this module is that step.  It removes
+only what carries our marks: overlay devices named like ours (``flannel.<VNI>``
+of kind vxlan), routes with :data:`ROUTE_PROTO`, and our own nft table.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from flannelish.kernel.netlink import ROUTE_PROTO, Netlink
+from flannelish.kernel.nft import NftRunner
+from flannelish.node.firewall import FAMILY, TABLE
+
+OVERLAY_DEVICE = re.compile(r"flannel\.\d{1,8}\Z")
+
+
+@dataclass
+class Teardown:
+    """What was (or, with dry_run, would be) removed."""
+
+    routes: list[str] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.routes or self.devices or self.tables)
+
+
+def teardown(nl: Netlink, nft: NftRunner, dry_run: bool = False) -> Teardown:
+    """Remove our routes, overlay devices and nft table; nothing else is touched."""
+    done = Teardown()
+    for route in nl.routes(ROUTE_PROTO):
+        if not dry_run:
+            nl.del_route(route)
+        done.routes.append(str(route.dst))
+    for link in nl.links():
+        if link.kind == "vxlan" and OVERLAY_DEVICE.match(link.name):
+            if not dry_run:
+                nl.delete_link(link.index)
+            done.devices.append(link.name)
+    if nft.listing("table", FAMILY, TABLE) is not None:
+        if not dry_run:
+            nft.run(f"delete table {FAMILY} {TABLE}\n")
+        done.tables.append(f"{FAMILY} {TABLE}")
+    return done
