@@ -38,7 +38,7 @@ IPNetwork = IPv4Network | IPv6Network
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 DEFAULT_BRIDGE = "cni0"
-_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")  # fullmatch: no "\n" after it
 
 
 def invalid(msg: str, details: str | None = None) -> CniError:
@@ -88,7 +88,7 @@ def parse_cidr(value: Any, field_name: str) -> IPNetwork:
 
 
 def parse_mac(value: Any, field_name: str) -> str:
-    if not isinstance(value, str) or not _MAC_RE.match(value):
+    if not isinstance(value, str) or not _MAC_RE.fullmatch(value):
         raise invalid(f'invalid "{field_name}": not a MAC address: {_show(value)}')
     if int(value[:2], 16) & 1:
         raise invalid(f'invalid "{field_name}": {value} is a multicast MAC address')
@@ -374,8 +374,19 @@ def _attachments(doc: dict) -> list[tuple[str, str]]:
         raise invalid(f'invalid "cni.dev/valid-attachments": expected a list, got {_show(raw)}')
     result = []
     for i, item in enumerate(raw):
-        if not isinstance(item, dict) or not isinstance(item.get("containerID"), str):
+        # Every entry must be an attachment ADD could have made: a malformed one
+        # fails the whole GC before anything is released (fail safe).
+        if not isinstance(item, dict) or not is_valid_id(item.get("containerID")):
             raise invalid(f'invalid "cni.dev/valid-attachments[{i}]": {_show(item)}')
         ifname = item.get("ifname", "")
-        result.append((item["containerID"], ifname if isinstance(ifname, str) else ""))
+        if not isinstance(ifname, str):
+            ifname = ""
+        if ifname:
+            try:
+                validate_ifname(ifname)
+            except CniError as exc:
+                raise invalid(
+                    f'invalid "cni.dev/valid-attachments[{i}].ifname": {exc.msg}', ifname
+                ) from None
+        result.append((item["containerID"], ifname))
     return result

@@ -22,9 +22,11 @@ SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 PLUGIN_VERSION = "1.1.0"
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 
-# The reference library validates container IDs and network names alike.
-_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
-_VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+# The reference library validates container IDs and network names alike.  Always
+# used with fullmatch: with match() and "$", "c3\n" would pass (issue 12, item 7).
+# ASCII classes only: \d would also match other scripts' digits.
+_ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
+_VERSION_RE = re.compile(r"([0-9]+)\.([0-9]+)\.([0-9]+)")
 
 # Which attachment variables each command needs (docs/cni-compat.md §1 table; CNI_PATH is
 # required like the reference library does, except for STATUS).
@@ -46,7 +48,7 @@ class CniError(FlannelishError):
 
 
 def version_tuple(version: str) -> tuple[int, int, int]:
-    match = _VERSION_RE.match(version)
+    match = _VERSION_RE.fullmatch(version)
     if not match:
         raise ValueError(version)
     return int(match.group(1)), int(match.group(2)), int(match.group(3))
@@ -85,8 +87,8 @@ def validate_ifname(name: str, what: str = "interface name") -> None:
             raise CniError(CniCode.INVALID_ENV, f"{what} contains an invalid character", name)
 
 
-def is_valid_id(value: str) -> bool:
-    return bool(_ID_RE.match(value))
+def is_valid_id(value: object) -> bool:
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
 
 
 class Invocation:

@@ -13,7 +13,7 @@ import click
 from flannelish.cli.node import DEFAULT_SUBNET_FILE
 from flannelish.errors import ConfigError, FlannelishError
 
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")  # fullmatch: no trailing "\n"
 
 
 @click.command("install-cni")
@@ -66,7 +66,7 @@ def install_cni(
     launcher: str,
 ) -> None:
     """Install the flannelish-cni launcher and 10-flannelish.conflist (with portmap)."""
-    if not _NAME_RE.match(network_name):
+    if not _NAME_RE.fullmatch(network_name):
         raise ConfigError(f"invalid --network-name {network_name!r}: use letters, digits, _ . -")
     from flannelish.cni.install import install
 

@@ -156,3 +156,65 @@ def test_gc_reads_valid_attachments(subnet_env):
     doc["cni.dev/valid-attachments"] = [{"ifname": "eth0"}]
     with pytest.raises(CniError, match="valid-attachments"):
         load(doc, "GC")
+
+
+# --- issue 12, item 7: whole-string matching of outside identifiers --------------------
+
+
+@pytest.mark.parametrize("suffix", ["\n", "\r\n", " ", "\t"])
+def test_container_id_with_trailing_whitespace_is_code_4(suffix):
+    env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "c3" + suffix, "CNI_IFNAME": "eth0"}
+    env["CNI_PATH"] = "/x"
+    with pytest.raises(CniError) as err:
+        Invocation.from_env(env)
+    assert err.value.cni_code == CniCode.INVALID_ENV
+    assert err.value.msg == "invalid characters in containerID"
+    env["CNI_CONTAINERID"] = "c3"
+    assert Invocation.from_env(env).container_id == "c3"
+
+
+def test_network_name_with_trailing_newline_is_code_7(subnet_env):
+    with pytest.raises(CniError) as err:
+        load(_doc(subnet_env, name="net\n"), "DEL")
+    assert err.value.cni_code == CniCode.INVALID_CONFIG
+    assert "invalid network name" in err.value.msg
+
+
+@pytest.mark.parametrize("where", ["CNI_ARGS", "args", "runtimeConfig"])
+def test_mac_with_trailing_newline_is_code_7(subnet_env, where):
+    mac = "0a:00:00:00:00:01\n"
+    doc = _doc(subnet_env)
+    cni_args = {}
+    if where == "CNI_ARGS":
+        cni_args = {"MAC": mac}
+    elif where == "args":
+        doc["args"] = {"cni": {"mac": mac}}
+    else:
+        doc["runtimeConfig"] = {"mac": mac}
+    with pytest.raises(CniError) as err:
+        load(doc, "ADD", cni_args)
+    assert err.value.cni_code == CniCode.INVALID_CONFIG and "not a MAC address" in err.value.msg
+
+
+def test_version_strings_are_matched_whole():
+    from flannelish.cni.protocol import version_tuple
+
+    assert version_tuple("1.1.0") == (1, 1, 0)
+    for bad in (
+        "1.1.0\n",
+        "1.1.0x",
+        "\u0661.1.0",
+    ):  # the last one starts with an Arabic-Indic digit
+        with pytest.raises(ValueError):
+            version_tuple(bad)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [{"containerID": "c3\n", "ifname": "eth0"}, {"containerID": "c3", "ifname": "eth0\n"}],
+)
+def test_gc_refuses_attachments_that_add_could_not_have_made(subnet_env, entry):
+    doc = _doc(subnet_env, cniVersion="1.1.0", **{"cni.dev/valid-attachments": [entry]})
+    with pytest.raises(CniError) as err:
+        load(doc, "GC")
+    assert err.value.cni_code == CniCode.INVALID_CONFIG and "valid-attachments[0]" in err.value.msg
