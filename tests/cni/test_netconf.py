@@ -218,3 +218,143 @@ def test_gc_refuses_attachments_that_add_could_not_have_made(subnet_env, entry):
     with pytest.raises(CniError) as err:
         load(doc, "GC")
     assert err.value.cni_code == CniCode.INVALID_CONFIG and "valid-attachments[0]" in err.value.msg
+
+
+# --- issue 12, item 10: prevResult and integer fields are validated, never code 999 ----
+
+GOOD_PREV = {
+    "cniVersion": "1.0.0",
+    "interfaces": [
+        {"name": "cni0", "mac": "0a:58:0a:f4:07:01"},
+        {"name": "eth0", "mac": "0a:58:0a:f4:07:02", "sandbox": "/run/netns/x", "mtu": 1450},
+    ],
+    "ips": [{"interface": 1, "address": "10.244.34.2/24", "gateway": "10.244.34.1"}],
+    "routes": [{"dst": "0.0.0.0/0", "gw": "10.244.34.1", "table": 2**32 - 1, "scope": 0}],
+    "dns": {"nameservers": ["10.96.0.10"], "search": ["svc"]},
+    "custom": {"kept": True},
+}
+
+
+def test_a_well_formed_prev_result_is_kept_as_given(subnet_env):
+    conf = load(_doc(subnet_env, prevResult=GOOD_PREV), "CHECK")
+    assert conf.prev_result == GOOD_PREV
+
+
+def _with(path: str, value: object) -> dict:
+    """GOOD_PREV with the field at `path` (dotted, list indexes as digits) replaced."""
+    import copy
+
+    doc = copy.deepcopy(GOOD_PREV)
+    *parents, last = path.split(".")
+    node: object = doc
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]  # type: ignore[index]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value  # type: ignore[index]
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("prev", "needle"),
+    [
+        ([1], "prevResult"),
+        (_with("interfaces", {"name": "x"}), "prevResult.interfaces"),
+        (_with("interfaces.0", "cni0"), "prevResult.interfaces[0]"),
+        (_with("interfaces.1.name", ""), 'missing "name"'),
+        (_with("interfaces.1.mac", 5), "prevResult.interfaces[1].mac"),
+        (_with("interfaces.1.mac", "0a:58:0a:f4:07:02\n"), "not a MAC"),
+        (_with("interfaces.1.mtu", 2**40), "prevResult.interfaces[1].mtu"),
+        (_with("interfaces.1.mtu", -1), "outside"),
+        (_with("interfaces.1.sandbox", ["x"]), "sandbox"),
+        (_with("ips.0", {"interface": 1}), "address"),
+        (_with("ips.0.address", "zz"), "not a CIDR"),
+        (_with("ips.0.address", "10.244.34.2"), "not a CIDR"),
+        (_with("ips.0.address", "10.244.34.2/33"), "not a CIDR"),
+        (_with("ips.0.address", 7), "not a CIDR"),
+        (_with("ips.0.gateway", "fd00::1"), "gateway"),
+        (_with("ips.0.gateway", "nope"), "gateway"),
+        (_with("ips.0.interface", 2), "is not an index"),
+        (_with("ips.0.interface", "1"), "expected a integer"),
+        (_with("ips.0.interface", True), "expected a integer"),
+        (_with("ips.0.version", "6"), "does not match"),
+        (_with("routes.0.dst", "x"), "routes[0].dst"),
+        (_with("routes.0.gw", "fd00::1"), "routes[0].gw"),
+        (_with("routes.0.table", 2**40), "outside 0..4294967295"),
+        (_with("routes.0.table", -1), "outside"),
+        (_with("routes.0.scope", 256), "outside 0..255"),
+        (_with("routes.0.priority", 1.5), "priority"),
+        (_with("routes", {"dst": "0.0.0.0/0"}), "routes"),
+        (_with("dns", []), "dns"),
+        (_with("dns.nameservers", [1]), "nameservers[0]"),
+        (_with("dns.domain", 1), "domain"),
+    ],
+)
+def test_malformed_prev_result_is_code_7_naming_the_field(subnet_env, prev, needle):
+    for command in ("ADD", "CHECK"):
+        with pytest.raises(CniError) as err:
+            load(_doc(subnet_env, prevResult=prev), command)
+        assert err.value.cni_code == CniCode.INVALID_CONFIG, err.value
+        assert needle in err.value.msg
+
+
+def test_del_ignores_a_malformed_prev_result(subnet_env):
+    """DEL does not read prevResult; failing over it would leak the attachment."""
+    conf = load(_doc(subnet_env, prevResult=_with("ips.0.address", "zz")), "DEL")
+    assert conf.prev_result is None
+
+
+@pytest.mark.parametrize(
+    ("route", "needle"),
+    [
+        ({"dst": "10.0.0.0/8", "table": 2**40}, "outside 0..4294967295"),
+        ({"dst": "10.0.0.0/8", "table": -5}, "outside"),
+        ({"dst": "10.0.0.0/8", "priority": 2**32}, "priority"),
+        ({"dst": "10.0.0.0/8", "scope": 300}, "outside 0..255"),
+        ({"dst": "10.0.0.0/8", "mtu": 2**33}, "mtu"),
+        ({"dst": "10.0.0.0/8", "advmss": -1}, "advmss"),
+        ({"dst": "10.0.0.0/8", "gw": "fd00::1"}, "not an IPv4 address"),
+        ({"dst": "10.0.0.0/8", "gw": "10.0.0.1/99"}, "not an IP address"),
+        ({"dst": "10.0.0.0/40"}, "not a CIDR"),
+    ],
+)
+def test_route_fields_are_bounded_by_their_kernel_width(subnet_env, route, needle):
+    with pytest.raises(CniError) as err:
+        load(_doc(subnet_env, ipam={"routes": [route]}), "ADD")
+    assert err.value.cni_code == CniCode.INVALID_CONFIG
+    assert needle in err.value.msg
+
+
+def test_route_fields_at_their_bounds_are_accepted(subnet_env):
+    route = {"dst": "10.0.0.0/8", "table": 2**32 - 1, "priority": 0, "scope": 255, "mtu": 0}
+    conf = load(_doc(subnet_env, ipam={"routes": [route]}), "ADD")
+    assert conf.ipam.routes[0] == route
+
+
+@pytest.mark.parametrize("mtu", ["-1", "99999999999", "67"])
+def test_out_of_range_flannel_mtu_is_try_again_not_a_crash(tmp_path, mtu):
+    path = tmp_path / "subnet.env"
+    path.write_text(
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.34.1/24\n"
+        f"FLANNEL_MTU={mtu}\nFLANNEL_IPMASQ=true\n"
+    )
+    with pytest.raises(CniError) as err:
+        load(_doc(str(path)), "ADD")
+    assert err.value.cni_code == CniCode.TRY_AGAIN_LATER and "FLANNEL_MTU" in err.value.msg
+
+
+def test_requested_ip_with_a_bad_prefix_is_rejected(subnet_env):
+    with pytest.raises(CniError, match="not an IP address"):
+        load(_doc(subnet_env, runtimeConfig={"ips": ["10.244.34.9/zz"]}), "ADD")
+    conf = load(_doc(subnet_env, runtimeConfig={"ips": ["10.244.34.9/24"]}), "ADD")
+    assert [str(ip) for ip in conf.requested_ips] == ["10.244.34.9"]
+
+
+def test_deeply_nested_values_are_reported_without_recursing(subnet_env):
+    deep: object = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(CniError) as err:
+        load(_doc(subnet_env, dns=deep), "ADD")
+    assert err.value.cni_code == CniCode.INVALID_CONFIG
