@@ -59,8 +59,9 @@ class Store:
 
     @contextlib.contextmanager
     def locked(self, create: bool = True) -> Iterator[Store]:
-        if create:
+        if create and not os.path.isdir(self.dir):
             os.makedirs(self.dir, mode=0o755, exist_ok=True)
+            _sync_path(os.path.dirname(os.path.abspath(self.dir)))  # the new store's name
         elif not os.path.isdir(self.dir):
             yield self
             return
@@ -95,23 +96,54 @@ class Store:
         return result
 
     def reserve(self, ip: IPAddress, container_id: str, ifname: str, set_index: int) -> bool:
-        """Create the file for `ip`; False when another container holds it."""
+        """Create the file for `ip` durably; False when another container holds it.
+
+        The file's content and then the directory entry are fsync'ed before
+        the address is handed out (the reference host-local does neither): after
+        a power loss a pod's address is still reserved, never handed out twice.
+        """
         path = os.path.join(self.dir, str(ip))
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except FileExistsError:
             return False
         try:
-            os.write(fd, f"{container_id}\r\n{ifname}".encode())
-            os.fchmod(fd, 0o644)
-        finally:
-            os.close(fd)
+            try:
+                data = f"{container_id}\r\n{ifname}".encode()
+                if os.write(fd, data) != len(data):
+                    raise OSError(errno.ENOSPC, "short write")
+                os.fchmod(fd, 0o644)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            # Never leave an empty or torn reservation that nobody owns.
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise CniError(
+                CniCode.IO_FAILURE, f"failed to write IP reservation {path}: {exc.strerror or exc}"
+            ) from None
         self._write(f"{LAST_RESERVED}{set_index}", str(ip))
+        self.sync_dir()  # makes both new names durable
         return True
 
-    def release(self, ip: IPAddress) -> None:
-        with contextlib.suppress(FileNotFoundError):
+    def release(self, ip: IPAddress, sync: bool = True) -> None:
+        """Remove the reservation of `ip` (sync=False: the caller calls sync_dir once)."""
+        try:
             os.unlink(os.path.join(self.dir, str(ip)))
+        except FileNotFoundError:
+            return
+        if sync:
+            self.sync_dir()
+
+    def sync_dir(self) -> None:
+        """fsync the store directory, so created and removed names survive a crash."""
+        try:
+            _sync_path(self.dir)
+        except OSError as exc:
+            raise CniError(
+                CniCode.IO_FAILURE, f"failed to sync IPAM store {self.dir}: {exc.strerror or exc}"
+            ) from None
 
     def last_reserved(self, set_index: int) -> IPAddress | None:
         try:
@@ -121,12 +153,21 @@ class Store:
             return None
 
     def _write(self, name: str, content: str) -> None:
-        # Written in place like host-local; a torn write only costs round-robin order.
+        # Written in place like host-local and not fsync'ed: a torn or lost write
+        # only costs round-robin order (last_reserved() ignores what it cannot parse).
         fd = os.open(os.path.join(self.dir, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.write(fd, content.encode())
         finally:
             os.close(fd)
+
+
+def _sync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _candidates(rset: list[Range], last: IPAddress | None) -> Iterator[tuple[Range, IPAddress]]:
@@ -179,7 +220,10 @@ def allocate(conf: NetConf, container_id: str, ifname: str) -> list[Allocation]:
                 )
         except BaseException:
             for alloc in done:
-                store.release(alloc.ip)
+                store.release(alloc.ip, sync=False)
+            if done:
+                with contextlib.suppress(CniError):
+                    store.sync_dir()
             raise
     return done
 
@@ -234,8 +278,10 @@ def release(store_dir: str, container_id: str, ifname: str) -> list[IPAddress]:
     with store.locked(create=False):
         for entry in store.entries():
             if entry.owned_by(container_id, ifname):
-                store.release(entry.ip)
+                store.release(entry.ip, sync=False)
                 freed.append(entry.ip)
+        if freed:
+            store.sync_dir()
     return freed
 
 
@@ -257,8 +303,10 @@ def collect_garbage(store_dir: str, valid: list[tuple[str, str]]) -> list[Entry]
                 continue
             if not entry.ifname and any(cid == entry.container_id for cid, _ in valid):
                 continue  # legacy file without ifname: keep while the container is valid
-            store.release(entry.ip)
+            store.release(entry.ip, sync=False)
             released.append(entry)
+        if released:
+            store.sync_dir()
     return released
 
 

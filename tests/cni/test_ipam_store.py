@@ -108,3 +108,69 @@ def test_concurrent_allocations_from_threads_never_collide(tmp_path):
         ipam.allocate(conf, f"rest{i}", "eth0")
     with pytest.raises(CniError, match="no IP addresses available"):
         ipam.allocate(conf, "one-too-many", "eth0")
+
+
+# --- issue 12, item 12: reservations are durable ----------------------------------------
+
+
+@pytest.fixture
+def fsyncs(monkeypatch):
+    """Every os.fsync as ("file"|"dir", path, content at that moment), in call order."""
+    calls: list[tuple[str, str, bytes | None]] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if os.path.isdir(path):
+            calls.append(("dir", path, None))
+        else:
+            with open(path, "rb") as fh:
+                calls.append(("file", path, fh.read()))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return calls
+
+
+def test_a_reservation_is_fsynced_with_its_content_and_then_its_directory(tmp_path, fsyncs):
+    conf = _conf(tmp_path)
+    ipam.allocate(conf, "c1", "eth0")
+    store = str(tmp_path / "net")
+    assert ("dir", str(tmp_path), None) in fsyncs  # the new store directory's name
+    file_at = fsyncs.index(("file", f"{store}/10.5.0.2", b"c1\r\neth0"))
+    dir_after = [i for i, call in enumerate(fsyncs) if call == ("dir", store, None)]
+    assert dir_after and dir_after[-1] > file_at  # the name is made durable after the data
+    assert sorted(os.listdir(store)) == ["10.5.0.2", "last_reserved_ip.0", "lock"]
+
+
+def test_release_and_garbage_collection_fsync_the_directory_once(tmp_path, fsyncs):
+    conf = _conf(tmp_path)
+    for cid in ("c1", "c2", "c3"):
+        ipam.allocate(conf, cid, "eth0")
+    store = str(tmp_path / "net")
+    fsyncs.clear()
+    assert [str(ip) for ip in ipam.release(store, "c1", "eth0")] == ["10.5.0.2"]
+    assert fsyncs == [("dir", store, None)]
+    fsyncs.clear()
+    assert len(ipam.collect_garbage(store, [])) == 2
+    assert fsyncs == [("dir", store, None)]
+    fsyncs.clear()
+    ipam.release(store, "gone", "eth0")  # nothing released: nothing to sync
+    assert fsyncs == []
+
+
+def test_a_failed_write_leaves_no_orphan_reservation(tmp_path, monkeypatch):
+    import errno
+
+    from flannelish.errors import CniCode
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    conf = _conf(tmp_path)
+    ipam.allocate(conf, "c1", "eth0")
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(CniError) as err:
+        ipam.allocate(conf, "c2", "eth0")
+    assert err.value.cni_code == CniCode.IO_FAILURE and "No space left" in err.value.msg
+    assert sorted(os.listdir(tmp_path / "net")) == ["10.5.0.2", "last_reserved_ip.0", "lock"]
