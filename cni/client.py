@@ -18,18 +18,32 @@ plugin stays connected (blocked on the reply) while the work is done.
 or the server declines).  Once the request is sent, a broken connection is
 *not* retried in-process, because the daemon may have done part of the work:
 the runtime gets code 11 (try again later) instead.
+
+Trust goes both ways: the request carries the plugin's whole environment and
+the reply becomes the runtime's result, so before sending anything the
+plugin checks the *listener's* credentials (SO_PEERCRED on the connected
+socket: the uid that called listen(), race-free, unlike a stat() of the
+path).  Only root or the plugin's own uid (which could ptrace the plugin
+anyway) is trusted.  Anyone else listening on the path -- a socket left in a
+writable directory, a daemon started by the wrong user -- gets nothing: the
+plugin says so on stderr and does the work in-process, so pods keep starting
+and the result is the same one the daemon would have given.
 """
 
 from __future__ import annotations
 
 import _json
 import _socket
+import posix
+import sys
 
 MAGIC = b"FLCNI2\n"
 DECLINE = b"DECLINE\n"
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 SOCKET_NAME = "flannelish.sock"
 REPLY_TIMEOUT_S = 300.0
+# Larger netconfs are refused (code 6) before anything else; a real one is a few KiB.
+MAX_STDIN_BYTES = 8 * 1024 * 1024
 
 
 class _JsonContext:
@@ -106,14 +120,31 @@ def decode_reply(data: bytes) -> tuple[int, str, str]:
     return int(code), out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
 
+def listener_uid(sock: _socket.socket) -> int:
+    """The uid of the process that listens on the other end (SO_PEERCRED)."""
+    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)  # pid, uid, gid
+    return int.from_bytes(creds[4:8], sys.byteorder)
+
+
+def trusted_uid(uid: int) -> bool:
+    return uid == 0 or uid == posix.geteuid()
+
+
 def forward(path: str, env: dict[str, str], stdin: bytes) -> tuple[int, str, str] | None:
     """(exit code, stdout, stderr) from the daemon, or None if no daemon serves `path`."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         try:
             sock.connect(path)
+            uid = listener_uid(sock)
         except OSError:
             return None  # absent, stale socket or not ours: do the work in-process
+        if not trusted_uid(uid):
+            _warn(
+                f"flannelish-cni: not using {path}: it is served by uid {uid}, "
+                f"not root or uid {posix.geteuid()}; working in-process\n"
+            )
+            return None
         sock.settimeout(REPLY_TIMEOUT_S)
         try:
             sock.sendall(encode_request(env, stdin))
@@ -133,6 +164,13 @@ def forward(path: str, env: dict[str, str], stdin: bytes) -> tuple[int, str, str
             return 1, try_later(msg), ""
     finally:
         sock.close()
+
+
+def _warn(text: str) -> None:
+    try:  # noqa: SIM105 -- contextlib would be an import on the fast path
+        posix.write(2, text.encode("utf-8", "surrogateescape"))
+    except OSError:
+        pass
 
 
 def try_later(msg: str) -> str:

@@ -20,6 +20,12 @@
  * request was sent -- it execs the Python launcher with the same stdin, so
  * behaviour never differs from the Python entry point.  After the request was
  * sent, a broken connection is reported as CNI error 11 (never redone).
+ *
+ * Before sending the environment it checks who listens on FL_SOCKET
+ * (SO_PEERCRED: the uid that called listen()): only root or our own uid is
+ * trusted.  Anyone else gets nothing, and the Python launcher takes over
+ * (which checks again, says so on stderr and works in-process).  Netconfs
+ * larger than FL_MAX_STDIN are handed to Python as well, which refuses them.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -35,6 +41,9 @@
 #ifndef FL_SOCKET
 #error "FL_SOCKET must be defined"
 #endif
+
+/* client.MAX_STDIN_BYTES: Python refuses more, so never forward more. */
+#define FL_MAX_STDIN (8u * 1024u * 1024u)
 
 extern char **environ;
 
@@ -61,9 +70,12 @@ static int buf_add(struct buf *b, const void *data, size_t len) {
     return 0;
 }
 
-static int read_all(int fd, struct buf *b) {
+/* Read to EOF, or until more than `limit` bytes are in `b` (0: no limit). */
+static int read_all(int fd, struct buf *b, size_t limit) {
     char chunk[65536];
     for (;;) {
+        if (limit && b->len > limit)
+            return 0;
         ssize_t n = read(fd, chunk, sizeof chunk);
         if (n == 0)
             return 0;
@@ -135,7 +147,7 @@ int main(void) {
     /* A daemon that goes away mid-request must give error 11, not death by SIGPIPE. */
     signal(SIGPIPE, SIG_IGN);
     struct buf input = {0}, request = {0}, env = {0}, reply = {0};
-    if (read_all(0, &input) < 0)
+    if (read_all(0, &input, FL_MAX_STDIN) < 0 || input.len > FL_MAX_STDIN)
         fallback(&input);
     for (char **e = environ; *e; e++) {
         if (env.len && buf_add(&env, "", 1) < 0) /* NUL separator */
@@ -156,8 +168,15 @@ int main(void) {
     int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (sock < 0 || connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0)
         fallback(&input); /* no daemon: work in-process */
+    struct ucred peer;
+    socklen_t peer_len = sizeof peer;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) < 0 ||
+        peer_len != sizeof peer || (peer.uid != 0 && peer.uid != geteuid())) {
+        close(sock);
+        fallback(&input); /* not our daemon: send it nothing */
+    }
     if (write_all(sock, request.data, request.len) < 0 || shutdown(sock, SHUT_WR) < 0 ||
-        read_all(sock, &reply) < 0 || reply.len == 0) {
+        read_all(sock, &reply, 0) < 0 || reply.len == 0) {
         const char *msg = "{\n    \"cniVersion\": \"1.1.0\",\n    \"code\": 11,\n    \"msg\": "
                           "\"lost the connection to the daemon at " FL_SOCKET "\"\n}";
         write_all(1, msg, strlen(msg));

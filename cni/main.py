@@ -20,7 +20,7 @@ from __future__ import annotations
 import posix
 import sys
 
-from .client import forward, peek_json, socket_path
+from .client import MAX_STDIN_BYTES, forward, peek_json, socket_path
 
 # Literal, not computed: VERSION must cost no imports (mirrors protocol.SUPPORTED_VERSIONS).
 VERSION_REPLY = (
@@ -44,12 +44,16 @@ def _emit(code: int, out: str, err: str) -> int:
 
 
 def _read_stdin() -> bytes:
+    """All of stdin, but never more than MAX_STDIN_BYTES + 1 (enough to refuse it)."""
     chunks: list[bytes] = []
-    while True:
+    size = 0
+    while size <= MAX_STDIN_BYTES:
         chunk = posix.read(0, 65536)
         if not chunk:
-            return b"".join(chunks)
+            break
         chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def run(environ: dict[str, str], stdin: bytes | None = None) -> int:
@@ -64,6 +68,8 @@ def run(environ: dict[str, str], stdin: bytes | None = None) -> int:
                 stdin = _read_stdin()
             except OSError as exc:
                 return _emit(1, _io_error(exc), "")
+        if len(stdin) > MAX_STDIN_BYTES:
+            return _emit(1, _too_large(), "")
         data = stdin
         doc = peek_json(data)
         if isinstance(doc, dict):
@@ -74,6 +80,13 @@ def run(environ: dict[str, str], stdin: bytes | None = None) -> int:
 
     response = handle(environ, data)
     return _emit(response.exit_code, response.stdout, response.stderr)
+
+
+def _too_large() -> str:
+    import json
+
+    msg = f"error unmarshall network config: larger than {MAX_STDIN_BYTES} bytes"
+    return json.dumps({"cniVersion": "1.1.0", "code": 6, "msg": msg}, indent=4)
 
 
 def _io_error(exc: OSError) -> str:

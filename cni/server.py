@@ -69,6 +69,8 @@ class _Handler(socketserver.BaseRequestHandler):
             if not chunk:
                 break
             data += chunk
+        if len(data) > MAX_REQUEST_BYTES:  # never act on a truncated request
+            return DECLINE + b"request too large"
         request = decode_request(bytes(data))
         if request is None:
             return DECLINE + b"unknown protocol or bad request"

@@ -7,9 +7,23 @@ no veth, no IP reservation, no nft element.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from flannelish.testing.proc import run
+
+from .conftest import PLUGIN, SUBNET
+
+FLANNELISH = str(Path(sys.executable).parent / "flannelish")
 
 
 def _nat(cni) -> str:
@@ -102,3 +116,189 @@ def test_a_route_table_at_the_u32_limit_reaches_the_kernel(cni_latest):
     route = {"dst": "10.96.0.0/12", "table": 2**32 - 1}
     cni.add(pod, conf=cni.conf(ipam={"dataDir": str(cni.data_dir), "routes": [route]}))
     assert "10.96.0.0/12" in run(["ip", "-n", pod, "route", "show", "table", str(2**32 - 1)]).stdout
+
+
+# --- item 6: the plugin sends nothing to a socket served by another uid ----------------
+
+NOBODY = 65534
+FAKE_RESULT = b'{"cniVersion": "1.1.0", "ips": [{"address": "6.6.6.6/32"}], "dns": {}}'
+FAKE_SERVER = r"""
+import os, socket, sys
+path, log, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+fake = sys.argv[4].encode()
+out = open(log, "ab", buffering=0)
+def drop():
+    os.setgroups([])
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+if mode == "drop-then-bind":    # a socket file of its own in a world-writable directory
+    drop()
+srv.bind(path)
+os.chmod(path, 0o666)
+if mode == "bind-then-drop":    # the file is root's, but another uid listens on it
+    drop()
+srv.listen(16)
+print("ready", os.geteuid(), flush=True)
+while True:
+    conn, _ = srv.accept()
+    conn.settimeout(5)
+    data = b""
+    try:
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    out.write(b"%d\n" % len(data))
+    try:
+        conn.sendall(b"0\n%d\n" % len(fake) + fake)
+    except OSError:
+        pass
+    conn.close()
+"""
+
+
+class FakeServer:
+    """A stranger listening on `directory`/flannelish.sock; logs how much it was sent."""
+
+    def __init__(self, directory: Path, mode: str) -> None:
+        self.socket = str(directory / "flannelish.sock")
+        self.log = directory / "received.log"
+        self.log.touch()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", FAKE_SERVER, self.socket, str(self.log), mode, FAKE_RESULT],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = self.proc.stdout.readline().split()  # type: ignore[union-attr]
+        assert line and line[0] == "ready", line
+        self.uid = int(line[1])
+
+    def received(self) -> list[int]:
+        return [int(n) for n in self.log.read_text().split()]
+
+    def stop(self) -> None:
+        self.proc.kill()  # our own child, by PID
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def stranger_dir() -> Iterator[Path]:
+    """A world-writable temp dir (uid 65534 must reach it), with a subnet.env for SUBNET."""
+    directory = Path(tempfile.mkdtemp(prefix="flannelish-peercred-"))
+    directory.chmod(0o777)
+    (directory / "subnet.env").write_text(
+        f"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={SUBNET}.1/24\n"
+        "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+    )
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _install_launcher(cni, tmp: Path, subnet_file: Path) -> str | None:
+    """The native launcher with FL_SOCKET = <dir of subnet_file>/flannelish.sock (None: no cc)."""
+    subprocess.run(
+        [FLANNELISH, "install-cni", "--bin-dir", str(tmp / "bin"), "--conf-dir", str(tmp / "c"),
+         "--subnet-file", str(subnet_file)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    native = tmp / "bin" / "flannelish-cni"
+    return str(native) if (tmp / "bin" / "flannelish-cni.py").exists() else None
+
+
+@pytest.mark.parametrize("mode", ["drop-then-bind", "bind-then-drop"])
+@pytest.mark.parametrize("launcher", ["python", "native"])
+def test_a_socket_served_by_another_uid_gets_nothing_and_pods_still_start(
+    cni_inproc, stranger_dir, tmp_path, mode, launcher
+):
+    cni = cni_inproc
+    binary = PLUGIN
+    if launcher == "native":
+        native = _install_launcher(cni, tmp_path, stranger_dir / "subnet.env")
+        if native is None:
+            pytest.skip("no C compiler: the native launcher is not built")
+        binary = native
+    server = FakeServer(stranger_dir, mode)
+    try:
+        assert server.uid == NOBODY
+        conf = cni.conf(subnetFile=str(stranger_dir / "subnet.env"))
+        pod = cni.pod()
+        reply = cni.call("ADD", conf, netns=pod, binary=binary).ok()
+        assert reply.json["ips"][0]["address"].startswith(f"{SUBNET}.")  # the real result
+        assert "6.6.6.6" not in reply.stdout
+        assert f"served by uid {NOBODY}" in reply.stderr and "working in-process" in reply.stderr
+        cni.call("DEL", conf, netns=pod, binary=binary).ok()
+        assert cni.reserved_ips() == [] and cni.links(pod) == ["lo"]
+        assert server.received() and set(server.received()) == {0}  # it connected, got nothing
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("launcher", ["python", "native"])
+def test_control_a_root_listener_is_trusted_and_its_reply_is_used(
+    cni_inproc, stranger_dir, tmp_path, launcher
+):
+    """The same fake server as root: proves the test above would see a leak."""
+    cni = cni_inproc
+    binary = PLUGIN
+    if launcher == "native":
+        native = _install_launcher(cni, tmp_path, stranger_dir / "subnet.env")
+        if native is None:
+            pytest.skip("no C compiler: the native launcher is not built")
+        binary = native
+    server = FakeServer(stranger_dir, "root")
+    try:
+        conf = cni.conf(subnetFile=str(stranger_dir / "subnet.env"))
+        reply = cni.call("ADD", conf, netns=cni.pod(), binary=binary).ok()
+        assert "6.6.6.6" in reply.stdout
+        assert server.received() and server.received()[0] > len(json.dumps(conf))
+    finally:
+        server.stop()
+    cni.forwarded = 0
+
+
+@pytest.mark.unit
+def test_an_oversized_netconf_is_code_6_without_reading_all_of_it(tmp_path):
+    from flannelish.cni import client
+    from flannelish.cni import main as cni_main
+
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/x", "CNI_IFNAME": "e"}
+    big = b'{"name": "' + b"x" * client.MAX_STDIN_BYTES + b'"}'
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the runtime: would write forever
+        os.close(read)
+        try:
+            while True:
+                os.write(write, big)
+        finally:
+            os._exit(0)
+    os.close(write)
+    saved = os.dup(0)
+    try:
+        os.dup2(read, 0)
+        data = cni_main._read_stdin()
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(read)
+        os.kill(pid, signal.SIGKILL)  # our own child
+        os.waitpid(pid, 0)
+    assert client.MAX_STDIN_BYTES < len(data) <= client.MAX_STDIN_BYTES + 65536
+    out = subprocess.run([PLUGIN], input=big, env=env, capture_output=True, timeout=60, check=False)
+    assert out.returncode == 1 and json.loads(out.stdout)["code"] == 6
+
+
+def test_the_native_launcher_does_not_forward_an_oversized_netconf(cni_daemon, tmp_path):
+    cni = cni_daemon
+    native = _install_launcher(cni, tmp_path, cni.run_dir / "subnet.env")
+    if native is None:
+        pytest.skip("no C compiler: the native launcher is not built")
+    conf = cni.conf(padding="x" * (9 * 1024 * 1024))
+    cni.call("ADD", conf, netns=cni.pod(), binary=native).error(6)
+    assert cni.server.served == 0 and cni.store_files() == []
