@@ -74,7 +74,13 @@ def validate_ifname(name: str, what: str = "interface name") -> None:
     """Linux interface-name rules, with the reference library's messages (code 4)."""
     if not name:
         raise CniError(CniCode.INVALID_ENV, f"{what} is empty")
-    if len(name.encode()) > 15:
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:  # bytes that are not UTF-8 (surrogateescape'd by main)
+        raise CniError(
+            CniCode.INVALID_ENV, f"{what} contains an invalid character", ascii(name)
+        ) from None
+    if size > 15:
         raise CniError(
             CniCode.INVALID_ENV,
             f"{what} is too long",
