@@ -13,7 +13,18 @@ no second address is reserved; in another netns the IPAM duplicate check
 rejects it.  Both leave the first attachment untouched.
 
 DEL is best effort and idempotent: a missing netns or link is skipped, the
-reservation and NAT rules are released by container ID in any case.
+reservation and NAT rules are released by container ID in any case.  NAT rules
+go before the reservation, so a DEL that dies half-way always leaves the
+reservation behind, which the next DEL or a GC finds (a GC cannot find NAT
+rules whose reservation is already gone).
+
+Test hook (fault drills, tests/cni/test_fault_drill.py): with
+``FLANNELISH_TEST_KILL_AT=<point>`` in the environment of the process doing
+the work -- the plugin on the in-process path, the daemon on the fast path,
+never taken from the request -- that process SIGKILLs itself right after the
+named step (``add:ipam``, ``add:veth``, ``add:addr``, ``add:masq``,
+``del:masq``, ``del:ipam``).  Read once at import; each point costs one string
+comparison.  Never set it outside tests.
 
 "host" is the namespace the runtime called us in: the calling thread's own
 in-process, the caller's (from SO_PEERCRED) in the daemon.
@@ -24,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import signal
 from collections.abc import Callable
 
 from flannelish.errors import CniCode
@@ -41,6 +53,13 @@ from .kernel import (
 )
 from .netconf import NetConf
 from .protocol import CniError, Invocation, version_tuple
+
+_KILL_AT = os.environ.get("FLANNELISH_TEST_KILL_AT", "")  # test hook, see the docstring
+
+
+def _kill_point(point: str) -> None:
+    if point == _KILL_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Call:
@@ -223,6 +242,7 @@ def cmd_add(call: Call) -> str:
         bridge = _ensure_bridge(host, conf)
         res, release = _ipam_add(call)
         undo.append(release)
+        _kill_point("add:ipam")
         if not res["ips"]:
             raise CniError(CniCode.INTERNAL, "IPAM plugin returned missing IP config")
         _gateways(res)
@@ -232,6 +252,7 @@ def cmd_add(call: Call) -> str:
         host_name = "veth" + os.urandom(4).hex()
         host.create_veth(host_name, inv.ifname, pod_fd, conf.mtu, conf.mac)
         undo.append(lambda: _delete_named(host, host_name))
+        _kill_point("add:veth")
         veth = host.link(host_name)
         cont = pod.link(inv.ifname)
         if veth is None or cont is None:
@@ -251,6 +272,7 @@ def cmd_add(call: Call) -> str:
         pod.set_link(cont.index, f"set {inv.ifname} up", up=True)
         for route in res["routes"]:
             _add_pod_route(pod, cont.index, route, res["ips"])
+        _kill_point("add:addr")
 
         if conf.is_gateway:
             for ip in res["ips"]:
@@ -271,6 +293,7 @@ def cmd_add(call: Call) -> str:
             with call.in_host():
                 masq.setup(conf.name, inv.container_id, v4, subnets)
             undo.append(lambda: _masq_teardown(call))
+            _kill_point("add:masq")
 
         bridge = host.link(conf.bridge) or bridge  # its MAC is final once ports exist
         ours = {
@@ -374,13 +397,15 @@ def cmd_del(call: Call) -> None:
                         pod.delete_link(link.index)  # the host end goes with it
             finally:
                 os.close(pod_fd)
+    if _masq_maybe(conf):  # before the reservation: see the module docstring
+        _masq_teardown(call)
+        _kill_point("del:masq")
     if conf.ipam.delegated:
         with call.in_host():
             run_delegate(conf.ipam.type, "DEL", inv, call.doc, call.stderr)
     else:
         ipam.release(conf.store_dir, inv.container_id, inv.ifname)
-    if _masq_maybe(conf):
-        _masq_teardown(call)
+    _kill_point("del:ipam")
 
 
 # --- CHECK -------------------------------------------------------------------
