@@ -134,15 +134,24 @@ def _ipam_add(call: Call) -> tuple[dict, Callable[[], None]]:
     return res, undo_allocation
 
 
+RESOLV_CONF_MAX_BYTES = 64 * 1024  # glibc reads far less; /dev/zero must not fill memory
+
+
 def _parse_resolv_conf(path: str) -> dict:
     dns: dict[str, list[str] | str] = {}
     try:
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            text = fh.read(RESOLV_CONF_MAX_BYTES + 1)
     except OSError as exc:
         raise CniError(
             CniCode.INVALID_CONFIG, f'invalid "ipam.resolvConf": {path}: {exc.strerror}'
         ) from None
+    if len(text) > RESOLV_CONF_MAX_BYTES:
+        raise CniError(
+            CniCode.INVALID_CONFIG,
+            f'invalid "ipam.resolvConf": {path} is larger than {RESOLV_CONF_MAX_BYTES} bytes',
+        )
+    lines = text.splitlines()
     for line in lines:
         parts = line.split("#", 1)[0].split()
         if len(parts) < 2:

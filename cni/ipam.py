@@ -59,14 +59,19 @@ class Store:
 
     @contextlib.contextmanager
     def locked(self, create: bool = True) -> Iterator[Store]:
-        if create and not os.path.isdir(self.dir):
-            os.makedirs(self.dir, mode=0o755, exist_ok=True)
-            _sync_path(os.path.dirname(os.path.abspath(self.dir)))  # the new store's name
-        elif not os.path.isdir(self.dir):
-            yield self
+        if not create and not os.path.isdir(self.dir):
+            yield self  # nothing stored yet: nothing to lock
             return
-        path = os.path.join(self.dir, "lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o750)
+        try:
+            if not os.path.isdir(self.dir):
+                os.makedirs(self.dir, mode=0o755, exist_ok=True)
+                _sync_path(os.path.dirname(os.path.abspath(self.dir)))  # the new store's name
+            path = os.path.join(self.dir, "lock")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o750)
+        except OSError as exc:  # dataDir is a file, read-only, not ours...
+            raise CniError(
+                CniCode.IO_FAILURE, f"cannot use IPAM store {self.dir}: {exc.strerror or exc}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield self
@@ -87,10 +92,11 @@ class Store:
             except ValueError:
                 continue
             try:
-                with open(os.path.join(self.dir, name), encoding="utf-8", newline="") as fh:
-                    content = fh.read()
-            except FileNotFoundError:
-                continue
+                path = os.path.join(self.dir, name)
+                with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+                    content = fh.read(4096)  # "<id>\r\n<ifname>": far shorter
+            except OSError:
+                continue  # gone meanwhile, or not a file: O_EXCL still keeps the address taken
             cid, _, ifname = content.partition("\r\n")
             result.append(Entry(ip, cid.strip(), ifname.strip()))
         return result

@@ -82,6 +82,14 @@ def _get(doc: dict, key: str, kind: type | tuple[type, ...], default: Any, where
     return value
 
 
+def _path(doc: dict, key: str, default: str, where: str = "") -> str:
+    """A file system path: a string the kernel can take (no NUL byte)."""
+    value = _get(doc, key, str, default, where)
+    if "\0" in value:
+        raise invalid(f'invalid "{where}{key}": a path cannot contain a NUL character')
+    return value
+
+
 def parse_ip(value: Any, field_name: str) -> IPAddress:
     """An address, also given as "<ip>/<prefix>" (the prefix must then be valid)."""
     if isinstance(value, str):
@@ -422,8 +430,8 @@ def load(doc: dict, command: str, cni_args: dict[str, str] | None = None) -> Net
                 "flannelish-cni does not implement it",
             )
     conf.dns = parse_dns(doc.get("dns"), "dns")
-    conf.subnet_file = _get(doc, "subnetFile", str, DEFAULT_SUBNET_FILE) or DEFAULT_SUBNET_FILE
-    _get(doc, "daemonSocket", str, "")
+    conf.subnet_file = _path(doc, "subnetFile", DEFAULT_SUBNET_FILE) or DEFAULT_SUBNET_FILE
+    _path(doc, "daemonSocket", "")
     try:
         conf.prev_result = parse_prev_result(doc.get("prevResult"))
     except CniError:
@@ -439,8 +447,8 @@ def load(doc: dict, command: str, cni_args: dict[str, str] | None = None) -> Net
         ipam.type = _get(ipam_doc, "type", str, "host-local", "ipam.") or "host-local"
         if "/" in ipam.type or ipam.type in (".", ".."):
             raise invalid(f'invalid "ipam.type": {_show(ipam.type)}')
-        ipam.data_dir = _get(ipam_doc, "dataDir", str, DEFAULT_DATA_DIR, "ipam.")
-        ipam.resolv_conf = _get(ipam_doc, "resolvConf", str, "", "ipam.")
+        ipam.data_dir = _path(ipam_doc, "dataDir", DEFAULT_DATA_DIR, "ipam.") or DEFAULT_DATA_DIR
+        ipam.resolv_conf = _path(ipam_doc, "resolvConf", "", "ipam.")
         if not ipam.delegated:
             ipam.routes = parse_routes(ipam_doc.get("routes"), "ipam.routes")
             ipam.range_sets = parse_range_sets(ipam_doc)

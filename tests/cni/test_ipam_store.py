@@ -174,3 +174,24 @@ def test_a_failed_write_leaves_no_orphan_reservation(tmp_path, monkeypatch):
         ipam.allocate(conf, "c2", "eth0")
     assert err.value.cni_code == CniCode.IO_FAILURE and "No space left" in err.value.msg
     assert sorted(os.listdir(tmp_path / "net")) == ["10.5.0.2", "last_reserved_ip.0", "lock"]
+
+
+def test_a_data_dir_that_cannot_hold_a_store_is_code_5(tmp_path):
+    from flannelish.errors import CniCode
+
+    (tmp_path / "file").write_text("")
+    conf = _conf(tmp_path / "file")  # the store would be <file>/net
+    with pytest.raises(CniError) as err:
+        ipam.allocate(conf, "c1", "eth0")
+    assert err.value.cni_code == CniCode.IO_FAILURE and "cannot use IPAM store" in err.value.msg
+
+
+def test_unreadable_entries_are_skipped_but_stay_taken(tmp_path):
+    conf = _conf(tmp_path)
+    store = tmp_path / "net"
+    store.mkdir()
+    (store / "10.5.0.2").mkdir()  # not a file: cannot be read, cannot be re-created
+    (store / "10.5.0.3").write_bytes(b"c\xff\r\neth0")  # not UTF-8
+    assert _ip(ipam.allocate(conf, "c1", "eth0")) == "10.5.0.4"
+    owners = sorted(e.container_id for e in ipam.Store(str(store)).entries())
+    assert owners == ["c1", "c\udcff"]

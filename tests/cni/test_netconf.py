@@ -358,3 +358,32 @@ def test_deeply_nested_values_are_reported_without_recursing(subnet_env):
     with pytest.raises(CniError) as err:
         load(_doc(subnet_env, dns=deep), "ADD")
     assert err.value.cni_code == CniCode.INVALID_CONFIG
+
+
+@pytest.mark.parametrize(
+    ("key", "where"),
+    [("subnetFile", ""), ("daemonSocket", ""), ("dataDir", "ipam."), ("resolvConf", "ipam.")],
+)
+def test_paths_with_a_nul_character_are_code_7(subnet_env, key, where):
+    doc = _doc(subnet_env)
+    if where:
+        doc["ipam"] = {key: "/tmp/a\0b"}
+    else:
+        doc[key] = "/tmp/a\0b"
+    for command in ("ADD", "DEL"):
+        with pytest.raises(CniError) as err:
+            load(doc, command)
+        assert err.value.cni_code == CniCode.INVALID_CONFIG and f'"{where}{key}"' in err.value.msg
+
+
+def test_resolv_conf_is_read_bounded_and_tolerates_bad_bytes(tmp_path):
+    from flannelish.cni.bridge import _parse_resolv_conf
+
+    with pytest.raises(CniError) as err:
+        _parse_resolv_conf("/dev/zero")
+    assert err.value.cni_code == CniCode.INVALID_CONFIG and "larger than" in err.value.msg
+    path = tmp_path / "resolv.conf"
+    path.write_bytes(b"nameserver 10.96.0.10\nsearch a\xff.svc b\noptions ndots:5\n")
+    dns = _parse_resolv_conf(str(path))
+    assert dns["nameservers"] == ["10.96.0.10"] and dns["options"] == ["ndots:5"]
+    assert dns["search"][1] == "b"
