@@ -488,3 +488,32 @@ def test_fuzzed_env_and_netconf_validation_raises_only_cni_errors(
     # whatever passed is what the store and the kernel layer get: whole-string valid
     if command in ("ADD", "DEL", "CHECK"):
         assert "\n" not in inv.container_id + inv.ifname and inv.container_id.isascii()
+
+
+# --- the fast path's wire format -----------------------------------------------------------
+
+wire = st.one_of(
+    st.binary(max_size=300),
+    st.tuples(st.binary(max_size=12), st.binary(max_size=200)).map(
+        lambda parts: b"FLCNI2\n" + parts[0] + b"\n" + parts[1]
+    ),
+    st.tuples(st.integers(-5, 400), st.binary(max_size=200)).map(
+        lambda parts: b"FLCNI2\n%d\n" % parts[0] + parts[1]
+    ),
+)
+
+
+@settings(suppress_health_check=list(HealthCheck))
+@given(data=wire)
+def test_fuzzed_wire_requests_and_replies_decode_or_are_refused(data):
+    from flannelish.cni.client import decode_reply, decode_request, encode_reply, encode_request
+
+    request = decode_request(data)  # the server: None means "decline"
+    if request is not None:
+        env, stdin = request
+        assert decode_request(encode_request(env, stdin)) == (env, stdin)
+    try:
+        code, out, err = decode_reply(data)  # the plugin: ValueError means code 11
+    except ValueError:
+        return
+    assert decode_reply(encode_reply(code, out, err))[0] == code
