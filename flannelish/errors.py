@@ -64,6 +64,10 @@ class ConfigError(FlannelishError):
     cni_code = CniCode.INVALID_CONFIG
 
 
+class DuplicateNodeError(ConfigError):
+    """Another live node holds a lease for our PublicIP (two hosts, one address)."""
+
+
 class EtcdError(FlannelishError):
     """etcd could not be reached or refused us (auth, TLS)."""
 

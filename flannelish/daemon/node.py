@@ -37,6 +37,7 @@ from flannelish.backends import get_backend_class
 from flannelish.backends.base import Backend, BackendContext, ExternalInterface
 from flannelish.cni.server import CniServer
 from flannelish.daemon.admission import AdmissionRules
+from flannelish.daemon.identity import load_or_create
 from flannelish.daemon.iface import select_interface
 from flannelish.daemon.peers import PeerTable
 from flannelish.daemon.reconciler import PassResult, ReconcileLoop, Reconciler
@@ -115,6 +116,7 @@ class NodeDaemon:
         self.loop: ReconcileLoop | None = None  # the backend's
         self.loops: list[ReconcileLoop] = []  # the backend's, then one per extra owner
         self.ops: NodeOps | None = None  # when options.node_ops is set
+        self._node_id: str | None = None  # flannelish.daemon.identity, set at start
         self._advertised: LeaseAttrs | None = None  # last backend attributes re-put into the lease
         self._owners: Sequence[Owner] = ()  # besides the backend, e.g. the nftables table
         self.config_watch: ConfigWatch | None = None
@@ -196,7 +198,8 @@ class NodeDaemon:
             log.warning("EnableIPv6 is set; only the IPv4 overlay is programmed")
         backend = self._make_backend(nl, ext, config)
         backend.setup()
-        lease = manager.acquire(backend.lease_attrs(), previous_subnet(opts.subnet_file))
+        self._node_id = load_or_create(opts.subnet_file.parent)
+        lease = manager.acquire(self._lease_attrs(), previous_subnet(opts.subnet_file))
         log.info("acquired lease", extra={"subnet": lease.subnet, "public_ip": ext.public_ip})
         self._bind(lease)
         self._start_node_ops(manager, ext, config, lease)
@@ -493,6 +496,11 @@ class NodeDaemon:
             known, _, skipped = self._peer_report()
             self.ops.on_pass(combined, known, skipped)
 
+    def _lease_attrs(self) -> LeaseAttrs:
+        """What we advertise: the backend's attributes and our node identity."""
+        assert self.backend is not None
+        return dataclasses.replace(self.backend.lease_attrs(), node_id=self._node_id)
+
     def _after_owner_pass(self, result: PassResult) -> None:
         self._report()
 
@@ -502,7 +510,7 @@ class NodeDaemon:
         lease = self.status.lease
         if self.backend is None or lease is None:
             return
-        attrs = self.backend.lease_attrs()
+        attrs = self._lease_attrs()
         # Once per new set of attributes: a failing or no-op renew must not repeat every pass.
         if attrs != lease.attrs and attrs != self._advertised and self._manager is not None:
             self._advertised = attrs

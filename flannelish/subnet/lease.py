@@ -4,18 +4,28 @@ The value stored under ``<prefix>/subnets/<key>`` must be byte-identical to
 what flanneld writes (docs/flannel-compat.md §3) so that both can share one etcd:
 compact JSON, fields in the order PublicIP, PublicIPv6, BackendType,
 BackendData, BackendV6Data, with the last three left out when empty.
+
+One addition Flannel ignores (Go's decoder skips unknown fields): ``NodeID``,
+the node's persistent identity (32 lower-case hex digits, generated once and
+kept in the daemon's state directory), written last.  It tells a host
+restarting (same ID: keeps its lease) from a second host claiming a live
+lease's PublicIP (another ID: refused).  A lease without it (flanneld's, an
+operator's reservation) identifies nobody and is reused by PublicIP as before.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from flannelish.errors import FlannelishError
 from flannelish.subnet.jsonvalue import MAX_VALUE_BYTES, loads_bounded
+
+NODE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class LeaseDecodeError(FlannelishError):
@@ -36,6 +46,7 @@ class LeaseAttrs:
     backend_data: dict[str, Any] | None = None
     public_ipv6: IPv6Address | None = None
     backend_v6_data: dict[str, Any] | None = None
+    node_id: str | None = None
 
     @property
     def vtep_mac(self) -> str | None:
@@ -54,6 +65,8 @@ class LeaseAttrs:
             doc["BackendData"] = self.backend_data
         if self.backend_v6_data:
             doc["BackendV6Data"] = self.backend_v6_data
+        if self.node_id:
+            doc["NodeID"] = self.node_id
         return json.dumps(doc, separators=(",", ":"))
 
     @classmethod
@@ -85,7 +98,10 @@ class LeaseAttrs:
         for name, value in (("BackendData", data), ("BackendV6Data", data_v6)):
             if value is not None and not isinstance(value, dict):
                 raise LeaseDecodeError(f"lease {name} is not an object", repr(value)[:80])
-        return cls(public_ip, backend_type, data or None, public_ipv6, data_v6 or None)
+        node_id = fields.get("nodeid")
+        if not (isinstance(node_id, str) and NODE_ID.fullmatch(node_id)):
+            node_id = None  # malformed: identifies nobody (Flannel would not look at it)
+        return cls(public_ip, backend_type, data or None, public_ipv6, data_v6 or None, node_id)
 
 
 @dataclass(frozen=True)

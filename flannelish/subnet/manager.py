@@ -30,6 +30,7 @@ from ipaddress import IPv4Network
 
 from flannelish.errors import (
     ConfigError,
+    DuplicateNodeError,
     EtcdAuthError,
     EtcdError,
     LeaseLostError,
@@ -150,6 +151,7 @@ class SubnetManager:
         `taken`: subnets of keys that exist but hold no usable lease (bad values)."""
         taken = taken or []
         mine = [x for x in leases if x.attrs.public_ip == attrs.public_ip]
+        _refuse_other_node(mine, attrs)
         # An operator's reservation for our IP wins over an old lease of ours.
         mine.sort(key=lambda x: (not x.reserved, x.subnet != previous))
         for lease in mine:
@@ -342,6 +344,27 @@ def _free_subnets(
         if len(free) >= limit:
             break
     return free
+
+
+def _refuse_other_node(mine: list[Lease], attrs: LeaseAttrs) -> None:
+    """A live lease for our PublicIP written by another node: two hosts share one address.
+
+    Flannel silently takes the other host's lease (its #51/#1289/#1810); both
+    hosts then fight over one subnet.  Only a lease that names another node ID
+    refuses us: one without an ID (flanneld's, a reservation) is reused as before.
+    """
+    if attrs.node_id is None:
+        return
+    for lease in mine:
+        other = lease.attrs.node_id
+        if other is not None and other != attrs.node_id and not lease.reserved:
+            raise DuplicateNodeError(
+                f"PublicIP {attrs.public_ip} is already held by another node "
+                f"(lease {lease.subnet}, node ID {other[:8]}…, ours {attrs.node_id[:8]}…)",
+                "two hosts use the same public IP: give this one its own --public-ip/--iface, "
+                "or stop the other; if this host was re-imaged, wait for that lease to expire "
+                "or delete its key",
+            )
 
 
 def _pool(config: NetworkConfig) -> str:
