@@ -23,6 +23,7 @@ imports this module on its in-process path, where start-up time matters.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
@@ -116,10 +117,19 @@ def parse_subnet_env_text(text: str) -> dict[str, str]:
     return values
 
 
+MAX_FILE_BYTES = 64 * 1024  # the daemon writes ~150 bytes; a netconf may point anywhere
+
+
 def read_subnet_env_values(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The file's KEY=value pairs; raises OSError (FileNotFoundError if absent)."""
+    """The file's KEY=value pairs; raises OSError (FileNotFoundError if absent).
+
+    At most MAX_FILE_BYTES are read: ``subnetFile: /dev/zero`` must not fill memory.
+    """
     with open(path, encoding="utf-8") as handle:
-        return parse_subnet_env_text(handle.read())
+        text = handle.read(MAX_FILE_BYTES + 1)
+    if len(text) > MAX_FILE_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES} bytes: not a subnet.env")
+    return parse_subnet_env_text(text)
 
 
 def read_subnet_env(path: str | os.PathLike[str]) -> SubnetEnv | None:

@@ -16,6 +16,7 @@ from flannelish.subnet_env import (
     previous_subnet,
     read_plugin_env,
     read_subnet_env,
+    read_subnet_env_values,
     write_subnet_env,
 )
 
@@ -108,3 +109,8 @@ def test_plugin_names_missing_keys_and_rejects_bad_values(tmp_path):
         read_plugin_env(path)
     with pytest.raises(FileNotFoundError):
         read_plugin_env(tmp_path / "absent")
+
+
+def test_an_endless_file_is_refused_not_read_into_memory():
+    with pytest.raises(OSError, match=r"not a subnet\.env"):
+        read_subnet_env_values("/dev/zero")
