@@ -194,13 +194,13 @@ def lab_exec(name: str, state_dir: Path, target: str, command: tuple[str, ...]) 
     state = _load(state_dir, name)
     netns = state.target_netns(target)
     argv = ["ip", "netns", "exec", netns, *command]
-    # Inside the lab, `flannelish leases` and friends should just work: our own
-    # bin dir on PATH, the lab's etcd as the default endpoint.
+    # Inside the lab, `flannelish status`, `doctor`, `leases` and friends just work:
+    # our own bin dir on PATH, and in a node the node daemon's settings
+    # (FLANNELD_HEALTHZ_PORT, FLANNELD_SUBNET_FILE, FLANNELD_ETCD_ENDPOINTS, ...).
     env = dict(os.environ)
     bin_dir = os.path.dirname(sys.executable)
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])
-    if state.etcd_endpoint:
-        env.setdefault("FLANNELD_ETCD_ENDPOINTS", state.etcd_endpoint)
+    env.update(state.node_env(target))
     os.execvpe(argv[0], argv, env)
 
 

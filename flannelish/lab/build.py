@@ -248,7 +248,11 @@ class _Builder:
                     # leaving the pod network, so the CNI bridge does not SNAT
                     # pod-to-pod traffic (lab check's no-NAT probe proves it).
                     "--ip-masq",
+                    # Health, readiness, metrics and /status, as on a real node;
+                    # bound inside the node namespace only.
+                    "--healthz-port", str(names.HEALTHZ_PORT),
                 ]  # fmt: skip
+                node.healthz_port = names.HEALTHZ_PORT
                 log = self.state.logs_dir / f"{node.name}-daemon.log"
                 node.daemon = procs.spawn(argv, node.netns, log, f"daemon {node.name}")
                 self.state.save()

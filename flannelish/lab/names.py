@@ -22,6 +22,9 @@ ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 VXLAN_PORT = 8472
 VNI = 1
+# Every lab daemon serves /healthz, /readyz, /metrics and /status on this port inside
+# its own node namespace (each node has its own loopback, so they never collide).
+HEALTHZ_PORT = 10253
 BRIDGE = "br0"
 MAX_NODES = 50  # .1-.50 on the underlay; .254 is the bridge/etcd
 MAX_PODS_PER_NODE = 50

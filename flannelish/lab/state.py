@@ -63,6 +63,7 @@ class NodeState:
     subnet: str = ""
     mtu: int = 0
     vtep_mac: str = ""
+    healthz_port: int = 0  # the daemon's health server, inside the node namespace
 
 
 @dataclass
@@ -148,6 +149,33 @@ class LabState:
                 f"no node or pod named {target!r} in lab {self.spec.name!r}", f"known: {known}"
             )
         return found.netns
+
+    def node_env(self, target: str) -> dict[str, str]:
+        """The settings `lab exec TARGET` puts in the command's environment.
+
+        Inside a node, the node daemon's own flags as ``FLANNELD_*`` variables (as
+        an operator sets them on a real node), so `flannelish status`, `doctor`,
+        `leases` and `curl localhost:$FLANNELD_HEALTHZ_PORT/metrics` work
+        unchanged; inside a pod or the underlay, only the lab's etcd.
+        """
+        env: dict[str, str] = {}
+        if self.etcd_endpoint:
+            env["FLANNELD_ETCD_ENDPOINTS"] = self.etcd_endpoint
+        node = self.node(target)
+        if node is None:
+            return env
+        env.update(
+            {
+                "FLANNELD_SUBNET_FILE": node.subnet_file,
+                "FLANNELD_IFACE": "eth0",
+                "FLANNELD_PUBLIC_IP": node.ip,
+                "FLANNELD_IP_MASQ": "true",
+                "FLANNELISH_LAB_NODE": node.name,
+            }
+        )
+        if node.healthz_port:
+            env["FLANNELD_HEALTHZ_PORT"] = str(node.healthz_port)
+        return env
 
     # -- persistence ------------------------------------------------------
 
