@@ -9,7 +9,8 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 DEB_PACKAGES := etcd-server etcd-client iproute2 nftables tcpdump iputils-ping iperf3 ethtool \
 	containernetworking-plugins procps kmod ca-certificates openssl \
-	podman runc busybox-static iptables
+	podman runc busybox-static iptables \
+	graphviz chromium chromium-driver fonts-dejavu-core
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 

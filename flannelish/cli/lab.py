@@ -204,6 +204,47 @@ def lab_exec(name: str, state_dir: Path, target: str, command: tuple[str, ...]) 
     os.execvpe(argv[0], argv, env)
 
 
+@lab.command("diagram")
+@_lab_options
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("lab-diagram.svg"),
+    show_default=True,
+    help="Where to write the picture; .svg, .png or .dot by its suffix.",
+)
+def lab_diagram(name: str, state_dir: Path, out: Path) -> None:
+    """Draw the live lab: nodes, pods, and every peer link as the daemons report it.
+
+    \b
+    Each node shows its underlay/public address, pod subnet, MTU and VTEP MAC;
+    each pair of nodes one edge labelled with the backend (VXLAN VNI and port,
+    host-gw routes). Peers a daemon skipped, and daemons that are down or not
+    ready (from each daemon's /status inside its node), are drawn in red.
+    """
+    from flannelish.errors import ConfigError
+    from flannelish.lab import diagram
+
+    fmt = out.suffix.lstrip(".").lower() or "svg"
+    if fmt not in diagram.FORMATS:
+        raise ConfigError(f"--out {out}: unknown picture format {fmt!r}", "use .svg, .png or .dot")
+    state = _load(state_dir, name)
+    started = time.monotonic()
+    topo = diagram.gather(state)
+    data = diagram.render(topo, fmt)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    problems = [f"{p.a}-{p.b} {p.status}: {p.detail}" for p in topo.peers if p.status != "ok"]
+    problems += [f"{n.name} daemon {n.health}: {n.problem}" for n in topo.nodes if n.health != "ok"]
+    for problem in problems:
+        click.echo(f"warning: {problem}", err=True)
+    click.echo(
+        f"wrote {out} ({len(topo.nodes)} nodes, {sum(len(n.pods) for n in topo.nodes)} pods, "
+        f"{len(topo.peers)} peer links, {len(problems)} problems; "
+        f"{time.monotonic() - started:.1f}s)"
+    )
+
+
 @lab.command("down")
 @_lab_options
 def lab_down(name: str, state_dir: Path) -> None:
