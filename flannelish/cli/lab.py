@@ -285,15 +285,31 @@ def lab_down(name: str, state_dir: Path) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Save the capture to this file (opens in Wireshark).",
 )
-def verify(name: str, state_dir: Path, pcap: Path | None) -> None:
-    """Capture on the lab's underlay while pods talk, and prove what crosses it."""
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write an HTML report here: assertions, the lab's diagram and a packet "
+    "journey per flow from captures at every hop (DIR/index.html, DIR/pcaps/).",
+)
+def verify(name: str, state_dir: Path, pcap: Path | None, report_dir: Path | None) -> None:
+    """Capture on the lab's underlay while pods talk, and prove what crosses it.
+
+    \b
+    With --report DIR, every hop of four flows (cross-node ICMP, TCP, UDP and a
+    same-node ping) is captured too, from the source pod's eth0 through cni0,
+    the tunnel device and the underlay to the destination pod, and
+    DIR/index.html shows each packet's journey: the headers decoded at every
+    hop, where it is wrapped and unwrapped, and that pod addresses never change.
+    """
     from flannelish.lab import render
     from flannelish.lab.verify import verify as run_verify
 
     state = _load(state_dir, name)
     console = _console()
     started = time.monotonic()
-    report = run_verify(state, pcap)
+    hop_dir = report_dir / "pcaps" if report_dir is not None else None
+    report = run_verify(state, pcap, hop_dir)
     console.print(render.verify_table(report.analysis))
     counts = report.analysis.counts
     console.print(
@@ -303,6 +319,18 @@ def verify(name: str, state_dir: Path, pcap: Path | None) -> None:
         f"{counts['underlay']} other IPv4 underlay packets, {counts['non-ip']} non-IPv4 frames; "
         f"pcap: {report.pcap}"
     )
+    if report_dir is not None:
+        from flannelish.lab.report import write_report
+
+        written = write_report(state, report, report_dir)
+        for j in written.journeys:
+            bad = [f.text for f in j.findings if not f.ok]
+            mark = render.OK if not bad else render.BAD
+            console.print(f"{mark} journey {j.flow.id}: " + ("; ".join(bad) or next(
+                (f.text for f in j.findings if f.kind == "nat"), "")))  # fmt: skip
+        console.print(
+            f"report: {written.index} ({written.seconds:.1f}s; per-hop pcaps in {hop_dir})"
+        )
     failed = report.analysis.failed
     if failed:
         for verdict in failed:

@@ -13,6 +13,7 @@ seen (inside VXLAN for the vxlan backend), and no same-node flow may be.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import select
 import shutil
@@ -42,6 +43,7 @@ class VerifyReport:
     pcap: Path
     generated: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    hop_dir: Path | None = None  # per-hop pcaps and flows.json, with --report
 
     @property
     def ok(self) -> bool:
@@ -196,7 +198,11 @@ def read_frames(path: Path) -> list[bytes]:
         return [bytes(data) for data, _meta in reader]
 
 
-def verify(state: LabState, pcap: Path | None = None) -> VerifyReport:
+def verify(
+    state: LabState, pcap: Path | None = None, hop_dir: Path | None = None
+) -> VerifyReport:
+    """Generate traffic, capture the underlay, judge it.  With `hop_dir`, also capture
+    every hop of the report's journey flows there (flannelish.lab.report)."""
     for rec in state.procs():
         if not procs.is_ours(rec):
             raise FlannelishError(
@@ -206,10 +212,15 @@ def verify(state: LabState, pcap: Path | None = None) -> VerifyReport:
     mtu = min((n.mtu for n in state.nodes if n.mtu), default=1450)
     out = state.path / "verify" / "capture.pcap"
     servers = [ProbeServer(pod) for pod in p.servers]
+    hops: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+    if hop_dir is not None:
+        from flannelish.lab.report import HopCapture, journey_flows
+
+        hops = HopCapture(hop_dir, journey_flows(state, p.cross, p.same))
     try:
         for server in servers:
             server.__enter__()
-        with Capture(state.underlay_netns, "br0", out):
+        with Capture(state.underlay_netns, "br0", out), hops:
             cross, same, errors = generate(state, p, mtu)
             # Let the last replies cross the bridge before the capture stops.
             time.sleep(0.2)
@@ -227,4 +238,4 @@ def verify(state: LabState, pcap: Path | None = None) -> VerifyReport:
         pcap.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out, pcap)
     generated = [f"{a.name}->{b.name}" for a, b in p.cross + p.same]
-    return VerifyReport(analysis, pcap or out, generated, errors)
+    return VerifyReport(analysis, pcap or out, generated, errors, hop_dir)
