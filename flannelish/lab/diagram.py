@@ -98,11 +98,9 @@ def _peer_label(topo: Topology, a: NodeBox, b: NodeBox) -> str:
     if topo.backend == "vxlan":
         return f"VXLAN VNI {topo.vni} udp/{topo.port}"
     if topo.backend == "host-gw":
-        return (
-            f"host-gw routes\n{b.subnet} via {b.ip}\n{a.subnet} via {a.ip}"
-            if a.subnet and b.subnet
-            else "host-gw routes"
-        )
+        if not (a.subnet and b.subnet):
+            return "host-gw routes"
+        return f"host-gw routes\n{a.name}: {b.subnet} via {b.ip}\n{b.name}: {a.subnet} via {a.ip}"
     return topo.backend
 
 

@@ -532,12 +532,13 @@ def load_flows(path: Path) -> list[FlowSpec]:
 
 
 def load_frames(directory: Path, flows: list[FlowSpec]) -> dict[str, list[tuple[int, bytes]]]:
+    """Each hop's frames from DIRECTORY/<hop key>.pcap (missing file: nothing captured)."""
     from flannelish.lab.hops import read_pcap
 
     frames: dict[str, list[tuple[int, bytes]]] = {}
     for flow in flows:
         for hop in flow.hops:
             if hop.key not in frames:
-                path = directory / (hop.pcap or f"{hop.key}.pcap")
+                path = directory / f"{hop.key}.pcap"
                 frames[hop.key] = list(read_pcap(path)) if path.exists() else []
     return frames

@@ -178,7 +178,7 @@ def build_journeys(pcap_dir: Path, vxlan_port: int) -> list[jr.Journey]:
     import json
 
     flows = jr.load_flows(pcap_dir / FLOWS_FILE)
-    frames = jr.load_frames(pcap_dir.parent, flows)
+    frames = jr.load_frames(pcap_dir, flows)
     facts_path = pcap_dir / "hops.json"
     facts: dict[str, Any] = json.loads(facts_path.read_text()) if facts_path.exists() else {}
     flows = [_with_facts(f, facts) for f in flows]
