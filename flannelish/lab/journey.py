@@ -247,25 +247,41 @@ def choose(packets: list[Packet], flow: FlowSpec) -> Packet | None:
     return mine[0]
 
 
-def same_packet(p: Packet, anchor: Packet) -> bool:
-    """Is `p` (at another hop) the anchor packet, or a segment or super-packet holding it?"""
-    if (p.src, p.dst, p.proto) != (anchor.src, anchor.dst, anchor.proto) or not p.ident:
+def same_packet(p: Packet, anchor: Packet, exact: bool = True) -> bool:
+    """Is `p` (at another hop) the anchor packet, or a segment or super-packet holding it?
+
+    `exact`: same pod addresses too.  Otherwise one address may differ (a NAT on the
+    way rewrote it; the source port may change with it), so a rewritten packet is
+    still found and reported as NAT instead of as missing.
+    """
+    if p.proto != anchor.proto or not p.ident:
+        return False
+    if exact and (p.src, p.dst) != (anchor.src, anchor.dst):
+        return False
+    if not exact and p.src != anchor.src and p.dst != anchor.dst:
         return False
     if anchor.proto == "icmp":
         return p.ident == anchor.ident
     if anchor.proto == "tcp":
-        if p.ident[:2] != anchor.ident[:2]:
+        if p.ident[1] != anchor.ident[1] or (exact and p.ident[0] != anchor.ident[0]):
             return False
         seq, length = p.ident[2], p.ident[3]
         want = anchor.ident[2]
         if length == 0 or anchor.ident[3] == 0:
             return seq == want and length == anchor.ident[3]
         return seq <= want < seq + length  # GSO: one super-packet, or its first segment
+    if anchor.proto == "udp":
+        return p.ident[1:] == anchor.ident[1:] and (not exact or p.ident[0] == anchor.ident[0])
     return p.ident == anchor.ident
 
 
 def find(packets: list[Packet], anchor: Packet) -> Packet | None:
-    return next((p for p in packets if same_packet(p, anchor)), None)
+    """The anchor packet among one hop's packets: unchanged if there, else NAT-rewritten."""
+    for exact in (True, False):
+        found = next((p for p in packets if same_packet(p, anchor, exact)), None)
+        if found is not None:
+            return found
+    return None
 
 
 def packets_of(frames: list[tuple[int, bytes]]) -> list[Packet]:
