@@ -1,0 +1,108 @@
+"""One live 3-node lab: its nodes answer like real nodes (status, doctor, /metrics inside a
+node), `verify --report` costs little on top of `verify`, and a real browser (Debian's
+chromium, headless, through selenium and chromium-driver) opens the report and the
+`lab diagram` SVG, finds the diagram and every journey lane, and sees no console error.
+
+Screenshots land in the test's tmp dir, or in $FLANNELISH_SCREENSHOTS when set (that is
+how docs/report.png and docs/diagram.png are made)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from . import browser
+
+pytestmark = pytest.mark.slow
+
+REPORT_BUDGET = 15.0  # seconds `--report` may add to `verify` for 3 nodes
+
+
+def _ok(result, *needles):
+    assert result.returncode == 0, result.stdout + result.stderr
+    for needle in needles:
+        assert needle in result.stdout, result.stdout
+
+
+def _timed(call):
+    started = time.monotonic()
+    result = call()
+    return result, time.monotonic() - started
+
+
+def test_live_lab_nodes_report_and_diagram_in_a_browser(lab_cli, tmp_path):
+    _ok(lab_cli.lab("up"), "is up in")
+
+    # -- lab nodes answer like real nodes ----------------------------------------------------
+    _ok(lab_cli.lab("exec", "node1", "--", "flannelish", "status"), "ready", "2 programmed")
+    _ok(lab_cli.lab("exec", "node2", "--", "flannelish", "doctor"), "subnet-env", "mtu")
+    metrics = lab_cli.lab("exec", "node3", "--", "sh", "-c",
+                          "curl -sf localhost:$FLANNELD_HEALTHZ_PORT/metrics")  # fmt: skip
+    _ok(metrics, 'flannelish_peers{backend="vxlan",state="programmed"} 2.0')
+
+    # -- the report, and what it costs on top of verify -------------------------------------
+    plain, plain_s = _timed(lambda: lab_cli.verify())
+    _ok(plain, "verify passed")
+    report_dir = tmp_path / "report"
+    with_report, report_s = _timed(lambda: lab_cli.verify("--report", str(report_dir)))
+    _ok(with_report, "verify passed", "report: ")
+    for flow in ("icmp-cross", "tcp-cross", "udp-cross", "icmp-same"):
+        assert f"✓ journey {flow}" in with_report.stdout, with_report.stdout
+    extra = report_s - plain_s
+    print(f"verify {plain_s:.1f}s, verify --report {report_s:.1f}s (+{extra:.1f}s)")
+    assert extra < REPORT_BUDGET, f"--report added {extra:.1f}s to verify"
+    index = report_dir / "index.html"
+    flows = json.loads((report_dir / "pcaps" / "flows.json").read_text())
+    for flow in flows:
+        for hop in flow["hops"]:
+            assert (report_dir / hop["pcap"]).exists(), hop["pcap"]
+
+    svg_path = tmp_path / "diagram.svg"
+    _ok(lab_cli.lab("diagram", "--out", str(svg_path)), "3 nodes, 6 pods, 3 peer links, 0 problems")
+
+    # -- a real browser -----------------------------------------------------------------------
+    reason = browser.unavailable()
+    if reason:
+        pytest.skip(f"no browser check: {reason}")
+    from selenium.webdriver.common.by import By
+
+    shots = Path(os.environ.get("FLANNELISH_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    with browser.chromium() as driver:
+        driver.get(index.as_uri())
+        assert "flannelish verify" in driver.title
+        diagram = driver.find_element(By.CSS_SELECTOR, "section#diagram svg")
+        assert diagram.size["width"] > 300 and diagram.size["height"] > 150
+        assert len(diagram.find_elements(By.CSS_SELECTOR, "g.peer")) == 3
+        rows = driver.find_elements(By.CSS_SELECTOR, "table.assertions tbody tr")
+        assert len(rows) == 10
+        for flow in flows:
+            section = driver.find_element(By.CSS_SELECTOR, f'section.journey[data-flow="{flow["id"]}"]')
+            lanes = section.find_elements(By.CSS_SELECTOR, "div.lane")
+            assert [lane.get_attribute("data-hop") for lane in lanes] == [
+                h["key"] for h in flow["hops"]]  # fmt: skip
+            for lane, hop in zip(lanes, flow["hops"], strict=True):
+                assert lane.is_displayed() and lane.size["height"] > 20
+                assert lane.get_attribute("data-seen") == ("true" if hop["expect_seen"] else "false")
+            assert "journey ok" in section.get_attribute("class")
+        assert browser.console_errors(driver) == []
+        browser.full_page_png(driver, shots / "report-full.png")
+        driver.find_element(By.ID, "journey-icmp-cross").screenshot(str(shots / "report-journey.png"))
+        browser.full_page_png(driver, shots / "report.png", clip_height=2300)
+
+        driver.get(svg_path.as_uri())
+        for ident in ("topology", "underlay", "node-node1", "node-node3", "pod-node2-pod2",
+                      "peer-node1-node2", "peer-node1-node3", "peer-node2-node3"):  # fmt: skip
+            assert driver.find_element(By.ID, ident).is_displayed(), ident
+        assert len(driver.find_elements(By.CSS_SELECTOR, "g.pod")) == 6
+        assert browser.console_errors(driver) == []
+        driver.save_screenshot(str(shots / "diagram.png"))
+    for name in ("report.png", "report-journey.png", "diagram.png"):
+        assert (shots / name).stat().st_size > 10_000
+    if shots != tmp_path:
+        shutil.copyfile(svg_path, shots / "diagram.svg")
