@@ -19,4 +19,10 @@ Modules, one job each:
     analysis  pure verdicts over captured packets (unit-testable)
     verify    traffic generation + capture + analysis for `flannelish verify`
     render    rich tables
+    nodeapi   each daemon's /status, asked inside its node namespace
+    diagram   `lab diagram`: the lab as a Graphviz picture
+    hops      a capture process with one packet socket per hop (any namespace)
+    journey   one packet followed through the per-hop captures (pure, scapy-decoded)
+    report    `verify --report`: flows, hops, per-hop capture, the report's assembly
+    reporthtml  the self-contained HTML page
 """
