@@ -31,10 +31,19 @@ ETHER = 14
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
 
 # roles of a hop on the path
-POD_SRC, BRIDGE_SRC, TUNNEL_SRC, UNDERLAY_SRC = "pod-src", "bridge-src", "tunnel-src", "underlay-src"
+POD_SRC, BRIDGE_SRC, TUNNEL_SRC, UNDERLAY_SRC = (
+    "pod-src",
+    "bridge-src",
+    "tunnel-src",
+    "underlay-src",
+)
 WIRE, UNDERLAY_DST, TUNNEL_DST, BRIDGE_DST, POD_DST = (
-    "wire", "underlay-dst", "tunnel-dst", "bridge-dst", "pod-dst",
-)  # fmt: skip
+    "wire",
+    "underlay-dst",
+    "tunnel-dst",
+    "bridge-dst",
+    "pod-dst",
+)
 
 
 @dataclass(frozen=True)
@@ -184,16 +193,27 @@ def _l2_payload(raw: bytes, offset: int) -> tuple[int, int]:
 
 def _ident(raw: bytes, l4: int, proto: int, total: int, ihl: int) -> tuple[int, ...]:
     if proto == 1 and len(raw) >= l4 + 8:
-        return (raw[l4], int.from_bytes(raw[l4 + 4 : l4 + 6], "big"),
-                int.from_bytes(raw[l4 + 6 : l4 + 8], "big"))  # fmt: skip
+        return (
+            raw[l4],
+            int.from_bytes(raw[l4 + 4 : l4 + 6], "big"),
+            int.from_bytes(raw[l4 + 6 : l4 + 8], "big"),
+        )
     if proto == 6 and len(raw) >= l4 + 20:
         data_off = (raw[l4 + 12] >> 4) * 4
         payload = total - ihl - data_off
-        return (int.from_bytes(raw[l4 : l4 + 2], "big"), int.from_bytes(raw[l4 + 2 : l4 + 4], "big"),
-                int.from_bytes(raw[l4 + 4 : l4 + 8], "big"), payload, raw[l4 + 13])  # fmt: skip
+        return (
+            int.from_bytes(raw[l4 : l4 + 2], "big"),
+            int.from_bytes(raw[l4 + 2 : l4 + 4], "big"),
+            int.from_bytes(raw[l4 + 4 : l4 + 8], "big"),
+            payload,
+            raw[l4 + 13],
+        )
     if proto == 17 and len(raw) >= l4 + 8:
-        return (int.from_bytes(raw[l4 : l4 + 2], "big"), int.from_bytes(raw[l4 + 2 : l4 + 4], "big"),
-                int.from_bytes(raw[l4 + 4 : l4 + 6], "big"))  # fmt: skip
+        return (
+            int.from_bytes(raw[l4 : l4 + 2], "big"),
+            int.from_bytes(raw[l4 + 2 : l4 + 4], "big"),
+            int.from_bytes(raw[l4 + 4 : l4 + 6], "big"),
+        )
     return ()
 
 
@@ -218,10 +238,18 @@ def pod_packet(ts: int, index: int, raw: bytes) -> Packet | None:
                 off = inner_off
                 ihl, total, proto, src, dst, ttl = inner
     return Packet(
-        ts=ts, index=index, raw=raw, encapsulated=encapsulated, src=src, dst=dst,
-        proto=PROTO_NAMES.get(proto, str(proto)), length=total, outer_length=outer_total,
-        ttl=ttl, ident=_ident(raw, off + ihl, proto, total, ihl),
-    )  # fmt: skip
+        ts=ts,
+        index=index,
+        raw=raw,
+        encapsulated=encapsulated,
+        src=src,
+        dst=dst,
+        proto=PROTO_NAMES.get(proto, str(proto)),
+        length=total,
+        outer_length=outer_total,
+        ttl=ttl,
+        ident=_ident(raw, off + ihl, proto, total, ihl),
+    )
 
 
 # -- choosing the packet and finding it at every hop ---------------------------
@@ -322,38 +350,83 @@ def decode_layers(raw: bytes, vxlan_port: int = 8472) -> list[Layer]:
         if isinstance(cur, Ether):
             # The pod's frame is "Ethernet" wherever it is; the tunnel's header is "outer".
             tag = " (outer)" if not inner and ips > 1 else ""
-            layers.append(Layer(f"Ethernet{tag}", "ether", [
-                Field("src", cur.src), Field("dst", cur.dst), Field("type", hex(cur.type))],
-                outer=not inner and ips > 1))  # fmt: skip
+            layers.append(
+                Layer(
+                    f"Ethernet{tag}",
+                    "ether",
+                    [Field("src", cur.src), Field("dst", cur.dst), Field("type", hex(cur.type))],
+                    outer=not inner and ips > 1,
+                )
+            )
         elif isinstance(cur, IP):
             seen_ip += 1
             outer = ips > 1 and seen_ip == 1
             flags = str(cur.flags) or "-"
-            layers.append(Layer("IPv4 (outer)" if outer else "IPv4 (pod)", "ip", [
-                Field("src", cur.src), Field("dst", cur.dst), Field("ttl", str(cur.ttl)),
-                Field("len", str(cur.len)), Field("id", str(cur.id)), Field("flags", flags),
-                Field("proto", PROTO_NAMES.get(cur.proto, str(cur.proto)))], outer=outer))  # fmt: skip
+            layers.append(
+                Layer(
+                    "IPv4 (outer)" if outer else "IPv4 (pod)",
+                    "ip",
+                    [
+                        Field("src", cur.src),
+                        Field("dst", cur.dst),
+                        Field("ttl", str(cur.ttl)),
+                        Field("len", str(cur.len)),
+                        Field("id", str(cur.id)),
+                        Field("flags", flags),
+                        Field("proto", PROTO_NAMES.get(cur.proto, str(cur.proto))),
+                    ],
+                    outer=outer,
+                )
+            )
         elif isinstance(cur, VXLAN):
-            layers.append(Layer("VXLAN", "vxlan", [
-                Field("vni", str(cur.vni)), Field("flags", str(cur.flags))], outer=True))  # fmt: skip
+            layers.append(
+                Layer(
+                    "VXLAN",
+                    "vxlan",
+                    [Field("vni", str(cur.vni)), Field("flags", str(cur.flags))],
+                    outer=True,
+                )
+            )
             encapsulated = True
         elif isinstance(cur, UDP):
             outer = ips > 1 and seen_ip == 1
-            layers.append(Layer("UDP (outer)" if outer else "UDP", "udp", [
-                Field("sport", str(cur.sport)), Field("dport", str(cur.dport)),
-                Field("len", str(cur.len))], outer=outer))  # fmt: skip
+            layers.append(
+                Layer(
+                    "UDP (outer)" if outer else "UDP",
+                    "udp",
+                    [
+                        Field("sport", str(cur.sport)),
+                        Field("dport", str(cur.dport)),
+                        Field("len", str(cur.len)),
+                    ],
+                    outer=outer,
+                )
+            )
         elif isinstance(cur, TCP):
-            fields = [Field("sport", str(cur.sport)), Field("dport", str(cur.dport)),
-                      Field("seq", str(cur.seq)), Field("ack", str(cur.ack)),
-                      Field("flags", str(cur.flags))]  # fmt: skip
+            fields = [
+                Field("sport", str(cur.sport)),
+                Field("dport", str(cur.dport)),
+                Field("seq", str(cur.seq)),
+                Field("ack", str(cur.ack)),
+                Field("flags", str(cur.flags)),
+            ]
             mss = dict(o for o in cur.options if isinstance(o, tuple) and len(o) == 2).get("MSS")
             if mss:
                 fields.append(Field("mss", str(mss)))
             layers.append(Layer("TCP", "tcp", fields))
         elif isinstance(cur, ICMP):
-            layers.append(Layer("ICMP", "icmp", [
-                Field("type", str(cur.type)), Field("code", str(cur.code)),
-                Field("id", str(cur.id)), Field("seq", str(cur.seq))]))  # fmt: skip
+            layers.append(
+                Layer(
+                    "ICMP",
+                    "icmp",
+                    [
+                        Field("type", str(cur.type)),
+                        Field("code", str(cur.code)),
+                        Field("id", str(cur.id)),
+                        Field("seq", str(cur.seq)),
+                    ],
+                )
+            )
         elif isinstance(cur, ARP):
             layers.append(Layer("ARP", "payload", [Field("op", str(cur.op))]))
         elif isinstance(cur, Raw):
@@ -431,8 +504,13 @@ def _findings(j: Journey, anchor: Packet | None) -> list[Finding]:
     flow = j.flow
     out: list[Finding] = []
     if anchor is None:
-        return [Finding("capture", False, f"no {flow.proto} packet {flow.src} → {flow.dst} "
-                        "was captured at any hop")]  # fmt: skip
+        return [
+            Finding(
+                "capture",
+                False,
+                f"no {flow.proto} packet {flow.src} → {flow.dst} was captured at any hop",
+            )
+        ]
     seen = [s for s in j.stations if s.seen and s.packet is not None]
     where = [s for s in j.stations if s.seen != s.hop.expect_seen]
     missing = [s.hop.label for s in where if s.hop.expect_seen]
@@ -446,20 +524,35 @@ def _findings(j: Journey, anchor: Packet | None) -> list[Finding]:
         text = f"seen at all {len(seen)} hops: {path}"
         absent = [s.hop.label for s in j.stations if not s.hop.expect_seen]
         if absent:
-            text = (f"stays on the node: seen at {path}; never at {', '.join(absent)} "
-                    "(same-node traffic is bridged, it never reaches the tunnel or the underlay)")  # fmt: skip
+            text = (
+                f"stays on the node: seen at {path}; never at {', '.join(absent)} "
+                "(same-node traffic is bridged, it never reaches the tunnel or the underlay)"
+            )
         out.append(Finding("path", True, text))
 
     # no NAT: the pod addresses are the same at every hop
-    rewritten = [s for s in seen if s.packet and (s.packet.src, s.packet.dst) != (flow.src, flow.dst)]
+    rewritten = [
+        s for s in seen if s.packet and (s.packet.src, s.packet.dst) != (flow.src, flow.dst)
+    ]
     if rewritten:
         s = rewritten[0]
         assert s.packet is not None
-        out.append(Finding("nat", False, f"NAT at {s.hop.label}: {s.packet.src} → {s.packet.dst} "
-                           f"instead of {flow.src} → {flow.dst}"))  # fmt: skip
+        out.append(
+            Finding(
+                "nat",
+                False,
+                f"NAT at {s.hop.label}: {s.packet.src} → {s.packet.dst} "
+                f"instead of {flow.src} → {flow.dst}",
+            )
+        )
     else:
-        out.append(Finding("nat", True, f"pod addresses {flow.src} → {flow.dst} unchanged at all "
-                           f"{len(seen)} hops (no NAT)"))  # fmt: skip
+        out.append(
+            Finding(
+                "nat",
+                True,
+                f"pod addresses {flow.src} → {flow.dst} unchanged at all {len(seen)} hops (no NAT)",
+            )
+        )
 
     encap = [s for s in seen if s.packet and s.packet.encapsulated]
     if encap:
@@ -470,8 +563,10 @@ def _findings(j: Journey, anchor: Packet | None) -> list[Finding]:
         udp = next((layer for layer in first.layers if layer.name == "UDP (outer)"), None)
         detail = ""
         if outer and vx and udp:
-            detail = (f" (outer {outer.get('src')} → {outer.get('dst')}, udp/{udp.get('dport')}, "
-                      f"VNI {vx.get('vni')})")  # fmt: skip
+            detail = (
+                f" (outer {outer.get('src')} → {outer.get('dst')}, udp/{udp.get('dport')}, "
+                f"VNI {vx.get('vni')})"
+            )
         text = f"wrapped in VXLAN at {first.hop.label}{detail}"
         if after is not None:
             text += f"; unwrapped before {after.hop.label}"
@@ -481,16 +576,28 @@ def _findings(j: Journey, anchor: Packet | None) -> list[Finding]:
     elif flow.backend == "vxlan":
         out.append(Finding("encap", False, "crossed the underlay without VXLAN"))
     else:
-        out.append(Finding("encap", True, f"never encapsulated: {flow.backend} routes the pod "
-                           "packet natively over the underlay"))  # fmt: skip
+        out.append(
+            Finding(
+                "encap",
+                True,
+                f"never encapsulated: {flow.backend} routes the pod "
+                "packet natively over the underlay",
+            )
+        )
 
     if seen:
         first_p, last_p = seen[0].packet, seen[-1].packet
         assert first_p is not None and last_p is not None
         routers = first_p.ttl - last_p.ttl
         how = f"routed {routers} time(s)" if routers else "bridged, never routed"
-        out.append(Finding("ttl", True, f"TTL {first_p.ttl} at {seen[0].hop.label}, "
-                           f"{last_p.ttl} at {seen[-1].hop.label}: {how}"))  # fmt: skip
+        out.append(
+            Finding(
+                "ttl",
+                True,
+                f"TTL {first_p.ttl} at {seen[0].hop.label}, "
+                f"{last_p.ttl} at {seen[-1].hop.label}: {how}",
+            )
+        )
     out.extend(_mtu(seen))
     return out
 
@@ -505,11 +612,19 @@ def _mtu(seen: list[Station]) -> list[Finding]:
         assert p is not None
         size = p.outer_length
         if s.hop.mtu and size > s.hop.mtu:
-            if p.proto == "tcp" and s.hop.role in (POD_SRC, BRIDGE_SRC, TUNNEL_SRC,
-                                                   BRIDGE_DST, POD_DST, TUNNEL_DST):  # fmt: skip
+            if p.proto == "tcp" and s.hop.role in (
+                POD_SRC,
+                BRIDGE_SRC,
+                TUNNEL_SRC,
+                BRIDGE_DST,
+                POD_DST,
+                TUNNEL_DST,
+            ):
                 gso.append(s)
-                s.notes.append(f"{size} B > MTU {s.hop.mtu}: a GSO super-packet; the kernel "
-                               "cuts it into MTU-sized segments before the wire")  # fmt: skip
+                s.notes.append(
+                    f"{size} B > MTU {s.hop.mtu}: a GSO super-packet; the kernel "
+                    "cuts it into MTU-sized segments before the wire"
+                )
             else:
                 over.append(s)
                 s.notes.append(f"{size} B does not fit MTU {s.hop.mtu}")
@@ -519,13 +634,21 @@ def _mtu(seen: list[Station]) -> list[Finding]:
         p = s.packet
         assert p is not None
         if p.encapsulated:
-            biggest = (f"on the underlay: pod packet {p.length} B inside an outer packet of "
-                       f"{p.outer_length} B (underlay MTU {s.hop.mtu})")  # fmt: skip
+            biggest = (
+                f"on the underlay: pod packet {p.length} B inside an outer packet of "
+                f"{p.outer_length} B (underlay MTU {s.hop.mtu})"
+            )
         else:
             biggest = f"on the underlay: {p.length} B (underlay MTU {s.hop.mtu})"
     if over:
-        out.append(Finding("mtu", False, "too big for the MTU at "
-                           + ", ".join(f"{s.hop.label} ({s.notes[-1]})" for s in over)))  # fmt: skip
+        out.append(
+            Finding(
+                "mtu",
+                False,
+                "too big for the MTU at "
+                + ", ".join(f"{s.hop.label} ({s.notes[-1]})" for s in over),
+            )
+        )
     else:
         text = "fits every hop's MTU"
         if biggest:

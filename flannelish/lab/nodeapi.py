@@ -111,6 +111,4 @@ def all_status(state: LabState, timeout: float = 2.0) -> dict[str, DaemonView]:
         t.start()
     for t in threads:
         t.join(timeout + 2.0)
-    return {
-        n.name: views.get(n.name, DaemonView(n.name, error="no answer")) for n in state.nodes
-    }
+    return {n.name: views.get(n.name, DaemonView(n.name, error="no answer")) for n in state.nodes}

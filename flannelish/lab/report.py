@@ -33,20 +33,41 @@ FLOWS_FILE = "flows.json"
 
 
 def _pod_hop(pod: PodState, role: str) -> jr.Hop:
-    return jr.Hop(f"{pod.name}-{pod.ifname}", f"{pod.name} {pod.ifname} (pod)", pod.netns,
-                  pod.ifname, role, pod.node, pcap=f"{PCAPS}/{pod.name}-{pod.ifname}.pcap")  # fmt: skip
+    return jr.Hop(
+        f"{pod.name}-{pod.ifname}",
+        f"{pod.name} {pod.ifname} (pod)",
+        pod.netns,
+        pod.ifname,
+        role,
+        pod.node,
+        pcap=f"{PCAPS}/{pod.name}-{pod.ifname}.pcap",
+    )
 
 
 def _node_hop(node: NodeState, iface: str, what: str, role: str, seen: bool = True) -> jr.Hop:
     key = f"{node.name}-{iface}"
-    return jr.Hop(key, f"{node.name} {iface} ({what})", node.netns, iface, role, node.name,
-                  pcap=f"{PCAPS}/{key}.pcap", expect_seen=seen)  # fmt: skip
+    return jr.Hop(
+        key,
+        f"{node.name} {iface} ({what})",
+        node.netns,
+        iface,
+        role,
+        node.name,
+        pcap=f"{PCAPS}/{key}.pcap",
+        expect_seen=seen,
+    )
 
 
 def _wire_hop(state: LabState) -> jr.Hop:
     key = f"underlay-{names.BRIDGE}"
-    return jr.Hop(key, f"underlay {names.BRIDGE} (the wire)", state.underlay_netns, names.BRIDGE,
-                  jr.WIRE, pcap=f"{PCAPS}/{key}.pcap")  # fmt: skip
+    return jr.Hop(
+        key,
+        f"underlay {names.BRIDGE} (the wire)",
+        state.underlay_netns,
+        names.BRIDGE,
+        jr.WIRE,
+        pcap=f"{PCAPS}/{key}.pcap",
+    )
 
 
 def cross_hops(state: LabState, a: PodState, b: PodState) -> tuple[jr.Hop, ...]:
@@ -56,8 +77,11 @@ def cross_hops(state: LabState, a: PodState, b: PodState) -> tuple[jr.Hop, ...]:
     hops = [_pod_hop(a, jr.POD_SRC), _node_hop(src, "cni0", "bridge", jr.BRIDGE_SRC)]
     if tunnel:
         hops.append(_node_hop(src, tunnel, "VXLAN device", jr.TUNNEL_SRC))
-    hops += [_node_hop(src, "eth0", "underlay", jr.UNDERLAY_SRC), _wire_hop(state),
-             _node_hop(dst, "eth0", "underlay", jr.UNDERLAY_DST)]  # fmt: skip
+    hops += [
+        _node_hop(src, "eth0", "underlay", jr.UNDERLAY_SRC),
+        _wire_hop(state),
+        _node_hop(dst, "eth0", "underlay", jr.UNDERLAY_DST),
+    ]
     if tunnel:
         hops.append(_node_hop(dst, tunnel, "VXLAN device", jr.TUNNEL_DST))
     hops += [_node_hop(dst, "cni0", "bridge", jr.BRIDGE_DST), _pod_hop(b, jr.POD_DST)]
@@ -69,10 +93,13 @@ def same_hops(state: LabState, a: PodState, b: PodState) -> tuple[jr.Hop, ...]:
     assert node is not None
     hops = [_pod_hop(a, jr.POD_SRC), _node_hop(node, "cni0", "bridge", jr.BRIDGE_SRC)]
     if state.spec.backend == "vxlan":
-        hops.append(_node_hop(node, f"flannel.{state.spec.vni}", "VXLAN device", jr.TUNNEL_SRC,
-                              seen=False))  # fmt: skip
-    hops += [_node_hop(node, "eth0", "underlay", jr.UNDERLAY_SRC, seen=False),
-             _pod_hop(b, jr.POD_DST)]  # fmt: skip
+        hops.append(
+            _node_hop(node, f"flannel.{state.spec.vni}", "VXLAN device", jr.TUNNEL_SRC, seen=False)
+        )
+    hops += [
+        _node_hop(node, "eth0", "underlay", jr.UNDERLAY_SRC, seen=False),
+        _pod_hop(b, jr.POD_DST),
+    ]
     return tuple(hops)
 
 
@@ -85,21 +112,43 @@ def journey_flows(
     if cross:
         a, b = cross[0]
         hops = cross_hops(state, a, b)
-        for proto, what in (("icmp", "ping (the MTU-sized echo request)"),
-                            ("tcp", "TCP (the first data segment)"),
-                            ("udp", "UDP (the probe's datagram)")):  # fmt: skip
-            flows.append(jr.FlowSpec(
-                id=f"{proto}-cross", title=f"{what}: {a.name} → {b.name}, across nodes",
-                proto=proto, src=a.ip, dst=b.ip, src_pod=a.name, dst_pod=b.name,
-                same_node=False, backend=backend, port=0 if proto == "icmp" else DEFAULT_PORT,
-                hops=hops))  # fmt: skip
+        for proto, what in (
+            ("icmp", "ping (the MTU-sized echo request)"),
+            ("tcp", "TCP (the first data segment)"),
+            ("udp", "UDP (the probe's datagram)"),
+        ):
+            flows.append(
+                jr.FlowSpec(
+                    id=f"{proto}-cross",
+                    title=f"{what}: {a.name} → {b.name}, across nodes",
+                    proto=proto,
+                    src=a.ip,
+                    dst=b.ip,
+                    src_pod=a.name,
+                    dst_pod=b.name,
+                    same_node=False,
+                    backend=backend,
+                    port=0 if proto == "icmp" else DEFAULT_PORT,
+                    hops=hops,
+                )
+            )
     if same:
         first_node = cross[0][0].node if cross else ""
         a, b = next((pair for pair in same if pair[0].node == first_node), same[0])
-        flows.append(jr.FlowSpec(
-            id="icmp-same", title=f"ping: {a.name} → {b.name}, on the same node", proto="icmp",
-            src=a.ip, dst=b.ip, src_pod=a.name, dst_pod=b.name, same_node=True, backend=backend,
-            hops=same_hops(state, a, b)))  # fmt: skip
+        flows.append(
+            jr.FlowSpec(
+                id="icmp-same",
+                title=f"ping: {a.name} → {b.name}, on the same node",
+                proto="icmp",
+                src=a.ip,
+                dst=b.ip,
+                src_pod=a.name,
+                dst_pod=b.name,
+                same_node=True,
+                backend=backend,
+                hops=same_hops(state, a, b),
+            )
+        )
     return flows
 
 
@@ -117,7 +166,9 @@ class HopCapture:
     def __init__(self, out: Path, flows: list[jr.FlowSpec]) -> None:
         self.out = out
         self.flows = flows
-        hops = [f"--hop={key}={hop.netns}:{hop.iface}" for key, hop in capture_points(flows).items()]
+        hops = [
+            f"--hop={key}={hop.netns}:{hop.iface}" for key, hop in capture_points(flows).items()
+        ]
         self.argv = [sys.executable, "-m", "flannelish.lab.hops", "--out", str(out), *hops]
         self.proc: subprocess.Popen[str] | None = None
 
@@ -126,9 +177,12 @@ class HopCapture:
         self.out.mkdir(parents=True)
         jr.save_flows(self.out / FLOWS_FILE, self.flows)
         self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 15)
         line = self.proc.stdout.readline().strip() if ready else ""
@@ -190,8 +244,11 @@ def _with_facts(flow: jr.FlowSpec, facts: dict[str, Any]) -> jr.FlowSpec:
     from dataclasses import replace
 
     hops = tuple(
-        replace(h, mtu=int(facts.get(h.key, {}).get("mtu", h.mtu) or 0),
-                mac=str(facts.get(h.key, {}).get("mac", h.mac) or ""))  # fmt: skip
+        replace(
+            h,
+            mtu=int(facts.get(h.key, {}).get("mtu", h.mtu) or 0),
+            mac=str(facts.get(h.key, {}).get("mac", h.mac) or ""),
+        )
         for h in flow.hops
     )
     return replace(flow, hops=hops)

@@ -40,8 +40,8 @@ td.skip { color: #b7791f; }
 .diagram svg { max-width: 100%; height: auto; }
 .legend span { display: inline-block; padding: 1px 8px; margin: 2px 4px 2px 0; border-radius: 4px;
        font-size: 12px; }
-.journey { background: white; border: 1px solid var(--line); border-radius: 8px; padding: 6px 16px 14px;
-       margin: 18px 0; }
+.journey { background: white; border: 1px solid var(--line); border-radius: 8px;
+       padding: 6px 16px 14px; margin: 18px 0; }
 .journey h3 { margin: 10px 0 4px; }
 .journey.bad h3::after { content: "  ✗"; color: var(--bad); }
 .journey.ok h3::after { content: "  ✓"; color: var(--ok); }
@@ -68,7 +68,8 @@ ul.findings li.bad { color: var(--bad); } ul.findings li.bad::marker { content: 
 .badge { background: #dd6b20; color: white; border-radius: 3px; padding: 0 4px; font-size: 10px;
        margin-left: 4px; }
 .ether { background: #e9d8fd; } .ip { background: #bee3f8; } .udp { background: #c6f6d5; }
-.vxlan { background: #feebc8; } .icmp, .tcp { background: #fed7e2; } .payload { background: #edf2f7; }
+.vxlan { background: #feebc8; } .icmp, .tcp { background: #fed7e2; }
+.payload { background: #edf2f7; }
 .layer.outer { border-style: dashed; border-color: #dd6b20; }
 .size { font-size: 12px; }
 .bar { height: 8px; background: #edf2f7; border-radius: 4px; overflow: hidden; margin: 3px 0; }
@@ -80,8 +81,11 @@ footer { color: var(--muted); font-size: 12px; margin-top: 30px; }
 
 
 def _layer_html(layer: jr.Layer) -> str:
-    cls = ["layer", layer.kind] + (["outer"] if layer.outer else []) + (
-        ["added"] if layer.added else [])  # fmt: skip
+    cls = (
+        ["layer", layer.kind]
+        + (["outer"] if layer.outer else [])
+        + (["added"] if layer.added else [])
+    )
     badge = '<span class="badge">added here</span>' if layer.added else ""
     fields = []
     for f in layer.fields:
@@ -120,9 +124,13 @@ def _step_text(prev: jr.Station | None, st: jr.Station) -> str:
     if added:
         parts.append("wrapped: + " + ", ".join(added))
     if st.removed:
-        parts.append("unwrapped: − " + ", ".join(st.removed))
-    changed = [f"{layer.name} {f.name} {f.before}→{f.value}" for layer in st.layers
-               for f in layer.fields if f.changed and layer.name in ("IPv4 (pod)", "Ethernet")]  # fmt: skip
+        parts.append("unwrapped: - " + ", ".join(st.removed))
+    changed = [
+        f"{layer.name} {f.name} {f.before}→{f.value}"
+        for layer in st.layers
+        for f in layer.fields
+        if f.changed and layer.name in ("IPv4 (pod)", "Ethernet")
+    ]
     if changed:
         parts.append("; ".join(changed))
     return "; ".join(parts) or "unchanged"
@@ -138,7 +146,7 @@ def _lane_html(st: jr.Station, flow_id: str) -> str:
     frame = f" frame #{st.packet.index}" if st.packet is not None else ""
     head = (
         f'<div class="hop"><b>{escape(hop.label)}</b><small>netns {escape(hop.netns)}'
-        f'{", MAC " + escape(hop.mac) if hop.mac else ""}</small>'
+        f"{', MAC ' + escape(hop.mac) if hop.mac else ''}</small>"
         f'<a href="{escape(hop.pcap)}">{escape(hop.key)}.pcap</a>'
         f"<small>{st.frames_at_hop} frames captured{frame}{when}</small></div>"
     )
@@ -150,7 +158,10 @@ def _lane_html(st: jr.Station, flow_id: str) -> str:
     elif hop.expect_seen:
         body = '<div class="stack">✗ the packet was not captured here</div>'
     else:
-        body = '<div class="stack">not seen here, as it should be: same-node traffic stays on the bridge</div>'
+        body = (
+            '<div class="stack">not seen here, as it should be: '
+            "same-node traffic stays on the bridge</div>"
+        )
     return (
         f'<div class="{" ".join(classes)}" data-hop="{escape(hop.key)}" data-role="{hop.role}" '
         f'data-seen="{seen}" id="lane-{escape(flow_id)}-{escape(hop.key)}">'
@@ -177,8 +188,8 @@ def _journey_html(j: jr.Journey) -> str:
     return (
         f'<section class="journey {ok}" id="journey-{escape(f.id)}" data-flow="{escape(f.id)}" '
         f'data-hops="{len(j.stations)}"><h3>{escape(f.title)}</h3>'
-        f'<p>{escape(f.proto.upper())} {escape(f.src)} → {escape(f.dst)}'
-        f'{", port " + str(f.port) if f.port else ""}; backend {escape(f.backend)}</p>'
+        f"<p>{escape(f.proto.upper())} {escape(f.src)} → {escape(f.dst)}"
+        f"{', port ' + str(f.port) if f.port else ''}; backend {escape(f.backend)}</p>"
         f'<ul class="findings">{findings}</ul><div class="lanes">{"".join(lanes)}</div></section>'
     )
 
@@ -189,7 +200,9 @@ def render(
     spec = state.spec
     analysis = verify_report.analysis
     verdict_ok = analysis.ok and all(j.ok for j in journeys)
-    backend = spec.backend + (f" (VNI {spec.vni}, udp/{spec.port})" if spec.backend == "vxlan" else "")
+    backend = spec.backend + (
+        f" (VNI {spec.vni}, udp/{spec.port})" if spec.backend == "vxlan" else ""
+    )
     marks = {PASS: "✓ pass", FAIL: "✗ FAIL"}
     rows = "".join(
         f'<tr><td>{escape(v.name)}</td><td class="{escape(v.status)}">'
@@ -201,9 +214,16 @@ def render(
     journeys_html = "".join(_journey_html(j) for j in journeys) or "<p>no journeys captured</p>"
     legend = "".join(
         f'<span class="{k}">{escape(t)}</span>'
-        for k, t in (("ether", "Ethernet"), ("ip", "IPv4"), ("udp", "UDP"), ("vxlan", "VXLAN"),
-                     ("icmp", "ICMP / TCP"), ("payload", "payload"))  # fmt: skip
+        for k, t in (
+            ("ether", "Ethernet"),
+            ("ip", "IPv4"),
+            ("udp", "UDP"),
+            ("vxlan", "VXLAN"),
+            ("icmp", "ICMP / TCP"),
+            ("payload", "payload"),
+        )
     )
+    verdict_class, verdict_word = ("ok", "PASS") if verdict_ok else ("bad", "FAIL")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -211,7 +231,7 @@ def render(
 <style>{CSS}</style></head>
 <body>
 <header><h1>flannelish verify — lab {escape(spec.name)}
- <span class="verdict {"ok" if verdict_ok else "bad"}">{"PASS" if verdict_ok else "FAIL"}</span></h1>
+ <span class="verdict {verdict_class}">{verdict_word}</span></h1>
 <p>backend {escape(backend)}, pod network {escape(spec.network)}, {len(state.nodes)} nodes,
 {len(state.pods)} pods, etcd {escape(state.etcd_endpoint)}; captured {when}</p>
 <nav><a href="#assertions">assertions</a><a href="#diagram">the lab</a>

@@ -198,9 +198,7 @@ def read_frames(path: Path) -> list[bytes]:
         return [bytes(data) for data, _meta in reader]
 
 
-def verify(
-    state: LabState, pcap: Path | None = None, hop_dir: Path | None = None
-) -> VerifyReport:
+def verify(state: LabState, pcap: Path | None = None, hop_dir: Path | None = None) -> VerifyReport:
     """Generate traffic, capture the underlay, judge it.  With `hop_dir`, also capture
     every hop of the report's journey flows there (flannelish.lab.report)."""
     for rec in state.procs():

@@ -20,8 +20,10 @@ def unavailable() -> str:
     """Why the browser cannot run here ('' when it can)."""
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
     if missing:
-        return (f"{' and '.join(missing)} not installed (Debian chromium and chromium-driver; "
-                "make setup installs them)")  # fmt: skip
+        return (
+            f"{' and '.join(missing)} not installed (Debian chromium and chromium-driver; "
+            "make setup installs them)"
+        )
     try:
         import selenium  # noqa: F401
     except ImportError:
@@ -40,9 +42,16 @@ def chromium(width: int = 1400, height: int = 1000) -> Iterator[Any]:
 
     options = Options()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--hide-scrollbars", f"--window-size={width},{height}",
-                "--disable-background-networking", "--no-first-run"):  # fmt: skip
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        f"--window-size={width},{height}",
+        "--disable-background-networking",
+        "--no-first-run",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -65,8 +74,11 @@ def full_page_png(driver: Any, path: Path, clip_height: int | None = None) -> Pa
         height = min(height, clip_height)
     shot = driver.execute_cdp_cmd(
         "Page.captureScreenshot",
-        {"format": "png", "captureBeyondViewport": True,
-         "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}},
-    )  # fmt: skip
+        {
+            "format": "png",
+            "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+        },
+    )
     path.write_bytes(base64.b64decode(shot["data"]))
     return path

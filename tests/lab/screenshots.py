@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import browser  # noqa: E402
+import browser
 
 
 def main(report: Path, svg: Path, out: Path) -> None:

@@ -56,12 +56,29 @@ def test_one_cross_node_journey_per_protocol_and_one_same_node(vxlan, hostgw):
 
 def test_vxlan_cross_node_hops_in_path_order(vxlan):
     roles = [s.hop.role for s in vxlan["icmp-cross"].stations]
-    assert roles == [jr.POD_SRC, jr.BRIDGE_SRC, jr.TUNNEL_SRC, jr.UNDERLAY_SRC, jr.WIRE,
-                     jr.UNDERLAY_DST, jr.TUNNEL_DST, jr.BRIDGE_DST, jr.POD_DST]  # fmt: skip
+    assert roles == [
+        jr.POD_SRC,
+        jr.BRIDGE_SRC,
+        jr.TUNNEL_SRC,
+        jr.UNDERLAY_SRC,
+        jr.WIRE,
+        jr.UNDERLAY_DST,
+        jr.TUNNEL_DST,
+        jr.BRIDGE_DST,
+        jr.POD_DST,
+    ]
     keys = [s.hop.key for s in vxlan["icmp-cross"].stations]
-    assert keys == ["node1-pod1-eth0", "node1-cni0", "node1-flannel.1", "node1-eth0",
-                    "underlay-br0", "node2-eth0", "node2-flannel.1", "node2-cni0",
-                    "node2-pod1-eth0"]  # fmt: skip
+    assert keys == [
+        "node1-pod1-eth0",
+        "node1-cni0",
+        "node1-flannel.1",
+        "node1-eth0",
+        "underlay-br0",
+        "node2-eth0",
+        "node2-flannel.1",
+        "node2-cni0",
+        "node2-pod1-eth0",
+    ]
     for j in (vxlan[p] for p in ("icmp-cross", "tcp-cross", "udp-cross")):
         assert all(s.seen for s in j.stations), j.flow.id
 
@@ -70,8 +87,14 @@ def test_vxlan_header_is_added_on_the_source_underlay_and_removed_at_the_far_tun
     for proto in ("icmp", "tcp", "udp"):
         st = {s.hop.key: s for s in vxlan[f"{proto}-cross"].stations}
         # inside the node, before the tunnel, and after it on the far side: the pod frame only
-        for key in ("node1-pod1-eth0", "node1-cni0", "node1-flannel.1", "node2-flannel.1",
-                    "node2-cni0", "node2-pod1-eth0"):  # fmt: skip
+        for key in (
+            "node1-pod1-eth0",
+            "node1-cni0",
+            "node1-flannel.1",
+            "node2-flannel.1",
+            "node2-cni0",
+            "node2-pod1-eth0",
+        ):
             assert not any(n in _names(st[key]) for n in OUTER), (proto, key, _names(st[key]))
             assert not st[key].packet.encapsulated
         # on the underlay, on both sides and on the wire: wrapped in VXLAN
@@ -91,7 +114,9 @@ def test_the_inner_frame_is_addressed_vtep_to_vtep(vxlan):
     st = {s.hop.key: s for s in vxlan["icmp-cross"].stations}
     ether = _layer(st["node1-flannel.1"], "Ethernet")
     assert (ether.get("src"), ether.get("dst")) == (
-        facts["node1-flannel.1"]["mac"], facts["node2-flannel.1"]["mac"])  # fmt: skip
+        facts["node1-flannel.1"]["mac"],
+        facts["node2-flannel.1"]["mac"],
+    )
     # routing on node1 rewrote the pod frame's MACs: changed fields are marked
     assert {f.name for f in ether.fields if f.changed} == {"src", "dst"}
     assert _layer(st["underlay-br0"], "Ethernet").get("dst") == facts["node2-flannel.1"]["mac"]
@@ -156,9 +181,15 @@ def test_same_node_traffic_never_reaches_tunnel_or_underlay(vxlan, hostgw):
 
 def test_host_gw_is_never_encapsulated(hostgw):
     j = hostgw["udp-cross"]
-    assert [s.hop.role for s in j.stations] == [jr.POD_SRC, jr.BRIDGE_SRC, jr.UNDERLAY_SRC,
-                                                jr.WIRE, jr.UNDERLAY_DST, jr.BRIDGE_DST,
-                                                jr.POD_DST]  # fmt: skip
+    assert [s.hop.role for s in j.stations] == [
+        jr.POD_SRC,
+        jr.BRIDGE_SRC,
+        jr.UNDERLAY_SRC,
+        jr.WIRE,
+        jr.UNDERLAY_DST,
+        jr.BRIDGE_DST,
+        jr.POD_DST,
+    ]
     for s in j.stations:
         assert _names(s)[:3] == ["Ethernet", "IPv4 (pod)", "UDP"], _names(s)
     assert "never encapsulated" in j.finding("encap").text
@@ -172,8 +203,9 @@ def _hop(key: str, role: str, seen: bool = True) -> jr.Hop:
 
 
 def _flow(*hops: jr.Hop) -> jr.FlowSpec:
-    return jr.FlowSpec("icmp-cross", "t", "icmp", "10.244.1.2", "10.244.2.2", "a", "b", False,
-                       "host-gw", hops=hops)  # fmt: skip
+    return jr.FlowSpec(
+        "icmp-cross", "t", "icmp", "10.244.1.2", "10.244.2.2", "a", "b", False, "host-gw", hops=hops
+    )
 
 
 def _echo(src: str, dst: str = "10.244.2.2", ttl: int = 64) -> bytes:
@@ -182,8 +214,11 @@ def _echo(src: str, dst: str = "10.244.2.2", ttl: int = 64) -> bytes:
 
 def test_a_rewritten_source_address_is_reported_as_nat():
     flow = _flow(_hop("a", jr.POD_SRC), _hop("w", jr.WIRE), _hop("b", jr.POD_DST))
-    frames = {"a": [(1, _echo("10.244.1.2"))], "w": [(2, _echo("198.18.0.1", ttl=63))],
-              "b": [(3, _echo("198.18.0.1", ttl=62))]}  # fmt: skip
+    frames = {
+        "a": [(1, _echo("10.244.1.2"))],
+        "w": [(2, _echo("198.18.0.1", ttl=63))],
+        "b": [(3, _echo("198.18.0.1", ttl=62))],
+    }
     j = jr.build(flow, frames)
     assert all(s.seen for s in j.stations)
     nat = j.finding("nat")
@@ -194,10 +229,17 @@ def test_a_rewritten_source_address_is_reported_as_nat():
 
 
 def test_a_missing_hop_and_a_leak_are_findings():
-    flow = _flow(_hop("a", jr.POD_SRC), _hop("w", jr.WIRE), _hop("x", jr.UNDERLAY_SRC, seen=False),
-                 _hop("b", jr.POD_DST))  # fmt: skip
-    frames = {"a": [(1, _echo("10.244.1.2"))], "x": [(2, _echo("10.244.1.2"))],
-              "b": [(3, _echo("10.244.1.2"))]}  # fmt: skip
+    flow = _flow(
+        _hop("a", jr.POD_SRC),
+        _hop("w", jr.WIRE),
+        _hop("x", jr.UNDERLAY_SRC, seen=False),
+        _hop("b", jr.POD_DST),
+    )
+    frames = {
+        "a": [(1, _echo("10.244.1.2"))],
+        "x": [(2, _echo("10.244.1.2"))],
+        "b": [(3, _echo("10.244.1.2"))],
+    }
     j = jr.build(flow, frames)
     texts = [f.text for f in j.findings if not f.ok]
     assert "not captured at w" in texts
@@ -211,7 +253,10 @@ def test_nothing_captured_is_one_finding():
 
 
 def test_pcap_round_trip_keeps_nanoseconds(tmp_path):
-    frames = [(1_700_000_000_123_456_789, _echo("10.244.1.2")), (1_700_000_001_000_000_001, b"\0" * 60)]
+    frames = [
+        (1_700_000_000_123_456_789, _echo("10.244.1.2")),
+        (1_700_000_001_000_000_001, b"\0" * 60),
+    ]
     write_pcap(tmp_path / "x.pcap", frames)
     assert list(read_pcap(tmp_path / "x.pcap")) == frames
     from scapy.utils import RawPcapReader
@@ -222,6 +267,8 @@ def test_pcap_round_trip_keeps_nanoseconds(tmp_path):
 
 def test_hop_argument():
     assert parse_hop("node1-flannel.1=fl-lab-node1:flannel.1") == (
-        "node1-flannel.1", ("fl-lab-node1", "flannel.1"))  # fmt: skip
+        "node1-flannel.1",
+        ("fl-lab-node1", "flannel.1"),
+    )
     with pytest.raises(Exception, match="KEY=NETNS:IFACE"):
         parse_hop("nonsense")

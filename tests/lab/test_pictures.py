@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import re
 import shutil
-from xml.etree import ElementTree
 from pathlib import Path
 from types import SimpleNamespace
+from xml.etree import ElementTree
 
 import pytest
 
@@ -23,26 +23,45 @@ RECORDED = Path(__file__).parent / "journeys"
 
 
 def _state(backend: str = "vxlan") -> LabState:
-    state = LabState(spec=LabSpec(backend=backend), dir="/run/flannelish-lab/lab", phase="up",
-                     underlay_netns="fl-lab-ul", etcd_endpoint="http://198.18.0.254:2379")  # fmt: skip
+    state = LabState(
+        spec=LabSpec(backend=backend),
+        dir="/run/flannelish-lab/lab",
+        phase="up",
+        underlay_netns="fl-lab-ul",
+        etcd_endpoint="http://198.18.0.254:2379",
+    )
     for i in (1, 2, 3):
-        state.nodes.append(NodeState(
-            name=f"node{i}", netns=f"fl-lab-node{i}", ip=f"198.18.0.{i}",
-            dir=f"/run/flannelish-lab/lab/node{i}",
-            subnet_file=f"/run/flannelish-lab/lab/node{i}/subnet.env", netconf="",
-            subnet=f"10.244.{i}.0/24", mtu=1450, vtep_mac=f"02:00:00:00:00:0{i}",
-            healthz_port=10253))  # fmt: skip
-        state.pods.append(PodState(f"node{i}-pod1", f"node{i}", f"fl-lab-node{i}-pod1", "c",
-                                   ip=f"10.244.{i}.2"))  # fmt: skip
+        state.nodes.append(
+            NodeState(
+                name=f"node{i}",
+                netns=f"fl-lab-node{i}",
+                ip=f"198.18.0.{i}",
+                dir=f"/run/flannelish-lab/lab/node{i}",
+                subnet_file=f"/run/flannelish-lab/lab/node{i}/subnet.env",
+                netconf="",
+                subnet=f"10.244.{i}.0/24",
+                mtu=1450,
+                vtep_mac=f"02:00:00:00:00:0{i}",
+                healthz_port=10253,
+            )
+        )
+        state.pods.append(
+            PodState(f"node{i}-pod1", f"node{i}", f"fl-lab-node{i}-pod1", "c", ip=f"10.244.{i}.2")
+        )
     return state
 
 
 def _ready(node: str, subnet: str, skipped: dict[str, str] | None = None) -> DaemonView:
-    return DaemonView(node, {
-        "version": 1, "ready": True, "checks": [],
-        "lease": {"subnet": subnet, "public_ip": f"198.18.0.{node[-1]}"},
-        "peers": {"skipped": skipped or {}},
-    })  # fmt: skip
+    return DaemonView(
+        node,
+        {
+            "version": 1,
+            "ready": True,
+            "checks": [],
+            "lease": {"subnet": subnet, "public_ip": f"198.18.0.{node[-1]}"},
+            "peers": {"skipped": skipped or {}},
+        },
+    )
 
 
 def test_node_env_gives_node_commands_the_daemons_settings():
@@ -59,13 +78,23 @@ def test_healthy_lab_one_link_per_pair_labelled_with_the_backend():
     state = _state()
     views = {n.name: _ready(n.name, n.subnet) for n in state.nodes}
     topo = diagram.build_topology(state, views)
-    assert [(p.a, p.b) for p in topo.peers] == [("node1", "node2"), ("node1", "node3"),
-                                                ("node2", "node3")]  # fmt: skip
+    assert [(p.a, p.b) for p in topo.peers] == [
+        ("node1", "node2"),
+        ("node1", "node3"),
+        ("node2", "node3"),
+    ]
     assert {p.status for p in topo.peers} == {"ok"}
     assert {p.label for p in topo.peers} == {"VXLAN VNI 1 udp/8472"}
     source = diagram.render(topo, "dot").decode()
-    for needle in ("02:00:00:00:00:01", "10.244.2.0/24", "198.18.0.3", "node3-pod1",
-                   'id="peer-node1-node2"', 'id="node-node1"', 'id="pod-node2-pod1"'):  # fmt: skip
+    for needle in (
+        "02:00:00:00:00:01",
+        "10.244.2.0/24",
+        "198.18.0.3",
+        "node3-pod1",
+        'id="peer-node1-node2"',
+        'id="node-node1"',
+        'id="pod-node2-pod1"',
+    ):
         assert needle in source
 
 
@@ -73,7 +102,8 @@ def test_host_gw_links_name_each_nodes_route():
     state = _state("host-gw")
     topo = diagram.build_topology(state, {n.name: _ready(n.name, n.subnet) for n in state.nodes})
     assert topo.peers[0].label == (
-        "host-gw routes\nnode1: 10.244.2.0/24 via 198.18.0.2\nnode2: 10.244.1.0/24 via 198.18.0.1")
+        "host-gw routes\nnode1: 10.244.2.0/24 via 198.18.0.2\nnode2: 10.244.1.0/24 via 198.18.0.1"
+    )
 
 
 def test_skipped_peer_and_down_daemon_are_drawn_as_such():
@@ -109,15 +139,17 @@ def test_svg_has_findable_elements():
 def test_report_page_is_self_contained_with_a_lane_per_hop():
     journeys = build_journeys(RECORDED / "vxlan", 8472)
     analysis = Analysis([Verdict("VNI 1 on every VXLAN packet", PASS, "136 packets")], 140)
-    page = reporthtml.render(_state(), SimpleNamespace(analysis=analysis), journeys,
-                             '<svg id="topology"></svg>', None)  # fmt: skip
+    page = reporthtml.render(
+        _state(), SimpleNamespace(analysis=analysis), journeys, '<svg id="topology"></svg>', None
+    )
     assert 'id="assertions"' in page and "VNI 1 on every VXLAN packet" in page
     assert '<svg id="topology">' in page
     # nothing is loaded from anywhere: no scripts, stylesheets, images, fonts or frames
     assert not re.search(r"<(script|link|img|iframe|object|embed)\b", page)
     assert "url(" not in page and "@import" not in page
-    assert all(h.startswith("pcaps/") or h.startswith("#")
-               for h in re.findall(r'href="([^"]+)"', page))  # fmt: skip
+    assert all(
+        h.startswith("pcaps/") or h.startswith("#") for h in re.findall(r'href="([^"]+)"', page)
+    )
     for j in journeys:
         assert f'data-flow="{j.flow.id}"' in page
         for hop in j.flow.hops:

@@ -41,8 +41,9 @@ def test_live_lab_nodes_report_and_diagram_in_a_browser(lab_cli, tmp_path):
     # -- lab nodes answer like real nodes ----------------------------------------------------
     _ok(lab_cli.lab("exec", "node1", "--", "flannelish", "status"), "ready", "2 programmed")
     _ok(lab_cli.lab("exec", "node2", "--", "flannelish", "doctor"), "subnet-env", "mtu")
-    metrics = lab_cli.lab("exec", "node3", "--", "sh", "-c",
-                          "curl -sf localhost:$FLANNELD_HEALTHZ_PORT/metrics")  # fmt: skip
+    metrics = lab_cli.lab(
+        "exec", "node3", "--", "sh", "-c", "curl -sf localhost:$FLANNELD_HEALTHZ_PORT/metrics"
+    )
     _ok(metrics, 'flannelish_peers{backend="vxlan",state="programmed"} 2.0')
 
     # -- the report, and what it costs on top of verify -------------------------------------
@@ -82,22 +83,37 @@ def test_live_lab_nodes_report_and_diagram_in_a_browser(lab_cli, tmp_path):
         rows = driver.find_elements(By.CSS_SELECTOR, "table.assertions tbody tr")
         assert len(rows) == 10
         for flow in flows:
-            section = driver.find_element(By.CSS_SELECTOR, f'section.journey[data-flow="{flow["id"]}"]')
+            section = driver.find_element(
+                By.CSS_SELECTOR, f'section.journey[data-flow="{flow["id"]}"]'
+            )
             lanes = section.find_elements(By.CSS_SELECTOR, "div.lane")
             assert [lane.get_attribute("data-hop") for lane in lanes] == [
-                h["key"] for h in flow["hops"]]  # fmt: skip
+                h["key"] for h in flow["hops"]
+            ]
             for lane, hop in zip(lanes, flow["hops"], strict=True):
                 assert lane.is_displayed() and lane.size["height"] > 20
-                assert lane.get_attribute("data-seen") == ("true" if hop["expect_seen"] else "false")
+                assert lane.get_attribute("data-seen") == (
+                    "true" if hop["expect_seen"] else "false"
+                )
             assert "journey ok" in section.get_attribute("class")
         assert browser.console_errors(driver) == []
         browser.full_page_png(driver, shots / "report-full.png")
-        driver.find_element(By.ID, "journey-icmp-cross").screenshot(str(shots / "report-journey.png"))
+        driver.find_element(By.ID, "journey-icmp-cross").screenshot(
+            str(shots / "report-journey.png")
+        )
         browser.full_page_png(driver, shots / "report.png", clip_height=2300)
 
         driver.get(svg_path.as_uri())
-        for ident in ("topology", "underlay", "node-node1", "node-node3", "pod-node2-pod2",
-                      "peer-node1-node2", "peer-node1-node3", "peer-node2-node3"):  # fmt: skip
+        for ident in (
+            "topology",
+            "underlay",
+            "node-node1",
+            "node-node3",
+            "pod-node2-pod2",
+            "peer-node1-node2",
+            "peer-node1-node3",
+            "peer-node2-node3",
+        ):
             assert driver.find_element(By.ID, ident).is_displayed(), ident
         assert len(driver.find_elements(By.CSS_SELECTOR, "g.pod")) == 6
         assert browser.console_errors(driver) == []
