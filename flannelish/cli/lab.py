@@ -329,7 +329,9 @@ def verify(name: str, state_dir: Path, pcap: Path | None, report_dir: Path | Non
             console.print(f"{mark} journey {j.flow.id}: " + ("; ".join(bad) or next(
                 (f.text for f in j.findings if f.kind == "nat"), "")))  # fmt: skip
         console.print(
-            f"report: {written.index} ({written.seconds:.1f}s; per-hop pcaps in {hop_dir})"
+            f"report: {written.index} ({report.hop_seconds + written.seconds:.1f}s on top of "
+            f"verify: per-hop capture {report.hop_seconds:.1f}s, journeys, diagram and page "
+            f"{written.seconds:.1f}s; per-hop pcaps in {hop_dir})"
         )
     failed = report.analysis.failed
     if failed:

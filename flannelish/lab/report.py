@@ -171,8 +171,10 @@ class HopCapture:
         ]
         self.argv = [sys.executable, "-m", "flannelish.lab.hops", "--out", str(out), *hops]
         self.proc: subprocess.Popen[str] | None = None
+        self.seconds = 0.0  # what starting and stopping it cost (waiting for it, not traffic)
 
     def __enter__(self) -> HopCapture:
+        started = time.monotonic()
         shutil.rmtree(self.out, ignore_errors=True)
         self.out.mkdir(parents=True)
         jr.save_flows(self.out / FLOWS_FILE, self.flows)
@@ -189,6 +191,7 @@ class HopCapture:
         if line != READY:
             err = self._finish(kill=True)
             raise FlannelishError("the per-hop capture did not start", err or line)
+        self.seconds += time.monotonic() - started
         return self
 
     def _finish(self, kill: bool = False) -> str:
@@ -213,7 +216,11 @@ class HopCapture:
         return err
 
     def __exit__(self, *exc: object) -> None:
-        self._finish()
+        started = time.monotonic()
+        try:
+            self._finish()
+        finally:
+            self.seconds += time.monotonic() - started
 
 
 @dataclass

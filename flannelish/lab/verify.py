@@ -44,6 +44,7 @@ class VerifyReport:
     generated: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     hop_dir: Path | None = None  # per-hop pcaps and flows.json, with --report
+    hop_seconds: float = 0.0  # starting and stopping the per-hop capture
 
     @property
     def ok(self) -> bool:
@@ -236,4 +237,5 @@ def verify(state: LabState, pcap: Path | None = None, hop_dir: Path | None = Non
         pcap.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out, pcap)
     generated = [f"{a.name}->{b.name}" for a, b in p.cross + p.same]
-    return VerifyReport(analysis, pcap or out, generated, errors, hop_dir)
+    hop_seconds = float(getattr(hops, "seconds", 0.0))
+    return VerifyReport(analysis, pcap or out, generated, errors, hop_dir, hop_seconds)

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import time
 from pathlib import Path
 
 import pytest
+
+from flannelish.lab import procs
+from flannelish.lab.state import load_state
 
 from . import browser
 
@@ -54,9 +59,12 @@ def test_live_lab_nodes_report_and_diagram_in_a_browser(lab_cli, tmp_path):
     _ok(with_report, "verify passed", "report: ")
     for flow in ("icmp-cross", "tcp-cross", "udp-cross", "icmp-same"):
         assert f"✓ journey {flow}" in with_report.stdout, with_report.stdout
-    extra = report_s - plain_s
-    print(f"verify {plain_s:.1f}s, verify --report {report_s:.1f}s (+{extra:.1f}s)")
-    assert extra < REPORT_BUDGET, f"--report added {extra:.1f}s to verify"
+    # The report's own cost, measured inside the command: starting and stopping the per-hop
+    # capture, then journeys, diagram and page. (The wall-clock difference between the two
+    # runs is printed too, but on a shared 2-core machine it is mostly noise.)
+    cost = float(re.search(r"\(([\d.]+)s on top of verify", with_report.stdout).group(1))
+    print(f"verify {plain_s:.1f}s, verify --report {report_s:.1f}s; report cost {cost:.1f}s")
+    assert cost < REPORT_BUDGET, with_report.stdout
     index = report_dir / "index.html"
     flows = json.loads((report_dir / "pcaps" / "flows.json").read_text())
     for flow in flows:
@@ -65,6 +73,17 @@ def test_live_lab_nodes_report_and_diagram_in_a_browser(lab_cli, tmp_path):
 
     svg_path = tmp_path / "diagram.svg"
     _ok(lab_cli.lab("diagram", "--out", str(svg_path)), "3 nodes, 6 pods, 3 peer links, 0 problems")
+    # A daemon that does not answer (stopped for a moment) is drawn as down, its links unhealthy.
+    daemon = load_state(lab_cli.dir).node("node3").daemon
+    assert procs.is_ours(daemon)
+    down_path = tmp_path / "diagram-down.svg"
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        down = lab_cli.lab("diagram", "--out", str(down_path))
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    _ok(down, "3 problems")
+    assert "node3 daemon down" in down.stderr and "node1-node3 unhealthy" in down.stderr
 
     # -- a real browser -----------------------------------------------------------------------
     reason = browser.unavailable()
@@ -116,6 +135,11 @@ def test_live_lab_nodes_report_and_diagram_in_a_browser(lab_cli, tmp_path):
         ):
             assert driver.find_element(By.ID, ident).is_displayed(), ident
         assert len(driver.find_elements(By.CSS_SELECTOR, "g.pod")) == 6
+        assert browser.console_errors(driver) == []
+        driver.get(down_path.as_uri())
+        assert "health-down" in driver.find_element(By.ID, "node-node3").get_attribute("class")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "g.peer-unhealthy")) == 2
+        assert len(driver.find_elements(By.CSS_SELECTOR, "g.peer-ok")) == 1
         assert browser.console_errors(driver) == []
         driver.find_element(By.TAG_NAME, "svg").screenshot(str(shots / "diagram.png"))
     for name in ("report.png", "report-journey.png", "diagram.png"):
