@@ -278,15 +278,15 @@ def choose(packets: list[Packet], flow: FlowSpec) -> Packet | None:
 def same_packet(p: Packet, anchor: Packet, exact: bool = True) -> bool:
     """Is `p` (at another hop) the anchor packet, or a segment or super-packet holding it?
 
-    `exact`: same pod addresses too.  Otherwise one address may differ (a NAT on the
-    way rewrote it; the source port may change with it), so a rewritten packet is
-    still found and reported as NAT instead of as missing.
+    `exact`: same pod addresses too.  Otherwise the source address may differ (a
+    masquerade on the way rewrote it, and maybe the source port with it), so a
+    rewritten packet is still found and reported as NAT instead of as missing.
     """
     if p.proto != anchor.proto or not p.ident:
         return False
     if exact and (p.src, p.dst) != (anchor.src, anchor.dst):
         return False
-    if not exact and p.src != anchor.src and p.dst != anchor.dst:
+    if not exact and p.dst != anchor.dst:
         return False
     if anchor.proto == "icmp":
         return p.ident == anchor.ident

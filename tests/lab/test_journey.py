@@ -272,3 +272,20 @@ def test_hop_argument():
     )
     with pytest.raises(Exception, match="KEY=NETNS:IFACE"):
         parse_hop("nonsense")
+
+
+def test_vxlan_traffic_that_bypasses_the_tunnel_is_caught():
+    hops = (
+        _hop("a", jr.POD_SRC),
+        _hop("t", jr.TUNNEL_SRC),
+        _hop("w", jr.WIRE),
+        _hop("b", jr.POD_DST),
+    )
+    flow = jr.FlowSpec("icmp-cross", "t", "icmp", "10.244.1.2", "10.244.2.2", "a", "b", False, "vxlan",
+                       hops=hops)  # fmt: skip
+    frames = {k: [(i, _echo("10.244.1.2"))] for i, k in enumerate(("a", "w", "b"), start=1)}
+    j = jr.build(flow, frames)
+    assert [f.text for f in j.findings if not f.ok] == [
+        "not captured at t",
+        "crossed the underlay without VXLAN",
+    ]
