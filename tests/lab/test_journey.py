@@ -5,6 +5,7 @@ and on crafted frames for what a healthy lab never shows (NAT, a missing hop).""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -281,8 +282,7 @@ def test_vxlan_traffic_that_bypasses_the_tunnel_is_caught():
         _hop("w", jr.WIRE),
         _hop("b", jr.POD_DST),
     )
-    flow = jr.FlowSpec("icmp-cross", "t", "icmp", "10.244.1.2", "10.244.2.2", "a", "b", False, "vxlan",
-                       hops=hops)  # fmt: skip
+    flow = replace(_flow(*hops), backend="vxlan")
     frames = {k: [(i, _echo("10.244.1.2"))] for i, k in enumerate(("a", "w", "b"), start=1)}
     j = jr.build(flow, frames)
     assert [f.text for f in j.findings if not f.ok] == [
