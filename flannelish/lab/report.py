@@ -175,8 +175,10 @@ class HopCapture:
 
     def __enter__(self) -> HopCapture:
         started = time.monotonic()
-        shutil.rmtree(self.out, ignore_errors=True)
-        self.out.mkdir(parents=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        # Only what an earlier report wrote here goes: never a whole directory.
+        for stale in [*self.out.glob("*.pcap"), self.out / FLOWS_FILE, self.out / "hops.json"]:
+            stale.unlink(missing_ok=True)
         jr.save_flows(self.out / FLOWS_FILE, self.flows)
         self.proc = subprocess.Popen(
             self.argv,
@@ -238,6 +240,8 @@ def build_journeys(pcap_dir: Path, vxlan_port: int) -> list[jr.Journey]:
     """Every flow recorded in pcap_dir/flows.json, followed through its per-hop pcaps."""
     import json
 
+    if not (pcap_dir / FLOWS_FILE).exists():
+        return []
     flows = jr.load_flows(pcap_dir / FLOWS_FILE)
     frames = jr.load_frames(pcap_dir, flows)
     facts_path = pcap_dir / "hops.json"
@@ -272,6 +276,7 @@ def write_report(state: LabState, verify_report: Any, directory: Path) -> Report
         svg = diagram.inline_svg(topo)
     except FlannelishError as exc:
         topo, svg = None, f'<p class="error">no diagram: {exc}</p>'
+    (directory / PCAPS).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(verify_report.pcap, directory / PCAPS / "underlay-all.pcap")
     html = reporthtml.render(state, verify_report, journeys, svg, topo)
     index = directory / "index.html"

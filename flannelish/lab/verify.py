@@ -215,7 +215,9 @@ def verify(state: LabState, pcap: Path | None = None, hop_dir: Path | None = Non
     if hop_dir is not None:
         from flannelish.lab.report import HopCapture, journey_flows
 
-        hops = HopCapture(hop_dir, journey_flows(state, p.cross, p.same))
+        flows = journey_flows(state, p.cross, p.same)
+        if flows:  # none in a lab of one node with one pod
+            hops = HopCapture(hop_dir, flows)
     try:
         for server in servers:
             server.__enter__()
