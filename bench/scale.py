@@ -45,7 +45,7 @@ RSS_PROBE = """
 import flannelish.cli, flannelish.daemon.node, flannelish.subnet.manager
 import flannelish.subnet.etcdstore, flannelish.subnet.registry
 import flannelish.cni.server, flannelish.backends.vxlan
-import flannelish.kernel.netlink, pyetcd, grpc
+import flannelish.kernel.rawnetlink, pyetcd, grpc
 for line in open("/proc/self/status"):
     if line.startswith("VmRSS"):
         print(int(line.split()[1]) // 1024)
@@ -90,7 +90,7 @@ def count_routes(netlink: object) -> int:
 
 def main() -> int:
     global PEERS
-    from flannelish.kernel.netlink import RawNetlink
+    from flannelish.kernel.rawnetlink import RawNetlink
 
     if len(sys.argv) == 3 and sys.argv[1] == "--peers":  # e.g. --peers 10 for a quick check
         PEERS = int(sys.argv[2])

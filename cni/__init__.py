@@ -11,12 +11,12 @@ Modules, in the order a call passes through them:
 * ``bridge``   ADD/DEL/CHECK/GC/STATUS with rollback on failure
 * ``ipam``     host-local compatible allocator and on-disk store (flock)
 * ``delegate`` runs another IPAM plugin from CNI_PATH
-* ``kernel``   namespaces (per-thread setns), links, addresses, routes, sysctls;
-               the rtnetlink messages are flannelish.kernel.rtnl's (shared with the daemon)
 * ``masq``     per-container masquerade with nftables
 * ``result``   results shaped per cniVersion
 * ``install``  launcher + conflist for ``flannelish install-cni``
 
+The kernel work (namespaces, links, addresses, routes, sysctls) goes through
+flannelish.kernel, the same interface and implementation the daemon uses.
 Only the standard library is imported here and on the fast path: a container
 runtime starts a fresh process for every call.
 """

@@ -33,24 +33,20 @@ in-process, the caller's (from SO_PEERCRED) in the daemon.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import signal
 from collections.abc import Callable
 
-from flannelish.errors import CniCode
+from flannelish.errors import CniCode, KernelError
 from flannelish.kernel.mac import random_mac
+from flannelish.kernel.netlink import MAIN_TABLE, RTPROT_BOOT, Addr, Link, Route
+from flannelish.kernel.netns import current_netns_fd, in_netns, open_netns, same_netns
+from flannelish.kernel.rawnetlink import RawNetlink
 
 from . import ipam, masq, result
 from .delegate import run_delegate
-from .kernel import (
-    LinkInfo,
-    Netlink,
-    current_netns_fd,
-    entered,
-    open_netns,
-    same_netns,
-)
 from .netconf import NetConf
 from .protocol import CniError, Invocation, version_tuple
 
@@ -78,12 +74,17 @@ class Call:
         self.stderr: list[str] = stderr if stderr is not None else []
 
     def in_host(self) -> contextlib.AbstractContextManager[None]:
-        return entered(self.host_fd)
+        return in_netns(self.host_fd)
 
 
 def _open_pod(call: Call) -> int:
     """The pod netns fd; code 8 if it is the runtime's own namespace."""
-    pod_fd = open_netns(call.inv.netns)
+    try:
+        pod_fd = open_netns(call.inv.netns)
+    except KernelError as exc:
+        raise CniError(
+            CniCode.INTERNAL, f'failed to open netns "{call.inv.netns}": {exc.details}'
+        ) from None
     own = call.host_fd if call.host_fd is not None else current_netns_fd()
     try:
         if same_netns(pod_fd, own):
@@ -171,10 +172,14 @@ def _parse_resolv_conf(path: str) -> dict:
 # --- ADD ---------------------------------------------------------------------
 
 
-def _ensure_bridge(host: Netlink, conf: NetConf) -> LinkInfo:
+def _ensure_bridge(host: RawNetlink, conf: NetConf) -> Link:
     link = host.link(conf.bridge)
     if link is None:
-        host.create_bridge(conf.bridge, conf.mtu, random_mac())
+        try:
+            host.create_bridge(conf.bridge, conf.mtu, random_mac())
+        except KernelError as exc:
+            if exc.errno != errno.EEXIST:  # EEXIST: a concurrent ADD created it first
+                raise
         host.sysctl(f"net.ipv6.conf.{conf.bridge}.accept_ra", "0")
         link = host.link(conf.bridge)
         if link is None:
@@ -184,35 +189,35 @@ def _ensure_bridge(host: Netlink, conf: NetConf) -> LinkInfo:
             CniCode.INTERNAL, f'"{conf.bridge}" already exists but is not a bridge ({link.kind})'
         )
     if conf.promisc and not link.promisc:
-        host.set_link(link.index, f"set bridge {conf.bridge} promiscuous", promisc=True)
+        host.set_link(link.index, promisc=True)
     if not link.up:
-        host.set_link(link.index, f"set bridge {conf.bridge} up", up=True)
+        host.set_link(link.index, up=True)
     return link
 
 
-def _ensure_gateway(host: Netlink, conf: NetConf, bridge: LinkInfo, cidr: str) -> None:
+def _ensure_gateway(host: RawNetlink, conf: NetConf, bridge: Link, cidr: str) -> None:
     iface = ipaddress.ip_interface(cidr)
     family = 2 if iface.version == 4 else 10
-    want = (str(iface.ip), iface.network.prefixlen)
-    present = host.addresses(bridge.index, family)
+    want = Addr(bridge.index, iface.ip, iface.network.prefixlen)
+    present = host.addrs(bridge.index, family)
     if want in present:
         return
     # Like the reference: any other IPv4 address conflicts; IPv6 ones only if they overlap.
     conflicting = [
-        (address, prefix)
-        for address, prefix in present
+        a
+        for a in present
         if iface.version == 4
-        or ipaddress.ip_network(f"{address}/{prefix}", strict=False).overlaps(iface.network)
+        or ipaddress.ip_network(f"{a.address}/{a.prefixlen}", strict=False).overlaps(iface.network)
     ]
     if conflicting and not conf.force_address:
         raise CniError(
             CniCode.INTERNAL,
             f'"{conf.bridge}" already has an IP address different from {cidr}',
-            ", ".join(f"{a}/{p}" for a, p in conflicting),
+            ", ".join(f"{a.address}/{a.prefixlen}" for a in conflicting),
         )
-    for address, prefix in conflicting:
-        host.del_address(bridge.index, address, prefix)
-    host.add_address(bridge.index, *want)
+    for addr in conflicting:
+        host.del_addr(addr)
+    host.add_addr(want)
     host.sysctl(
         "net.ipv4.ip_forward" if iface.version == 4 else "net.ipv6.conf.all.forwarding", "1"
     )
@@ -242,8 +247,8 @@ def cmd_add(call: Call) -> str:
     undo: list[Callable[[], None]] = []
     host = pod = None
     try:
-        host = Netlink(call.host_fd)
-        pod = Netlink(pod_fd)
+        host = RawNetlink(call.host_fd)
+        pod = RawNetlink(pod_fd)
         if pod.link(inv.ifname) is not None:
             raise CniError(
                 CniCode.INTERNAL, f"container veth name provided ({inv.ifname}) already exists"
@@ -259,17 +264,14 @@ def cmd_add(call: Call) -> str:
             _default_route(res)
 
         host_name = "veth" + os.urandom(4).hex()
-        host.create_veth(host_name, inv.ifname, pod_fd, conf.mtu, conf.mac)
+        veth = host.create_veth(host_name, inv.ifname, pod_fd, conf.mtu, conf.mac)
         undo.append(lambda: _delete_named(host, host_name))
         _kill_point("add:veth")
-        veth = host.link(host_name)
         cont = pod.link(inv.ifname)
-        if veth is None or cont is None:
+        if cont is None:
             raise CniError(CniCode.INTERNAL, f"veth pair {host_name}/{inv.ifname} not found")
         host.sysctl(f"net.ipv6.conf.{host_name}.accept_ra", "0")
-        host.set_link(
-            veth.index, f"attach {host_name} to {conf.bridge}", master=bridge.index, up=True
-        )
+        host.set_link(veth.index, master=bridge.index, up=True)
         if conf.hairpin:
             host.set_hairpin(veth.index, True)
 
@@ -277,8 +279,8 @@ def cmd_add(call: Call) -> str:
         pod.sysctl(f"net.ipv6.conf.{inv.ifname}.accept_dad", "0")
         for ip in res["ips"]:
             iface = ipaddress.ip_interface(ip["address"])
-            pod.add_address(cont.index, str(iface.ip), iface.network.prefixlen)
-        pod.set_link(cont.index, f"set {inv.ifname} up", up=True)
+            pod.add_addr(Addr(cont.index, iface.ip, iface.network.prefixlen))
+        pod.set_link(cont.index, up=True)
         for route in res["routes"]:
             _add_pod_route(pod, cont.index, route, res["ips"])
         _kill_point("add:addr")
@@ -330,7 +332,7 @@ def cmd_add(call: Call) -> str:
         os.close(pod_fd)
 
 
-def _delete_named(host: Netlink | None, name: str) -> None:
+def _delete_named(host: RawNetlink | None, name: str) -> None:
     link = host.link(name) if host else None
     if host and link:
         host.delete_link(link.index)
@@ -344,7 +346,7 @@ def _v4(ips: list[dict]) -> list[str]:
     ]
 
 
-def _add_pod_route(pod: Netlink, index: int, route: dict, ips: list[dict]) -> None:
+def _add_pod_route(pod: RawNetlink, index: int, route: dict, ips: list[dict]) -> None:
     dst = ipaddress.ip_network(route["dst"], strict=False)
     gw = route.get("gw")
     if not gw:
@@ -356,10 +358,17 @@ def _add_pod_route(pod: Netlink, index: int, route: dict, ips: list[dict]) -> No
             ),
             None,
         )
-    extra = {k: route[k] for k in ("priority", "table") if route.get(k) is not None}
-    if route.get("scope") is not None:
-        extra["scope"] = route["scope"]
-    pod.add_route(str(dst), gw, index, **extra)
+    pod.add_route(
+        Route(
+            dst,
+            ipaddress.ip_address(gw) if gw else None,
+            index,
+            proto=RTPROT_BOOT,
+            table=MAIN_TABLE if route.get("table") is None else route["table"],
+            scope=route.get("scope"),
+            priority=route.get("priority"),
+        )
+    )
 
 
 def _chain(prev: dict | None, ours: dict) -> dict:
@@ -400,7 +409,7 @@ def cmd_del(call: Call) -> None:
                 raise  # never delete interfaces in the runtime's own namespace
         if pod_fd is not None:
             try:
-                with Netlink(pod_fd) as pod:
+                with RawNetlink(pod_fd) as pod:
                     link = pod.link(inv.ifname)
                     if link is not None:
                         pod.delete_link(link.index)  # the host end goes with it
@@ -449,7 +458,7 @@ def cmd_check(call: Call) -> None:
     want = ifaces[idx]
     pod_fd = _open_pod(call)
     try:
-        with Netlink(pod_fd) as pod, Netlink(call.host_fd) as host:
+        with RawNetlink(pod_fd) as pod, RawNetlink(call.host_fd) as host:
             cont = pod.link(inv.ifname)
             if cont is None:
                 raise CniError(CniCode.INTERNAL, f"interface {inv.ifname} not found in the pod")
@@ -458,12 +467,12 @@ def cmd_check(call: Call) -> None:
                     CniCode.INTERNAL,
                     f"interface {inv.ifname} MAC {cont.mac} does not match {want['mac']}",
                 )
-            present = set(pod.addresses(cont.index))
+            present = set(pod.addrs(cont.index, family=0))
             for ip in prev["ips"]:
                 if ip.get("interface") != idx:
                     continue
                 iface = ipaddress.ip_interface(ip["address"])
-                if (str(iface.ip), iface.network.prefixlen) not in present:
+                if Addr(cont.index, iface.ip, iface.network.prefixlen) not in present:
                     raise CniError(
                         CniCode.INTERNAL,
                         f"Failed to match addr {ip['address']} on interface {inv.ifname}",
@@ -491,10 +500,8 @@ def cmd_check(call: Call) -> None:
             raise CniError(CniCode.INTERNAL, f"masquerade rules of {inv.container_id} missing")
 
 
-def _check_routes(pod: Netlink, index: int, routes: list[dict]) -> None:
-    table: set[str] = set()
-    for family in (2, 10):
-        table |= {dst for dst, _gw, oif in pod.routes(family) if oif == index}
+def _check_routes(pod: RawNetlink, index: int, routes: list[dict]) -> None:
+    table = {str(r.dst) for r in pod.routes(proto=None, family=0) if r.oif == index}
     for route in routes:
         dst = str(ipaddress.ip_network(route["dst"], strict=False))
         if dst not in table:

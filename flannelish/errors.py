@@ -88,9 +88,17 @@ class LeaseLostError(FlannelishError):
 
 
 class KernelError(FlannelishError):
-    """A kernel operation (netlink, nftables, sysctl) failed."""
+    """A kernel operation (netlink, nftables, sysctl) failed.
+
+    ``errno`` is the kernel's error number when it refused a netlink request
+    (e.g. ``errno.EEXIST`` for an exclusive create), else None.
+    """
 
     exit_code = ExitCode.KERNEL
+
+    def __init__(self, msg: str, details: str | None = None, errno: int | None = None) -> None:
+        super().__init__(msg, details)
+        self.errno = errno
 
 
 class NotAvailableError(FlannelishError):

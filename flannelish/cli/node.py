@@ -300,8 +300,8 @@ def uninstall_command(dry_run: bool, yes: bool) -> None:
     nftables table (the daemon leaves all three in place when it stops, so pods keep
     their network during restarts).  Stop the daemon first.  Leases stay in etcd until
     they expire; subnet.env stays so a re-installed node gets its subnet back."""
-    from flannelish.kernel.netlink import RawNetlink
     from flannelish.kernel.nft import NftCli
+    from flannelish.kernel.rawnetlink import RawNetlink
     from flannelish.node.teardown import teardown
 
     nl = RawNetlink()

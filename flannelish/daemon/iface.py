@@ -11,22 +11,34 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_address
 
 from flannelish.backends.base import ExternalInterface
 from flannelish.errors import ConfigError, NotAvailableError
-from flannelish.kernel.netlink import Link, Netlink, is_ipv4
+from flannelish.kernel.netlink import Addr, Link, Netlink
+
+
+def is_ipv4(value: str) -> bool:
+    try:
+        return ip_address(value).version == 4
+    except ValueError:
+        return False
+
+
+def _v4(addrs: list[Addr]) -> list[tuple[int, IPv4Address]]:
+    """(ifindex, address) of the IPv4 addresses among `addrs`."""
+    return [(a.index, a.address) for a in addrs if isinstance(a.address, IPv4Address)]
 
 
 def _first_address(nl: Netlink, link: Link) -> IPv4Address | None:
-    addrs = [a.address for a in nl.addrs(link.index)]
+    addrs = [address for _index, address in _v4(nl.addrs(link.index))]
     # Global addresses first (Flannel orders global before link-local).
     addrs.sort(key=lambda a: (a.is_link_local, a.is_loopback))
     return addrs[0] if addrs else None
 
 
 def _holder(nl: Netlink, links: Sequence[Link], ip: IPv4Address) -> Link | None:
-    indexes = {a.index for a in nl.addrs() if a.address == ip}
+    indexes = {index for index, address in _v4(nl.addrs()) if address == ip}
     return next((link for link in links if link.index in indexes), None)
 
 
@@ -47,11 +59,11 @@ def _match(
             rx = re.compile(pattern)
         except re.error as exc:
             raise ConfigError(f"--iface-regex {pattern!r} is not a valid regex", str(exc)) from None
-        for addr in nl.addrs():
-            if rx.search(str(addr.address)):
-                link = next((x for x in links if x.index == addr.index), None)
+        for index, address in _v4(nl.addrs()):
+            if rx.search(str(address)):
+                link = next((x for x in links if x.index == index), None)
                 if link is not None:
-                    return link, addr.address
+                    return link, address
         for link in links:
             if rx.search(link.name):
                 return link, None

@@ -42,7 +42,8 @@ from flannelish.daemon.iface import select_interface
 from flannelish.daemon.peers import PeerTable
 from flannelish.daemon.reconciler import PassResult, ReconcileLoop, Reconciler
 from flannelish.errors import ConfigError, FlannelishError
-from flannelish.kernel.netlink import ROUTE_PROTO, Change, ChangeMonitor, Netlink
+from flannelish.kernel.monitor import Change, ChangeMonitor
+from flannelish.kernel.netlink import ROUTE_PROTO, Netlink
 from flannelish.kernel.resources import Owner
 from flannelish.kernel.rtnl import RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE, RTM_NEWLINK
 from flannelish.subnet.lease import Lease, LeaseAttrs
@@ -131,7 +132,7 @@ class NodeDaemon:
         return SubnetManager(EtcdRegistry(self.options.etcd))
 
     def _make_netlink(self) -> Netlink:
-        from flannelish.kernel.netlink import RawNetlink
+        from flannelish.kernel.rawnetlink import RawNetlink
 
         return RawNetlink()
 

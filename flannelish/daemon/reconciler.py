@@ -121,7 +121,9 @@ def describe(obj: Any, prefix: str = "") -> dict[str, str]:
     """Structured log fields of a kernel record (names optionally prefixed)."""
     names = _FIELDS.get(type(obj))
     if names is None:
-        names = _FIELDS[type(obj)] = tuple(f.name for f in fields(obj))
+        # kernel records (flannelish.kernel.netlink.record) or dataclasses (nft elements)
+        names = getattr(obj, "_fields", None) or tuple(f.name for f in fields(obj))
+        _FIELDS[type(obj)] = names
     return {prefix + name: str(getattr(obj, name)) for name in names}
 
 

@@ -61,7 +61,7 @@ def iface_facts(sock: socket.socket, ifname: str) -> dict[str, Any]:
 
 def open_hop(netns: str | None, ifname: str) -> tuple[socket.socket, dict[str, Any]]:
     """A promiscuous packet socket on `ifname` inside `netns` (None: our own)."""
-    from flannelish.kernel.rtnl import current_netns_fd, setns
+    from flannelish.kernel.netns import current_netns_fd, setns
 
     home = current_netns_fd() if netns else -1
     try:

@@ -54,7 +54,7 @@ class DaemonView:
 
 def get_in_netns(netns: str, url: str, timeout: float = 2.0) -> bytes:
     """GET `url` from inside the named network namespace (no proxies)."""
-    from flannelish.kernel.rtnl import setns
+    from flannelish.kernel.netns import setns
 
     box: dict[str, Any] = {}
 

@@ -21,11 +21,12 @@ from flannelish.daemon.configwatch import ConfigWatch
 from flannelish.daemon.node import DaemonOptions, NodeDaemon
 from flannelish.daemon.reconciler import Reconciler, diff
 from flannelish.errors import ConfigError, EtcdError
-from flannelish.kernel.netlink import ROUTE_PROTO, Addr, FakeNetlink, Fdb, Neigh, Route
+from flannelish.kernel.netlink import ROUTE_PROTO, Addr, Fdb, Neigh, Route
 from flannelish.kernel.resources import FdbResource, NeighResource, RouteResource
 from flannelish.subnet.config import parse_network_config
 from flannelish.subnet.lease import Lease, LeaseAttrs
 from flannelish.subnet.manager import SubnetManager
+from flannelish.testing.fake_kernel import FakeNetlink
 from flannelish.testing.registry import InMemoryRegistry
 
 pytestmark = pytest.mark.unit

@@ -14,8 +14,9 @@ from flannelish.backends.hostgw import WARN_INTERVAL, HostGwBackend
 
 from flannelish.daemon.reconciler import Reconciler
 from flannelish.errors import ConfigError
-from flannelish.kernel.netlink import ROUTE_PROTO, Addr, FakeNetlink, Route
+from flannelish.kernel.netlink import ROUTE_PROTO, Addr, Route
 from flannelish.subnet.lease import Lease, LeaseAttrs
+from flannelish.testing.fake_kernel import FakeNetlink
 
 pytestmark = pytest.mark.unit
 

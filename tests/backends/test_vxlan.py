@@ -12,8 +12,9 @@ from flannelish.backends.base import BackendContext, ExternalInterface
 from flannelish.backends.vxlan import VxlanBackend, VxlanOptions
 
 from flannelish.errors import ConfigError
-from flannelish.kernel.netlink import Addr, FakeNetlink, VxlanSpec
+from flannelish.kernel.netlink import Addr, VxlanSpec
 from flannelish.subnet.lease import Lease
+from flannelish.testing.fake_kernel import FakeNetlink
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,8 @@ import pytest
 
 from flannelish.daemon.iface import select_interface
 from flannelish.errors import ConfigError, NotAvailableError
-from flannelish.kernel.netlink import Addr, FakeNetlink
+from flannelish.kernel.netlink import Addr
+from flannelish.testing.fake_kernel import FakeNetlink
 
 pytestmark = pytest.mark.unit
 

@@ -10,9 +10,10 @@ import pytest
 
 from flannelish.daemon.node import DaemonOptions, NodeDaemon
 from flannelish.errors import ConfigError, KernelError
-from flannelish.kernel.netlink import Addr, FakeNetlink
+from flannelish.kernel.netlink import Addr
 from flannelish.subnet.lease import LeaseAttrs
 from flannelish.subnet.manager import SubnetManager
+from flannelish.testing.fake_kernel import FakeNetlink
 from flannelish.testing.registry import InMemoryRegistry
 
 pytestmark = pytest.mark.unit

@@ -11,9 +11,10 @@ from flannelish.backends.base import BackendContext, ExternalInterface
 from flannelish.backends.vxlan import VxlanBackend
 
 from flannelish.daemon.reconciler import Reconciler, diff
-from flannelish.kernel.netlink import ROUTE_PROTO, FakeNetlink, Fdb, Neigh, Route
+from flannelish.kernel.netlink import ROUTE_PROTO, Fdb, Neigh, Route
 from flannelish.kernel.resources import FdbResource, NeighResource, RouteResource
 from flannelish.subnet.lease import Lease, LeaseAttrs
+from flannelish.testing.fake_kernel import FakeNetlink
 
 pytestmark = pytest.mark.unit
 

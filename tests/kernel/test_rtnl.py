@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from flannelish.kernel import rtnl
-from flannelish.kernel.netlink import Change, parse_changes
+from flannelish.kernel.monitor import Change, parse_changes
 from flannelish.kernel.rtnl import RTM_DELLINK, RTM_DELROUTE
 
 pytestmark = pytest.mark.unit
@@ -41,7 +41,7 @@ def test_change_parser_stops_on_a_truncated_header():
 
 
 def test_nft_change_parser_reads_deletions_with_family_and_table():
-    from flannelish.kernel.netlink import parse_nft_changes
+    from flannelish.kernel.monitor import parse_nft_changes
 
     def nft_msg(msg: int, family: int, table: str) -> bytes:
         body = struct.pack("=BBH", family, 0, 0) + rtnl.attr(1, table.encode() + b"\0")

@@ -10,7 +10,7 @@ from flannelish.backends.base import BackendContext, ExternalInterface
 from flannelish.backends.hostgw import HostGwBackend
 
 from flannelish.daemon.reconciler import Reconciler
-from flannelish.kernel.netlink import PyRoute2Netlink
+from flannelish.kernel.rawnetlink import RawNetlink
 from flannelish.subnet.lease import Lease, LeaseAttrs
 
 from .conftest import build_node
@@ -36,7 +36,7 @@ def test_three_host_gw_nodes_route_pods_and_skip_an_off_link_peer(
     caplog.set_level(logging.WARNING, logger="flannelish.hostgw")
     try:
         for node in nodes:
-            nl = PyRoute2Netlink(netns=node.host.netns)
+            nl = RawNetlink(node.host.netns)
             handles.append(nl)
             eth0 = nl.link("eth0")
             assert eth0 is not None

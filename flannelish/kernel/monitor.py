@@ -1,0 +1,153 @@
+"""Kernel change notifications: something relevant changed, so resync.
+
+:class:`ChangeMonitor` listens on a raw rtnetlink multicast socket and only
+reports *that* something changed (decoding just the fixed headers); the
+reconciler then re-reads the state.  Safe to block on from a plain thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import select
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flannelish.kernel.netns import in_netns
+from flannelish.kernel.rtnl import (
+    IFADDRMSG,
+    IFINFOMSG,
+    NDMSG,
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_DELNEIGH,
+    RTM_DELROUTE,
+    RTM_NEWLINK,
+    RTM_NEWNEIGH,
+    RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV4_ROUTE,
+    RTMGRP_LINK,
+    RTMGRP_NEIGH,
+    RTMSG,
+    messages,
+    parse_attrs,
+)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One kernel notification, reduced to what decides whether to resync."""
+
+    type: int
+    ifindex: int = 0
+    proto: int = 0
+    family: int = 0  # nftables: the table's family (NFPROTO_IPV4 = 2)
+    table: str = ""  # nftables: the table the change is in
+
+
+def parse_changes(data: bytes) -> list[Change]:
+    """Decode the fixed headers of the rtnetlink messages in one datagram."""
+    out: list[Change] = []
+    for mtype, _flags, _seq, body, end in messages(data):
+        size = end - body
+        if mtype in (RTM_NEWLINK, RTM_DELLINK) and size >= IFINFOMSG.size:
+            out.append(Change(mtype, ifindex=IFINFOMSG.unpack_from(data, body)[2]))
+        elif mtype == RTM_DELADDR and size >= IFADDRMSG.size:
+            out.append(Change(mtype, ifindex=IFADDRMSG.unpack_from(data, body)[4]))
+        elif mtype == RTM_DELROUTE and size >= RTMSG.size:
+            out.append(Change(mtype, proto=RTMSG.unpack_from(data, body)[5]))
+        elif mtype in (RTM_NEWNEIGH, RTM_DELNEIGH) and size >= NDMSG.size:
+            out.append(Change(mtype, ifindex=NDMSG.unpack_from(data, body)[1]))
+    return out
+
+
+# nftables notifications (nfnetlink): deletions in a table, so a table, chain,
+# rule, set or element removed behind the daemon's back is repaired at once.
+NETLINK_NETFILTER = 12
+NFNLGRP_NFTABLES = 7
+NFNL_SUBSYS_NFTABLES = 10
+NFT_DELETIONS = frozenset({2, 5, 8, 11, 14})  # DELTABLE DELCHAIN DELRULE DELSET DELSETELEM
+NFGENMSG_SIZE = 4  # family, version, res_id
+NFTA_TABLE = 1  # the table name is attribute 1 of table/chain/rule/set/element messages
+
+
+def parse_nft_changes(data: bytes) -> list[Change]:
+    """Deletions in nftables tables, from one nfnetlink datagram."""
+    out: list[Change] = []
+    for mtype, _flags, _seq, body, end in messages(data):
+        if mtype >> 8 != NFNL_SUBSYS_NFTABLES or mtype & 0xFF not in NFT_DELETIONS:
+            continue
+        if end - body < NFGENMSG_SIZE:
+            continue
+        name = parse_attrs(data, body + NFGENMSG_SIZE, end).get(NFTA_TABLE, b"")
+        table = name.split(b"\0", 1)[0].decode(errors="replace")
+        out.append(Change(mtype, family=data[body], table=table))
+    return out
+
+
+class ChangeMonitor:
+    """Calls ``on_change(changes)`` for kernel notifications accepted by ``relevant``.
+
+    Runs in its own daemon thread until stop().  A notification only triggers
+    a resync; it is never applied directly, so a lost or reordered message
+    costs at most one resync interval.  ``nftables=True`` listens to nftables
+    deletions (parse_nft_changes) instead of rtnetlink.
+    """
+
+    def __init__(
+        self,
+        on_change: Callable[[list[Change]], None],
+        relevant: Callable[[Change], bool],
+        netns: str | None = None,
+        nftables: bool = False,
+    ) -> None:
+        self._on_change = on_change
+        self._relevant = relevant
+        self._parse = parse_nft_changes if nftables else parse_changes
+        self._stop = threading.Event()
+        protocol = NETLINK_NETFILTER if nftables else socket.NETLINK_ROUTE
+        with in_netns(netns):
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
+        groups = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
+        if nftables:
+            groups = 1 << (NFNLGRP_NFTABLES - 1)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self._sock.bind((0, groups))
+        self._thread = threading.Thread(target=self._run, name="netlink-monitor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # the periodic resync still covers us; say so once
+            if not self._stop.is_set():
+                logging.getLogger("flannelish.kernel.monitor").warning(
+                    "kernel change notifications stopped (%s); periodic resync only", exc
+                )
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._sock], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                data = self._sock.recv(1 << 16)
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:  # we missed messages, so resync everything
+                    self._on_change([Change(0)])
+                    continue
+                if self._stop.is_set():
+                    return
+                raise
+            changes = [c for c in self._parse(data) if self._relevant(c)]
+            if changes:
+                self._on_change(changes)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._sock.close()

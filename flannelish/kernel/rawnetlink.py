@@ -1,0 +1,447 @@
+"""RawNetlink: the one runtime implementation of :class:`~flannelish.kernel.netlink.Netlink`.
+
+Each operation packs its rtnetlink request from a record (the wire format is
+:mod:`flannelish.kernel.rtnl`) and decodes replies back into records.  One
+instance is one socket in one network namespace; the daemon shares its
+instance between threads (the socket serialises requests), the CNI plugin
+opens one per namespace per call.  Standard library only: the CNI plugin
+imports this on every call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import struct
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import TYPE_CHECKING
+
+from flannelish.errors import KernelError
+from flannelish.kernel import rtnl
+from flannelish.kernel.netlink import (
+    AF_INET,
+    AF_INET6,
+    MAIN_TABLE,
+    ROUTE_PROTO,
+    RT_SCOPE_LINK,
+    RT_SCOPE_UNIVERSE,
+    Addr,
+    Fdb,
+    IPAddress,
+    Link,
+    Neigh,
+    Netlink,
+    Route,
+    RouteExists,
+    VxlanInfo,
+    VxlanSpec,
+)
+from flannelish.kernel.netns import in_netns
+from flannelish.kernel.rtnl import (
+    AF_BRIDGE,
+    NDA_LLADDR,
+    NLM_F_CREATE,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    NTF_SELF,
+    NUD_NOARP,
+    NUD_PERMANENT,
+    LinkMsg,
+    RtnlSocket,
+    attr,
+    ifinfo,
+    mac_bytes,
+    mac_str,
+    nested,
+    string,
+    u32,
+)
+
+CREATE = NLM_F_CREATE | NLM_F_EXCL  # fail with EEXIST if the slot is taken
+REPLACE = NLM_F_CREATE | NLM_F_REPLACE  # create or overwrite
+_GONE = (errno.ENODEV, errno.ENOENT)  # what a lookup of a missing link returns
+
+
+def _address(raw: bytes) -> IPAddress:
+    return IPv4Address(raw) if len(raw) == 4 else IPv6Address(raw)
+
+
+class RawNetlink:
+    """The real kernel through hand-packed rtnetlink messages.
+
+    `netns` is where the socket lives: None (the calling thread's namespace;
+    the daemon runs inside its node's namespace), a name under /run/netns
+    (tests, benchmarks) or an open namespace fd, which the caller keeps open
+    while this object is used (the CNI plugin's host and pod namespaces).
+    """
+
+    def __init__(self, netns: str | int | None = None) -> None:
+        self._netns = netns
+        with in_netns(netns):
+            self._rtnl = RtnlSocket()
+
+    def close(self) -> None:
+        self._rtnl.close()
+
+    def __enter__(self) -> RawNetlink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _raw(self, op: str, what: object, missing_ok: bool = False) -> Iterator[None]:
+        """Kernel refusals in the block become KernelError (with the errno)."""
+        try:
+            yield
+        except OSError as exc:
+            if missing_ok and rtnl.is_missing(exc):
+                return  # already gone: what a delete wanted
+            raise KernelError(
+                f"netlink {op} failed for {what}", exc.strerror or str(exc), exc.errno
+            ) from None
+
+    # -- links ----------------------------------------------------------------------
+    @staticmethod
+    def _to_link(msg: LinkMsg) -> Link:
+        kind, data = msg.linkinfo()
+        vxlan = None
+        if kind == "vxlan":
+            local = data.get(rtnl.IFLA_VXLAN_LOCAL)
+            link = data.get(rtnl.IFLA_VXLAN_LINK)
+            port = data.get(rtnl.IFLA_VXLAN_PORT)
+            vni = data.get(rtnl.IFLA_VXLAN_ID)
+            vxlan = VxlanInfo(
+                vni=struct.unpack("=I", vni)[0] if vni else 0,
+                local=IPv4Address(local) if local and len(local) == 4 else None,
+                link=struct.unpack("=I", link)[0] if link else None,
+                port=struct.unpack("!H", port)[0] if port else 0,  # network byte order
+                learning=bool(data.get(rtnl.IFLA_VXLAN_LEARNING, b"\0")[0]),
+            )
+        return Link(
+            index=msg.index,
+            name=msg.name,
+            kind=kind,
+            mac=mac_str(msg.attrs.get(rtnl.IFLA_ADDRESS, b"")),
+            mtu=msg.mtu,
+            up=bool(msg.flags & rtnl.IFF_UP),
+            vxlan=vxlan,
+            master=msg.u32(rtnl.IFLA_MASTER),
+            promisc=bool(msg.flags & rtnl.IFF_PROMISC),
+            peer_index=msg.u32(rtnl.IFLA_LINK),
+        )
+
+    def links(self) -> list[Link]:
+        body = ifinfo() + u32(rtnl.IFLA_EXT_MASK, rtnl.RTEXT_FILTER_SKIP_STATS)
+        with self._raw("link dump", "all links"):
+            replies = self._rtnl.dump(rtnl.RTM_GETLINK, body)
+        return [self._to_link(m) for m in rtnl.link_msgs(replies)]
+
+    def _get_link(self, what: str, body: bytes) -> Link | None:
+        body = body + u32(rtnl.IFLA_EXT_MASK, rtnl.RTEXT_FILTER_SKIP_STATS)
+        try:
+            replies = self._rtnl.get(rtnl.RTM_GETLINK, body)
+        except OSError as exc:
+            if exc.errno in _GONE:
+                return None
+            raise KernelError(
+                f"netlink link get failed for {what}", exc.strerror, exc.errno
+            ) from None
+        return next((self._to_link(m) for m in rtnl.link_msgs(replies)), None)
+
+    def link(self, name: str) -> Link | None:
+        return self._get_link(name, ifinfo() + string(rtnl.IFLA_IFNAME, name))
+
+    def link_by_index(self, index: int) -> Link | None:
+        if index <= 0:  # e.g. IFLA_LINK of a link without a peer
+            return None
+        return self._get_link(f"ifindex {index}", ifinfo(index))
+
+    def _create(self, what: str, name: str, attrs: bytes) -> Link:
+        with self._raw(f"{what} add", name):
+            self._rtnl.request(rtnl.RTM_NEWLINK, ifinfo() + attrs, CREATE)
+        link = self.link(name)
+        if link is None:
+            raise KernelError(f"{what} device {name} vanished right after creation")
+        return link
+
+    def create_vxlan(self, spec: VxlanSpec) -> Link:
+        data = nested(
+            rtnl.IFLA_INFO_DATA,
+            u32(rtnl.IFLA_VXLAN_ID, spec.vni),
+            u32(rtnl.IFLA_VXLAN_LINK, spec.link),
+            attr(rtnl.IFLA_VXLAN_LOCAL, spec.local.packed),
+            attr(rtnl.IFLA_VXLAN_LEARNING, bytes([int(spec.learning)])),
+            attr(rtnl.IFLA_VXLAN_PORT, struct.pack("!H", spec.port)),  # network byte order
+            attr(rtnl.IFLA_VXLAN_GBP, b"") if spec.gbp else b"",
+        )
+        attrs = (
+            string(rtnl.IFLA_IFNAME, spec.name)
+            + attr(rtnl.IFLA_ADDRESS, mac_bytes(spec.mac))
+            + u32(rtnl.IFLA_MTU, spec.mtu)
+            + nested(rtnl.IFLA_LINKINFO, string(rtnl.IFLA_INFO_KIND, "vxlan"), data)
+        )
+        return self._create("vxlan", spec.name, attrs)
+
+    def create_bridge(self, name: str, mtu: int, mac: str) -> Link:
+        data = nested(
+            rtnl.IFLA_INFO_DATA,
+            u32(rtnl.IFLA_BR_STP_STATE, 0),
+            u32(rtnl.IFLA_BR_FORWARD_DELAY, 1500),  # centiseconds, as the reference plugin
+            u32(rtnl.IFLA_BR_AGEING_TIME, 30000),
+        )
+        attrs = (
+            string(rtnl.IFLA_IFNAME, name)
+            + u32(rtnl.IFLA_MTU, mtu)
+            + attr(rtnl.IFLA_ADDRESS, mac_bytes(mac))
+            + nested(rtnl.IFLA_LINKINFO, string(rtnl.IFLA_INFO_KIND, "bridge"), data)
+        )
+        return self._create("bridge", name, attrs)
+
+    def create_veth(
+        self, name: str, peer: str, peer_netns_fd: int, mtu: int, mac: str | None = None
+    ) -> Link:
+        """A veth pair: `name` here, `peer` (with `mac`, if given) in namespace `peer_netns_fd`."""
+        peer_attrs = (
+            string(rtnl.IFLA_IFNAME, peer)
+            + u32(rtnl.IFLA_NET_NS_FD, peer_netns_fd)
+            + u32(rtnl.IFLA_MTU, mtu)
+        )
+        if mac:
+            peer_attrs += attr(rtnl.IFLA_ADDRESS, mac_bytes(mac))
+        info = nested(
+            rtnl.IFLA_LINKINFO,
+            string(rtnl.IFLA_INFO_KIND, "veth"),
+            nested(rtnl.IFLA_INFO_DATA, nested(rtnl.VETH_INFO_PEER, ifinfo(), peer_attrs)),
+        )
+        attrs = string(rtnl.IFLA_IFNAME, name) + u32(rtnl.IFLA_MTU, mtu) + info
+        return self._create("veth", name, attrs)
+
+    def set_link(
+        self,
+        index: int,
+        *,
+        mtu: int | None = None,
+        mac: str | None = None,
+        up: bool | None = None,
+        master: int | None = None,
+        promisc: bool | None = None,
+    ) -> None:
+        """Change what is given (None: leave as is)."""
+        flags = change = 0
+        if up is not None:
+            change |= rtnl.IFF_UP
+            flags |= rtnl.IFF_UP if up else 0
+        if promisc is not None:
+            change |= rtnl.IFF_PROMISC
+            flags |= rtnl.IFF_PROMISC if promisc else 0
+        body = ifinfo(index, flags, change)
+        if master is not None:
+            body += u32(rtnl.IFLA_MASTER, master)
+        if mtu is not None:
+            body += u32(rtnl.IFLA_MTU, mtu)
+        if mac is not None:
+            body += attr(rtnl.IFLA_ADDRESS, mac_bytes(mac))
+        with self._raw("link set", f"ifindex {index}"):
+            self._rtnl.request(rtnl.RTM_NEWLINK, body)
+
+    def set_hairpin(self, index: int, on: bool) -> None:
+        """Hairpin mode of a bridge port: frames may leave on the port they came in on."""
+        mode = nested(rtnl.IFLA_PROTINFO, attr(rtnl.IFLA_BRPORT_MODE, bytes([1 if on else 0])))
+        with self._raw("hairpin set", f"ifindex {index}"):
+            self._rtnl.request(rtnl.RTM_SETLINK, ifinfo(index, family=AF_BRIDGE) + mode)
+
+    def delete_link(self, index: int) -> None:
+        with self._raw("link del", f"ifindex {index}", missing_ok=True):
+            self._rtnl.request(rtnl.RTM_DELLINK, ifinfo(index))
+
+    # -- addresses ------------------------------------------------------------------
+    def addrs(self, index: int | None = None, family: int = AF_INET) -> list[Addr]:
+        body = rtnl.IFADDRMSG.pack(family, 0, 0, 0, 0)
+        with self._raw("addr dump", f"ifindex {index}"):
+            replies = self._rtnl.dump(rtnl.RTM_GETADDR, body)
+        return [
+            Addr(m.index, _address(m.address), m.prefixlen)
+            for m in rtnl.addr_msgs(replies)
+            if len(m.address) in (4, 16) and (index is None or m.index == index)
+        ]
+
+    def _addr_body(self, addr: Addr) -> bytes:
+        packed = addr.address.packed
+        family = AF_INET6 if addr.address.version == 6 else AF_INET
+        # IPv6: no duplicate address detection, so the address (e.g. the gateway on
+        # the bridge) is usable at once instead of "tentative" for a second or two.
+        flags = rtnl.IFA_F_NODAD if family == AF_INET6 else 0
+        body = rtnl.IFADDRMSG.pack(family, addr.prefixlen, flags, RT_SCOPE_UNIVERSE, addr.index)
+        if family == AF_INET:
+            body += attr(rtnl.IFA_LOCAL, packed)
+        return body + attr(rtnl.IFA_ADDRESS, packed)
+
+    def add_addr(self, addr: Addr) -> None:
+        """Add an address; one that is already there is fine."""
+        with self._raw("addr add", f"{addr.address}/{addr.prefixlen}"):
+            self._rtnl.request(rtnl.RTM_NEWADDR, self._addr_body(addr), REPLACE)
+
+    def del_addr(self, addr: Addr) -> None:
+        with self._raw("addr del", f"{addr.address}/{addr.prefixlen}", missing_ok=True):
+            self._rtnl.request(rtnl.RTM_DELADDR, self._addr_body(addr))
+
+    # -- routes ---------------------------------------------------------------------
+    def _route_msgs(self, family: int) -> list[rtnl.RouteMsg]:
+        body = rtnl.RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+        with self._raw("route dump", f"family {family}"):
+            return list(rtnl.route_msgs(self._rtnl.dump(rtnl.RTM_GETROUTE, body)))
+
+    def routes(self, proto: int | None = ROUTE_PROTO, family: int = AF_INET) -> list[Route]:
+        out = []
+        for m in self._route_msgs(family):
+            if m.table != MAIN_TABLE or m.type != rtnl.RTN_UNICAST:
+                continue
+            if m.family not in (AF_INET, AF_INET6):
+                continue
+            if proto is not None and m.proto != proto:
+                continue
+            raw_dst = m.attrs.get(rtnl.RTA_DST)
+            raw_gw = m.attrs.get(rtnl.RTA_GATEWAY)
+            network = IPv6Network if m.family == AF_INET6 else IPv4Network
+            size = 16 if m.family == AF_INET6 else 4
+            gateway = _address(raw_gw) if raw_gw else None
+            usual = RT_SCOPE_UNIVERSE if gateway is not None else RT_SCOPE_LINK
+            priority = m.u32(rtnl.RTA_PRIORITY)
+            out.append(
+                Route(
+                    dst=network((raw_dst or bytes(size), m.dst_len)),
+                    gateway=gateway,
+                    oif=struct.unpack("=i", m.attrs[rtnl.RTA_OIF])[0]
+                    if rtnl.RTA_OIF in m.attrs
+                    else 0,
+                    onlink=bool(m.flags & rtnl.RTNH_F_ONLINK),
+                    proto=m.proto,
+                    table=m.table,
+                    scope=None if m.scope == usual else m.scope,
+                    priority=priority or None,
+                )
+            )
+        return out
+
+    def default_route_oif(self) -> int | None:
+        for m in self._route_msgs(AF_INET):
+            if m.dst_len == 0 and m.table == MAIN_TABLE and rtnl.RTA_OIF in m.attrs:
+                return int(struct.unpack("=i", m.attrs[rtnl.RTA_OIF])[0])
+        return None
+
+    @staticmethod
+    def _route_body(route: Route, delete: bool = False) -> bytes:
+        family = AF_INET6 if route.dst.version == 6 else AF_INET
+        if delete:  # match any scope and type
+            scope, rtype = rtnl.RT_SCOPE_NOWHERE, rtnl.RTN_UNSPEC
+        elif route.scope is not None:
+            scope, rtype = route.scope, rtnl.RTN_UNICAST
+        else:
+            usual = RT_SCOPE_UNIVERSE if route.gateway is not None else RT_SCOPE_LINK
+            scope, rtype = usual, rtnl.RTN_UNICAST
+        table = route.table
+        body = rtnl.RTMSG.pack(
+            family, route.dst.prefixlen, 0, 0, table if table < 256 else 0, route.proto,
+            scope, rtype, rtnl.RTNH_F_ONLINK if route.onlink else 0,
+        )  # fmt: skip
+        if route.dst.prefixlen:
+            body += attr(rtnl.RTA_DST, route.dst.network_address.packed)
+        if not delete:
+            if route.gateway is not None:
+                body += attr(rtnl.RTA_GATEWAY, route.gateway.packed)
+            body += u32(rtnl.RTA_OIF, route.oif)
+        body += u32(rtnl.RTA_TABLE, table)
+        if route.priority is not None:
+            body += u32(rtnl.RTA_PRIORITY, route.priority)
+        return body
+
+    def add_route(self, route: Route) -> None:
+        """Create only: RouteExists if the table already has a route to that destination."""
+        via = f" via {route.gateway}" if route.gateway is not None else ""
+        with self._raw("route add", f"{route.dst}{via}"):
+            try:
+                self._rtnl.request(rtnl.RTM_NEWROUTE, self._route_body(route), CREATE)
+            except OSError as exc:
+                if exc.errno == errno.EEXIST:
+                    raise RouteExists(route.dst) from None
+                raise
+
+    def replace_route(self, route: Route) -> None:
+        with self._raw("route replace", route.dst):
+            self._rtnl.request(rtnl.RTM_NEWROUTE, self._route_body(route), REPLACE)
+
+    def del_route(self, route: Route) -> None:
+        with self._raw("route del", route.dst, missing_ok=True):
+            self._rtnl.request(rtnl.RTM_DELROUTE, self._route_body(route, delete=True))
+
+    # -- neighbours and FDB entries -------------------------------------------------
+    def _neigh(self, mtype: int, flags: int, family: int, ifindex: int, dst: bytes,
+               mac: str | None, state: int, ntf: int = 0) -> None:  # fmt: skip
+        body = rtnl.NDMSG.pack(family, ifindex, state, ntf, 0) + attr(rtnl.NDA_DST, dst)
+        if mac is not None:
+            body += attr(rtnl.NDA_LLADDR, mac_bytes(mac))
+        self._rtnl.request(mtype, body, flags)
+
+    def neighs(self, ifindex: int) -> list[Neigh]:
+        body = rtnl.NDMSG.pack(AF_INET, 0, 0, 0, 0)
+        with self._raw("neigh dump", f"ifindex {ifindex}"):
+            replies = self._rtnl.dump(rtnl.RTM_GETNEIGH, body)
+        return [
+            Neigh(
+                ifindex, IPv4Address(m.attrs[rtnl.NDA_DST]), mac_str(m.attrs.get(NDA_LLADDR, b""))
+            )
+            for m in rtnl.neigh_msgs(replies, ifindex)
+            # Only permanent entries are ours; the kernel's own dynamic ones are not.
+            if m.state & NUD_PERMANENT and len(m.attrs.get(rtnl.NDA_DST, b"")) == 4
+        ]
+
+    def replace_neigh(self, neigh: Neigh) -> None:
+        with self._raw("neigh replace", neigh.ip):
+            self._neigh(rtnl.RTM_NEWNEIGH, REPLACE, AF_INET, neigh.ifindex, neigh.ip.packed,
+                        neigh.mac, NUD_PERMANENT)  # fmt: skip
+
+    def del_neigh(self, neigh: Neigh) -> None:
+        with self._raw("neigh del", neigh.ip, missing_ok=True):
+            self._neigh(rtnl.RTM_DELNEIGH, 0, AF_INET, neigh.ifindex, neigh.ip.packed, None, 0)
+
+    def fdbs(self, ifindex: int) -> list[Fdb]:
+        body = rtnl.NDMSG.pack(AF_BRIDGE, 0, 0, 0, 0)
+        with self._raw("fdb dump", f"ifindex {ifindex}"):
+            replies = self._rtnl.dump(rtnl.RTM_GETNEIGH, body)
+        return [
+            Fdb(ifindex, mac_str(m.attrs[rtnl.NDA_LLADDR]), IPv4Address(m.attrs[rtnl.NDA_DST]))
+            for m in rtnl.neigh_msgs(replies, ifindex)
+            # Entries without an IPv4 remote (e.g. the device's own address) are not peers.
+            if len(m.attrs.get(rtnl.NDA_DST, b"")) == 4 and rtnl.NDA_LLADDR in m.attrs
+        ]
+
+    def replace_fdb(self, fdb: Fdb) -> None:
+        with self._raw("fdb replace", fdb.mac):
+            self._neigh(rtnl.RTM_NEWNEIGH, REPLACE, AF_BRIDGE, fdb.ifindex, fdb.dst.packed,
+                        fdb.mac, NUD_PERMANENT | NUD_NOARP, NTF_SELF)  # fmt: skip
+
+    def del_fdb(self, fdb: Fdb) -> None:
+        with self._raw("fdb del", fdb.mac, missing_ok=True):
+            self._neigh(rtnl.RTM_DELNEIGH, 0, AF_BRIDGE, fdb.ifindex, fdb.dst.packed,
+                        fdb.mac, NUD_PERMANENT | NUD_NOARP, NTF_SELF)  # fmt: skip
+
+    # -- sysctls --------------------------------------------------------------------
+    def sysctl(self, key: str, value: str) -> None:
+        """Write /proc/sys/<key> in this object's namespace; a missing key is skipped.
+
+        /proc/sys/net shows the namespace of the thread that opens the file.
+        """
+        path = "/proc/sys/" + key.replace(".", "/")
+        try:
+            with in_netns(self._netns), open(path, "w") as fh:
+                fh.write(value)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise KernelError(f"sysctl {key}={value} failed", exc.strerror, exc.errno) from None
+
+
+if TYPE_CHECKING:  # mypy proves that RawNetlink implements the whole interface
+    _implements: type[Netlink] = RawNetlink
