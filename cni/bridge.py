@@ -264,8 +264,8 @@ def cmd_add(call: Call) -> str:
             _default_route(res)
 
         host_name = "veth" + os.urandom(4).hex()
+        undo.append(lambda: _delete_named(host, host_name))  # before: the read-back may fail
         veth = host.create_veth(host_name, inv.ifname, pod_fd, conf.mtu, conf.mac)
-        undo.append(lambda: _delete_named(host, host_name))
         _kill_point("add:veth")
         cont = pod.link(inv.ifname)
         if cont is None:

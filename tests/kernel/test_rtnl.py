@@ -1,14 +1,10 @@
-"""Raw rtnetlink encoding helpers and change-notification parsing (no kernel)."""
+"""The rtnetlink wire format: attribute packing and parsing (no kernel)."""
 
 from __future__ import annotations
-
-import struct
 
 import pytest
 
 from flannelish.kernel import rtnl
-from flannelish.kernel.monitor import Change, parse_changes
-from flannelish.kernel.rtnl import RTM_DELLINK, RTM_DELROUTE
 
 pytestmark = pytest.mark.unit
 
@@ -21,39 +17,3 @@ def test_attrs_are_padded_to_four_bytes_and_parse_back():
     attrs = rtnl.parse_attrs(blob)
     assert rtnl.mac_str(attrs[rtnl.NDA_LLADDR]) == "0e:00:00:00:00:01"
     assert attrs[rtnl.NDA_DST] == bytes([10, 244, 2, 0])
-
-
-def _msg(mtype: int, body: bytes) -> bytes:
-    return rtnl.HDR.pack(rtnl.HDR.size + len(body), mtype, 0, 0, 0) + body
-
-
-def test_change_parser_reads_link_index_and_route_protocol_from_one_datagram():
-    link = _msg(RTM_DELLINK, struct.pack("=BxHiII", 0, 1, 42, 0, 0))
-    route = _msg(RTM_DELROUTE, rtnl.RTMSG.pack(2, 24, 0, 0, 254, 0x46, 0, 1, 0))
-    assert parse_changes(link + route) == [
-        Change(RTM_DELLINK, ifindex=42),
-        Change(RTM_DELROUTE, proto=0x46),
-    ]
-
-
-def test_change_parser_stops_on_a_truncated_header():
-    assert parse_changes(b"\x03\x00\x00") == []
-
-
-def test_nft_change_parser_reads_deletions_with_family_and_table():
-    from flannelish.kernel.monitor import parse_nft_changes
-
-    def nft_msg(msg: int, family: int, table: str) -> bytes:
-        body = struct.pack("=BBH", family, 0, 0) + rtnl.attr(1, table.encode() + b"\0")
-        return _msg((10 << 8) | msg, body)
-
-    datagram = (
-        nft_msg(2, 2, "flannelish")  # DELTABLE ip flannelish
-        + nft_msg(0, 2, "flannelish")  # NEWTABLE: not a deletion
-        + nft_msg(14, 10, "other")  # DELSETELEM inet other
-        + _msg(RTM_DELLINK, struct.pack("=BxHiII", 0, 1, 42, 0, 0))  # not nftables
-    )
-    assert parse_nft_changes(datagram) == [
-        Change((10 << 8) | 2, family=2, table="flannelish"),
-        Change((10 << 8) | 14, family=10, table="other"),
-    ]
