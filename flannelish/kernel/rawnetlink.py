@@ -263,8 +263,8 @@ class RawNetlink:
             replies = self._rtnl.dump(rtnl.RTM_GETADDR, body)
         return [
             Addr(m.index, _address(m.address), m.prefixlen)
-            for m in rtnl.addr_msgs(replies)
-            if len(m.address) in (4, 16) and (index is None or m.index == index)
+            for m in rtnl.addr_msgs(replies, index)
+            if len(m.address) in (4, 16)
         ]
 
     def _addr_body(self, addr: Addr) -> bytes:

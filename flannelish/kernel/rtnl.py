@@ -224,10 +224,13 @@ def link_msgs(replies: list[Reply]) -> Iterator[LinkMsg]:
             yield LinkMsg(index, flags, parse_attrs(data, start + IFINFOMSG.size, end))
 
 
-def addr_msgs(replies: list[Reply]) -> Iterator[AddrMsg]:
+def addr_msgs(replies: list[Reply], ifindex: int | None = None) -> Iterator[AddrMsg]:
+    """Decoded addresses, optionally only those of device `ifindex`."""
     for kind, data, start, end in replies:
         if kind == RTM_NEWADDR:
             family, prefixlen, _flags, _scope, index = IFADDRMSG.unpack_from(data, start)
+            if ifindex is not None and index != ifindex:
+                continue  # other devices' addresses: skip before decoding attributes
             attrs = parse_attrs(data, start + IFADDRMSG.size, end)
             yield AddrMsg(family, index, prefixlen, attrs)
 
