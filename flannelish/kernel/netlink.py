@@ -167,7 +167,8 @@ class Route:
 
     ``scope`` None is the usual scope (universe with a gateway, link without)
     and ``priority`` None is no metric; dumps report them the same way, so a
-    route read back equals the one written.
+    route read back equals the one written (IPv6 routes written without a
+    metric read back with the kernel's default, 1024).
     """
 
     dst: IPNetwork

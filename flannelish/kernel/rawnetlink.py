@@ -298,29 +298,24 @@ class RawNetlink:
         for m in self._route_msgs(family):
             if m.table != MAIN_TABLE or m.type != rtnl.RTN_UNICAST:
                 continue
-            if m.family not in (AF_INET, AF_INET6):
+            if m.family not in (AF_INET, AF_INET6) or (proto is not None and m.proto != proto):
                 continue
-            if proto is not None and m.proto != proto:
-                continue
-            raw_dst = m.attrs.get(rtnl.RTA_DST)
+            v6 = m.family == AF_INET6
+            raw_dst = m.attrs.get(rtnl.RTA_DST) or bytes(16 if v6 else 4)
             raw_gw = m.attrs.get(rtnl.RTA_GATEWAY)
-            network = IPv6Network if m.family == AF_INET6 else IPv4Network
-            size = 16 if m.family == AF_INET6 else 4
             gateway = _address(raw_gw) if raw_gw else None
+            oif = m.attrs.get(rtnl.RTA_OIF)
             usual = RT_SCOPE_UNIVERSE if gateway is not None else RT_SCOPE_LINK
-            priority = m.u32(rtnl.RTA_PRIORITY)
             out.append(
-                Route(
-                    dst=network((raw_dst or bytes(size), m.dst_len)),
-                    gateway=gateway,
-                    oif=struct.unpack("=i", m.attrs[rtnl.RTA_OIF])[0]
-                    if rtnl.RTA_OIF in m.attrs
-                    else 0,
-                    onlink=bool(m.flags & rtnl.RTNH_F_ONLINK),
-                    proto=m.proto,
-                    table=m.table,
-                    scope=None if m.scope == usual else m.scope,
-                    priority=priority or None,
+                Route(  # positional: the fast path of a record's __init__ (dumps are large)
+                    (IPv6Network if v6 else IPv4Network)((raw_dst, m.dst_len)),
+                    gateway,
+                    struct.unpack("=i", oif)[0] if oif else 0,
+                    bool(m.flags & rtnl.RTNH_F_ONLINK),
+                    m.proto,
+                    m.table,
+                    None if m.scope == usual else m.scope,
+                    m.u32(rtnl.RTA_PRIORITY) or None,
                 )
             )
         return out
