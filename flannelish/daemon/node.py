@@ -24,13 +24,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from ipaddress import IPv4Network
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flannelish.backends import get_backend_class
@@ -39,13 +36,14 @@ from flannelish.cni.server import CniServer
 from flannelish.daemon.admission import AdmissionRules
 from flannelish.daemon.identity import load_or_create
 from flannelish.daemon.iface import select_interface
+from flannelish.daemon.loop import ReconcileLoop
+from flannelish.daemon.monitors import start_monitors
+from flannelish.daemon.options import DaemonOptions, NodeStatus
 from flannelish.daemon.peers import PeerTable
-from flannelish.daemon.reconciler import PassResult, ReconcileLoop, Reconciler
+from flannelish.daemon.reconciler import PassResult, Reconciler
 from flannelish.errors import ConfigError, FlannelishError
-from flannelish.kernel.monitor import Change, ChangeMonitor
-from flannelish.kernel.netlink import ROUTE_PROTO, Netlink
+from flannelish.kernel.netlink import Netlink
 from flannelish.kernel.resources import Owner
-from flannelish.kernel.rtnl import RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE, RTM_NEWLINK
 from flannelish.subnet.lease import Lease, LeaseAttrs
 from flannelish.subnet_env import SubnetEnv, previous_subnet, write_subnet_env
 
@@ -53,44 +51,12 @@ if TYPE_CHECKING:
     # For annotations only: at run time these are imported where they are used,
     # so importing this module loads neither the etcd client nor the health server.
     from flannelish.daemon.configwatch import ConfigWatch
-    from flannelish.node.ops import NodeOps, NodeOpsOptions
+    from flannelish.node.ops import NodeOps
     from flannelish.subnet.config import NetworkConfig
-    from flannelish.subnet.etcdstore import EtcdOptions
     from flannelish.subnet.keeper import LeaseKeeper
     from flannelish.subnet.manager import SubnetManager
 
 log = logging.getLogger("flannelish.daemon")
-
-DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
-SOCKET_NAME = "flannelish.sock"
-
-
-@dataclass
-class DaemonOptions:
-    etcd: EtcdOptions
-    subnet_file: Path = Path(DEFAULT_SUBNET_FILE)
-    ifaces: list[str] = field(default_factory=list)
-    iface_regexes: list[str] = field(default_factory=list)
-    public_ip: str | None = None
-    ip_masq: bool = False
-    renew_margin_minutes: int = 60
-    resync_seconds: float = 10.0
-    cni_socket: Path | None = None  # default: <dir of subnet_file>/flannelish.sock
-    node_ops: NodeOpsOptions | None = None  # health, metrics, nftables; None: none of them
-
-    @property
-    def socket_path(self) -> Path:
-        return self.cni_socket or self.subnet_file.parent / SOCKET_NAME
-
-
-@dataclass
-class NodeStatus:
-    """What health/readiness reporting needs to know."""
-
-    lease: Lease | None = None
-    subnet_env_written: bool = False
-    last_pass: PassResult | None = None
-    peers: int = 0
 
 
 class NodeDaemon:
@@ -404,49 +370,10 @@ class NodeDaemon:
             self.status.peers = len(self.peers)
 
     def _start_monitor(self) -> None:
+        """Kernel notifications about our objects re-run the loops (flannelish.daemon.monitors)."""
         assert self.loop is not None
-        loop = self.loop
-
-        def relevant(change: Change) -> bool:
-            index = getattr(self.backend, "index", None)
-            if change.type == 0:
-                return True  # socket overrun: resync to be safe
-            if change.type == RTM_DELROUTE:
-                return change.proto == ROUTE_PROTO
-            if change.type in (RTM_DELLINK, RTM_NEWLINK, RTM_DELNEIGH, RTM_DELADDR):
-                return index is not None and change.ifindex == index
-            return False
-
-        try:
-            monitor = ChangeMonitor(lambda _changes: loop.trigger(check_base=True), relevant)
-        except OSError as exc:
-            log.warning("kernel change notifications unavailable (%s); periodic resync only", exc)
-            return
-        monitor.start()
-        self._closers.append(monitor.stop)
-        self._start_nft_monitor()
-
-    def _start_nft_monitor(self) -> None:
-        """Deletions in our nftables table re-run the extra owners' loops (the nft table)."""
-        loops = self.loops[1:]
-        if not loops:
-            return
-        from flannelish.node.firewall import TABLE
-
-        def ours(change: Change) -> bool:
-            return change.family == socket.AF_INET and change.table == TABLE
-
-        def trigger(_changes: list[Change]) -> None:
-            for loop in loops:
-                loop.trigger(check_base=True)
-
-        try:
-            monitor = ChangeMonitor(trigger, ours, nftables=True)
-        except OSError as exc:
-            log.warning("nftables notifications unavailable (%s); periodic resync only", exc)
-            return
-        monitor.start()
-        self._closers.append(monitor.stop)
+        for monitor in start_monitors(self.loop, self.loops[1:], self.backend):
+            self._closers.append(monitor.stop)
 
     def _start_keeper(self, manager: SubnetManager, lease: Lease) -> None:
         from flannelish.subnet.keeper import LeaseKeeper

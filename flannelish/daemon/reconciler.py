@@ -29,14 +29,13 @@ without a kernel.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from typing import Any
 
+from flannelish.daemon.diff import describe, diff
 from flannelish.errors import KernelError
 from flannelish.kernel.netlink import RouteExists
 from flannelish.kernel.resources import Owner, Resource, Skip
@@ -44,87 +43,7 @@ from flannelish.subnet.lease import Lease
 
 log = logging.getLogger("flannelish.reconciler")
 
-RETRY_SECONDS = 1.0  # after a pass with errors
 YIELD_EVERY = 256  # a full pass lets pending events through this often (peers or writes)
-
-
-@dataclass
-class Diff:
-    remove: list[Any] = field(default_factory=list)  # already in removal order
-    apply: list[list[Any]] = field(default_factory=list)  # per peer, in apply order
-    # per peer, in apply order, before `remove`: groups that only replace objects in place
-    early: list[list[Any]] = field(default_factory=list)
-    # the index (in desired_groups) of each group in `apply` / `early`
-    apply_peers: list[int] = field(default_factory=list)
-    early_peers: list[int] = field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        return not self.remove and not any(self.apply) and not any(self.early)
-
-
-def diff(
-    resources: Sequence[Resource],
-    desired_groups: Sequence[Sequence[Any]],
-    actual: Mapping[str, Sequence[Any]],
-) -> Diff:
-    """Compare desired objects (grouped per peer) with the dumped ones (per resource kind).
-
-    * an actual object whose key is not desired is removed;
-    * an actual object that differs from the desired one under the same key
-      is replaced in place, unless several actual objects share the key (an
-      FDB MAC with two remotes): then all differing ones are removed first;
-    * a desired object not present exactly is (re)applied; a peer's group
-      goes to ``early`` (applied before the removals) when each of its
-      objects replaces the single actual object under the same key.
-    """
-    by_type = {r.record: r for r in resources}
-    desired: dict[tuple[str, Hashable], Any] = {}
-    for group in desired_groups:
-        for obj in group:
-            res = by_type[type(obj)]
-            desired.setdefault((res.kind, res.key(obj)), obj)
-
-    result = Diff()
-    present: set[Any] = set()
-    in_place: set[tuple[str, Hashable]] = set()  # keys whose one object is replaced
-    for res in reversed(resources):
-        objs = actual.get(res.kind, ())
-        counts = Counter(res.key(o) for o in objs)
-        for obj in objs:
-            k = res.key(obj)
-            want = desired.get((res.kind, k))
-            if want is None or (want != obj and counts[k] > 1):
-                result.remove.append(obj)
-            elif want == obj:
-                present.add(obj)
-            else:
-                in_place.add((res.kind, k))
-    for n, group in enumerate(desired_groups):
-        todo = [obj for obj in group if obj not in present]
-        if not todo:
-            continue
-        slots = [(by_type[type(obj)].kind, by_type[type(obj)].key(obj)) for obj in todo]
-        if result.remove and all(slot in in_place for slot in slots):
-            result.early.append(todo)
-            result.early_peers.append(n)
-        else:
-            result.apply.append(todo)
-            result.apply_peers.append(n)
-    return result
-
-
-_FIELDS: dict[type, tuple[str, ...]] = {}
-
-
-def describe(obj: Any, prefix: str = "") -> dict[str, str]:
-    """Structured log fields of a kernel record (names optionally prefixed)."""
-    names = _FIELDS.get(type(obj))
-    if names is None:
-        # kernel records (flannelish.kernel.netlink.record) or dataclasses (nft elements)
-        names = getattr(obj, "_fields", None) or tuple(f.name for f in fields(obj))
-        _FIELDS[type(obj)] = names
-    return {prefix + name: str(getattr(obj, name)) for name in names}
 
 
 @dataclass
@@ -458,134 +377,3 @@ class Reconciler:
 def _slot(by_type: Mapping[type, Resource], obj: Any) -> Slot:
     res = by_type[type(obj)]
     return (res.kind, res.key(obj))
-
-
-class ReconcileLoop:
-    """Runs the reconciler in its own thread: per-event applies, and full passes.
-
-    * :meth:`notify` (lease events): the named peers are applied on their
-      own (``lookup`` gives each one's current lease, None once removed).
-      Without ``lookup`` every notification is a full pass.
-    * :meth:`trigger` (kernel notifications, start-up, config changes): a full
-      pass; triggers that arrive during one are coalesced into one more.
-    * a full pass every ``interval`` seconds regardless (the periodic resync),
-      and 1 s after a pass or apply with errors.
-    """
-
-    def __init__(
-        self,
-        reconciler: Reconciler,
-        peers: Callable[[], Sequence[Lease]],
-        interval: float,
-        on_pass: Callable[[PassResult], None] | None = None,
-        ready: Callable[[], bool] = lambda: True,
-        name: str = "reconciler",
-        lookup: Callable[[IPv4Network], Lease | None] | None = None,
-    ) -> None:
-        self.reconciler = reconciler
-        self._peers = peers
-        self._lookup = lookup
-        self._ready = ready
-        self.interval = interval
-        self._on_pass = on_pass
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._pending: set[IPv4Network] = set()
-        self._base_due = True
-        self._full_due = False
-        self._followup = False  # an apply left work for a full pass (1 s later)
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.passes = 0
-        self.applies = 0
-        self.last: PassResult | None = None
-        self.failure: BaseException | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def trigger(self, check_base: bool = False) -> None:
-        """Request a full pass; ``check_base`` also re-checks the device (kernel link events)."""
-        if check_base:
-            self._base_due = True
-        self._full_due = True
-        self._wake.set()
-
-    def notify(self, subnets: Iterable[IPv4Network]) -> None:
-        """These peers changed: apply them (without a pass over the others)."""
-        if self._lookup is None:
-            self.trigger()
-            return
-        with self._lock:
-            self._pending.update(subnets)
-        self._wake.set()
-
-    def run_once(self, check_base: bool = True) -> PassResult:
-        with self._lock:
-            self._pending.clear()  # the pass plans from the current peers, these included
-        result = self.reconciler.reconcile(self._peers(), check_base, between=self._drain)
-        self.passes += 1
-        self._finish(result)
-        return result
-
-    def _drain(self) -> PassResult | None:
-        """Apply the peers notified so far (also called from inside a full pass)."""
-        if self._lookup is None:
-            return None
-        with self._lock:
-            subnets, self._pending = self._pending, set()
-        if not subnets:
-            return None
-        result = self.reconciler.apply_peers(subnets, self._lookup)
-        self.applies += 1
-        if result.needs_full or result.errors:
-            self._followup = True
-        self._finish(result)
-        return result
-
-    def _finish(self, result: PassResult) -> None:
-        self.last = result
-        if result.changes or result.errors:
-            log.info(
-                "reconciled" if result.full else "applied lease events",
-                extra={
-                    "changes": result.changes,
-                    "errors": result.errors,
-                    "rebuilt": result.rebuilt,
-                    "ms": round(result.seconds * 1000, 1),
-                },
-            )
-        if self._on_pass is not None:
-            self._on_pass(result)
-
-    def _run(self) -> None:
-        next_full = time.monotonic() + self.interval  # the first pass comes from trigger()
-        try:
-            while not self._stop.is_set():
-                if not self._wake.wait(max(0.0, next_full - time.monotonic())):
-                    self._base_due = True  # periodic resync or retry: check everything
-                if self._stop.is_set():
-                    return
-                self._wake.clear()
-                if not self._ready():  # no pass before the peer set is known
-                    continue
-                if self._full_due or time.monotonic() >= next_full:
-                    self._full_due = self._followup = False
-                    check_base, self._base_due = self._base_due, False
-                    errors = self.run_once(check_base).errors
-                    # A failed step is retried soon, not only at the next resync.
-                    delay = RETRY_SECONDS if errors or self._followup else self.interval
-                    next_full = time.monotonic() + min(delay, self.interval)
-                else:
-                    self._drain()
-                if self._followup:
-                    next_full = min(next_full, time.monotonic() + RETRY_SECONDS)
-        except BaseException as exc:  # reported by the node, which exits non-zero
-            self.failure = exc
-            log.exception("reconciler stopped")
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)

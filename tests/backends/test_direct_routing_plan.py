@@ -18,8 +18,9 @@ from flannelish.backends.onlink import OnLink, onlink_prefixes
 from flannelish.backends.vxlan import VxlanBackend
 
 from flannelish.daemon.configwatch import ConfigWatch
+from flannelish.daemon.diff import diff
 from flannelish.daemon.node import DaemonOptions, NodeDaemon
-from flannelish.daemon.reconciler import Reconciler, diff
+from flannelish.daemon.reconciler import Reconciler
 from flannelish.errors import ConfigError, EtcdError
 from flannelish.kernel.netlink import ROUTE_PROTO, Addr, Fdb, Neigh, Route
 from flannelish.kernel.resources import FdbResource, NeighResource, RouteResource

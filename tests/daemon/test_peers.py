@@ -7,8 +7,9 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
+from flannelish.daemon.loop import ReconcileLoop
 from flannelish.daemon.peers import PeerTable
-from flannelish.daemon.reconciler import PassResult, ReconcileLoop
+from flannelish.daemon.reconciler import PassResult
 from flannelish.subnet.lease import Event, EventType, Lease, LeaseAttrs
 
 pytestmark = pytest.mark.unit

@@ -10,7 +10,8 @@ import pytest
 from flannelish.backends.base import BackendContext, ExternalInterface
 from flannelish.backends.vxlan import VxlanBackend
 
-from flannelish.daemon.reconciler import Reconciler, diff
+from flannelish.daemon.diff import diff
+from flannelish.daemon.reconciler import Reconciler
 from flannelish.kernel.netlink import ROUTE_PROTO, Fdb, Neigh, Route
 from flannelish.kernel.resources import FdbResource, NeighResource, RouteResource
 from flannelish.subnet.lease import Lease, LeaseAttrs

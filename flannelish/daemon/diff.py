@@ -1,0 +1,93 @@
+"""The full pass's diff: desired objects (per peer) against the dumped ones (per kind).
+
+A pure function of records, unit-tested without a kernel; :mod:`flannelish.daemon.reconciler`
+applies what it returns.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from flannelish.kernel.resources import Resource
+
+
+@dataclass
+class Diff:
+    remove: list[Any] = field(default_factory=list)  # already in removal order
+    apply: list[list[Any]] = field(default_factory=list)  # per peer, in apply order
+    # per peer, in apply order, before `remove`: groups that only replace objects in place
+    early: list[list[Any]] = field(default_factory=list)
+    # the index (in desired_groups) of each group in `apply` / `early`
+    apply_peers: list[int] = field(default_factory=list)
+    early_peers: list[int] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.remove and not any(self.apply) and not any(self.early)
+
+
+def diff(
+    resources: Sequence[Resource],
+    desired_groups: Sequence[Sequence[Any]],
+    actual: Mapping[str, Sequence[Any]],
+) -> Diff:
+    """Compare desired objects (grouped per peer) with the dumped ones (per resource kind).
+
+    * an actual object whose key is not desired is removed;
+    * an actual object that differs from the desired one under the same key
+      is replaced in place, unless several actual objects share the key (an
+      FDB MAC with two remotes): then all differing ones are removed first;
+    * a desired object not present exactly is (re)applied; a peer's group
+      goes to ``early`` (applied before the removals) when each of its
+      objects replaces the single actual object under the same key.
+    """
+    by_type = {r.record: r for r in resources}
+    desired: dict[tuple[str, Hashable], Any] = {}
+    for group in desired_groups:
+        for obj in group:
+            res = by_type[type(obj)]
+            desired.setdefault((res.kind, res.key(obj)), obj)
+
+    result = Diff()
+    present: set[Any] = set()
+    in_place: set[tuple[str, Hashable]] = set()  # keys whose one object is replaced
+    for res in reversed(resources):
+        objs = actual.get(res.kind, ())
+        counts = Counter(res.key(o) for o in objs)
+        for obj in objs:
+            k = res.key(obj)
+            want = desired.get((res.kind, k))
+            if want is None or (want != obj and counts[k] > 1):
+                result.remove.append(obj)
+            elif want == obj:
+                present.add(obj)
+            else:
+                in_place.add((res.kind, k))
+    for n, group in enumerate(desired_groups):
+        todo = [obj for obj in group if obj not in present]
+        if not todo:
+            continue
+        slots = [(by_type[type(obj)].kind, by_type[type(obj)].key(obj)) for obj in todo]
+        if result.remove and all(slot in in_place for slot in slots):
+            result.early.append(todo)
+            result.early_peers.append(n)
+        else:
+            result.apply.append(todo)
+            result.apply_peers.append(n)
+    return result
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def describe(obj: Any, prefix: str = "") -> dict[str, str]:
+    """Structured log fields of a kernel record (names optionally prefixed)."""
+    names = _FIELDS.get(type(obj))
+    if names is None:
+        # kernel records (flannelish.kernel.netlink.record) or dataclasses (nft elements)
+        names = getattr(obj, "_fields", None) or tuple(f.name for f in fields(obj))
+        _FIELDS[type(obj)] = names
+    return {prefix + name: str(getattr(obj, name)) for name in names}

@@ -1,0 +1,74 @@
+"""Kernel change notifications that re-run reconcile loops.
+
+* rtnetlink: our device deleted or changed, a route with our protocol, a
+  neighbour or address on our device deleted -> a full pass of the backend's
+  loop with the device check (repairs within milliseconds, not at the next
+  resync);
+* nfnetlink: a deletion in our nftables table -> a full pass of the extra
+  owners' loops (the table and its peer set come back in one transaction).
+
+A monitor that cannot be opened is logged; the periodic resync still repairs.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Sequence
+
+from flannelish.backends.base import Backend
+from flannelish.daemon.loop import ReconcileLoop
+from flannelish.kernel.monitor import Change, ChangeMonitor
+from flannelish.kernel.netlink import ROUTE_PROTO
+from flannelish.kernel.rtnl import RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE, RTM_NEWLINK
+
+log = logging.getLogger("flannelish.daemon")
+
+
+def start_monitors(
+    backend_loop: ReconcileLoop, extra_loops: Sequence[ReconcileLoop], backend: Backend | None
+) -> list[ChangeMonitor]:
+    """Start the monitors; returns them (the caller stops them on shutdown)."""
+
+    def relevant(change: Change) -> bool:
+        index = getattr(backend, "index", None)
+        if change.type == 0:
+            return True  # socket overrun: resync to be safe
+        if change.type == RTM_DELROUTE:
+            return change.proto == ROUTE_PROTO
+        if change.type in (RTM_DELLINK, RTM_NEWLINK, RTM_DELNEIGH, RTM_DELADDR):
+            return index is not None and change.ifindex == index
+        return False
+
+    started: list[ChangeMonitor] = []
+    try:
+        monitor = ChangeMonitor(lambda _c: backend_loop.trigger(check_base=True), relevant)
+    except OSError as exc:
+        log.warning("kernel change notifications unavailable (%s); periodic resync only", exc)
+        return started
+    monitor.start()
+    started.append(monitor)
+    if extra_loops:
+        nft = _nft_monitor(extra_loops)
+        if nft is not None:
+            started.append(nft)
+    return started
+
+
+def _nft_monitor(loops: Sequence[ReconcileLoop]) -> ChangeMonitor | None:
+    from flannelish.node.firewall import TABLE
+
+    def ours(change: Change) -> bool:
+        return change.family == socket.AF_INET and change.table == TABLE
+
+    def trigger(_changes: list[Change]) -> None:
+        for loop in loops:
+            loop.trigger(check_base=True)
+
+    try:
+        monitor = ChangeMonitor(trigger, ours, nftables=True)
+    except OSError as exc:
+        log.warning("nftables notifications unavailable (%s); periodic resync only", exc)
+        return None
+    monitor.start()
+    return monitor

@@ -1,0 +1,45 @@
+"""The daemon's options (from the CLI) and the status it keeps for reporting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flannelish.daemon.reconciler import PassResult
+from flannelish.subnet.lease import Lease
+
+if TYPE_CHECKING:
+    from flannelish.node.ops import NodeOpsOptions
+    from flannelish.subnet.etcdstore import EtcdOptions
+
+DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
+SOCKET_NAME = "flannelish.sock"
+
+
+@dataclass
+class DaemonOptions:
+    etcd: EtcdOptions
+    subnet_file: Path = Path(DEFAULT_SUBNET_FILE)
+    ifaces: list[str] = field(default_factory=list)
+    iface_regexes: list[str] = field(default_factory=list)
+    public_ip: str | None = None
+    ip_masq: bool = False
+    renew_margin_minutes: int = 60
+    resync_seconds: float = 10.0
+    cni_socket: Path | None = None  # default: <dir of subnet_file>/flannelish.sock
+    node_ops: NodeOpsOptions | None = None  # health, metrics, nftables; None: none of them
+
+    @property
+    def socket_path(self) -> Path:
+        return self.cni_socket or self.subnet_file.parent / SOCKET_NAME
+
+
+@dataclass
+class NodeStatus:
+    """What health/readiness reporting needs to know."""
+
+    lease: Lease | None = None
+    subnet_env_written: bool = False
+    last_pass: PassResult | None = None
+    peers: int = 0
