@@ -33,6 +33,9 @@ from typing import Any, Protocol, TypeVar, dataclass_transform
 from flannelish.errors import KernelError
 
 ROUTE_PROTO = 0x46  # "F": marks routes flannelish owns
+# --ip-blackhole-route: the lowest preference, so a connected route to the same
+# subnet (the CNI bridge's) always wins, even when it is added after ours.
+BLACKHOLE_METRIC = 0xFFFFFFFF
 RTPROT_BOOT = 3  # what `ip route add` uses; the CNI plugin's pod routes carry it
 MAIN_TABLE = 254
 AF_INET, AF_INET6 = socket.AF_INET, socket.AF_INET6
@@ -239,6 +242,10 @@ class Netlink(Protocol):
 
     # routes in the main table (proto None: every protocol's)
     def routes(self, proto: int | None = ROUTE_PROTO, family: int = AF_INET) -> list[Route]: ...
+    def route_to(self, dst: IPv4Network) -> Route | None: ...  # exactly dst, any protocol
+    def route_lookup(self, ip: IPv4Address) -> tuple[int, IPv4Address | None] | None: ...
+    def replace_blackhole(self, dst: IPv4Network) -> None: ...  # ours, lowest preference
+    def del_blackhole(self, dst: IPv4Network) -> None: ...
     def default_route_oif(self) -> int | None: ...
     def add_route(self, route: Route) -> None: ...  # RouteExists: never replaces
     def replace_route(self, route: Route) -> None: ...

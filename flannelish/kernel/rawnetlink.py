@@ -22,6 +22,7 @@ from flannelish.kernel import rtnl
 from flannelish.kernel.netlink import (
     AF_INET,
     AF_INET6,
+    BLACKHOLE_METRIC,
     MAIN_TABLE,
     ROUTE_PROTO,
     RT_SCOPE_LINK,
@@ -319,6 +320,66 @@ class RawNetlink:
                 )
             )
         return out
+
+    def _route_get(self, ip: IPv4Address, fib_match: bool) -> rtnl.RouteMsg | None:
+        """`ip route get [fibmatch] IP`: the resolved route, or with `fib_match` the table
+        entry itself (its dst_len, protocol, table); None when nothing routes there."""
+        flags = rtnl.RTM_F_FIB_MATCH if fib_match else 0
+        body = rtnl.RTMSG.pack(AF_INET, 32, 0, 0, 0, 0, 0, 0, flags) + attr(rtnl.RTA_DST, ip.packed)
+        with self._raw("route get", ip):
+            try:
+                replies = self._rtnl.get(rtnl.RTM_GETROUTE, body)
+            except OSError as exc:
+                if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENOENT):
+                    return None
+                raise
+        return next(rtnl.route_msgs(replies), None)
+
+    def route_to(self, dst: IPv4Network) -> Route | None:
+        """The main-table unicast route to exactly `dst`, whatever its protocol (one
+        RTM_GETROUTE with RTM_F_FIB_MATCH, no dump), or None."""
+        m = self._route_get(dst.network_address, fib_match=True)
+        if m is None or m.dst_len != dst.prefixlen or m.table != MAIN_TABLE:
+            return None
+        if m.type != rtnl.RTN_UNICAST or rtnl.RTA_OIF not in m.attrs:  # multipath, blackhole
+            return None
+        raw_gw = m.attrs.get(rtnl.RTA_GATEWAY)
+        gateway = _address(raw_gw) if raw_gw else None
+        usual = RT_SCOPE_UNIVERSE if gateway is not None else RT_SCOPE_LINK
+        return Route(
+            dst,
+            gateway,
+            struct.unpack("=i", m.attrs[rtnl.RTA_OIF])[0],
+            bool(m.flags & rtnl.RTNH_F_ONLINK),
+            m.proto,
+            m.table,
+            None if m.scope == usual else m.scope,
+            m.u32(rtnl.RTA_PRIORITY) or None,
+        )
+
+    def route_lookup(self, ip: IPv4Address) -> tuple[int, IPv4Address | None] | None:
+        """What `ip route get IP` answers: (outgoing ifindex, preferred source), or None."""
+        m = self._route_get(ip, fib_match=False)
+        if m is None or rtnl.RTA_OIF not in m.attrs:
+            return None
+        src = m.attrs.get(rtnl.RTA_PREFSRC)
+        return struct.unpack("=i", m.attrs[rtnl.RTA_OIF])[0], IPv4Address(src) if src else None
+
+    def _blackhole_body(self, dst: IPv4Network) -> bytes:
+        body = rtnl.RTMSG.pack(
+            AF_INET, dst.prefixlen, 0, 0, MAIN_TABLE, ROUTE_PROTO, RT_SCOPE_UNIVERSE,
+            rtnl.RTN_BLACKHOLE, 0,
+        )  # fmt: skip
+        body += attr(rtnl.RTA_DST, dst.network_address.packed)
+        return body + u32(rtnl.RTA_TABLE, MAIN_TABLE) + u32(rtnl.RTA_PRIORITY, BLACKHOLE_METRIC)
+
+    def replace_blackhole(self, dst: IPv4Network) -> None:
+        with self._raw("blackhole route replace", dst):
+            self._rtnl.request(rtnl.RTM_NEWROUTE, self._blackhole_body(dst), REPLACE)
+
+    def del_blackhole(self, dst: IPv4Network) -> None:
+        with self._raw("blackhole route del", dst, missing_ok=True):
+            self._rtnl.request(rtnl.RTM_DELROUTE, self._blackhole_body(dst))
 
     def default_route_oif(self) -> int | None:
         for m in self._route_msgs(AF_INET):

@@ -11,7 +11,11 @@ Ownership rules (why dumps are filtered the way they are):
 
 * neighbour and FDB entries: only on our own device, which nobody else uses;
 * routes: only those carrying our route protocol number, on any device, so a
-  foreign route is never touched.
+  foreign route is never touched - with one exception, the takeover of a node
+  flanneld (or an older flannelish) programmed: a foreign route that is the
+  very route we would create except for its protocol (same destination,
+  gateway, device and onlink flag) is replaced by ours in place
+  (:meth:`RouteResource.create`); any other foreign route stays a conflict.
 
 An :class:`Owner` (a backend, the nftables table) groups resources and plans
 the objects one peer needs, or a :class:`Skip` with the reason it cannot.
@@ -21,14 +25,17 @@ imports the other's internals.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from flannelish.kernel.netlink import ROUTE_PROTO, Fdb, Neigh, Netlink, Route
+from flannelish.kernel.netlink import ROUTE_PROTO, Fdb, Neigh, Netlink, Route, RouteExists
 
 if TYPE_CHECKING:
     from flannelish.subnet.lease import Lease
+
+log = logging.getLogger("flannelish.kernel.resources")
 
 
 class Resource(Protocol):
@@ -116,9 +123,29 @@ class RouteResource:
         self._nl.replace_route(obj)
 
     def create(self, obj: Route) -> None:
-        # A replace would overwrite whatever route has this destination (a
-        # connected route, the default route); creating exclusively fails instead.
-        self._nl.add_route(obj)
+        """Create exclusively: a replace would overwrite whatever route has this
+        destination (a connected route, the default route).
+
+        RouteExists when a foreign route is in the way, except for the route we
+        would create ourselves under another protocol (flanneld's, which carry
+        protocol "boot", or ours from an older version): that one is replaced
+        by ours in place (one RTM_GETROUTE, then a replace: traffic never
+        stops and no second route to the destination is left).
+        """
+        try:
+            self._nl.add_route(obj)
+        except RouteExists:
+            there = self._nl.route_to(obj.dst)
+            if there is None or there.proto == self._proto:
+                raise
+            if replace(there, proto=obj.proto) != obj:
+                raise
+            self._nl.replace_route(obj)
+            log.info(
+                "took over route",
+                extra={"op": "adopt", "dst": str(obj.dst), "gateway": str(obj.gateway),
+                       "oif": obj.oif, "old_proto": there.proto},
+            )  # fmt: skip
 
     def remove(self, obj: Route) -> None:
         self._nl.del_route(obj)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
 from flannelish.errors import KernelError
@@ -39,6 +39,7 @@ class FakeNetlink:
     _neighs: dict[tuple[int, IPv4Address], Neigh] = field(default_factory=dict)
     _fdbs: dict[tuple[int, str, IPv4Address], Fdb] = field(default_factory=dict)
     _routes: dict[IPNetwork, Route] = field(default_factory=dict)
+    blackholes: set[IPv4Network] = field(default_factory=set)
     default_oif: int | None = None
     sysctls: dict[str, str] = field(default_factory=dict)
     calls: list[tuple[str, Any]] = field(default_factory=list)
@@ -163,6 +164,23 @@ class FakeNetlink:
             for r in self._routes.values()
             if (proto is None or r.proto == proto) and (version is None or r.dst.version == version)
         ]
+
+    def route_to(self, dst: IPv4Network) -> Route | None:
+        return self._routes.get(dst)
+
+    def route_lookup(self, ip: IPv4Address) -> tuple[int, IPv4Address | None] | None:
+        hits = [r for r in self._routes.values() if r.dst.version == 4 and ip in r.dst]
+        if not hits:
+            return (self.default_oif, None) if self.default_oif is not None else None
+        return max(hits, key=lambda r: r.dst.prefixlen).oif, None
+
+    def replace_blackhole(self, dst: IPv4Network) -> None:
+        self._mutate("replace_blackhole", dst)
+        self.blackholes.add(dst)
+
+    def del_blackhole(self, dst: IPv4Network) -> None:
+        self._mutate("del_blackhole", dst)
+        self.blackholes.discard(dst)
 
     def default_route_oif(self) -> int | None:
         return self.default_oif
