@@ -7,6 +7,7 @@ when it runs.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from pathlib import Path
@@ -14,9 +15,20 @@ from typing import Any
 
 import click
 
+from flannelish import __version__
 from flannelish.cli.etcd_options import etcd_options
+from flannelish.cli.goflags import GoFlagsCommand
 from flannelish.cli.node import node_ops_options, renew_margin_option, subnet_file_option
+from flannelish.errors import ExitCode
 from flannelish.logs import LOG_FORMATS, setup_logging
+
+# flanneld's Kubernetes subnet-manager flags (docs/flannel-compat.md §10): refused.
+KUBE_FLAGS = (
+    "kube-api-url",
+    "kubeconfig-file",
+    "kube-annotation-prefix",
+    "set-node-network-unavailable",
+)
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -24,7 +36,102 @@ def _split(values: tuple[str, ...]) -> list[str]:
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 
-@click.command("daemon")
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"flannelish {__version__}")
+        ctx.exit(0)
+
+
+def _flanneld_options(command: Any) -> Any:
+    """flanneld's flags that have no flannelish counterpart of their own (flannel.md §6).
+
+    The command receives ``flanneld={name: value}``; the Kubernetes ones are
+    refused in the command body with exit status 2.
+    """
+    kube = [
+        click.option(
+            "--kube-subnet-mgr/--no-kube-subnet-mgr",
+            default=False,
+            envvar="FLANNELD_KUBE_SUBNET_MGR",
+            hidden=True,
+        ),
+        *(
+            click.option(f"--{name}", default=None, envvar=_env(name), hidden=True)
+            for name in KUBE_FLAGS
+        ),
+    ]
+    noops = [
+        click.option(
+            "--vmodule",
+            default=None,
+            envvar="FLANNELD_VMODULE",
+            help="Accepted for flanneld compatibility; no effect (klog per-file verbosity).",
+        ),
+        click.option(
+            "--log_backtrace_at",
+            default=None,
+            envvar="FLANNELD_LOG_BACKTRACE_AT",
+            help="Accepted for flanneld compatibility; no effect (klog stack traces).",
+        ),
+        click.option(
+            "--public-ipv6",
+            default=None,
+            envvar="FLANNELD_PUBLIC_IPV6",
+            show_envvar=True,
+            help="Accepted for flanneld compatibility; not used yet (no IPv6 overlay).",
+        ),
+    ]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        names = ["kube_subnet_mgr", *(n.replace("-", "_") for n in KUBE_FLAGS)]
+        names += ["vmodule", "log_backtrace_at", "public_ipv6"]
+        kwargs["flanneld"] = {name: kwargs.pop(name) for name in names}
+        return command(*args, **kwargs)
+
+    for option in reversed([*noops, *kube]):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def _env(name: str) -> str:
+    return "FLANNELD_" + name.upper().replace("-", "_")
+
+
+def _refuse_kubernetes(flanneld: dict[str, Any]) -> None:
+    given = ["--kube-subnet-mgr"] if flanneld["kube_subnet_mgr"] else []
+    given += [f"--{n}" for n in KUBE_FLAGS if flanneld[n.replace("-", "_")] is not None]
+    if given:
+        click.echo(
+            f"flannelish: error: {', '.join(given)}: the Kubernetes subnet manager is not "
+            "supported; flannelish keeps its subnet leases in etcd only (drop the Kubernetes "
+            "flags and pass --etcd-endpoints)",
+            err=True,
+        )
+        click.get_current_context().exit(int(ExitCode.USAGE))
+
+
+def _verbosity(v: int | None) -> None:
+    """klog's -v onto our log levels: 0 = info (flanneld's default), 1 or more = debug."""
+    if v is None:
+        return
+    import logging
+
+    logging.getLogger().setLevel(logging.DEBUG if v >= 1 else logging.INFO)
+    if v >= 10:  # flanneld's most verbose: the libraries' debug lines too
+        for noisy in ("grpc", "scapy"):
+            logging.getLogger(noisy).setLevel(logging.DEBUG)
+
+
+@click.command("daemon", cls=GoFlagsCommand)
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Print the version and exit.",
+)
 @etcd_options
 @click.option(
     "--iface",
@@ -41,6 +148,14 @@ def _split(values: tuple[str, ...]) -> list[str]:
     help="Regex matched against interface addresses, then names; repeatable.",
 )
 @click.option(
+    "--iface-can-reach",
+    default=None,
+    envvar="FLANNELD_IFACE_CAN_REACH",
+    show_envvar=True,
+    help="Use the interface (and source address) of the route to this IPv4 address "
+    "(`ip route get`); tried after --iface and --iface-regex.",
+)
+@click.option(
     "--public-ip",
     envvar="FLANNELD_PUBLIC_IP",
     show_envvar=True,
@@ -54,6 +169,50 @@ def _split(values: tuple[str, ...]) -> list[str]:
     envvar="FLANNELD_IP_MASQ",
     show_envvar=True,
     help="Write FLANNEL_IPMASQ=true to subnet.env (the node, not the CNI bridge, masquerades).",
+)
+@click.option(
+    "--ip-masq-fully-random-disable/--no-ip-masq-fully-random-disable",
+    default=False,
+    show_default=True,
+    envvar="FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE",
+    show_envvar=True,
+    help="Masquerade without fully-random port mapping.",
+)
+@click.option(
+    "--iptables-forward-rules/--no-iptables-forward-rules",
+    default=True,
+    show_default=True,
+    envvar="FLANNELD_IPTABLES_FORWARD_RULES",
+    show_envvar=True,
+    help="Accept forwarded pod-network traffic (chain forward of table ip flannelish).",
+)
+@click.option(
+    "--iptables-resync",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    envvar="FLANNELD_IPTABLES_RESYNC",
+    show_envvar=True,
+    help="Seconds between full checks of the nftables table (flanneld: of its iptables rules).",
+)
+@click.option(
+    "--ip-blackhole-route/--no-ip-blackhole-route",
+    default=False,
+    show_default=True,
+    envvar="FLANNELD_IP_BLACKHOLE_ROUTE",
+    show_envvar=True,
+    help="Keep a blackhole route for our own subnet (lowest preference, checked every "
+    "--resync-interval), so traffic to unassigned pod IPs is dropped instead of following "
+    "the default route.",
+)
+@click.option(
+    "--net-config-path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="FLANNELD_NET_CONFIG_PATH",
+    show_envvar=True,
+    help="A net-conf.json written to etcd when etcd holds no network config "
+    "(the config in etcd always wins).",
 )
 @renew_margin_option("Minutes before the lease expires to renew it.")
 @click.option(
@@ -79,18 +238,36 @@ def _split(values: tuple[str, ...]) -> list[str]:
     default=None,
     help="Log line format (overrides the global --log-format).",
 )
+@click.option(
+    "-v",
+    "--v",
+    "verbosity",
+    type=click.IntRange(min=0),
+    default=None,
+    envvar="FLANNELD_V",
+    help="flanneld's log verbosity: 0 = info, 1 or more = debug (overrides --log-level).",
+)
+@_flanneld_options
 @node_ops_options
 def daemon_command(
     etcd: Any,
     iface: tuple[str, ...],
     iface_regex: tuple[str, ...],
+    iface_can_reach: str | None,
     public_ip: str | None,
     subnet_file: Path,
     ip_masq: bool,
+    ip_masq_fully_random_disable: bool,
+    iptables_forward_rules: bool,
+    iptables_resync: int,
+    ip_blackhole_route: bool,
+    net_config_path: Path | None,
     subnet_lease_renew_margin: int,
     resync_interval: float,
     cni_socket: Path | None,
     log_format: str | None,
+    verbosity: int | None,
+    flanneld: dict[str, Any],
     node_ops: Any,
 ) -> None:
     """Run the node daemon (flanneld): take a subnet lease, build the overlay
@@ -98,7 +275,12 @@ def daemon_command(
 
     Run it inside the node's network namespace.  SIGTERM or SIGINT stops it
     cleanly and leaves the data path in place; a restart keeps the subnet
-    and the VTEP MAC.
+    and the VTEP MAC.  It takes over a node flanneld ran (same subnet,
+    device, MAC and peer entries; README, "Migrating from flanneld").
+
+    Flags are flanneld's, in Go's syntax too (-iface=eth0, --ip-masq=false),
+    and each can come from FLANNELD_<FLAG>.  Not supported: the Kubernetes
+    subnet manager (--kube-subnet-mgr and the other --kube* flags, exit 2).
 
     \b
     Exit statuses:
@@ -112,10 +294,13 @@ def daemon_command(
       7  a kernel (netlink) operation failed
       8  a prerequisite is missing (e.g. no default route to pick an interface)
     """
+    _refuse_kubernetes(flanneld)
     if log_format is not None:
         import logging
 
         setup_logging(log_format, logging.getLogger().level)
+    _verbosity(verbosity)
+    _log_ignored(flanneld)
     # The daemon forks `nft` while its etcd channel is open; gRPC's fork handlers
     # would only log warnings (docs/dependencies.md §2).
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
@@ -126,10 +311,14 @@ def daemon_command(
         subnet_file=subnet_file,
         ifaces=_split(iface),
         iface_regexes=list(iface_regex),
+        iface_can_reach=iface_can_reach or None,
         public_ip=public_ip or None,
         ip_masq=ip_masq,
         renew_margin_minutes=subnet_lease_renew_margin,
         resync_seconds=resync_interval,
+        firewall_resync_seconds=float(iptables_resync),
+        blackhole_route=ip_blackhole_route,
+        net_config_path=net_config_path,
         cni_socket=cni_socket,
         node_ops=node_ops,
     )
@@ -144,6 +333,17 @@ def daemon_command(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _log_ignored(flanneld: dict[str, Any]) -> None:
+    import logging
+
+    log = logging.getLogger("flannelish.daemon")
+    for name in ("vmodule", "log_backtrace_at"):
+        if flanneld[name]:
+            log.info("-%s has no effect in flannelish (a klog option)", name)
+    if flanneld["public_ipv6"]:
+        log.warning("--public-ipv6 is not used yet: flannelish programs the IPv4 overlay only")
 
 
 COMMANDS = [daemon_command]

@@ -86,6 +86,8 @@ def node_ops_options(command: Any) -> Any:
 
         kwargs["node_ops"] = NodeOpsOptions(
             ip_masq=bool(kwargs.get("ip_masq", False)),
+            forward=bool(kwargs.get("iptables_forward_rules", True)),
+            fully_random=not kwargs.get("ip_masq_fully_random_disable", False),
             vxlan_allow_any=kwargs.pop("vxlan_allow_any"),
             healthz_ip=kwargs.pop("healthz_ip"),
             healthz_port=kwargs.pop("healthz_port"),

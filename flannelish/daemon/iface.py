@@ -1,9 +1,11 @@
 """Choosing the external (underlay) interface and the public IP, as flanneld does.
 
 Order (docs/flannel-compat.md §10): every ``--iface`` (a name or an IPv4 address) in turn,
-then every ``--iface-regex`` (matched against addresses first, then names);
-the first match wins.  Without those flags: the interface holding
-``--public-ip`` if given, else the one of the default route.  The public IP
+then every ``--iface-regex`` (matched against addresses first, then names),
+then ``--iface-can-reach`` (the interface and source address of the kernel's
+route to that address, as ``ip route get`` shows them); the first match wins.
+Without those flags: the interface holding ``--public-ip`` if given, else
+the one of the default route.  The public IP
 is ``--public-ip`` or the chosen interface's first IPv4 address.
 """
 
@@ -70,11 +72,22 @@ def _match(
     return None
 
 
+def _can_reach(nl: Netlink, links: Sequence[Link], target: str) -> tuple[Link, IPv4Address | None]:
+    if not is_ipv4(target):
+        raise ConfigError("--iface-can-reach must be an IPv4 address", repr(target))
+    found = nl.route_lookup(IPv4Address(target))
+    link = next((x for x in links if found is not None and x.index == found[0]), None)
+    if found is None or link is None:
+        raise ConfigError(f"no route to --iface-can-reach {target}", "check `ip route get`")
+    return link, found[1]
+
+
 def select_interface(
     nl: Netlink,
     ifaces: Sequence[str] = (),
     regexes: Sequence[str] = (),
     public_ip: str | None = None,
+    can_reach: str | None = None,
 ) -> ExternalInterface:
     public: IPv4Address | None = None
     if public_ip:
@@ -83,8 +96,10 @@ def select_interface(
         public = IPv4Address(public_ip)
     links = nl.links()
     address: IPv4Address | None = None
-    if ifaces or regexes:
+    if ifaces or regexes or can_reach:
         found = _match(nl, links, ifaces, regexes)
+        if found is None and can_reach:
+            found = _can_reach(nl, links, can_reach)
         if found is None:
             asked = ", ".join(
                 [*(f"--iface {i}" for i in ifaces), *(f"--iface-regex {r}" for r in regexes)]

@@ -142,7 +142,9 @@ class NodeDaemon:
         opts = self.options
         self._preflight()
         nl = self._netlink = self._netlink or self._make_netlink()
-        ext = select_interface(nl, opts.ifaces, opts.iface_regexes, opts.public_ip)
+        ext = select_interface(
+            nl, opts.ifaces, opts.iface_regexes, opts.public_ip, opts.iface_can_reach
+        )
         log.info(
             "using interface",
             extra={"iface": ext.name, "address": ext.address, "public_ip": ext.public_ip},
@@ -153,6 +155,8 @@ class NodeDaemon:
             if registry is not None and hasattr(registry, "close"):
                 self._closers.append(registry.close)  # runs last: closers go in reverse
         manager = self._manager
+        if opts.net_config_path is not None:
+            self._seed_config(manager, opts.net_config_path)
         config = manager.get_network_config(wait=True, stop=self.stop_event)
         if self.stop_event.is_set() or config is None:
             return
@@ -169,11 +173,45 @@ class NodeDaemon:
         lease = manager.acquire(self._lease_attrs(), previous_subnet(opts.subnet_file))
         log.info("acquired lease", extra={"subnet": lease.subnet, "public_ip": ext.public_ip})
         self._bind(lease)
+        self._ensure_blackhole()
         self._start_node_ops(manager, ext, config, lease)
         self._write_subnet_env(config)
         self._start_cni_server()
         self._start_threads(manager, lease)
         self.started.set()
+
+    def _seed_config(self, manager: Any, path: Path) -> None:
+        """--net-config-path: write the file to <prefix>/config if etcd holds no config.
+
+        The config in etcd always wins; the file is validated first either way.
+        """
+        from flannelish.subnet.config import parse_network_config
+
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read --net-config-path {path}", exc.strerror) from None
+        try:
+            parse_network_config(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"invalid network config in {path}", str(exc)) from None
+        registry = manager.registry
+        if registry.get_config() is None:
+            registry.put_config(raw)
+            log.info("etcd had no network config; wrote it from --net-config-path",
+                     extra={"path": str(path)})  # fmt: skip
+
+    def _ensure_blackhole(self, old: Lease | None = None) -> None:
+        """--ip-blackhole-route: our subnet's blackhole (lowest preference, our protocol)."""
+        lease = self.status.lease
+        if not self.options.blackhole_route or lease is None or self._netlink is None:
+            return
+        try:
+            if old is not None and old.subnet != lease.subnet:
+                self._netlink.del_blackhole(old.subnet)
+            self._netlink.replace_blackhole(lease.subnet)
+        except FlannelishError as exc:
+            log.warning("cannot set the blackhole route for %s: %s", lease.subnet, exc)
 
     def _start_node_ops(
         self, manager: SubnetManager, ext: ExternalInterface, config: NetworkConfig, lease: Lease
@@ -298,7 +336,7 @@ class NodeDaemon:
         return ReconcileLoop(
             Reconciler([owner]),
             self.peers.snapshot if backend_loop else self._programmed_peers,
-            self.options.resync_seconds,
+            self.options.resync_seconds if backend_loop else self.options.firewall_resync_seconds,
             on_pass,
             ready=self.peers.synced.is_set,
             name=f"reconcile-{type(owner).__name__}",
@@ -404,6 +442,7 @@ class NodeDaemon:
             )
             self._bind(lease)
             assert self._config is not None  # set before the keeper that calls us starts
+            self._ensure_blackhole(old)
             self._write_subnet_env(self._config)
             self._trigger_all(check_base=True)
         self.status.lease = lease
@@ -435,6 +474,8 @@ class NodeDaemon:
     def _after_pass(self, result: PassResult) -> None:
         self.status.last_pass = result
         self._report()
+        if result.full:  # every resync, and at once when a route of ours was deleted
+            self._ensure_blackhole()
         lease = self.status.lease
         if self.backend is None or lease is None:
             return

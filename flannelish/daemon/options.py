@@ -23,10 +23,14 @@ class DaemonOptions:
     subnet_file: Path = Path(DEFAULT_SUBNET_FILE)
     ifaces: list[str] = field(default_factory=list)
     iface_regexes: list[str] = field(default_factory=list)
+    iface_can_reach: str | None = None
     public_ip: str | None = None
     ip_masq: bool = False
     renew_margin_minutes: int = 60
     resync_seconds: float = 10.0
+    firewall_resync_seconds: float = 5.0  # --iptables-resync: the nftables table's loop
+    blackhole_route: bool = False  # --ip-blackhole-route
+    net_config_path: Path | None = None  # seeds <prefix>/config when etcd has none
     cni_socket: Path | None = None  # default: <dir of subnet_file>/flannelish.sock
     node_ops: NodeOpsOptions | None = None  # health, metrics, nftables; None: none of them
 

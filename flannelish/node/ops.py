@@ -55,6 +55,8 @@ log = logging.getLogger("flannelish.node.ops")
 @dataclass(frozen=True)
 class NodeOpsOptions:
     ip_masq: bool = False
+    forward: bool = True  # --iptables-forward-rules
+    fully_random: bool = True  # not --ip-masq-fully-random-disable
     vxlan_allow_any: bool = False
     healthz_ip: str = "0.0.0.0"
     healthz_port: int = 0  # 0: no health server
@@ -106,6 +108,8 @@ class NodeOps:
             lease.subnet,
             vxlan_port,
             masq=self.options.ip_masq,
+            forward=self.options.forward,
+            fully_random=self.options.fully_random,
             allow_any_vxlan=self.options.vxlan_allow_any,
             runner=self._runner,
         )
@@ -135,6 +139,8 @@ class NodeOps:
                     lease.subnet,
                     old.vxlan_port,
                     masq=old.masq,
+                    forward=old.forward,
+                    fully_random=old.fully_random,
                     allow_any_vxlan=old.allow_any_vxlan,
                     runner=old.runner,
                 )
