@@ -180,7 +180,7 @@ class NodeDaemon:
         self._start_threads(manager, lease)
         self.started.set()
 
-    def _seed_config(self, manager: Any, path: Path) -> None:
+    def _seed_config(self, manager: SubnetManager, path: Path) -> None:
         """--net-config-path: write the file to <prefix>/config if etcd holds no config.
 
         The config in etcd always wins; the file is validated first either way.

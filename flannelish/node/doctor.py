@@ -8,7 +8,8 @@ Two halves with a plain-data seam between them:
   It is the only part that needs root or the kernel, and it never changes
   anything.
 * Each check is a pure function ``NodeFacts -> list[Finding]``
-  (flannelish.node.checks, flannelish.node.firewall_checks); unit tests build
+  (flannelish.node.checks, flannelish.node.firewall_checks,
+  flannelish.node.flanneld_checks); unit tests build
   NodeFacts by hand.  A fact that could not be gathered (None) makes the
   checks that need it report an ``info`` finding instead of guessing.
 
@@ -32,6 +33,7 @@ from flannelish.node.checks import (
 )
 from flannelish.node.facts import NodeFacts
 from flannelish.node.firewall_checks import check_firewall
+from flannelish.node.flanneld_checks import check_flanneld
 
 CHECKS: list[tuple[str, Callable[[NodeFacts], list[Finding]]]] = [
     ("subnet-env", check_subnet_env),
@@ -39,6 +41,7 @@ CHECKS: list[tuple[str, Callable[[NodeFacts], list[Finding]]]] = [
     ("sysctl", check_sysctls),
     ("firewall", check_firewall),
     ("leases", check_leases),
+    ("flanneld", check_flanneld),
 ]
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 from flannelish.errors import ConfigError, KernelError, NotAvailableError
 from flannelish.kernel.nft import NftCli, NftRunner
+from flannelish.node import flanneld_facts
+from flannelish.node.flanneld_facts import FlanneldFacts
 from flannelish.subnet.lease import Lease
 from flannelish.subnet_env import SubnetEnv, read_subnet_env
 
@@ -56,6 +58,7 @@ class NodeFacts:
     device: str | None = None  # explicit overlay device name
     renew_margin: float = 3600.0  # seconds; a live node renews before this
     now: float = field(default_factory=time.time)
+    flanneld: FlanneldFacts | None = None  # flanneld processes and leftovers
 
     # -- derived -------------------------------------------------------------
 
@@ -146,6 +149,10 @@ def collect(
             facts.iptables_legacy = result.stdout if result.returncode == 0 else None
         except (OSError, subprocess.TimeoutExpired):
             facts.iptables_legacy = None
+    overlay = facts.overlay()
+    facts.flanneld = flanneld_facts.collect(
+        overlay.name if overlay else None, facts.own_subnet(), facts.ruleset
+    )
     if leases is not None:
         try:
             facts.leases = leases()

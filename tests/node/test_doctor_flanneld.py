@@ -1,0 +1,90 @@
+"""`flannelish doctor` notices flanneld: running beside the flannelish daemon in one network
+namespace, or its leftovers (routes through the overlay, a metric-0 blackhole, iptables
+chains).  The check is pure; the facts come from /proc and `ip` in the node's namespace."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from ipaddress import IPv4Network
+
+import pytest
+
+from flannelish.node.checks import Severity
+from flannelish.node.facts import NodeFacts
+from flannelish.node.flanneld_checks import check_flanneld
+from flannelish.node.flanneld_facts import FlanneldFacts
+from flannelish.testing.proc import stop_pid
+
+from .test_doctor_netns import doctor, findings
+
+
+def facts(**kw) -> NodeFacts:
+    return NodeFacts("/run/flannel/subnet.env", flanneld=FlanneldFacts(**kw))
+
+
+@pytest.mark.unit
+def test_both_running_is_an_error_with_the_fix():
+    [f] = check_flanneld(facts(flanneld_pids=[10], daemon_pids=[20]))
+    assert f.severity is Severity.ERROR and "PID 10" in f.message and "PID 20" in f.message
+    assert "systemctl disable --now flanneld" in f.fix
+
+
+@pytest.mark.unit
+def test_flanneld_alone_is_a_warning_and_its_kernel_state_no_leftover():
+    found = check_flanneld(
+        facts(flanneld_pids=[10], foreign_routes=[("10.244.7.0/24", "x", "boot")])
+    )
+    assert [f.severity for f in found] == [Severity.WARNING]
+
+
+@pytest.mark.unit
+def test_leftovers_after_flanneld_stopped():
+    found = check_flanneld(
+        facts(
+            foreign_routes=[("10.244.99.0/24", "10.244.99.0", "boot")],
+            foreign_blackholes=[("10.244.5.0/24", "boot", 0), ("10.244.5.0/24", "static", 9)],
+            iptables_chains=["nat FLANNEL-POSTRTG", "filter FLANNEL-FWD"],
+        )
+    )
+    assert [f.severity for f in found] == [Severity.WARNING, Severity.WARNING, Severity.INFO]
+    assert "ip route del 10.244.99.0/24 proto boot" in found[0].fix
+    assert "ip route del blackhole 10.244.5.0/24 proto boot" in found[1].fix
+    assert "FLANNEL-POSTRTG" in found[2].message
+
+
+@pytest.mark.unit
+def test_nothing_to_say_on_a_clean_node():
+    assert check_flanneld(facts()) == []
+    assert check_flanneld(NodeFacts("x")) == []
+
+
+def test_doctor_sees_a_flanneld_process_and_its_routes_in_the_node_namespace(underlay, tmp_path):
+    host = underlay.add_host("n1", 1)
+    host.run("ip", "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local",
+             str(host.ip), "dev", "eth0", "dstport", "8472", "nolearning")  # fmt: skip
+    host.run("ip", "link", "set", "flannel.1", "up")
+    host.run("ip", "route", "add", "10.244.99.0/24", "via", "10.244.99.0", "dev", "flannel.1",
+             "onlink")  # fmt: skip
+    env_file = tmp_path / "subnet.env"
+    env_file.write_text("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.5.1/24\n"
+                        "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n")  # fmt: skip
+    host.run("ip", "route", "add", "blackhole", str(IPv4Network("10.244.5.0/24")))
+    args = ["--no-etcd", "--subnet-file", str(env_file)]
+    left = {f["message"][:20]: f for f in findings(doctor(host.netns, *args))["flanneld"]}
+    assert any("10.244.99.0/24" in k for k in left), left
+    assert any(k.startswith("blackhole route") for k in left), left
+    # A process called flanneld in this namespace (a copy of sleep): named, and no
+    # leftovers reported while it runs.
+    fake = tmp_path / "flanneld"
+    shutil.copy(shutil.which("sleep"), fake)
+    proc = subprocess.Popen(["ip", "netns", "exec", host.netns, str(fake), "60"])
+    try:
+        found = findings(doctor(host.netns, *args))["flanneld"]
+        assert [f["severity"] for f in found] == ["warning"], found
+        assert f"PID {proc.pid}" in found[0]["message"]
+        # Not seen from another namespace.
+        other = underlay.add_host("n2", 2)
+        assert findings(doctor(other.netns, *args))["flanneld"] == []
+    finally:
+        stop_pid(proc.pid, proc=proc)
