@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -21,8 +20,8 @@ PREFIX = "/coreos.com/network"
 
 
 def flanneld_bin() -> str | None:
-    """FLANNELD_BIN, or the flanneld on PATH (/usr/local/bin/flanneld from shared/tools)."""
-    path = os.environ.get("FLANNELD_BIN") or shutil.which("flanneld")
+    """FLANNELD_BIN (e.g. /usr/local/bin/flanneld as shared/tools/flanneld builds it)."""
+    path = os.environ.get("FLANNELD_BIN")
     return path if path and os.access(path, os.X_OK) else None
 
 
