@@ -210,10 +210,17 @@ class VxlanBackend(Backend):
             self.index = link.index
             self._fix_link(link)
             return
-        self.mac = stored or random_mac()
+        # No saved MAC but our VNI's device from before (flanneld's, whose local
+        # address is the PublicIP behind NAT): keep its MAC, which peers know.
+        previous = link.mac if link is not None and self._same_vni(link) else None
+        self.mac = stored or previous or random_mac()
         if stored is None:
             self.macs.save(self.mac)
         self._create(link)
+
+    def _same_vni(self, link: Link) -> bool:
+        vx = link.vxlan
+        return link.kind == "vxlan" and vx is not None and vx.vni == self.options.vni
 
     def _create(self, old: Link | None) -> Link:
         if old is not None:

@@ -123,3 +123,22 @@ def test_stale_flanneld_neighbour_and_fdb_entries_are_removed(kernel):
     assert fdbs == [("0e:00:00:00:00:02", "198.18.0.2")]
     # flanneld's route for 9 is foreign and not ours to delete (doctor names it).
     assert kernel.nl._routes[IPv4Network("10.244.9.0/24")].proto == BOOT
+
+
+def test_an_incompatible_device_of_our_vni_is_rebuilt_with_its_mac(tmp_path):
+    """flanneld behind NAT gives flannel.1 local = PublicIP; we use the interface address,
+    so the device is rebuilt, but with the MAC peers know (no saved MAC yet)."""
+    from flannelish.kernel.netlink import VxlanSpec
+
+    nl = FakeNetlink()
+    eth0 = nl.add_link("eth0", mtu=1500)
+    nl.create_vxlan(VxlanSpec("flannel.1", 1, IPv4Address("203.0.113.7"), eth0.index, 8472,
+                              "5a:1e:0d:00:00:07", 1450))  # fmt: skip
+    ip = IPv4Address("198.18.0.1")
+    ext = ExternalInterface("eth0", eth0.index, ip, IPv4Address("203.0.113.7"), 1500)
+    net = SimpleNamespace(network=NETWORK, backend={"Type": "vxlan"})
+    backend = VxlanBackend(BackendContext(nl, ext, net, tmp_path))
+    backend.setup()
+    link = nl.link("flannel.1")
+    assert link.vxlan.local == ip and link.mac == "5a:1e:0d:00:00:07"
+    assert backend.lease_attrs().backend_data["VtepMAC"] == "5a:1e:0d:00:00:07"
