@@ -66,6 +66,22 @@ def flanneld_leaves_node(
     return value
 
 
+def flanneld_leaves_hostgw_node(
+    host: Host, etcd: EtcdMember, subnet: IPv4Network, subnet_file: Path,
+    network: str = "10.244.0.0/16",
+) -> str:  # fmt: skip
+    """A host-gw node as flanneld leaves it: lease and subnet.env (no device)."""
+    lease_id = etcd.etcdctl("lease", "grant", "86400").stdout.split()[1]
+    value = flannel_lease_value(host.ip, None)
+    etcd.etcdctl("put", f"--lease={lease_id}", lease_key(subnet), value)
+    subnet_file.parent.mkdir(parents=True, exist_ok=True)
+    subnet_file.write_text(
+        f"FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={subnet.network_address + 1}/"
+        f"{subnet.prefixlen}\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n"
+    )
+    return value
+
+
 def flanneld_programs_peer(host: Host, subnet: IPv4Network, public_ip: Any, mac: str) -> None:
     """What flanneld does for one VXLAN peer (flannel.md §3): neigh, FDB, route (proto boot)."""
     gw = str(subnet.network_address)

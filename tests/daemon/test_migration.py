@@ -11,13 +11,14 @@ with one route, neighbour and FDB entry per peer afterwards (ours).
 from __future__ import annotations
 
 import time
-from ipaddress import IPv4Network
+from ipaddress import IPv4Interface, IPv4Network
 
 import pytest
 
 from .drillkit import PingLoss
 from .flanneldkit import (
     all_entries,
+    flanneld_leaves_hostgw_node,
     flanneld_leaves_node,
     flanneld_programs_peer,
     lease_key,
@@ -27,6 +28,11 @@ from .helpers import DaemonProc, add_pod, wait_for
 
 FLANNELD_SUBNET = IPv4Network("10.244.50.0/24")
 FLANNELD_MAC = "5a:1e:0d:00:00:01"
+
+
+def env_subnet(path) -> IPv4Network:
+    env = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return IPv4Interface(env["FLANNEL_SUBNET"]).network
 
 
 def lease_of(etcd, subnet: IPv4Network) -> str:
@@ -85,3 +91,39 @@ def test_takeover_of_a_flanneld_node_loses_no_ping(start_daemons, underlay, unde
     back.wait_first_reply()
     assert back.stop().lost == 0
     d.stop()
+
+
+@pytest.mark.slow
+def test_takeover_of_a_flanneld_host_gw_node_loses_no_ping(start_daemons, underlay,
+                                                           underlay_etcd, netns_factory,
+                                                           tmp_path):  # fmt: skip
+    underlay_etcd.etcdctl("put", "/coreos.com/network/config",
+                          '{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}')  # fmt: skip
+    [peer] = start_daemons(1)
+    node = underlay.add_host("h2")
+    subnet_file = tmp_path / "h2" / "subnet.env"
+    value = flanneld_leaves_hostgw_node(node, underlay_etcd, FLANNELD_SUBNET, subnet_file)
+    node.run("ip", "route", "add", str(peer.subnet), "via", str(peer.host.ip), "dev", "eth0")
+    pod_a = add_pod(netns_factory, node, FLANNELD_SUBNET, "pa", 1500)
+    add_pod(netns_factory, peer.host, peer.subnet, "pb", 1500)
+    wait_for(lambda: ("10.244.50.0/24", str(node.ip), "70") in peer_routes(peer.host),
+             what="the peer's route to the flanneld node")  # fmt: skip
+    ours = (str(peer.subnet), str(peer.host.ip), "70")
+    ping = PingLoss(pod_a, peer.subnet.network_address + 2, interval=0.01)
+    ping.wait_first_reply()
+    d = DaemonProc(node, underlay_etcd.client_url, tmp_path)
+    d.subnet_file = subnet_file
+    try:
+        d.start()
+        wait_for(lambda: ours in peer_routes(node), timeout=30, what="the route taken over")
+        time.sleep(2)
+        result = ping.stop()
+    finally:
+        if ping.proc.poll() is None:
+            ping.stop(settle=0)
+        d.stop()
+    print(f"host-gw takeover flanneld -> flannelish: {result}")
+    assert result.lost == 0 and result.sent > 50, f"{result}\n{d.log_tail()}"
+    assert peer_routes(node) == [ours]  # replaced in place: one route
+    assert env_subnet(subnet_file) == FLANNELD_SUBNET
+    assert lease_of(underlay_etcd, FLANNELD_SUBNET) == value
