@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from flannelish.kernel.netlink import ROUTE_PROTO, Fdb, Neigh, Netlink, Route, RouteExists
@@ -138,7 +138,8 @@ class RouteResource:
             there = self._nl.route_to(obj.dst)
             if there is None or there.proto == self._proto:
                 raise
-            if replace(there, proto=obj.proto) != obj:
+            same = (there.dst, there.gateway, there.oif, there.onlink)
+            if same != (obj.dst, obj.gateway, obj.oif, obj.onlink):
                 raise
             self._nl.replace_route(obj)
             log.info(
