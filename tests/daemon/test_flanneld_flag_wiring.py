@@ -45,6 +45,7 @@ def test_iface_can_reach_uses_the_route_to_that_address(nl, monkeypatch):
 
 
 def test_iface_can_reach_without_source_takes_the_interface_address(nl):
+    nl.del_addr(Addr(nl.link("eth1").index, IPv4Address("172.31.0.6"), 24))
     ext = select_interface(nl, can_reach="172.31.0.99")
     assert ext.name == "eth1" and str(ext.address) == "172.31.0.5"
 
