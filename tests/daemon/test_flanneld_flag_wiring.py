@@ -17,7 +17,8 @@ from flannelish.errors import ConfigError
 from flannelish.kernel.netlink import Addr, FakeNetlink, Route
 from flannelish.node.ops import NodeOps, NodeOpsOptions
 from flannelish.subnet.lease import Lease, LeaseAttrs
-from flannelish.subnet.registry import InMemoryRegistry
+from flannelish.testing.nft import FakeNft
+from flannelish.testing.registry import InMemoryRegistry
 
 pytestmark = pytest.mark.unit
 
@@ -60,17 +61,6 @@ def test_iface_can_reach_with_no_route_is_a_config_error(nl):
     nl.default_oif = None
     with pytest.raises(ConfigError, match=r"no route to --iface-can-reach 203\.0\.113\.1"):
         select_interface(nl, can_reach="203.0.113.1")
-
-
-class FakeNft:
-    def __init__(self) -> None:
-        self.scripts: list[str] = []
-
-    def run(self, script: str) -> None:
-        self.scripts.append(script)
-
-    def list_table(self, family: str, table: str):
-        return None
 
 
 def test_forward_rules_and_fully_random_reach_the_nft_table():
