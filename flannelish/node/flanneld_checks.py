@@ -42,6 +42,18 @@ def check_flanneld(facts: NodeFacts) -> list[Finding]:
                 "the same flags (README, Migrating from flanneld); never run both",
             )
         )
+    if fl.flanneld_pids and fl.our_table and not fl.daemon_pids:
+        out.append(
+            Finding(
+                Severity.WARNING,
+                "flanneld",
+                "table ip flannelish, left by a stopped flannelish daemon, is still there "
+                "beside flanneld: nobody updates its VXLAN peer set, so nodes that join "
+                "later are dropped",
+                "nft delete table ip flannelish (not `flannelish uninstall`: that also "
+                "deletes the device flanneld uses)",
+            )
+        )
     if fl.flanneld_pids:
         return out  # what flanneld has in the kernel now is not a leftover
     dev = facts.overlay()

@@ -12,7 +12,8 @@
   when the bridge got its address later;
 * flanneld's iptables chains (``FLANNEL-POSTRTG``, ``FLANNEL-FWD``), read
   from the nftables ruleset doctor lists anyway (iptables-nft shows them
-  there).
+  there), and whether our own ``table ip flannelish`` is there (a stopped
+  daemon leaves it; beside flanneld its VXLAN peer set goes stale).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class FlanneldFacts:
     foreign_routes: list[tuple[str, str | None, str]] = field(default_factory=list)  # dst gw proto
     foreign_blackholes: list[tuple[str, str, int]] = field(default_factory=list)  # dst proto metric
     iptables_chains: list[str] = field(default_factory=list)
+    our_table: bool = False  # table ip flannelish is in the ruleset
 
 
 def _netns(pid: str, proc: Path) -> str | None:
@@ -97,6 +99,12 @@ def collect(device: str | None, subnet: IPv4Network | None,
     except (OSError, ValueError, KeyError, subprocess.TimeoutExpired):
         pass
     for item in ruleset or ():
+        table = item.get("table")
+        if isinstance(table, dict) and (table.get("family"), table.get("name")) == (
+            "ip",
+            "flannelish",
+        ):
+            facts.our_table = True
         chain = item.get("chain")
         if isinstance(chain, dict) and chain.get("name") in FLANNELD_CHAINS:
             facts.iptables_chains.append(f"{chain.get('table')} {chain.get('name')}")

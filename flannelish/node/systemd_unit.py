@@ -9,11 +9,11 @@ and reads ``FLANNELD_*`` settings from an environment file
 options carry over unchanged.
 
 Stopping: systemd sends SIGTERM (``KillSignal``), on which the daemon stops its
-threads and leaves the data path (device, neighbour/FDB entries, routes) in
-place, so pods keep talking across a restart or an upgrade; only its nftables
-table is removed.  ``Conflicts=flanneld.service`` with ``After=`` stops a
-running flanneld completely before flannelish starts, and the other way round:
-the zero-loss takeover of README, "Migrating from flanneld".
+threads and leaves the data path (device, neighbour/FDB entries, routes, its
+nftables table) in place, so pods keep talking across a restart or an upgrade.
+``Conflicts=flanneld.service`` with ``After=`` stops a running flanneld
+completely before flannelish starts, and the other way round: the zero-loss
+takeover of README, "Migrating from flanneld".
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ the binary is tests/daemon/test_migration.py.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from ipaddress import IPv4Interface, IPv4Network
 
@@ -16,7 +17,7 @@ import pytest
 
 from .drillkit import PingLoss
 from .flanneldkit import FlanneldProc, all_entries, flanneld_bin, lease_key, peer_routes
-from .helpers import DaemonProc, add_pod, ping, wait_for
+from .helpers import VENV_BIN, DaemonProc, add_pod, ping, wait_for
 
 FLANNELD = flanneld_bin()
 pytestmark = [
@@ -199,3 +200,17 @@ def test_takeover_from_flanneld_and_back_loses_no_ping(cluster, backend):
     for to, result in results.items():
         assert result.lost == 0, f"-> {to}: {result}\n{c.nodes['h1']['proc'].log_tail()}"
     assert ping(c.nodes["h2"]["pod"], c.pod_ip("h1"), count=2)
+    # The way back's last step (README): doctor names our table left beside flanneld.
+    found = doctor_flanneld(host, h1["env"])
+    assert any("nft delete table ip flannelish" in f["fix"] for f in found), found
+    host.run("nft", "delete", "table", "ip", "flannelish")
+    assert [f["severity"] for f in doctor_flanneld(host, h1["env"])] == ["warning"]  # it runs
+    assert ping(c.nodes["h2"]["pod"], c.pod_ip("h1"), count=2)
+
+
+def doctor_flanneld(host, subnet_file) -> list[dict]:
+    argv = [str(VENV_BIN / "flannelish"), "doctor", "--json", "--no-etcd",
+            "--subnet-file", str(subnet_file)]  # fmt: skip
+    out = host.run(*argv, check=False).stdout
+    checks = {c["name"]: c["findings"] for c in json.loads(out)["checks"]}
+    return checks["flanneld"]

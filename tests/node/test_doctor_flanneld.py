@@ -39,6 +39,16 @@ def test_flanneld_alone_is_a_warning_and_its_kernel_state_no_leftover():
 
 
 @pytest.mark.unit
+def test_our_table_left_beside_a_running_flanneld_is_a_warning():
+    found = check_flanneld(facts(flanneld_pids=[10], our_table=True))
+    assert [f.severity for f in found] == [Severity.WARNING, Severity.WARNING]
+    assert "nft delete table ip flannelish" in found[1].fix
+    # With the flannelish daemon running the table is its own: only the error.
+    found = check_flanneld(facts(flanneld_pids=[10], daemon_pids=[20], our_table=True))
+    assert [f.severity for f in found] == [Severity.ERROR]
+
+
+@pytest.mark.unit
 def test_leftovers_after_flanneld_stopped():
     found = check_flanneld(
         facts(
