@@ -39,6 +39,13 @@ def flannel_lease_value(public_ip: Any, mac: str | None, vni: int = 1) -> str:
     )
 
 
+def lease_fields(value: str) -> dict[str, Any]:
+    """A lease value's fields without flannelish's NodeID (Flannel ignores that field)."""
+    doc = json.loads(value)
+    doc.pop("NodeID", None)
+    return doc
+
+
 def flanneld_leaves_node(
     host: Host,
     etcd: EtcdMember,

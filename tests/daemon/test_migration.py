@@ -4,7 +4,8 @@ The node's state is built exactly as flanneld leaves it (lease in Flannel's form
 written with etcdctl, subnet.env, flannel.1 with its MAC, per-peer entries without
 our route protocol), so this runs without the flanneld binary.  A pod on it pings a
 pod on a flannelish peer every 10 ms while flannelish starts there with the same
-flags: no ping may be lost, and the subnet, VTEP MAC and lease value stay the same,
+flags: no ping may be lost, and the subnet, VTEP MAC and lease value (plus our NodeID,
+which Flannel ignores) stay the same,
 with one route, neighbour and FDB entry per peer afterwards (ours).
 """
 
@@ -21,6 +22,7 @@ from .flanneldkit import (
     flanneld_leaves_hostgw_node,
     flanneld_leaves_node,
     flanneld_programs_peer,
+    lease_fields,
     lease_key,
     peer_routes,
 )
@@ -54,7 +56,7 @@ def test_takeover_of_a_flanneld_node_loses_no_ping(start_daemons, underlay, unde
     pod_b = add_pod(netns_factory, peer.host, peer.subnet, "pb", 1450)
     # The flannelish peer programs the flanneld node from its lease.
     wait_for(lambda: ("10.244.50.0/24", "10.244.50.0", "70") in peer_routes(peer.host),
-             what="the peer's route to the flanneld node")  # fmt: skip
+             timeout=30, what="the peer's route to the flanneld node")  # fmt: skip
     before = all_entries(node)
     ours = (str(peer.subnet), str(peer.subnet.network_address), "70")
     assert (*ours[:2], "boot") in peer_routes(node)
@@ -78,7 +80,9 @@ def test_takeover_of_a_flanneld_node_loses_no_ping(start_daemons, underlay, unde
     # Same subnet, MAC and lease value; the device was adopted.
     assert d.subnet == FLANNELD_SUBNET
     assert node.run("cat", "/sys/class/net/flannel.1/address").stdout.strip() == FLANNELD_MAC
-    assert lease_of(underlay_etcd, FLANNELD_SUBNET) == value
+    # The same lease value; flannelish adds its NodeID, which Flannel ignores.
+    assert lease_of(underlay_etcd, FLANNELD_SUBNET).startswith(value[:-1])
+    assert lease_fields(lease_of(underlay_etcd, FLANNELD_SUBNET)) == lease_fields(value)
     # One entry per peer, ours: flanneld's route replaced in place, the stale peer's
     # neighbour and FDB entry gone (its route is foreign: left, and doctor names it).
     after = all_entries(node)
@@ -107,7 +111,7 @@ def test_takeover_of_a_flanneld_host_gw_node_loses_no_ping(start_daemons, underl
     pod_a = add_pod(netns_factory, node, FLANNELD_SUBNET, "pa", 1500)
     add_pod(netns_factory, peer.host, peer.subnet, "pb", 1500)
     wait_for(lambda: ("10.244.50.0/24", str(node.ip), "70") in peer_routes(peer.host),
-             what="the peer's route to the flanneld node")  # fmt: skip
+             timeout=30, what="the peer's route to the flanneld node")  # fmt: skip
     ours = (str(peer.subnet), str(peer.host.ip), "70")
     ping = PingLoss(pod_a, peer.subnet.network_address + 2, interval=0.01)
     ping.wait_first_reply()
@@ -126,4 +130,4 @@ def test_takeover_of_a_flanneld_host_gw_node_loses_no_ping(start_daemons, underl
     assert result.lost == 0 and result.sent > 50, f"{result}\n{d.log_tail()}"
     assert peer_routes(node) == [ours]  # replaced in place: one route
     assert env_subnet(subnet_file) == FLANNELD_SUBNET
-    assert lease_of(underlay_etcd, FLANNELD_SUBNET) == value
+    assert lease_fields(lease_of(underlay_etcd, FLANNELD_SUBNET)) == lease_fields(value)
