@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from flannelish.kernel.netlink import ROUTE_PROTO, Fdb, Neigh, Netlink, Route, RouteExists
@@ -135,6 +136,8 @@ class RouteResource:
         try:
             self._nl.add_route(obj)
         except RouteExists:
+            if not isinstance(obj.dst, IPv4Network):
+                raise  # flanneld's IPv6 routes: not taken over (no IPv6 overlay yet)
             there = self._nl.route_to(obj.dst)
             if there is None or there.proto == self._proto:
                 raise

@@ -14,9 +14,10 @@ import pytest
 from flannelish.daemon.iface import select_interface
 from flannelish.daemon.node import DaemonOptions, NodeDaemon
 from flannelish.errors import ConfigError
-from flannelish.kernel.netlink import Addr, FakeNetlink, Route
+from flannelish.kernel.netlink import Addr, Route
 from flannelish.node.ops import NodeOps, NodeOpsOptions
 from flannelish.subnet.lease import Lease, LeaseAttrs
+from flannelish.testing.fake_kernel import FakeNetlink
 from flannelish.testing.nft import FakeNft
 from flannelish.testing.registry import InMemoryRegistry
 

@@ -8,7 +8,6 @@ path; any other foreign route stays a "conflict".
 
 from __future__ import annotations
 
-from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 from types import SimpleNamespace
 
@@ -17,8 +16,9 @@ from flannelish.backends.base import BackendContext, ExternalInterface
 from flannelish.backends.vxlan import VxlanBackend
 
 from flannelish.daemon.reconciler import Reconciler
-from flannelish.kernel.netlink import ROUTE_PROTO, FakeNetlink, Fdb, Neigh, Route
+from flannelish.kernel.netlink import ROUTE_PROTO, Fdb, Neigh, Route, replace
 from flannelish.subnet.lease import Lease, LeaseAttrs
+from flannelish.testing.fake_kernel import FakeNetlink
 
 pytestmark = pytest.mark.unit
 

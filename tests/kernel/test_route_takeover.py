@@ -8,7 +8,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from flannelish.kernel.netlink import RawNetlink, Route, RouteExists
+from flannelish.kernel.netlink import Route, RouteExists
+from flannelish.kernel.rawnetlink import RawNetlink
 from flannelish.kernel.resources import RouteResource
 from flannelish.testing.proc import run
 
