@@ -34,6 +34,7 @@ from flannelish.backends import get_backend_class
 from flannelish.backends.base import Backend, BackendContext, ExternalInterface
 from flannelish.cni.server import CniServer
 from flannelish.daemon.admission import AdmissionRules
+from flannelish.daemon.flanneld_flags import ensure_blackhole, seed_config
 from flannelish.daemon.identity import load_or_create
 from flannelish.daemon.iface import select_interface
 from flannelish.daemon.loop import ReconcileLoop
@@ -156,7 +157,7 @@ class NodeDaemon:
                 self._closers.append(registry.close)  # runs last: closers go in reverse
         manager = self._manager
         if opts.net_config_path is not None:
-            self._seed_config(manager, opts.net_config_path)
+            seed_config(manager.registry, opts.net_config_path)
         config = manager.get_network_config(wait=True, stop=self.stop_event)
         if self.stop_event.is_set() or config is None:
             return
@@ -180,38 +181,10 @@ class NodeDaemon:
         self._start_threads(manager, lease)
         self.started.set()
 
-    def _seed_config(self, manager: SubnetManager, path: Path) -> None:
-        """--net-config-path: write the file to <prefix>/config if etcd holds no config.
-
-        The config in etcd always wins; the file is validated first either way.
-        """
-        from flannelish.subnet.config import parse_network_config
-
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read --net-config-path {path}", exc.strerror) from None
-        try:
-            parse_network_config(raw)
-        except ConfigError as exc:
-            raise ConfigError(f"invalid network config in {path}", str(exc)) from None
-        registry = manager.registry
-        if registry.get_config() is None:
-            registry.put_config(raw)
-            log.info("etcd had no network config; wrote it from --net-config-path",
-                     extra={"path": str(path)})  # fmt: skip
-
     def _ensure_blackhole(self, old: Lease | None = None) -> None:
-        """--ip-blackhole-route: our subnet's blackhole (lowest preference, our protocol)."""
         lease = self.status.lease
-        if not self.options.blackhole_route or lease is None or self._netlink is None:
-            return
-        try:
-            if old is not None and old.subnet != lease.subnet:
-                self._netlink.del_blackhole(old.subnet)
-            self._netlink.replace_blackhole(lease.subnet)
-        except FlannelishError as exc:
-            log.warning("cannot set the blackhole route for %s: %s", lease.subnet, exc)
+        if self.options.blackhole_route and lease is not None and self._netlink is not None:
+            ensure_blackhole(self._netlink, lease, old)
 
     def _start_node_ops(
         self, manager: SubnetManager, ext: ExternalInterface, config: NetworkConfig, lease: Lease

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from flannelish.daemon.flanneld_flags import seed_config
 from flannelish.daemon.iface import select_interface
 from flannelish.daemon.node import DaemonOptions, NodeDaemon
 from flannelish.errors import ConfigError
@@ -93,17 +94,16 @@ def test_net_config_path_seeds_an_empty_etcd_only(tmp_path):
     manager = SimpleNamespace(registry=registry)
     path = tmp_path / "net-conf.json"
     path.write_text(json.dumps({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}))
-    node = NodeDaemon(DaemonOptions(etcd=None, net_config_path=path))
-    node._seed_config(manager, path)
+    seed_config(manager.registry, path)
     assert json.loads(registry.get_config())["Network"] == "10.244.0.0/16"
     path.write_text(json.dumps({"Network": "10.99.0.0/16"}))
-    node._seed_config(manager, path)  # etcd has one now: it wins
+    seed_config(manager.registry, path)  # etcd has one now: it wins
     assert json.loads(registry.get_config())["Network"] == "10.244.0.0/16"
     path.write_text('{"Network": "nonsense"}')
     with pytest.raises(ConfigError, match="invalid network config in"):
-        node._seed_config(manager, path)
+        seed_config(manager.registry, path)
     with pytest.raises(ConfigError, match="cannot read --net-config-path"):
-        node._seed_config(manager, tmp_path / "missing.json")
+        seed_config(manager.registry, tmp_path / "missing.json")
 
 
 def test_blackhole_route_for_our_subnet_follows_the_lease(nl):
