@@ -68,7 +68,7 @@ def test_takeover_of_a_flanneld_node_loses_no_ping(start_daemons, underlay, unde
     try:
         d.start()
         wait_for(lambda: ours in peer_routes(node), timeout=30, what="the route taken over")
-        wait_for(lambda: len(all_entries(node)["neigh"]) == 1, what="stale entries removed")
+        wait_for(lambda: len(all_entries(node)["neigh"]) == 1, 30, what="stale entries removed")
         time.sleep(2)  # and a few passes of the running daemon
         result = ping.stop()
     finally:
