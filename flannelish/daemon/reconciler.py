@@ -22,7 +22,10 @@ Within a peer a failed step skips its later steps; the next full pass
 retries.  A route is replaced only where the kernel's route under that key
 is ours (our route protocol in the dump); otherwise it is created
 exclusively and a foreign route in the way makes the peer skipped
-("conflict"), never replaced.  The diff is a pure function, unit-tested
+("conflict"), left alone.  One exception, for taking over from flanneld
+(:meth:`flannelish.kernel.resources.RouteResource.create`): a foreign route
+identical to ours except for its protocol (same destination, gateway,
+device and onlink flag) is a predecessor's and is taken over in place.  The diff is a pure function, unit-tested
 without a kernel.
 """
 
@@ -83,9 +86,10 @@ class Reconciler:
       them for the rest of the pass.
 
     A route is only ever replaced when the kernel's route under that key is
-    ours (our route protocol); otherwise it is created exclusively, and a
-    foreign route in the way makes the peer skipped ("conflict"), leaving the
-    foreign route alone.
+    ours (our route protocol) or identical to ours but for its protocol (a
+    predecessor's, e.g. flanneld's); otherwise it is created exclusively, and
+    a foreign route in the way makes the peer skipped ("conflict"), leaving
+    the foreign route alone.
     """
 
     def __init__(self, owners: Sequence[Owner]) -> None:
