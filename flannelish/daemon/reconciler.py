@@ -25,8 +25,9 @@ exclusively and a foreign route in the way makes the peer skipped
 ("conflict"), left alone.  One exception, for taking over from flanneld
 (:meth:`flannelish.kernel.resources.RouteResource.create`): a foreign route
 identical to ours except for its protocol (same destination, gateway,
-device and onlink flag) is a predecessor's and is taken over in place.  The diff is a pure function, unit-tested
-without a kernel.
+device and onlink flag) is a predecessor's and is taken over in place.
+The diff (flannelish.daemon.diff) is a pure function, unit-tested without
+a kernel.
 """
 
 from __future__ import annotations
