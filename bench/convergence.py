@@ -462,9 +462,9 @@ def measure_events(
     return out
 
 
-def iproute_batch(cluster: BenchCluster, n: int) -> float:
+def iproute_batch(cluster: BenchCluster, n: int, name: str = "base") -> float:
     """iproute2 programming the same 3N entries on a hand-made vxlan device in a fresh namespace."""
-    host = cluster.add_host("base")
+    host = cluster.add_host(name)
     ns = ["ip", "-n", host.netns]
     subprocess.run([*ns, "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local",
                     str(host.ip), "dev", "eth0", "dstport", "8472", "nolearning"],
@@ -482,6 +482,12 @@ def iproute_batch(cluster: BenchCluster, n: int) -> float:
                    text=True, check=True)  # fmt: skip
     subprocess.run([*ns, "-batch", "-"], input="\n".join(ip_cmds), text=True, check=True)
     return time.monotonic() - started
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def memory_kb(pid: int) -> dict[str, int]:
@@ -539,7 +545,9 @@ def cold_start(
     spy = py_spy(proc.pid, profile, wait_python=True) if profile else None
     cluster.wait_subnet_file(host, proc, timeout=timeout)
     env_at = time.time()
+    rss_env = memory_kb(proc.pid)["VmRSS"]
     all_seen = routes.all_seen.wait(timeout)
+    rss_synced = memory_kb(proc.pid)["VmRSS"]
     stop_py_spy(spy)
     if not all_seen:
         raise RuntimeError(f"{name}: {routes.expected_seen}/{n} routes after {timeout} s")
@@ -551,6 +559,8 @@ def cold_start(
         "env_s": env_at - started,
         "routes_s": routes.last_expected - started,
         "overrun": routes.overrun,
+        "rss_env_kb": rss_env,  # at subnet.env: the process before any peer
+        "rss_synced_kb": rss_synced,  # when the last route appeared
     }
 
 
@@ -563,7 +573,9 @@ def population(args: argparse.Namespace) -> int:
         print(f"flanneld: FLANNELD_BIN={flanneld} is not executable, comparison skipped")
         flanneld = None
     load_before = os.getloadavg()
-    res: dict[str, Any] = {"peers": n, "events": args.events, "gap_s": args.gap}
+    res: dict[str, Any] = {
+        "peers": n, "events": args.events, "gap_s": args.gap, "idle_s": args.idle,
+    }  # fmt: skip
     with BenchCluster(underlay_network=POP_UNDERLAY) as cluster:
         cluster.etcd.etcdctl("put", KEYS.config, POP_CONFIG)
         writer = cluster.add_host("wr")
@@ -576,7 +588,9 @@ def population(args: argparse.Namespace) -> int:
             print(out.stderr, file=sys.stderr)
             return 1
         res["write_s"] = float(out.stdout.strip().splitlines()[-1])
-        res["iproute2_s"] = iproute_batch(cluster, n)
+        # Three fresh namespaces: on a shared machine one sample swings 2-3x.
+        runs = sorted(iproute_batch(cluster, n, f"base{i}") for i in range(3))
+        res["iproute2_s"], res["iproute2_runs"] = runs[1], runs
         daemons: dict[str, dict[str, Any]] = {}
         # flanneld first, so flannelish's cold sync does not share the CPUs with
         # flanneld's (it idles meanwhile; flannelish's periodic pass would not).
@@ -616,6 +630,11 @@ def population(args: argparse.Namespace) -> int:
             print(out.stderr, file=sys.stderr)
             return 1
         measured = json.loads(out.stdout.strip().splitlines()[-1])
+        # Idle: no lease changes, only periodic work (resync passes, renewals, checks).
+        before = {k: cpu_seconds(v["pid"]) for k, v in daemons.items()}
+        time.sleep(args.idle)
+        for k, v in daemons.items():
+            v["idle_cpu_pct"] = (cpu_seconds(v["pid"]) - before[k]) / args.idle * 100
         for d in daemons.values():
             d.update(memory_kb(d.pop("pid")))
             d.pop("host")
@@ -663,7 +682,9 @@ def report_population(res: dict[str, Any]) -> None:
     row("cold: subnet.env -> all routes (s)", [f"{sync[x]:.3f}" for x in names],
         ratio(sync["flannelish"], sync["flanneld"]) if fd else "")  # fmt: skip
     base = res["iproute2_s"]
+    spread = ", ".join(f"{x:.3f}" for x in res.get("iproute2_runs", [base]))
     row(f"  baseline iproute2 -batch, {3 * n} entries", [f"{base:.3f}"])
+    print(f"{'    (median of 3 fresh namespaces:':40}{spread})")
     over = [f"{daemons[x]['routes_s'] / base:.2f}x" for x in names]
     row("  ratio start->routes / iproute2", over)
     for kind, label in (("add", "event: lease put -> route (ms p50/p99)"),
@@ -680,6 +701,11 @@ def report_population(res: dict[str, Any]) -> None:
     row("peak RSS, VmHWM (MB)", [f"{daemons[x]['VmHWM'] / 1024:.1f}" for x in names],
         ratio(fl["VmHWM"], fd["VmHWM"]) if fd else "")  # fmt: skip
     row("RSS at end, VmRSS (MB)", [f"{daemons[x]['VmRSS'] / 1024:.1f}" for x in names])
+    row("  RSS at subnet.env / at sync (MB)",
+        [f"{daemons[x]['rss_env_kb'] / 1024:.0f} / {daemons[x]['rss_synced_kb'] / 1024:.0f}"
+         for x in names])  # fmt: skip
+    row(f"idle CPU over {res['idle_s']:.0f} s (% of one CPU)",
+        [f"{daemons[x]['idle_cpu_pct']:.1f}" for x in names])  # fmt: skip
     missing = {k: v for k, v in res["missing"].items() if v}
     if missing or any(daemons[x]["overrun"] for x in names):
         print(f"  WARNING: missing route events {missing}; overruns "
@@ -711,6 +737,9 @@ def main() -> int:
     parser.add_argument("--gap", type=float, default=0.1, help="(--population) seconds apart")
     parser.add_argument(
         "--resync-interval", type=float, help="(--population) the daemon's, default its own"
+    )
+    parser.add_argument(
+        "--idle", type=float, default=20, help="(--population) seconds of idle CPU measured"
     )
     parser.add_argument("--json", metavar="FILE", help="(--population) write the figures here")
     parser.add_argument(
