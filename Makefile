@@ -14,7 +14,7 @@ DEB_PACKAGES := etcd-server etcd-client iproute2 nftables tcpdump iputils-ping i
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup deb-packages venv lab lab-down test test-fast fuzz lint typecheck bench clean test-compose
+.PHONY: setup deb-packages venv lab lab-down test test-fast fuzz lint typecheck bench bench-population clean test-compose
 
 setup: deb-packages $(STAMP)
 
@@ -69,6 +69,12 @@ typecheck: setup
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Issue 16: N leases already in etcd, cold sync, then lease events one at a time;
+# flanneld side by side when FLANNELD_BIN names its binary (about 1 + 2 min).
+bench-population: setup
+	$(PY) bench/convergence.py --population 1000
+	$(PY) bench/convergence.py --population 5000
 
 test-compose: setup
 	bash tests/compose/run.sh

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from ipaddress import IPv4Address, IPv4Network
 
 from flannelish.backends.base import Backend
 from flannelish.daemon.loop import ReconcileLoop
@@ -26,17 +27,28 @@ log = logging.getLogger("flannelish.daemon")
 
 
 def start_monitors(
-    backend_loop: ReconcileLoop, extra_loops: Sequence[ReconcileLoop], backend: Backend | None
+    backend_loop: ReconcileLoop,
+    extra_loops: Sequence[ReconcileLoop],
+    backend: Backend | None,
+    still_wanted: Callable[[IPv4Network | IPv4Address | str | None], bool] = lambda _dst: True,
 ) -> list[ChangeMonitor]:
-    """Start the monitors; returns them (the caller stops them on shutdown)."""
+    """Start the monitors; returns them (the caller stops them on shutdown).
+
+    ``still_wanted(dst)``: whether a deleted route/neighbour/FDB entry (its
+    destination, neighbour IP or MAC; None if unknown) belonged to a peer we
+    still program.  Our own deletions (a lease removed, a MAC changed) come
+    back as notifications too and need no full pass.
+    """
 
     def relevant(change: Change) -> bool:
         index = getattr(backend, "index", None)
         if change.type == 0:
             return True  # socket overrun: resync to be safe
         if change.type == RTM_DELROUTE:
-            return change.proto == ROUTE_PROTO
-        if change.type in (RTM_DELLINK, RTM_NEWLINK, RTM_DELNEIGH, RTM_DELADDR):
+            return change.proto == ROUTE_PROTO and still_wanted(change.dst)
+        if change.type == RTM_DELNEIGH:
+            return index is not None and change.ifindex == index and still_wanted(change.dst)
+        if change.type in (RTM_DELLINK, RTM_NEWLINK, RTM_DELADDR):
             return index is not None and change.ifindex == index
         return False
 

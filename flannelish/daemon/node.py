@@ -27,7 +27,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING
 
 from flannelish.backends import get_backend_class
@@ -383,8 +383,30 @@ class NodeDaemon:
     def _start_monitor(self) -> None:
         """Kernel notifications about our objects re-run the loops (flannelish.daemon.monitors)."""
         assert self.loop is not None
-        for monitor in start_monitors(self.loop, self.loops[1:], self.backend):
+        for monitor in start_monitors(
+            self.loop, self.loops[1:], self.backend, self._deleted_entry_wanted
+        ):
             self._closers.append(monitor.stop)
+
+    def _deleted_entry_wanted(self, dst: IPv4Network | IPv4Address | str | None) -> bool:
+        """Whether a deleted route/neighbour/FDB entry belongs to a peer we still program.
+
+        Our own deletions (a lease removed, a MAC changed) come back as kernel
+        notifications too; by then the peer table no longer holds that peer
+        (or MAC), so they need no full pass.  A deletion of a current peer's
+        entry, or one the message does not identify, still triggers one.
+        """
+        if dst is None:
+            return True
+        if isinstance(dst, IPv4Network):
+            return self.peers.get(dst) is not None
+        if isinstance(dst, IPv4Address):
+            if self._config is None:
+                return True
+            subnet = IPv4Network((dst, self._config.subnet_len), strict=False)
+            # A VXLAN peer's neighbour is its subnet's first address; others are not ours.
+            return subnet.network_address != dst or self.peers.get(subnet) is not None
+        return self.peers.claimed(("vtep-mac", dst))  # an FDB entry: the vxlan backend's claim
 
     def _start_keeper(self, manager: SubnetManager, lease: Lease) -> None:
         from flannelish.subnet.keeper import LeaseKeeper

@@ -135,6 +135,11 @@ class PeerTable:
         with self._lock:
             return self._peers.get(subnet)
 
+    def claimed(self, claim: Hashable) -> bool:
+        """Whether an admitted peer holds this claim (e.g. a VTEP MAC)."""
+        with self._lock:
+            return claim in self._holder
+
     def snapshot(self) -> list[Lease]:
         with self._lock:
             return list(self._peers.values())

@@ -168,8 +168,11 @@ class Reconciler:
                 log.error("cannot list %s entries: %s", res.kind, exc)
                 result.errors += 1
                 return
-        between()
+            # After each dump, not only after all: one dump of 5000 entries takes
+            # a few hundred ms.  Slots events change meanwhile are left to them.
+            between()
         plan = diff(resources, groups, actual)
+        between()
         by_type = {r.record: r for r in resources}
         owned = {(r.kind, r.key(o)) for r in resources for o in actual.get(r.kind, ())}
         failed: set[IPv4Network] = set()

@@ -13,13 +13,18 @@ import select
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
 
 from flannelish.kernel.netns import in_netns
 from flannelish.kernel.rtnl import (
+    AF_BRIDGE,
     IFADDRMSG,
     IFINFOMSG,
+    NDA_DST,
+    NDA_LLADDR,
     NDMSG,
+    RTA_DST,
     RTM_DELADDR,
     RTM_DELLINK,
     RTM_DELNEIGH,
@@ -31,6 +36,7 @@ from flannelish.kernel.rtnl import (
     RTMGRP_LINK,
     RTMGRP_NEIGH,
     RTMSG,
+    mac_str,
     messages,
     parse_attrs,
 )
@@ -45,10 +51,32 @@ class Change:
     proto: int = 0
     family: int = 0  # nftables: the table's family (NFPROTO_IPV4 = 2)
     table: str = ""  # nftables: the table the change is in
+    # What the entry was for, when the message says: a route's destination
+    # (IPv4Network), a neighbour's IP (IPv4Address) or an FDB entry's MAC (str).
+    # Lets the daemon ignore the notifications of its own deletions.
+    dst: IPv4Network | IPv4Address | str | None = field(default=None, compare=False)
+
+
+def _route_dst(data: bytes, body: int, end: int) -> IPv4Network | None:
+    family, dst_len = RTMSG.unpack_from(data, body)[:2]
+    raw = parse_attrs(data, body + RTMSG.size, end).get(RTA_DST)
+    if family != socket.AF_INET or raw is None or len(raw) != 4 or dst_len > 32:
+        return None
+    return IPv4Network((bytes(raw), dst_len), strict=False)
+
+
+def _neigh_dst(data: bytes, body: int, end: int) -> IPv4Address | str | None:
+    family = NDMSG.unpack_from(data, body)[0]
+    attrs = parse_attrs(data, body + NDMSG.size, end)
+    if family == AF_BRIDGE and len(attrs.get(NDA_LLADDR, b"")) == 6:
+        return mac_str(bytes(attrs[NDA_LLADDR]))
+    if family == socket.AF_INET and len(attrs.get(NDA_DST, b"")) == 4:
+        return IPv4Address(bytes(attrs[NDA_DST]))
+    return None
 
 
 def parse_changes(data: bytes) -> list[Change]:
-    """Decode the fixed headers of the rtnetlink messages in one datagram."""
+    """Decode the rtnetlink messages in one datagram (headers, and what was deleted)."""
     out: list[Change] = []
     for mtype, _flags, _seq, body, end in messages(data):
         size = end - body
@@ -57,9 +85,13 @@ def parse_changes(data: bytes) -> list[Change]:
         elif mtype == RTM_DELADDR and size >= IFADDRMSG.size:
             out.append(Change(mtype, ifindex=IFADDRMSG.unpack_from(data, body)[4]))
         elif mtype == RTM_DELROUTE and size >= RTMSG.size:
-            out.append(Change(mtype, proto=RTMSG.unpack_from(data, body)[5]))
-        elif mtype in (RTM_NEWNEIGH, RTM_DELNEIGH) and size >= NDMSG.size:
+            proto = RTMSG.unpack_from(data, body)[5]
+            out.append(Change(mtype, proto=proto, dst=_route_dst(data, body, end)))
+        elif mtype == RTM_NEWNEIGH and size >= NDMSG.size:
             out.append(Change(mtype, ifindex=NDMSG.unpack_from(data, body)[1]))
+        elif mtype == RTM_DELNEIGH and size >= NDMSG.size:
+            ifindex = NDMSG.unpack_from(data, body)[1]
+            out.append(Change(mtype, ifindex=ifindex, dst=_neigh_dst(data, body, end)))
     return out
 
 

@@ -170,6 +170,10 @@ class NodeOps:
         if self.owner is not None:
             try:
                 self.owner.after_pass()  # arms the anti-spoof rule once the set is complete
+                if not getattr(result, "full", True):
+                    # A per-event apply: listing the table costs O(peers) (an `nft`
+                    # run and its parse); the full passes keep this check current.
+                    return
                 rules = self.owner.rules
                 table = rules.state()  # one listing for both
                 present = rules.matches(table)

@@ -118,6 +118,13 @@ def test_hand_deleted_entries_and_device_are_repaired(start_daemons, netns_facto
     mac, dst = want["fdb"][0]
     a.host.run("bridge", "fdb", "del", mac, "dev", "flannel.1", "dst", dst)
     wait_for(lambda: kernel_state(a.host) == want, 2, what="entries restored")
+    # Each kind alone is noticed too (the daemon ignores only its own deletions).
+    a.host.run("bridge", "fdb", "del", mac, "dev", "flannel.1", "dst", dst)
+    wait_for(lambda: kernel_state(a.host) == want, 2, what="FDB entry restored")
+    a.host.run("ip", "neigh", "del", peer_gw, "dev", "flannel.1")
+    wait_for(lambda: kernel_state(a.host) == want, 2, what="neighbour restored")
+    a.host.run("ip", "route", "del", str(b.subnet))
+    wait_for(lambda: kernel_state(a.host) == want, 2, what="route restored")
     dev_mac = link_details(a.host, "flannel.1")["address"]
     a.host.run("ip", "link", "del", "flannel.1")
     wait_for(lambda: kernel_state(a.host) == want, 2, what="device rebuilt and peers replayed")

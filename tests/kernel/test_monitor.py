@@ -45,3 +45,31 @@ def test_nft_change_parser_reads_deletions_with_family_and_table():
         Change((10 << 8) | 2, family=2, table="flannelish"),
         Change((10 << 8) | 14, family=10, table="other"),
     ]
+
+
+def test_change_parser_names_what_was_deleted():
+    """Route destination, neighbour IP, FDB MAC: the daemon ignores its own deletions by them."""
+    from ipaddress import IPv4Address, IPv4Network
+
+    route = _msg(
+        RTM_DELROUTE,
+        rtnl.RTMSG.pack(2, 26, 0, 0, 254, 0x46, 0, 1, 0)
+        + rtnl.attr(rtnl.RTA_DST, bytes([10, 1, 0, 64])),
+    )
+    neigh = _msg(
+        rtnl.RTM_DELNEIGH,
+        rtnl.NDMSG.pack(2, 7, 0x80, 0, 0) + rtnl.attr(rtnl.NDA_DST, bytes([10, 1, 0, 64])),
+    )
+    fdb = _msg(
+        rtnl.RTM_DELNEIGH,
+        rtnl.NDMSG.pack(rtnl.AF_BRIDGE, 7, 0x80, 2, 0)
+        + rtnl.attr(rtnl.NDA_LLADDR, rtnl.mac_bytes("0e:00:00:00:00:01")),
+    )
+    routes, neighs, fdbs = parse_changes(route + neigh + fdb)
+    assert (routes.type, routes.proto, routes.dst) == (
+        RTM_DELROUTE,
+        0x46,
+        IPv4Network("10.1.0.64/26"),
+    )
+    assert (neighs.ifindex, neighs.dst) == (7, IPv4Address("10.1.0.64"))
+    assert (fdbs.ifindex, fdbs.dst) == (7, "0e:00:00:00:00:01")
