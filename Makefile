@@ -10,7 +10,8 @@ PYTHON ?= python3
 DEB_PACKAGES := etcd-server etcd-client iproute2 nftables tcpdump iputils-ping iperf3 ethtool \
 	containernetworking-plugins procps kmod ca-certificates openssl \
 	podman runc busybox-static iptables \
-	graphviz chromium chromium-driver fonts-dejavu-core systemd
+	graphviz chromium chromium-driver fonts-dejavu-core systemd \
+	wireguard-tools wireguard-go
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 

@@ -14,6 +14,7 @@ from flannelish.errors import ConfigError
 REGISTRY: dict[str, str] = {
     "vxlan": "vxlan:VxlanBackend",
     "host-gw": "hostgw:HostGwBackend",
+    "wireguard": "wireguard:WireguardBackend",
 }
 
 

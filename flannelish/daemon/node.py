@@ -288,6 +288,11 @@ class NodeDaemon:
         self._spawn("lease-watch", self._watch, manager, lease)
         if self._kernel_notifications:
             self._start_monitor()
+        # Backends whose state the kernel monitor cannot see (WireGuard's UAPI) watch it themselves.
+        start_watch = getattr(self.backend, "start_watch", None)
+        if start_watch is not None:
+            loop = self.loop
+            self._closers.append(start_watch(lambda: loop.trigger(check_base=True)))
         self._start_keeper(manager, lease)
         self._start_config_watch(manager)
 

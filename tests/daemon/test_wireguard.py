@@ -1,0 +1,215 @@
+"""The wireguard backend on real namespaces: wireguard-go per node, real etcd, real daemons.
+
+Every node's daemon runs wireguard-go in a private mount namespace
+(FLANNELISH_WG_PRIVATE_RUN=1), so three nodes on one machine each get their own
+/run/wireguard; every wireguard-go is stopped by the PID in its pidfile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from flannelish.kernel.wireguard import UapiControl, WireguardGo, parse_get
+from flannelish.testing.etcd import EtcdMember
+from flannelish.testing.proc import run
+from flannelish.testing.underlay import Underlay
+
+from .conftest import PREFIX
+from .helpers import DaemonProc, add_pod, ping, wait_for
+
+WG_CONFIG = '{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}'
+MTU = 1420
+
+
+class WgDaemon(DaemonProc):
+    """A daemon with its own key file and wireguard-go in a private mount namespace."""
+
+    @property
+    def key_file(self) -> Path:
+        return self.dir / "wgkey"
+
+    def start(self, *extra: str) -> WgDaemon:
+        old = dict(os.environ)
+        os.environ["WIREGUARD_KEY_FILE"] = str(self.key_file)
+        os.environ["FLANNELISH_WG_PRIVATE_RUN"] = "1"
+        try:
+            super().start(*extra)
+        finally:
+            os.environ.clear()
+            os.environ.update(old)
+        return self
+
+    def wggo_pid(self) -> int | None:
+        try:
+            return int((self.dir / "flannel-wg.wireguard-go.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def uapi(self) -> UapiControl:
+        return UapiControl(f"/proc/{self.wggo_pid()}/root/run/wireguard/flannel-wg.sock")
+
+    def wg(self, *args: str) -> str:
+        pid = self.wggo_pid()
+        out = subprocess.run(
+            ["nsenter", f"--mount=/proc/{pid}/ns/mnt", f"--net=/proc/{pid}/ns/net", "wg", *args],
+            capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+        return out.stdout
+
+    def kill_wireguard_go(self) -> None:
+        go = WireguardGo("flannel-wg", self.dir, True)
+        if go.adopt():
+            go.stop()
+
+
+@pytest.fixture
+def wg_daemons(
+    underlay: Underlay, underlay_etcd: EtcdMember, tmp_path
+) -> Iterator[Callable[..., list[WgDaemon]]]:
+    made: list[WgDaemon] = []
+    underlay_etcd.etcdctl("put", f"{PREFIX}/config", WG_CONFIG)
+
+    def start(n: int, *flags: str) -> list[WgDaemon]:
+        daemons = []
+        for i in range(1, n + 1):
+            host = underlay.add_host(f"h{i}")
+            d = WgDaemon(host, underlay_etcd.client_url, tmp_path, *flags).start()
+            made.append(d)
+            daemons.append(d)
+        for d in daemons:
+            d.wait_ready()
+        return daemons
+
+    try:
+        yield start
+    finally:
+        for d in made:
+            d.stop()
+            d.kill_wireguard_go()
+
+
+def peers_of(d: WgDaemon) -> dict[str, tuple[str, tuple[str, ...]]]:
+    state = d.uapi().get()
+    return {p.public_key: (p.endpoint, tuple(map(str, p.allowed_ips))) for p in state.peers}
+
+
+def test_three_nodes_over_wireguard(wg_daemons, netns_factory, underlay_etcd):
+    daemons = wg_daemons(3)
+    env = daemons[0].env()
+    assert env["FLANNEL_MTU"] == str(MTU)
+    keys = {d.host.name: (d.dir / "flannel-wg.pubkey").read_text().strip() for d in daemons}
+    assert len(set(keys.values())) == 3
+    for d in daemons:
+        assert oct(d.key_file.stat().st_mode & 0o777) == "0o600"
+        want = {
+            keys[x.host.name]: (f"{x.host.ip}:51820", (str(x.subnet),))
+            for x in daemons
+            if x is not d
+        }
+        wait_for(lambda d=d, want=want: peers_of(d) == want, 10, what="wireguard peers")
+        addrs = d.host.run("ip", "-4", "-o", "addr", "show", "dev", "flannel-wg").stdout
+        assert f"{d.subnet.network_address}/32" in addrs
+        routes = d.host.run("ip", "route", "show", "proto", "70").stdout
+        assert "10.244.0.0/16 dev flannel-wg" in routes
+        assert "interface: flannel-wg" in d.wg("show")
+    # The lease value, exactly as Flannel writes it.
+    value = underlay_etcd.etcdctl(
+        "get", f"{PREFIX}/subnets/{str(daemons[0].subnet).replace('/', '-')}", "--print-value-only"
+    ).stdout
+    assert f'"BackendType":"wireguard","BackendData":{{"PublicKey":"{keys["h1"]}","Port":51820}}' in value
+    pods = [add_pod(netns_factory, d.host, d.subnet, f"p{i}", MTU) for i, d in enumerate(daemons)]
+    for src, dst in ((0, 1), (1, 2), (2, 0), (0, 2)):
+        assert ping(pods[src], daemons[dst].subnet.network_address + 2, count=3, timeout=2)
+    # every node completed a handshake with every peer
+    for d in daemons:
+        state = d.uapi().get()
+        assert all(p.last_handshake > 0 for p in state.peers), d.host.name
+
+    # A peer removed by hand is back within 1 s.
+    d0, victim = daemons[0], keys["h2"]
+    started = time.monotonic()
+    d0.wg("set", "flannel-wg", "peer", victim, "remove")
+    assert victim not in peers_of(d0)
+    wait_for(lambda: victim in peers_of(d0), 1.0, 0.01, what="peer restored")
+    print(f"peer restored after {time.monotonic() - started:.3f}s")
+
+    # wireguard-go killed -> restarted and reprogrammed.
+    old = d0.wggo_pid()
+    assert old is not None
+    os.kill(old, 9)
+    wait_for(lambda: d0.wggo_pid() not in (None, old), 5, what="wireguard-go restarted")
+    wait_for(lambda: len(peers_of(d0)) == 2, 5, what="peers replayed")
+    assert ping(pods[0], daemons[1].subnet.network_address + 2, count=3, timeout=2)
+
+
+def test_restart_keeps_key_and_loses_no_ping(wg_daemons, netns_factory):
+    daemons = wg_daemons(2)
+    pods = [add_pod(netns_factory, d.host, d.subnet, f"r{i}", MTU) for i, d in enumerate(daemons)]
+    target = daemons[1].subnet.network_address + 2
+    wait_for(lambda: ping(pods[0], target, count=1), 10, 0.2, what="first ping")
+    key_before = (daemons[0].dir / "flannel-wg.pubkey").read_text()
+    pinger = subprocess.Popen(
+        ["ip", "netns", "exec", pods[0], "ping", "-c", "40", "-i", "0.1", "-W", "1", str(target)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(0.5)
+    daemons[0].stop()
+    daemons[0].start()
+    daemons[0].wait_ready()
+    out, _ = pinger.communicate(timeout=30)
+    assert " 0% packet loss" in out, out
+    assert (daemons[0].dir / "flannel-wg.pubkey").read_text() == key_before
+    time.sleep(0.5)
+    assert ping(pods[0], target)
+
+
+def test_removed_key_file_is_a_clear_error(wg_daemons):
+    (d,) = wg_daemons(1)
+    d.stop()
+    public = (d.dir / "flannel-wg.pubkey").read_text().strip()
+    d.key_file.unlink()
+    d.start()
+    assert d.proc is not None
+    code = d.proc.wait(timeout=30)
+    assert code == 3
+    assert "is missing but this node had public key" in d.log_tail()
+    assert public in d.log_tail()
+    assert not d.key_file.exists()  # no silent new identity
+    # corrupt file: same, exit 3
+    d.key_file.write_text("not a key\n")
+    d.start()
+    assert d.proc.wait(timeout=30) == 3
+    assert "corrupt" in d.log_tail()
+    d.proc = None
+
+
+def test_hand_written_flannel_lease_interops(wg_daemons, underlay_etcd):
+    (d,) = wg_daemons(1)
+    peer_key = run(["wg", "genkey"]).stdout.strip()
+    peer_pub = subprocess.run(
+        ["wg", "pubkey"], input=peer_key, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    value = (
+        '{"PublicIP":"198.18.0.77","PublicIPv6":null,"BackendType":"wireguard",'
+        f'"BackendData":{{"PublicKey":"{peer_pub}","Port":51820}}}}'
+    )
+    underlay_etcd.etcdctl("put", f"{PREFIX}/subnets/10.244.250.0-24", value)
+    wait_for(
+        lambda: peers_of(d).get(peer_pub) == ("198.18.0.77:51820", ("10.244.250.0/24",)),
+        10,
+        what="flannel peer programmed",
+    )
+    underlay_etcd.etcdctl("del", f"{PREFIX}/subnets/10.244.250.0-24")
+    wait_for(lambda: peer_pub not in peers_of(d), 10, what="flannel peer removed")
+
+
+def test_parse_get_roundtrip():
+    text = "private_key=" + "a" * 64 + "\nlisten_port=51820\n"
+    assert parse_get(text).listen_port == 51820
