@@ -194,6 +194,15 @@ def lab_exec(name: str, state_dir: Path, target: str, command: tuple[str, ...]) 
     state = _load(state_dir, name)
     netns = state.target_netns(target)
     argv = ["ip", "netns", "exec", netns, *command]
+    node = state.node(target)
+    if node is not None:
+        from flannelish.kernel.wireguard import node_wireguard_go
+
+        go = node_wireguard_go(Path(node.subnet_file).parent)
+        if go is not None and go.private_run:
+            # The node's wireguard-go has its own /run/wireguard: `wg show` must see it.
+            ns = f"/proc/{go.pid}/ns"
+            argv = ["nsenter", f"--mount={ns}/mnt", f"--net={ns}/net", "--", *command]
     # Inside the lab, `flannelish status`, `doctor`, `leases` and friends just work:
     # our own bin dir on PATH, and in a node the node daemon's settings
     # (FLANNELD_HEALTHZ_PORT, FLANNELD_SUBNET_FILE, FLANNELD_ETCD_ENDPOINTS, ...).

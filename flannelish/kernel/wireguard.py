@@ -439,7 +439,7 @@ class WireguardGo:
             return False
         return any(b"wireguard-go" in a for a in cmdline[:1]) and self.dev.encode() in cmdline
 
-    def adopt(self) -> bool:
+    def adopt(self, quiet: bool = False) -> bool:
         try:
             self.pid = int(self.pidfile.read_text().strip())
         except (OSError, ValueError):
@@ -448,7 +448,8 @@ class WireguardGo:
         if not self.alive() or not os.path.exists(self.socket_path()):
             self.pid = None
             return False
-        log.info("adopted wireguard-go", extra={"dev": self.dev, "pid": self.pid})
+        if not quiet:
+            log.info("adopted wireguard-go", extra={"dev": self.dev, "pid": self.pid})
         return True
 
     def start(self) -> None:
@@ -528,5 +529,31 @@ class WireguardGo:
             pass
 
 
-def v4(addr: IPv4Address, port: int) -> str:
-    return f"{addr}:{port}"
+def node_wireguard_go(state_dir: Path, dev: str = "flannel-wg") -> WireguardGo | None:
+    """The wireguard-go a node's daemon runs (pidfile in its state dir), if alive."""
+    for private in (True, False):
+        go = WireguardGo(dev, state_dir, private)
+        if go.adopt(quiet=True):
+            return go
+    return None
+
+
+def node_device_state(state_dir: Path, dev: str = "flannel-wg") -> DeviceState | None:
+    """The device of a node's wireguard-go (its peers and handshakes), or None."""
+    go = node_wireguard_go(state_dir, dev)
+    if go is None:
+        return None
+    try:
+        return UapiControl(go.socket_path()).get()
+    except KernelError:
+        return None
+
+
+def stop_node_wireguard_go(state_dir: Path, dev: str = "flannel-wg") -> int | None:
+    """Stop the wireguard-go of a node (by the PID in its pidfile); its PID, or None."""
+    go = node_wireguard_go(state_dir, dev)
+    if go is None:
+        return None
+    pid = go.pid
+    go.stop()
+    return pid

@@ -183,12 +183,16 @@ def analyze(frames: Iterable[Any], expected: Expected) -> Analysis:
     pod_net = expected.pod_network
     pod: list[Seen] = []
     fragments: list[Seen] = []
+    raw: list[tuple[Seen, bytes, int]] = []  # (frame, bytes, WireGuard message type or 0)
     for frame in frames:
         result.frames += 1
-        seen = decode(_frame_bytes(frame))
+        data = _frame_bytes(frame)
+        seen = decode(data)
         if seen is None:
             result.counts["non-ip"] += 1
             continue
+        if expected.backend == "wireguard":
+            raw.append((seen, data, _wireguard_type(data, expected.port)))
         if seen.fragment or seen.inner_fragment:
             fragments.append(seen)
         if seen.pod_src in pod_net or seen.pod_dst in pod_net:
@@ -199,6 +203,10 @@ def analyze(frames: Iterable[Any], expected: Expected) -> Analysis:
 
     encap = [s for s in pod if s.encapsulated]
     plain = [s for s in pod if not s.encapsulated]
+    if expected.backend == "wireguard":
+        result.verdicts = _WireguardChecks(expected, encap, plain, fragments, raw).run()
+        result.counts["wireguard"] = sum(1 for _s, _r, wg in raw if wg)
+        return result
     check = _VxlanChecks if expected.backend == "vxlan" else _HostGwChecks
     result.verdicts = check(expected, encap, plain, fragments).run()
     return result
@@ -375,3 +383,117 @@ class _HostGwChecks(_VxlanChecks):
         if largest > self.e.underlay_mtu:
             return Verdict(name, FAIL, f"largest packet {largest} B")
         return Verdict(name, PASS, f"largest packet {largest} B")
+
+
+# -- WireGuard ----------------------------------------------------------------------------
+
+# message type -> its length on the wire (0: variable, data)
+_WG_SIZES = {1: 148, 2: 92, 3: 64, 4: 0}
+ICMP_PATTERN = bytes(range(0x10, 0x28))  # the start of ping's default payload
+PROBE_PATTERN = b"x" * 24  # flannelish.lab.probe's TCP/UDP payload
+
+
+def _udp_ports(frame: bytes) -> tuple[int, int, bytes] | None:
+    ethertype, payload = _ethertype_payload(frame)
+    outer = _ip_header(payload) if ethertype == 0x0800 else None
+    if outer is None or outer[2] != 17 or outer[4]:
+        return None
+    udp = payload[outer[5] :]
+    if len(udp) < 8:
+        return None
+    return int.from_bytes(udp[0:2], "big"), int.from_bytes(udp[2:4], "big"), udp[8:]
+
+
+def _wireguard_type(frame: bytes, port: int) -> int:
+    """The WireGuard message type of a UDP frame to or from `port`, else 0."""
+    ports = _udp_ports(frame)
+    if ports is None or port not in ports[:2]:
+        return 0
+    body = ports[2]
+    if len(body) < 4 or body[1:4] != b"\0\0\0" or body[0] not in _WG_SIZES:
+        return 0
+    size = _WG_SIZES[body[0]]
+    if size and len(body) != size:
+        return 0
+    if body[0] == 4 and len(body) < 32:
+        return 0  # data: 16-byte header + ciphertext (padded to 16, up to the MTU) + 16-byte tag
+    return body[0]
+
+
+class _WireguardChecks:
+    def __init__(
+        self,
+        expected: Expected,
+        encap: list[Seen],
+        plain: list[Seen],
+        frags: list[Seen],
+        raw: list[tuple[Seen, bytes, int]],
+    ) -> None:
+        self.e, self.encap, self.plain, self.frags, self.raw = expected, encap, plain, frags, raw
+        self.nodes = set(expected.node_subnets)
+
+    def run(self) -> list[Verdict]:
+        return [
+            self._pairs(),
+            self._only_wireguard(),
+            self._opaque(),
+            self._mtu(),
+            _fragments(self.frags),
+            _same_node_leaks(self.e, self.encap + self.plain),
+        ]
+
+    def _pairs(self) -> Verdict:
+        name = "every cross-node pod pair's nodes exchanged WireGuard data both ways"
+        want = set()
+        for f in self.e.cross_node:
+            a, b = self.e.owner(f.src), self.e.owner(f.dst)
+            if a and b and a != b:
+                want.add((a, b))
+        if not want:
+            return Verdict(name, FAIL, "no cross-node traffic was generated")
+        seen = {(s.outer_src, s.outer_dst) for s, _r, wg in self.raw if wg == 4}
+        missing = sorted(f"{a}->{b}" for a, b in want - seen)
+        if missing:
+            return Verdict(name, FAIL, f"no WireGuard data for {_examples(missing)}")
+        data = sum(1 for _s, _r, wg in self.raw if wg == 4)
+        return Verdict(name, PASS, f"{len(want)} node pairs, {data} data packets")
+
+    def _only_wireguard(self) -> Verdict:
+        name = f"pod traffic crosses only as WireGuard udp/{self.e.port} between node IPs"
+        bad = [s.describe() for s in self.plain]
+        for s, data, wg in self.raw:
+            between = s.outer_src in self.nodes and s.outer_dst in self.nodes
+            if wg and not between:
+                bad.append(f"WireGuard {s.outer_src}->{s.outer_dst} not between nodes")
+            elif between and not wg:
+                ports = _udp_ports(data)
+                what = f"udp {ports[0]}->{ports[1]}" if ports else s.proto
+                bad.append(f"{what} {s.outer_src}->{s.outer_dst} (not WireGuard)")
+            elif wg:
+                ports = _udp_ports(data)
+                if ports is None or ports[:2] != (self.e.port, self.e.port):
+                    bad.append(f"WireGuard {s.outer_src}->{s.outer_dst} on ports {ports and ports[:2]}")
+        if bad:
+            return Verdict(name, FAIL, f"{len(bad)} frames: {_examples(bad)}")
+        count = sum(1 for _s, _r, wg in self.raw if wg)
+        return Verdict(name, PASS, f"{count} WireGuard packets, 0 plaintext pod packets")
+
+    def _opaque(self) -> Verdict:
+        name = "no inner pod address or payload is readable in any underlay frame"
+        needles = [ip.packed for ip in self.e.pod_ips] + [ICMP_PATTERN, PROBE_PATTERN]
+        bad = []
+        for s, data, _wg in self.raw:
+            if any(n in data for n in needles):
+                bad.append(s.describe())
+        if bad:
+            return Verdict(name, FAIL, f"{len(bad)} frames: {_examples(bad)}")
+        return Verdict(
+            name, PASS, f"{len(self.raw)} frames searched for {len(self.e.pod_ips)} pod IPs and payloads"
+        )
+
+    def _mtu(self) -> Verdict:
+        name = f"WireGuard packets fit the underlay MTU ({self.e.underlay_mtu})"
+        largest = max((s.outer_len for s, _r, wg in self.raw if wg), default=0)
+        if largest > self.e.underlay_mtu:
+            return Verdict(name, FAIL, f"largest {largest} B")
+        return Verdict(name, PASS, f"largest outer packet {largest} B (overlay MTU {self.e.overlay_mtu})")

@@ -254,7 +254,14 @@ class _Builder:
                 ]  # fmt: skip
                 node.healthz_port = names.HEALTHZ_PORT
                 log = self.state.logs_dir / f"{node.name}-daemon.log"
-                node.daemon = procs.spawn(argv, node.netns, log, f"daemon {node.name}")
+                env = {}
+                if self.spec.backend == "wireguard":
+                    # Each node: its own key and its own /run/wireguard (private mount namespace).
+                    env = {
+                        "WIREGUARD_KEY_FILE": str(Path(node.subnet_file).parent / "wgkey"),
+                        "FLANNELISH_WG_PRIVATE_RUN": "1",
+                    }
+                node.daemon = procs.spawn(argv, node.netns, log, f"daemon {node.name}", env)
                 self.state.save()
             self._wait_for_subnet_files()
             for node in self.state.nodes:
@@ -352,12 +359,31 @@ class _Builder:
             st.detail = f"{routes} routes"
 
     def _missing_routes(self) -> list[str]:
+        if self.spec.backend == "wireguard":
+            return self._missing_wireguard_peers()
         missing = []
         for node in self.state.nodes:
             have = {r.get("dst") for r in _routes(node.netns)}
             for peer in self.state.nodes:
                 if peer is not node and peer.subnet not in have:
                     missing.append(f"{node.name} has no route to {peer.name}'s {peer.subnet}")
+        return missing
+
+
+    def _missing_wireguard_peers(self) -> list[str]:
+        """WireGuard: one route for the network via flannel-wg, and every peer on the device."""
+        from flannelish.kernel.wireguard import node_device_state
+
+        missing = []
+        for node in self.state.nodes:
+            have = {(r.get("dst"), r.get("dev")) for r in _routes(node.netns)}
+            if (self.spec.network, "flannel-wg") not in have:
+                missing.append(f"{node.name} has no route to {self.spec.network} via flannel-wg")
+            dev = node_device_state(Path(node.subnet_file).parent)
+            allowed = {str(n) for p in dev.peers for n in p.allowed_ips} if dev else set()
+            for peer in self.state.nodes:
+                if peer is not node and peer.subnet not in allowed:
+                    missing.append(f"{node.name} has no WireGuard peer for {peer.name}'s {peer.subnet}")
         return missing
 
 

@@ -28,7 +28,8 @@ HEALTHZ_PORT = 10253
 BRIDGE = "br0"
 MAX_NODES = 50  # .1-.50 on the underlay; .254 is the bridge/etcd
 MAX_PODS_PER_NODE = 50
-BACKENDS = ("vxlan", "host-gw")
+BACKENDS = ("vxlan", "host-gw", "wireguard")
+WIREGUARD_PORT = 51820
 # A unix socket path must fit in sun_path (108 bytes incl. NUL); the daemon's
 # socket lives next to each node's subnet file inside the state dir.
 MAX_SOCKET_PATH = 100

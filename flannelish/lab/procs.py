@@ -96,10 +96,17 @@ def _tail_matches(current: list[str], recorded: list[str]) -> bool:
     return False
 
 
-def spawn(argv: Sequence[str], netns: str | None, log: Path, role: str) -> ProcRecord:
+def spawn(
+    argv: Sequence[str],
+    netns: str | None,
+    log: Path,
+    role: str,
+    extra_env: dict[str, str] | None = None,
+) -> ProcRecord:
     """Start a detached process (own session, output to `log`) and record it."""
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, GRPC_ENABLE_FORK_SUPPORT="false", PYTHONUNBUFFERED="1")
+    env.update(extra_env or {})
     full = in_netns(netns, argv)
     with open(log, "ab") as out:
         proc = subprocess.Popen(

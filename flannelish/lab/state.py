@@ -87,7 +87,9 @@ class LabSpec:
                 f"not {self.pods_per_node}"
             )
         if self.backend not in names.BACKENDS:
-            raise ConfigError(f"unknown backend {self.backend!r}; expected vxlan or host-gw")
+            raise ConfigError(
+                f"unknown backend {self.backend!r}; expected {', '.join(names.BACKENDS)}"
+            )
         return self
 
     def network_config(self) -> dict[str, Any]:

@@ -78,6 +78,13 @@ def teardown(state: LabState, keep_logs: bool = False, remove_dir: bool = True) 
     running = [r for r in records if procs.is_ours(r)]
     report.warnings += procs.stop_all(running)
     report.stopped = [f"{r.role} (pid {r.pid})" for r in running]
+    # WireGuard nodes: the userspace device outlives its daemon; stop it after the daemon.
+    from flannelish.kernel.wireguard import stop_node_wireguard_go
+
+    for node in state.nodes:
+        pid = stop_node_wireguard_go(Path(node.subnet_file).parent)
+        if pid is not None:
+            report.stopped.append(f"wireguard-go {node.name} (pid {pid})")
     existing = set(list_netns())
     for name in reversed(state.netns):
         if name in existing:

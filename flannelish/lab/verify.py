@@ -26,7 +26,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from flannelish.errors import FlannelishError
-from flannelish.lab import procs
+from flannelish.lab import names, procs
 from flannelish.lab.analysis import FAIL, PASS, Analysis, Expected, Flow, Verdict, analyze
 from flannelish.lab.capture import READY
 from flannelish.lab.check import ProbeServer, ask
@@ -182,7 +182,7 @@ def expected_for(state: LabState, cross: set[Flow], same: set[Flow]) -> Expected
         backend=spec.backend,
         pod_network=IPv4Network(spec.network),
         vni=spec.vni,
-        port=spec.port,
+        port=names.WIREGUARD_PORT if spec.backend == "wireguard" else spec.port,
         overlay_mtu=min((n.mtu for n in state.nodes if n.mtu), default=1450),
         underlay_mtu=_underlay_mtu(state),
         node_subnets={IPv4Address(n.ip): IPv4Network(n.subnet) for n in state.nodes if n.subnet},
@@ -235,9 +235,43 @@ def verify(state: LabState, pcap: Path | None = None, hop_dir: Path | None = Non
     else:
         pairs = f"{len(p.cross)} cross-node and {len(p.same)} same-node pod pairs"
         analysis.verdicts.insert(0, Verdict(name, PASS, pairs))
+    if state.spec.backend == "wireguard":
+        analysis.verdicts.append(handshake_verdict(state))
     if pcap is not None:
         pcap.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out, pcap)
     generated = [f"{a.name}->{b.name}" for a, b in p.cross + p.same]
     hop_seconds = float(getattr(hops, "seconds", 0.0))
     return VerifyReport(analysis, pcap or out, generated, errors, hop_dir, hop_seconds)
+
+
+def handshake_verdict(state: LabState) -> Verdict:
+    """WireGuard: every node completed a handshake with every peer (from each device)."""
+    from flannelish.kernel.wireguard import node_device_state
+
+    name = "every node completed a WireGuard handshake with every peer"
+    bad = []
+    pairs = 0
+    for node in state.nodes:
+        dev = node_device_state(Path(node.subnet_file).parent)
+        if dev is None:
+            bad.append(f"{node.name}: no wireguard-go device")
+            continue
+        peers = {p.endpoint.split(":")[0]: p for p in dev.peers}
+        for other in state.nodes:
+            if other is node:
+                continue
+            p = peers.get(other.ip)
+            if p is None:
+                bad.append(f"{node.name} has no peer {other.name}")
+            elif not p.last_handshake:
+                bad.append(f"{node.name}: no handshake with {other.name}")
+            else:
+                pairs += 1
+    if bad:
+        return Verdict(name, FAIL, _examples_of(bad))
+    return Verdict(name, PASS, f"{pairs} node-to-peer handshakes")
+
+
+def _examples_of(items: list[str]) -> str:
+    return "; ".join(items[:3]) + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
