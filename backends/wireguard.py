@@ -9,7 +9,7 @@ Design (../shared/reference/flannel.md §4b, plus a userspace fallback):
   are a config error until the IPv6 overlay exists.  No Mode = IPv4 (what
   Flannel's default ``separate`` amounts to on an IPv4-only network).
 * Lease: ``"BackendType":"wireguard","BackendData":{"PublicKey":"<b64>","Port":51820}``.
-* Device ``flannel-wg``: MTU = (MTU or underlay MTU) − 80; address = our
+* Device ``flannel-wg``: MTU = (MTU or underlay MTU) - 80; address = our
   subnet's network address /32; one route for the whole Network via the
   device (our route protocol; a foreign route to the Network is left alone
   and logged).  Kernel WireGuard where ``ip link add type wireguard``
@@ -119,7 +119,9 @@ class WireguardOptions:
             listen_port_v6=integer("listenportv6", "ListenPortV6", 1, 65535) or DEFAULT_PORT_V6,
             mtu=integer("mtu", "MTU", MIN_MTU + OVERHEAD, 65535),
             mode=mode,
-            keepalive=integer("persistentkeepaliveinterval", "PersistentKeepaliveInterval", 0, 65535)
+            keepalive=integer(
+                "persistentkeepaliveinterval", "PersistentKeepaliveInterval", 0, 65535
+            )
             or 0,
         )
 

@@ -187,6 +187,29 @@ def render_status(doc: dict[str, Any]) -> list[str]:
         )
     else:
         table.add_row("last reconcile", "-")
+    wg = doc.get("wireguard")
+    if wg:
+        impl = wg.get("implementation") or "-"
+        if wg.get("wireguard_go_pid"):
+            impl += (
+                f", pid {wg['wireguard_go_pid']}, {wg.get('wireguard_go_restarts', 0)} restart(s)"
+            )
+        table.add_row("wireguard", f"{impl}; public key {wg.get('public_key') or '-'}")
+        mode = wg.get("key_file_mode")
+        bad = mode is None or int(mode, 8) & 0o077
+        shown = mode or "MISSING"
+        table.add_row(
+            "key file",
+            f"{'[red]' if bad else ''}{wg.get('key_file')} mode {shown}{'[/]' if bad else ''}",
+        )
+        for peer in wg.get("peers", []):
+            age = peer.get("handshake_age_seconds")
+            hs = "[yellow]no handshake[/]" if age is None else f"handshake {age:.0f}s ago"
+            table.add_row(
+                "",
+                f"{', '.join(peer.get('allowed_ips') or [])} at {peer.get('endpoint') or '-'}: "
+                f"{hs}, rx {peer.get('rx_bytes', 0)} B, tx {peer.get('tx_bytes', 0)} B",
+            )
     env = doc.get("subnet_env") or {}
     table.add_row(
         "subnet.env",

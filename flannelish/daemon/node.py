@@ -210,6 +210,9 @@ class NodeDaemon:
                 lambda: {b.key: b.reason for b in registry.bad_leases}
             )
         self.ops.state.set_peer_source(self._peer_report)
+        wireguard = getattr(backend, "status", None)
+        if wireguard is not None:  # the WireGuard backend's live detail (no private key in it)
+            self.ops.state.set_wireguard_source(wireguard)
         # The nft table is one more Owner for the reconciler (re-asserted, peer set diffed).
         self._owners = self.ops.start(
             config.network, lease, vxlan_port=getattr(backend, "port", None)

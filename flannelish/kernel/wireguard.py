@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 import os
 import signal
@@ -30,7 +31,7 @@ import threading
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -523,10 +524,8 @@ class WireguardGo:
         if self._child is not None:
             self._child.wait(timeout=3)
         self.pid = None
-        try:
+        with contextlib.suppress(OSError):
             self.pidfile.unlink()
-        except OSError:
-            pass
 
 
 def node_wireguard_go(state_dir: Path, dev: str = "flannel-wg") -> WireguardGo | None:

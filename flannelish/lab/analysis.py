@@ -472,7 +472,9 @@ class _WireguardChecks:
             elif wg:
                 ports = _udp_ports(data)
                 if ports is None or ports[:2] != (self.e.port, self.e.port):
-                    bad.append(f"WireGuard {s.outer_src}->{s.outer_dst} on ports {ports and ports[:2]}")
+                    bad.append(
+                        f"WireGuard {s.outer_src}->{s.outer_dst} on ports {ports and ports[:2]}"
+                    )
         if bad:
             return Verdict(name, FAIL, f"{len(bad)} frames: {_examples(bad)}")
         count = sum(1 for _s, _r, wg in self.raw if wg)
@@ -488,7 +490,9 @@ class _WireguardChecks:
         if bad:
             return Verdict(name, FAIL, f"{len(bad)} frames: {_examples(bad)}")
         return Verdict(
-            name, PASS, f"{len(self.raw)} frames searched for {len(self.e.pod_ips)} pod IPs and payloads"
+            name,
+            PASS,
+            f"{len(self.raw)} frames searched for {len(self.e.pod_ips)} pod IPs and payloads",
         )
 
     def _mtu(self) -> Verdict:
@@ -496,4 +500,6 @@ class _WireguardChecks:
         largest = max((s.outer_len for s, _r, wg in self.raw if wg), default=0)
         if largest > self.e.underlay_mtu:
             return Verdict(name, FAIL, f"largest {largest} B")
-        return Verdict(name, PASS, f"largest outer packet {largest} B (overlay MTU {self.e.overlay_mtu})")
+        return Verdict(
+            name, PASS, f"largest outer packet {largest} B (overlay MTU {self.e.overlay_mtu})"
+        )

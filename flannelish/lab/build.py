@@ -369,7 +369,6 @@ class _Builder:
                     missing.append(f"{node.name} has no route to {peer.name}'s {peer.subnet}")
         return missing
 
-
     def _missing_wireguard_peers(self) -> list[str]:
         """WireGuard: one route for the network via flannel-wg, and every peer on the device."""
         from flannelish.kernel.wireguard import node_device_state
@@ -383,7 +382,9 @@ class _Builder:
             allowed = {str(n) for p in dev.peers for n in p.allowed_ips} if dev else set()
             for peer in self.state.nodes:
                 if peer is not node and peer.subnet not in allowed:
-                    missing.append(f"{node.name} has no WireGuard peer for {peer.name}'s {peer.subnet}")
+                    missing.append(
+                        f"{node.name} has no WireGuard peer for {peer.name}'s {peer.subnet}"
+                    )
         return missing
 
 

@@ -34,6 +34,7 @@ from flannelish.node.checks import (
 from flannelish.node.facts import NodeFacts
 from flannelish.node.firewall_checks import check_firewall
 from flannelish.node.flanneld_checks import check_flanneld
+from flannelish.node.wireguard_checks import check_wireguard
 
 CHECKS: list[tuple[str, Callable[[NodeFacts], list[Finding]]]] = [
     ("subnet-env", check_subnet_env),
@@ -42,6 +43,7 @@ CHECKS: list[tuple[str, Callable[[NodeFacts], list[Finding]]]] = [
     ("firewall", check_firewall),
     ("leases", check_leases),
     ("flanneld", check_flanneld),
+    ("wireguard", check_wireguard),
 ]
 
 

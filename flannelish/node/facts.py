@@ -42,6 +42,17 @@ class LinkFacts:
 
 
 @dataclass
+class WireguardFacts:
+    implementation: str  # "kernel" | "userspace" | "none"
+    kernel_module: bool  # /sys/module/wireguard exists
+    wireguard_go_pid: int | None
+    key_file: str
+    key_file_mode: int | None  # None: missing
+    peers: list[dict[str, Any]] = field(default_factory=list)  # allowed_ips, handshake, bytes
+    error: str | None = None
+
+
+@dataclass
 class NodeFacts:
     subnet_env_path: str
     subnet_env: SubnetEnv | None = None
@@ -59,6 +70,7 @@ class NodeFacts:
     renew_margin: float = 3600.0  # seconds; a live node renews before this
     now: float = field(default_factory=time.time)
     flanneld: FlanneldFacts | None = None  # flanneld processes and leftovers
+    wireguard: WireguardFacts | None = None  # a flannel-wg device or key file on this node
 
     # -- derived -------------------------------------------------------------
 
@@ -153,9 +165,61 @@ def collect(
     facts.flanneld = flanneld_facts.collect(
         overlay.name if overlay else None, facts.own_subnet(), facts.ruleset
     )
+    facts.wireguard = collect_wireguard(Path(subnet_file).parent, facts.links)
     if leases is not None:
         try:
             facts.leases = leases()
         except Exception as exc:  # any etcd failure only disables the lease checks
             facts.leases_error = f"etcd: {exc}"
+    return facts
+
+
+def collect_wireguard(
+    state_dir: Path, links: dict[str, LinkFacts] | None, dev: str = "flannel-wg"
+) -> WireguardFacts | None:
+    """WireGuard facts when this node runs the wireguard backend (a flannel-wg, a key file)."""
+    import os
+    import stat as stat_mod
+
+    from flannelish.kernel.wireguard import UapiControl, WgToolControl, node_wireguard_go
+
+    key_file = os.environ.get("WIREGUARD_KEY_FILE") or "/run/flannel/wgkey"
+    link = (links or {}).get(dev)
+    go = node_wireguard_go(state_dir, dev)
+    if link is None and go is None and not (state_dir / f"{dev}.pubkey").exists():
+        return None
+    try:
+        mode: int | None = stat_mod.S_IMODE(os.stat(key_file).st_mode)
+    except OSError:
+        mode = None
+    impl = "kernel" if link is not None and link.kind == "wireguard" else "none"
+    if go is not None:
+        impl = "userspace"
+    facts = WireguardFacts(
+        implementation=impl,
+        kernel_module=Path("/sys/module/wireguard").exists(),
+        wireguard_go_pid=go.pid if go else None,
+        key_file=key_file,
+        key_file_mode=mode,
+    )
+    try:
+        if go is not None:
+            state = UapiControl(go.socket_path()).get()
+        elif impl == "kernel":
+            state = WgToolControl(dev).get()
+        else:
+            return facts
+    except Exception as exc:  # a device we cannot read: reported, not fatal
+        facts.error = str(exc)
+        return facts
+    for p in state.peers:
+        facts.peers.append(
+            {
+                "allowed_ips": ", ".join(map(str, p.allowed_ips)),
+                "endpoint": p.endpoint,
+                "last_handshake": p.last_handshake,
+                "rx_bytes": p.rx_bytes,
+                "tx_bytes": p.tx_bytes,
+            }
+        )
     return facts

@@ -135,6 +135,34 @@ class Metrics:
             "Health-port connections closed for not sending a request in time",
             registry=registry,
         )
+        self.wg_handshake_age = Gauge(
+            "flannelish_wireguard_peer_handshake_age_seconds",
+            "Seconds since the latest WireGuard handshake with a peer (-1: none yet)",
+            ["peer"],
+            registry=registry,
+        )
+        self.wg_rx = Gauge(
+            "flannelish_wireguard_peer_receive_bytes",
+            "Bytes received from a WireGuard peer",
+            ["peer"],
+            registry=registry,
+        )
+        self.wg_tx = Gauge(
+            "flannelish_wireguard_peer_transmit_bytes",
+            "Bytes sent to a WireGuard peer",
+            ["peer"],
+            registry=registry,
+        )
+        self.wg_no_handshake = Gauge(
+            "flannelish_wireguard_peers_without_handshake",
+            "WireGuard peers that never completed a handshake",
+            registry=registry,
+        )
+        self.wg_userspace = Gauge(
+            "flannelish_wireguard_userspace",
+            "1 if flannel-wg is wireguard-go (userspace), 0 if kernel WireGuard",
+            registry=registry,
+        )
         self.bad_leases = Gauge(
             "flannelish_bad_leases",
             "Keys under <prefix>/subnets whose value is not a usable lease (skipped)",
@@ -177,6 +205,7 @@ class NodeState:
         self.bad_leases: dict[str, str] = {}
         self._peer_source: Callable[[], tuple[int, int, dict[str, tuple[str, str]]]] | None = None
         self._bad_source: Callable[[], dict[str, str]] | None = None
+        self._wireguard_source: Callable[[], dict[str, Any]] | None = None
         self.last_reconcile: dict[str, Any] | None = None
         self.reconcile_ok: bool | None = None  # None: no pass yet
         self.started_at = clock()
@@ -291,6 +320,31 @@ class NodeState:
         ``lambda: {b.key: b.reason for b in registry.bad_leases}`` (cheap: no etcd call)."""
         self._bad_source = source
 
+    def set_wireguard_source(self, source: Callable[[], dict[str, Any]]) -> None:
+        """The WireGuard backend's live detail (implementation, key file, per-peer handshakes)."""
+        self._wireguard_source = source
+
+    def _wireguard(self) -> dict[str, Any] | None:
+        if self._wireguard_source is None:
+            return None
+        try:
+            doc = self._wireguard_source()
+        except Exception as exc:  # a status request must not fail on it
+            return {"error": str(exc)}
+        m = self.metrics
+        m.wg_userspace.set(1 if str(doc.get("implementation", "")).startswith("user") else 0)
+        m.wg_no_handshake.set(doc.get("peers_without_handshake", 0))
+        m.wg_handshake_age.clear()
+        m.wg_rx.clear()
+        m.wg_tx.clear()
+        for peer in doc.get("peers", []):
+            label = ",".join(peer.get("allowed_ips") or []) or peer.get("public_key", "?")
+            age = peer.get("handshake_age_seconds")
+            m.wg_handshake_age.labels(label).set(-1 if age is None else age)
+            m.wg_rx.labels(label).set(peer.get("rx_bytes", 0))
+            m.wg_tx.labels(label).set(peer.get("tx_bytes", 0))
+        return doc
+
     def set_peer_source(
         self, source: Callable[[], tuple[int, int, dict[str, tuple[str, str]]]]
     ) -> None:
@@ -398,6 +452,7 @@ class NodeState:
         """The ``/status`` JSON document."""
         self._refresh_bad_leases()
         ready, checks = self.ready()
+        wireguard = self._wireguard()
         with self._lock:
             return {
                 "version": STATUS_VERSION,
@@ -426,9 +481,11 @@ class NodeState:
                 "bad_leases": dict(self.bad_leases),
                 "last_reconcile": dict(self.last_reconcile) if self.last_reconcile else None,
                 "uptime_seconds": round(self._clock() - self.started_at, 3),
+                **({"wireguard": wireguard} if wireguard is not None else {}),
             }
 
     def metrics_text(self) -> bytes:
         self.ready()  # refresh the flannelish_ready gauge
         self._refresh_bad_leases()
+        self._wireguard()
         return generate_latest(self.metrics.registry)

@@ -7,7 +7,6 @@ Every node's daemon runs wireguard-go in a private mount namespace
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -123,7 +122,10 @@ def test_three_nodes_over_wireguard(wg_daemons, netns_factory, underlay_etcd):
     value = underlay_etcd.etcdctl(
         "get", f"{PREFIX}/subnets/{str(daemons[0].subnet).replace('/', '-')}", "--print-value-only"
     ).stdout
-    assert f'"BackendType":"wireguard","BackendData":{{"PublicKey":"{keys["h1"]}","Port":51820}}' in value
+    assert (
+        f'"BackendType":"wireguard","BackendData":{{"PublicKey":"{keys["h1"]}","Port":51820}}'
+        in value
+    )
     pods = [add_pod(netns_factory, d.host, d.subnet, f"p{i}", MTU) for i, d in enumerate(daemons)]
     for src, dst in ((0, 1), (1, 2), (2, 0), (0, 2)):
         assert ping(pods[src], daemons[dst].subnet.network_address + 2, count=3, timeout=2)
@@ -213,3 +215,86 @@ def test_hand_written_flannel_lease_interops(wg_daemons, underlay_etcd):
 def test_parse_get_roundtrip():
     text = "private_key=" + "a" * 64 + "\nlisten_port=51820\n"
     assert parse_get(text).listen_port == 51820
+
+
+SPOOF_SCRIPT = r"""
+import os, sys
+from scapy.all import IP, UDP, ICMP, Raw, send, rdpcap
+node1, pod1, src2 = sys.argv[1], sys.argv[2], sys.argv[3]
+captured = [bytes(p[UDP].payload) for p in rdpcap(sys.argv[4]) if UDP in p and p[IP].dst == node1]
+data = [c for c in captured if c[:1] == b"\x04" and len(c) > 32]
+inner = bytes(IP(src=src2, dst=pod1) / ICMP(id=0x5150, seq=1) / Raw(b"spoofed" * 8))
+frames = [
+    # plaintext: an IP packet for the pod, straight to the listen port
+    IP(src=src2, dst=node1) / UDP(sport=51820, dport=51820) / Raw(inner),
+    # a made-up data message: type 4, a real receiver index, a fresh counter, no valid tag
+    IP(dst=node1) / UDP(sport=51820, dport=51820)
+    / Raw(b"\x04\0\0\0" + data[0][4:8] + (2**40).to_bytes(8, "little") + inner + b"\0" * 16),
+    # an initiation from a key the node does not know
+    IP(dst=node1) / UDP(sport=51820, dport=51820) / Raw(b"\x01\0\0\0" + os.urandom(144)),
+]
+# replays of real data packets, from the rogue host and with the real peer's source address
+frames += [IP(dst=node1) / UDP(sport=51820, dport=51820) / Raw(c) for c in data[:3]]
+frames += [IP(src=src2, dst=node1) / UDP(sport=51820, dport=51820) / Raw(c) for c in data[:3]]
+send(frames, verbose=False)
+print(len(frames))
+"""
+
+
+def test_spoofed_packets_to_the_listen_port_reach_no_pod(
+    wg_daemons, netns_factory, underlay, tmp_path
+):
+    """WireGuard's authentication is the anti-spoof: nothing a non-peer sends gets through."""
+    import sys
+
+    daemons = wg_daemons(2)
+    pods = [add_pod(netns_factory, d.host, d.subnet, f"s{i}", MTU) for i, d in enumerate(daemons)]
+    pod1 = daemons[0].subnet.network_address + 2
+    node1 = daemons[0].host.ip
+    # Capture real data packets node2 -> node1 (material for replays).
+    pcap = tmp_path / "real.pcap"
+    dump = subprocess.Popen(
+        ["ip", "netns", "exec", underlay.netns, "tcpdump", "-i", "br0", "-U", "-c", "4", "-w",
+         str(pcap), "udp", "port", "51820", "and", "dst", "host", str(node1)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(0.5)
+    try:
+        wait_for(lambda: ping(pods[1], pod1, count=5), 10, 0.2, what="real traffic")
+        dump.wait(timeout=10)
+    finally:
+        if dump.poll() is None:
+            dump.kill()
+            dump.wait()
+    rx_before = {p.public_key: p.rx_bytes for p in daemons[0].uapi().get().peers}
+    # What reaches the pod: every ICMP packet, seen by tcpdump inside it.
+    seen = tmp_path / "pod.txt"
+    with open(seen, "w") as out:
+        sniff = subprocess.Popen(
+            ["ip", "netns", "exec", pods[0], "tcpdump", "-i", "eth0", "-n", "-l", "icmp"],
+            stdout=out, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            time.sleep(0.5)
+            rogue = underlay.add_host("rogue", index=66)
+            sent = run(
+                [sys.executable, "-c", SPOOF_SCRIPT, str(node1), str(pod1),
+                 str(daemons[1].host.ip), str(pcap)],
+                netns=rogue.netns,
+            )  # fmt: skip
+            assert int(sent.stdout.strip()) == 9
+            time.sleep(1.0)
+            assert ping(pods[1], pod1, count=1)  # proves the sniffer sees what does arrive
+            time.sleep(0.3)
+        finally:
+            sniff.terminate()
+            sniff.wait(timeout=5)
+    lines = seen.read_text().splitlines()
+    assert lines, "the pod's sniffer saw nothing, not even the real ping"
+    assert not [line for line in lines if "id 20816" in line], lines  # 0x5150: the spoofed one
+    # Exactly the one real echo request: no replayed data packet was delivered either.
+    assert len([line for line in lines if "echo request" in line]) == 1, lines
+    # Nothing was authenticated, not even the replays: only the real ping's bytes arrived.
+    rx_after = {p.public_key: p.rx_bytes for p in daemons[0].uapi().get().peers}
+    (key,) = rx_before
+    assert rx_after[key] - rx_before[key] < 2 * 128 + 64, (rx_before, rx_after)
