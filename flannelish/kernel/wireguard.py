@@ -368,6 +368,12 @@ class WgPeerResource:
     create = ensure  # every peer on our own device is ours
 
     def remove(self, obj: WgPeer) -> None:
+        with self.lock:
+            current = self.expected.get(obj.public_key)
+        if current is not None and current != obj:
+            # The key was written since for another lease (a peer that moved to
+            # another subnet, both events in one batch): that peer stays.
+            return
         self.control.set([f"public_key={b64_to_hex(obj.public_key)}", "remove=true"])
         with self.lock:
             self.expected.pop(obj.public_key, None)

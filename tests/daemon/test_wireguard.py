@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flannelish.kernel.wireguard import UapiControl, WireguardGo, parse_get
+from flannelish.kernel.wireguard import UapiControl, WireguardGo
 from flannelish.testing.etcd import EtcdMember
 from flannelish.testing.proc import run
 from flannelish.testing.underlay import Underlay
@@ -210,11 +210,6 @@ def test_hand_written_flannel_lease_interops(wg_daemons, underlay_etcd):
     )
     underlay_etcd.etcdctl("del", f"{PREFIX}/subnets/10.244.250.0-24")
     wait_for(lambda: peer_pub not in peers_of(d), 10, what="flannel peer removed")
-
-
-def test_parse_get_roundtrip():
-    text = "private_key=" + "a" * 64 + "\nlisten_port=51820\n"
-    assert parse_get(text).listen_port == 51820
 
 
 SPOOF_SCRIPT = r"""
