@@ -196,7 +196,7 @@ def state(dev):
 
 
 def test_reconciler_programs_changes_and_removes_peers(tmp_path):
-    b, dev, rec = wired(tmp_path)
+    _b, dev, rec = wired(tmp_path)
     peers = {2: peer(2), 3: peer(3)}
     rec.reconcile(list(peers.values()))
     assert state(dev) == {

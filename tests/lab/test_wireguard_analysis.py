@@ -8,7 +8,6 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import Ether
-from scapy.packet import Raw
 
 from flannelish.lab.analysis import FAIL, PASS, SKIP, Expected, Flow, analyze
 from flannelish.node.checks import Severity
