@@ -51,6 +51,7 @@ from flannelish.kernel.wireguard import (
     WgToolControl,
     WireguardGo,
     b64_to_hex,
+    clamp_hex,
     kernel_wireguard_available,
     load_or_create_key,
     valid_key,
@@ -212,7 +213,7 @@ class WireguardBackend(Backend):
         state = self.control.get()
         want = b64_to_hex(self.key.private)
         lines = []
-        if state.private_hex != want:
+        if state.private_hex != clamp_hex(want):
             lines.append(f"private_key={want}")
         if state.listen_port != self.port:
             lines.append(f"listen_port={self.port}")

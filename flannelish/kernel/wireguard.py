@@ -1,15 +1,17 @@
 """WireGuard devices: keys, the UAPI, the peer Resource and the wireguard-go supervisor.
 
-Configuration path (measured on the 2-core lab machine): the cross-platform
-UAPI (``get=1`` / ``set=1`` on ``<run>/wireguard/<dev>.sock``) spoken from
-Python costs ~0.4 ms per ``get=1``; ``wg show DEV dump`` costs ~21 ms (a
-fork/exec, plus nsenter to reach a private mount namespace).  The UAPI is
-what wireguard-go serves, so it is the one path for the userspace device and
-cheap enough to poll the peer list every 200 ms (drift repair: the kernel's
-rtnetlink monitor never sees UAPI changes).  A kernel WireGuard device has
-no UAPI socket; it is driven through the ``wg`` tool (generic netlink) behind
-the same :class:`WgControl` interface (:class:`WgToolControl`), with the same
-records, so the reconciler cannot tell them apart.
+Configuration path (measured on the 2-core lab machine): the UAPI
+(``get=1`` / ``set=1`` on ``/run/wireguard/<dev>.sock``) spoken from Python
+costs ~0.4 ms per ``get=1`` (~0.9 ms at load 13); ``wg show DEV dump`` costs
+~21 ms (a fork/exec, plus nsenter to reach a private mount namespace).  So a
+wireguard-go device is driven through its UAPI socket, cheap enough to poll
+its peers every 200 ms (drift repair: the rtnetlink monitor never sees UAPI
+changes).  A kernel WireGuard device has no UAPI socket; it is driven through
+``wg`` (generic netlink) behind the same :class:`WgControl` interface
+(:class:`WgToolControl` translates the same UAPI lines into one ``wg set``).
+Both produce the same records; tests/kernel/test_wireguard_control.py drives
+one wireguard-go device through either path and reads it back through the
+other.
 
 Keys: generated with ``wg genkey`` and derived with ``wg pubkey``
 (wireguard-tools is installed anyway for ``wg show``), so no X25519 code or
@@ -54,6 +56,14 @@ def b64_to_hex(key: str) -> str:
         raise ValueError(f"not base64: {key[:8]}…") from None
     if len(raw) != 32:
         raise ValueError(f"a WireGuard key is 32 bytes, got {len(raw)}")
+    return raw.hex()
+
+
+def clamp_hex(key: str) -> str:
+    """A private key as a device reports it (X25519 clamping; `wg genkey` keys already are)."""
+    raw = bytearray(bytes.fromhex(key))
+    raw[0] &= 248
+    raw[31] = (raw[31] & 127) | 64
     return raw.hex()
 
 
@@ -288,14 +298,33 @@ class UapiControl:
 
 
 class WgToolControl:
-    """A kernel WireGuard device, through ``wg`` (generic netlink); same records as the UAPI."""
+    """A kernel WireGuard device, through ``wg`` (generic netlink); same records as the UAPI.
 
-    def __init__(self, dev: str) -> None:
+    ``set`` translates the UAPI lines into one ``wg set`` (keys go through
+    0600 temporary files, never the command line).  ``prefix`` runs ``wg``
+    elsewhere (``nsenter ...``): the tests drive a wireguard-go device with
+    it, which checks the translation where no kernel WireGuard exists.
+    """
+
+    def __init__(self, dev: str, prefix: Sequence[str] = ()) -> None:
         self.dev = dev
+        self.prefix = list(prefix)
+
+    def _run(self, args: Sequence[str]) -> str:
+        try:
+            out = subprocess.run(
+                [*self.prefix, "wg", *args], capture_output=True, text=True, timeout=10, check=True
+            )
+        except FileNotFoundError:
+            raise ConfigError(
+                "the wg tool is missing", "install wireguard-tools (make setup does)"
+            ) from None
+        except subprocess.CalledProcessError as exc:
+            raise KernelError(f"wg {args[0]} failed", (exc.stderr or "").strip()[:200]) from None
+        return out.stdout.strip()
 
     def get(self) -> DeviceState:
-        out = _wg("show", self.dev, "dump")
-        lines = out.splitlines()
+        lines = self._run(["show", self.dev, "dump"]).splitlines()
         state = DeviceState()
         if lines:
             first = lines[0].split("\t")
@@ -313,8 +342,51 @@ class WgToolControl:
         return state
 
     def set(self, lines: Sequence[str]) -> None:
-        # The UAPI lines, translated to one `wg set` (keys through 0600 temp files).
-        raise KernelError("kernel WireGuard devices are configured with `wg set` (untested here)")
+        import tempfile
+
+        args: list[str] = ["set", self.dev]
+        allowed: list[str] | None = None
+        with tempfile.TemporaryDirectory(prefix="flannelish-wg-") as tmp:
+
+            def keyfile(name: str, hex_key: str) -> str:
+                path = os.path.join(tmp, name)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(hex_to_b64(hex_key) + "\n")
+                return path
+
+            def flush_allowed() -> None:
+                nonlocal allowed
+                if allowed is not None:
+                    args.extend(["allowed-ips", ",".join(allowed)])
+                    allowed = None
+
+            for n, line in enumerate(lines):
+                k, _, v = line.partition("=")
+                if k == "private_key":
+                    args += ["private-key", keyfile("private", v)]
+                elif k == "listen_port":
+                    args += ["listen-port", v]
+                elif k == "public_key":
+                    flush_allowed()
+                    args += ["peer", hex_to_b64(v)]
+                elif k == "remove" and v == "true":
+                    args.append("remove")
+                elif k == "endpoint":
+                    args += ["endpoint", v]
+                elif k == "replace_allowed_ips" and v == "true":
+                    allowed = []
+                elif k == "allowed_ip":
+                    allowed = [*(allowed or []), v]
+                elif k == "preshared_key":
+                    path = "/dev/null" if v == ZERO_KEY else keyfile(f"psk{n}", v)
+                    args += ["preshared-key", path]
+                elif k == "persistent_keepalive_interval":
+                    args += ["persistent-keepalive", v if v != "0" else "off"]
+                else:
+                    raise KernelError(f"wg set: no translation for {k}")
+            flush_allowed()
+            self._run(args)
 
 
 # -- the peer Resource -----------------------------------------------------------------

@@ -177,6 +177,9 @@ class LabState:
         )
         if node.healthz_port:
             env["FLANNELD_HEALTHZ_PORT"] = str(node.healthz_port)
+        if self.spec.backend == "wireguard":
+            # The daemon's own key file (doctor checks it), as `lab up` started it.
+            env["WIREGUARD_KEY_FILE"] = str(Path(node.subnet_file).parent / "wgkey")
         return env
 
     # -- persistence ------------------------------------------------------
