@@ -21,7 +21,7 @@ from flannelish.testing.proc import run
 from flannelish.testing.underlay import Underlay
 
 from .conftest import PREFIX
-from .helpers import DaemonProc, add_pod, ping, wait_for
+from .helpers import VENV_BIN, DaemonProc, add_pod, ping, wait_for
 
 WG_CONFIG = '{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}'
 MTU = 1420
@@ -142,6 +142,13 @@ def test_three_nodes_over_wireguard(wg_daemons, netns_factory, underlay_etcd):
     wait_for(lambda: victim in peers_of(d0), 1.0, 0.01, what="peer restored")
     print(f"peer restored after {time.monotonic() - started:.3f}s")
 
+    # The device deleted by hand (wireguard-go exits with its TUN) -> rebuilt, peers replayed.
+    old = d0.wggo_pid()
+    d0.host.run("ip", "link", "del", "flannel-wg")
+    wait_for(lambda: d0.wggo_pid() not in (None, old), 5, what="device rebuilt")
+    wait_for(lambda: len(peers_of(d0)) == 2, 5, what="peers replayed after rebuild")
+    wait_for(lambda: ping(pods[0], daemons[2].subnet.network_address + 2), 10, 0.2, what="ping")
+
     # wireguard-go killed -> restarted and reprogrammed.
     old = d0.wggo_pid()
     assert old is not None
@@ -190,6 +197,14 @@ def test_removed_key_file_is_a_clear_error(wg_daemons):
     assert d.proc.wait(timeout=30) == 3
     assert "corrupt" in d.log_tail()
     d.proc = None
+    # `flannelish uninstall` takes the node out: flannel-wg goes, and wireguard-go with it.
+    pid = d.wggo_pid()
+    assert pid is not None
+    d.host.run(str(VENV_BIN / "flannelish"), "uninstall", "--yes")
+    wait_for(lambda: not Path(f"/proc/{pid}/cmdline").exists() or
+             b"wireguard-go" not in Path(f"/proc/{pid}/cmdline").read_bytes(), 5,
+             what="wireguard-go gone")  # fmt: skip
+    assert "flannel-wg" not in d.host.run("ip", "link").stdout
 
 
 def test_hand_written_flannel_lease_interops(wg_daemons, underlay_etcd):
