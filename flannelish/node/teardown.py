@@ -6,7 +6,8 @@ nftables table (masquerade and the anti-spoof filter) stay, so pods keep
 talking and stay protected while it is down.  Taking a node out of the
 overlay is therefore an explicit step; this module is that step.  It removes
 only what carries our marks: overlay devices named like ours (``flannel.<VNI>``
-of kind vxlan, ``flannel-wg`` of kind wireguard or tun), routes with :data:`ROUTE_PROTO`, and our own nft table.
+of kind vxlan, ``flannel-wg`` of kind wireguard or tun), routes with
+:data:`ROUTE_PROTO`, and our own nft table.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def teardown(nl: Netlink, nft: NftRunner, dry_run: bool = False) -> Teardown:
             nl.del_route(route)
         done.routes.append(str(route.dst))
     for link in nl.links():
-        ours = link.kind == "vxlan" and OVERLAY_DEVICE.match(link.name)
+        ours = link.kind == "vxlan" and OVERLAY_DEVICE.match(link.name) is not None
         # flannel-wg: kernel WireGuard, or wireguard-go's TUN (it exits when the TUN goes).
         ours = ours or (link.name == WIREGUARD_DEVICE and link.kind in ("wireguard", "tun"))
         if ours:
