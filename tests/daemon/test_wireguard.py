@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from flannelish.errors import KernelError
 from flannelish.kernel.wireguard import UapiControl, WireguardGo
 from flannelish.testing.etcd import EtcdMember
 from flannelish.testing.proc import run
@@ -95,7 +96,10 @@ def wg_daemons(
 
 
 def peers_of(d: WgDaemon) -> dict[str, tuple[str, tuple[str, ...]]]:
-    state = d.uapi().get()
+    try:
+        state = d.uapi().get()
+    except KernelError:  # wireguard-go (re)starting: no socket yet
+        return {}
     return {p.public_key: (p.endpoint, tuple(map(str, p.allowed_ips))) for p in state.peers}
 
 
