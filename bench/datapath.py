@@ -1,27 +1,40 @@
-"""Benchmark: pod-to-pod TCP throughput through the daemon's overlay.
+"""Benchmark: pod-to-pod TCP throughput through the product's real data path.
 
-Two hosts on the isolated underlay run `flannelish daemon`; one pod per host
-(a veth into a namespace, routed by the host) talks across the overlay.
-In the same run and the same host namespaces, two baselines:
+Product path (as an operator runs it): two hosts on the isolated underlay run
+``flannelish daemon --ip-masq`` (nft table ``ip flannelish``: masquerade,
+forward accept, VXLAN anti-spoof armed), and pods are attached by the real
+``flannelish-cni`` executable to the ``cni0`` bridge, exactly as a runtime
+invokes it.  Figures:
 
-* a hand-built VXLAN (``ip link add ... type vxlan``, VNI 42, port 4789, the
-  same MTU 1450, static neigh/FDB/route entries) carrying a second pod pair;
-* the raw underlay: host to host over eth0, no encapsulation.
+* ``product_cross_node``: pod on host A -> pod on host B: pod veth -> cni0 ->
+  routing + nft/conntrack -> flannel.1 (VXLAN, udp/8472) -> eth0 -> underlay
+  bridge -> the same in reverse;
+* ``product_same_node``: two pods on host A, through cni0 only (bridged);
+* ``hand_vxlan``: the baseline, on two *other* hosts of the same underlay
+  with no nft table at all (so no conntrack): a hand-built VXLAN
+  (``ip link add ... type vxlan``, VNI 42, port 4789, MTU 1450, static
+  neigh/FDB/route entries, as Flannel programs them) between routed veth pods;
+* ``underlay``: host to host over eth0 (MTU 1500, no encapsulation), the
+  same two baseline hosts.
 
-iperf3 runs are interleaved (overlay, hand-built, raw, repeated) and the
-median of each is reported.  Goal: overlay >= 0.97x hand-built.
-Run as root: ``.venv/bin/python bench/datapath.py [--seconds 3] [--rounds 3]``.
+All rounds are interleaved (product cross, product same, hand-built, underlay,
+repeat); each is one iperf3 TCP stream, the figure is the receiver's rate
+(``sum_received``) in Gbit/s, the median over rounds with min..max.
+Goal: product cross-node >= 0.97x hand-built.
+Run as root: ``.venv/bin/python bench/datapath.py [--seconds 3] [--rounds 5] [--json PATH]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
 from ipaddress import IPv4Network
+from pathlib import Path
 from typing import Any
 
 from convergence import BenchCluster
@@ -30,11 +43,30 @@ MTU = 1450
 HAND_NET = "10.99"  # the hand-built overlay's pods: 10.99.<n>.0/24
 
 
-def sh(netns: str, *argv: str) -> None:
-    subprocess.run(["ip", "netns", "exec", netns, *argv], check=True, capture_output=True)
+def sh(netns: str, *argv: str) -> str:
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, *argv], check=True, capture_output=True, text=True
+    ).stdout
 
 
-def add_pod(cluster: BenchCluster, host: Any, subnet: IPv4Network, short: str) -> str:
+def cni_pod(cluster: BenchCluster, host: Any, short: str) -> tuple[str, str]:
+    """A pod namespace attached by the real flannelish-cni executable; returns (netns, IP)."""
+    from flannelish.lab import cni
+
+    pod = cluster.factory.create(short)
+    node_dir = cluster.tmp / host.name
+    conf = node_dir / "cni.conf"
+    if not conf.exists():
+        doc = cni.netconf("bench", str(cluster.subnet_file(host)), str(node_dir / "cni"))
+        conf.write_text(json.dumps(doc))
+    result = cni.invoke("ADD", host.netns, conf, f"bench-{short}", pod)
+    if not result.ok:
+        raise RuntimeError(f"flannelish-cni ADD {short}: {result.error}")
+    return pod, result.ip
+
+
+def routed_pod(cluster: BenchCluster, host: Any, subnet: IPv4Network, short: str) -> str:
+    """A hand-built pod: a routed veth into a namespace (no bridge)."""
     pod = cluster.factory.create(short)
     gw, ip = subnet.network_address + 1, subnet.network_address + 2
     veth = f"v{short}"
@@ -70,8 +102,18 @@ def hand_vxlan(hosts: list[Any]) -> None:
                "onlink")  # fmt: skip
 
 
+def parse_iperf(out: str) -> float:
+    """Gbit/s received by the server, from `iperf3 -J` client output."""
+    doc = json.loads(out or "{}")
+    if "error" in doc or "sum_received" not in doc.get("end", {}):
+        raise RuntimeError(str(doc.get("error", out[-300:])))
+    return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
 def iperf(client_ns: str, server_ns: str, server_ip: str, seconds: int) -> float:
     """Gbit/s received by the server for one TCP stream."""
+    from flannelish.testing.proc import stop_pid
+
     server = subprocess.Popen(
         ["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", server_ip],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -89,59 +131,127 @@ def iperf(client_ns: str, server_ns: str, server_ip: str, seconds: int) -> float
             if '"error"' not in out and result.returncode == 0:
                 break
             time.sleep(0.1)
-        doc = json.loads(out or "{}")
-        if "error" in doc or "sum_received" not in doc.get("end", {}):
-            raise RuntimeError(f"iperf3 {client_ns} -> {server_ip}: {doc.get('error', out[-300:])}")
-        return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
+        try:
+            return parse_iperf(out)
+        except RuntimeError as exc:
+            raise RuntimeError(f"iperf3 {client_ns} -> {server_ip}: {exc}") from None
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(timeout=10)
+        stop_pid(server.pid, proc=server)
+
+
+def features(netns: str, dev: str) -> dict[str, str]:
+    """`ethtool -k` of a device: feature -> on/off (fixed ones marked)."""
+    out = sh(netns, "ethtool", "-k", dev)
+    feats = {}
+    for line in out.splitlines()[1:]:
+        if ":" in line:
+            key, value = line.split(":", 1)
+            feats[key.strip()] = value.strip()
+    return feats
+
+
+def feature_diff(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    return [f"{k}: {a.get(k)} vs {b.get(k)}" for k in sorted(set(a) | set(b))
+            if a.get(k, "").split()[:1] != b.get(k, "").split()[:1]]  # fmt: skip
+
+
+def host_veth(netns: str) -> str:
+    """The first veth enslaved to cni0 in a host namespace."""
+    out = sh(netns, "ip", "-o", "link", "show", "master", "cni0")
+    return out.split(":")[1].strip().split("@")[0]
+
+
+def wait_ping(netns: str, ip: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["ip", "netns", "exec", netns, "ping", "-c1", "-W1", ip],
+                         capture_output=True).returncode != 0:  # fmt: skip
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{ip} not reachable from {netns}")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="also write the figures here (flat JSON)")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     with BenchCluster() as cluster:
         hosts = [cluster.add_host(f"n{i}") for i in (1, 2)]
         for host in hosts:
-            cluster.start_daemon(host)
-        subnets = [cluster.subnet(h) for h in hosts]
-        overlay = [add_pod(cluster, hosts[i], subnets[i], f"po{i}") for i in range(2)]
+            cluster.start_daemon(host, "--ip-masq")
+        a1, ip_a1 = cni_pod(cluster, hosts[0], "pa1")
+        a2, ip_a2 = cni_pod(cluster, hosts[0], "pa2")
+        b1, ip_b1 = cni_pod(cluster, hosts[1], "pb1")
+        bases = [cluster.add_host(f"h{i}") for i in (3, 4)]
         hand_subnets = [IPv4Network(f"{HAND_NET}.{i + 1}.0/24") for i in range(2)]
-        hand_vxlan(hosts)
-        hand = [add_pod(cluster, hosts[i], hand_subnets[i], f"ph{i}") for i in range(2)]
-        # Wait until the daemons have programmed each other.
-        deadline = time.monotonic() + 20
-        while subprocess.run(["ip", "netns", "exec", overlay[0], "ping", "-c1", "-W1",
-                              str(subnets[1].network_address + 2)],
-                             capture_output=True).returncode != 0:  # fmt: skip
-            if time.monotonic() > deadline:
-                print("overlay not ready", file=sys.stderr)
-                return 1
-        pod_b, hand_b = subnets[1].network_address + 2, hand_subnets[1].network_address + 2
+        hand_vxlan(bases)
+        hand = [routed_pod(cluster, bases[i], hand_subnets[i], f"ph{i}") for i in range(2)]
+        hand_b = str(hand_subnets[1].network_address + 2)
+        wait_ping(a1, ip_b1)
+        wait_ping(hand[0], hand_b)
+        table = sh(hosts[0].netns, "nft", "list", "table", "ip", "flannelish")
+        if "masquerade" not in table or "vxlan_peers" not in table.split("set vxlan_peers")[-1]:
+            print("warning: nft table incomplete:\n" + table, file=sys.stderr)
+        diffs = {
+            "flannel.1 vs hv.42": feature_diff(
+                features(hosts[0].netns, "flannel.1"), features(bases[0].netns, "hv.42")
+            ),
+            "cni veth vs hand veth": feature_diff(
+                features(hosts[0].netns, host_veth(hosts[0].netns)),
+                features(bases[0].netns, "vph0"),
+            ),
+            "pod eth0 (cni) vs pod eth0 (hand)": feature_diff(
+                features(a1, "eth0"), features(hand[0], "eth0")
+            ),
+        }
         cases = {
-            "daemon overlay (flannel.1)": (overlay[0], overlay[1], str(pod_b)),
-            "hand-built vxlan (hv.42)": (hand[0], hand[1], str(hand_b)),
-            "raw underlay (eth0, MTU 1500)": (hosts[0].netns, hosts[1].netns, str(hosts[1].ip)),
+            "product_cross_node": (a1, b1, ip_b1),
+            "product_same_node": (a1, a2, ip_a2),
+            "hand_vxlan": (hand[0], hand[1], hand_b),
+            "underlay": (bases[0].netns, bases[1].netns, str(bases[1].ip)),
         }
         results: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(args.rounds):
             for name, (client, server, ip) in cases.items():
                 results[name].append(iperf(client, server, ip, args.seconds))
+    load_after = os.getloadavg()
     medians = {name: statistics.median(v) for name, v in results.items()}
-    base = medians["hand-built vxlan (hv.42)"]
-    print(f"datapath: iperf3 TCP, 1 stream, {args.seconds}s x {args.rounds} rounds, interleaved")
-    print(f"{'':32}{'median Gbit/s':>14}{'runs':>24}{'x hand-built':>14}")
+    base = medians["hand_vxlan"]
+    labels = {
+        "product_cross_node": "product cross-node (cni0+nft+flannel.1)",
+        "product_same_node": "product same-node (cni0)",
+        "hand_vxlan": "hand-built vxlan (hv.42, no nft)",
+        "underlay": "raw underlay (eth0, MTU 1500)",
+    }
+    print(f"datapath: iperf3 TCP, 1 stream, {args.seconds}s x {args.rounds} rounds, interleaved;"
+          f" load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")  # fmt: skip
+    print(f"{'':42}{'median Gbit/s':>14}{'min..max':>14}{'x hand-built':>14}")
     for name, values in results.items():
-        runs = " ".join(f"{v:.2f}" for v in values)
-        print(f"{name:32}{medians[name]:14.2f}{runs:>24}{medians[name] / base:14.3f}")
-    ratio = medians["daemon overlay (flannel.1)"] / base
-    print(
-        f"goal: overlay >= 0.97x hand-built -> {ratio:.3f}x {'MET' if ratio >= 0.97 else 'MISSED'}"
-    )
+        spread = f"{min(values):.2f}..{max(values):.2f}"
+        print(f"{labels[name]:42}{medians[name]:14.2f}{spread:>14}{medians[name] / base:14.3f}")
+    print("runs: " + "; ".join(f"{k} " + " ".join(f"{v:.2f}" for v in vs)
+                                for k, vs in results.items()))  # fmt: skip
+    for what, diff in diffs.items():
+        print(f"ethtool -k {what}: " + (", ".join(diff) if diff else "identical"))
+    ratio = medians["product_cross_node"] / base
+    print(f"goal: product >= 0.97x hand-built -> {ratio:.3f}x {'MET' if ratio >= 0.97 else 'MISSED'}")
+    if args.json:
+        flat: dict[str, float | int | str] = {}
+        for name, values in results.items():
+            flat[f"{name}_gbps_median"] = round(medians[name], 3)
+            flat[f"{name}_gbps_min"] = round(min(values), 3)
+            flat[f"{name}_gbps_max"] = round(max(values), 3)
+        flat["product_cross_node_vs_hand_vxlan_ratio"] = round(ratio, 3)
+        flat["product_same_node_vs_underlay_ratio"] = round(
+            medians["product_same_node"] / medians["underlay"], 3
+        )
+        flat["seconds_per_run"] = args.seconds
+        flat["rounds"] = args.rounds
+        flat["loadavg_1m_before"] = round(load_before[0], 2)
+        flat["loadavg_1m_after"] = round(load_after[0], 2)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(flat, indent=2, sort_keys=True) + "\n")
     return 0
 
 
