@@ -180,7 +180,7 @@ def main() -> int:
         hosts = [cluster.add_host(f"n{i}") for i in (1, 2)]
         for host in hosts:
             cluster.start_daemon(host, "--ip-masq")
-        a1, ip_a1 = cni_pod(cluster, hosts[0], "pa1")
+        a1, _ = cni_pod(cluster, hosts[0], "pa1")
         a2, ip_a2 = cni_pod(cluster, hosts[0], "pa2")
         b1, ip_b1 = cni_pod(cluster, hosts[1], "pb1")
         bases = [cluster.add_host(f"h{i}") for i in (3, 4)]
@@ -235,7 +235,9 @@ def main() -> int:
     for what, diff in diffs.items():
         print(f"ethtool -k {what}: " + (", ".join(diff) if diff else "identical"))
     ratio = medians["product_cross_node"] / base
-    print(f"goal: product >= 0.97x hand-built -> {ratio:.3f}x {'MET' if ratio >= 0.97 else 'MISSED'}")
+    print(
+        f"goal: product >= 0.97x hand-built -> {ratio:.3f}x {'MET' if ratio >= 0.97 else 'MISSED'}"
+    )
     if args.json:
         flat: dict[str, float | int | str] = {}
         for name, values in results.items():

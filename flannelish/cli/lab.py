@@ -123,7 +123,10 @@ def lab_up(name: str, state_dir: Path, nodes: int, pods_per_node: int, backend: 
 @click.option(
     "--count", type=click.IntRange(1, 100), default=3, show_default=True, help="Pings per pair."
 )
-def lab_check(name: str, state_dir: Path, count: int) -> None:
+@click.option(
+    "--perf", "with_perf", is_flag=True, help="Also measure throughput (lab perf, 1s x 1 round)."
+)
+def lab_check(name: str, state_dir: Path, count: int, with_perf: bool) -> None:
     """Ping every pod from every other pod and check that no NAT happens."""
     from flannelish.lab import render
     from flannelish.lab.check import check
@@ -147,6 +150,12 @@ def lab_check(name: str, state_dir: Path, count: int) -> None:
     )
     if rtt:
         console.print(rtt)
+    if with_perf:
+        from flannelish.lab import perf
+
+        measured = perf.perf(state, seconds=1, rounds=1)
+        console.print(perf.table(measured))
+        console.print(perf.summary(measured))
     summary = (
         f"{len(report.pings) - len(failed_pings)}/{len(report.pings)} pairs reachable, "
         f"{len(report.nat) - len(failed_nat)}/{len(report.nat)} probes without NAT "
@@ -156,6 +165,29 @@ def lab_check(name: str, state_dir: Path, count: int) -> None:
         console.print(f"{render.BAD} check failed: {summary}")
         sys.exit(ExitCode.ERROR)
     console.print(f"{render.OK} check passed: {summary}")
+
+
+@lab.command("perf")
+@_lab_options
+@click.option("--seconds", type=click.IntRange(1, 60), default=2, show_default=True)
+@click.option("--rounds", type=click.IntRange(1, 20), default=3, show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write figures.")
+def lab_perf(name: str, state_dir: Path, seconds: int, rounds: int, json_path: Path | None) -> None:
+    """Pod-to-pod throughput (iperf3) same-node and cross-node, next to the underlay's."""
+    import json
+
+    from flannelish.lab import perf
+
+    state = _load(state_dir, name)
+    console = _console()
+    report = perf.perf(state, seconds=seconds, rounds=rounds)
+    console.print(perf.table(report))
+    console.print(perf.summary(report))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(perf.as_json(report), indent=2) + "\n")
+    if any(r.error for r in report.results):
+        sys.exit(ExitCode.ERROR)
 
 
 @lab.command("status")

@@ -7,6 +7,10 @@
    same-node ICMP and TCP,
 4. stop the capture and hand the frames to analysis.analyze().
 
+The nodes keep their segmentation offloads on; for steps 2-4 only, each
+node's eth0 segments in software (flannelish.lab.offloads), as a physical
+NIC does before the wire, and the settings are restored afterwards.
+
 The flows we generate become the expectation: every one of them must be
 seen (inside VXLAN for the vxlan backend), and no same-node flow may be.
 """
@@ -30,6 +34,7 @@ from flannelish.lab import names, procs
 from flannelish.lab.analysis import FAIL, PASS, Analysis, Expected, Flow, Verdict, analyze
 from flannelish.lab.capture import READY
 from flannelish.lab.check import ProbeServer, ask
+from flannelish.lab.offloads import segmentation_off
 from flannelish.lab.state import LabState, PodState
 from flannelish.testing.proc import in_netns, run
 
@@ -221,7 +226,12 @@ def verify(state: LabState, pcap: Path | None = None, hop_dir: Path | None = Non
     try:
         for server in servers:
             server.__enter__()
-        with Capture(state.underlay_netns, "br0", out), hops:
+        # Wire-sized frames on the underlay for the capture only; restored after.
+        with (
+            segmentation_off(n.netns for n in state.nodes),
+            Capture(state.underlay_netns, "br0", out),
+            hops,
+        ):
             cross, same, errors = generate(state, p, mtu)
             # Let the last replies cross the bridge before the capture stops.
             time.sleep(0.2)
