@@ -19,7 +19,9 @@ invokes it.  Figures:
 
 All rounds are interleaved (product cross, product same, hand-built, underlay,
 repeat); each is one iperf3 TCP stream, the figure is the receiver's rate
-(``sum_received``) in Gbit/s, the median over rounds with min..max.
+(``sum_received``) in Gbit/s, the median over rounds with min..max, and
+CPU-seconds per GB moved (iperf3's accounting of its client and server,
+see :func:`parse_iperf`), the path's cost per byte.
 Goal: product cross-node >= 0.97x hand-built (ratio of medians; the median
 of per-round paired ratios is printed too).
 Run as root: ``.venv/bin/python bench/datapath.py [--seconds 3] [--rounds 5] [--json PATH]``.
@@ -103,16 +105,27 @@ def hand_vxlan(hosts: list[Any]) -> None:
                "onlink")  # fmt: skip
 
 
-def parse_iperf(out: str) -> float:
-    """Gbit/s received by the server, from `iperf3 -J` client output."""
+def parse_iperf(out: str) -> tuple[float, float]:
+    """From `iperf3 -J` client output: (Gbit/s received by the server, CPU-seconds per GB).
+
+    The CPU figure is iperf3's own accounting of its two processes (user + system,
+    ``host_total + remote_total`` percent of the run): on veths most of the
+    forwarding work (bridge, nft, conntrack, VXLAN encap and decap) runs in the
+    sender's system time, so it is the path's cost per byte, much less sensitive
+    to a loaded machine than the rate is.
+    """
     doc = json.loads(out or "{}")
     if "error" in doc or "sum_received" not in doc.get("end", {}):
         raise RuntimeError(str(doc.get("error", out[-300:])))
-    return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
+    end = doc["end"]
+    rcv = end["sum_received"]
+    cpu = end.get("cpu_utilization_percent", {})
+    cpu_s = (cpu.get("host_total", 0.0) + cpu.get("remote_total", 0.0)) / 100 * rcv["seconds"]
+    return float(rcv["bits_per_second"]) / 1e9, cpu_s / (rcv["bytes"] / 1e9)
 
 
-def iperf(client_ns: str, server_ns: str, server_ip: str, seconds: int) -> float:
-    """Gbit/s received by the server for one TCP stream."""
+def iperf(client_ns: str, server_ns: str, server_ip: str, seconds: int) -> tuple[float, float]:
+    """(Gbit/s received by the server, CPU-s per GB) for one TCP stream."""
     from flannelish.testing.proc import stop_pid
 
     server = subprocess.Popen(
@@ -213,9 +226,12 @@ def main() -> int:
             "underlay": (bases[0].netns, bases[1].netns, str(bases[1].ip)),
         }
         results: dict[str, list[float]] = {name: [] for name in cases}
+        cpu: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(args.rounds):
             for name, (client, server, ip) in cases.items():
-                results[name].append(iperf(client, server, ip, args.seconds))
+                gbps, cpu_per_gb = iperf(client, server, ip, args.seconds)
+                results[name].append(gbps)
+                cpu[name].append(cpu_per_gb)
     load_after = os.getloadavg()
     medians = {name: statistics.median(v) for name, v in results.items()}
     base = medians["hand_vxlan"]
@@ -227,10 +243,14 @@ def main() -> int:
     }
     print(f"datapath: iperf3 TCP, 1 stream, {args.seconds}s x {args.rounds} rounds, interleaved;"
           f" load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")  # fmt: skip
-    print(f"{'':42}{'median Gbit/s':>14}{'min..max':>14}{'x hand-built':>14}")
+    cpu_med = {name: statistics.median(v) for name, v in cpu.items()}
+    print(f"{'':42}{'median Gbit/s':>14}{'min..max':>14}{'x hand-built':>14}{'CPU-s/GB':>10}")
     for name, values in results.items():
         spread = f"{min(values):.2f}..{max(values):.2f}"
-        print(f"{labels[name]:42}{medians[name]:14.2f}{spread:>14}{medians[name] / base:14.3f}")
+        print(
+            f"{labels[name]:42}{medians[name]:14.2f}{spread:>14}{medians[name] / base:14.3f}"
+            f"{cpu_med[name]:10.3f}"
+        )
     print("runs: " + "; ".join(f"{k} " + " ".join(f"{v:.2f}" for v in vs)
                                 for k, vs in results.items()))  # fmt: skip
     for what, diff in diffs.items():
@@ -242,6 +262,8 @@ def main() -> int:
         p / h for p, h in zip(results["product_cross_node"], results["hand_vxlan"], strict=True)
     )
     print(f"paired ratio product/hand-built per round: median {paired:.3f}")
+    cpu_ratio = cpu_med["product_cross_node"] / cpu_med["hand_vxlan"]
+    print(f"CPU per GB product/hand-built: {cpu_ratio:.3f}x (1.0 = the same cost per byte)")
     print(
         f"goal: product >= 0.97x hand-built -> {ratio:.3f}x {'MET' if ratio >= 0.97 else 'MISSED'}"
     )
@@ -251,7 +273,9 @@ def main() -> int:
             flat[f"{name}_gbps_median"] = round(medians[name], 3)
             flat[f"{name}_gbps_min"] = round(min(values), 3)
             flat[f"{name}_gbps_max"] = round(max(values), 3)
+            flat[f"{name}_cpu_s_per_gb_median"] = round(cpu_med[name], 3)
         flat["product_cross_node_vs_hand_vxlan_ratio"] = round(ratio, 3)
+        flat["product_cross_node_vs_hand_vxlan_cpu_ratio"] = round(cpu_ratio, 3)
         flat["product_cross_node_vs_hand_vxlan_paired_ratio_median"] = round(paired, 3)
         flat["product_same_node_vs_underlay_ratio"] = round(
             medians["product_same_node"] / medians["underlay"], 3
