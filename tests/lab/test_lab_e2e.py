@@ -14,6 +14,7 @@ import pytest
 from scapy.utils import RawPcapReader
 
 from flannelish.lab import procs
+from flannelish.lab.offloads import ETHTOOL
 from flannelish.lab.state import load_state
 from flannelish.testing.proc import run
 
@@ -67,6 +68,11 @@ def test_lab_up_check_verify_down_leaves_nothing_behind(lab_cli, tmp_path):
     _assert_ok(verified, "verify passed", "VNI 1 on every VXLAN packet")
     with RawPcapReader(str(pcap)) as reader:
         assert sum(1 for _ in reader) > 50
+    # verify turned segmentation off only while it captured: the nodes have it back.
+    for node in state.nodes:
+        features = run([ETHTOOL, "-k", "eth0"], netns=node.netns).stdout
+        assert "tcp-segmentation-offload: on" in features, node.name
+        assert "generic-segmentation-offload: on" in features, node.name
 
     # Break the lab: one pod's traffic from node1 now bypasses flannel.1.
     victim = next(p for p in state.pods if p.node == "node2")
