@@ -22,8 +22,9 @@ repeat); each is one iperf3 TCP stream, the figure is the receiver's rate
 (``sum_received``) in Gbit/s, the median over rounds with min..max, and
 CPU-seconds per GB moved (iperf3's accounting of its client and server,
 see :func:`parse_iperf`), the path's cost per byte.
-Goal: product cross-node >= 0.97x hand-built (ratio of medians; the median
-of per-round paired ratios is printed too).
+Goal: product cross-node >= 0.97x hand-built, judged on the ratio of the
+medians, the median of per-round paired ratios and the inverse ratio of CPU
+per GB (which a loaded machine disturbs least); all three must reach it.
 Run as root: ``.venv/bin/python bench/datapath.py [--seconds 3] [--rounds 5] [--json PATH]``.
 """
 
@@ -264,8 +265,14 @@ def main() -> int:
     print(f"paired ratio product/hand-built per round: median {paired:.3f}")
     cpu_ratio = cpu_med["product_cross_node"] / cpu_med["hand_vxlan"]
     print(f"CPU per GB product/hand-built: {cpu_ratio:.3f}x (1.0 = the same cost per byte)")
+    # On a shared machine the rates swing by 2x between rounds; the cost per byte
+    # does not, and on an idle CPU-bound machine the rate is its inverse.  The goal
+    # is met only when all three agree.
+    verdict = min(ratio, paired, 1 / cpu_ratio)
     print(
-        f"goal: product >= 0.97x hand-built -> {ratio:.3f}x {'MET' if ratio >= 0.97 else 'MISSED'}"
+        f"goal: product >= 0.97x hand-built -> rate {ratio:.3f}x (medians), {paired:.3f}x "
+        f"(paired), {1 / cpu_ratio:.3f}x (inverse CPU per GB): "
+        f"{'MET' if verdict >= 0.97 else 'MISSED'}"
     )
     if args.json:
         flat: dict[str, float | int | str] = {}
@@ -277,6 +284,7 @@ def main() -> int:
         flat["product_cross_node_vs_hand_vxlan_ratio"] = round(ratio, 3)
         flat["product_cross_node_vs_hand_vxlan_cpu_ratio"] = round(cpu_ratio, 3)
         flat["product_cross_node_vs_hand_vxlan_paired_ratio_median"] = round(paired, 3)
+        flat["goal_met"] = int(verdict >= 0.97)
         flat["product_same_node_vs_underlay_ratio"] = round(
             medians["product_same_node"] / medians["underlay"], 3
         )
