@@ -15,7 +15,7 @@ DEB_PACKAGES := etcd-server etcd-client iproute2 nftables tcpdump iputils-ping i
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup deb-packages venv lab lab-down test test-fast fuzz lint typecheck bench bench-population clean test-compose
+.PHONY: setup deb-packages venv lab lab-down test test-fast fuzz lint typecheck bench bench-quick bench-report bench-population clean test-compose
 
 setup: deb-packages $(STAMP)
 
@@ -33,7 +33,7 @@ deb-packages:
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -68,14 +68,51 @@ typecheck: setup
 	@cp -rs $(CURDIR)/backends .build/typecheck/flannelish/backends
 	cd .build/typecheck && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p flannelish
 
+# `make bench`: every benchmark, each writing bench/benchjson.py's JSON into
+# $(BENCH_RESULTS), then bench/report.py renders $(BENCH_OUT)/summary.md and the
+# PNG plots from whatever results exist (a bench that fails is reported and skipped).
+# About 10-14 minutes on a 2-core machine; `make bench-quick` (~3 min) for development.
+# FLANNELD_BIN=/path/to/flanneld adds flanneld's column where a bench supports it.
+BENCH_OUT ?= bench/report
+BENCH_RESULTS := $(BENCH_OUT)/results
+BENCH_PEERS ?= 100 1000
+BENCH_POPULATION ?= 1000 5000
+BENCH_RUN = run() { echo "== $$*"; "$$@" || echo "!! FAILED ($$?): $$*"; }
+
 bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@rm -rf $(BENCH_RESULTS) && mkdir -p $(BENCH_RESULTS)
+	@$(BENCH_RUN); start=$$SECONDS; \
+	run $(PY) bench/cni.py --json $(BENCH_RESULTS)/cni.json; \
+	run $(PY) bench/leases.py --json $(BENCH_RESULTS)/leases.json; \
+	run $(PY) bench/convergence.py --json $(BENCH_RESULTS)/convergence-100.json; \
+	for p in $(BENCH_PEERS); do run $(PY) bench/scale.py --peers $$p --json $(BENCH_RESULTS)/scale-$$p.json; done; \
+	for p in $(BENCH_POPULATION); do run $(PY) bench/convergence.py --population $$p --json $(BENCH_RESULTS)/population-$$p.json; done; \
+	run $(PY) bench/datapath.py --json $(BENCH_RESULTS)/datapath.json; \
+	run $(PY) bench/hostile.py; \
+	echo "benchmarks took $$((SECONDS - start)) s"
+	$(PY) bench/report.py --results $(BENCH_RESULTS) --out $(BENCH_OUT)
+
+bench-quick: setup
+	@rm -rf $(BENCH_RESULTS) && mkdir -p $(BENCH_RESULTS)
+	@$(BENCH_RUN); start=$$SECONDS; \
+	run $(PY) bench/cni.py --quick --json $(BENCH_RESULTS)/cni.json; \
+	run $(PY) bench/leases.py --nodes 20 --writes 10 --json $(BENCH_RESULTS)/leases.json; \
+	run $(PY) bench/convergence.py --peers 20 --json $(BENCH_RESULTS)/convergence-20.json; \
+	run $(PY) bench/scale.py --peers 100 --json $(BENCH_RESULTS)/scale-100.json; \
+	run $(PY) bench/datapath.py --seconds 1 --rounds 1 --json $(BENCH_RESULTS)/datapath.json; \
+	echo "benchmarks took $$((SECONDS - start)) s"
+	$(PY) bench/report.py --results $(BENCH_RESULTS) --out $(BENCH_OUT)
 
 # Issue 16: N leases already in etcd, cold sync, then lease events one at a time;
 # flanneld side by side when FLANNELD_BIN names its binary (about 1 + 2 min).
+# (`make bench` runs these too and puts them in the report.)
 bench-population: setup
 	$(PY) bench/convergence.py --population 1000
 	$(PY) bench/convergence.py --population 5000
+
+# Render only (after editing bench/report.py): no measurement.
+bench-report: setup
+	$(PY) bench/report.py --results $(BENCH_RESULTS) --out $(BENCH_OUT)
 
 test-compose: setup
 	bash tests/compose/run.sh

@@ -17,7 +17,11 @@ them alike.  Variants:
 Printed: ADD and DEL p50/p90/p99 (ms) at concurrency 1 and 8, ratios against
 the reference measured in the same run, and peak RSS per plugin process.
 
-    .venv/bin/python bench/cni.py [--rounds 30] [--batches 4]
+    .venv/bin/python bench/cni.py [--rounds 30] [--batches 4] [--quick] [--json PATH]
+
+--json writes bench/benchjson.py's format: figures cni.<OP>.c<CONC>.<variant>.p50/p90/p99
+(ms, baseline = reference in the same run), cni.rss.<variant> (MiB), and the raw
+samples cni.<OP>.c<CONC>.<variant> (ms per call).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchjson import Results
 from flannelish.cni.install import install
 
 from flannelish.testing.netns import NetnsFactory
@@ -136,7 +141,7 @@ def run_rounds(variants: list[Variant], factory: NetnsFactory, rounds: int, batc
                     factory.created.remove(ns)
 
 
-def report(variants: list[Variant], server_rss_kb: int) -> None:
+def report(variants: list[Variant], server_rss_kb: int, out: Results | None = None) -> None:
     ref = variants[0]
     print()
     header = (
@@ -152,6 +157,13 @@ def report(variants: list[Variant], server_rss_kb: int) -> None:
                 xs = v.samples[(command, conc)]
                 row = [pct(xs, q) for q in (0.5, 0.9, 0.99)]
                 ratio = [row[i] / pct(base, q) for i, q in enumerate((0.5, 0.9, 0.99))]
+                if out is not None:
+                    key = f"cni.{command}.c{conc}.{v.name}"
+                    out.samples(key, xs, "ms")
+                    for q, value in zip(("p50", "p90", "p99"), row, strict=True):
+                        base_q = pct(base, {"p50": 0.5, "p90": 0.9, "p99": 0.99}[q])
+                        goal = "<= 1.0x" if q == "p99" and v.name == "daemon" else None
+                        out.figure(f"{key}.{q}", value, "ms", base_q, "reference", goal)
                 print(
                     f"{v.name:<12} {command:<4} {conc:>4} {len(xs):>4} "
                     + " ".join(f"{x:8.1f}" for x in row)
@@ -164,17 +176,28 @@ def report(variants: list[Variant], server_rss_kb: int) -> None:
         if v.rss_kb:
             peak, median = max(v.rss_kb) / 1024, statistics.median(v.rss_kb) / 1024
             print(f"  {v.name:<12} {peak:6.1f} MiB  (median {median:.1f})")
+            if out is not None:
+                out.figure(f"cni.rss.{v.name}", peak, "MiB", max(ref.rss_kb) / 1024, "reference")
     print(f"  CniServer process (daemon side, VmHWM): {server_rss_kb / 1024:.1f} MiB")
+    if out is not None:
+        out.figure("cni.rss.server", server_rss_kb / 1024, "MiB")
     for v in variants:
         if v.errors:
             print(f"\n{v.name}: {len(v.errors)} failed calls, first: {v.errors[0]}")
+            if out is not None:
+                out.note(f"{v.name}: {len(v.errors)} failed calls, first: {v.errors[0]}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=30, help="concurrency-1 rounds")
     parser.add_argument("--batches", type=int, default=4, help="concurrency-8 batches")
+    parser.add_argument("--quick", action="store_true", help="8 rounds, 1 batch (development)")
+    parser.add_argument("--json", metavar="PATH", help="write the results (bench/benchjson.py)")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.batches = 8, 1
+    out = Results("cni", args.json, rounds=args.rounds, batches=args.batches)
     if os.geteuid() != 0:
         sys.exit("bench/cni.py needs root (it creates network namespaces)")
 
@@ -256,7 +279,8 @@ def main() -> None:
                     v.measure_rss("DEL", f"rss{i}", ns)
         with open(f"/proc/{server.pid}/status") as fh:
             hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM"))
-        report(variants, hwm)
+        report(variants, hwm, out)
+        out.write()
     finally:
         if server is not None:
             stop_pid(server.pid, proc=server)

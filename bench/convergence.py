@@ -783,8 +783,34 @@ def main() -> int:
             print(out.stderr, file=sys.stderr)
             return 1
         print(f"convergence: 1 daemon, {args.peers} simulated peers, leases written one at a time")
-        report(json.loads(out.stdout.strip().splitlines()[-1]))
+        results = json.loads(out.stdout.strip().splitlines()[-1])
+        report(results)
+        write_json(args.json, args.peers, results)
     return 0
+
+
+def write_json(path: str | None, peers: int, results: dict[str, list[float]]) -> None:
+    """--json without --population: bench/benchjson.py's format (output only).
+
+    (--population writes its own document; bench/report.py reads both.)
+    """
+    from benchjson import Results
+
+    out = Results("convergence", path, peers=peers)
+    base = results["watch"]
+    for name, values in results.items():
+        out.samples(f"convergence.{name}", values, "ms")
+        if name == "watch":
+            continue
+        for q in (50, 99):
+            out.figure(
+                f"convergence.{name}.p{q}",
+                percentile(values, q),
+                "ms",
+                percentile(base, q),
+                "etcd watch",
+            )
+    out.write()
 
 
 if __name__ == "__main__":

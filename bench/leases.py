@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 
+from benchjson import Results
+
 from flannelish.subnet.etcdstore import EtcdOptions
 
 # The watcher processes are spawned, not forked; this also keeps gRPC quiet if
@@ -249,7 +251,9 @@ def main() -> None:
     parser.add_argument("--writes", type=int, default=30, help="lease writes to propagate")
     parser.add_argument("--gap-ms", type=float, default=30, help="pause between writes")
     parser.add_argument("--workers", type=int, default=4, help="watcher processes")
+    parser.add_argument("--json", metavar="PATH", help="write the results (bench/benchjson.py)")
     args = parser.parse_args()
+    out = Results("leases", args.json, nodes=args.nodes, writes=args.writes)
 
     member = start_etcd(name="bench")
     try:
@@ -296,6 +300,19 @@ def main() -> None:
         f"goal: propagation p99 < 50 ms: {'met' if goal < 50 else 'NOT met'} ({goal:.1f} ms); "
         f"mean acquire {measure(acquire) * 1e3:.2f} ms"
     )
+    for name, ours, base, base_name in (
+        ("acquire", acquire, put, "raw etcd put"),
+        ("acquire_all", acquire_all, put_all, "raw puts at once"),
+        ("propagation", prop_ours, prop_raw, "raw pyetcd watch"),
+    ):
+        out.samples(f"leases.{name}", [x * 1e3 for x in ours], "ms")
+        out.samples(f"leases.{name}.baseline", [x * 1e3 for x in base], "ms")
+        for q in (50, 99):
+            goal = "< 50 ms" if name == "propagation" and q == 99 else None
+            out.figure(
+                f"leases.{name}.p{q}", pct(ours, q) * 1e3, "ms", pct(base, q) * 1e3, base_name, goal
+            )
+    out.write()
 
 
 if __name__ == "__main__":

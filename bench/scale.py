@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchjson import Results
 from convergence import KEYS, PREFIX, BenchCluster
 
 PEERS = 1000
@@ -92,8 +93,15 @@ def main() -> int:
     global PEERS
     from flannelish.kernel.rawnetlink import RawNetlink
 
-    if len(sys.argv) == 3 and sys.argv[1] == "--peers":  # e.g. --peers 10 for a quick check
-        PEERS = int(sys.argv[2])
+    argv = sys.argv[1:]
+    json_path = None
+    if "--json" in argv:  # --json PATH: bench/benchjson.py's format (scale.* figures)
+        i = argv.index("--json")
+        json_path = argv[i + 1]
+        del argv[i : i + 2]
+    if len(argv) == 2 and argv[0] == "--peers":  # e.g. --peers 10 for a quick check
+        PEERS = int(argv[1])
+    out = Results("scale", json_path, peers=PEERS)
 
     env = {**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "false"}
     with BenchCluster() as cluster:
@@ -137,6 +145,14 @@ def main() -> int:
     ok_t = "MET" if sync_s < 1 else "MISSED"
     ok_m = "MET" if hwm < 60 else "MISSED"
     print(f"goals: sync < 1 s -> {sync_s:.3f} s {ok_t}; RSS < 60 MB -> peak {hwm} MB {ok_m}")
+    out.figure("scale.env_s", env_at - started, "s")
+    out.figure("scale.sync_s", sync_s, "s", base_s, "iproute2 -batch", "<= 2.0x")
+    out.figure("scale.baseline_s", base_s, "s")
+    out.figure("scale.rss_mb", rss, "MB", base_rss, "idle python, same imports")
+    out.figure("scale.hwm_mb", hwm, "MB", goal="< 60 MB")
+    out.figure("scale.pss_mb", pss, "MB")
+    out.note("flanneld side by side: not measured by this script yet (scale.flanneld.*)")
+    out.write()
     return 0
 
 

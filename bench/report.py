@@ -1,0 +1,349 @@
+"""Render bench/report/: a Markdown summary of every figure and PNG plots.
+
+Reads every results document (bench/benchjson.py's format) in the results
+directory -- whatever exists: a missing bench is skipped with one line saying
+so -- and writes into the output directory:
+
+  summary.md              every figure with its baseline and ratio, per bench,
+                          the machine's load average during each run, the notes
+  cni-latency.png         CNI ADD/DEL latency CDFs at 1 and 8 concurrent calls,
+                          flannelish (daemon fast path) vs the reference plugins
+  convergence-cdf.png     lease put/delete -> route in the kernel, vs etcd watch
+  peers.png               per-event convergence p50/p99 and daemon RSS vs peers
+  cold-sync.png           cold sync time vs peers, iproute2 -batch and flanneld
+  throughput.png          iperf3 Gbit/s per case (backend, family) vs hand-built
+
+    .venv/bin/python bench/report.py [--results bench/report/results] [--out bench/report]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchjson import load
+
+HERE = Path(__file__).resolve().parent
+CNI_VARIANTS = ("reference", "daemon")
+Doc = dict[str, Any]
+
+
+def load_all(results: Path) -> tuple[list[Doc], list[str]]:
+    docs, problems = [], []
+    for path in sorted(results.glob("*.json")):
+        try:
+            doc = load(path)
+        except (ValueError, OSError) as exc:
+            problems.append(f"{path.name}: skipped ({exc})")
+            continue
+        doc["_file"] = path.name
+        docs.append(doc)
+    return docs, problems
+
+
+def cdf(values: list[float]) -> tuple[list[float], list[float]]:
+    xs = sorted(values)
+    n = len(xs)
+    return xs, [(i + 1) / n for i in range(n)]
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return ""
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def _peers(doc: Doc) -> int | None:
+    peers = doc["params"].get("peers") or doc["params"].get("population")
+    return int(peers) if peers else None
+
+
+def _title(doc: Doc) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in sorted(doc["params"].items()))
+    return f"{doc['bench']}" + (f" ({params})" if params else "")
+
+
+# -- Markdown ------------------------------------------------------------------
+
+
+def markdown(docs: list[Doc], problems: list[str], plots: list[tuple[str, str]]) -> str:
+    lines = ["# flannelish benchmark report", ""]
+    lines.append(
+        "Every figure of the last `make bench` run, next to the baseline measured in the "
+        "same run (ratio = value / baseline). Latencies in ms unless the unit says otherwise. "
+        "Regenerate: `make bench` (all, < 15 min) or `make bench-quick`; render only: "
+        "`.venv/bin/python bench/report.py`."
+    )
+    lines.append("")
+    for line in problems:
+        lines.append(f"- {line}")
+    if problems:
+        lines.append("")
+    if plots:
+        lines.append("## Plots")
+        lines.append("")
+        for name, caption in plots:
+            lines.append(f"![{caption}]({name})")
+            lines.append("")
+    for doc in docs:
+        host = doc["host"]
+        la0, la1 = host.get("loadavg_start") or [0.0], host.get("loadavg_end") or [0.0]
+        lines.append(f"## {_title(doc)}")
+        lines.append("")
+        lines.append(
+            f"`{doc['_file']}`: {host.get('started', '?')}, {host.get('seconds', '?')} s, "
+            f"{host.get('cpus', '?')} CPUs, kernel {host.get('kernel', '?')}, "
+            f"load average {la0[0]:.1f} at start, {la1[0]:.1f} at end"
+        )
+        lines.append("")
+        figures = doc["figures"]
+        if figures:
+            lines.append("| figure | value | unit | baseline | ratio | goal |")
+            lines.append("|---|---:|---|---:|---:|---|")
+            for name in sorted(figures):
+                f = figures[name]
+                base = _fmt(f.get("baseline"))
+                if base and f.get("baseline_name"):
+                    base += f" ({f['baseline_name']})"
+                ratio = f"{f['ratio']:.2f}x" if "ratio" in f else ""
+                lines.append(
+                    f"| {name} | {_fmt(f['value'])} | {f['unit']} | {base} | {ratio} "
+                    f"| {f.get('goal', '')} |"
+                )
+            lines.append("")
+        for note in doc["notes"]:
+            lines.append(f"- {note}")
+        if doc["notes"]:
+            lines.append("")
+    return "\n".join(lines)
+
+
+# -- plots ---------------------------------------------------------------------
+
+
+def _plt():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.family": "DejaVu Sans", "font.size": 9, "figure.dpi": 110})
+    return plt
+
+
+def _by_bench(docs: Iterable[Doc], bench: str) -> list[Doc]:
+    return [d for d in docs if d["bench"] == bench]
+
+
+def plot_cni(docs: list[Doc], out: Path) -> str | None:
+    cni = _by_bench(docs, "cni")
+    if not cni:
+        return None
+    doc = cni[-1]
+    plt = _plt()
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), sharey=True)
+    for row, op in enumerate(("ADD", "DEL")):
+        for col, conc in enumerate((1, 8)):
+            ax = axes[row][col]
+            for variant, style in zip(CNI_VARIANTS, ("-", "-"), strict=True):
+                values = doc["samples"].get(f"cni.{op}.c{conc}.{variant}")
+                if not values:
+                    continue
+                label = "reference (bridge + host-local)" if variant == "reference" else variant
+                if variant == "daemon":
+                    label = "flannelish (native launcher -> daemon)"
+                xs, ys = cdf(values)
+                ax.step(xs, ys, style, where="post", label=label)
+            ax.set_title(f"{op}, {conc} concurrent call{'s' if conc > 1 else ''}")
+            ax.set_xlabel("latency (ms)")
+            ax.grid(alpha=0.3)
+            ax.set_ylim(0, 1.01)
+            if col == 0:
+                ax.set_ylabel("fraction of calls")
+    axes[0][0].legend(loc="lower right", fontsize=8)
+    la = doc["host"].get("loadavg_start", [0.0])[0]
+    fig.suptitle(f"CNI latency CDF, same run, interleaved (load average {la:.1f})")
+    fig.tight_layout()
+    fig.savefig(out / "cni-latency.png")
+    plt.close(fig)
+    return "cni-latency.png"
+
+
+def plot_convergence_cdf(docs: list[Doc], out: Path) -> str | None:
+    conv = [d for d in _by_bench(docs, "convergence") if d["samples"]]
+    if not conv:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for doc in sorted(conv, key=lambda d: _peers(d) or 0):
+        peers = _peers(doc)
+        for key, values in sorted(doc["samples"].items()):
+            if not values or doc["sample_units"].get(key, "ms") != "ms":
+                continue
+            xs, ys = cdf(values)
+            name = key.removeprefix("convergence.")
+            ax.step(xs, ys, where="post", label=f"{name}" + (f", {peers} peers" if peers else ""))
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms, log)")
+    ax.set_ylabel("fraction of events")
+    ax.set_title("etcd lease event -> route in the kernel (watch = etcd put -> watch event)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "convergence-cdf.png")
+    plt.close(fig)
+    return "convergence-cdf.png"
+
+
+def _series(docs: list[Doc], bench: str, name: str) -> tuple[list[int], list[float]]:
+    points = sorted(
+        (_peers(d), d["figures"][name]["value"])
+        for d in _by_bench(docs, bench)
+        if _peers(d) and name in d["figures"]
+    )
+    return [p for p, _ in points], [v for _, v in points]  # type: ignore[misc]
+
+
+def plot_peers(docs: list[Doc], out: Path) -> str | None:
+    panels = [
+        (
+            "convergence",
+            "per-event convergence (ms)",
+            [
+                ("convergence.add.p50", "flannelish p50"),
+                ("convergence.add.p99", "flannelish p99"),
+                ("convergence.flanneld.add.p50", "flanneld p50"),
+                ("convergence.flanneld.add.p99", "flanneld p99"),
+            ],
+        ),
+        (
+            "scale",
+            "daemon peak RSS (MB)",
+            [("scale.hwm_mb", "flannelish"), ("scale.flanneld.hwm_mb", "flanneld")],
+        ),
+    ]
+    found = [(b, t, [(n, lbl, *_series(docs, b, n)) for n, lbl in s]) for b, t, s in panels]
+    found = [(b, t, [s for s in series if s[2]]) for b, t, series in found]
+    found = [p for p in found if p[2]]
+    if not found:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(found), figsize=(5 * len(found), 4), squeeze=False)
+    for ax, (_bench, title, series) in zip(axes[0], found, strict=True):
+        for _name, label, xs, ys in series:
+            ax.plot(xs, ys, "o-", label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("peers")
+        ax.set_title(title)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "peers.png")
+    plt.close(fig)
+    return "peers.png"
+
+
+def plot_cold_sync(docs: list[Doc], out: Path) -> str | None:
+    series = [
+        ("scale.sync_s", "flannelish: subnet.env -> all routes"),
+        ("scale.baseline_s", "iproute2 -batch, same entries"),
+        ("scale.flanneld.sync_s", "flanneld"),
+    ]
+    data = [(label, *_series(docs, "scale", name)) for name, label in series]
+    data = [d for d in data if d[1]]
+    if not data:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    peers = sorted({p for _, xs, _ in data for p in xs})
+    width = 0.8 / len(data)
+    for i, (label, xs, ys) in enumerate(data):
+        pos = [peers.index(x) + (i - (len(data) - 1) / 2) * width for x in xs]
+        ax.bar(pos, ys, width, label=label)
+    ax.set_xticks(range(len(peers)), [str(p) for p in peers])
+    ax.set_xlabel("peers (leases in etcd at start)")
+    ax.set_ylabel("seconds")
+    ax.set_title("cold sync of one daemon")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "cold-sync.png")
+    plt.close(fig)
+    return "cold-sync.png"
+
+
+def plot_throughput(docs: list[Doc], out: Path) -> str | None:
+    bars = []
+    for doc in _by_bench(docs, "datapath"):
+        for name, f in sorted(doc["figures"].items()):
+            if f["unit"] == "Gbit/s":
+                bars.append((name.removeprefix("datapath."), f["value"]))
+    if not bars:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(bars) + 1.5))
+    ax.barh([b[0] for b in bars], [b[1] for b in bars], color="tab:blue")
+    for i, (_, v) in enumerate(bars):
+        ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("Gbit/s (iperf3 TCP, median)")
+    ax.set_title("pod-to-pod throughput vs hand-built and underlay")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(out / "throughput.png")
+    plt.close(fig)
+    return "throughput.png"
+
+
+PLOTS = [
+    (plot_cni, "CNI ADD/DEL latency CDFs vs the reference plugins", "cni"),
+    (plot_convergence_cdf, "convergence latency CDF", "convergence"),
+    (plot_peers, "per-event convergence and RSS vs peers", "convergence or scale"),
+    (plot_cold_sync, "cold-sync time vs iproute2 and flanneld", "scale"),
+    (plot_throughput, "throughput vs hand-built and underlay", "datapath"),
+]
+
+
+def render(results: Path, out: Path) -> list[str]:
+    """Write summary.md and the plots; returns one line per thing skipped."""
+    out.mkdir(parents=True, exist_ok=True)
+    docs, problems = load_all(results) if results.is_dir() else ([], [])
+    if not docs:
+        problems.append(f"no results in {results}: run `make bench` (or `make bench-quick`)")
+    present = {d["bench"] for d in docs}
+    for bench in ("cni", "convergence", "scale", "leases", "datapath"):
+        if bench not in present:
+            problems.append(f"{bench}: no results, skipped")
+    plots = []
+    for plot, caption, needs in PLOTS:
+        name = plot(docs, out)
+        if name:
+            plots.append((name, caption))
+        elif any(b in present for b in needs.split(" or ")):
+            problems.append(f"{caption}: no data for this plot in the {needs} results")
+    (out / "summary.md").write_text(markdown(docs, problems, plots) + "\n")
+    return problems
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=str(HERE / "report" / "results"))
+    parser.add_argument("--out", default=str(HERE / "report"))
+    args = parser.parse_args()
+    for line in render(Path(args.results), Path(args.out)):
+        print(line)
+    print(f"wrote {os.path.join(args.out, 'summary.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""bench/report.py renders whatever results exist (small fixture documents)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import benchjson  # noqa: E402
+import report  # noqa: E402
+
+pytest.importorskip("matplotlib")
+
+
+def _cni(path: Path) -> None:
+    out = benchjson.Results("cni", str(path), rounds=3, batches=1)
+    for op in ("ADD", "DEL"):
+        for conc in (1, 8):
+            for variant, scale in (("reference", 2.0), ("daemon", 1.0)):
+                xs = [scale * x for x in (3.0, 4.0, 5.0, 9.0)]
+                out.samples(f"cni.{op}.c{conc}.{variant}", xs, "ms")
+            out.figure(f"cni.{op}.c{conc}.daemon.p99", 9.0, "ms", 18.0, "reference", "<= 1.0x")
+    out.note("daemon-pip: 1 failed calls")
+    out.write()
+
+
+def _scale(path: Path, peers: int, sync: float) -> None:
+    out = benchjson.Results("scale", str(path), peers=peers)
+    out.figure("scale.sync_s", sync, "s", sync / 2, "iproute2 -batch")
+    out.figure("scale.baseline_s", sync / 2, "s")
+    out.figure("scale.hwm_mb", 40 + peers / 1000, "MB")
+    out.write()
+
+
+def test_results_document_is_flat_and_documented(tmp_path: Path) -> None:
+    _cni(tmp_path / "cni.json")
+    doc = benchjson.load(tmp_path / "cni.json")
+    assert doc["format"] == benchjson.FORMAT and doc["bench"] == "cni"
+    fig = doc["figures"]["cni.ADD.c1.daemon.p99"]
+    assert fig == {
+        "value": 9.0,
+        "unit": "ms",
+        "baseline": 18.0,
+        "baseline_name": "reference",
+        "ratio": 0.5,
+        "goal": "<= 1.0x",
+    }
+    assert doc["samples"]["cni.DEL.c8.reference"] == [6.0, 8.0, 10.0, 18.0]
+    assert doc["sample_units"]["cni.DEL.c8.reference"] == "ms"
+    assert len(doc["host"]["loadavg_end"]) == 3 and doc["host"]["seconds"] >= 0
+
+
+def test_without_a_path_nothing_is_written(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = benchjson.Results("cni", None)
+    out.figure("x", 1, "ms")
+    out.write()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_renders_what_exists_and_skips_the_rest_with_a_line(tmp_path: Path) -> None:
+    results, out = tmp_path / "results", tmp_path / "report"
+    _cni(results / "cni.json")
+    _scale(results / "scale-100.json", 100, 0.2)
+    _scale(results / "scale-1000.json", 1000, 0.8)
+    (results / "junk.json").write_text(json.dumps({"format": "other"}))
+    skipped = report.render(results, out)
+    assert {p.name for p in out.glob("*.png")} == {"cni-latency.png", "peers.png", "cold-sync.png"}
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (out / "summary.md").read_text()
+    assert "| cni.ADD.c1.daemon.p99 | 9.00 | ms | 18.0 (reference) | 0.50x | <= 1.0x |" in text
+    assert "| scale.sync_s | 0.80 | s | 0.40 (iproute2 -batch) | 2.00x |" in text
+    assert "![CNI ADD/DEL latency CDFs vs the reference plugins](cni-latency.png)" in text
+    assert "- daemon-pip: 1 failed calls" in text
+    assert "load average" in text
+    for line in ("convergence: no results, skipped", "datapath: no results, skipped"):
+        assert line in skipped and line in text
+    assert any(line.startswith("junk.json: skipped") for line in skipped)
+
+
+def test_report_with_no_results_at_all_says_so(tmp_path: Path) -> None:
+    skipped = report.render(tmp_path / "missing", tmp_path / "out")
+    assert any("no results in" in line for line in skipped)
+    assert list((tmp_path / "out").glob("*.png")) == []
+    assert "cni: no results, skipped" in (tmp_path / "out" / "summary.md").read_text()
