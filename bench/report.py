@@ -19,6 +19,7 @@ so -- and writes into the output directory:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Iterable
@@ -33,12 +34,88 @@ CNI_VARIANTS = ("reference", "daemon")
 Doc = dict[str, Any]
 
 
+def from_population(raw: dict[str, Any]) -> Doc:
+    """bench/convergence.py --population's own JSON as a results document."""
+    n, daemons = raw["peers"], raw["daemons"]
+    load_avg = raw.get("load", [0.0, 0.0])
+    doc: Doc = {
+        "format": "flannelish-bench/1",
+        "bench": "population",
+        "params": {"peers": n, "events": raw.get("events")},
+        "host": {
+            "cpus": os.cpu_count(),
+            "loadavg_start": [load_avg[0]],
+            "loadavg_end": [load_avg[1]],
+        },
+        "figures": {},
+        "samples": {},
+        "sample_units": {},
+        "notes": ["from bench/convergence.py --population (its own JSON, adapted by report.py)"],
+    }
+    figs = doc["figures"]
+    base = raw["iproute2_s"]
+
+    def fig(name: str, value: float, unit: str, baseline: float | None = None, **kw: str) -> None:
+        figs[name] = {"value": value, "unit": unit}
+        if baseline is not None:
+            figs[name].update(baseline=baseline, ratio=value / baseline if baseline else 0.0)
+        figs[name].update(kw)
+
+    fig("population.iproute2_s", base, "s")
+    flanneld = raw["add"].get("flanneld")
+    for who, d in daemons.items():
+        pre = "population" if who == "flannelish" else f"population.{who}"
+        goal = {"goal": "<= 2.0x"} if who == "flannelish" else {}
+        fig(f"{pre}.cold.env_s", d["env_s"], "s")
+        fig(
+            f"{pre}.cold.routes_s",
+            d["routes_s"],
+            "s",
+            base,
+            baseline_name="iproute2 -batch",
+            **goal,
+        )
+        fig(f"{pre}.cold.sync_s", d["routes_s"] - d["env_s"], "s")
+        hwm_goal = {"goal": "< 60 MB"} if who == "flannelish" else {}
+        fig(f"{pre}.hwm_mb", d["VmHWM"] / 1024, "MB", **hwm_goal)
+        if "idle_cpu_pct" in d:
+            fig(f"{pre}.idle_cpu_pct", d["idle_cpu_pct"], "% of a CPU")
+        for kind in ("add", "delete"):
+            values = raw[kind].get(who) or []
+            if not values:
+                continue
+            doc["samples"][f"population.{kind}.{who}"] = values
+            doc["sample_units"][f"population.{kind}.{who}"] = "ms"
+            other = raw[kind].get("flanneld") if who == "flannelish" else None
+            for q in (50, 99):
+                extra: dict[str, str] = {"baseline_name": "flanneld"} if other else {}
+                if other and kind == "add":
+                    extra["goal"] = "<= 1.0x"
+                fig(f"{pre}.{kind}.p{q}", _pct(values, q), "ms",
+                    _pct(other, q) if other else None, **extra)  # fmt: skip
+    if raw.get("watch"):
+        doc["samples"]["population.watch"] = raw["watch"]
+        doc["sample_units"]["population.watch"] = "ms"
+    if not flanneld:
+        doc["notes"].append("flanneld not measured (FLANNELD_BIN not set)")
+    return doc
+
+
+def _pct(values: list[float], q: float) -> float:
+    xs = sorted(values)
+    return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
+
+
 def load_all(results: Path) -> tuple[list[Doc], list[str]]:
     docs, problems = [], []
     for path in sorted(results.glob("*.json")):
         try:
-            doc = load(path)
-        except (ValueError, OSError) as exc:
+            raw = json.loads(path.read_text())
+            if isinstance(raw, dict) and "daemons" in raw and "format" not in raw:
+                doc = from_population(raw)
+            else:
+                doc = load(path)
+        except (ValueError, OSError, KeyError, TypeError) as exc:
             problems.append(f"{path.name}: skipped ({exc})")
             continue
         doc["_file"] = path.name
@@ -179,7 +256,7 @@ def plot_cni(docs: list[Doc], out: Path) -> str | None:
 
 
 def plot_convergence_cdf(docs: list[Doc], out: Path) -> str | None:
-    conv = [d for d in _by_bench(docs, "convergence") if d["samples"]]
+    conv = [d for d in docs if d["bench"] in ("convergence", "population") and d["samples"]]
     if not conv:
         return None
     plt = _plt()
@@ -190,7 +267,9 @@ def plot_convergence_cdf(docs: list[Doc], out: Path) -> str | None:
             if not values or doc["sample_units"].get(key, "ms") != "ms":
                 continue
             xs, ys = cdf(values)
-            name = key.removeprefix("convergence.")
+            if ".delete" in key or (doc["bench"] == "population" and key.endswith("watch")):
+                continue  # adds only: one curve per daemon and population stays readable
+            name = key.removeprefix("convergence.").removeprefix("population.")
             ax.step(xs, ys, where="post", label=f"{name}" + (f", {peers} peers" if peers else ""))
     ax.set_xscale("log")
     ax.set_xlabel("latency (ms, log)")
@@ -205,10 +284,13 @@ def plot_convergence_cdf(docs: list[Doc], out: Path) -> str | None:
 
 
 def _series(docs: list[Doc], bench: str, name: str) -> tuple[list[int], list[float]]:
+    """(peers, value) of figure `name` across the documents of `bench` ("a|b": either)."""
     points = sorted(
-        (_peers(d), d["figures"][name]["value"])
-        for d in _by_bench(docs, bench)
-        if _peers(d) and name in d["figures"]
+        (_peers(d), d["figures"][n]["value"])
+        for d in docs
+        if d["bench"] in bench.split("|") and _peers(d)
+        for n in name.split("|")
+        if n in d["figures"]
     )
     return [p for p, _ in points], [v for _, v in points]  # type: ignore[misc]
 
@@ -216,19 +298,22 @@ def _series(docs: list[Doc], bench: str, name: str) -> tuple[list[int], list[flo
 def plot_peers(docs: list[Doc], out: Path) -> str | None:
     panels = [
         (
-            "convergence",
-            "per-event convergence (ms)",
+            "convergence|population",
+            "per-event convergence: lease put -> route (ms)",
             [
-                ("convergence.add.p50", "flannelish p50"),
-                ("convergence.add.p99", "flannelish p99"),
-                ("convergence.flanneld.add.p50", "flanneld p50"),
-                ("convergence.flanneld.add.p99", "flanneld p99"),
+                ("convergence.add.p50|population.add.p50", "flannelish p50"),
+                ("convergence.add.p99|population.add.p99", "flannelish p99"),
+                ("population.flanneld.add.p50", "flanneld p50"),
+                ("population.flanneld.add.p99", "flanneld p99"),
             ],
         ),
         (
-            "scale",
-            "daemon peak RSS (MB)",
-            [("scale.hwm_mb", "flannelish"), ("scale.flanneld.hwm_mb", "flanneld")],
+            "scale|population",
+            "daemon peak RSS, VmHWM (MB)",
+            [
+                ("scale.hwm_mb|population.hwm_mb", "flannelish"),
+                ("population.flanneld.hwm_mb", "flanneld"),
+            ],
         ),
     ]
     found = [(b, t, [(n, lbl, *_series(docs, b, n)) for n, lbl in s]) for b, t, s in panels]
@@ -254,11 +339,12 @@ def plot_peers(docs: list[Doc], out: Path) -> str | None:
 
 def plot_cold_sync(docs: list[Doc], out: Path) -> str | None:
     series = [
-        ("scale.sync_s", "flannelish: subnet.env -> all routes"),
-        ("scale.baseline_s", "iproute2 -batch, same entries"),
-        ("scale.flanneld.sync_s", "flanneld"),
+        ("scale.sync_s|population.cold.sync_s", "flannelish: subnet.env -> all routes"),
+        ("population.cold.routes_s", "flannelish: start -> all routes"),
+        ("scale.baseline_s|population.iproute2_s", "iproute2 -batch, same entries"),
+        ("population.flanneld.cold.routes_s", "flanneld: start -> all routes"),
     ]
-    data = [(label, *_series(docs, "scale", name)) for name, label in series]
+    data = [(label, *_series(docs, "scale|population", name)) for name, label in series]
     data = [d for d in data if d[1]]
     if not data:
         return None
@@ -307,8 +393,8 @@ def plot_throughput(docs: list[Doc], out: Path) -> str | None:
 PLOTS = [
     (plot_cni, "CNI ADD/DEL latency CDFs vs the reference plugins", "cni"),
     (plot_convergence_cdf, "convergence latency CDF", "convergence"),
-    (plot_peers, "per-event convergence and RSS vs peers", "convergence or scale"),
-    (plot_cold_sync, "cold-sync time vs iproute2 and flanneld", "scale"),
+    (plot_peers, "per-event convergence and RSS vs peers", "convergence or scale or population"),
+    (plot_cold_sync, "cold-sync time vs iproute2 and flanneld", "scale or population"),
     (plot_throughput, "throughput vs hand-built and underlay", "datapath"),
 ]
 
@@ -320,7 +406,7 @@ def render(results: Path, out: Path) -> list[str]:
     if not docs:
         problems.append(f"no results in {results}: run `make bench` (or `make bench-quick`)")
     present = {d["bench"] for d in docs}
-    for bench in ("cni", "convergence", "scale", "leases", "datapath"):
+    for bench in ("cni", "convergence", "scale", "population", "leases", "datapath"):
         if bench not in present:
             problems.append(f"{bench}: no results, skipped")
     plots = []
