@@ -91,3 +91,32 @@ def test_report_with_no_results_at_all_says_so(tmp_path: Path) -> None:
     assert any("no results in" in line for line in skipped)
     assert list((tmp_path / "out").glob("*.png")) == []
     assert "cni: no results, skipped" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_population_json_of_convergence_is_read_and_plotted(tmp_path: Path) -> None:
+    results, out = tmp_path / "results", tmp_path / "report"
+    results.mkdir()
+    daemon = {"env_s": 0.4, "routes_s": 2.0, "VmHWM": 51200, "idle_cpu_pct": 0.5}
+    raw = {
+        "peers": 5000,
+        "events": 3,
+        "iproute2_s": 0.5,
+        "load": [3.0, 4.0],
+        "daemons": {"flannelish": daemon, "flanneld": dict(daemon, routes_s=2.5, VmHWM=24576)},
+        "add": {"flannelish": [4.0, 5.0, 6.0], "flanneld": [5.0, 5.0, 10.0]},
+        "delete": {"flannelish": [4.0], "flanneld": [5.0]},
+        "watch": [1.0, 2.0],
+    }
+    (results / "population-5000.json").write_text(json.dumps(raw))
+    report.render(results, out)
+    assert {p.name for p in out.glob("*.png")} == {
+        "convergence-cdf.png",
+        "peers.png",
+        "cold-sync.png",
+    }
+    text = (out / "summary.md").read_text()
+    assert (
+        "| population.cold.routes_s | 2.00 | s | 0.50 (iproute2 -batch) | 4.00x | <= 2.0x |" in text
+    )
+    assert "| population.add.p99 | 6.00 | ms | 10.0 (flanneld) | 0.60x | <= 1.0x |" in text
+    assert "| population.flanneld.hwm_mb | 24.0 | MB |" in text
