@@ -284,15 +284,19 @@ def plot_convergence_cdf(docs: list[Doc], out: Path) -> str | None:
 
 
 def _series(docs: list[Doc], bench: str, name: str) -> tuple[list[int], list[float]]:
-    """(peers, value) of figure `name` across the documents of `bench` ("a|b": either)."""
-    points = sorted(
-        (_peers(d), d["figures"][n]["value"])
-        for d in docs
-        if d["bench"] in bench.split("|") and _peers(d)
-        for n in name.split("|")
-        if n in d["figures"]
-    )
-    return [p for p, _ in points], [v for _, v in points]  # type: ignore[misc]
+    """(peers, value) of figure `name` across the documents of `bench`.
+
+    Either may list alternatives with "|"; at one number of peers a later
+    alternative name wins (population's figures over scale.py's at 1000 peers).
+    """
+    points: dict[int, float] = {}
+    for n in name.split("|"):
+        for d in docs:
+            peers = _peers(d)
+            if d["bench"] in bench.split("|") and peers and n in d["figures"]:
+                points[peers] = d["figures"][n]["value"]
+    xs = sorted(points)
+    return xs, [points[x] for x in xs]
 
 
 def plot_peers(docs: list[Doc], out: Path) -> str | None:
