@@ -76,7 +76,7 @@ def from_population(raw: dict[str, Any]) -> Doc:
             **goal,
         )
         fig(f"{pre}.cold.sync_s", d["routes_s"] - d["env_s"], "s")
-        hwm_goal = {"goal": "< 60 MB"} if who == "flannelish" else {}
+        hwm_goal = {"goal": "< 60 MB"} if who == "flannelish" and n >= 5000 else {}
         fig(f"{pre}.hwm_mb", d["VmHWM"] / 1024, "MB", **hwm_goal)
         if "idle_cpu_pct" in d:
             fig(f"{pre}.idle_cpu_pct", d["idle_cpu_pct"], "% of a CPU")
@@ -152,6 +152,24 @@ def _title(doc: Doc) -> str:
 # -- Markdown ------------------------------------------------------------------
 
 
+def goal_met(fig: dict[str, Any]) -> bool | None:
+    """A goal "<= 1.0x" / "< 2x" is on the ratio, "< 60 MB" / "<= 50 ms" on the value."""
+    parts = str(fig.get("goal", "")).split()
+    if not parts or parts[0] not in ("<", "<=", ">", ">="):
+        return None
+    op, rest = parts[0], "".join(parts[1:])
+    try:
+        if rest.endswith("x"):
+            if "ratio" not in fig:
+                return None
+            have, want = fig["ratio"], float(rest[:-1])
+        else:
+            have, want = fig["value"], float(rest.rstrip("abcdefghijklmnopqrstuvwxyzMGB/%"))
+    except ValueError:
+        return None
+    return {"<": have < want, "<=": have <= want, ">": have > want, ">=": have >= want}[op]
+
+
 def markdown(docs: list[Doc], problems: list[str], plots: list[tuple[str, str]]) -> str:
     lines = ["# flannelish benchmark report", ""]
     lines.append(
@@ -164,6 +182,21 @@ def markdown(docs: list[Doc], problems: list[str], plots: list[tuple[str, str]])
     for line in problems:
         lines.append(f"- {line}")
     if problems:
+        lines.append("")
+    goals = [(d, n, f) for d in docs for n, f in sorted(d["figures"].items()) if f.get("goal")]
+    if goals:
+        lines.append("## Goals")
+        lines.append("")
+        lines.append("| bench | figure | value | ratio | goal | |")
+        lines.append("|---|---|---:|---:|---|---|")
+        for d, n, f in goals:
+            ok = goal_met(f)
+            mark = "" if ok is None else ("met" if ok else "**missed**")
+            ratio = f"{f['ratio']:.2f}x" if "ratio" in f else ""
+            lines.append(
+                f"| {_title(d)} | {n} | {_fmt(f['value'])} {f['unit']} | {ratio} "
+                f"| {f['goal']} | {mark} |"
+            )
         lines.append("")
     if plots:
         lines.append("## Plots")
@@ -331,6 +364,8 @@ def plot_peers(docs: list[Doc], out: Path) -> str | None:
         for _name, label, xs, ys in series:
             ax.plot(xs, ys, "o-", label=label)
         ax.set_xscale("log")
+        if "ms" in title:
+            ax.set_yscale("log")
         ax.set_xlabel("peers")
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")

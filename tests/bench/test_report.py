@@ -120,3 +120,12 @@ def test_population_json_of_convergence_is_read_and_plotted(tmp_path: Path) -> N
     )
     assert "| population.add.p99 | 6.00 | ms | 10.0 (flanneld) | 0.60x | <= 1.0x |" in text
     assert "| population.flanneld.hwm_mb | 24.0 | MB |" in text
+
+
+def test_goals_are_judged_on_the_ratio_or_the_value() -> None:
+    assert report.goal_met({"value": 9, "ratio": 0.5, "goal": "<= 1.0x"}) is True
+    assert report.goal_met({"value": 9, "ratio": 1.2, "goal": "<= 1.0x"}) is False
+    assert report.goal_met({"value": 61, "goal": "< 60 MB"}) is False
+    assert report.goal_met({"value": 40, "goal": "< 50 ms"}) is True
+    assert report.goal_met({"value": 40, "goal": "< 2x"}) is None  # no baseline
+    assert report.goal_met({"value": 40, "goal": "fast"}) is None
