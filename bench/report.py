@@ -101,6 +101,42 @@ def from_population(raw: dict[str, Any]) -> Doc:
     return doc
 
 
+def from_datapath(raw: dict[str, Any]) -> Doc:
+    """bench/datapath.py --json's own flat JSON as a results document."""
+    doc: Doc = {
+        "format": "flannelish-bench/1",
+        "bench": "datapath",
+        "params": {"seconds": raw.get("seconds_per_run"), "rounds": raw.get("rounds")},
+        "host": {
+            "cpus": os.cpu_count(),
+            "loadavg_start": [raw.get("loadavg_1m_before", 0.0)],
+            "loadavg_end": [raw.get("loadavg_1m_after", 0.0)],
+        },
+        "figures": {},
+        "samples": {},
+        "sample_units": {},
+        "notes": ["from bench/datapath.py --json (its own flat JSON, adapted by report.py)"],
+    }
+    base = raw.get("hand_vxlan_gbps_median")
+    for key, value in sorted(raw.items()):
+        if key.endswith("_gbps_median"):
+            name = key.removesuffix("_gbps_median")
+            fig: dict[str, Any] = {"value": value, "unit": "Gbit/s"}
+            if base:
+                fig.update(baseline=base, baseline_name="hand-built vxlan", ratio=value / base)
+            if name == "product_cross_node":
+                fig["goal"] = ">= 0.97x"
+            doc["figures"][f"datapath.{name}"] = fig
+        elif key.endswith("_cpu_s_per_gb_median"):
+            name = key.removesuffix("_cpu_s_per_gb_median")
+            doc["figures"][f"datapath.cpu.{name}"] = {"value": value, "unit": "CPU-s/GB"}
+    for key in ("paired_ratio_median", "cpu_ratio"):
+        full = f"product_cross_node_vs_hand_vxlan_{key}"
+        if full in raw:
+            doc["figures"][f"datapath.product_vs_hand.{key}"] = {"value": raw[full], "unit": "x"}
+    return doc
+
+
 def _pct(values: list[float], q: float) -> float:
     xs = sorted(values)
     return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
@@ -113,6 +149,8 @@ def load_all(results: Path) -> tuple[list[Doc], list[str]]:
             raw = json.loads(path.read_text())
             if isinstance(raw, dict) and "daemons" in raw and "format" not in raw:
                 doc = from_population(raw)
+            elif isinstance(raw, dict) and "hand_vxlan_gbps_median" in raw:
+                doc = from_datapath(raw)
             else:
                 doc = load(path)
         except (ValueError, OSError, KeyError, TypeError) as exc:

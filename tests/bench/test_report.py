@@ -129,3 +129,24 @@ def test_goals_are_judged_on_the_ratio_or_the_value() -> None:
     assert report.goal_met({"value": 40, "goal": "< 50 ms"}) is True
     assert report.goal_met({"value": 40, "goal": "< 2x"}) is None  # no baseline
     assert report.goal_met({"value": 40, "goal": "fast"}) is None
+
+
+def test_datapath_flat_json_is_read_and_plotted(tmp_path: Path) -> None:
+    results, out = tmp_path / "results", tmp_path / "report"
+    results.mkdir()
+    raw = {
+        "product_cross_node_gbps_median": 9.7,
+        "hand_vxlan_gbps_median": 10.0,
+        "underlay_gbps_median": 20.0,
+        "hand_vxlan_cpu_s_per_gb_median": 0.1,
+        "product_cross_node_vs_hand_vxlan_paired_ratio_median": 0.98,
+        "seconds_per_run": 3,
+        "rounds": 5,
+        "loadavg_1m_before": 1.0,
+    }
+    (results / "datapath.json").write_text(json.dumps(raw))
+    report.render(results, out)
+    assert (out / "throughput.png").exists()
+    text = (out / "summary.md").read_text()
+    assert "| datapath.product_cross_node | 9.70 | Gbit/s | 10.0 (hand-built vxlan) | 0.97x" in text
+    assert "| >= 0.97x | met |" in text
