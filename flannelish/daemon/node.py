@@ -45,8 +45,9 @@ from flannelish.daemon.reconciler import PassResult, Reconciler
 from flannelish.errors import ConfigError, FlannelishError
 from flannelish.kernel.netlink import Netlink
 from flannelish.kernel.resources import Owner
+from flannelish.subnet.keys import LeaseKey
 from flannelish.subnet.lease import Lease, LeaseAttrs
-from flannelish.subnet_env import SubnetEnv, previous_subnet, write_subnet_env
+from flannelish.subnet_env import SubnetEnv, previous_subnets, write_subnet_env
 
 if TYPE_CHECKING:
     # For annotations only: at run time these are imported where they are used,
@@ -143,13 +144,6 @@ class NodeDaemon:
         opts = self.options
         self._preflight()
         nl = self._netlink = self._netlink or self._make_netlink()
-        ext = select_interface(
-            nl, opts.ifaces, opts.iface_regexes, opts.public_ip, opts.iface_can_reach
-        )
-        log.info(
-            "using interface",
-            extra={"iface": ext.name, "address": ext.address, "public_ip": ext.public_ip},
-        )
         if self._manager is None:
             self._manager = self._make_manager()
             registry = getattr(self._manager, "registry", None)
@@ -161,18 +155,30 @@ class NodeDaemon:
         config = manager.get_network_config(wait=True, stop=self.stop_event)
         if self.stop_event.is_set() or config is None:
             return
-        if not config.enable_ipv4 or config.network is None:
-            raise ConfigError(
-                "the network config has no IPv4 Network (EnableIPv4 is false)",
-                "IPv6-only overlays are not supported by flannelish yet",
-            )
-        if config.enable_ipv6:
-            log.warning("EnableIPv6 is set; only the IPv4 overlay is programmed")
+        ext = select_interface(
+            nl,
+            opts.ifaces,
+            opts.iface_regexes,
+            opts.public_ip,
+            opts.iface_can_reach,
+            opts.public_ipv6,
+            ipv4=config.enable_ipv4,
+            ipv6=config.enable_ipv6,
+        )
+        log.info(
+            "using interface",
+            extra={
+                "iface": ext.name,
+                "address": ext.address,
+                "public_ip": ext.public_ip,
+                "public_ipv6": ext.public_ipv6,
+            },
+        )
         backend = self._make_backend(nl, ext, config)
         backend.setup()
         self._node_id = load_or_create(opts.subnet_file.parent)
-        lease = manager.acquire(self._lease_attrs(), previous_subnet(opts.subnet_file))
-        log.info("acquired lease", extra={"subnet": lease.subnet, "public_ip": ext.public_ip})
+        lease = manager.acquire(self._lease_attrs(), LeaseKey(*previous_subnets(opts.subnet_file)))
+        log.info("acquired lease", extra={"subnet": str(lease.key), "public_ip": ext.public_ip})
         self._bind(lease)
         self._ensure_blackhole()
         self._start_node_ops(manager, ext, config, lease)
@@ -194,12 +200,11 @@ class NodeDaemon:
             return
         from flannelish.node.ops import NodeOps
 
-        assert config.network is not None  # _start() refuses a config without one
         backend = self.backend
         registry = getattr(manager, "registry", None)
         self.ops = NodeOps(
             self.options.node_ops,
-            node=str(ext.public_ip),
+            node=str(ext.public_ip if config.enable_ipv4 else ext.public_ipv6),
             backend=config.backend_type,
             device=getattr(backend, "name", None),
             etcd_probe=(lambda: registry.get_config()) if registry is not None else None,
@@ -231,35 +236,40 @@ class NodeDaemon:
         self.backend.bind_lease(lease)
         self.status.lease = lease
         if self.peers.rules is None:
-            self.peers.own_subnet = lease.subnet
+            self.peers.own_subnet = lease.key
             self.peers.set_rules(self._admission_rules(self.backend))
         else:
-            self.peers.set_own_subnet(lease.subnet)
+            self.peers.set_own_subnet(lease.key)
 
     def _admission_rules(self, backend: Backend) -> AdmissionRules:
         ext, config = backend.ctx.ext, self._config
-        # _make_backend() stored the config and _start() refused one without a Network.
-        assert config is not None and config.network is not None
+        assert config is not None  # _make_backend() stored it
 
-        def own_subnet() -> IPv4Network | None:
-            return self.status.lease.subnet if self.status.lease is not None else None
+        def own_subnet() -> LeaseKey | None:
+            return self.status.lease.key if self.status.lease is not None else None
 
+        own_ips = {ext.public_ip, ext.address, ext.public_ipv6, ext.address6}
         return AdmissionRules(
-            network=config.network,
+            network=config.network if config.enable_ipv4 else None,
             subnet_len=config.subnet_len,
-            own_ips=frozenset({ext.public_ip, ext.address}),
+            own_ips=frozenset(ip for ip in own_ips if ip is not None and not ip.is_unspecified),
             own_subnet=own_subnet,
             validate=backend.validate,
             claims=backend.claims,
+            ipv6_network=config.ipv6_network if config.enable_ipv6 else None,
+            ipv6_subnet_len=config.ipv6_subnet_len,
         )
 
     def _write_subnet_env(self, config: NetworkConfig) -> None:
         assert self.backend is not None and self.status.lease is not None
+        key = self.status.lease.key
         env = SubnetEnv(
             network=config.network if config.enable_ipv4 else None,
-            subnet=self.status.lease.subnet,
-            mtu=self.backend.mtu,
+            subnet=key.v4,
+            mtu=self.backend.mtu,  # in dual-stack the smaller of the two tunnels' MTUs
             ipmasq=self.options.ip_masq,
+            ipv6_network=config.ipv6_network if config.enable_ipv6 else None,
+            ipv6_subnet=key.v6,
         )
         write_subnet_env(self.options.subnet_file, env)
         self.status.subnet_env_written = True
@@ -329,7 +339,7 @@ class NodeDaemon:
     def _programmed_peers(self) -> list[Lease]:
         """Admitted peers the backend did not skip (the anti-spoof set lists only those)."""
         skipped = self.loop.reconciler.skipped if self.loop is not None else {}
-        return [p for p in self.peers.snapshot() if p.subnet not in skipped]
+        return [p for p in self.peers.snapshot() if p.key not in skipped]
 
     def _peer_report(self) -> tuple[int, int, dict[str, tuple[str, str]]]:
         """(leases known, peers programmed, {subnet: (kind, reason)} of the others)."""
@@ -344,7 +354,7 @@ class NodeDaemon:
         out = {str(s): (skip.kind, skip.reason) for s, (_, skip) in self.peers.rejected().items()}
         registry = getattr(self._manager, "registry", None)
         for bad in getattr(registry, "bad_leases", ()):  # undecodable values: never peers
-            out[str(bad.subnet or bad.key)] = ("undecodable", bad.reason)
+            out[str(bad.lease_key or bad.key)] = ("undecodable", bad.reason)
         if self.loop is not None:
             for subnet, skip in self.loop.reconciler.skipped.items():
                 out[str(subnet)] = (skip.kind, skip.reason)
@@ -368,10 +378,10 @@ class NodeDaemon:
         self._threads.append(thread)
 
     def _watch(self, manager: SubnetManager, lease: Lease) -> None:
-        def own_subnet() -> IPv4Network:
+        def own_subnet() -> LeaseKey:
             # The keeper may move us to another subnet; that one is never a peer.
             current = self.status.lease or lease
-            return current.subnet
+            return current.key
 
         for batch in manager.watch_leases(self.stop_event, exclude=own_subnet):
             first = not self.peers.synced.is_set()
@@ -439,9 +449,9 @@ class NodeDaemon:
 
     def _lease_changed(self, lease: Lease) -> None:
         old = self.status.lease
-        if old is not None and old.subnet != lease.subnet:
+        if old is not None and old.key != lease.key:
             log.warning(
-                "lease moved to another subnet", extra={"old": old.subnet, "new": lease.subnet}
+                "lease moved to another subnet", extra={"old": str(old.key), "new": str(lease.key)}
             )
             self._bind(lease)
             assert self._config is not None  # set before the keeper that calls us starts
@@ -487,7 +497,7 @@ class NodeDaemon:
         if attrs != lease.attrs and attrs != self._advertised and self._manager is not None:
             self._advertised = attrs
             # The device was rebuilt with different attributes: advertise them.
-            log.info("advertising new backend attributes", extra={"subnet": lease.subnet})
+            log.info("advertising new backend attributes", extra={"subnet": str(lease.key)})
             try:
                 self.status.lease = self._manager.renew(dataclasses.replace(lease, attrs=attrs))
             except FlannelishError as exc:

@@ -19,19 +19,20 @@ from ipaddress import IPv4Network
 
 from flannelish.daemon.admission import AdmissionRules, check_lease
 from flannelish.kernel.resources import Skip
+from flannelish.subnet.keys import LeaseKey, as_key
 from flannelish.subnet.lease import Event, EventType, Lease
 
 
 class PeerTable:
     def __init__(
-        self, own_subnet: IPv4Network | None = None, rules: AdmissionRules | None = None
+        self, own_subnet: LeaseKey | IPv4Network | None = None, rules: AdmissionRules | None = None
     ) -> None:
         self._lock = threading.Lock()
-        self._peers: dict[IPv4Network, Lease] = {}  # admitted
-        self._rejected: dict[IPv4Network, tuple[Lease, Skip]] = {}
-        self._holder: dict[Hashable, IPv4Network] = {}  # claim -> admitted subnet holding it
-        self._held: dict[IPv4Network, tuple[Hashable, ...]] = {}  # admitted subnet -> its claims
-        self.own_subnet = own_subnet
+        self._peers: dict[LeaseKey, Lease] = {}  # admitted
+        self._rejected: dict[LeaseKey, tuple[Lease, Skip]] = {}
+        self._holder: dict[Hashable, LeaseKey] = {}  # claim -> admitted subnet holding it
+        self._held: dict[LeaseKey, tuple[Hashable, ...]] = {}  # admitted subnet -> its claims
+        self.own_subnet = as_key(own_subnet) if own_subnet is not None else None
         self.rules = rules
         # Set once the watch's first batch (the snapshot) is in.  Before that an
         # empty table means "not known yet", not "no peers": reconciling then
@@ -50,17 +51,17 @@ class PeerTable:
             for lease in sorted(leases, key=_age):
                 self._admit(lease)
 
-    def apply(self, events: Iterable[Event]) -> set[IPv4Network]:
+    def apply(self, events: Iterable[Event]) -> set[LeaseKey]:
         """Apply a batch; returns the subnets whose admitted lease was added, changed or removed.
 
         The first batch (the snapshot) always counts as a change of the table.
         """
-        changed: set[IPv4Network] = set()
+        changed: set[LeaseKey] = set()
         with self._lock:
             batch = list(events)
             # Older leases first, so the older holder of a claim keeps it.
             for event in sorted(batch, key=lambda e: _age(e.lease)):
-                subnet = event.lease.subnet
+                subnet = event.lease.key
                 if subnet == self.own_subnet:
                     continue
                 if event.type is EventType.REMOVED:
@@ -85,19 +86,19 @@ class PeerTable:
         claims = rules.claims(lease) if rules is not None and skip is None else ()
         for claim in claims:
             holder = self._holder.get(claim)
-            if holder is not None and holder != lease.subnet:
+            if holder is not None and holder != lease.key:
                 skip = Skip(f"{_claim_text(claim)} is already used by peer {holder}", "duplicate")
                 break
         if skip is not None:
-            self._rejected[lease.subnet] = (lease, skip)
+            self._rejected[lease.key] = (lease, skip)
             return False
-        self._peers[lease.subnet] = lease
-        self._held[lease.subnet] = tuple(claims)
+        self._peers[lease.key] = lease
+        self._held[lease.key] = tuple(claims)
         for claim in claims:
-            self._holder[claim] = lease.subnet
+            self._holder[claim] = lease.key
         return True
 
-    def _drop(self, subnet: IPv4Network) -> set[Hashable]:
+    def _drop(self, subnet: LeaseKey) -> set[Hashable]:
         """Forget an admitted peer; returns the claims it held."""
         self._peers.pop(subnet)
         freed = set(self._held.pop(subnet, ()))
@@ -105,7 +106,7 @@ class PeerTable:
             del self._holder[claim]
         return freed
 
-    def _wake(self, freed: set[Hashable]) -> set[IPv4Network]:
+    def _wake(self, freed: set[Hashable]) -> set[LeaseKey]:
         """Peers rejected for a claim that is free now get another chance."""
         rules = self.rules
         if not freed or rules is None:
@@ -117,12 +118,13 @@ class PeerTable:
         ]
         admitted = set()
         for lease in sorted(waiting, key=_age):
-            del self._rejected[lease.subnet]
+            del self._rejected[lease.key]
             if self._admit(lease):
-                admitted.add(lease.subnet)
+                admitted.add(lease.key)
         return admitted
 
-    def set_own_subnet(self, subnet: IPv4Network) -> None:
+    def set_own_subnet(self, own: LeaseKey | IPv4Network) -> None:
+        subnet = as_key(own)
         with self._lock:
             self.own_subnet = subnet
             if subnet in self._peers:
@@ -131,9 +133,9 @@ class PeerTable:
         if self.rules is not None:  # overlap checks depend on our subnet
             self.set_rules(self.rules)
 
-    def get(self, subnet: IPv4Network) -> Lease | None:
+    def get(self, key: LeaseKey | IPv4Network) -> Lease | None:
         with self._lock:
-            return self._peers.get(subnet)
+            return self._peers.get(as_key(key))
 
     def claimed(self, claim: Hashable) -> bool:
         """Whether an admitted peer holds this claim (e.g. a VTEP MAC)."""
@@ -144,7 +146,7 @@ class PeerTable:
         with self._lock:
             return list(self._peers.values())
 
-    def rejected(self) -> dict[IPv4Network, tuple[Lease, Skip]]:
+    def rejected(self) -> dict[LeaseKey, tuple[Lease, Skip]]:
         with self._lock:
             return dict(self._rejected)
 
@@ -153,9 +155,9 @@ class PeerTable:
             return len(self._peers)
 
 
-def _age(lease: Lease) -> tuple[int, int]:
+def _age(lease: Lease) -> tuple[int, tuple[int, int]]:
     # mod_revision 0 means unknown (in-memory registries): keep batch order stable.
-    return (lease.mod_revision or 0, int(lease.subnet.network_address))
+    return (lease.mod_revision or 0, lease.key.order)
 
 
 def _claim_text(claim: Hashable) -> str:

@@ -381,8 +381,8 @@ class RawNetlink:
         with self._raw("blackhole route del", dst, missing_ok=True):
             self._rtnl.request(rtnl.RTM_DELROUTE, self._blackhole_body(dst))
 
-    def default_route_oif(self) -> int | None:
-        for m in self._route_msgs(AF_INET):
+    def default_route_oif(self, family: int = AF_INET) -> int | None:
+        for m in self._route_msgs(family):
             if m.dst_len == 0 and m.table == MAIN_TABLE and rtnl.RTA_OIF in m.attrs:
                 return int(struct.unpack("=i", m.attrs[rtnl.RTA_OIF])[0])
         return None

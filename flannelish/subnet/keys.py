@@ -88,6 +88,14 @@ class LeaseKey:
         """The key under ``subnets/``: ``10.5.34.0-24``, ``…&fd00:0:0:22::-64``."""
         return subnet_key(self.subnet, self.v6)
 
+    @property
+    def order(self) -> tuple[int, int]:
+        """A sort key: by IPv4 subnet, then IPv6 subnet."""
+        return (
+            int(self.v4.network_address) if self.v4 is not None else -1,
+            int(self.v6.network_address) if self.v6 is not None else -1,
+        )
+
     def __str__(self) -> str:
         return "&".join(str(x) for x in (self.v4, self.v6) if x is not None)
 

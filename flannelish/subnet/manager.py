@@ -298,7 +298,7 @@ class SubnetManager:
     def list_leases(self) -> list[Lease]:
         """Every lease with its expiration (None for reservations), ordered by subnet."""
         leases, _ = self.registry.list_leases(with_expiry=True)
-        return sorted(leases, key=lease_order)
+        return sorted(leases, key=lambda x: x.key.order)
 
     def watch_leases(
         self,
@@ -336,15 +336,6 @@ class SubnetManager:
 FlannelishErrorLike = ConfigError | EtcdError
 
 
-def lease_order(lease: Lease) -> tuple[int, int]:
-    """Sort leases by IPv4 subnet, then IPv6 subnet."""
-    key = lease.key
-    return (
-        int(key.v4.network_address) if key.v4 else -1,
-        int(key.v6.network_address) if key.v6 else -1,
-    )
-
-
 def _pick(
     family: str,
     previous: Net | None,
@@ -375,9 +366,7 @@ def _pick(
     return rng.choice(candidates) if candidates else None
 
 
-def _free_subnets(
-    config: NetworkConfig, used: list[IPv4Network], limit: int
-) -> list[IPv4Network]:
+def _free_subnets(config: NetworkConfig, used: list[IPv4Network], limit: int) -> list[IPv4Network]:
     return _free(config.subnet_candidates(), used, config.subnet_len, limit)
 
 

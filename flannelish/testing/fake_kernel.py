@@ -182,7 +182,7 @@ class FakeNetlink:
         self._mutate("del_blackhole", dst)
         self.blackholes.discard(dst)
 
-    def default_route_oif(self) -> int | None:
+    def default_route_oif(self, family: int = AF_INET) -> int | None:
         return self.default_oif
 
     def add_route(self, route: Route) -> None:
