@@ -120,12 +120,18 @@ def test_ipv6_only_has_no_ipv4_device_and_programs_ipv6_peers(tmp_path):
 def test_ipv6_peer_without_v6_mac_or_with_our_address_is_skipped(tmp_path):
     k = kernel(tmp_path)
     bad = peer(2)
-    no_mac = Lease(bad.subnet, LeaseAttrs(bad.attrs.public_ip, "vxlan", bad.attrs.backend_data,
-                                          bad.attrs.public_ipv6, None), ipv6_subnet=bad.ipv6_subnet)  # fmt: skip
+    a = bad.attrs
+    no_mac = Lease(
+        bad.subnet,
+        LeaseAttrs(a.public_ip, "vxlan", a.backend_data, a.public_ipv6, None),
+        ipv6_subnet=bad.ipv6_subnet,
+    )
     assert k.backend.validate(no_mac).kind == "vtep-mac"
-    ours = Lease(bad.subnet, LeaseAttrs(bad.attrs.public_ip, "vxlan", bad.attrs.backend_data,
-                                        IPv6Address("fd18::1"), bad.attrs.backend_v6_data),
-                 ipv6_subnet=bad.ipv6_subnet)  # fmt: skip
+    ours = Lease(
+        bad.subnet,
+        LeaseAttrs(a.public_ip, "vxlan", a.backend_data, IPv6Address("fd18::1"), a.backend_v6_data),
+        ipv6_subnet=bad.ipv6_subnet,
+    )
     assert k.backend.validate(ours).kind == "public-ip"
     assert k.backend.claims(peer(2)) == (
         ("vtep-mac", "0e:00:00:00:04:02"),
