@@ -34,20 +34,20 @@ from flannelish.backends import get_backend_class
 from flannelish.backends.base import Backend, BackendContext, ExternalInterface
 from flannelish.cni.server import CniServer
 from flannelish.daemon.admission import AdmissionRules
+from flannelish.daemon.families import admission_rules, subnet_env, underlay_for
 from flannelish.daemon.flanneld_flags import ensure_blackhole, seed_config
 from flannelish.daemon.identity import load_or_create
-from flannelish.daemon.iface import select_interface
 from flannelish.daemon.loop import ReconcileLoop
 from flannelish.daemon.monitors import start_monitors
 from flannelish.daemon.options import DaemonOptions, NodeStatus
-from flannelish.daemon.peers import PeerTable
+from flannelish.daemon.peers import PeerTable, skipped_report
 from flannelish.daemon.reconciler import PassResult, Reconciler
 from flannelish.errors import ConfigError, FlannelishError
 from flannelish.kernel.netlink import Netlink
 from flannelish.kernel.resources import Owner
 from flannelish.subnet.keys import LeaseKey
 from flannelish.subnet.lease import Lease, LeaseAttrs
-from flannelish.subnet_env import SubnetEnv, previous_subnets, write_subnet_env
+from flannelish.subnet_env import previous_subnets, write_subnet_env
 
 if TYPE_CHECKING:
     # For annotations only: at run time these are imported where they are used,
@@ -155,25 +155,7 @@ class NodeDaemon:
         config = manager.get_network_config(wait=True, stop=self.stop_event)
         if self.stop_event.is_set() or config is None:
             return
-        ext = select_interface(
-            nl,
-            opts.ifaces,
-            opts.iface_regexes,
-            opts.public_ip,
-            opts.iface_can_reach,
-            opts.public_ipv6,
-            ipv4=config.enable_ipv4,
-            ipv6=config.enable_ipv6,
-        )
-        log.info(
-            "using interface",
-            extra={
-                "iface": ext.name,
-                "address": ext.address,
-                "public_ip": ext.public_ip,
-                "public_ipv6": ext.public_ipv6,
-            },
-        )
+        ext = underlay_for(nl, opts, config)
         backend = self._make_backend(nl, ext, config)
         backend.setup()
         self._node_id = load_or_create(opts.subnet_file.parent)
@@ -242,35 +224,16 @@ class NodeDaemon:
             self.peers.set_own_subnet(lease.key)
 
     def _admission_rules(self, backend: Backend) -> AdmissionRules:
-        ext, config = backend.ctx.ext, self._config
-        assert config is not None  # _make_backend() stored it
+        assert self._config is not None  # _make_backend() stored it
+        return admission_rules(self._config, backend, self._own_key)
 
-        def own_subnet() -> LeaseKey | None:
-            return self.status.lease.key if self.status.lease is not None else None
-
-        own_ips = {ext.public_ip, ext.address, ext.public_ipv6, ext.address6}
-        return AdmissionRules(
-            network=config.network if config.enable_ipv4 else None,
-            subnet_len=config.subnet_len,
-            own_ips=frozenset(ip for ip in own_ips if ip is not None and not ip.is_unspecified),
-            own_subnet=own_subnet,
-            validate=backend.validate,
-            claims=backend.claims,
-            ipv6_network=config.ipv6_network if config.enable_ipv6 else None,
-            ipv6_subnet_len=config.ipv6_subnet_len,
-        )
+    def _own_key(self) -> LeaseKey | None:
+        return self.status.lease.key if self.status.lease is not None else None
 
     def _write_subnet_env(self, config: NetworkConfig) -> None:
         assert self.backend is not None and self.status.lease is not None
-        key = self.status.lease.key
-        env = SubnetEnv(
-            network=config.network if config.enable_ipv4 else None,
-            subnet=key.v4,
-            mtu=self.backend.mtu,  # in dual-stack the smaller of the two tunnels' MTUs
-            ipmasq=self.options.ip_masq,
-            ipv6_network=config.ipv6_network if config.enable_ipv6 else None,
-            ipv6_subnet=key.v6,
-        )
+        key, mtu = self.status.lease.key, self.backend.mtu
+        env = subnet_env(config, key, mtu, self.options.ip_masq)
         write_subnet_env(self.options.subnet_file, env)
         self.status.subnet_env_written = True
         if self.ops is not None:
@@ -351,14 +314,9 @@ class NodeDaemon:
 
     def skipped_peers(self) -> dict[str, tuple[str, str]]:
         """Every peer lease not programmed: {subnet: (kind, reason)}."""
-        out = {str(s): (skip.kind, skip.reason) for s, (_, skip) in self.peers.rejected().items()}
         registry = getattr(self._manager, "registry", None)
-        for bad in getattr(registry, "bad_leases", ()):  # undecodable values: never peers
-            out[str(bad.lease_key or bad.key)] = ("undecodable", bad.reason)
-        if self.loop is not None:
-            for subnet, skip in self.loop.reconciler.skipped.items():
-                out[str(subnet)] = (skip.kind, skip.reason)
-        return out
+        skipped = self.loop.reconciler.skipped if self.loop is not None else {}
+        return skipped_report(self.peers, getattr(registry, "bad_leases", ()), skipped)
 
     def _trigger_all(self, check_base: bool = False) -> None:
         for loop in self.loops:
@@ -378,12 +336,9 @@ class NodeDaemon:
         self._threads.append(thread)
 
     def _watch(self, manager: SubnetManager, lease: Lease) -> None:
-        def own_subnet() -> LeaseKey:
-            # The keeper may move us to another subnet; that one is never a peer.
-            current = self.status.lease or lease
-            return current.key
-
-        for batch in manager.watch_leases(self.stop_event, exclude=own_subnet):
+        # The keeper may move us to another subnet; that one is never a peer.
+        own = lambda: self._own_key() or lease.key  # noqa: E731
+        for batch in manager.watch_leases(self.stop_event, exclude=own):
             first = not self.peers.synced.is_set()
             changed = self.peers.apply(batch)
             if first:

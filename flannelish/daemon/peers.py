@@ -14,8 +14,9 @@ peer's work, not a pass over every peer).
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from ipaddress import IPv4Network
+from typing import Any
 
 from flannelish.daemon.admission import AdmissionRules, check_lease
 from flannelish.kernel.resources import Skip
@@ -164,3 +165,16 @@ def _claim_text(claim: Hashable) -> str:
     if isinstance(claim, tuple) and len(claim) == 2:
         return f"{claim[0]} {claim[1]}"
     return str(claim)
+
+
+def skipped_report(
+    table: PeerTable, bad_leases: Iterable[Any], reconciler_skipped: Mapping[LeaseKey, Skip]
+) -> dict[str, tuple[str, str]]:
+    """Every peer lease not programmed: {lease key: (kind, reason)}; rejected at admission,
+    undecodable (bad values: never peers) or skipped by the backend."""
+    out = {str(k): (skip.kind, skip.reason) for k, (_, skip) in table.rejected().items()}
+    for bad in bad_leases:
+        out[str(bad.lease_key or bad.key)] = ("undecodable", bad.reason)
+    for key, skip in reconciler_skipped.items():
+        out[str(key)] = (skip.kind, skip.reason)
+    return out

@@ -232,3 +232,21 @@ def test_a_flannel_written_dual_stack_lease_is_programmed(daemons6, etcd6):
     wait_for(lambda: v6_state(a.host)["route"] == [], 5, what="removed")
     assert IPv4Network("10.244.250.0/24")  # (the IPv4 half goes too)
     assert "10.244.250.0" not in a.host.run("ip", "-4", "route", "show", "proto", "70").stdout
+
+
+HOSTGW_V6 = V6ONLY.replace('"vxlan"', '"host-gw"')
+
+
+def test_host_gw_over_ipv6_routes_via_public_ipv6(daemons6, netns_factory):
+    a, b = daemons6(2, HOSTGW_V6)
+    assert a.env()["FLANNEL_MTU"] == "1500"
+    want = [(str(subnet6(b)), str(b.host.ip6), "eth0")]
+
+    def routes() -> list:
+        out = a.host.run("ip", "-6", "-j", "route", "show", "proto", "70").stdout
+        return sorted((r["dst"], r.get("gateway"), r.get("dev")) for r in json.loads(out or "[]"))
+
+    wait_for(lambda: routes() == want, 10, what="host-gw IPv6 route")
+    pa = add_pod6(netns_factory, a.host, a, "pa", 1500)
+    add_pod6(netns_factory, b.host, b, "pb", 1500)
+    wait_for(lambda: ping(pa, subnet6(b).network_address + 2), 5, what="pod a -> pod b, host-gw")
