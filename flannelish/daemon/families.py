@@ -10,7 +10,8 @@ in an IPv6-only network).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from flannelish.backends.base import Backend, ExternalInterface
 from flannelish.daemon.admission import AdmissionRules
@@ -19,6 +20,7 @@ from flannelish.daemon.options import DaemonOptions
 from flannelish.kernel.netlink import Netlink
 from flannelish.subnet.config import NetworkConfig
 from flannelish.subnet.keys import LeaseKey
+from flannelish.subnet.lease import Lease
 from flannelish.subnet_env import SubnetEnv
 
 log = logging.getLogger("flannelish.daemon")
@@ -77,3 +79,27 @@ def subnet_env(config: NetworkConfig, key: LeaseKey, mtu: int, ipmasq: bool) -> 
         ipv6_network=config.ipv6_network if config.enable_ipv6 else None,
         ipv6_subnet=key.v6,
     )
+
+
+def family_report(
+    backend: Any, config: NetworkConfig | None, lease: Lease | None, programmed: Sequence[Lease]
+) -> tuple[dict[str, int], list[str], dict[str, str | None]]:
+    """For /status and /metrics: programmed peers per enabled family, the overlay devices
+    (VXLAN: one per family) and our lease's IPv6 half."""
+    v4 = config is None or config.enable_ipv4
+    v6 = config is not None and config.enable_ipv6
+    by_family = {}
+    if v4:
+        by_family["ipv4"] = sum(1 for p in programmed if p.key.v4 is not None)
+    if v6:
+        by_family["ipv6"] = sum(1 for p in programmed if p.key.v6 is not None)
+    devices = [d.name for d in getattr(backend, "devices", ())]
+    lease_v6: dict[str, str | None] = {}
+    if v6 and config is not None:
+        key = lease.key if lease is not None else None
+        lease_v6 = {
+            "ipv6_subnet": str(key.v6) if key is not None and key.v6 else None,
+            "ipv6_network": str(config.ipv6_network),
+            "public_ipv6": str(lease.attrs.public_ipv6) if lease is not None else None,
+        }
+    return by_family, devices, lease_v6

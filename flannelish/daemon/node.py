@@ -34,7 +34,7 @@ from flannelish.backends import get_backend_class
 from flannelish.backends.base import Backend, BackendContext, ExternalInterface
 from flannelish.cni.server import CniServer
 from flannelish.daemon.admission import AdmissionRules
-from flannelish.daemon.families import admission_rules, subnet_env, underlay_for
+from flannelish.daemon.families import admission_rules, family_report, subnet_env, underlay_for
 from flannelish.daemon.flanneld_flags import ensure_blackhole, seed_config
 from flannelish.daemon.identity import load_or_create
 from flannelish.daemon.loop import ReconcileLoop
@@ -430,6 +430,9 @@ class NodeDaemon:
             )
             known, _, skipped = self._peer_report()
             self.ops.on_pass(combined, known, skipped)
+            peers = self._programmed_peers()
+            report = family_report(self.backend, self._config, self.status.lease, peers)
+            self.ops.state.set_families(*report)
 
     def _lease_attrs(self) -> LeaseAttrs:
         """What we advertise: the backend's attributes and our node identity."""
