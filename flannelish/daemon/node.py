@@ -40,7 +40,7 @@ from flannelish.daemon.identity import load_or_create
 from flannelish.daemon.loop import ReconcileLoop
 from flannelish.daemon.monitors import start_monitors
 from flannelish.daemon.options import DaemonOptions, NodeStatus
-from flannelish.daemon.peers import PeerTable, skipped_report
+from flannelish.daemon.peers import PeerTable, deleted_entry_wanted, skipped_report
 from flannelish.daemon.reconciler import PassResult, Reconciler
 from flannelish.errors import ConfigError, FlannelishError
 from flannelish.kernel.netlink import Netlink
@@ -362,24 +362,8 @@ class NodeDaemon:
             self._closers.append(monitor.stop)
 
     def _deleted_entry_wanted(self, dst: IPv4Network | IPv4Address | str | None) -> bool:
-        """Whether a deleted route/neighbour/FDB entry belongs to a peer we still program.
-
-        Our own deletions (a lease removed, a MAC changed) come back as kernel
-        notifications too; by then the peer table no longer holds that peer
-        (or MAC), so they need no full pass.  A deletion of a current peer's
-        entry, or one the message does not identify, still triggers one.
-        """
-        if dst is None:
-            return True
-        if isinstance(dst, IPv4Network):
-            return self.peers.get(dst) is not None
-        if isinstance(dst, IPv4Address):
-            if self._config is None:
-                return True
-            subnet = IPv4Network((dst, self._config.subnet_len), strict=False)
-            # A VXLAN peer's neighbour is its subnet's first address; others are not ours.
-            return subnet.network_address != dst or self.peers.get(subnet) is not None
-        return self.peers.claimed(("vtep-mac", dst))  # an FDB entry: the vxlan backend's claim
+        subnet_len = self._config.subnet_len if self._config is not None else None
+        return deleted_entry_wanted(self.peers, subnet_len, dst)
 
     def _start_keeper(self, manager: SubnetManager, lease: Lease) -> None:
         from flannelish.subnet.keeper import LeaseKeeper

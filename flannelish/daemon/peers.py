@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Hashable, Iterable, Mapping
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import Any
 
 from flannelish.daemon.admission import AdmissionRules, check_lease
@@ -30,6 +30,7 @@ class PeerTable:
     ) -> None:
         self._lock = threading.Lock()
         self._peers: dict[LeaseKey, Lease] = {}  # admitted
+        self._subnets: dict[IPv4Network | IPv6Network, LeaseKey] = {}  # either half -> key
         self._rejected: dict[LeaseKey, tuple[Lease, Skip]] = {}
         self._holder: dict[Hashable, LeaseKey] = {}  # claim -> admitted subnet holding it
         self._held: dict[LeaseKey, tuple[Hashable, ...]] = {}  # admitted subnet -> its claims
@@ -46,6 +47,7 @@ class PeerTable:
             self.rules = rules
             leases = [*self._peers.values(), *(lease for lease, _ in self._rejected.values())]
             self._peers.clear()
+            self._subnets.clear()
             self._rejected.clear()
             self._holder.clear()
             self._held.clear()
@@ -94,6 +96,7 @@ class PeerTable:
             self._rejected[lease.key] = (lease, skip)
             return False
         self._peers[lease.key] = lease
+        self._subnets.update((s, lease.key) for s in (lease.key.v4, lease.key.v6) if s)
         self._held[lease.key] = tuple(claims)
         for claim in claims:
             self._holder[claim] = lease.key
@@ -101,7 +104,9 @@ class PeerTable:
 
     def _drop(self, subnet: LeaseKey) -> set[Hashable]:
         """Forget an admitted peer; returns the claims it held."""
-        self._peers.pop(subnet)
+        gone = self._peers.pop(subnet)
+        for half in (gone.key.v4, gone.key.v6):
+            self._subnets.pop(half, None)  # type: ignore[arg-type]
         freed = set(self._held.pop(subnet, ()))
         for claim in freed:
             del self._holder[claim]
@@ -137,6 +142,11 @@ class PeerTable:
     def get(self, key: LeaseKey | IPv4Network) -> Lease | None:
         with self._lock:
             return self._peers.get(as_key(key))
+
+    def holds_subnet(self, subnet: IPv4Network | IPv6Network) -> bool:
+        """Whether an admitted peer's lease has this IPv4 or IPv6 subnet (either half)."""
+        with self._lock:
+            return subnet in self._subnets
 
     def claimed(self, claim: Hashable) -> bool:
         """Whether an admitted peer holds this claim (e.g. a VTEP MAC)."""
@@ -178,3 +188,28 @@ def skipped_report(
     for key, skip in reconciler_skipped.items():
         out[str(key)] = (skip.kind, skip.reason)
     return out
+
+
+def deleted_entry_wanted(
+    table: PeerTable, subnet_len: int | None, dst: IPv4Network | IPv4Address | str | None
+) -> bool:
+    """Whether a deleted route/neighbour/FDB entry belongs to a peer we still program.
+
+    Our own deletions (a lease removed, a MAC changed) come back as kernel
+    notifications too; by then the peer table no longer holds that peer (or
+    MAC), so they need no full pass.  A deletion of a current peer's entry, or
+    one the message does not identify (IPv6 routes and neighbours: None),
+    still triggers one.
+    """
+    if dst is None:
+        return True
+    if isinstance(dst, IPv4Network):  # in dual-stack, the IPv4 half of a peer's key
+        return table.holds_subnet(dst)
+    if isinstance(dst, IPv4Address):
+        if subnet_len is None:
+            return True
+        subnet = IPv4Network((dst, subnet_len), strict=False)
+        # A VXLAN peer's neighbour is its subnet's first address; others are not ours.
+        return subnet.network_address != dst or table.holds_subnet(subnet)
+    # An FDB entry: the vxlan backend's claim (its IPv4 or its IPv6 device's MAC).
+    return table.claimed(("vtep-mac", dst)) or table.claimed(("vtep-mac-v6", dst))
