@@ -25,7 +25,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,9 +40,11 @@ class ExternalInterface:
 
     name: str
     index: int
-    address: IPv4Address  # the interface's own IPv4 address
+    address: IPv4Address  # the interface's own IPv4 address (0.0.0.0: none, IPv6-only)
     public_ip: IPv4Address  # what peers send to (differs from address behind NAT)
     mtu: int
+    address6: IPv6Address | None = None  # the interface's own global IPv6 address
+    public_ipv6: IPv6Address | None = None  # what IPv6 peers send to
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,22 @@ state against the kernel, so nothing depends on how a peer was judged before.
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Any
 
+from flannelish.kernel.netlink import AF_INET6
 
-def onlink_prefixes(netlink: Any, ifindex: int) -> list[IPv4Network]:
-    """The IPv4 prefixes configured on an interface: whose addresses are on its L2."""
+Prefix = IPv4Network | IPv6Network
+
+
+def onlink_prefixes(netlink: Any, ifindex: int) -> list[Prefix]:
+    """The IPv4 and global IPv6 prefixes configured on an interface: whose addresses
+    are on its L2 (fe80::/64 is on every link and says nothing about a peer)."""
+    addrs = list(netlink.addrs(ifindex)) + list(netlink.addrs(ifindex, AF_INET6))
     return [
-        IPv4Network(f"{a.address}/{a.prefixlen}", strict=False)
-        for a in netlink.addrs(ifindex)
-        if isinstance(a.address, IPv4Address)
+        ip_network(f"{a.address}/{a.prefixlen}", strict=False)
+        for a in addrs
+        if not a.address.is_link_local
     ]
 
 
@@ -35,11 +41,13 @@ class OnLink:
     def __init__(self, netlink: Any, ifindex: int) -> None:
         self._netlink = netlink
         self._ifindex = ifindex
-        self.prefixes: list[IPv4Network] = []
+        self.prefixes: list[Prefix] = []
 
-    def refresh(self) -> list[IPv4Network]:
+    def refresh(self) -> list[Prefix]:
         self.prefixes = onlink_prefixes(self._netlink, self._ifindex)
         return self.prefixes
 
     def __contains__(self, ip: object) -> bool:
-        return isinstance(ip, IPv4Address) and any(ip in prefix for prefix in self.prefixes)
+        if not isinstance(ip, IPv4Address | IPv6Address):
+            return False
+        return any(ip in prefix for prefix in self.prefixes if prefix.version == ip.version)

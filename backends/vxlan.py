@@ -1,4 +1,5 @@
-"""The VXLAN backend: one device, and per peer one neighbour, FDB entry and route.
+"""The VXLAN backend: one device per family, and per peer and family one neighbour,
+FDB entry and route.
 
 Design (docs/flannel-compat.md §7, with the upstream bugs listed there fixed):
 
@@ -29,109 +30,43 @@ Design (docs/flannel-compat.md §7, with the upstream bugs listed there fixed):
   between deletes the wrong kind of entry.  The option is the one backend
   setting applied live (:meth:`VxlanBackend.reconfigure`); the others shape
   the device and need a restart.
+* IPv6 (dual-stack or IPv6-only networks): the same on ``flannel-v6.<VNI>``
+  (backends/vxlan_device.py), whose tunnel runs over our IPv6 underlay
+  address (MTU: underlay - 70), its own stable MAC (``BackendV6Data``), the
+  address ``<our v6 subnet>::/128``; per peer: neigh ``S6::`` → M6, fdb M6 →
+  PublicIPv6, route ``S6 via S6:: dev flannel-v6.N onlink`` (metric 1024, what
+  the kernel reports for an IPv6 route written without one).  DirectRouting
+  applies per family.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, fields, replace
-from ipaddress import IPv4Address
-from pathlib import Path
+from dataclasses import fields, replace
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import Any
 
 from flannelish.backends.base import Backend, BackendContext
 from flannelish.backends.onlink import OnLink
+from flannelish.backends.vxlan_device import (
+    DEFAULT_PORT,
+    LIVE_OPTIONS,
+    OPTION_NAMES,
+    VxlanDevice,
+    VxlanOptions,
+)
 
-from flannelish.errors import ConfigError, KernelError
-from flannelish.kernel.mac import random_mac
-from flannelish.kernel.netlink import Addr, Fdb, Link, Neigh, Route, VxlanSpec
+from flannelish.errors import KernelError
+from flannelish.kernel.netlink import Fdb, Neigh, Route
 from flannelish.kernel.resources import FdbResource, NeighResource, Resource, RouteResource, Skip
 from flannelish.subnet.lease import Lease, LeaseAttrs, LeaseDecodeError, normalize_mac
 
 log = logging.getLogger("flannelish.vxlan")
 
-DEFAULT_PORT = 8472  # the Linux default, used by Flannel (not IANA's 4789)
-OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
-MIN_MTU = 68
+__all__ = ["DEFAULT_PORT", "VxlanBackend", "VxlanOptions"]
 
-# VxlanOptions field -> its name in the config's Backend section
-OPTION_NAMES = {
-    "vni": "VNI",
-    "port": "Port",
-    "mtu": "MTU",
-    "gbp": "GBP",
-    "learning": "Learning",
-    "direct_routing": "DirectRouting",
-}
-LIVE_OPTIONS = frozenset({"direct_routing"})  # applied without a restart
-
-
-@dataclass(frozen=True)
-class VxlanOptions:
-    vni: int = 1
-    port: int = 0  # 0 = default (8472)
-    mtu: int | None = None
-    gbp: bool = False
-    learning: bool = False
-    direct_routing: bool = False
-
-    @classmethod
-    def parse(cls, raw: dict[str, Any] | None) -> VxlanOptions:
-        """Backend section of the network config; keys match case-insensitively like Go."""
-        fields = {str(k).lower(): v for k, v in (raw or {}).items()}
-
-        def integer(key: str, name: str, low: int, high: int) -> int | None:
-            value = fields.get(key)
-            if value is None:
-                return None
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"Backend.{name} must be an integer", f"got {value!r}")
-            if not low <= value <= high:
-                raise ConfigError(f"Backend.{name} must be in {low}..{high}", f"got {value}")
-            return value
-
-        def boolean(key: str, name: str) -> bool:
-            value = fields.get(key, False)
-            if not isinstance(value, bool):
-                raise ConfigError(f"Backend.{name} must be true or false", f"got {value!r}")
-            return value
-
-        vni = integer("vni", "VNI", 0, (1 << 24) - 1)
-        port = integer("port", "Port", 0, 65535)
-        mtu = integer("mtu", "MTU", MIN_MTU + OVERHEAD, 65535)
-        return cls(
-            vni=1 if vni is None else vni,
-            port=port or 0,
-            mtu=mtu,
-            gbp=boolean("gbp", "GBP"),
-            learning=boolean("learning", "Learning"),
-            direct_routing=boolean("directrouting", "DirectRouting"),
-        )
-
-
-class MacStore:
-    """The VTEP MAC saved next to subnet.env, so a restarted daemon keeps it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> str | None:
-        try:
-            return normalize_mac(self.path.read_text().strip())
-        except (OSError, LeaseDecodeError):
-            return None
-
-    def save(self, mac: str) -> None:
-        try:
-            self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text(mac + "\n")
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            # Not fatal: the device keeps the MAC; only a rebuilt node loses it.
-            log.warning("cannot save VTEP MAC to %s: %s", self.path, exc.strerror)
+V6_METRIC = 1024  # the kernel's default metric of an IPv6 route
 
 
 class VxlanBackend(Backend):
@@ -140,161 +75,99 @@ class VxlanBackend(Backend):
     def __init__(self, ctx: BackendContext) -> None:
         super().__init__(ctx)
         self.options = VxlanOptions.parse(getattr(ctx.network, "backend", None))
-        self.name = f"flannel.{self.options.vni}"
         self.port = self.options.port or DEFAULT_PORT
-        base_mtu = self.options.mtu or ctx.ext.mtu
-        self._mtu = base_mtu - OVERHEAD
-        if self._mtu < MIN_MTU:
-            raise ConfigError(
-                f"VXLAN MTU would be {self._mtu} (underlay MTU {base_mtu} - {OVERHEAD})",
-                f"interface {ctx.ext.name} MTU is too small",
-            )
+        config, ext = ctx.network, ctx.ext
+        underlay = (ext.name, ext.index, ext.mtu)
         # Behind NAT the public IP is not ours; the tunnel must use the interface address.
-        self.local: IPv4Address = ctx.ext.address
-        self.macs = MacStore(ctx.state_dir / f"{self.name}.vtep-mac")
-        self.mac: str = ""
-        self.index: int | None = None
+        self.v4: VxlanDevice | None = None
+        self.v6: VxlanDevice | None = None
+        if getattr(config, "enable_ipv4", True):
+            self.v4 = VxlanDevice(ctx.netlink, self.options, ext.address, underlay, ctx.state_dir)
+        if getattr(config, "enable_ipv6", False):
+            local6 = ext.address6 or ext.public_ipv6
+            if local6 is None:
+                raise KernelError(f"interface {ext.name} has no IPv6 address for flannel-v6")
+            self.v6 = VxlanDevice(ctx.netlink, self.options, local6, underlay, ctx.state_dir)
+        self.devices = [d for d in (self.v4, self.v6) if d is not None]
+        primary = self.devices[0]
+        self.name = primary.name  # the device status and doctor report first
+        self.local = primary.local
         self.lease: Lease | None = None
-        self._onlink = OnLink(ctx.netlink, ctx.ext.index)
-        self._paths: dict[Any, str] = {}  # peer subnet -> "direct" | "vxlan" (DirectRouting)
+        self._onlink = OnLink(ctx.netlink, ext.index)
+        self._paths: dict[Any, str] = {}  # (peer, family) -> "direct" | "vxlan" (DirectRouting)
+        families = [d.family for d in self.devices]
         self._resources: list[Resource] = [
-            NeighResource(ctx.netlink, lambda: self.index),
-            FdbResource(ctx.netlink, lambda: self.index),
-            RouteResource(ctx.netlink),
+            NeighResource(ctx.netlink, lambda: self.index, lambda: self.index6),
+            FdbResource(ctx.netlink, lambda: self.index, lambda: self.index6),
+            RouteResource(ctx.netlink, families=families),
         ]
 
     @property
     def mtu(self) -> int:
-        return self._mtu
+        """The pods' MTU: the smaller tunnel's in dual-stack (pods get one MTU)."""
+        return min(d.mtu for d in self.devices)
+
+    @property
+    def mac(self) -> str:
+        return self.devices[0].mac
+
+    @property
+    def index(self) -> int | None:
+        return self.v4.index if self.v4 is not None else None
+
+    @property
+    def index6(self) -> int | None:
+        return self.v6.index if self.v6 is not None else None
+
+    @property
+    def device_indexes(self) -> set[int]:
+        return {d.index for d in self.devices if d.index is not None}
 
     @property
     def _nl(self) -> Any:
         return self.ctx.netlink
 
-    # -- device ----------------------------------------------------------------
-    def _compatible(self, link: Link) -> bool:
-        vx = link.vxlan
-        return (
-            link.kind == "vxlan"
-            and vx is not None
-            and vx.vni == self.options.vni
-            and vx.local == self.local
-            and vx.link == self.ctx.ext.index
-            and vx.port == self.port
-            and vx.learning == self.options.learning
-        )
-
-    def _spec(self) -> VxlanSpec:
-        return VxlanSpec(
-            name=self.name,
-            vni=self.options.vni,
-            local=self.local,
-            link=self.ctx.ext.index,
-            port=self.port,
-            mac=self.mac,
-            mtu=self._mtu,
-            learning=self.options.learning,
-            gbp=self.options.gbp,
-        )
-
+    # -- devices -----------------------------------------------------------------
     def setup(self) -> None:
         if self.options.direct_routing:
             self._onlink.refresh()
-        link = self._nl.link(self.name)
-        stored = self.macs.load()
-        if link is not None and self._compatible(link):
-            self.mac = link.mac
-            log.info("adopted existing device", extra={"dev": self.name, "mac": self.mac})
-            if stored != self.mac:
-                self.macs.save(self.mac)
-            self.index = link.index
-            self._fix_link(link)
-            return
-        # No saved MAC but our VNI's device from before (flanneld's, whose local
-        # address is the PublicIP behind NAT): keep its MAC, which peers know.
-        previous = link.mac if link is not None and self._same_vni(link) else None
-        self.mac = stored or previous or random_mac()
-        if stored is None:
-            self.macs.save(self.mac)
-        self._create(link)
-
-    def _same_vni(self, link: Link) -> bool:
-        vx = link.vxlan
-        return link.kind == "vxlan" and vx is not None and vx.vni == self.options.vni
-
-    def _create(self, old: Link | None) -> Link:
-        if old is not None:
-            log.info(
-                "deleting incompatible device",
-                extra={"op": "delete", "dev": old.name, "kind": old.kind or "?"},
-            )
-            self._nl.delete_link(old.index)
-        link = self._nl.create_vxlan(self._spec())
-        self.index = link.index
-        log.info(
-            "created device",
-            extra={
-                "op": "create",
-                "dev": self.name,
-                "vni": self.options.vni,
-                "local": self.local,
-                "underlay": self.ctx.ext.name,
-                "port": self.port,
-                "mtu": self._mtu,
-                "mac": self.mac,
-            },
-        )
-        return link
-
-    def _fix_link(self, link: Link, up: bool | None = None) -> None:
-        """Apply MTU and MAC to an adopted device (Flannel never updates them)."""
-        mtu = self._mtu if link.mtu != self._mtu else None
-        mac = self.mac if link.mac != self.mac else None
-        state = True if up and not link.up else None
-        if mtu is None and mac is None and state is None:
-            return
-        self._nl.set_link(link.index, mtu=mtu, mac=mac, up=state)
-        changed = {k: v for k, v in (("mtu", mtu), ("mac", mac), ("up", state)) if v is not None}
-        log.info("updated device", extra={"op": "set", "dev": self.name, **changed})
-
-    def _ensure_address(self) -> None:
-        if self.lease is None or self.index is None:
-            return
-        want = Addr(self.index, self.lease.subnet.network_address, 32)
-        network = getattr(self.ctx.network, "network", None)
-        for addr in self._nl.addrs(self.index):
-            if addr != want and (network is None or addr.address in network):
-                self._nl.del_addr(addr)
-                log.info("deleted address", extra={"op": "delete", "dev": self.name, **_a(addr)})
-        if want not in self._nl.addrs(self.index):
-            self._nl.add_addr(want)
-            log.info("added address", extra={"op": "add", "dev": self.name, **_a(want)})
+        for dev in self.devices:
+            dev.setup()
 
     def lease_attrs(self) -> LeaseAttrs:
+        ext = self.ctx.ext
+        v6 = self.v6
         return LeaseAttrs(
-            public_ip=self.ctx.ext.public_ip,
+            public_ip=ext.public_ip,
             backend_type=self.backend_type,
-            backend_data={"VNI": self.options.vni, "VtepMAC": self.mac},
+            backend_data={"VNI": self.options.vni, "VtepMAC": self.v4.mac} if self.v4 else None,
+            public_ipv6=ext.public_ipv6 if v6 is not None else None,
+            backend_v6_data={"VNI": self.options.vni, "VtepMAC": v6.mac} if v6 else None,
         )
+
+    def _subnets(self) -> list[tuple[VxlanDevice, Any, Any]]:
+        key = self.lease.key if self.lease is not None else None
+        config = self.ctx.network
+        out: list[tuple[VxlanDevice, Any, Any]] = []
+        if self.v4 is not None:
+            out.append((self.v4, key.v4 if key else None, getattr(config, "network", None)))
+        if self.v6 is not None:
+            out.append((self.v6, key.v6 if key else None, getattr(config, "ipv6_network", None)))
+        return out
 
     def bind_lease(self, lease: Lease) -> None:
         self.lease = lease
-        self._ensure_address()
-        link = self._nl.link(self.name)
-        if link is None:
-            raise KernelError(f"device {self.name} vanished during start-up")
-        self._fix_link(link, up=True)
+        for dev, subnet, network in self._subnets():
+            dev.ensure_address(subnet, network)
+            link = self._nl.link(dev.name)
+            if link is None:
+                raise KernelError(f"device {dev.name} vanished during start-up")
+            dev.fix_link(link, up=True)
 
     def ensure_base(self) -> bool:
-        link = self._nl.link(self.name)
         rebuilt = False
-        if link is None or not self._compatible(link):
-            log.warning("device %s missing or changed; rebuilding it", self.name)
-            link = self._create(link)
-            rebuilt = True
-        self.index = link.index
-        self._ensure_address()
-        self._fix_link(link, up=self.lease is not None)
+        for dev, subnet, network in self._subnets():
+            rebuilt |= dev.ensure(subnet, network)
         if self.options.direct_routing:
             self._onlink.refresh()  # the underlay may have been readdressed
         return rebuilt
@@ -332,8 +205,8 @@ class VxlanBackend(Backend):
             return options.mtu or self.ctx.ext.mtu
         return getattr(options, name)
 
-    def direct(self, ip: IPv4Address) -> bool:
-        """Would a peer with this PublicIP get a plain route (DirectRouting, on-link)?"""
+    def direct(self, ip: IPv4Address | IPv6Address) -> bool:
+        """Would a peer with this public address get a plain route (DirectRouting, on-link)?"""
         return self.options.direct_routing and ip in self._onlink
 
     # -- peers -------------------------------------------------------------------
@@ -346,68 +219,113 @@ class VxlanBackend(Backend):
             return Skip(
                 f"backend type {attrs.backend_type or 'none'!r}, we use vxlan", "backend-type"
             )
-        try:
-            mac = attrs.vtep_mac
-        except LeaseDecodeError as exc:
-            return Skip(f"invalid VtepMAC: {exc}", "vtep-mac")
-        if mac is None:
-            return Skip("lease has no VtepMAC", "vtep-mac")
-        if int(mac[:2], 16) & 1:
-            return Skip(f"VtepMAC {mac} is a multicast address", "vtep-mac")
-        # A misconfigured or cloned node must not hijack our own traffic.
-        if mac == self.mac:
-            return Skip(f"VtepMAC {mac} is our own", "vtep-mac")
-        if attrs.public_ip in (self.ctx.ext.public_ip, self.local):
-            return Skip(f"PublicIP {attrs.public_ip} is our own", "public-ip")
+        ext = self.ctx.ext
+        if self.v4 is not None and peer.key.v4 is not None:
+            skip = _check_mac(attrs.backend_data, "VtepMAC", self.v4.mac)
+            if skip is not None:
+                return skip
+            if attrs.public_ip in (ext.public_ip, self.v4.local):
+                return Skip(f"PublicIP {attrs.public_ip} is our own", "public-ip")
+        if self.v6 is not None and peer.key.v6 is not None:
+            skip = _check_mac(attrs.backend_v6_data, "BackendV6Data VtepMAC", self.v6.mac)
+            if skip is not None:
+                return skip
+            if attrs.public_ipv6 is None:
+                return Skip("lease has no PublicIPv6", "public-ip")
+            if attrs.public_ipv6 in (ext.public_ipv6, self.v6.local):
+                return Skip(f"PublicIPv6 {attrs.public_ipv6} is our own", "public-ip")
         return None
 
     def claims(self, peer: Lease) -> Sequence[Hashable]:
-        # One FDB entry per MAC: a second peer with the same MAC would steal the first's.
-        return (("vtep-mac", peer.attrs.vtep_mac),)
+        # One FDB entry per MAC and device: a second peer with the same MAC would steal it.
+        out: list[Hashable] = []
+        if self.v4 is not None and peer.key.v4 is not None:
+            out.append(("vtep-mac", peer.attrs.vtep_mac))
+        if self.v6 is not None and peer.key.v6 is not None:
+            out.append(("vtep-mac-v6", _mac(peer.attrs.backend_v6_data)))
+        return tuple(out)
 
     def plan(self, peer: Lease) -> Sequence[Any] | Skip:
-        attrs = peer.attrs
         skip = self.validate(peer)
         if skip is not None:
             return skip
-        mac = attrs.vtep_mac
-        assert mac is not None  # validate() checked it
-        if self.lease is not None and peer.subnet.overlaps(self.lease.subnet):
-            return Skip(f"subnet overlaps our lease {self.lease.subnet}", "overlap")
-        if self.direct(attrs.public_ip):
-            self._note_path(peer, "direct")
-            return (Route(peer.subnet, attrs.public_ip, self.ctx.ext.index),)
-        if self.index is None:
-            return Skip("device not present", "device")
-        if self.options.direct_routing:
-            self._note_path(peer, "vxlan")
-        gateway = peer.subnet.network_address
-        return (
-            Neigh(self.index, gateway, mac),
-            Fdb(self.index, mac, attrs.public_ip),
-            Route(peer.subnet, gateway, self.index, onlink=True),
-        )
+        key, attrs = peer.key, peer.attrs
+        own = self.lease.key if self.lease is not None else None
+        out: list[Any] = []
+        for dev, subnet, mine, data, remote in (
+            (self.v4, key.v4, own.v4 if own else None, attrs.backend_data, attrs.public_ip),
+            (self.v6, key.v6, own.v6 if own else None, attrs.backend_v6_data, attrs.public_ipv6),
+        ):
+            if dev is None or subnet is None or remote is None:
+                continue
+            if mine is not None and subnet.overlaps(mine):
+                return Skip(f"subnet overlaps our lease {mine}", "overlap")
+            metric = V6_METRIC if isinstance(subnet, IPv6Network) else None
+            if self.direct(remote):
+                self._note_path(peer, dev, remote, "direct")
+                out.append(Route(subnet, remote, self.ctx.ext.index, priority=metric))
+                continue
+            if dev.index is None:
+                return Skip(f"device {dev.name} not present", "device")
+            if self.options.direct_routing:
+                self._note_path(peer, dev, remote, "vxlan")
+            mac = _mac(data)
+            assert mac is not None  # validate() checked it
+            gateway = subnet.network_address
+            out += [
+                Neigh(dev.index, gateway, mac),
+                Fdb(dev.index, mac, remote),
+                Route(subnet, gateway, dev.index, onlink=True, priority=metric),
+            ]
+        return _ordered(out)
 
-    def _note_path(self, peer: Lease, path: str) -> None:
+    def _note_path(self, peer: Lease, dev: VxlanDevice, remote: Any, path: str) -> None:
         """With DirectRouting: one line whenever a peer moves between route and tunnel."""
-        previous = self._paths.get(peer.subnet)
+        slot = (peer.key, dev.family)
+        previous = self._paths.get(slot)
         if previous == path:
             return
-        self._paths[peer.subnet] = path
+        self._paths[slot] = path
         how = (
-            f"direct route via {peer.attrs.public_ip} dev {self.ctx.ext.name}"
+            f"direct route via {remote} dev {self.ctx.ext.name}"
             if path == "direct"
-            else f"VXLAN: PublicIP {peer.attrs.public_ip} is not on-link on {self.ctx.ext.name}"
+            else f"VXLAN: {'PublicIPv6' if dev.v6 else 'PublicIP'} {remote} is not on-link "
+            f"on {self.ctx.ext.name}"
         )
         # First sight: the reconciler's "set ..." line says it already; a change is news.
         log.log(
             logging.INFO if previous is not None else logging.DEBUG,
             "peer %s: %s",
-            peer.subnet,
+            peer.key,
             how,
-            extra={"peer": str(peer.subnet), "public_ip": str(peer.attrs.public_ip), "path": path},
+            extra={"peer": str(peer.key), "public_ip": str(remote), "path": path},
         )
 
 
-def _a(addr: Addr) -> dict[str, str]:
-    return {"address": f"{addr.address}/{addr.prefixlen}"}
+def _ordered(objects: list[Any]) -> tuple[Any, ...]:
+    """Neighbours, then FDB entries, then routes: a route never goes in before its gateway."""
+    rank = {Neigh: 0, Fdb: 1, Route: 2}
+    return tuple(sorted(objects, key=lambda o: rank[type(o)]))
+
+
+def _mac(data: dict[str, Any] | None) -> str | None:
+    mac = (data or {}).get("VtepMAC")
+    try:
+        return normalize_mac(mac) if isinstance(mac, str) else None
+    except LeaseDecodeError:
+        return None
+
+
+def _check_mac(data: dict[str, Any] | None, name: str, ours: str) -> Skip | None:
+    raw = (data or {}).get("VtepMAC")
+    if raw is None:
+        return Skip(f"lease has no {name}", "vtep-mac")
+    mac = _mac(data)
+    if mac is None:
+        return Skip(f"invalid {name}: {raw!r:.40}", "vtep-mac")
+    if int(mac[:2], 16) & 1:
+        return Skip(f"{name} {mac} is a multicast address", "vtep-mac")
+    # A misconfigured or cloned node must not hijack our own traffic.
+    if mac == ours:
+        return Skip(f"{name} {mac} is our own", "vtep-mac")
+    return None

@@ -201,3 +201,13 @@ def previous_subnet(path: str | os.PathLike[str]) -> IPv4Network | None:
     except ConfigError:
         return None
     return env.subnet if env else None
+
+
+def previous_subnets(path: str | os.PathLike[str]) -> tuple[IPv4Network | None, IPv6Network | None]:
+    """FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET of an earlier run, for re-acquiring the same
+    subnets; None for a family the file lacks or does not say usably."""
+    try:
+        env = read_subnet_env(path)
+    except ConfigError:
+        return None, None
+    return (env.subnet, env.ipv6_subnet) if env else (None, None)

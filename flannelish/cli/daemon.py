@@ -73,19 +73,12 @@ def _flanneld_options(command: Any) -> Any:
             envvar="FLANNELD_LOG_BACKTRACE_AT",
             help="Accepted for flanneld compatibility; no effect (klog stack traces).",
         ),
-        click.option(
-            "--public-ipv6",
-            default=None,
-            envvar="FLANNELD_PUBLIC_IPV6",
-            show_envvar=True,
-            help="Accepted for flanneld compatibility; not used yet (no IPv6 overlay).",
-        ),
     ]
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         names = ["kube_subnet_mgr", *(n.replace("-", "_") for n in KUBE_FLAGS)]
-        names += ["vmodule", "log_backtrace_at", "public_ipv6"]
+        names += ["vmodule", "log_backtrace_at"]
         kwargs["flanneld"] = {name: kwargs.pop(name) for name in names}
         return command(*args, **kwargs)
 
@@ -160,6 +153,12 @@ def _verbosity(v: int | None) -> None:
     envvar="FLANNELD_PUBLIC_IP",
     show_envvar=True,
     help="IPv4 address peers reach this node on (default: the interface address).",
+)
+@click.option(
+    "--public-ipv6",
+    envvar="FLANNELD_PUBLIC_IPV6",
+    show_envvar=True,
+    help="IPv6 address peers reach this node on (default: the interface's global IPv6 address).",
 )
 @subnet_file_option("Where subnet.env is written; the VTEP MAC and the CNI socket live next to it.")
 @click.option(
@@ -255,6 +254,7 @@ def daemon_command(
     iface_regex: tuple[str, ...],
     iface_can_reach: str | None,
     public_ip: str | None,
+    public_ipv6: str | None,
     subnet_file: Path,
     ip_masq: bool,
     ip_masq_fully_random_disable: bool,
@@ -313,6 +313,7 @@ def daemon_command(
         iface_regexes=list(iface_regex),
         iface_can_reach=iface_can_reach or None,
         public_ip=public_ip or None,
+        public_ipv6=public_ipv6 or None,
         ip_masq=ip_masq,
         renew_margin_minutes=subnet_lease_renew_margin,
         resync_seconds=resync_interval,
@@ -342,8 +343,6 @@ def _log_ignored(flanneld: dict[str, Any]) -> None:
     for name in ("vmodule", "log_backtrace_at"):
         if flanneld[name]:
             log.info("-%s has no effect in flannelish (a klog option)", name)
-    if flanneld["public_ipv6"]:
-        log.warning("--public-ipv6 is not used yet: flannelish programs the IPv4 overlay only")
 
 
 COMMANDS = [daemon_command]

@@ -153,9 +153,10 @@ def _print_table(leases: list[Lease], now: float) -> None:
     for column in ("subnet", "public IP", "backend", "VTEP MAC", "expires in", "reserved"):
         table.add_column(column)
     for lease in leases:
+        ip6 = lease.attrs.public_ipv6
         table.add_row(
-            str(lease.subnet),
-            str(lease.attrs.public_ip),
+            str(lease.key),  # both families: 10.5.34.0/24&fd00:0:0:22::/64
+            " ".join(str(x) for x in (lease.attrs.public_ip, ip6) if x is not None),
             lease.attrs.backend_type or "-",
             lease.attrs.vtep_mac or "-",
             "never" if lease.expiration is None else _duration(lease.expiration - now),

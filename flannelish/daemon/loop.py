@@ -9,9 +9,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from ipaddress import IPv4Network
 
 from flannelish.daemon.reconciler import PassResult, Reconciler
+from flannelish.subnet.keys import LeaseKey
 from flannelish.subnet.lease import Lease
 
 log = logging.getLogger("flannelish.reconciler")
@@ -39,7 +39,7 @@ class ReconcileLoop:
         on_pass: Callable[[PassResult], None] | None = None,
         ready: Callable[[], bool] = lambda: True,
         name: str = "reconciler",
-        lookup: Callable[[IPv4Network], Lease | None] | None = None,
+        lookup: Callable[[LeaseKey], Lease | None] | None = None,
     ) -> None:
         self.reconciler = reconciler
         self._peers = peers
@@ -50,7 +50,7 @@ class ReconcileLoop:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._pending: set[IPv4Network] = set()
+        self._pending: set[LeaseKey] = set()
         self._base_due = True
         self._full_due = False
         self._followup = False  # an apply left work for a full pass (1 s later)
@@ -70,7 +70,7 @@ class ReconcileLoop:
         self._full_due = True
         self._wake.set()
 
-    def notify(self, subnets: Iterable[IPv4Network]) -> None:
+    def notify(self, subnets: Iterable[LeaseKey]) -> None:
         """These peers changed: apply them (without a pass over the others)."""
         if self._lookup is None:
             self.trigger()

@@ -41,15 +41,15 @@ def start_monitors(
     """
 
     def relevant(change: Change) -> bool:
-        index = getattr(backend, "index", None)
+        indexes = getattr(backend, "device_indexes", None) or {getattr(backend, "index", None)}
         if change.type == 0:
             return True  # socket overrun: resync to be safe
         if change.type == RTM_DELROUTE:
             return change.proto == ROUTE_PROTO and still_wanted(change.dst)
         if change.type == RTM_DELNEIGH:
-            return index is not None and change.ifindex == index and still_wanted(change.dst)
+            return change.ifindex in indexes and still_wanted(change.dst)
         if change.type in (RTM_DELLINK, RTM_NEWLINK, RTM_DELADDR):
-            return index is not None and change.ifindex == index
+            return change.ifindex in indexes
         return False
 
     started: list[ChangeMonitor] = []

@@ -34,19 +34,20 @@ from flannelish.backends import get_backend_class
 from flannelish.backends.base import Backend, BackendContext, ExternalInterface
 from flannelish.cni.server import CniServer
 from flannelish.daemon.admission import AdmissionRules
+from flannelish.daemon.families import admission_rules, family_report, subnet_env, underlay_for
 from flannelish.daemon.flanneld_flags import ensure_blackhole, seed_config
 from flannelish.daemon.identity import load_or_create
-from flannelish.daemon.iface import select_interface
 from flannelish.daemon.loop import ReconcileLoop
 from flannelish.daemon.monitors import start_monitors
 from flannelish.daemon.options import DaemonOptions, NodeStatus
-from flannelish.daemon.peers import PeerTable
+from flannelish.daemon.peers import PeerTable, deleted_entry_wanted, skipped_report
 from flannelish.daemon.reconciler import PassResult, Reconciler
 from flannelish.errors import ConfigError, FlannelishError
 from flannelish.kernel.netlink import Netlink
 from flannelish.kernel.resources import Owner
+from flannelish.subnet.keys import LeaseKey
 from flannelish.subnet.lease import Lease, LeaseAttrs
-from flannelish.subnet_env import SubnetEnv, previous_subnet, write_subnet_env
+from flannelish.subnet_env import previous_subnets, write_subnet_env
 
 if TYPE_CHECKING:
     # For annotations only: at run time these are imported where they are used,
@@ -143,13 +144,6 @@ class NodeDaemon:
         opts = self.options
         self._preflight()
         nl = self._netlink = self._netlink or self._make_netlink()
-        ext = select_interface(
-            nl, opts.ifaces, opts.iface_regexes, opts.public_ip, opts.iface_can_reach
-        )
-        log.info(
-            "using interface",
-            extra={"iface": ext.name, "address": ext.address, "public_ip": ext.public_ip},
-        )
         if self._manager is None:
             self._manager = self._make_manager()
             registry = getattr(self._manager, "registry", None)
@@ -161,18 +155,12 @@ class NodeDaemon:
         config = manager.get_network_config(wait=True, stop=self.stop_event)
         if self.stop_event.is_set() or config is None:
             return
-        if not config.enable_ipv4 or config.network is None:
-            raise ConfigError(
-                "the network config has no IPv4 Network (EnableIPv4 is false)",
-                "IPv6-only overlays are not supported by flannelish yet",
-            )
-        if config.enable_ipv6:
-            log.warning("EnableIPv6 is set; only the IPv4 overlay is programmed")
+        ext = underlay_for(nl, opts, config)
         backend = self._make_backend(nl, ext, config)
         backend.setup()
         self._node_id = load_or_create(opts.subnet_file.parent)
-        lease = manager.acquire(self._lease_attrs(), previous_subnet(opts.subnet_file))
-        log.info("acquired lease", extra={"subnet": lease.subnet, "public_ip": ext.public_ip})
+        lease = manager.acquire(self._lease_attrs(), LeaseKey(*previous_subnets(opts.subnet_file)))
+        log.info("acquired lease", extra={"subnet": str(lease.key), "public_ip": ext.public_ip})
         self._bind(lease)
         self._ensure_blackhole()
         self._start_node_ops(manager, ext, config, lease)
@@ -194,12 +182,11 @@ class NodeDaemon:
             return
         from flannelish.node.ops import NodeOps
 
-        assert config.network is not None  # _start() refuses a config without one
         backend = self.backend
         registry = getattr(manager, "registry", None)
         self.ops = NodeOps(
             self.options.node_ops,
-            node=str(ext.public_ip),
+            node=str(ext.public_ip if config.enable_ipv4 else ext.public_ipv6),
             backend=config.backend_type,
             device=getattr(backend, "name", None),
             etcd_probe=(lambda: registry.get_config()) if registry is not None else None,
@@ -231,36 +218,22 @@ class NodeDaemon:
         self.backend.bind_lease(lease)
         self.status.lease = lease
         if self.peers.rules is None:
-            self.peers.own_subnet = lease.subnet
+            self.peers.own_subnet = lease.key
             self.peers.set_rules(self._admission_rules(self.backend))
         else:
-            self.peers.set_own_subnet(lease.subnet)
+            self.peers.set_own_subnet(lease.key)
 
     def _admission_rules(self, backend: Backend) -> AdmissionRules:
-        ext, config = backend.ctx.ext, self._config
-        # _make_backend() stored the config and _start() refused one without a Network.
-        assert config is not None and config.network is not None
+        assert self._config is not None  # _make_backend() stored it
+        return admission_rules(self._config, backend, self._own_key)
 
-        def own_subnet() -> IPv4Network | None:
-            return self.status.lease.subnet if self.status.lease is not None else None
-
-        return AdmissionRules(
-            network=config.network,
-            subnet_len=config.subnet_len,
-            own_ips=frozenset({ext.public_ip, ext.address}),
-            own_subnet=own_subnet,
-            validate=backend.validate,
-            claims=backend.claims,
-        )
+    def _own_key(self) -> LeaseKey | None:
+        return self.status.lease.key if self.status.lease is not None else None
 
     def _write_subnet_env(self, config: NetworkConfig) -> None:
         assert self.backend is not None and self.status.lease is not None
-        env = SubnetEnv(
-            network=config.network if config.enable_ipv4 else None,
-            subnet=self.status.lease.subnet,
-            mtu=self.backend.mtu,
-            ipmasq=self.options.ip_masq,
-        )
+        key, mtu = self.status.lease.key, self.backend.mtu
+        env = subnet_env(config, key, mtu, self.options.ip_masq)
         write_subnet_env(self.options.subnet_file, env)
         self.status.subnet_env_written = True
         if self.ops is not None:
@@ -329,7 +302,7 @@ class NodeDaemon:
     def _programmed_peers(self) -> list[Lease]:
         """Admitted peers the backend did not skip (the anti-spoof set lists only those)."""
         skipped = self.loop.reconciler.skipped if self.loop is not None else {}
-        return [p for p in self.peers.snapshot() if p.subnet not in skipped]
+        return [p for p in self.peers.snapshot() if p.key not in skipped]
 
     def _peer_report(self) -> tuple[int, int, dict[str, tuple[str, str]]]:
         """(leases known, peers programmed, {subnet: (kind, reason)} of the others)."""
@@ -341,14 +314,9 @@ class NodeDaemon:
 
     def skipped_peers(self) -> dict[str, tuple[str, str]]:
         """Every peer lease not programmed: {subnet: (kind, reason)}."""
-        out = {str(s): (skip.kind, skip.reason) for s, (_, skip) in self.peers.rejected().items()}
         registry = getattr(self._manager, "registry", None)
-        for bad in getattr(registry, "bad_leases", ()):  # undecodable values: never peers
-            out[str(bad.subnet or bad.key)] = ("undecodable", bad.reason)
-        if self.loop is not None:
-            for subnet, skip in self.loop.reconciler.skipped.items():
-                out[str(subnet)] = (skip.kind, skip.reason)
-        return out
+        skipped = self.loop.reconciler.skipped if self.loop is not None else {}
+        return skipped_report(self.peers, getattr(registry, "bad_leases", ()), skipped)
 
     def _trigger_all(self, check_base: bool = False) -> None:
         for loop in self.loops:
@@ -368,12 +336,9 @@ class NodeDaemon:
         self._threads.append(thread)
 
     def _watch(self, manager: SubnetManager, lease: Lease) -> None:
-        def own_subnet() -> IPv4Network:
-            # The keeper may move us to another subnet; that one is never a peer.
-            current = self.status.lease or lease
-            return current.subnet
-
-        for batch in manager.watch_leases(self.stop_event, exclude=own_subnet):
+        # The keeper may move us to another subnet; that one is never a peer.
+        own = lambda: self._own_key() or lease.key  # noqa: E731
+        for batch in manager.watch_leases(self.stop_event, exclude=own):
             first = not self.peers.synced.is_set()
             changed = self.peers.apply(batch)
             if first:
@@ -397,24 +362,8 @@ class NodeDaemon:
             self._closers.append(monitor.stop)
 
     def _deleted_entry_wanted(self, dst: IPv4Network | IPv4Address | str | None) -> bool:
-        """Whether a deleted route/neighbour/FDB entry belongs to a peer we still program.
-
-        Our own deletions (a lease removed, a MAC changed) come back as kernel
-        notifications too; by then the peer table no longer holds that peer
-        (or MAC), so they need no full pass.  A deletion of a current peer's
-        entry, or one the message does not identify, still triggers one.
-        """
-        if dst is None:
-            return True
-        if isinstance(dst, IPv4Network):
-            return self.peers.get(dst) is not None
-        if isinstance(dst, IPv4Address):
-            if self._config is None:
-                return True
-            subnet = IPv4Network((dst, self._config.subnet_len), strict=False)
-            # A VXLAN peer's neighbour is its subnet's first address; others are not ours.
-            return subnet.network_address != dst or self.peers.get(subnet) is not None
-        return self.peers.claimed(("vtep-mac", dst))  # an FDB entry: the vxlan backend's claim
+        subnet_len = self._config.subnet_len if self._config is not None else None
+        return deleted_entry_wanted(self.peers, subnet_len, dst)
 
     def _start_keeper(self, manager: SubnetManager, lease: Lease) -> None:
         from flannelish.subnet.keeper import LeaseKeeper
@@ -439,9 +388,9 @@ class NodeDaemon:
 
     def _lease_changed(self, lease: Lease) -> None:
         old = self.status.lease
-        if old is not None and old.subnet != lease.subnet:
+        if old is not None and old.key != lease.key:
             log.warning(
-                "lease moved to another subnet", extra={"old": old.subnet, "new": lease.subnet}
+                "lease moved to another subnet", extra={"old": str(old.key), "new": str(lease.key)}
             )
             self._bind(lease)
             assert self._config is not None  # set before the keeper that calls us starts
@@ -465,6 +414,9 @@ class NodeDaemon:
             )
             known, _, skipped = self._peer_report()
             self.ops.on_pass(combined, known, skipped)
+            peers = self._programmed_peers()
+            report = family_report(self.backend, self._config, self.status.lease, peers)
+            self.ops.state.set_families(*report)
 
     def _lease_attrs(self) -> LeaseAttrs:
         """What we advertise: the backend's attributes and our node identity."""
@@ -487,7 +439,7 @@ class NodeDaemon:
         if attrs != lease.attrs and attrs != self._advertised and self._manager is not None:
             self._advertised = attrs
             # The device was rebuilt with different attributes: advertise them.
-            log.info("advertising new backend attributes", extra={"subnet": lease.subnet})
+            log.info("advertising new backend attributes", extra={"subnet": str(lease.key)})
             try:
                 self.status.lease = self._manager.renew(dataclasses.replace(lease, attrs=attrs))
             except FlannelishError as exc:

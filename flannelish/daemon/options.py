@@ -25,6 +25,7 @@ class DaemonOptions:
     iface_regexes: list[str] = field(default_factory=list)
     iface_can_reach: str | None = None
     public_ip: str | None = None
+    public_ipv6: str | None = None
     ip_masq: bool = False
     renew_margin_minutes: int = 60
     resync_seconds: float = 10.0

@@ -14,24 +14,27 @@ peer's work, not a pass over every peer).
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Iterable
-from ipaddress import IPv4Network
+from collections.abc import Hashable, Iterable, Mapping
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from typing import Any
 
 from flannelish.daemon.admission import AdmissionRules, check_lease
 from flannelish.kernel.resources import Skip
+from flannelish.subnet.keys import LeaseKey, as_key
 from flannelish.subnet.lease import Event, EventType, Lease
 
 
 class PeerTable:
     def __init__(
-        self, own_subnet: IPv4Network | None = None, rules: AdmissionRules | None = None
+        self, own_subnet: LeaseKey | IPv4Network | None = None, rules: AdmissionRules | None = None
     ) -> None:
         self._lock = threading.Lock()
-        self._peers: dict[IPv4Network, Lease] = {}  # admitted
-        self._rejected: dict[IPv4Network, tuple[Lease, Skip]] = {}
-        self._holder: dict[Hashable, IPv4Network] = {}  # claim -> admitted subnet holding it
-        self._held: dict[IPv4Network, tuple[Hashable, ...]] = {}  # admitted subnet -> its claims
-        self.own_subnet = own_subnet
+        self._peers: dict[LeaseKey, Lease] = {}  # admitted
+        self._subnets: dict[IPv4Network | IPv6Network, LeaseKey] = {}  # either half -> key
+        self._rejected: dict[LeaseKey, tuple[Lease, Skip]] = {}
+        self._holder: dict[Hashable, LeaseKey] = {}  # claim -> admitted subnet holding it
+        self._held: dict[LeaseKey, tuple[Hashable, ...]] = {}  # admitted subnet -> its claims
+        self.own_subnet = as_key(own_subnet) if own_subnet is not None else None
         self.rules = rules
         # Set once the watch's first batch (the snapshot) is in.  Before that an
         # empty table means "not known yet", not "no peers": reconciling then
@@ -44,23 +47,24 @@ class PeerTable:
             self.rules = rules
             leases = [*self._peers.values(), *(lease for lease, _ in self._rejected.values())]
             self._peers.clear()
+            self._subnets.clear()
             self._rejected.clear()
             self._holder.clear()
             self._held.clear()
             for lease in sorted(leases, key=_age):
                 self._admit(lease)
 
-    def apply(self, events: Iterable[Event]) -> set[IPv4Network]:
+    def apply(self, events: Iterable[Event]) -> set[LeaseKey]:
         """Apply a batch; returns the subnets whose admitted lease was added, changed or removed.
 
         The first batch (the snapshot) always counts as a change of the table.
         """
-        changed: set[IPv4Network] = set()
+        changed: set[LeaseKey] = set()
         with self._lock:
             batch = list(events)
             # Older leases first, so the older holder of a claim keeps it.
             for event in sorted(batch, key=lambda e: _age(e.lease)):
-                subnet = event.lease.subnet
+                subnet = event.lease.key
                 if subnet == self.own_subnet:
                     continue
                 if event.type is EventType.REMOVED:
@@ -85,27 +89,30 @@ class PeerTable:
         claims = rules.claims(lease) if rules is not None and skip is None else ()
         for claim in claims:
             holder = self._holder.get(claim)
-            if holder is not None and holder != lease.subnet:
+            if holder is not None and holder != lease.key:
                 skip = Skip(f"{_claim_text(claim)} is already used by peer {holder}", "duplicate")
                 break
         if skip is not None:
-            self._rejected[lease.subnet] = (lease, skip)
+            self._rejected[lease.key] = (lease, skip)
             return False
-        self._peers[lease.subnet] = lease
-        self._held[lease.subnet] = tuple(claims)
+        self._peers[lease.key] = lease
+        self._subnets.update((s, lease.key) for s in (lease.key.v4, lease.key.v6) if s)
+        self._held[lease.key] = tuple(claims)
         for claim in claims:
-            self._holder[claim] = lease.subnet
+            self._holder[claim] = lease.key
         return True
 
-    def _drop(self, subnet: IPv4Network) -> set[Hashable]:
+    def _drop(self, subnet: LeaseKey) -> set[Hashable]:
         """Forget an admitted peer; returns the claims it held."""
-        self._peers.pop(subnet)
+        gone = self._peers.pop(subnet)
+        for half in (gone.key.v4, gone.key.v6):
+            self._subnets.pop(half, None)  # type: ignore[arg-type]
         freed = set(self._held.pop(subnet, ()))
         for claim in freed:
             del self._holder[claim]
         return freed
 
-    def _wake(self, freed: set[Hashable]) -> set[IPv4Network]:
+    def _wake(self, freed: set[Hashable]) -> set[LeaseKey]:
         """Peers rejected for a claim that is free now get another chance."""
         rules = self.rules
         if not freed or rules is None:
@@ -117,12 +124,13 @@ class PeerTable:
         ]
         admitted = set()
         for lease in sorted(waiting, key=_age):
-            del self._rejected[lease.subnet]
+            del self._rejected[lease.key]
             if self._admit(lease):
-                admitted.add(lease.subnet)
+                admitted.add(lease.key)
         return admitted
 
-    def set_own_subnet(self, subnet: IPv4Network) -> None:
+    def set_own_subnet(self, own: LeaseKey | IPv4Network) -> None:
+        subnet = as_key(own)
         with self._lock:
             self.own_subnet = subnet
             if subnet in self._peers:
@@ -131,9 +139,14 @@ class PeerTable:
         if self.rules is not None:  # overlap checks depend on our subnet
             self.set_rules(self.rules)
 
-    def get(self, subnet: IPv4Network) -> Lease | None:
+    def get(self, key: LeaseKey | IPv4Network) -> Lease | None:
         with self._lock:
-            return self._peers.get(subnet)
+            return self._peers.get(as_key(key))
+
+    def holds_subnet(self, subnet: IPv4Network | IPv6Network) -> bool:
+        """Whether an admitted peer's lease has this IPv4 or IPv6 subnet (either half)."""
+        with self._lock:
+            return subnet in self._subnets
 
     def claimed(self, claim: Hashable) -> bool:
         """Whether an admitted peer holds this claim (e.g. a VTEP MAC)."""
@@ -144,7 +157,7 @@ class PeerTable:
         with self._lock:
             return list(self._peers.values())
 
-    def rejected(self) -> dict[IPv4Network, tuple[Lease, Skip]]:
+    def rejected(self) -> dict[LeaseKey, tuple[Lease, Skip]]:
         with self._lock:
             return dict(self._rejected)
 
@@ -153,12 +166,50 @@ class PeerTable:
             return len(self._peers)
 
 
-def _age(lease: Lease) -> tuple[int, int]:
+def _age(lease: Lease) -> tuple[int, tuple[int, int]]:
     # mod_revision 0 means unknown (in-memory registries): keep batch order stable.
-    return (lease.mod_revision or 0, int(lease.subnet.network_address))
+    return (lease.mod_revision or 0, lease.key.order)
 
 
 def _claim_text(claim: Hashable) -> str:
     if isinstance(claim, tuple) and len(claim) == 2:
         return f"{claim[0]} {claim[1]}"
     return str(claim)
+
+
+def skipped_report(
+    table: PeerTable, bad_leases: Iterable[Any], reconciler_skipped: Mapping[LeaseKey, Skip]
+) -> dict[str, tuple[str, str]]:
+    """Every peer lease not programmed: {lease key: (kind, reason)}; rejected at admission,
+    undecodable (bad values: never peers) or skipped by the backend."""
+    out = {str(k): (skip.kind, skip.reason) for k, (_, skip) in table.rejected().items()}
+    for bad in bad_leases:
+        out[str(bad.lease_key or bad.key)] = ("undecodable", bad.reason)
+    for key, skip in reconciler_skipped.items():
+        out[str(key)] = (skip.kind, skip.reason)
+    return out
+
+
+def deleted_entry_wanted(
+    table: PeerTable, subnet_len: int | None, dst: IPv4Network | IPv4Address | str | None
+) -> bool:
+    """Whether a deleted route/neighbour/FDB entry belongs to a peer we still program.
+
+    Our own deletions (a lease removed, a MAC changed) come back as kernel
+    notifications too; by then the peer table no longer holds that peer (or
+    MAC), so they need no full pass.  A deletion of a current peer's entry, or
+    one the message does not identify (IPv6 routes and neighbours: None),
+    still triggers one.
+    """
+    if dst is None:
+        return True
+    if isinstance(dst, IPv4Network):  # in dual-stack, the IPv4 half of a peer's key
+        return table.holds_subnet(dst)
+    if isinstance(dst, IPv4Address):
+        if subnet_len is None:
+            return True
+        subnet = IPv4Network((dst, subnet_len), strict=False)
+        # A VXLAN peer's neighbour is its subnet's first address; others are not ours.
+        return subnet.network_address != dst or table.holds_subnet(subnet)
+    # An FDB entry: the vxlan backend's claim (its IPv4 or its IPv6 device's MAC).
+    return table.claimed(("vtep-mac", dst)) or table.claimed(("vtep-mac-v6", dst))

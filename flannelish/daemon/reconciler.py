@@ -36,13 +36,13 @@ import logging
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
 from typing import Any
 
 from flannelish.daemon.diff import describe, diff
 from flannelish.errors import KernelError
 from flannelish.kernel.netlink import RouteExists
 from flannelish.kernel.resources import Owner, Resource, Skip
+from flannelish.subnet.keys import LeaseKey
 from flannelish.subnet.lease import Lease
 
 log = logging.getLogger("flannelish.reconciler")
@@ -68,8 +68,8 @@ Slot = tuple[str, Hashable]  # (resource kind, key): one kernel slot
 class _OwnerState:
     # What we last wrote per peer and know to be in the kernel (the per-event
     # path diffs against this instead of dumping the kernel).
-    programmed: dict[IPv4Network, tuple[Any, ...]] = field(default_factory=dict)
-    skipped: dict[IPv4Network, Skip] = field(default_factory=dict)
+    programmed: dict[LeaseKey, tuple[Any, ...]] = field(default_factory=dict)
+    skipped: dict[LeaseKey, Skip] = field(default_factory=dict)
 
 
 class Reconciler:
@@ -96,19 +96,19 @@ class Reconciler:
     def __init__(self, owners: Sequence[Owner]) -> None:
         self.owners = list(owners)
         self._state = [_OwnerState() for _ in self.owners]
-        self._skip_logged: dict[IPv4Network, tuple[str, Any]] = {}
+        self._skip_logged: dict[LeaseKey, tuple[str, Any]] = {}
         self._touched: set[Slot] | None = None  # slots events changed during a full pass
-        self._touched_peers: set[IPv4Network] = set()
+        self._touched_peers: set[LeaseKey] = set()
 
     @property
-    def skipped(self) -> dict[IPv4Network, Skip]:
+    def skipped(self) -> dict[LeaseKey, Skip]:
         """Peers some owner does not program, with the reason."""
-        out: dict[IPv4Network, Skip] = {}
+        out: dict[LeaseKey, Skip] = {}
         for state in self._state:
             out.update(state.skipped)
         return out
 
-    def programmed(self, owner_index: int = 0) -> dict[IPv4Network, tuple[Any, ...]]:
+    def programmed(self, owner_index: int = 0) -> dict[LeaseKey, tuple[Any, ...]]:
         return dict(self._state[owner_index].programmed)
 
     # -- full pass ----------------------------------------------------------------
@@ -148,16 +148,16 @@ class Reconciler:
     ) -> None:
         resources = owner.resources()
         groups: list[tuple[Any, ...]] = []
-        subnets: list[IPv4Network] = []
-        skipped: dict[IPv4Network, Skip] = {}
+        subnets: list[LeaseKey] = []
+        skipped: dict[LeaseKey, Skip] = {}
         for i, peer in enumerate(peers):
             planned = owner.plan(peer)
             if isinstance(planned, Skip):
-                skipped[peer.subnet] = planned
+                skipped[peer.key] = planned
                 self._log_skip(peer, planned)
             else:
                 groups.append(tuple(planned))
-                subnets.append(peer.subnet)
+                subnets.append(peer.key)
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 between()
         actual: dict[str, Sequence[Any]] = {}
@@ -175,7 +175,7 @@ class Reconciler:
         between()
         by_type = {r.record: r for r in resources}
         owned = {(r.kind, r.key(o)) for r in resources for o in actual.get(r.kind, ())}
-        failed: set[IPv4Network] = set()
+        failed: set[LeaseKey] = set()
         early = list(zip(plan.early_peers, plan.early, strict=True))
         self._apply_groups(early, by_type, owned, subnets, groups, failed, skipped, result, between)
         for n, obj in enumerate(plan.remove):
@@ -219,10 +219,10 @@ class Reconciler:
         todo: Sequence[tuple[int, Sequence[Any]]],
         by_type: Mapping[type, Resource],
         owned: set[Slot],
-        subnets: Sequence[IPv4Network],
+        subnets: Sequence[LeaseKey],
         groups: Sequence[Sequence[Any]],
-        failed: set[IPv4Network],
-        skipped: dict[IPv4Network, Skip],
+        failed: set[LeaseKey],
+        skipped: dict[LeaseKey, Skip],
         result: PassResult,
         between: Callable[[], object],
     ) -> None:
@@ -284,7 +284,7 @@ class Reconciler:
 
     # -- per-event path -------------------------------------------------------------
     def apply_peers(
-        self, subnets: Iterable[IPv4Network], lookup: Callable[[IPv4Network], Lease | None]
+        self, subnets: Iterable[LeaseKey], lookup: Callable[[LeaseKey], Lease | None]
     ) -> PassResult:
         """Program exactly these peers (added, changed or removed) against what we last wrote."""
         started = time.monotonic()
@@ -301,7 +301,7 @@ class Reconciler:
         self,
         owner: Owner,
         state: _OwnerState,
-        subnet: IPv4Network,
+        subnet: LeaseKey,
         peer: Lease | None,
         by_type: Mapping[type, Resource],
         result: PassResult,
@@ -371,11 +371,11 @@ class Reconciler:
     def _log_skip(self, peer: Lease, skip: Skip) -> None:
         # Once per peer and attributes, not once per resync.
         marker = (skip.reason, peer.attrs)
-        if self._skip_logged.get(peer.subnet) != marker:
-            self._skip_logged[peer.subnet] = marker
-            log.warning("peer %s skipped: %s", peer.subnet, skip.reason)
+        if self._skip_logged.get(peer.key) != marker:
+            self._skip_logged[peer.key] = marker
+            log.warning("peer %s skipped: %s", peer.key, skip.reason)
 
-    def _log_skip_subnet(self, subnet: IPv4Network, group: Sequence[Any], skip: Skip) -> None:
+    def _log_skip_subnet(self, subnet: LeaseKey, group: Sequence[Any], skip: Skip) -> None:
         marker = (skip.reason, tuple(group))
         if self._skip_logged.get(subnet) != marker:
             self._skip_logged[subnet] = marker

@@ -33,6 +33,8 @@ from flannelish.kernel.rtnl import (
     RTM_NEWNEIGH,
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV4_ROUTE,
+    RTMGRP_IPV6_IFADDR,
+    RTMGRP_IPV6_ROUTE,
     RTMGRP_LINK,
     RTMGRP_NEIGH,
     RTMSG,
@@ -143,6 +145,7 @@ class ChangeMonitor:
         with in_netns(netns):
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
         groups = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
+        groups |= RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
         if nftables:
             groups = 1 << (NFNLGRP_NFTABLES - 1)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)

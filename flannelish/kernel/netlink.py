@@ -119,7 +119,7 @@ def record_fields(obj: Any) -> tuple[str, ...]:
 @record
 class VxlanInfo:
     vni: int
-    local: IPv4Address | None
+    local: IPAddress | None  # IPv4 (IFLA_VXLAN_LOCAL) or IPv6 (IFLA_VXLAN_LOCAL6)
     link: int | None  # index of the underlay device
     port: int
     learning: bool = False
@@ -148,10 +148,10 @@ class Addr:
 
 @record
 class Neigh:
-    """A permanent IPv4 neighbour entry (ip neigh ... nud permanent)."""
+    """A permanent IPv4 or IPv6 neighbour entry (ip neigh ... nud permanent)."""
 
     ifindex: int
-    ip: IPv4Address
+    ip: IPAddress
     mac: str
 
 
@@ -161,7 +161,7 @@ class Fdb:
 
     ifindex: int
     mac: str
-    dst: IPv4Address
+    dst: IPAddress  # the remote VTEP, IPv4 or IPv6
 
 
 @record
@@ -190,7 +190,7 @@ class VxlanSpec:
 
     name: str
     vni: int
-    local: IPv4Address
+    local: IPAddress  # its family is the tunnel's (outer) family
     link: int
     port: int
     mac: str
@@ -246,7 +246,7 @@ class Netlink(Protocol):
     def route_lookup(self, ip: IPv4Address) -> tuple[int, IPv4Address | None] | None: ...
     def replace_blackhole(self, dst: IPv4Network) -> None: ...  # ours, lowest preference
     def del_blackhole(self, dst: IPv4Network) -> None: ...
-    def default_route_oif(self) -> int | None: ...
+    def default_route_oif(self, family: int = AF_INET) -> int | None: ...
     def add_route(self, route: Route) -> None: ...  # RouteExists: never replaces
     def replace_route(self, route: Route) -> None: ...
     def del_route(self, route: Route) -> None: ...

@@ -64,6 +64,9 @@ REPLACE = NLM_F_CREATE | NLM_F_REPLACE  # create or overwrite
 _GONE = (errno.ENODEV, errno.ENOENT)  # what a lookup of a missing link returns
 
 
+AF_UNSPEC = 0  # a neighbour dump of both the ARP and the ND table
+
+
 def _address(raw: bytes) -> IPAddress:
     return IPv4Address(raw) if len(raw) == 4 else IPv6Address(raw)
 
@@ -109,13 +112,13 @@ class RawNetlink:
         kind, data = msg.linkinfo()
         vxlan = None
         if kind == "vxlan":
-            local = data.get(rtnl.IFLA_VXLAN_LOCAL)
+            local = data.get(rtnl.IFLA_VXLAN_LOCAL) or data.get(rtnl.IFLA_VXLAN_LOCAL6)
             link = data.get(rtnl.IFLA_VXLAN_LINK)
             port = data.get(rtnl.IFLA_VXLAN_PORT)
             vni = data.get(rtnl.IFLA_VXLAN_ID)
             vxlan = VxlanInfo(
                 vni=struct.unpack("=I", vni)[0] if vni else 0,
-                local=IPv4Address(local) if local and len(local) == 4 else None,
+                local=_address(local) if local and len(local) in (4, 16) else None,
                 link=struct.unpack("=I", link)[0] if link else None,
                 port=struct.unpack("!H", port)[0] if port else 0,  # network byte order
                 learning=bool(data.get(rtnl.IFLA_VXLAN_LEARNING, b"\0")[0]),
@@ -172,7 +175,10 @@ class RawNetlink:
             rtnl.IFLA_INFO_DATA,
             u32(rtnl.IFLA_VXLAN_ID, spec.vni),
             u32(rtnl.IFLA_VXLAN_LINK, spec.link),
-            attr(rtnl.IFLA_VXLAN_LOCAL, spec.local.packed),
+            attr(
+                rtnl.IFLA_VXLAN_LOCAL6 if spec.local.version == 6 else rtnl.IFLA_VXLAN_LOCAL,
+                spec.local.packed,
+            ),
             attr(rtnl.IFLA_VXLAN_LEARNING, bytes([int(spec.learning)])),
             attr(rtnl.IFLA_VXLAN_PORT, struct.pack("!H", spec.port)),  # network byte order
             attr(rtnl.IFLA_VXLAN_GBP, b"") if spec.gbp else b"",
@@ -381,8 +387,8 @@ class RawNetlink:
         with self._raw("blackhole route del", dst, missing_ok=True):
             self._rtnl.request(rtnl.RTM_DELROUTE, self._blackhole_body(dst))
 
-    def default_route_oif(self) -> int | None:
-        for m in self._route_msgs(AF_INET):
+    def default_route_oif(self, family: int = AF_INET) -> int | None:
+        for m in self._route_msgs(family):
             if m.dst_len == 0 and m.table == MAIN_TABLE and rtnl.RTA_OIF in m.attrs:
                 return int(struct.unpack("=i", m.attrs[rtnl.RTA_OIF])[0])
         return None
@@ -441,36 +447,39 @@ class RawNetlink:
         self._rtnl.request(mtype, body, flags)
 
     def neighs(self, ifindex: int) -> list[Neigh]:
-        body = rtnl.NDMSG.pack(AF_INET, 0, 0, 0, 0)
+        """Permanent IPv4 and IPv6 neighbours of one device (one dump: ARP and ND tables)."""
+        body = rtnl.NDMSG.pack(AF_UNSPEC, 0, 0, 0, 0)
         with self._raw("neigh dump", f"ifindex {ifindex}"):
             replies = self._rtnl.dump(rtnl.RTM_GETNEIGH, body)
         return [
-            Neigh(
-                ifindex, IPv4Address(m.attrs[rtnl.NDA_DST]), mac_str(m.attrs.get(NDA_LLADDR, b""))
-            )
+            Neigh(ifindex, _address(dst), mac_str(m.attrs.get(NDA_LLADDR, b"")))
             for m in rtnl.neigh_msgs(replies, ifindex)
             # Only permanent entries are ours; the kernel's own dynamic ones are not.
-            if m.state & NUD_PERMANENT and len(m.attrs.get(rtnl.NDA_DST, b"")) == 4
+            if m.state & NUD_PERMANENT
+            and m.family in (AF_INET, AF_INET6)
+            and len(dst := m.attrs.get(rtnl.NDA_DST, b"")) in (4, 16)
         ]
 
     def replace_neigh(self, neigh: Neigh) -> None:
+        family = AF_INET6 if neigh.ip.version == 6 else AF_INET
         with self._raw("neigh replace", neigh.ip):
-            self._neigh(rtnl.RTM_NEWNEIGH, REPLACE, AF_INET, neigh.ifindex, neigh.ip.packed,
+            self._neigh(rtnl.RTM_NEWNEIGH, REPLACE, family, neigh.ifindex, neigh.ip.packed,
                         neigh.mac, NUD_PERMANENT)  # fmt: skip
 
     def del_neigh(self, neigh: Neigh) -> None:
+        family = AF_INET6 if neigh.ip.version == 6 else AF_INET
         with self._raw("neigh del", neigh.ip, missing_ok=True):
-            self._neigh(rtnl.RTM_DELNEIGH, 0, AF_INET, neigh.ifindex, neigh.ip.packed, None, 0)
+            self._neigh(rtnl.RTM_DELNEIGH, 0, family, neigh.ifindex, neigh.ip.packed, None, 0)
 
     def fdbs(self, ifindex: int) -> list[Fdb]:
         body = rtnl.NDMSG.pack(AF_BRIDGE, 0, 0, 0, 0)
         with self._raw("fdb dump", f"ifindex {ifindex}"):
             replies = self._rtnl.dump(rtnl.RTM_GETNEIGH, body)
         return [
-            Fdb(ifindex, mac_str(m.attrs[rtnl.NDA_LLADDR]), IPv4Address(m.attrs[rtnl.NDA_DST]))
+            Fdb(ifindex, mac_str(m.attrs[rtnl.NDA_LLADDR]), _address(dst))
             for m in rtnl.neigh_msgs(replies, ifindex)
-            # Entries without an IPv4 remote (e.g. the device's own address) are not peers.
-            if len(m.attrs.get(rtnl.NDA_DST, b"")) == 4 and rtnl.NDA_LLADDR in m.attrs
+            # Entries without a remote (e.g. the device's own address) are not peers.
+            if len(dst := m.attrs.get(rtnl.NDA_DST, b"")) in (4, 16) and rtnl.NDA_LLADDR in m.attrs
         ]
 
     def replace_fdb(self, fdb: Fdb) -> None:

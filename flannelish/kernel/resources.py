@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from flannelish.kernel.netlink import ROUTE_PROTO, Fdb, Neigh, Netlink, Route, RouteExists
+from flannelish.kernel.netlink import AF_INET, ROUTE_PROTO, Fdb, Neigh, Netlink, Route, RouteExists
 
 if TYPE_CHECKING:
     from flannelish.subnet.lease import Lease
@@ -53,21 +53,21 @@ class Resource(Protocol):
 
 
 class NeighResource:
-    """Permanent neighbour entries on one device (found by index at call time)."""
+    """Permanent neighbour entries on our device(s) (each found by index at call time:
+    VXLAN has one per family)."""
 
     kind: ClassVar[str] = "neigh"
     record: ClassVar[type] = Neigh
 
-    def __init__(self, netlink: Netlink, ifindex: Callable[[], int | None]) -> None:
+    def __init__(self, netlink: Netlink, *ifindexes: Callable[[], int | None]) -> None:
         self._nl = netlink
-        self._ifindex = ifindex
+        self._ifindexes = ifindexes
 
     def key(self, obj: Neigh) -> Hashable:
         return (obj.ifindex, obj.ip)
 
     def dump(self) -> Sequence[Neigh]:
-        index = self._ifindex()
-        return self._nl.neighs(index) if index else []
+        return [n for index in _present(self._ifindexes) for n in self._nl.neighs(index)]
 
     def ensure(self, obj: Neigh) -> None:
         self._nl.replace_neigh(obj)
@@ -79,21 +79,20 @@ class NeighResource:
 
 
 class FdbResource:
-    """VXLAN forwarding entries on one device."""
+    """VXLAN forwarding entries on our device(s)."""
 
     kind: ClassVar[str] = "fdb"
     record: ClassVar[type] = Fdb
 
-    def __init__(self, netlink: Netlink, ifindex: Callable[[], int | None]) -> None:
+    def __init__(self, netlink: Netlink, *ifindexes: Callable[[], int | None]) -> None:
         self._nl = netlink
-        self._ifindex = ifindex
+        self._ifindexes = ifindexes
 
     def key(self, obj: Fdb) -> Hashable:
         return (obj.ifindex, obj.mac)
 
     def dump(self) -> Sequence[Fdb]:
-        index = self._ifindex()
-        return self._nl.fdbs(index) if index else []
+        return [f for index in _present(self._ifindexes) for f in self._nl.fdbs(index)]
 
     def ensure(self, obj: Fdb) -> None:
         self._nl.replace_fdb(obj)
@@ -105,20 +104,23 @@ class FdbResource:
 
 
 class RouteResource:
-    """Main-table IPv4 routes marked with our route protocol."""
+    """Main-table routes marked with our route protocol, of the given families."""
 
     kind: ClassVar[str] = "route"
     record: ClassVar[type] = Route
 
-    def __init__(self, netlink: Netlink, proto: int = ROUTE_PROTO) -> None:
+    def __init__(
+        self, netlink: Netlink, proto: int = ROUTE_PROTO, families: Sequence[int] = (AF_INET,)
+    ) -> None:
         self._nl = netlink
         self._proto = proto
+        self._families = tuple(families)
 
     def key(self, obj: Route) -> Hashable:
         return obj.dst
 
     def dump(self) -> Sequence[Route]:
-        return self._nl.routes(self._proto)
+        return [r for family in self._families for r in self._nl.routes(self._proto, family)]
 
     def ensure(self, obj: Route) -> None:
         self._nl.replace_route(obj)
@@ -153,6 +155,10 @@ class RouteResource:
 
     def remove(self, obj: Route) -> None:
         self._nl.del_route(obj)
+
+
+def _present(ifindexes: Sequence[Callable[[], int | None]]) -> list[int]:
+    return [index for get in ifindexes if (index := get())]
 
 
 @dataclass(frozen=True)

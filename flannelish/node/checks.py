@@ -20,6 +20,7 @@ from flannelish.subnet.keys import Keys
 from flannelish.subnet.lease import Lease, LeaseDecodeError
 
 VXLAN_OVERHEAD = 50
+VXLAN_OVERHEAD_V6 = 70  # the tunnel over IPv6: outer header 40, not 20
 
 
 class Severity(enum.Enum):
@@ -100,31 +101,38 @@ def check_mtu(facts: NodeFacts) -> list[Finding]:
             )
         )
         return out
-    if dev is not None:
-        limit = ul.mtu - VXLAN_OVERHEAD
-        if dev.mtu > limit:
+    devices = [
+        (d, ul.mtu - overhead, overhead)
+        for d, overhead in ((dev, VXLAN_OVERHEAD), (facts.overlay6(), VXLAN_OVERHEAD_V6))
+        if d is not None
+    ]
+    for d, limit, overhead in devices:
+        if d.mtu > limit:
             out.append(
                 Finding(
                     Severity.ERROR,
                     "mtu",
-                    f"{dev.name} MTU {dev.mtu} exceeds {ul.name} MTU {ul.mtu} - "
-                    f"{VXLAN_OVERHEAD} = {limit}: full-size pod packets are dropped once "
+                    f"{d.name} MTU {d.mtu} exceeds {ul.name} MTU {ul.mtu} - "
+                    f"{overhead} = {limit}: full-size pod packets are dropped once "
                     "encapsulated (small pings work, bulk transfers hang)",
-                    f"`ip link set {dev.name} mtu {limit}` and restart the daemon so subnet.env "
+                    f"`ip link set {d.name} mtu {limit}` and restart the daemon so subnet.env "
                     "agrees; or set Backend.MTU in the network config",
                 )
             )
-        if env_mtu is not None and env_mtu != dev.mtu:
+    if devices:
+        # Pods get one MTU for both families: the smaller tunnel's.
+        smallest = min((x[0] for x in devices), key=lambda d: d.mtu)
+        if env_mtu is not None and env_mtu != smallest.mtu:
             out.append(
                 Finding(
                     Severity.ERROR,
                     "mtu",
-                    f"subnet.env says FLANNEL_MTU={env_mtu} but {dev.name} has MTU {dev.mtu}: "
-                    "new pods get the wrong MTU",
+                    f"subnet.env says FLANNEL_MTU={env_mtu} but {smallest.name} has MTU "
+                    f"{smallest.mtu}: new pods get the wrong MTU",
                     "restart the daemon so it rewrites subnet.env, then recreate affected pods",
                 )
             )
-        pod_mtu = min(dev.mtu, limit)
+        pod_mtu = min(min(d.mtu, limit) for d, limit, _ in devices)
     else:
         pod_mtu = ul.mtu  # host-gw: pods use the underlay MTU
         if env_mtu is not None and env_mtu > ul.mtu:

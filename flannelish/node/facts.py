@@ -81,9 +81,15 @@ class NodeFacts:
         vx = [x for x in links.values() if x.kind == "vxlan" and x.name.startswith("flannel.")]
         return sorted(vx, key=lambda x: x.name)[0] if vx else None
 
+    def overlay6(self) -> LinkFacts | None:
+        """The IPv6 overlay device (``flannel-v6.<VNI>``) of a dual-stack or IPv6-only node."""
+        links = self.links or {}
+        vx = [x for x in links.values() if x.kind == "vxlan" and x.name.startswith("flannel-v6.")]
+        return sorted(vx, key=lambda x: x.name)[0] if vx else None
+
     def underlay(self) -> LinkFacts | None:
         links = self.links or {}
-        dev = self.overlay()
+        dev = self.overlay() or self.overlay6()
         name = dev.underlay if dev and dev.underlay else self.default_iface
         return links.get(name) if name else None
 

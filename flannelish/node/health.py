@@ -80,6 +80,12 @@ class Metrics:
             ["backend", "state"],
             registry=registry,
         )
+        self.peers_family = Gauge(
+            "flannelish_peers_programmed_family",
+            "Programmed peers by address family (dual-stack peers count in both)",
+            ["family"],
+            registry=registry,
+        )
         self.reconcile_runs = Counter(
             "flannelish_reconcile_runs", "Reconcile passes run", registry=registry
         )
@@ -190,6 +196,9 @@ class NodeState:
         self.node = node
         self.backend = backend
         self.device = device
+        self.devices: list[str] = [device] if device else []  # one per family (VXLAN)
+        self.lease_v6: dict[str, str | None] = {}  # ipv6_subnet, ipv6_network, public_ipv6
+        self.peers_by_family: dict[str, int] = {}
         self.public_ip: str | None = None
         self.subnet: IPv4Network | None = None
         self.network: IPv4Network | None = None
@@ -281,6 +290,15 @@ class NodeState:
         backend = self.backend or "unknown"
         self.metrics.peers.labels(backend, "programmed").set(programmed)
         self.metrics.peers.labels(backend, "skipped").set(count)
+
+    def set_families(
+        self, by_family: dict[str, int], devices: list[str], lease_v6: dict[str, str | None]
+    ) -> None:
+        """Programmed peers per family ("ipv4", "ipv6"), the overlay devices, our IPv6 half."""
+        with self._lock:
+            self.peers_by_family, self.devices, self.lease_v6 = by_family, devices, lease_v6
+        for family, n in by_family.items():
+            self.metrics.peers_family.labels(family).set(n)
 
     def record_reconcile(self, seconds: float, changes: int, errors: int) -> None:
         """One reconcile pass (call from the reconcile loop's on_pass hook)."""
@@ -465,9 +483,11 @@ class NodeState:
                     "network": str(self.network) if self.network else None,
                     "public_ip": self.public_ip,
                     "expiration": self.lease_expiration,
+                    **self.lease_v6,
                 },
                 "backend": self.backend,
                 "device": self.device,
+                "devices": list(self.devices),
                 "subnet_env": {
                     "path": self.subnet_env_path,
                     "written": self.subnet_env_written,
@@ -477,6 +497,7 @@ class NodeState:
                     "programmed": self.peers_programmed,
                     "skipped": dict(self.skipped_peers),
                     "skipped_count": self.skipped_count,
+                    **({"by_family": dict(self.peers_by_family)} if self.peers_by_family else {}),
                 },
                 "bad_leases": dict(self.bad_leases),
                 "last_reconcile": dict(self.last_reconcile) if self.last_reconcile else None,

@@ -81,7 +81,7 @@ class NodeOps:
 
     def start(
         self,
-        network: IPv4Network | str,
+        network: IPv4Network | str | None,
         lease: Lease,
         *,
         vxlan_port: int | None,
@@ -92,6 +92,11 @@ class NodeOps:
         anti-spoof rule.
         """
         self.lease_changed(lease, network=network)
+        if network is None or lease.key.v4 is None:
+            # IPv6-only: `table ip flannelish` has nothing to hold (the ip6 rules are
+            # the firewall's own work).
+            self._start_server()
+            return []
         if self._runner is None and shutil.which("nft") is None:
             if self.options.ip_masq:
                 raise NotAvailableError(

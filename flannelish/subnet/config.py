@@ -97,6 +97,31 @@ class NetworkConfig:
             and self.subnet_min <= subnet.network_address <= self.subnet_max
         )
 
+    def ipv6_subnet_candidates(self) -> Iterator[IPv6Network]:
+        """Every IPv6 subnet between IPv6SubnetMin and IPv6SubnetMax, in order (lazily)."""
+        lo, hi, length = self.ipv6_subnet_min, self.ipv6_subnet_max, self.ipv6_subnet_len
+        if self.ipv6_network is None or lo is None or hi is None:
+            return
+        step = 1 << (128 - length)
+        for addr in range(int(lo), int(hi) + 1, step):
+            yield IPv6Network((addr, length))
+
+    @property
+    def ipv6_subnet_count(self) -> int:
+        if self.ipv6_subnet_min is None or self.ipv6_subnet_max is None:
+            return 0
+        step = 1 << (128 - self.ipv6_subnet_len)
+        return (int(self.ipv6_subnet_max) - int(self.ipv6_subnet_min)) // step + 1
+
+    def ipv6_in_pool(self, subnet: IPv6Network) -> bool:
+        """The IPv6 counterpart of :meth:`in_pool`."""
+        if self.ipv6_subnet_min is None or self.ipv6_subnet_max is None:
+            return False
+        return (
+            subnet.prefixlen == self.ipv6_subnet_len
+            and self.ipv6_subnet_min <= subnet.network_address <= self.ipv6_subnet_max
+        )
+
 
 def parse_network_config(raw: bytes | str) -> NetworkConfig:
     """Parse and validate the JSON text of ``<prefix>/config``; raises ConfigError only.

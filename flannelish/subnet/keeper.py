@@ -92,23 +92,23 @@ class LeaseKeeper(threading.Thread):
 
     def _keep(self, lease: Lease) -> None:
         """Watch and renew `lease` until it is lost (then re-acquire) or we are stopped."""
-        ours = lease.attrs.public_ip
+        ours = _who(lease)
         changes = lease_changes(
-            self.manager.registry, self._stop_event, lease.subnet, label="own-lease watch"
+            self.manager.registry, self._stop_event, lease.key, label="own-lease watch"
         )
         interval = self.check_interval_s
         next_check = time.monotonic() + interval if interval else float("inf")
         for item in changes:
             if isinstance(item, Snapshot):
                 here = item.leases[0] if item.leases else None
-                lost = here is None or here.attrs.public_ip != ours
+                lost = here is None or _who(here) != ours
                 if lost and item.reset:
                     log.error(
                         "LEASE LOST: etcd was recreated without its data; our key for %s is gone",
-                        lease.subnet,
+                        lease.key,
                     )
             else:
-                lost = any(c.lease is None or c.lease.attrs.public_ip != ours for c in item)
+                lost = any(c.lease is None or _who(c.lease) != ours for c in item)
                 if not lost and interval and time.monotonic() >= next_check:
                     next_check = time.monotonic() + interval
                     lost = self._key_missing(lease)
@@ -121,24 +121,24 @@ class LeaseKeeper(threading.Thread):
     def _key_missing(self, lease: Lease) -> bool:
         """The periodic check: True if our key is gone or holds another node's address."""
         try:
-            current = self.manager.registry.get_lease(lease.subnet)
+            current = self.manager.registry.get_lease(lease.key)
         except EtcdAuthError:
             raise
         except EtcdError as exc:
             log.debug("own-lease check failed: %s", exc)
             return False
-        if current is not None and current.attrs.public_ip == lease.attrs.public_ip:
+        if current is not None and _who(current) == _who(lease):
             return False
         log.error(
             "own-lease check: the key for %s is %s in etcd",
-            lease.subnet,
+            lease.key,
             "missing" if current is None else f"held by {current.attrs.public_ip}",
         )
         return True
 
     def _renew(self) -> bool:
         """True if renewed or retry scheduled; False if the lease turned out lost."""
-        base = self.manager.own_lease(self.lease.subnet) or self.lease
+        base = self.manager.own_lease(self.lease.key) or self.lease
         try:
             new = self.manager.renew(base)
         except LeaseLostError as exc:
@@ -152,12 +152,10 @@ class LeaseKeeper(threading.Thread):
                 "lease renewal failed; retrying in %.0fs: %s",
                 self.retry_interval_s,
                 exc,
-                extra={"subnet": str(self.lease.subnet)},
+                extra={"subnet": str(self.lease.key)},
             )
             return True
-        log.info(
-            "renewed lease", extra={"subnet": str(new.subnet), "lease_id": f"{new.lease_id:x}"}
-        )
+        log.info("renewed lease", extra={"subnet": str(new.key), "lease_id": f"{new.lease_id:x}"})
         self._adopt(new)
         return True
 
@@ -165,11 +163,11 @@ class LeaseKeeper(threading.Thread):
         log.error(
             "LEASE LOST: subnet %s is no longer ours in etcd (revoked, deleted or expired); "
             "re-acquiring, preferring the same subnet",
-            lost.subnet,
+            lost.key,
         )
         # The daemon may have advertised new attributes (a new VTEP MAC) since.
-        attrs = (self.manager.own_lease(lost.subnet) or lost).attrs
-        self.manager.forget(lost.subnet)
+        attrs = (self.manager.own_lease(lost.key) or lost).attrs
+        self.manager.forget(lost.key)
         delay = 1.0
         while not self._stop_event.is_set():
             try:
@@ -177,11 +175,11 @@ class LeaseKeeper(threading.Thread):
                 # back, logging the key, keeping the data path as it is.
                 if self.manager.get_network_config(wait=True, stop=self._stop_event) is None:
                     return  # stopped while waiting
-                new = self.manager.acquire(attrs, previous_subnet=lost.subnet)
+                new = self.manager.acquire(attrs, previous_subnet=lost.key)
                 break
             except (OutOfSubnetsError, ConfigError, EtcdAuthError) as exc:
                 raise LeaseLostError(
-                    f"the lease for {lost.subnet} was lost and no subnet could be re-acquired",
+                    f"the lease for {lost.key} was lost and no subnet could be re-acquired",
                     str(exc),
                 ) from exc
             except FlannelishError as exc:
@@ -190,14 +188,14 @@ class LeaseKeeper(threading.Thread):
                 delay = min(delay * 2, self.retry_interval_s)
         else:
             return
-        if new.subnet == lost.subnet:
-            log.warning("re-acquired the same subnet %s after losing it", new.subnet)
+        if new.key == lost.key:
+            log.warning("re-acquired the same subnet %s after losing it", new.key)
         else:
             log.error(
                 "re-acquired a DIFFERENT subnet %s (was %s): pods on the old subnet lose "
                 "connectivity until they are recreated",
-                new.subnet,
-                lost.subnet,
+                new.key,
+                lost.key,
             )
         self._adopt(new)
 
@@ -211,3 +209,8 @@ class LeaseKeeper(threading.Thread):
             return float("inf")  # a reservation never expires
         margin = min(self.renew_margin_s, self.manager.lease_ttl / 2)
         return lease.expiration - margin
+
+
+def _who(lease: Lease) -> tuple[object, ...]:
+    """The addresses a lease advertises: a key holding others is no longer ours."""
+    return (lease.attrs.public_ip, lease.attrs.public_ipv6)

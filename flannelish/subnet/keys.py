@@ -43,12 +43,66 @@ class Keys:
     def subnet(self, subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> str:
         return self.subnets + subnet_key(subnet, ipv6_subnet)
 
+    def lease(self, key: LeaseKey) -> str:
+        """The etcd key of the lease identified by `key`."""
+        return self.subnets + key.etcd
+
     def parse(self, key: str | bytes) -> tuple[IPv4Network, IPv6Network | None] | None:
         """The subnet(s) named by a lease key, or None if the key is not a lease key."""
         text = key.decode(errors="replace") if isinstance(key, bytes) else key
         if not text.startswith(self.subnets):
             return None
         return parse_subnet_key(text[len(self.subnets) :])
+
+
+# The IPv4 half Flannel writes in the key of an IPv6-only lease ("0.0.0.0-0&fd00::-64").
+NO_IPV4 = IPv4Network("0.0.0.0/0")
+
+
+@dataclass(frozen=True)
+class LeaseKey:
+    """The identity of a lease, and so of a peer: its IPv4 and/or IPv6 subnet.
+
+    ``v4`` is None for an IPv6-only lease (whose etcd key carries Flannel's
+    ``0.0.0.0-0`` placeholder), ``v6`` None for an IPv4-only one.  Everything
+    that keys peers (watch, peer table, reconciler, admission) uses this, so no
+    caller looks at the placeholder.
+    """
+
+    v4: IPv4Network | None
+    v6: IPv6Network | None = None
+
+    @classmethod
+    def of(cls, subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> LeaseKey:
+        """From the two halves of a key as written in etcd (``0.0.0.0/0``: no IPv4)."""
+        v4 = None if (subnet == NO_IPV4 and ipv6_subnet is not None) else subnet
+        return cls(v4, ipv6_subnet)
+
+    @property
+    def subnet(self) -> IPv4Network:
+        """The IPv4 half as etcd keys it (Flannel's ``0.0.0.0/0`` when IPv6-only)."""
+        return self.v4 if self.v4 is not None else NO_IPV4
+
+    @property
+    def etcd(self) -> str:
+        """The key under ``subnets/``: ``10.5.34.0-24``, ``…&fd00:0:0:22::-64``."""
+        return subnet_key(self.subnet, self.v6)
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """A sort key: by IPv4 subnet, then IPv6 subnet."""
+        return (
+            int(self.v4.network_address) if self.v4 is not None else -1,
+            int(self.v6.network_address) if self.v6 is not None else -1,
+        )
+
+    def __str__(self) -> str:
+        return "&".join(str(x) for x in (self.v4, self.v6) if x is not None)
+
+
+def as_key(subnet: IPv4Network | LeaseKey) -> LeaseKey:
+    """A LeaseKey from either a key or (IPv4-only callers) an IPv4 subnet."""
+    return subnet if isinstance(subnet, LeaseKey) else LeaseKey(subnet)
 
 
 def subnet_key(subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 
 from flannelish.errors import FlannelishError
 from flannelish.subnet.jsonvalue import MAX_VALUE_BYTES, loads_bounded
+from flannelish.subnet.keys import LeaseKey
 
 NODE_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -122,6 +123,16 @@ class Lease:
     @property
     def reserved(self) -> bool:
         return self.lease_id == 0
+
+    @property
+    def key(self) -> LeaseKey:
+        """The lease's identity (both families); what peers are keyed by."""
+        return LeaseKey.of(self.subnet, self.ipv6_subnet)
+
+    @property
+    def ipv4_subnet(self) -> IPv4Network | None:
+        """The IPv4 subnet, None for an IPv6-only lease."""
+        return self.key.v4
 
 
 class EventType(enum.Enum):

@@ -25,8 +25,9 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
-from ipaddress import IPv4Network
+from collections.abc import Callable, Iterator
+from ipaddress import IPv4Network, IPv6Network
+from typing import TypeVar
 
 from flannelish.errors import (
     ConfigError,
@@ -37,7 +38,7 @@ from flannelish.errors import (
     OutOfSubnetsError,
 )
 from flannelish.subnet.config import NetworkConfig, parse_network_config
-from flannelish.subnet.keys import Keys
+from flannelish.subnet.keys import Keys, LeaseKey, as_key
 from flannelish.subnet.lease import Event, Lease, LeaseAttrs
 from flannelish.subnet.registry import Registry
 from flannelish.subnet.watch import RESET_GRACE_S, Exclude, watch_events
@@ -45,6 +46,8 @@ from flannelish.subnet.watch import RESET_GRACE_S, Exclude, watch_events
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_LEASE_TTL", "SubnetManager"]
+
+Net = TypeVar("Net", IPv4Network, IPv6Network)
 
 DEFAULT_LEASE_TTL = 24 * 3600  # Flannel's fixed TTL
 MAX_CANDIDATES = 100  # Flannel picks at random among the first 100 free subnets
@@ -64,7 +67,7 @@ class SubnetManager:
         self.registry = registry
         self.lease_ttl = lease_ttl
         self._rng = rng or random.Random()
-        self._own: dict[IPv4Network, Lease] = {}
+        self._own: dict[LeaseKey, Lease] = {}
         self._own_lock = threading.Lock()
 
     # -- config ------------------------------------------------------------------
@@ -109,26 +112,27 @@ class SubnetManager:
 
     # -- acquire -----------------------------------------------------------------
 
-    def acquire(self, attrs: LeaseAttrs, previous_subnet: IPv4Network | None = None) -> Lease:
-        """Take a subnet for a node advertising `attrs` (see the module docstring)."""
+    def acquire(
+        self, attrs: LeaseAttrs, previous_subnet: IPv4Network | LeaseKey | None = None
+    ) -> Lease:
+        """Take a subnet (one per enabled family) for a node advertising `attrs`
+        (see the module docstring).  `previous_subnet`: the one(s) of an earlier run."""
+        previous = as_key(previous_subnet) if previous_subnet is not None else LeaseKey(None)
         for attempt in range(MAX_ATTEMPTS):
             if attempt:
                 time.sleep(self._rng.uniform(0.005, 0.05) * min(attempt, 5))
             config = self._config_now()
-            if not config.enable_ipv4:
-                raise ConfigError("IPv6-only networks are not supported by the lease manager yet")
-            if config.enable_ipv6 and attempt == 0:
-                log.warning("EnableIPv6 is set, but only an IPv4 subnet is leased (not built yet)")
+            _check_attrs(config, attrs)
             listing = self.registry.list_all()
             # A key with a bad value still exists: a create there would fail every time.
-            taken = [b.subnet for b in listing.bad if b.subnet is not None]
+            taken = [k for b in listing.bad if (k := b.lease_key) is not None]
             if taken and attempt == 0:
                 log.warning(
                     "%d subnet key(s) hold bad lease values; treating those subnets as taken",
                     len(taken),
                     extra={"subnets": ",".join(str(x) for x in taken[:20])},
                 )
-            lease = self._try_acquire(config, listing.leases, attrs, previous_subnet, taken)
+            lease = self._try_acquire(config, listing.leases, attrs, previous, taken)
             if lease is not None:
                 self._remember(lease)
                 return lease
@@ -143,75 +147,81 @@ class SubnetManager:
         config: NetworkConfig,
         leases: list[Lease],
         attrs: LeaseAttrs,
-        previous: IPv4Network | None,
-        taken: list[IPv4Network] | None = None,
+        previous: LeaseKey,
+        taken: list[LeaseKey] | None = None,
     ) -> Lease | None:
         """One decision round; None means a race was lost and the caller re-lists.
 
-        `taken`: subnets of keys that exist but hold no usable lease (bad values)."""
+        `taken`: keys that exist but hold no usable lease (bad values)."""
         taken = taken or []
-        mine = [x for x in leases if x.attrs.public_ip == attrs.public_ip]
+        mine = [x for x in leases if _is_ours(config, x.attrs, attrs)]
         _refuse_other_node(mine, attrs)
         # An operator's reservation for our IP wins over an old lease of ours.
-        mine.sort(key=lambda x: (not x.reserved, x.subnet != previous))
+        mine.sort(key=lambda x: (not x.reserved, x.key != previous))
         for lease in mine:
-            if config.in_pool(lease.subnet):
+            if _fits(config, lease.key):
                 log.info(
                     "reusing the lease of our public IP",
-                    extra={"subnet": str(lease.subnet), "reserved": lease.reserved},
+                    extra={"subnet": str(lease.key), "reserved": lease.reserved},
                 )
                 return self._take_over(lease, attrs)
             if lease.reserved:  # an operator's key: never delete it, just do not use it
                 log.warning(
                     "ignoring the reservation for our public IP: it is outside the configured pool",
-                    extra={"subnet": str(lease.subnet), "pool": _pool(config)},
+                    extra={"subnet": str(lease.key), "pool": _pool(config)},
                 )
                 continue
             log.warning(
                 "deleting our old lease: it is outside the configured pool",
-                extra={"subnet": str(lease.subnet), "pool": _pool(config)},
+                extra={"subnet": str(lease.key), "pool": _pool(config)},
             )
             if not self.registry.delete_lease(lease):
                 return None
-            leases = [x for x in leases if x.subnet != lease.subnet]
+            leases = [x for x in leases if x.key != lease.key]
 
-        if previous is not None:
-            previous = IPv4Network(previous, strict=False)
-            clash = next((x for x in leases if x.subnet.overlaps(previous)), None)
-            bad_clash = next((x for x in taken if x.overlaps(previous)), None)
-            if not config.in_pool(previous):
-                log.info(
-                    "ignoring the previous subnet: not in the configured pool",
-                    extra={"subnet": str(previous), "pool": _pool(config)},
-                )
-            elif clash is not None:
-                log.info(
-                    "ignoring the previous subnet: it overlaps a live lease",
-                    extra={"subnet": str(previous), "holder": str(clash.attrs.public_ip)},
-                )
-            elif bad_clash is not None:
-                log.warning(
-                    "ignoring the previous subnet: its key holds a bad lease value",
-                    extra={"subnet": str(previous), "key_subnet": str(bad_clash)},
-                )
-            else:
-                return self.registry.create_lease(previous, attrs, self.lease_ttl)
-
-        free = _free_subnets(config, leases, MAX_CANDIDATES, taken)
-        if not free:
-            network = config.network
-            assert network is not None
-            in_net = [x for x in leases if network.overlaps(x.subnet)]
-            reserved = sum(1 for x in in_net if x.reserved)
-            leased = len(in_net) - reserved
-            raise OutOfSubnetsError(
-                f"out of subnets: all {config.subnet_count} /{config.subnet_len} subnets of "
-                f"{_pool(config)} are taken",
-                f"{leased} leased, {reserved} reserved; free some with `flannelish unreserve` "
-                "or widen Network/SubnetMin/SubnetMax",
+        v4 = v6 = None
+        if config.enable_ipv4:
+            v4 = _pick(
+                "IPv4",
+                previous.v4,
+                config.in_pool,
+                [x.key.v4 for x in leases],
+                [x.v4 for x in taken],
+                lambda used: _free_subnets(config, used, MAX_CANDIDATES),
+                self._rng,
             )
-        choice = self._rng.choice(free)
-        return self.registry.create_lease(choice, attrs, self.lease_ttl)
+            if v4 is None:
+                self._out_of_subnets(config, leases)
+        if config.enable_ipv6:
+            v6 = _pick(
+                "IPv6",
+                previous.v6,
+                config.ipv6_in_pool,
+                [x.key.v6 for x in leases],
+                [x.v6 for x in taken],
+                lambda used: _free_ipv6_subnets(config, used, MAX_CANDIDATES),
+                self._rng,
+            )
+            if v6 is None:
+                raise OutOfSubnetsError(
+                    f"out of IPv6 subnets: all {config.ipv6_subnet_count} "
+                    f"/{config.ipv6_subnet_len} subnets of {config.ipv6_network} are taken",
+                    "free some or widen IPv6Network/IPv6SubnetMin/IPv6SubnetMax",
+                )
+        return self.registry.create_lease(LeaseKey(v4, v6), attrs, self.lease_ttl)
+
+    def _out_of_subnets(self, config: NetworkConfig, leases: list[Lease]) -> None:
+        network = config.network
+        assert network is not None
+        in_net = [x for x in leases if x.key.v4 is not None and network.overlaps(x.key.v4)]
+        reserved = sum(1 for x in in_net if x.reserved)
+        leased = len(in_net) - reserved
+        raise OutOfSubnetsError(
+            f"out of subnets: all {config.subnet_count} /{config.subnet_len} subnets of "
+            f"{_pool(config)} are taken",
+            f"{leased} leased, {reserved} reserved; free some with `flannelish unreserve` "
+            "or widen Network/SubnetMin/SubnetMax",
+        )
 
     def _take_over(self, current: Lease, attrs: LeaseAttrs) -> Lease | None:
         """Make `current` (a key with our PublicIP) carry `attrs`; reservations stay lease-less."""
@@ -230,7 +240,7 @@ class SubnetManager:
         """Rewrite our key with `lease.attrs` and a fresh TTL; LeaseLostError if it is gone
         or now belongs to another node."""
         with self._own_lock:
-            known = self._own.get(lease.subnet)
+            known = self._own.get(lease.key)
         if known is not None and known.mod_revision > lease.mod_revision:
             # Our own newer write (keeper vs. daemon): compare against that one.
             lease = Lease(
@@ -248,19 +258,19 @@ class SubnetManager:
                 self._revoke_quietly(lease.lease_id)
         if new is None:
             # Changed behind our back (or a reservation): look at what is there now.
-            current = self.registry.get_lease(lease.subnet)
+            current = self.registry.get_lease(lease.key)
             if current is None:
                 raise LeaseLostError(
-                    f"the lease for {lease.subnet} is gone from etcd",
+                    f"the lease for {lease.key} is gone from etcd",
                     "it was revoked, deleted, or it expired",
                 )
-            if current.attrs.public_ip != lease.attrs.public_ip:
+            if _holder(current.attrs) != _holder(lease.attrs):
                 raise LeaseLostError(
-                    f"the lease for {lease.subnet} now belongs to {current.attrs.public_ip}",
+                    f"the lease for {lease.key} now belongs to {_holder(current.attrs)}",
                 )
             new = self._take_over(current, lease.attrs)
             if new is None:
-                raise EtcdError(f"the lease for {lease.subnet} changed while renewing it")
+                raise EtcdError(f"the lease for {lease.key} changed while renewing it")
         self._remember(new)
         return new
 
@@ -269,26 +279,26 @@ class SubnetManager:
         if lease.reserved:
             return False
         with self._own_lock:
-            lease = self._own.pop(lease.subnet, lease)
+            lease = self._own.pop(lease.key, lease)
         deleted = self.registry.delete_lease(lease)
         self._revoke_quietly(lease.lease_id)
         return deleted
 
-    def own_lease(self, subnet: IPv4Network) -> Lease | None:
-        """The last version of our lease for `subnet` this manager wrote."""
+    def own_lease(self, key: IPv4Network | LeaseKey) -> Lease | None:
+        """The last version of our lease for `key` this manager wrote."""
         with self._own_lock:
-            return self._own.get(subnet)
+            return self._own.get(as_key(key))
 
-    def forget(self, subnet: IPv4Network) -> None:
+    def forget(self, key: IPv4Network | LeaseKey) -> None:
         with self._own_lock:
-            self._own.pop(subnet, None)
+            self._own.pop(as_key(key), None)
 
     # -- list and watch ----------------------------------------------------------
 
     def list_leases(self) -> list[Lease]:
         """Every lease with its expiration (None for reservations), ordered by subnet."""
         leases, _ = self.registry.list_leases(with_expiry=True)
-        return sorted(leases, key=lambda x: int(x.subnet.network_address))
+        return sorted(leases, key=lambda x: x.key.order)
 
     def watch_leases(
         self,
@@ -312,7 +322,7 @@ class SubnetManager:
 
     def _remember(self, lease: Lease) -> None:
         with self._own_lock:
-            self._own[lease.subnet] = lease
+            self._own[lease.key] = lease
 
     def _revoke_quietly(self, lease_id: int) -> None:
         if not lease_id:
@@ -326,24 +336,94 @@ class SubnetManager:
 FlannelishErrorLike = ConfigError | EtcdError
 
 
-def _free_subnets(
-    config: NetworkConfig,
-    leases: list[Lease],
-    limit: int,
-    bad: list[IPv4Network] | None = None,
-) -> list[IPv4Network]:
-    subnets = [x.subnet for x in leases] + list(bad or [])
-    taken = set(subnets)
+def _pick(
+    family: str,
+    previous: Net | None,
+    in_pool: Callable[[Net], bool],
+    leased: list[Net | None],
+    bad: list[Net | None],
+    free: Callable[[list[Net]], list[Net]],
+    rng: random.Random,
+) -> Net | None:
+    """One family's subnet: the previous one if usable, else a random free one (None: full)."""
+    used: list[Net] = [x for x in leased + bad if x is not None]
+    if previous is not None:
+        if not in_pool(previous):
+            log.info(
+                "ignoring the previous %s subnet: not in the configured pool",
+                family,
+                extra={"subnet": str(previous)},
+            )
+        elif any(x.overlaps(previous) for x in used):
+            log.info(
+                "ignoring the previous %s subnet: it overlaps a live lease or a bad key",
+                family,
+                extra={"subnet": str(previous)},
+            )
+        else:
+            return previous
+    candidates = free(used)
+    return rng.choice(candidates) if candidates else None
+
+
+def _free_subnets(config: NetworkConfig, used: list[IPv4Network], limit: int) -> list[IPv4Network]:
+    return _free(config.subnet_candidates(), used, config.subnet_len, limit)
+
+
+def _free_ipv6_subnets(
+    config: NetworkConfig, used: list[IPv6Network], limit: int
+) -> list[IPv6Network]:
+    return _free(config.ipv6_subnet_candidates(), used, config.ipv6_subnet_len, limit)
+
+
+def _free(candidates: Iterator[Net], used: list[Net], length: int, limit: int) -> list[Net]:
+    taken = set(used)
     # Leases of another size (an old config, a foreign tool) are checked by overlap.
-    odd = [x for x in subnets if x.prefixlen != config.subnet_len]
-    free = []
-    for candidate in config.subnet_candidates():
+    odd = [x for x in used if x.prefixlen != length]
+    free: list[Net] = []
+    for candidate in candidates:
         if candidate in taken or any(candidate.overlaps(o) for o in odd):
             continue
         free.append(candidate)
         if len(free) >= limit:
             break
     return free
+
+
+def _check_attrs(config: NetworkConfig, attrs: LeaseAttrs) -> None:
+    """An IPv6 network needs our IPv6 address: without it no peer can reach us."""
+    if config.enable_ipv6 and attrs.public_ipv6 is None:
+        raise ConfigError(
+            "EnableIPv6 is set but this node has no IPv6 address to advertise",
+            "give --public-ipv6, or an --iface with a global IPv6 address",
+        )
+
+
+def _is_ours(config: NetworkConfig, theirs: LeaseAttrs, ours: LeaseAttrs) -> bool:
+    """A lease of this node: same PublicIP (IPv4 networks), same PublicIPv6 (IPv6
+    networks), or our node ID.  0.0.0.0, which every IPv6-only node advertises,
+    identifies nobody (upstream IPv6-only nodes collide on it)."""
+    if ours.node_id is not None and theirs.node_id == ours.node_id:
+        return True
+    by_v4 = config.enable_ipv4 and not ours.public_ip.is_unspecified
+    if by_v4 and theirs.public_ip == ours.public_ip:
+        return True
+    by_v6 = config.enable_ipv6 and ours.public_ipv6 is not None
+    return by_v6 and theirs.public_ipv6 == ours.public_ipv6
+
+
+def _fits(config: NetworkConfig, key: LeaseKey) -> bool:
+    """The key has exactly the families the config enables, each in its pool."""
+    if (key.v4 is not None) != config.enable_ipv4 or (key.v6 is not None) != config.enable_ipv6:
+        return False
+    return (key.v4 is None or config.in_pool(key.v4)) and (
+        key.v6 is None or config.ipv6_in_pool(key.v6)
+    )
+
+
+def _holder(attrs: LeaseAttrs) -> str:
+    """Who a lease belongs to, for renewal: its node ID, else its public address(es)."""
+    return attrs.node_id or f"{attrs.public_ip}/{attrs.public_ipv6}"
 
 
 def _refuse_other_node(mine: list[Lease], attrs: LeaseAttrs) -> None:
@@ -359,12 +439,18 @@ def _refuse_other_node(mine: list[Lease], attrs: LeaseAttrs) -> None:
         other = lease.attrs.node_id
         if other is not None and other != attrs.node_id and not lease.reserved:
             raise DuplicateNodeError(
-                f"PublicIP {attrs.public_ip} is already held by another node "
-                f"(lease {lease.subnet}, node ID {other[:8]}…, ours {attrs.node_id[:8]}…)",
+                f"PublicIP {_addresses(attrs)} is already held by another node "
+                f"(lease {lease.key}, node ID {other[:8]}…, ours {attrs.node_id[:8]}…)",
                 "two hosts use the same public IP: give this one its own --public-ip/--iface, "
                 "or stop the other; if this host was re-imaged, wait for that lease to expire "
                 "or delete its key",
             )
+
+
+def _addresses(attrs: LeaseAttrs) -> str:
+    if attrs.public_ip.is_unspecified and attrs.public_ipv6 is not None:
+        return str(attrs.public_ipv6)
+    return str(attrs.public_ip)
 
 
 def _pool(config: NetworkConfig) -> str:

@@ -40,7 +40,7 @@ from flannelish.subnet.etcdwatch import (
 )
 from flannelish.subnet.etcdwatch import WatchStream as EtcdWatchStream
 from flannelish.subnet.jsonvalue import MAX_VALUE_BYTES
-from flannelish.subnet.keys import Keys
+from flannelish.subnet.keys import Keys, LeaseKey, as_key
 from flannelish.subnet.lease import Lease, LeaseAttrs, LeaseDecodeError
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,15 @@ class Change:
     """One lease key changed: ``lease`` is the new value, None if the key was deleted
     or (``bad`` set: the reason) now holds a value that is not a usable lease."""
 
-    subnet: IPv4Network
+    subnet: IPv4Network  # as the etcd key names it (0.0.0.0/0 for an IPv6-only lease)
     lease: Lease | None
     revision: int
     bad: str | None = None
+    ipv6_subnet: IPv6Network | None = None
+
+    @property
+    def key(self) -> LeaseKey:
+        return LeaseKey.of(self.subnet, self.ipv6_subnet)
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,11 @@ class BadLease:
     subnet: IPv4Network | None  # None: the key names no subnet
     reason: str
     mod_revision: int = 0
+    ipv6_subnet: IPv6Network | None = None
+
+    @property
+    def lease_key(self) -> LeaseKey | None:
+        return None if self.subnet is None else LeaseKey.of(self.subnet, self.ipv6_subnet)
 
 
 @dataclass(frozen=True)
@@ -169,9 +179,13 @@ class Registry(Protocol):
         """How many bad (key, revision) pairs were seen so far."""
         ...
 
-    def get_lease(self, subnet: IPv4Network, with_expiry: bool = False) -> Lease | None: ...
+    def get_lease(
+        self, subnet: IPv4Network | LeaseKey, with_expiry: bool = False
+    ) -> Lease | None: ...
 
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None) -> Lease | None:
+    def create_lease(
+        self, subnet: IPv4Network | LeaseKey, attrs: LeaseAttrs, ttl: int | None
+    ) -> Lease | None:
         """Write a new key; None if it already exists.  ttl None: no etcd lease (reservation)."""
         ...
 
@@ -183,7 +197,9 @@ class Registry(Protocol):
 
     def revoke(self, lease_id: int) -> None: ...
 
-    def watch(self, start_revision: int, subnet: IPv4Network | None = None) -> WatchStream:
+    def watch(
+        self, start_revision: int, subnet: IPv4Network | LeaseKey | None = None
+    ) -> WatchStream:
         """Changes to all lease keys (or only `subnet`'s) from `start_revision` on."""
         ...
 
@@ -247,20 +263,24 @@ class EtcdRegistry:
             leases = self._with_expiry(leases)
         return Listing(leases, revision, bad)
 
-    def get_lease(self, subnet: IPv4Network, with_expiry: bool = False) -> Lease | None:
-        # A prefix read also finds the dual-stack form of the key ("…-24&fd00::-64").
-        kvs, _ = self.store.get_prefix(self.keys.subnet(subnet))
+    def get_lease(self, subnet: IPv4Network | LeaseKey, with_expiry: bool = False) -> Lease | None:
+        key = as_key(subnet)
+        # An IPv4 subnet alone also finds the dual-stack form of its key ("…-24&fd00::-64").
+        kvs, _ = self.store.get_prefix(self.keys.lease(key))
         found = [
             lease
             for kv in kvs
-            if isinstance(lease := self._decode(kv), Lease) and lease.subnet == subnet
+            if isinstance(lease := self._decode(kv), Lease) and key_matches(lease.key, key)
         ]
         if not found:
             return None
         return self._with_expiry(found)[0] if with_expiry else found[0]
 
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None) -> Lease | None:
-        return self._write(subnet, None, attrs, ttl, expect_revision=0)
+    def create_lease(
+        self, subnet: IPv4Network | LeaseKey, attrs: LeaseAttrs, ttl: int | None
+    ) -> Lease | None:
+        key = as_key(subnet)
+        return self._write(key.subnet, key.v6, attrs, ttl, expect_revision=0)
 
     def replace_lease(self, current: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease | None:
         return self._write(
@@ -275,9 +295,12 @@ class EtcdRegistry:
         if lease_id:
             self.store.revoke(lease_id)
 
-    def watch(self, start_revision: int, subnet: IPv4Network | None = None) -> _EtcdWatch:
-        prefix = self.keys.subnet(subnet) if subnet is not None else self.keys.subnets
-        return _EtcdWatch(self, self.store.watch(prefix, start_revision), subnet)
+    def watch(
+        self, start_revision: int, subnet: IPv4Network | LeaseKey | None = None
+    ) -> _EtcdWatch:
+        key = as_key(subnet) if subnet is not None else None
+        prefix = self.keys.lease(key) if key is not None else self.keys.subnets
+        return _EtcdWatch(self, self.store.watch(prefix, start_revision), key)
 
     # -- helpers ------------------------------------------------------------
 
@@ -317,12 +340,12 @@ class EtcdRegistry:
             bad = BadLease(kv.key, None, "not a subnet lease key", kv.mod_revision)
         elif kv.oversized:
             reason = "value too large to receive (over the gRPC receive limit)"
-            bad = BadLease(kv.key, subnets[0], reason, kv.mod_revision)
+            bad = BadLease(kv.key, subnets[0], reason, kv.mod_revision, subnets[1])
         else:
             try:
                 attrs = LeaseAttrs.from_json(kv.value)
             except LeaseDecodeError as exc:
-                bad = BadLease(kv.key, subnets[0], str(exc)[:300], kv.mod_revision)
+                bad = BadLease(kv.key, subnets[0], str(exc)[:300], kv.mod_revision, subnets[1])
             else:
                 self._bad.cleared(kv.key)
                 return Lease(subnets[0], attrs, None, kv.lease_id, subnets[1], kv.mod_revision)
@@ -347,10 +370,10 @@ class EtcdRegistry:
 
 
 class _EtcdWatch:
-    def __init__(self, registry: EtcdRegistry, stream: EtcdWatchStream, subnet: IPv4Network | None):
+    def __init__(self, registry: EtcdRegistry, stream: EtcdWatchStream, key: LeaseKey | None):
         self._registry = registry
         self._stream = stream
-        self._subnet = subnet
+        self._key = key
 
     @property
     def established(self) -> bool:
@@ -360,18 +383,29 @@ class _EtcdWatch:
         changes = []
         for event in self._stream.next_events(timeout):
             subnets = self._registry.keys.parse(event.kv.key)
-            if subnets is None or (self._subnet is not None and subnets[0] != self._subnet):
+            if subnets is None:
                 continue
+            v4, v6 = subnets
+            if self._key is not None and not key_matches(LeaseKey.of(v4, v6), self._key):
+                continue
+            revision = event.kv.mod_revision
             if event.deleted:
                 self._registry._bad.cleared(event.kv.key)
-                changes.append(Change(subnets[0], None, event.kv.mod_revision))
+                changes.append(Change(v4, None, revision, ipv6_subnet=v6))
                 continue
             decoded = self._registry._decode(event.kv)
             if isinstance(decoded, Lease):
-                changes.append(Change(decoded.subnet, decoded, event.kv.mod_revision))
+                changes.append(Change(v4, decoded, revision, ipv6_subnet=v6))
             else:  # the key now holds a bad value: for the peers it is gone
-                changes.append(Change(subnets[0], None, event.kv.mod_revision, decoded.reason))
+                changes.append(Change(v4, None, revision, decoded.reason, v6))
         return changes
 
     def close(self) -> None:
         self._stream.close()
+
+
+def key_matches(found: LeaseKey, wanted: LeaseKey) -> bool:
+    """`found` is the lease `wanted` names; an IPv4-only `wanted` also names its dual-stack key."""
+    if wanted.v6 is None:
+        return found.v4 == wanted.v4
+    return found == wanted

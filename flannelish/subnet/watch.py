@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 
 from flannelish.errors import EtcdAuthError, EtcdError
+from flannelish.subnet.keys import LeaseKey, as_key
 from flannelish.subnet.lease import Event, EventType, Lease
 from flannelish.subnet.registry import (
     Change,
@@ -43,6 +44,7 @@ from flannelish.subnet.registry import (
     HistoryCompacted,
     Registry,
     WatchResponseTooLarge,
+    key_matches,
 )
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,8 @@ REPORT_EVERY_S = 30.0
 RESET_GRACE_S = 60.0  # held peers of a reset etcd: removed this long after the config is back
 CONFIG_CHECK_S = 1.0  # how often held peers look for the network config
 
-Exclude = IPv4Network | Callable[[], IPv4Network | None] | None
+Own = IPv4Network | LeaseKey
+Exclude = Own | Callable[[], Own | None] | None
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class Snapshot:
 def lease_changes(
     registry: Registry,
     stop: threading.Event,
-    subnet: IPv4Network | None = None,
+    subnet: Own | None = None,
     label: str = "lease watch",
 ) -> Iterator[Snapshot | list[Change]]:
     """Snapshot first, then lists of changes ([] when idle); returns when `stop` is set."""
@@ -81,7 +84,7 @@ def lease_changes(
             if not next_revision:
                 leases, revision = registry.list_leases()
                 if subnet is not None:
-                    leases = [x for x in leases if x.subnet == subnet]
+                    leases = [x for x in leases if key_matches(x.key, as_key(subnet))]
                 next_revision = revision + 1
                 snapshot, reset = Snapshot(leases, revision, reset), False
                 yield snapshot
@@ -164,7 +167,7 @@ def watch_events(
     synced = False  # the first batch must be a real listing, even an empty one
     for item in lease_changes(registry, stop):
         if isinstance(item, Snapshot):
-            listed = {x.subnet for x in item.leases}
+            listed = {x.key for x in item.leases}
             if item.reset:
                 held.hold(set(tracker.known) - listed)
             held.release(listed)
@@ -174,7 +177,7 @@ def watch_events(
                 yield events
                 continue
         else:
-            held.release(c.subnet for c in item)
+            held.release(c.key for c in item)
             events = tracker.apply(item)
         events += tracker.drop(held.expired())
         if events:
@@ -191,11 +194,11 @@ class HeldPeers:
     def __init__(self, registry: Registry, grace_s: float) -> None:
         self._registry = registry
         self.grace_s = grace_s
-        self.subnets: set[IPv4Network] = set()
+        self.subnets: set[LeaseKey] = set()
         self._config_since: float | None = None
         self._next_check = 0.0
 
-    def hold(self, subnets: set[IPv4Network]) -> None:
+    def hold(self, subnets: set[LeaseKey]) -> None:
         self._config_since, self._next_check = None, 0.0
         if not subnets:
             return
@@ -208,11 +211,11 @@ class HeldPeers:
             extra={"peers": ",".join(sorted(str(x) for x in subnets))},
         )
 
-    def release(self, subnets: Iterable[IPv4Network]) -> None:
+    def release(self, subnets: Iterable[LeaseKey]) -> None:
         if self.subnets:
             self.subnets.difference_update(subnets)
 
-    def expired(self) -> set[IPv4Network]:
+    def expired(self) -> set[LeaseKey]:
         if not self.subnets:
             return set()
         now = time.monotonic()
@@ -246,20 +249,24 @@ class PeerTracker:
 
     def __init__(self, exclude: Exclude = None):
         self._exclude = exclude
-        self.known: dict[IPv4Network, Lease] = {}
+        self.known: dict[LeaseKey, Lease] = {}
 
     @property
-    def exclude(self) -> IPv4Network | None:
-        return self._exclude() if callable(self._exclude) else self._exclude
+    def exclude(self) -> LeaseKey | None:
+        own = self._exclude() if callable(self._exclude) else self._exclude
+        return as_key(own) if own is not None else None
 
-    def resync(self, leases: list[Lease], keep: Collection[IPv4Network] = ()) -> list[Event]:
+    def _own(self, key: LeaseKey, own: LeaseKey | None) -> bool:
+        return own is not None and key_matches(key, own)
+
+    def resync(self, leases: list[Lease], keep: Collection[LeaseKey] = ()) -> list[Event]:
         """Diff a fresh listing against what we knew; known peers in `keep` stay known
         (no REMOVED) even if they are not listed."""
         own = self.exclude
-        current = {x.subnet: x for x in leases if x.subnet != own}
+        current = {x.key: x for x in leases if not self._own(x.key, own)}
         events = []
         for subnet, old in list(self.known.items()):
-            if subnet in keep and subnet != own:
+            if subnet in keep and not self._own(subnet, own):
                 current.setdefault(subnet, old)
             elif subnet not in current:
                 events.append(Event(EventType.REMOVED, old, old.attrs))
@@ -272,7 +279,7 @@ class PeerTracker:
         self.known = current
         return events
 
-    def drop(self, subnets: Iterable[IPv4Network]) -> list[Event]:
+    def drop(self, subnets: Iterable[LeaseKey]) -> list[Event]:
         """REMOVED for each of `subnets` that is known (held peers whose grace ran out)."""
         events = []
         for subnet in subnets:
@@ -285,9 +292,10 @@ class PeerTracker:
         events = []
         own = self.exclude
         for change in changes:
-            if change.subnet == own:
+            key = change.key
+            if self._own(key, own):
                 continue
-            old = self.known.get(change.subnet)
+            old = self.known.get(key)
             new = change.lease
             if new is None:
                 if old is not None:  # a removal of an unknown peer carries nothing useful
@@ -296,13 +304,13 @@ class PeerTracker:
                         # peer goes now (its routes with it), not at the next re-list.
                         log.warning(
                             "peer %s now has a bad lease value (%s); removing it",
-                            change.subnet,
+                            key,
                             change.bad,
                         )
-                    del self.known[change.subnet]
+                    del self.known[key]
                     events.append(Event(EventType.REMOVED, old, old.attrs))
                 continue
-            self.known[change.subnet] = new
+            self.known[key] = new
             previous = old.attrs if old is not None and old.attrs != new.attrs else None
             # A put with the same attributes is a renewal: still ADDED, as in Flannel.
             events.append(Event(EventType.ADDED, new, previous))

@@ -20,6 +20,7 @@ from flannelish.kernel.netlink import (
     ROUTE_PROTO,
     Addr,
     Fdb,
+    IPAddress,
     IPNetwork,
     Link,
     Neigh,
@@ -36,8 +37,8 @@ from flannelish.kernel.netlink import (
 class FakeNetlink:
     _links: dict[int, Link] = field(default_factory=dict)
     _addrs: set[Addr] = field(default_factory=set)
-    _neighs: dict[tuple[int, IPv4Address], Neigh] = field(default_factory=dict)
-    _fdbs: dict[tuple[int, str, IPv4Address], Fdb] = field(default_factory=dict)
+    _neighs: dict[tuple[int, IPAddress], Neigh] = field(default_factory=dict)
+    _fdbs: dict[tuple[int, str, IPAddress], Fdb] = field(default_factory=dict)
     _routes: dict[IPNetwork, Route] = field(default_factory=dict)
     blackholes: set[IPv4Network] = field(default_factory=set)
     default_oif: int | None = None
@@ -182,7 +183,7 @@ class FakeNetlink:
         self._mutate("del_blackhole", dst)
         self.blackholes.discard(dst)
 
-    def default_route_oif(self) -> int | None:
+    def default_route_oif(self, family: int = AF_INET) -> int | None:
         return self.default_oif
 
     def add_route(self, route: Route) -> None:

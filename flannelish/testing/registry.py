@@ -15,8 +15,9 @@ from ipaddress import IPv4Network, IPv6Network
 
 from flannelish.errors import EtcdError
 from flannelish.subnet.etcdstore import ClusterReset, HistoryCompacted
+from flannelish.subnet.keys import LeaseKey, as_key
 from flannelish.subnet.lease import Lease, LeaseAttrs, LeaseDecodeError
-from flannelish.subnet.registry import BadLease, BadLeases, Change, Listing
+from flannelish.subnet.registry import BadLease, BadLeases, Change, Listing, key_matches
 
 
 class InMemoryRegistry:
@@ -36,7 +37,7 @@ class InMemoryRegistry:
         self.key_prefix = key_prefix
         self._cond = threading.Condition()
         self._config: bytes | None = None
-        self._leases: dict[IPv4Network, Lease] = {}
+        self._leases: dict[LeaseKey, Lease] = {}
         self._history: list[Change] = []
         self._revision = 1
         self._compacted = 0
@@ -44,7 +45,7 @@ class InMemoryRegistry:
         self._live_lease_ids: set[int] = set()
         self._watch_generation = 0
         self._fail_next = 0
-        self._bad_keys: dict[IPv4Network, BadLease] = {}
+        self._bad_keys: dict[LeaseKey, BadLease] = {}
         self._bad = BadLeases()
 
     @property
@@ -84,30 +85,34 @@ class InMemoryRegistry:
             self._watch_generation += 1
             self._cond.notify_all()
 
-    def expire(self, subnet: IPv4Network) -> None:
+    def expire(self, subnet: IPv4Network | LeaseKey) -> None:
+        key = as_key(subnet)
         with self._cond:
-            lease = self._leases.get(subnet)
+            lease = self._find(key)
             if lease is not None:
                 self._delete_locked(lease)
-            elif subnet in self._bad_keys:
+            elif key in self._bad_keys:
                 self._revision += 1
-                self._bad.cleared(self._bad_keys.pop(subnet).key)
-                self._history.append(Change(subnet, None, self._revision))
+                self._bad.cleared(self._bad_keys.pop(key).key)
+                self._history.append(Change(key.subnet, None, self._revision, ipv6_subnet=key.v6))
                 self._cond.notify_all()
 
-    def put_value(self, subnet: IPv4Network, raw: bytes | str, lease_id: int = 0) -> Lease | None:
+    def put_value(
+        self, subnet: IPv4Network | LeaseKey, raw: bytes | str, lease_id: int = 0
+    ) -> Lease | None:
         """Unconditional write of a raw value; None if it is a bad lease (then tracked)."""
         try:
             attrs = LeaseAttrs.from_json(raw)
         except LeaseDecodeError as exc:
+            key = as_key(subnet)
             with self._cond:
                 self._revision += 1
-                self._leases.pop(subnet, None)
-                key = f"{self.key_prefix}/subnets/{subnet.network_address}-{subnet.prefixlen}"
-                bad = BadLease(key, subnet, str(exc)[:300], self._revision)
-                self._bad_keys[subnet] = bad
+                self._leases.pop(key, None)
+                path = f"{self.key_prefix}/subnets/{key.etcd}"
+                bad = BadLease(path, key.subnet, str(exc)[:300], self._revision, key.v6)
+                self._bad_keys[key] = bad
                 self._bad.seen(bad)
-                self._history.append(Change(subnet, None, self._revision, bad.reason))
+                self._history.append(Change(key.subnet, None, self._revision, bad.reason, key.v6))
                 self._cond.notify_all()
             return None
         return self.put_raw(subnet, attrs, lease_id)
@@ -143,22 +148,25 @@ class InMemoryRegistry:
             leases = sorted(self._leases.values(), key=lambda x: int(x.subnet.network_address))
             return Listing(leases, self._revision, list(self._bad_keys.values()))
 
-    def get_lease(self, subnet: IPv4Network, with_expiry: bool = False) -> Lease | None:
+    def get_lease(self, subnet: IPv4Network | LeaseKey, with_expiry: bool = False) -> Lease | None:
         self._maybe_fail()
         with self._cond:
-            return self._leases.get(subnet)
+            return self._find(as_key(subnet))
 
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int | None) -> Lease | None:
+    def create_lease(
+        self, subnet: IPv4Network | LeaseKey, attrs: LeaseAttrs, ttl: int | None
+    ) -> Lease | None:
         self._maybe_fail()
+        key = as_key(subnet)
         with self._cond:
-            if subnet in self._leases or subnet in self._bad_keys:
+            if key in self._leases or key in self._bad_keys:
                 return None
-            return self._put_locked(subnet, None, attrs, ttl)
+            return self._put_locked(key.subnet, key.v6, attrs, ttl)
 
     def replace_lease(self, current: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease | None:
         self._maybe_fail()
         with self._cond:
-            existing = self._leases.get(current.subnet)
+            existing = self._leases.get(current.key)
             if existing is None or existing.mod_revision != current.mod_revision:
                 return None
             return self._put_locked(current.subnet, current.ipv6_subnet, attrs, ttl)
@@ -166,7 +174,7 @@ class InMemoryRegistry:
     def delete_lease(self, lease: Lease, only_if_unchanged: bool = True) -> bool:
         self._maybe_fail()
         with self._cond:
-            existing = self._leases.get(lease.subnet)
+            existing = self._leases.get(lease.key)
             if existing is None or (
                 only_if_unchanged and existing.mod_revision != lease.mod_revision
             ):
@@ -181,18 +189,23 @@ class InMemoryRegistry:
             for lease in [x for x in self._leases.values() if x.lease_id == lease_id and lease_id]:
                 self._delete_locked(lease)
 
-    def put_raw(self, subnet: IPv4Network, attrs: LeaseAttrs, lease_id: int = 0) -> Lease:
+    def put_raw(
+        self, subnet: IPv4Network | LeaseKey, attrs: LeaseAttrs, lease_id: int = 0
+    ) -> Lease:
         """Unconditional write, as an operator's etcdctl put would do."""
+        key = as_key(subnet)
         with self._cond:
-            lease = self._put_locked(subnet, None, attrs, None)
+            lease = self._put_locked(key.subnet, key.v6, attrs, None)
             if lease_id:
                 lease = replace(lease, lease_id=lease_id, expiration=time.time() + 86400)
-                self._leases[subnet] = lease
+                self._leases[key] = lease
             return lease
 
-    def watch(self, start_revision: int, subnet: IPv4Network | None = None) -> _MemoryWatch:
+    def watch(
+        self, start_revision: int, subnet: IPv4Network | LeaseKey | None = None
+    ) -> _MemoryWatch:
         self._maybe_fail()
-        return _MemoryWatch(self, start_revision, subnet)
+        return _MemoryWatch(self, start_revision, as_key(subnet) if subnet is not None else None)
 
     @property
     def live_lease_ids(self) -> set[int]:
@@ -213,10 +226,9 @@ class InMemoryRegistry:
             self._next_lease_id += 1
             lease_id = self._next_lease_id
             self._live_lease_ids.add(lease_id)
-        if self._bad_keys.pop(subnet, None) is not None:
-            self._bad.cleared(
-                f"{self.key_prefix}/subnets/{subnet.network_address}-{subnet.prefixlen}"
-            )
+        key = LeaseKey.of(subnet, ipv6_subnet)
+        if self._bad_keys.pop(key, None) is not None:
+            self._bad.cleared(f"{self.key_prefix}/subnets/{key.etcd}")
         lease = Lease(
             subnet,
             attrs,
@@ -225,23 +237,31 @@ class InMemoryRegistry:
             ipv6_subnet,
             self._revision,
         )
-        self._leases[subnet] = lease
-        self._history.append(Change(subnet, lease, self._revision))
+        self._leases[key] = lease
+        self._history.append(Change(subnet, lease, self._revision, ipv6_subnet=ipv6_subnet))
         self._cond.notify_all()
         return lease
 
     def _delete_locked(self, lease: Lease) -> None:
         self._revision += 1
-        del self._leases[lease.subnet]
-        self._history.append(Change(lease.subnet, None, self._revision))
+        del self._leases[lease.key]
+        self._history.append(
+            Change(lease.subnet, None, self._revision, ipv6_subnet=lease.ipv6_subnet)
+        )
         self._cond.notify_all()
+
+    def _find(self, key: LeaseKey) -> Lease | None:
+        lease = self._leases.get(key)
+        if lease is None and key.v6 is None:  # an IPv4 subnet also names its dual-stack key
+            lease = next((x for x in self._leases.values() if key_matches(x.key, key)), None)
+        return lease
 
 
 class _MemoryWatch:
-    def __init__(self, registry: InMemoryRegistry, start_revision: int, subnet: IPv4Network | None):
+    def __init__(self, registry: InMemoryRegistry, start_revision: int, key: LeaseKey | None):
         self._reg = registry
         self._next = start_revision
-        self._subnet = subnet
+        self._key = key
         self._generation = registry._watch_generation
         self._closed = False
         self.established = True
@@ -260,7 +280,7 @@ class _MemoryWatch:
                 new = [c for c in reg._history if c.revision >= self._next]
                 if new:
                     self._next = new[-1].revision + 1
-                    return [c for c in new if self._subnet is None or c.subnet == self._subnet]
+                    return [c for c in new if self._key is None or key_matches(c.key, self._key)]
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return []

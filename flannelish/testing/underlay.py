@@ -13,12 +13,13 @@ interface holding the default route" is eth0 as on a real node.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from flannelish.testing.netns import NetnsFactory
 from flannelish.testing.proc import run
 
 UNDERLAY_NETWORK = IPv4Network("198.18.0.0/24")
+UNDERLAY_NETWORK6 = IPv6Network("fd18::/64")  # the IPv6 (ULA) underlay, when asked for
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Host:
     netns: str  # full namespace name
     ip: IPv4Address
     ifname: str = "eth0"
+    ip6: IPv6Address | None = None  # on an IPv6 underlay
 
     def run(self, *argv: str, check: bool = True, timeout: float = 30):
         return run(argv, netns=self.netns, check=check, timeout=timeout)
@@ -40,6 +42,7 @@ class Underlay:
     mtu: int = 1500
     netns: str = ""
     hosts: dict[str, Host] = field(default_factory=dict)
+    network6: IPv6Network | None = None  # also an IPv6 underlay (e.g. UNDERLAY_NETWORK6)
 
     @property
     def gateway(self) -> IPv4Address:
@@ -52,7 +55,15 @@ class Underlay:
         run([*ip, "link", "add", self.bridge, "type", "bridge"])
         run([*ip, "link", "set", self.bridge, "mtu", str(self.mtu), "up"])
         run([*ip, "addr", "add", f"{self.gateway}/{self.network.prefixlen}", "dev", self.bridge])
+        if self.network6 is not None:
+            run([*ip, "addr", "add", f"{self.gateway6}/{self.network6.prefixlen}", "dev",
+                 self.bridge, "nodad"])  # fmt: skip
         return self
+
+    @property
+    def gateway6(self) -> IPv6Address:
+        assert self.network6 is not None
+        return self.network6.network_address + 0xFE
 
     def add_host(self, short: str, index: int | None = None, mtu: int | None = None) -> Host:
         """A new host namespace whose eth0 is plugged into the underlay bridge."""
@@ -69,6 +80,12 @@ class Underlay:
         run([*hn, "addr", "add", f"{address}/{self.network.prefixlen}", "dev", "eth0"])
         run([*hn, "link", "set", "eth0", "up"])
         run([*hn, "route", "add", "default", "via", str(self.gateway)])
-        host = Host(short, netns, address)
+        address6 = None
+        if self.network6 is not None:
+            address6 = self.network6.network_address + index
+            run([*hn, "addr", "add", f"{address6}/{self.network6.prefixlen}", "dev", "eth0",
+                 "nodad"])  # fmt: skip
+            run([*hn, "-6", "route", "add", "default", "via", str(self.gateway6)])
+        host = Host(short, netns, address, ip6=address6)
         self.hosts[short] = host
         return host

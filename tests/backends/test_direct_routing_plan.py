@@ -230,11 +230,11 @@ def test_readdressed_underlay_is_seen_at_the_next_base_check(tmp_path):
 
 def test_direct_peers_need_no_device(tmp_path):
     k = kernel(tmp_path)
-    k.backend.index = None  # e.g. between a device loss and its rebuild
+    k.backend.devices[0].index = None  # e.g. between a device loss and its rebuild
     assert k.backend.plan(peer(2)) == (
         Route(IPv4Network("10.244.2.0/24"), IPv4Address("198.18.0.2"), k.eth0.index),
     )
-    assert k.backend.plan(peer(3, "198.19.0.3")).reason == "device not present"
+    assert k.backend.plan(peer(3, "198.19.0.3")).reason == "device flannel.1 not present"
 
 
 def test_path_changes_are_logged_once(tmp_path, caplog):

@@ -9,6 +9,7 @@ import pytest
 from flannelish.daemon.admission import AdmissionRules, check_lease
 from flannelish.daemon.peers import PeerTable
 from flannelish.kernel.resources import Skip
+from flannelish.subnet.keys import LeaseKey
 from flannelish.subnet.lease import Event, EventType, Lease, LeaseAttrs
 
 pytestmark = pytest.mark.unit
@@ -29,7 +30,7 @@ def rules(**kw) -> AdmissionRules:
         network=IPv4Network("10.244.0.0/16"),
         subnet_len=24,
         own_ips=frozenset({IPv4Address("198.18.0.1")}),
-        own_subnet=lambda: OWN,
+        own_subnet=lambda: LeaseKey(OWN),
         validate=validate,
         claims=lambda p: (("vtep-mac", p.attrs.vtep_mac),),
     )
@@ -74,14 +75,14 @@ def test_a_duplicate_mac_waits_until_the_first_holder_leaves():
     table = PeerTable(OWN, rules())
     first, clone = lease("10.244.2.0/24", rev=5), lease("10.244.3.0/24", "198.18.0.3", rev=9)
     assert table.apply([Event(EventType.ADDED, clone), Event(EventType.ADDED, first)]) == {
-        first.subnet
+        first.key
     }
-    assert [p.subnet for p in table.snapshot()] == [first.subnet]
+    assert [p.key for p in table.snapshot()] == [first.key]
     ((_, why),) = table.rejected().values()
     assert why.kind == "duplicate" and "10.244.2.0/24" in why.reason
     # The holder leaves: the waiting peer is admitted in the same batch's result.
-    assert table.apply([Event(EventType.REMOVED, first)]) == {first.subnet, clone.subnet}
-    assert [p.subnet for p in table.snapshot()] == [clone.subnet] and not table.rejected()
+    assert table.apply([Event(EventType.REMOVED, first)]) == {first.key, clone.key}
+    assert [p.key for p in table.snapshot()] == [clone.key] and not table.rejected()
 
 
 def test_an_update_keeping_its_claim_keeps_it():
@@ -89,14 +90,14 @@ def test_an_update_keeping_its_claim_keeps_it():
     first, clone = lease("10.244.2.0/24", rev=5), lease("10.244.3.0/24", "198.18.0.3", rev=9)
     table.apply([Event(EventType.ADDED, first), Event(EventType.ADDED, clone)])
     moved = lease("10.244.2.0/24", "198.18.0.22", rev=12)  # same MAC, new PublicIP
-    assert table.apply([Event(EventType.ADDED, moved)]) == {first.subnet}
-    assert table.get(first.subnet) == moved and clone.subnet in table.rejected()
+    assert table.apply([Event(EventType.ADDED, moved)]) == {first.key}
+    assert table.get(first.key) == moved and clone.key in table.rejected()
 
 
 def test_a_rejected_lease_that_turns_good_is_admitted_and_a_good_one_turning_bad_is_dropped():
     table = PeerTable(OWN, rules())
     good, bad = lease("10.244.2.0/24"), lease("10.244.2.0/24", "127.0.0.1")
     assert table.apply([Event(EventType.ADDED, bad)]) == set()
-    assert table.apply([Event(EventType.ADDED, good)]) == {good.subnet}
-    assert table.apply([Event(EventType.ADDED, bad)]) == {good.subnet}
-    assert table.get(good.subnet) is None and good.subnet in table.rejected()
+    assert table.apply([Event(EventType.ADDED, good)]) == {good.key}
+    assert table.apply([Event(EventType.ADDED, bad)]) == {good.key}
+    assert table.get(good.key) is None and good.key in table.rejected()

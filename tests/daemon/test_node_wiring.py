@@ -139,7 +139,7 @@ def test_changed_vtep_mac_is_advertised_in_the_lease(tmp_path, registry):
     with Running(tmp_path, registry, nl) as node:
         subnet = node.status.lease.subnet
         # As if the device came back with another MAC (e.g. its state file was lost).
-        node.backend.mac = "0e:00:00:00:99:99"
+        node.backend.devices[0].mac = "0e:00:00:00:99:99"
         nl.delete_link(nl.link("flannel.1").index)
 
         def advertised() -> str | None:

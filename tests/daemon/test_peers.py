@@ -10,6 +10,7 @@ import pytest
 from flannelish.daemon.loop import ReconcileLoop
 from flannelish.daemon.peers import PeerTable
 from flannelish.daemon.reconciler import PassResult
+from flannelish.subnet.keys import LeaseKey
 from flannelish.subnet.lease import Event, EventType, Lease, LeaseAttrs
 
 pytestmark = pytest.mark.unit
@@ -36,7 +37,7 @@ def test_empty_snapshot_marks_synced_and_changes_no_peer():
 def test_renewal_with_same_attrs_is_no_change_but_new_mac_is():
     table = PeerTable()
     table.apply([Event(EventType.ADDED, lease(2))])
-    subnet = IPv4Network("10.244.2.0/24")
+    subnet = LeaseKey(IPv4Network("10.244.2.0/24"))
     assert table.apply([Event(EventType.ADDED, lease(2))]) == set()
     assert table.apply([Event(EventType.ADDED, lease(2, "0e:00:00:00:00:09"))]) == {subnet}
     assert table.apply([Event(EventType.REMOVED, lease(2))]) == {subnet}

@@ -14,6 +14,7 @@ from flannelish.daemon.diff import diff
 from flannelish.daemon.reconciler import Reconciler
 from flannelish.kernel.netlink import ROUTE_PROTO, Fdb, Neigh, Route
 from flannelish.kernel.resources import FdbResource, NeighResource, RouteResource
+from flannelish.subnet.keys import LeaseKey
 from flannelish.subnet.lease import Lease, LeaseAttrs
 from flannelish.testing.fake_kernel import FakeNetlink
 
@@ -198,7 +199,7 @@ def test_peer_that_would_hijack_our_traffic_is_skipped(kernel, bad, reason, capl
 
 
 def test_one_lease_event_writes_only_that_peer_and_dumps_nothing(kernel):
-    peers = {p.subnet: p for p in (peer(n) for n in range(2, 200))}
+    peers = {p.key: p for p in (peer(n) for n in range(2, 200))}
     kernel.rec.reconcile(list(peers.values()))
     kernel.nl.calls.clear()
 
@@ -207,22 +208,22 @@ def test_one_lease_event_writes_only_that_peer_and_dumps_nothing(kernel):
 
     kernel.nl.routes = kernel.nl.neighs = kernel.nl.fdbs = no_dump
     new = peer(200, mac="0e:00:00:00:01:c8", ip="198.18.1.200")
-    peers[new.subnet] = new
-    result = kernel.rec.apply_peers([new.subnet], peers.get)
+    peers[new.key] = new
+    result = kernel.rec.apply_peers([new.key], peers.get)
     assert (result.changes, result.errors, result.full) == (3, 0, False)
     assert [op for op, _ in kernel.nl.calls] == ["replace_neigh", "replace_fdb", "add_route"]
     kernel.nl.calls.clear()
-    del peers[peer(7).subnet]
-    result = kernel.rec.apply_peers([peer(7).subnet], peers.get)
+    del peers[peer(7).key]
+    result = kernel.rec.apply_peers([peer(7).key], peers.get)
     assert [op for op, _ in kernel.nl.calls] == ["del_route", "del_fdb", "del_neigh"]
 
 
 def test_a_changed_mac_rewrites_neigh_and_fdb_but_not_the_route(kernel):
-    peers = {peer(2).subnet: peer(2)}
+    peers = {peer(2).key: peer(2)}
     kernel.rec.reconcile(list(peers.values()))
     kernel.nl.calls.clear()
-    peers[peer(2).subnet] = peer(2, mac="0e:00:00:00:00:99")
-    kernel.rec.apply_peers([peer(2).subnet], peers.get)
+    peers[peer(2).key] = peer(2, mac="0e:00:00:00:00:99")
+    kernel.rec.apply_peers([peer(2).key], peers.get)
     assert [op for op, _ in kernel.nl.calls] == ["replace_fdb", "replace_neigh", "del_fdb"]
     assert entries(kernel)[1] == [("0e:00:00:00:00:99", "198.18.0.2")]
 
@@ -232,26 +233,26 @@ def test_a_foreign_route_in_the_way_is_left_alone_and_the_peer_is_skipped(kernel
     kernel.nl.add_foreign_route(foreign)
     result = kernel.rec.reconcile([peer(2), peer(3)])
     assert kernel.nl._routes[foreign.dst] == foreign
-    skip = kernel.rec.skipped[foreign.dst]
+    skip = kernel.rec.skipped[LeaseKey(foreign.dst)]
     assert skip.kind == "conflict" and "does not own" in skip.reason
-    assert result.skipped == 1 and IPv4Network("10.244.3.0/24") in kernel.rec.programmed()
+    assert result.skipped == 1 and LeaseKey(IPv4Network("10.244.3.0/24")) in kernel.rec.programmed()
     # The lease goes away: nothing of ours to delete there, the foreign route stays.
     kernel.rec.reconcile([peer(3)])
     assert kernel.nl._routes[foreign.dst] == foreign and not kernel.rec.skipped
 
 
 def test_events_during_a_full_pass_are_applied_without_waiting_for_it(kernel):
-    peers = {p.subnet: p for p in (peer(n) for n in range(2, 40))}
+    peers = {p.key: p for p in (peer(n) for n in range(2, 40))}
     late = peer(41, mac="0e:00:00:00:00:41", ip="198.18.0.41")
     applied: list[int] = []
 
     def between() -> None:
-        if late.subnet not in peers:  # the event arrives mid-pass
-            peers[late.subnet] = late
-            kernel.rec.apply_peers([late.subnet], peers.get)
+        if late.key not in peers:  # the event arrives mid-pass
+            peers[late.key] = late
+            kernel.rec.apply_peers([late.key], peers.get)
             applied.append(len(kernel.nl.routes()))
 
     kernel.rec.reconcile(list(peers.values()), between=between)
     assert applied and applied[0] < 39  # written before the pass finished its own peers
-    assert late.subnet in kernel.rec.programmed()
+    assert late.key in kernel.rec.programmed()
     assert len(kernel.nl.routes()) == 39

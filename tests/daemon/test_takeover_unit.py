@@ -17,6 +17,7 @@ from flannelish.backends.vxlan import VxlanBackend
 
 from flannelish.daemon.reconciler import Reconciler
 from flannelish.kernel.netlink import ROUTE_PROTO, Fdb, Neigh, Route, replace
+from flannelish.subnet.keys import LeaseKey
 from flannelish.subnet.lease import Lease, LeaseAttrs
 from flannelish.testing.fake_kernel import FakeNetlink
 
@@ -112,7 +113,7 @@ def test_a_route_that_differs_in_more_than_its_protocol_stays_a_conflict(kernel,
     kernel.nl._routes[route.dst] = other
     kernel.rec.reconcile([peer(2)])
     assert kernel.nl._routes[route.dst] == other
-    assert kernel.rec.skipped[route.dst].kind == "conflict"
+    assert kernel.rec.skipped[LeaseKey(route.dst)].kind == "conflict"
 
 
 def test_stale_flanneld_neighbour_and_fdb_entries_are_removed(kernel):

@@ -328,3 +328,24 @@ def test_legacy_iptables_rules_invisible_to_nft_are_read_from_iptables_save():
     assert [f.severity for f in findings] == [Severity.WARNING, Severity.ERROR]
     assert "invisible to nft" in findings[1].message
     assert "iptables-legacy -I INPUT -p udp --dport 8472 -j ACCEPT" in findings[1].fix
+
+
+def v6_links(v6_mtu: int, cni_mtu: int = 1430) -> dict[str, LinkFacts]:
+    out = links(cni_mtu=cni_mtu)
+    out["flannel-v6.1"] = LinkFacts("flannel-v6.1", v6_mtu, "vxlan", "eth0", 8472, None)
+    return out
+
+
+def test_dual_stack_mtu_checks_the_v6_device_against_underlay_minus_70():
+    env = ENV._replace(mtu=1430)
+    assert check_mtu(healthy(links=v6_links(1430), subnet_env=env)) == []
+    # Flannel's -50 on the IPv6 tunnel (#1781): large packets are dropped.
+    findings = check_mtu(healthy(links=v6_links(1450, cni_mtu=1450), subnet_env=ENV))
+    messages = " | ".join(x.message for x in findings)
+    assert "flannel-v6.1 MTU 1450 exceeds eth0 MTU 1500 - 70 = 1430" in messages
+
+
+def test_ipv6_only_node_has_only_the_v6_device():
+    only_v6 = {k: v for k, v in v6_links(1430).items() if k != "flannel.1"}
+    env = SubnetEnv(None, None, 1430, False)
+    assert check_mtu(healthy(links=only_v6, subnet_env=env)) == []

@@ -88,7 +88,7 @@ def test_lost_lease_whose_subnet_was_taken_moves_to_another_subnet(world):
     time.sleep(0.3)
     other = LeaseAttrs(IPv4Address("198.18.0.2"))
     with reg._cond:  # delete and re-take atomically, before the keeper can react
-        reg._delete_locked(reg._leases[lease.subnet])
+        reg._delete_locked(reg._leases[lease.key])
         reg._put_locked(lease.subnet, None, other, None)
     rec.wait()
     assert rec.changes[-1].subnet != lease.subnet
@@ -101,7 +101,7 @@ def test_lost_lease_with_a_full_pool_is_fatal_lease_lost(world):
     start(lease)
     time.sleep(0.3)
     with reg._cond:
-        reg._delete_locked(reg._leases[lease.subnet])
+        reg._delete_locked(reg._leases[lease.key])
         for subnet in (NET("10.5.1.0/24"), NET("10.5.2.0/24")):
             reg._put_locked(subnet, None, LeaseAttrs(IPv4Address("198.18.0.9")), None)
     rec.wait()

@@ -1,0 +1,252 @@
+"""`flannelish daemon` in dual-stack and IPv6-only networks: real etcd, real kernels,
+a dual-stack underlay (198.18.0.0/24 and fd18::/64), pods pinging over IPv6."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
+
+import pytest
+
+from flannelish.testing.etcd import EtcdMember, start_etcd
+from flannelish.testing.netns import NetnsFactory
+from flannelish.testing.proc import run
+from flannelish.testing.underlay import UNDERLAY_NETWORK6, Host, Underlay
+
+from .conftest import PREFIX
+from .helpers import DaemonProc, link_details, ping, wait_for
+
+DUAL = (
+    '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd44::/48",'
+    '"IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}'
+)
+V6ONLY = (
+    '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd44::/48",'
+    '"IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}'
+)
+# Flannel's key regex (flannel.md §1.1).
+FLANNEL_KEY = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$")
+
+
+@pytest.fixture
+def underlay6(netns_factory: NetnsFactory) -> Underlay:
+    return Underlay(netns_factory, network6=UNDERLAY_NETWORK6).create()
+
+
+@pytest.fixture
+def etcd6(underlay6: Underlay) -> Iterator[EtcdMember]:
+    member = start_etcd(name="ul6-etcd", host=str(underlay6.gateway), netns=underlay6.netns)
+    try:
+        yield member
+    finally:
+        member.destroy()
+
+
+@pytest.fixture
+def daemons6(
+    underlay6: Underlay, etcd6: EtcdMember, tmp_path
+) -> Iterator[Callable[..., list[DaemonProc]]]:
+    made: list[DaemonProc] = []
+
+    def start(n: int, config: str, *flags: str) -> list[DaemonProc]:
+        etcd6.etcdctl("put", f"{PREFIX}/config", config)
+        out = []
+        for i in range(1, n + 1):
+            host = underlay6.add_host(f"h{i}")
+            d = DaemonProc(host, etcd6.client_url, tmp_path, *flags).start()
+            made.append(d)
+            out.append(d)
+        for d in out:
+            d.wait_ready()
+        return out
+
+    try:
+        yield start
+    finally:
+        for d in made:
+            d.stop()
+
+
+def subnet6(d: DaemonProc) -> IPv6Network:
+    return IPv6Interface(d.env()["FLANNEL_IPV6_SUBNET"]).network
+
+
+def add_pod6(factory: NetnsFactory, host: Host, d: DaemonProc, short: str, mtu: int) -> str:
+    """A pod with <v6 subnet>::2 (and <v4 subnet>.2 in dual-stack) behind a routed veth."""
+    pod = factory.create(short)
+    veth = f"v{short}"[:15]
+    for ns in (host.netns, pod):  # no duplicate address detection: addresses usable at once
+        for conf in ("all", "default"):
+            run(["sysctl", "-qw", f"net.ipv6.conf.{conf}.accept_dad=0"], netns=ns)
+    host.run("ip", "link", "add", veth, "mtu", str(mtu), "type", "veth", "peer", "name", "eth0",
+             "mtu", str(mtu), "netns", pod)  # fmt: skip
+    host.run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+    host.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+    p = ["ip", "-n", pod]
+    s6 = subnet6(d)
+    host.run("ip", "addr", "add", f"{s6.network_address + 1}/64", "dev", veth, "nodad")
+    run([*p, "addr", "add", f"{s6.network_address + 2}/64", "dev", "eth0", "nodad"])
+    if "FLANNEL_SUBNET" in d.env():
+        s4 = IPv4Interface(d.env()["FLANNEL_SUBNET"]).network
+        host.run("ip", "addr", "add", f"{s4.network_address + 1}/{s4.prefixlen}", "dev", veth)
+        run([*p, "addr", "add", f"{s4.network_address + 2}/{s4.prefixlen}", "dev", "eth0"])
+    host.run("ip", "link", "set", veth, "up")
+    run([*p, "link", "set", "eth0", "up"])
+    run([*p, "-6", "route", "add", "default", "via", str(s6.network_address + 1)])
+    if "FLANNEL_SUBNET" in d.env():
+        run([*p, "route", "add", "default", "via", str(s4.network_address + 1)])
+    return pod
+
+
+def v6_state(host: Host) -> dict[str, list]:
+    dev = "flannel-v6.1"
+    neigh = json.loads(host.run("ip", "-6", "-j", "neigh", "show", "dev", dev).stdout or "[]")
+    fdb = json.loads(host.run("bridge", "-j", "fdb", "show", "dev", dev).stdout or "[]")
+    routes = json.loads(host.run("ip", "-6", "-j", "route", "show", "proto", "70").stdout or "[]")
+    return {
+        "neigh": sorted((n["dst"], n.get("lladdr")) for n in neigh if "PERMANENT" in n["state"]),
+        "fdb": sorted((f["mac"], f.get("dst")) for f in fdb if f.get("dst")),
+        "route": sorted((r["dst"], r.get("gateway"), r.get("dev")) for r in routes),
+    }
+
+
+def leases(etcd: EtcdMember) -> dict[str, dict]:
+    out = etcd.etcdctl("get", f"{PREFIX}/subnets/", "--prefix", "-w", "json").stdout
+    import base64
+
+    kvs = json.loads(out).get("kvs", [])
+    return {
+        base64.b64decode(kv["key"]).decode(): json.loads(base64.b64decode(kv["value"]))
+        for kv in kvs
+    }
+
+
+def test_dual_stack_pods_ping_over_ipv4_and_ipv6(daemons6, etcd6, netns_factory):
+    a, b = daemons6(2, DUAL)
+    env = a.env()
+    # subnet.env exactly as Flannel writes it (flannel.md §2, vector 6).
+    assert list(env) == [
+        "FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_IPV6_NETWORK", "FLANNEL_IPV6_SUBNET",
+        "FLANNEL_MTU", "FLANNEL_IPMASQ",
+    ]  # fmt: skip
+    assert env["FLANNEL_IPV6_NETWORK"] == "fd44::/48" and env["FLANNEL_MTU"] == "1430"
+    assert env["FLANNEL_IPV6_SUBNET"].endswith("::1/64")
+    info = link_details(a.host, "flannel-v6.1")
+    assert info["mtu"] == 1430 and info["linkinfo"]["info_data"]["local6"] == str(a.host.ip6)
+    assert link_details(a.host, "flannel.1")["mtu"] == 1450
+    # Keys and values in Flannel's format.
+    found = leases(etcd6)
+    assert len(found) == 2
+    for key, value in found.items():
+        m = FLANNEL_KEY.search(key)
+        assert m is not None and m.group(3) is not None, key
+        assert value["PublicIPv6"].startswith("fd18::") and "VtepMAC" in value["BackendV6Data"]
+    want = sorted((str(subnet6(b)), str(subnet6(b).network_address), "flannel-v6.1") for _ in [0])
+    wait_for(lambda: v6_state(a.host)["route"] == want, 10, what="IPv6 route on a")
+    pa = add_pod6(netns_factory, a.host, a, "pa", 1430)
+    add_pod6(netns_factory, b.host, b, "pb", 1430)
+    # The first packets wait for neighbour discovery on the fresh veths.
+    wait_for(lambda: ping(pa, subnet6(b).network_address + 2), 5, what="pod a -> pod b, IPv6")
+    assert ping(pa, IPv4Interface(b.env()["FLANNEL_SUBNET"]).network.network_address + 2)
+    # A full-size IPv6 packet fits the -70 MTU (Flannel's -50 would not, #1781).
+    big = run(["ping", "-6", "-c", "2", "-i", "0.2", "-W", "1", "-M", "do", "-s", str(1430 - 48),
+               str(subnet6(b).network_address + 2)], netns=pa, check=False)  # fmt: skip
+    assert big.returncode == 0, big.stdout
+
+
+def test_ipv6_only_nodes_get_distinct_leases_and_pods_ping(daemons6, etcd6, netns_factory):
+    a, b = daemons6(2, V6ONLY)
+    env = a.env()
+    assert list(env) == ["FLANNEL_IPV6_NETWORK", "FLANNEL_IPV6_SUBNET", "FLANNEL_MTU",
+                         "FLANNEL_IPMASQ"]  # fmt: skip
+    assert env["FLANNEL_MTU"] == "1430"
+    assert subnet6(a) != subnet6(b)  # upstream both would take one lease (PublicIP 0.0.0.0)
+    found = leases(etcd6)
+    assert len(found) == 2 and all(k.split("/")[-1].startswith("0.0.0.0-0&fd44:") for k in found)
+    assert all(v["PublicIP"] == "0.0.0.0" and "BackendData" not in v for v in found.values())
+    assert a.host.run("ip", "link", "show", "flannel.1", check=False).returncode != 0
+    wait_for(lambda: len(v6_state(a.host)["route"]) == 1, 10, what="IPv6 route on a")
+    pa = add_pod6(netns_factory, a.host, a, "pa", 1430)
+    add_pod6(netns_factory, b.host, b, "pb", 1430)
+    wait_for(lambda: ping(pa, subnet6(b).network_address + 2), 5, what="pod a -> pod b, IPv6")
+
+
+def test_deleted_ipv6_route_neigh_and_fdb_come_back_within_a_second(daemons6):
+    a, b = daemons6(2, DUAL)
+    wait_for(lambda: len(v6_state(a.host)["route"]) == 1, 10, what="IPv6 route")
+    before = v6_state(a.host)
+    gw, mac = before["neigh"][0]
+    a.host.run("ip", "-6", "route", "del", str(subnet6(b)), "proto", "70")
+    a.host.run("ip", "-6", "neigh", "del", gw, "dev", "flannel-v6.1")
+    a.host.run("bridge", "fdb", "del", mac, "dev", "flannel-v6.1", "dst", str(b.host.ip6))
+    t0 = time.monotonic()
+    wait_for(lambda: v6_state(a.host) == before, 1.0, 0.02, what="IPv6 repair")
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_restart_keeps_the_ipv6_data_path_with_no_lost_ping(daemons6, netns_factory):
+    a, b = daemons6(2, DUAL)
+    wait_for(lambda: len(v6_state(a.host)["route"]) == 1, 10, what="IPv6 route")
+    pa = add_pod6(netns_factory, a.host, a, "pa", 1430)
+    add_pod6(netns_factory, b.host, b, "pb", 1430)
+    mac6 = link_details(a.host, "flannel-v6.1")["address"]
+    s6 = subnet6(a)
+    wait_for(lambda: ping(pa, subnet6(b).network_address + 2), 5, what="IPv6 path")
+    pinger = subprocess.Popen(
+        ["ip", "netns", "exec", pa, "ping", "-6", "-q", "-i", "0.05", "-c", "100", "-W", "1",
+         str(subnet6(b).network_address + 2)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(1.0)
+    assert a.stop() == 0
+    a.start().wait_ready()
+    out, _ = pinger.communicate(timeout=20)
+    assert " 0% packet loss" in out, out
+    assert subnet6(a) == s6 and link_details(a.host, "flannel-v6.1")["address"] == mac6
+    log = a.log_path.read_text()
+    assert '"op": "delete"' not in log and "rebuilding" not in log
+
+
+def test_a_flannel_written_dual_stack_lease_is_programmed(daemons6, etcd6):
+    (a,) = daemons6(1, DUAL)
+    key = f"{PREFIX}/subnets/10.244.250.0-24&fd44:0:0:fa::-64"
+    value = (
+        '{"PublicIP":"198.18.0.99","PublicIPv6":"fd18::99","BackendType":"vxlan",'
+        '"BackendData":{"VNI":1,"VtepMAC":"0e:11:22:33:44:55"},'
+        '"BackendV6Data":{"VNI":1,"VtepMAC":"0e:11:22:33:44:66"}}'
+    )
+    etcd6.etcdctl("put", key, value)
+    want = {
+        "neigh": [("fd44:0:0:fa::", "0e:11:22:33:44:66")],
+        "fdb": [("0e:11:22:33:44:66", "fd18::99")],
+        "route": [("fd44:0:0:fa::/64", "fd44:0:0:fa::", "flannel-v6.1")],
+    }
+    wait_for(lambda: v6_state(a.host) == want, 5, what="flannel's lease programmed")
+    routes4 = a.host.run("ip", "-4", "route", "show", "proto", "70").stdout
+    assert "10.244.250.0/24 via 10.244.250.0 dev flannel.1 onlink" in routes4
+    etcd6.etcdctl("del", key)
+    wait_for(lambda: v6_state(a.host)["route"] == [], 5, what="removed")
+    assert IPv4Network("10.244.250.0/24")  # (the IPv4 half goes too)
+    assert "10.244.250.0" not in a.host.run("ip", "-4", "route", "show", "proto", "70").stdout
+
+
+HOSTGW_V6 = V6ONLY.replace('"vxlan"', '"host-gw"')
+
+
+def test_host_gw_over_ipv6_routes_via_public_ipv6(daemons6, netns_factory):
+    a, b = daemons6(2, HOSTGW_V6)
+    assert a.env()["FLANNEL_MTU"] == "1500"
+    want = [(str(subnet6(b)), str(b.host.ip6), "eth0")]
+
+    def routes() -> list:
+        out = a.host.run("ip", "-6", "-j", "route", "show", "proto", "70").stdout
+        return sorted((r["dst"], r.get("gateway"), r.get("dev")) for r in json.loads(out or "[]"))
+
+    wait_for(lambda: routes() == want, 10, what="host-gw IPv6 route")
+    pa = add_pod6(netns_factory, a.host, a, "pa", 1500)
+    add_pod6(netns_factory, b.host, b, "pb", 1500)
+    wait_for(lambda: ping(pa, subnet6(b).network_address + 2), 5, what="pod a -> pod b, host-gw")

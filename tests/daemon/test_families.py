@@ -1,0 +1,62 @@
+"""daemon/families.py: per-family admission rules, subnet.env and the status report."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from types import SimpleNamespace
+
+import pytest
+
+from flannelish.daemon.families import family_report, subnet_env
+from flannelish.subnet.config import parse_network_config
+from flannelish.subnet.keys import LeaseKey
+from flannelish.subnet.lease import Lease, LeaseAttrs
+
+pytestmark = pytest.mark.unit
+
+DUAL = parse_network_config(
+    '{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":64}'
+)
+V6ONLY = parse_network_config(
+    '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":64}'
+)
+
+
+def test_subnet_env_vector_dual_stack_as_flannel_writes_it():
+    key = LeaseKey(IPv4Network("10.5.34.0/24"), IPv6Network("fd00:0:0:22::/64"))
+    assert subnet_env(DUAL, key, 1430, True).render() == (
+        "FLANNEL_NETWORK=10.5.0.0/16\n"
+        "FLANNEL_SUBNET=10.5.34.1/24\n"
+        "FLANNEL_IPV6_NETWORK=fd00::/56\n"
+        "FLANNEL_IPV6_SUBNET=fd00:0:0:22::1/64\n"
+        "FLANNEL_MTU=1430\n"
+        "FLANNEL_IPMASQ=true\n"
+    )
+    assert key.etcd == "10.5.34.0-24&fd00:0:0:22::-64"
+
+
+def test_subnet_env_ipv6_only_has_no_ipv4_lines():
+    key = LeaseKey(None, IPv6Network("fd00:0:0:22::/64"))
+    assert subnet_env(V6ONLY, key, 1430, False).render() == (
+        "FLANNEL_IPV6_NETWORK=fd00::/56\n"
+        "FLANNEL_IPV6_SUBNET=fd00:0:0:22::1/64\n"
+        "FLANNEL_MTU=1430\n"
+        "FLANNEL_IPMASQ=false\n"
+    )
+    assert key.etcd == "0.0.0.0-0&fd00:0:0:22::-64"
+
+
+def test_family_report_counts_programmed_peers_per_family():
+    def lease(v4: str, v6: str | None) -> Lease:
+        attrs = LeaseAttrs(IPv4Address("198.18.0.1"), "vxlan", public_ipv6=IPv6Address("fd18::1"))
+        return Lease(IPv4Network(v4), attrs, ipv6_subnet=IPv6Network(v6) if v6 else None)
+
+    own = lease("10.5.1.0/24", "fd00:0:0:1::/64")
+    peers = [lease("10.5.2.0/24", "fd00:0:0:2::/64"), lease("10.5.3.0/24", "fd00:0:0:3::/64")]
+    backend = SimpleNamespace(devices=[SimpleNamespace(name="flannel.1"),
+                                       SimpleNamespace(name="flannel-v6.1")])  # fmt: skip
+    by_family, devices, v6 = family_report(backend, DUAL, own, peers)
+    assert by_family == {"ipv4": 2, "ipv6": 2}
+    assert devices == ["flannel.1", "flannel-v6.1"]
+    assert v6 == {"ipv6_subnet": "fd00:0:0:1::/64", "ipv6_network": "fd00::/56",
+                  "public_ipv6": "fd18::1"}  # fmt: skip

@@ -1,0 +1,132 @@
+"""SubnetManager for dual-stack and IPv6-only networks (flannel.md §1, issue 13)."""
+
+from __future__ import annotations
+
+import random
+import re
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+import pytest
+
+from flannelish.errors import ConfigError, DuplicateNodeError
+from flannelish.subnet.keys import Keys, LeaseKey
+from flannelish.subnet.lease import LeaseAttrs
+from flannelish.subnet.manager import SubnetManager
+from flannelish.testing.registry import InMemoryRegistry
+
+pytestmark = pytest.mark.unit
+
+DUAL = (
+    '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd44::/48",'
+    '"IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}'
+)
+V6ONLY = (
+    '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd44::/48",'
+    '"IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}'
+)
+# Flannel's key regex, anchored at the end (flannel.md §1.1).
+FLANNEL_KEY = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$")
+NODE_A, NODE_B = "a" * 32, "b" * 32
+
+
+def make(config: str, seed: int = 1):
+    reg = InMemoryRegistry()
+    reg.put_config(config.encode())
+    return reg, SubnetManager(reg, lease_ttl=100, rng=random.Random(seed))
+
+
+def attrs(v4: str, v6: str | None, node: str | None = None) -> LeaseAttrs:
+    return LeaseAttrs(
+        IPv4Address(v4),
+        "vxlan",
+        {"VNI": 1, "VtepMAC": "0a:00:00:00:00:01"},
+        IPv6Address(v6) if v6 else None,
+        {"VNI": 1, "VtepMAC": "0a:00:00:00:00:02"} if v6 else None,
+        node,
+    )
+
+
+def test_dual_stack_lease_has_both_subnets_in_flannels_key_format():
+    reg, mgr = make(DUAL)
+    lease = mgr.acquire(attrs("198.18.0.1", "fd18::1"))
+    assert lease.key.v4 is not None and lease.key.v4.subnet_of(IPv4Network("10.244.0.0/16"))
+    assert lease.key.v6 is not None and lease.key.v6.subnet_of(IPv6Network("fd44::/48"))
+    assert lease.key.v6.prefixlen == 64
+    etcd_key = Keys("/coreos.com/network").lease(lease.key)
+    match = FLANNEL_KEY.search(etcd_key)
+    assert match is not None and match.group(3) == lease.key.v6.network_address.compressed
+    assert reg.get_lease(lease.key) == lease
+
+
+def test_ipv6_only_key_carries_flannels_placeholder():
+    _, mgr = make(V6ONLY)
+    lease = mgr.acquire(attrs("0.0.0.0", "fd18::1", NODE_A))
+    assert lease.key.v4 is None and lease.ipv4_subnet is None
+    assert lease.key.etcd.startswith("0.0.0.0-0&fd44:")
+    assert FLANNEL_KEY.search(lease.key.etcd) is not None
+
+
+def test_ipv6_only_nodes_do_not_collide_on_public_ip_zero():
+    """Upstream every IPv6-only node advertises 0.0.0.0 and reuses the first node's lease."""
+    reg, mgr = make(V6ONLY)
+    a = mgr.acquire(attrs("0.0.0.0", "fd18::1", NODE_A))
+    b = SubnetManager(reg, lease_ttl=100).acquire(attrs("0.0.0.0", "fd18::2", NODE_B))
+    c = SubnetManager(reg, lease_ttl=100).acquire(attrs("0.0.0.0", "fd18::3"))
+    assert len({a.key, b.key, c.key}) == 3
+    assert len(reg.list_leases()[0]) == 3
+
+
+def test_ipv6_only_restart_reuses_by_public_ipv6_and_by_node_id():
+    reg, mgr = make(V6ONLY)
+    first = mgr.acquire(attrs("0.0.0.0", "fd18::1", NODE_A))
+    again = SubnetManager(reg, lease_ttl=100).acquire(attrs("0.0.0.0", "fd18::1", NODE_A))
+    assert again.key == first.key
+    moved = SubnetManager(reg, lease_ttl=100).acquire(attrs("0.0.0.0", "fd18::9", NODE_A))
+    assert moved.key == first.key  # same node, new address: still its subnet
+    assert len(reg.list_leases()[0]) == 1
+
+
+def test_second_host_with_our_public_ipv6_is_refused():
+    reg, mgr = make(V6ONLY)
+    mgr.acquire(attrs("0.0.0.0", "fd18::1", NODE_A))
+    with pytest.raises(DuplicateNodeError):
+        SubnetManager(reg, lease_ttl=100).acquire(attrs("0.0.0.0", "fd18::1", NODE_B))
+
+
+def test_previous_subnets_are_reused_per_family():
+    _, mgr = make(DUAL)
+    previous = LeaseKey(IPv4Network("10.244.7.0/24"), IPv6Network("fd44:0:0:9::/64"))
+    lease = mgr.acquire(attrs("198.18.0.1", "fd18::1"), previous)
+    assert lease.key == previous
+
+
+def test_previous_ipv6_subnet_taken_by_another_node_is_not_reused():
+    reg, mgr = make(DUAL)
+    theirs = mgr.acquire(attrs("198.18.0.2", "fd18::2"))
+    previous = LeaseKey(IPv4Network("10.244.7.0/24"), theirs.key.v6)
+    lease = SubnetManager(reg, lease_ttl=100).acquire(attrs("198.18.0.1", "fd18::1"), previous)
+    assert lease.key.v4 == previous.v4
+    assert lease.key.v6 != theirs.key.v6
+
+
+def test_ipv4_lease_is_replaced_when_the_network_turns_dual_stack():
+    reg, mgr = make('{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}')
+    old = mgr.acquire(attrs("198.18.0.1", "fd18::1"))
+    reg.put_config(DUAL.encode())
+    new = SubnetManager(reg, lease_ttl=100).acquire(attrs("198.18.0.1", "fd18::1"), old.key)
+    assert new.key.v4 == old.key.v4 and new.key.v6 is not None
+    assert [x.key for x in reg.list_leases()[0]] == [new.key]
+
+
+def test_ipv6_network_without_an_ipv6_address_is_a_config_error():
+    _, mgr = make(DUAL)
+    with pytest.raises(ConfigError, match="IPv6"):
+        mgr.acquire(attrs("198.18.0.1", None))
+
+
+def test_renew_keeps_a_dual_stack_key():
+    _, mgr = make(DUAL)
+    lease = mgr.acquire(attrs("198.18.0.1", "fd18::1"))
+    renewed = mgr.renew(lease)
+    assert renewed.key == lease.key and renewed.lease_id != lease.lease_id
+    assert mgr.own_lease(lease.key) == renewed
