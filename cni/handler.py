@@ -80,7 +80,8 @@ def _dispatch(inv: Invocation, doc: dict, host_fd: int | None, stderr: list[str]
             raise CniError(CniCode.STATUS_NOT_AVAILABLE, exc.msg, exc.details) from None
         raise
 
-    from flannelish.cni.bridge import Call, cmd_add, cmd_check, cmd_del, cmd_gc, cmd_status
+    from flannelish.cni.bridge import Call, cmd_add
+    from flannelish.cni.bridge_ops import cmd_check, cmd_del, cmd_gc, cmd_status
 
     call = Call(inv, doc, conf, host_fd, stderr)
     if command == "ADD":

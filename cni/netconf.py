@@ -21,102 +21,30 @@ Standard library only: the entry point reads ``daemonSocket`` from here.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
-import re
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, NamedTuple
 
 from flannelish.errors import CniCode
 from flannelish.subnet_env import IncompleteSubnetEnv, PluginEnv, read_plugin_env
 
 from .client import DEFAULT_SUBNET_FILE
+from .fields import (  # noqa: F401  (IPAddress/IPNetwork: re-exported for ipam)
+    IPAddress,
+    IPNetwork,
+    _get,
+    _get_int,
+    _path,
+    _show,
+    invalid,
+    parse_cidr,
+    parse_ip,
+    parse_mac,
+)
+from .prevresult import parse_dns, parse_prev_result, parse_routes
 from .protocol import CniError, check_version, is_valid_id, validate_ifname
-
-IPAddress = IPv4Address | IPv6Address
-IPNetwork = IPv4Network | IPv6Network
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 DEFAULT_BRIDGE = "cni0"
-_MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")  # fullmatch: no "\n" after it
-
-
-def invalid(msg: str, details: str | None = None) -> CniError:
-    return CniError(CniCode.INVALID_CONFIG, msg, details)
-
-
-def _show(value: Any) -> str:
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError, RecursionError):
-        text = f"<{type(value).__name__}>"  # repr() of a deep value would recurse too
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-# Widths of the kernel attributes that netconf / prevResult integers end up in.
-U8_MAX = 2**8 - 1
-U32_MAX = 2**32 - 1
-
-
-def _get_int(doc: dict, key: str, low: int, high: int, where: str = "") -> int | None:
-    """doc[key] as an integer in [low, high] (None if absent); code 7 otherwise."""
-    value = _get(doc, key, int, None, where)
-    if value is not None and not low <= value <= high:
-        raise invalid(f'invalid "{where}{key}": {value} is outside {low}..{high}')
-    return value
-
-
-def _get(doc: dict, key: str, kind: type | tuple[type, ...], default: Any, where: str = "") -> Any:
-    """doc[key] if it has the right JSON type (bool is not an int here)."""
-    if key not in doc or doc[key] is None:
-        return default
-    value = doc[key]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    # JSON true/false must not pass as the integers 1/0.
-    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-        names = "/".join(
-            {bool: "boolean", int: "integer", str: "string", list: "list", dict: "object"}[k]
-            for k in kinds
-        )
-        raise invalid(f'invalid "{where}{key}": expected a {names}, got {_show(value)}')
-    return value
-
-
-def _path(doc: dict, key: str, default: str, where: str = "") -> str:
-    """A file system path: a string the kernel can take (no NUL byte)."""
-    value = _get(doc, key, str, default, where)
-    if "\0" in value:
-        raise invalid(f'invalid "{where}{key}": a path cannot contain a NUL character')
-    return value
-
-
-def parse_ip(value: Any, field_name: str) -> IPAddress:
-    """An address, also given as "<ip>/<prefix>" (the prefix must then be valid)."""
-    if isinstance(value, str):
-        try:
-            if "/" in value:
-                return ipaddress.ip_interface(value).ip
-            return ipaddress.ip_address(value)
-        except ValueError:
-            pass
-    raise invalid(f'invalid "{field_name}": not an IP address: {_show(value)}')
-
-
-def parse_cidr(value: Any, field_name: str) -> IPNetwork:
-    if isinstance(value, str) and "/" in value:
-        try:
-            return ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            pass
-    raise invalid(f'invalid "{field_name}": not a CIDR: {_show(value)}')
-
-
-def parse_mac(value: Any, field_name: str) -> str:
-    if not isinstance(value, str) or not _MAC_RE.fullmatch(value):
-        raise invalid(f'invalid "{field_name}": not a MAC address: {_show(value)}')
-    if int(value[:2], 16) & 1:
-        raise invalid(f'invalid "{field_name}": {value} is a multicast MAC address')
-    return value.lower()
 
 
 class Range(NamedTuple):
@@ -188,117 +116,6 @@ class IpamConf:
     @property
     def delegated(self) -> bool:
         return self.type != "host-local"
-
-
-def parse_routes(value: Any, where: str) -> list[dict]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise invalid(f'invalid "{where}": expected a list, got {_show(value)}')
-    routes = []
-    for i, item in enumerate(value):
-        if not isinstance(item, dict) or "dst" not in item:
-            raise invalid(f'invalid "{where}[{i}]": expected an object with "dst"')
-        dst = parse_cidr(item["dst"], f"{where}[{i}].dst")
-        route: dict[str, Any] = {"dst": str(dst)}
-        if item.get("gw") not in (None, ""):
-            gw = parse_ip(item["gw"], f"{where}[{i}].gw")
-            if gw.version != dst.version:
-                raise invalid(f'invalid "{where}[{i}].gw": {gw} is not an IPv{dst.version} address')
-            route["gw"] = str(gw)
-        for key, high in _ROUTE_INTS:
-            if key in item:
-                route[key] = _get_int(item, key, 0, high, f"{where}[{i}].")
-        routes.append(route)
-    return routes
-
-
-# CNI 1.1 route fields and the width of the netlink attribute each one becomes:
-# RTAX_MTU, RTAX_ADVMSS, RTA_PRIORITY, RTA_TABLE are u32, rtm_scope is u8.
-_ROUTE_INTS = (
-    ("mtu", U32_MAX),
-    ("advmss", U32_MAX),
-    ("priority", U32_MAX),
-    ("table", U32_MAX),
-    ("scope", U8_MAX),
-)
-_HW_ADDR_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5,19}")  # Ethernet .. InfiniBand
-
-
-def _string_list(doc: dict, key: str, where: str) -> list[str]:
-    items = _get(doc, key, list, [], where)
-    for i, item in enumerate(items):
-        if not isinstance(item, str):
-            raise invalid(f'invalid "{where}{key}[{i}]": expected a string, got {_show(item)}')
-    return items
-
-
-def parse_dns(value: Any, where: str) -> dict:
-    """A CNI DNS object: nameservers/search/options are lists of strings, domain a string."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise invalid(f'invalid "{where}": expected an object, got {_show(value)}')
-    for key in ("nameservers", "search", "options"):
-        _string_list(value, key, f"{where}.")
-    _get(value, "domain", str, "", f"{where}.")
-    return value
-
-
-def parse_prev_result(value: Any) -> dict | None:
-    """A prevResult (any supported version's shape), checked field by field; code 7.
-
-    Everything CHECK compares and ADD passes on is validated here, so nothing
-    malformed reaches ipaddress, int() or a netlink attribute later.  Unknown
-    keys are kept: a chained plugin's result is passed through unchanged.
-    """
-    if value is None:
-        return None
-    where = "prevResult"
-    if not isinstance(value, dict):
-        raise invalid(f'invalid "{where}": expected an object, got {_show(value)}')
-    ifaces = _get(value, "interfaces", list, [], f"{where}.")
-    for i, iface in enumerate(ifaces):
-        at = f"{where}.interfaces[{i}]"
-        if not isinstance(iface, dict):
-            raise invalid(f'invalid "{at}": expected an object, got {_show(iface)}')
-        name = _get(iface, "name", str, "", f"{at}.")
-        if not name:
-            raise invalid(f'invalid "{at}": missing "name"')
-        mac = _get(iface, "mac", str, "", f"{at}.")
-        if mac and not _HW_ADDR_RE.fullmatch(mac):
-            raise invalid(f'invalid "{at}.mac": not a MAC address: {_show(mac)}')
-        _get_int(iface, "mtu", 0, U32_MAX, f"{at}.")
-        for key in ("sandbox", "socketPath", "pciID"):
-            _get(iface, key, str, "", f"{at}.")
-    for i, ip in enumerate(_get(value, "ips", list, [], f"{where}.")):
-        at = f"{where}.ips[{i}]"
-        if not isinstance(ip, dict) or "address" not in ip:
-            raise invalid(f'invalid "{at}": expected an object with "address"')
-        address = ip["address"]
-        if not isinstance(address, str) or "/" not in address:
-            raise invalid(f'invalid "{at}.address": not a CIDR: {_show(address)}')
-        try:
-            iface_addr = ipaddress.ip_interface(address)
-        except ValueError:
-            raise invalid(f'invalid "{at}.address": not a CIDR: {_show(address)}') from None
-        if ip.get("gateway") not in (None, ""):
-            gw = parse_ip(ip["gateway"], f"{at}.gateway")
-            if gw.version != iface_addr.version:
-                raise invalid(
-                    f'invalid "{at}.gateway": {gw} is not an IPv{iface_addr.version} address'
-                )
-        index = _get_int(ip, "interface", 0, U32_MAX, f"{at}.")
-        if index is not None and index >= len(ifaces):
-            raise invalid(
-                f'invalid "{at}.interface": {index} is not an index into "{where}.interfaces"'
-            )
-        version = ip.get("version")
-        if version is not None and version != str(iface_addr.version):
-            raise invalid(f'invalid "{at}.version": {_show(version)} does not match {address}')
-    parse_routes(value.get("routes"), f"{where}.routes")
-    parse_dns(value.get("dns"), f"{where}.dns")
-    return value
 
 
 def parse_range_sets(ipam: dict) -> list[list[Range]]:

@@ -17,6 +17,10 @@ then stops everything and re-raises, so the CLI prints one line and exits
 with the error's code.  A stop request (SIGTERM/SIGINT) stops the threads
 but never touches the kernel: pods keep talking while the daemon restarts,
 and the restarted daemon adopts the device, its MAC and the same lease.
+
+This module is longer than the usual ~450 lines on purpose: it is the one
+place where every collaborator is started and stopped, in order, so the
+start-up sequence above can be read in one file.
 """
 
 from __future__ import annotations
@@ -362,6 +366,9 @@ class NodeDaemon:
             self._closers.append(monitor.stop)
 
     def _deleted_entry_wanted(self, dst: IPv4Network | IPv4Address | str | None) -> bool:
+        own = self.status.lease
+        if own is not None and dst == own.subnet:
+            return True  # our own subnet: the --ip-blackhole-route route
         subnet_len = self._config.subnet_len if self._config is not None else None
         return deleted_entry_wanted(self.peers, subnet_len, dst)
 

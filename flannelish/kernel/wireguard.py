@@ -268,11 +268,22 @@ class UapiControl:
     def path(self) -> str:
         return self._path() if callable(self._path) else str(self._path)
 
+    def _connect(self, s: socket.socket) -> None:
+        # A wireguard-go that has just (re)started may have bound its socket but
+        # not be listening yet: refused for a moment, then fine.
+        for _ in range(20):
+            try:
+                s.connect(self.path)
+                return
+            except ConnectionRefusedError:
+                time.sleep(0.05)
+        s.connect(self.path)
+
     def _call(self, request: str) -> str:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.settimeout(5)
-                s.connect(self.path)
+                self._connect(s)
                 s.sendall(request.encode())
                 data = b""
                 while not data.endswith(b"\n\n"):

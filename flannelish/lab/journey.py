@@ -10,6 +10,10 @@ ICMP/TCP/UDP), the fields that changed since the previous hop, and
 change (no NAT), TTL, length against each hop's MTU, and hops the packet must
 not reach (same-node traffic never leaves the bridge).
 
+Size: one algorithm (decode a hop, match the flow, diff against the previous
+hop, derive findings) with its records, read top to bottom; it is over the
+usual ~450 lines because splitting it would scatter one walk over modules.
+
 Which packet: at the first hop where the flow shows, the echo request of the
 largest ICMP (the MTU-sized ping), the first TCP segment carrying data, or the
 first UDP datagram; at every other hop the same packet (ICMP id and sequence,

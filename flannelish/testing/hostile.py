@@ -2,7 +2,9 @@
 
 Shared by ``tests/daemon/test_hostile_etcd.py`` (flannelish only) and
 ``bench/hostile.py`` (flannelish and, with ``FLANNELD_BIN``, flanneld).  It
-measures; it fixes nothing.
+measures; it fixes nothing.  Test support, and long on purpose: every bad-lease
+kind, its check and its expected reason sit in one table, so the test and the
+benchmark run exactly the same definitions.
 
 Topology (everything in namespaces the caller's NetnsFactory made)::
 
