@@ -79,13 +79,15 @@ def cni_pod(cluster: BenchCluster, host: Any, short: str) -> tuple[str, str]:
     return pod, result.ip
 
 
-def routed_pod(cluster: BenchCluster, host: Any, subnet: IPv4Network, short: str) -> str:
+def routed_pod(
+    cluster: BenchCluster, host: Any, subnet: IPv4Network, short: str, mtu: int = MTU
+) -> str:
     """A hand-built pod: a routed veth into a namespace (no bridge)."""
     pod = cluster.factory.create(short)
     gw, ip = subnet.network_address + 1, subnet.network_address + 2
     veth = f"v{short}"
-    sh(host.netns, "ip", "link", "add", veth, "mtu", str(MTU), "type", "veth", "peer", "name",
-       "eth0", "mtu", str(MTU), "netns", pod)  # fmt: skip
+    sh(host.netns, "ip", "link", "add", veth, "mtu", str(mtu), "type", "veth", "peer", "name",
+       "eth0", "mtu", str(mtu), "netns", pod)  # fmt: skip
     sh(host.netns, "ip", "addr", "add", f"{gw}/{subnet.prefixlen}", "dev", veth)
     sh(host.netns, "ip", "link", "set", veth, "up")
     sh(host.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1")

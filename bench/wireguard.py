@@ -34,26 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from convergence import KEYS, BenchCluster
-from datapath import HAND_NET, hand_vxlan, sh
+from datapath import HAND_NET, hand_vxlan, routed_pod, sh
 
 MTU = 1420
 HWG_NET = "10.98"  # the hand-built WireGuard's pods
 WG_CONFIG = '{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}'
-
-
-def add_pod(cluster: BenchCluster, host: Any, subnet: IPv4Network, short: str, mtu: int) -> str:
-    pod = cluster.factory.create(short)
-    gw, ip = subnet.network_address + 1, subnet.network_address + 2
-    veth = f"v{short}"
-    sh(host.netns, "ip", "link", "add", veth, "mtu", str(mtu), "type", "veth", "peer", "name",
-       "eth0", "mtu", str(mtu), "netns", pod)  # fmt: skip
-    sh(host.netns, "ip", "addr", "add", f"{gw}/{subnet.prefixlen}", "dev", veth)
-    sh(host.netns, "ip", "link", "set", veth, "up")
-    sh(host.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-    sh(pod, "ip", "addr", "add", f"{ip}/{subnet.prefixlen}", "dev", "eth0")
-    sh(pod, "ip", "link", "set", "eth0", "up")
-    sh(pod, "ip", "route", "add", "default", "via", str(gw))
-    return pod
 
 
 def wg_out(*args: str, stdin: str | None = None) -> str:
@@ -216,16 +201,16 @@ def main() -> int:
             os.environ.update(saved)
         try:
             subnets = [cluster.subnet(h) for h in hosts]
-            daemon_pods = [add_pod(cluster, hosts[i], subnets[i], f"pw{i}", MTU) for i in (0, 1)]
+            daemon_pods = [routed_pod(cluster, hosts[i], subnets[i], f"pw{i}", MTU) for i in (0, 1)]
             hwg_subnets = [IPv4Network(f"{HWG_NET}.{i + 1}.0/24") for i in (0, 1)]
             vx_subnets = [IPv4Network(f"{HAND_NET}.{i + 1}.0/24") for i in (0, 1)]
             with HandWireguard(hosts, cluster.tmp) as hand:
                 hwg_pods = [
-                    add_pod(cluster, hosts[i], hwg_subnets[i], f"ph{i}", MTU) for i in (0, 1)
+                    routed_pod(cluster, hosts[i], hwg_subnets[i], f"ph{i}", MTU) for i in (0, 1)
                 ]
                 hand_vxlan(hosts)
                 vx_pods = [
-                    add_pod(cluster, hosts[i], vx_subnets[i], f"pv{i}", 1450) for i in (0, 1)
+                    routed_pod(cluster, hosts[i], vx_subnets[i], f"pv{i}", 1450) for i in (0, 1)
                 ]
                 targets = [
                     (daemon_pods, subnets[1].network_address + 2),
