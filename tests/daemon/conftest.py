@@ -14,19 +14,18 @@ from .helpers import CONFIG, DaemonProc
 PREFIX = "/coreos.com/network"
 
 
-@pytest.fixture
-def start_daemons(
-    underlay: Underlay, underlay_etcd: EtcdMember, tmp_path
-) -> Iterator[Callable[..., list[DaemonProc]]]:
-    """start_daemons(n, *flags) -> n ready daemons on hosts h1..hn (stopped at teardown)."""
-    made: list[DaemonProc] = []
-    underlay_etcd.etcdctl("put", f"{PREFIX}/config", CONFIG)
+def daemon_starter(
+    underlay: Underlay, etcd: EtcdMember, tmp_path, config: str, make: Callable[..., DaemonProc]
+) -> Iterator[Callable[..., list]]:
+    """start(n, *flags) -> n ready daemons made by `make` on hosts h1..hn (stopped at teardown)."""
+    made: list = []
+    etcd.etcdctl("put", f"{PREFIX}/config", config)
 
-    def start(n: int, *flags: str) -> list[DaemonProc]:
+    def start(n: int, *flags: str) -> list:
         daemons = []
         for i in range(1, n + 1):
             host = underlay.add_host(f"h{i}")
-            d = DaemonProc(host, underlay_etcd.client_url, tmp_path, *flags).start()
+            d = make(host, etcd.client_url, tmp_path, *flags).start()
             made.append(d)
             daemons.append(d)
         for d in daemons:
@@ -38,3 +37,11 @@ def start_daemons(
     finally:
         for d in made:
             d.stop()
+
+
+@pytest.fixture
+def start_daemons(
+    underlay: Underlay, underlay_etcd: EtcdMember, tmp_path
+) -> Iterator[Callable[..., list[DaemonProc]]]:
+    """start_daemons(n, *flags) -> n ready daemons on hosts h1..hn (stopped at teardown)."""
+    yield from daemon_starter(underlay, underlay_etcd, tmp_path, CONFIG, DaemonProc)

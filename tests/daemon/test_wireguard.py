@@ -21,7 +21,7 @@ from flannelish.testing.etcd import EtcdMember
 from flannelish.testing.proc import run
 from flannelish.testing.underlay import Underlay
 
-from .conftest import PREFIX
+from .conftest import PREFIX, daemon_starter
 from .helpers import VENV_BIN, DaemonProc, add_pod, ping, wait_for
 
 WG_CONFIG = '{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}'
@@ -74,24 +74,15 @@ def wg_daemons(
     underlay: Underlay, underlay_etcd: EtcdMember, tmp_path
 ) -> Iterator[Callable[..., list[WgDaemon]]]:
     made: list[WgDaemon] = []
-    underlay_etcd.etcdctl("put", f"{PREFIX}/config", WG_CONFIG)
 
-    def start(n: int, *flags: str) -> list[WgDaemon]:
-        daemons = []
-        for i in range(1, n + 1):
-            host = underlay.add_host(f"h{i}")
-            d = WgDaemon(host, underlay_etcd.client_url, tmp_path, *flags).start()
-            made.append(d)
-            daemons.append(d)
-        for d in daemons:
-            d.wait_ready()
-        return daemons
+    def make(*args: object) -> WgDaemon:
+        made.append(WgDaemon(*args))
+        return made[-1]
 
     try:
-        yield start
+        yield from daemon_starter(underlay, underlay_etcd, tmp_path, WG_CONFIG, make)
     finally:
-        for d in made:
-            d.stop()
+        for d in made:  # after the starter stopped the daemons: their wireguard-go too
             d.kill_wireguard_go()
 
 
