@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import re
+import sys
 import threading
 import time
+import traceback
 from ipaddress import IPv4Address
 
 from flannelish.subnet.lease import Event, LeaseAttrs
@@ -72,9 +74,17 @@ class EventCollector:
         with self._cond:
             while len([e for _, b in self.batches for e in b]) < count:
                 left = deadline - time.monotonic()
-                assert left > 0, f"only {self.summary()} after {timeout}s (error: {self.error})"
+                assert left > 0, (
+                    f"only {self.summary()} after {timeout}s (error: {self.error}); "
+                    f"the watch thread is at:\n{self.where()}"
+                )
                 self._cond.wait(left)
         return self.events
+
+    def where(self) -> str:
+        """The watch thread's stack, so a timeout says where the watch was stuck."""
+        frame = sys._current_frames().get(self._thread.ident or -1)
+        return "".join(traceback.format_stack(frame)) if frame else "(thread ended)"
 
     def wait_snapshot(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
