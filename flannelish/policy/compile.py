@@ -25,6 +25,7 @@ import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, collapse_addresses, ip_address, ip_network
+from typing import Any
 
 from .model import Endpoint, LabelSelector, Namespace, Peer, Policy, namespace_labels
 
@@ -227,10 +228,10 @@ def compile_policies(
     return Compiled(sets, {k: frozenset(v) for k, v in elements.items()}, tuple(rules), counters)
 
 
-def _minus(cidr: IPv4Network | IPv6Network, excepts: tuple) -> list:
-    nets = [cidr]
+def _minus(cidr: IPv4Network | IPv6Network, excepts: tuple) -> list[Any]:
+    nets: list[Any] = [cidr]
     for e in excepts:
-        nxt = []
+        nxt: list[Any] = []
         for n in nets:
             if e.version == n.version and e.subnet_of(n):
                 nxt += list(n.address_exclude(e))
