@@ -55,8 +55,16 @@ class PolicyStats:
 
 class PolicyAgent:
     def __init__(
-        self, store: PolicyStore, nft: NftRunner, node: str, state_dir: Path, resync_s: float = 10.0
+        self,
+        store: PolicyStore,
+        nft: NftRunner,
+        node: str,
+        state_dir: Path,
+        resync_s: float = 10.0,
+        netns: str | None = None,
     ) -> None:
+        self.netns = netns  # the node's namespace for sysctls (None: the daemon's own)
+        self.bridge_hooks = ""
         self.store = store
         self.nft = nft
         self.node = node
@@ -78,6 +86,7 @@ class PolicyAgent:
     def start(self, lease_id: int = 0) -> None:
         self.lease_id = lease_id
         self._write_marker()
+        self.bridge_hooks = self.ensure_bridge_hooks()
         world, revision = self.store.snapshot()
         with self._lock:
             self._world = world
@@ -99,6 +108,35 @@ class PolicyAgent:
         self._dirty.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+    def ensure_bridge_hooks(self) -> str:
+        """Bridged (same-node) pod traffic must reach the inet forward hook: br_netfilter on.
+
+        Without it a same-node connection would bypass every policy; the daemon
+        turns it on in its namespace (loading the module if it can) and reports
+        what it found.  Returns "" when on, or why it could not be turned on.
+        """
+        import subprocess
+
+        from flannelish.kernel.netns import in_netns
+
+        base = "/proc/sys/net/bridge/bridge-nf-call-ip"
+        with in_netns(self.netns):
+            if not os.path.exists(base + "tables"):
+                with contextlib.suppress(OSError, subprocess.SubprocessError):
+                    subprocess.run(["modprobe", "br_netfilter"], capture_output=True, timeout=10)
+            problems = []
+            for name in ("tables", "6tables"):
+                try:
+                    with open(base + name, "r+") as fh:
+                        if fh.read().strip() != "1":
+                            fh.seek(0)
+                            fh.write("1")
+                except OSError as exc:
+                    problems.append(f"{base}{name}: {exc.strerror}")
+        if problems:
+            log.error("same-node pod traffic is NOT policed: %s", "; ".join(problems))
+        return "; ".join(problems)
 
     def _write_marker(self) -> None:
         tmp = self.marker.with_suffix(".tmp")
@@ -279,6 +317,7 @@ class PolicyAgent:
         return {
             "enabled": True,
             "table": f"{FAMILY} {TABLE}",
+            "bridge_hooks": self.bridge_hooks or "on",
             "applied": applied is not None,
             "policies": len(w.policies),
             "endpoints": len(w.endpoints),
