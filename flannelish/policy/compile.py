@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
-from ipaddress import IPv4Network, IPv6Network, collapse_addresses, ip_address, ip_network
+from ipaddress import IPv4Network, IPv6Network, collapse_addresses, ip_address
 from typing import Any
 
 from .model import Endpoint, LabelSelector, Namespace, Peer, Policy, namespace_labels
@@ -81,7 +81,12 @@ def _matches(selector: LabelSelector, labels: tuple[tuple[str, str], ...]) -> bo
 
 
 def _fam(ip: str) -> int:
-    return ip_address(ip).version
+    return 6 if ":" in ip else 4
+
+
+@lru_cache(maxsize=262144)
+def _int(ip: str) -> int:
+    return int(ip_address(ip))
 
 
 def _collapse(nets: list[IPv4Network | IPv6Network]) -> frozenset[str]:
@@ -96,12 +101,48 @@ class _Ctx:
     def __init__(self, endpoints: list[Endpoint], namespaces: dict[str, Namespace]) -> None:
         self.endpoints = endpoints
         self.namespaces = namespaces
+        self._elements: dict[tuple, frozenset[str]] = {}
+        self._pods: dict[tuple, list[Endpoint]] = {}
         self.ns_labels = {
             ns: tuple(sorted(namespace_labels(namespaces, ns).items()))
             for ns in {e.namespace for e in endpoints}
         }
 
+    def peer_elements(self, peers: tuple[Peer, ...], policy_ns: str, fam: int) -> frozenset[str]:
+        """Addresses of a rule's peers: pods' and ipBlocks' (non-overlapping elements)."""
+        key = (peers, policy_ns, fam)
+        cached = self._elements.get(key)
+        if cached is not None:
+            return cached
+        blocks: list[Any] = []
+        pod_ips: set[str] = set()
+        for pe in peers:
+            if pe.ip_block is not None:
+                if pe.ip_block.cidr.version == fam:
+                    blocks += _minus(pe.ip_block.cidr, pe.ip_block.except_)
+            else:
+                for ep in self.peer_pods(pe, policy_ns):
+                    pod_ips.update(ip for ip in ep.ips if _fam(ip) == fam)
+        if blocks:
+            out = set(_collapse(blocks))
+            ranges = [(int(n.network_address), int(n.broadcast_address)) for n in blocks]
+            out |= {ip for ip in pod_ips if not any(lo <= _int(ip) <= hi for lo, hi in ranges)}
+            result = frozenset(out)
+        else:
+            result = frozenset(pod_ips)
+        self._elements[key] = result
+        return result
+
     def peer_pods(self, peer: Peer, policy_ns: str) -> list[Endpoint]:
+        key = (peer, policy_ns)
+        cached = self._pods.get(key)
+        if cached is not None:
+            return cached
+        out = self._peer_pods(peer, policy_ns)
+        self._pods[key] = out
+        return out
+
+    def _peer_pods(self, peer: Peer, policy_ns: str) -> list[Endpoint]:
         out = []
         for ep in self.endpoints:
             if peer.namespace_selector is not None:
@@ -161,19 +202,7 @@ def compile_policies(
                     conds: list[Cond] = [Cond(own, sel)]
                     if rule.peers:
                         peers = add_set(f"r_{pid}_{d}{i}_{fam}", fam, "net")
-                        nets: list = []
-                        for pe in rule.peers:
-                            if pe.ip_block is not None:
-                                if pe.ip_block.cidr.version == fam:
-                                    nets += _minus(pe.ip_block.cidr, pe.ip_block.except_)
-                            else:
-                                nets += [
-                                    ip_network(ip)
-                                    for ep in ctx.peer_pods(pe, policy.namespace)
-                                    for ip in ep.ips
-                                    if _fam(ip) == fam
-                                ]
-                        elements[peers] = set(_collapse(nets))
+                        elements[peers] = set(ctx.peer_elements(rule.peers, policy.namespace, fam))
                         conds.append(Cond(other, peers))
                     numeric = tuple(
                         (
