@@ -168,19 +168,17 @@ def compile_policies(
     elements: dict[str, set[str]] = {}
     rules: list[NftRule] = []
     counters: dict[str, str] = {}
-    chain_rules: dict[str, list[NftRule]] = {}
 
     def add_set(name: str, fam: int, kind: str) -> str:
         sets[name] = SetDef(name, fam, kind)
         elements.setdefault(name, set())
         return name
 
+    ordered = sorted(policies, key=lambda p: p.key)
     for fam in families:
         add_set(f"iso_in_{fam}", fam, "addr")
         add_set(f"iso_eg_{fam}", fam, "addr")
-        chain_rules[f"egress_{fam}"] = []
-        chain_rules[f"ingress_{fam}"] = []
-    for policy in sorted(policies, key=lambda p: p.key):
+    for policy in ordered:
         pid = policy_id(policy.key)
         counters[f"drop_{pid}"] = policy.key
         selected = [
@@ -194,67 +192,95 @@ def compile_policies(
             for direction in policy.policy_types:
                 d = "in" if direction == "Ingress" else "eg"
                 elements[f"iso_{d}_{fam}"] |= elements[sel]
-                chain = f"ingress_{fam}" if d == "in" else f"egress_{fam}"
-                own, other = ("daddr", "saddr") if d == "in" else ("saddr", "daddr")
-                verdict = "accept" if d == "in" else "return"
-                rule_list = policy.ingress if d == "in" else policy.egress
-                for i, rule in enumerate(rule_list):
-                    conds: list[Cond] = [Cond(own, sel)]
-                    if rule.peers:
-                        peers = add_set(f"r_{pid}_{d}{i}_{fam}", fam, "net")
-                        elements[peers] = set(ctx.peer_elements(rule.peers, policy.namespace, fam))
-                        conds.append(Cond(other, peers))
-                    numeric = tuple(
-                        (
-                            PROTO_NAMES[p.protocol],
-                            p.port if p.port is not None else 0,
-                            (p.end_port or p.port) if p.port is not None else 65535,
-                        )
-                        for p in rule.ports
-                        if not isinstance(p.port, str)
-                    )
-                    named = [p for p in rule.ports if isinstance(p.port, str)]
-                    if not rule.ports:
-                        chain_rules[chain].append(NftRule(chain, fam, tuple(conds), verdict))
-                    if numeric:
-                        chain_rules[chain].append(
-                            NftRule(chain, fam, (*conds, Cond("ports", ports=numeric)), verdict)
-                        )
-                    if named:
-                        nset = add_set(f"n_{pid}_{d}{i}_{fam}", fam, "addrport")
-                        # the destination's named port: the selected pod (ingress) or the peer
-                        holders = selected if d == "in" else endpoints
-                        elements[nset] = {
-                            f"{ip} . {PROTO_NAMES[np.protocol]} . {np.port}"
-                            for e in holders
-                            for np in e.ports
-                            for spec in named
-                            if np.name == spec.port and np.protocol == spec.protocol
-                            for ip in e.ips
-                            if _fam(ip) == fam
-                        }
-                        chain_rules[chain].append(
-                            NftRule(chain, fam, (*conds, Cond("daddr_port", nset)), verdict)
-                        )
+                rules += _policy_chain(ctx, policy, pid, d, fam, selected, add_set, elements)
     for fam in families:
-        rules.append(NftRule("forward", fam, (Cond("established"),), "accept"))
-        rules.append(
-            NftRule("forward", fam, (Cond("saddr", f"iso_eg_{fam}"),), f"jump egress_{fam}")
-        )
-        rules.append(
-            NftRule("forward", fam, (Cond("daddr", f"iso_in_{fam}"),), f"jump ingress_{fam}")
-        )
-        for d, chain, own in (("eg", f"egress_{fam}", "saddr"), ("in", f"ingress_{fam}", "daddr")):
-            rules += chain_rules[chain]
-            for policy in sorted(policies, key=lambda p: p.key):
-                dname = "Ingress" if d == "in" else "Egress"
-                if dname in policy.policy_types:
-                    pid = policy_id(policy.key)
-                    rules.append(
-                        NftRule(chain, fam, (Cond(own, f"s_{pid}_{fam}"),), "drop", f"drop_{pid}")
-                    )
-            rules.append(NftRule(chain, fam, (), "drop"))
+        rules += _dispatch_chains(ordered, fam)
     return Compiled(sets, {k: frozenset(v) for k, v in elements.items()}, tuple(rules), counters)
+
+
+def _policy_chain(
+    ctx: _Ctx,
+    policy: Policy,
+    pid: str,
+    d: str,
+    fam: int,
+    selected: list[Endpoint],
+    add_set: Any,
+    elements: dict[str, set[str]],
+) -> list[NftRule]:
+    """Chain p<d>_<pid>_<fam>: one rule per allowed (peers, ports) of one policy direction.
+
+    Ingress allows ``accept``; egress allows ``goto ingress_check_<fam>`` (the
+    destination's ingress is still to be checked).
+    """
+    chain = f"p{d}_{pid}_{fam}"
+    other = "saddr" if d == "in" else "daddr"
+    verdict = "accept" if d == "in" else f"goto ingress_check_{fam}"
+    out: list[NftRule] = []
+    for i, rule in enumerate(policy.ingress if d == "in" else policy.egress):
+        conds: list[Cond] = []
+        if rule.peers:
+            peers = add_set(f"r_{pid}_{d}{i}_{fam}", fam, "net")
+            elements[peers] = set(ctx.peer_elements(rule.peers, policy.namespace, fam))
+            conds.append(Cond(other, peers))
+        numeric = tuple(
+            (
+                PROTO_NAMES[p.protocol],
+                p.port if p.port is not None else 0,
+                (p.end_port or p.port) if p.port is not None else 65535,
+            )
+            for p in rule.ports
+            if not isinstance(p.port, str)
+        )
+        named = [p for p in rule.ports if isinstance(p.port, str)]
+        if not rule.ports:
+            out.append(NftRule(chain, fam, tuple(conds), verdict))
+        if numeric:
+            out.append(NftRule(chain, fam, (*conds, Cond("ports", ports=numeric)), verdict))
+        if named:
+            nset = add_set(f"n_{pid}_{d}{i}_{fam}", fam, "addrport")
+            # the destination's named port: the selected pod (ingress) or the peer
+            holders = selected if d == "in" else ctx.endpoints
+            elements[nset] = {
+                f"{ip} . {PROTO_NAMES[np.protocol]} . {np.port}"
+                for e in holders
+                for np in e.ports
+                for spec in named
+                if np.name == spec.port and np.protocol == spec.protocol
+                for ip in e.ips
+                if _fam(ip) == fam
+            }
+            out.append(NftRule(chain, fam, (*conds, Cond("daddr_port", nset)), verdict))
+    # an empty chain is still created (a policy with no rules: it only isolates)
+    return out or [NftRule(chain, fam, (Cond("never"),), "return")]
+
+
+def _dispatch_chains(ordered: list[Policy], fam: int) -> list[NftRule]:
+    rules = [
+        NftRule("forward", fam, (Cond("established"),), "accept"),
+        NftRule("forward", fam, (Cond("saddr", f"iso_eg_{fam}"),), f"jump egress_{fam}"),
+        NftRule("forward", fam, (), f"goto ingress_check_{fam}"),
+        NftRule(
+            f"ingress_check_{fam}", fam, (Cond("daddr", f"iso_in_{fam}"),), f"jump ingress_{fam}"
+        ),
+        NftRule(f"ingress_check_{fam}", fam, (), "accept"),
+    ]
+    for d, own in (("eg", "saddr"), ("in", "daddr")):
+        chain = f"{'egress' if d == 'eg' else 'ingress'}_{fam}"
+        typed = [p for p in ordered if ("Ingress" if d == "in" else "Egress") in p.policy_types]
+        for p in typed:
+            pid = policy_id(p.key)
+            rules.append(
+                NftRule(chain, fam, (Cond(own, f"s_{pid}_{fam}"),), f"jump p{d}_{pid}_{fam}")
+            )
+        rules.append(NftRule(chain, fam, (), f"goto {chain}_drop"))
+        for p in typed:
+            pid = policy_id(p.key)
+            rules.append(
+                NftRule(f"{chain}_drop", fam, (Cond(own, f"s_{pid}_{fam}"),), "drop", f"drop_{pid}")
+            )
+        rules.append(NftRule(f"{chain}_drop", fam, (), "drop"))
+    return rules
 
 
 def _minus(cidr: IPv4Network | IPv6Network, excepts: tuple) -> list[Any]:
@@ -279,6 +305,8 @@ def _cond_text(c: Cond, fam: int) -> str:
     ip = _IP[fam]
     if c.what == "established":
         return "ct state established,related"
+    if c.what == "never":  # a placeholder rule of an empty policy chain
+        return "meta mark 0xffffffff meta mark != 0xffffffff"
     if c.what in ("saddr", "daddr"):
         return f"{ip} {c.what} @{c.set}"
     if c.what == "daddr_port":
@@ -303,6 +331,21 @@ def set_type(s: SetDef) -> str:
     return f"type {_ADDR_TYPE[s.family]};"
 
 
+def _chains(c: Compiled) -> dict[str, list[str]]:
+    chains: dict[str, list[str]] = {}
+    for r in c.rules:
+        chains.setdefault(r.chain, []).append(rule_text(r))
+    return chains
+
+
+def _set_text(name: str, s: SetDef, elems: frozenset[str]) -> str:
+    body = f" elements = {{ {', '.join(sorted(elems))} }}" if elems else ""
+    return f"set {name} {{ {set_type(s)}{body} }}"
+
+
+BASE_CHAIN = "type filter hook forward priority filter - 10; policy accept;"
+
+
 def render(c: Compiled) -> str:
     """The whole table as one script (create, then replace atomically)."""
     lines = [
@@ -310,37 +353,58 @@ def render(c: Compiled) -> str:
         f"delete table {FAMILY} {TABLE}",
         f"table {FAMILY} {TABLE} {{",
     ]
-    for name in sorted(c.counters):
-        lines.append(f"  counter {name} {{}}")
-    for name, s in sorted(c.sets.items()):
-        elems = sorted(c.elements.get(name, ()))
-        body = f" elements = {{ {', '.join(elems)} }}" if elems else ""
-        lines.append(f"  set {name} {{ {set_type(s)}{body} }}")
-    lines.append("  chain forward {")
-    lines.append("    type filter hook forward priority filter - 10; policy accept;")
-    chains: dict[str, list[str]] = {}
-    for r in c.rules:
-        chains.setdefault(r.chain, []).append(rule_text(r))
+    lines += [f"  counter {name} {{}}" for name in sorted(c.counters)]
+    lines += [
+        f"  {_set_text(n, s, c.elements.get(n, frozenset()))}" for n, s in sorted(c.sets.items())
+    ]
+    chains = _chains(c)
+    lines += ["  chain forward {", f"    {BASE_CHAIN}"]
     lines += [f"    {t}" for t in chains.pop("forward", [])]
     lines.append("  }")
-    for chain in sorted({r.chain for r in c.rules if r.chain != "forward"}):
+    for chain in sorted(chains):
         lines.append(f"  chain {chain} {{")
-        lines += [f"    {t}" for t in chains.get(chain, [])]
+        lines += [f"    {t}" for t in chains[chain]]
         lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
 def render_delta(old: Compiled, new: Compiled) -> str | None:
-    """Element changes only, or None when the structure changed (render() then)."""
-    if old.structure != new.structure:
+    """One transaction from `old` to `new`: only what changed.
+
+    New sets and chains are added, changed chains flushed and refilled (a
+    policy's own chain, or the dispatch chains: O(policies) rules, no
+    elements), removed ones deleted once nothing refers to them, and kept
+    sets get element diffs.  None when the base chain changed (render()).
+    """
+    t = f"{FAMILY} {TABLE}"
+    before, after = _chains(old), _chains(new)
+    if before.get("forward") != after.get("forward") or any(
+        old.sets[n] != s for n, s in new.sets.items() if n in old.sets
+    ):
         return None
-    out = []
+    out = [f"add counter {t} {n}" for n in sorted(new.counters.keys() - old.counters.keys())]
     for name in sorted(new.sets):
-        before, after = old.elements.get(name, frozenset()), new.elements.get(name, frozenset())
-        gone, added = sorted(before - after), sorted(after - before)
+        elems = new.elements.get(name, frozenset())
+        if name not in old.sets:
+            out.append(
+                f"add {_set_text(name, new.sets[name], elems).replace('set ', f'set {t} ', 1)}"
+            )
+            continue
+        prev = old.elements.get(name, frozenset())
+        gone, added = sorted(prev - elems), sorted(elems - prev)
         if gone:
-            out.append(f"delete element {FAMILY} {TABLE} {name} {{ {', '.join(gone)} }}")
+            out.append(f"delete element {t} {name} {{ {', '.join(gone)} }}")
         if added:
-            out.append(f"add element {FAMILY} {TABLE} {name} {{ {', '.join(added)} }}")
+            out.append(f"add element {t} {name} {{ {', '.join(added)} }}")
+    changed = sorted(c for c in after if c != "forward" and before.get(c) != after[c])
+    removed = sorted(before.keys() - after.keys())
+    out += [f"add chain {t} {c}" for c in changed if c not in before]
+    out += [f"flush chain {t} {c}" for c in changed if c in before]
+    out += [f"flush chain {t} {c}" for c in removed]
+    for c in changed:
+        out += [f"add rule {t} {c} {r}" for r in after[c]]
+    out += [f"delete chain {t} {c}" for c in removed]
+    out += [f"delete set {t} {n}" for n in sorted(old.sets.keys() - new.sets.keys())]
+    out += [f"delete counter {t} {n}" for n in sorted(old.counters.keys() - new.counters.keys())]
     return "\n".join(out) + "\n" if out else ""

@@ -31,6 +31,8 @@ def _in_set(c: Compiled, name: str, ip: str) -> bool:
 def _cond(c: Compiled, cond: Cond, pkt: dict) -> bool:
     if cond.what == "established":
         return bool(pkt.get("established"))
+    if cond.what == "never":
+        return False
     if cond.what == "saddr":
         return _in_set(c, cond.set, pkt["src"])
     if cond.what == "daddr":
@@ -64,6 +66,8 @@ def verdict(
                     if result is not None:
                         return result
                     continue
+                if r.verdict.startswith("goto "):  # replaces this chain: its end returns for it
+                    return run(r.verdict.split()[1], depth + 1)
                 if r.verdict == "return":
                     return None
                 return r.verdict

@@ -147,6 +147,39 @@ def test_rules_do_not_grow_with_pods_and_drops_are_counted(cluster: Cluster) -> 
     assert sum(1 for i in listing if "rule" in i) == status["rules"]
 
 
+def test_changes_are_incremental_and_match_a_fresh_table(cluster: Cluster) -> None:
+    from flannelish.policy.compile import render
+
+    agent = cluster.agents["n1"]
+    full = agent.stats.full_rewrites
+    cluster.set_policies(cases.CASES["allow-all-ingress"] + cases.CASES["egress-to-one-namespace"])
+    cluster.set_policies(cases.CASES["ns-and-pod-one-peer"])
+    assert agent.stats.full_rewrites == full  # policy changes went in as deltas
+    assert agent.check()  # and the kernel's table is what was applied
+    nft = NftCli(netns=cluster.net.nodes["n1"])
+    incremental = nft.listing("table", FAMILY, TABLE) or []
+    assert agent._applied is not None
+    nft.run(render(agent._applied))
+    fresh = nft.listing("table", FAMILY, TABLE) or []
+
+    def shape(items: list[dict]) -> list:
+        out = []
+        for i in items:
+            if "rule" in i:
+                out.append(
+                    ("rule", i["rule"]["chain"], json.dumps(i["rule"]["expr"], sort_keys=True))
+                )
+            elif "set" in i:
+                out.append(
+                    ("set", i["set"]["name"], json.dumps(i["set"].get("elem", []), sort_keys=True))
+                )
+            elif "chain" in i:
+                out.append(("chain", i["chain"]["name"]))
+        return sorted(out)
+
+    assert shape(incremental) == shape(fresh)
+
+
 def test_table_deleted_is_repaired(cluster: Cluster) -> None:
     cluster.set_policies(cases.CASES["default-deny-ingress"])
     NftCli(netns=cluster.net.nodes["n1"]).run(f"delete table {FAMILY} {TABLE}\n")
