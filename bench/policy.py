@@ -216,13 +216,14 @@ def bench_throughput(rounds: int, seconds: float) -> dict:
             )
         admin = PolicyStore(mem)  # type: ignore[arg-type]
         # 100 policies selecting the pods; one allows the iperf traffic (tcp 5201)
-        docs = policy_docs(99) + [
+        docs = [
+            *policy_docs(99),
             {
                 "apiVersion": "networking.k8s.io/v1",
                 "kind": "NetworkPolicy",
                 "metadata": {"name": "iperf", "namespace": "x"},
                 "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 5201}]}]},
-            }
+            },
         ]
         policies = parse_policies(json.dumps(docs))
         results: dict[str, dict[str, list[float]]] = {
