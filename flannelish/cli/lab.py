@@ -157,9 +157,10 @@ def lab_check(
 
     state = _load(state_dir, name)
     if policy_file is not None:
+        from flannelish.lab.build import flannelish_exe
         from flannelish.lab.policy import check_policy, print_check
 
-        if not print_check(check_policy(state, policy_file), click.echo):
+        if not print_check(check_policy(state, policy_file, flannelish_exe()), click.echo):
             sys.exit(ExitCode.ERROR)
         return
     console = _console()

@@ -141,7 +141,7 @@ class _Builder:
             if self.spec.namespaces:
                 from flannelish.lab.policy import label_namespaces
 
-                label_namespaces(self.state)
+                label_namespaces(self.state, flannelish_exe())
             self._daemons()
             self._pods()
             self._routes()

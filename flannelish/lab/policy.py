@@ -65,11 +65,9 @@ def load_pods_spec(arg: str, nodes: int) -> tuple[list[dict[str, Any]], dict[str
     return pods, namespaces
 
 
-def _flannelish(state: LabState, *args: str, check: bool = True) -> Any:
-    from flannelish.lab.build import flannelish_exe
-
+def _flannelish(state: LabState, exe: str, *args: str, check: bool = True) -> Any:
     result = run(
-        [flannelish_exe(), *args, "--etcd-endpoints", state.etcd_endpoint],
+        [exe, *args, "--etcd-endpoints", state.etcd_endpoint],
         netns=state.underlay_netns,
         check=False,
     )
@@ -80,9 +78,9 @@ def _flannelish(state: LabState, *args: str, check: bool = True) -> Any:
     return result
 
 
-def label_namespaces(state: LabState) -> None:
+def label_namespaces(state: LabState, exe: str) -> None:
     for ns, labels in state.spec.namespaces.items():
-        _flannelish(state, "namespace", "label", ns, *(f"{k}={v}" for k, v in labels.items()))
+        _flannelish(state, exe, "namespace", "label", ns, *(f"{k}={v}" for k, v in labels.items()))
 
 
 def world_of(state: LabState, policies: list[Any]) -> World:
@@ -119,7 +117,7 @@ class PolicyCheck:
         return [r for r in self.results if r[4] != r[5]]
 
 
-def check_policy(state: LabState, path: Path, timeout: float = 0.4) -> PolicyCheck:
+def check_policy(state: LabState, path: Path, exe: str, timeout: float = 0.4) -> PolicyCheck:
     from flannelish.lab.nodeapi import all_status
     from flannelish.policy.parse import parse_policies
     from flannelish.policy.probe import PodServers, probe_matrix
@@ -129,14 +127,14 @@ def check_policy(state: LabState, path: Path, timeout: float = 0.4) -> PolicyChe
             "this lab runs without policy", "build it with `flannelish lab up --pods e2e`"
         )
     policies = parse_policies(path.read_text(encoding="utf-8"))  # validated before anything changes
-    listed = json.loads(_flannelish(state, "policy", "list", "--json").stdout or "[]")
+    listed = json.loads(_flannelish(state, exe, "policy", "list", "--json").stdout or "[]")
     wanted = {p.key for p in policies}
     for doc in listed:
         meta = doc["metadata"]
         if f"{meta['namespace']}/{meta['name']}" not in wanted:
-            _flannelish(state, "policy", "delete", meta["name"], "-n", meta["namespace"])
+            _flannelish(state, exe, "policy", "delete", meta["name"], "-n", meta["namespace"])
     started = time.monotonic()
-    _flannelish(state, "policy", "apply", "-f", str(path))
+    _flannelish(state, exe, "policy", "apply", "-f", str(path))
     while True:
         views = all_status(state)
         counts = [(v.status or {}).get("policy", {}).get("policies") for v in views.values()]

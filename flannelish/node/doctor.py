@@ -35,6 +35,7 @@ from flannelish.node.facts import NodeFacts
 from flannelish.node.firewall_checks import check_firewall
 from flannelish.node.flanneld_checks import check_flanneld
 from flannelish.node.wireguard_checks import check_wireguard
+from flannelish.node.policy_checks import check_policy
 
 CHECKS: list[tuple[str, Callable[[NodeFacts], list[Finding]]]] = [
     ("subnet-env", check_subnet_env),
@@ -44,6 +45,7 @@ CHECKS: list[tuple[str, Callable[[NodeFacts], list[Finding]]]] = [
     ("leases", check_leases),
     ("flanneld", check_flanneld),
     ("wireguard", check_wireguard),
+    ("policy", check_policy),
 ]
 
 
