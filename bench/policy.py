@@ -230,8 +230,8 @@ def bench_throughput(rounds: int, seconds: float) -> dict:
             "same-node": {"off": [], "on": []},
             "cross-node": {"off": [], "on": []},
         }
-        for _ in range(rounds):
-            for mode in ("off", "on"):
+        for r in range(rounds):
+            for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):  # no order bias
                 for p in policies:
                     if mode == "on":
                         admin.put_policy(p)
@@ -257,6 +257,8 @@ def bench_throughput(rounds: int, seconds: float) -> dict:
                 "without_gbps": round(off, 2),
                 "with_100_policies_gbps": round(on, 2),
                 "ratio": round(on / off, 3),
+                "runs_without": [round(x, 2) for x in r["off"]],
+                "runs_with": [round(x, 2) for x in r["on"]],
             }
             ok = ok and on / off >= 0.95
         out["ok"] = ok

@@ -28,7 +28,7 @@ def check_policy(facts: NodeFacts) -> list[Finding]:
                     Severity.WARNING,
                     "policy",
                     "table inet flannelish-policy exists but policy is not enabled on this node",
-                    "a leftover: `flannelish uninstall` removes it (or run the daemon with --policy)",
+                    "a leftover: `flannelish uninstall` removes it (or run `daemon --policy`)",
                 )
             ]
         return []
