@@ -304,6 +304,7 @@ class PolicyAgent:
     def _read_counters(self, items: list[dict[str, Any]]) -> None:
         if self._applied is None:
             return
+        self.stats.drops = {}  # policies deleted since are no longer reported
         for item in items:
             c = item.get("counter")
             if isinstance(c, dict) and c.get("name") in self._applied.counters:
