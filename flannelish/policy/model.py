@@ -124,6 +124,10 @@ class Endpoint:
     labels: tuple[tuple[str, str], ...] = ()
     ports: tuple[NamedPort, ...] = ()
 
+    def __post_init__(self) -> None:
+        # one spelling per address: sets, named-port elements and lookups compare strings
+        object.__setattr__(self, "ips", tuple(str(ip_address(ip)) for ip in self.ips))
+
     @property
     def label_dict(self) -> dict[str, str]:
         return dict(self.labels)

@@ -15,17 +15,16 @@ from .compile import PROTO_NAMES, Compiled, Cond
 MAX_DEPTH = 8
 
 
+def _parsed(c: Compiled, name: str) -> list:
+    cache = c.__dict__.setdefault("_nftmodel_sets", {})
+    if name not in cache:
+        cache[name] = [ip_network(e) for e in c.elements.get(name, ())]
+    return cache[name]
+
+
 def _in_set(c: Compiled, name: str, ip: str) -> bool:
-    kind = c.sets[name].kind
     addr = ip_address(ip)
-    for elem in c.elements.get(name, ()):
-        if kind == "net":
-            net = ip_network(elem)
-            if net.version == addr.version and addr in net:
-                return True
-        elif ip_address(elem) == addr:
-            return True
-    return False
+    return any(net.version == addr.version and addr in net for net in _parsed(c, name))
 
 
 def _cond(c: Compiled, cond: Cond, pkt: dict) -> bool:

@@ -20,7 +20,7 @@ KEYS = ("app", "tier")
 VALUES = ("a", "b")
 NAMESPACES = ("x", "y")
 NODES = ("n1", "n2")
-EXTERNAL = ("192.168.7.1", "192.168.7.200")
+EXTERNAL = ("192.168.7.1", "192.168.7.200", "fd00:7::1")
 
 labels = st.dictionaries(st.sampled_from(KEYS), st.sampled_from(VALUES), max_size=2)
 expr = st.one_of(
@@ -46,6 +46,7 @@ selector = st.builds(
 )
 ipblock = st.sampled_from(
     [
+        {"cidr": "fd00::/8", "except": ["fd00:244:1::/48"]},
         {"cidr": "10.244.0.0/16", "except": ["10.244.1.0/24"]},
         {"cidr": "192.168.7.0/24", "except": ["192.168.7.128/25"]},
         {"cidr": "10.244.0.0/23"},
@@ -122,7 +123,7 @@ def test_compiled_rules_agree_with_the_model(pols: list, eps: list, ns_labels: d
         Endpoint(
             f"c{i}",
             node,
-            (f"10.244.{i % 2}.{i + 2}",),
+            (f"10.244.{i % 2}.{i + 2}", f"fd00:244:{i % 2}::{i + 2}"),
             ns,
             f"pod{i}",
             tuple(sorted(lab.items())),
@@ -133,11 +134,11 @@ def test_compiled_rules_agree_with_the_model(pols: list, eps: list, ns_labels: d
     namespaces = {n: Namespace(n, tuple(sorted(lab.items()))) for n, lab in ns_labels.items()}
     world = World(policies, endpoints, namespaces)
     compiled = {n: compile_policies(policies, endpoints, namespaces, n) for n in NODES}
-    addrs = [e.ips[0] for e in endpoints] + list(EXTERNAL)
-    node_of = {e.ips[0]: e.node for e in endpoints}
+    addrs = [ip for e in endpoints for ip in e.ips] + list(EXTERNAL)
+    node_of = {ip: e.node for e in endpoints for ip in e.ips}
     for src in addrs:
         for dst in addrs:
-            if src == dst or (src in EXTERNAL and dst in EXTERNAL):
+            if src == dst or (src in EXTERNAL and dst in EXTERNAL) or (":" in src) != (":" in dst):
                 continue
             for proto, p in (("TCP", 80), ("TCP", 81), ("UDP", 80), ("UDP", 81), ("ICMP", 0)):
                 expected = decide(world, src, dst, proto, p).allowed
