@@ -34,8 +34,8 @@ from flannelish.node.checks import (
 from flannelish.node.facts import NodeFacts
 from flannelish.node.firewall_checks import check_firewall
 from flannelish.node.flanneld_checks import check_flanneld
-from flannelish.node.wireguard_checks import check_wireguard
 from flannelish.node.policy_checks import check_policy
+from flannelish.node.wireguard_checks import check_wireguard
 
 CHECKS: list[tuple[str, Callable[[NodeFacts], list[Finding]]]] = [
     ("subnet-env", check_subnet_env),
