@@ -80,6 +80,8 @@ def _dispatch(inv: Invocation, doc: dict, host_fd: int | None, stderr: list[str]
             raise CniError(CniCode.STATUS_NOT_AVAILABLE, exc.msg, exc.details) from None
         raise
 
+    if command == "ADD" and host_fd is None:
+        _refuse_without_daemon(doc)
     from flannelish.cni.bridge import Call, cmd_add
     from flannelish.cni.bridge_ops import cmd_check, cmd_del, cmd_gc, cmd_status
 
@@ -95,3 +97,24 @@ def _dispatch(inv: Invocation, doc: dict, host_fd: int | None, stderr: list[str]
     elif command == "STATUS":
         cmd_status(call)
     return ""
+
+
+POLICY_MARKER = "flannelish-policy.json"  # kept by the daemon's policy component
+
+
+def _refuse_without_daemon(doc: dict) -> None:
+    """In-process ADD (no daemon): refused where network policy is in force.
+
+    Endpoints are registered through the daemon; a pod started without it would
+    run outside every policy.  Availability yields to safety: code 11, retry.
+    """
+    from .client import socket_path
+
+    marker = os.path.join(os.path.dirname(socket_path(doc)) or ".", POLICY_MARKER)
+    if os.path.exists(marker):
+        raise CniError(
+            CniCode.TRY_AGAIN_LATER,
+            "network policy is in force on this node but the flannelish daemon is not reachable;"
+            " retry once it runs",
+            f"{marker} exists; `flannelish uninstall` removes it",
+        )

@@ -29,9 +29,10 @@ import stat
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 from .client import DECLINE, decode_request, encode_reply, peek_json, socket_path
-from .handler import handle
+from .handler import Response, handle
 
 log = logging.getLogger("flannelish.cni.server")
 
@@ -88,6 +89,10 @@ class _Handler(socketserver.BaseRequestHandler):
         try:
             with self.server.slots:
                 response = handle(env, stdin, host_fd)
+                if self.server.after is not None:  # e.g. network policy's endpoint registration
+                    response = self.server.after(
+                        env, stdin, response, lambda e: handle(e, stdin, host_fd)
+                    )
         finally:
             os.close(host_fd)
         log.info(
@@ -106,6 +111,7 @@ def _same_file(a: str, b: str) -> bool:
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     socket_path = ""
+    after: Callable[..., Response] | None = None
     daemon_threads = True
     request_queue_size = 256
     slots = threading.BoundedSemaphore(MAX_CONCURRENT)
@@ -116,8 +122,10 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 class CniServer:
     """Serve CNI requests on `socket_path` from a background thread."""
 
-    def __init__(self, socket_path: str) -> None:
+    def __init__(self, socket_path: str, after: Callable[..., Response] | None = None) -> None:
+        """`after(env, stdin, response, rerun)` may replace a response (rerun: handle an env)."""
         self.socket_path = socket_path
+        self.after = after
         self._server: _Server | None = None
         self._served = 0
         self._thread: threading.Thread | None = None
@@ -140,6 +148,7 @@ class CniServer:
             os.umask(old_umask)
         self._server.slots = threading.BoundedSemaphore(MAX_CONCURRENT)
         self._server.socket_path = self.socket_path
+        self._server.after = self.after
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="cni-server", daemon=True
         )

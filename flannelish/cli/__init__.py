@@ -62,9 +62,9 @@ def cli(log_format: str, log_level: str) -> None:
 
 
 def _register() -> None:
-    from flannelish.cli import cni_install, daemon, daemon_install, lab, leases, node
+    from flannelish.cli import cni_install, daemon, daemon_install, lab, leases, node, policy
 
-    for module in (leases, daemon, daemon_install, cni_install, lab, node):
+    for module in (leases, daemon, daemon_install, cni_install, lab, node, policy):
         for command in module.COMMANDS:
             cli.add_command(command)
 

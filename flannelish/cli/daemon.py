@@ -232,6 +232,13 @@ def _verbosity(v: int | None) -> None:
     help="Unix socket for the CNI plugin  [default: <dir of --subnet-file>/flannelish.sock]",
 )
 @click.option(
+    "--policy/--no-policy",
+    default=False,
+    envvar="FLANNELISH_POLICY",
+    show_envvar=True,
+    help="Enforce NetworkPolicy from etcd (table inet flannelish-policy; see README).",
+)
+@click.option(
     "--log-format",
     type=click.Choice(LOG_FORMATS),
     default=None,
@@ -265,6 +272,7 @@ def daemon_command(
     subnet_lease_renew_margin: int,
     resync_interval: float,
     cni_socket: Path | None,
+    policy: bool,
     log_format: str | None,
     verbosity: int | None,
     flanneld: dict[str, Any],
@@ -322,6 +330,7 @@ def daemon_command(
         net_config_path=net_config_path,
         cni_socket=cni_socket,
         node_ops=node_ops,
+        policy=policy,
     )
     node = NodeDaemon(options)
 

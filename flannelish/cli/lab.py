@@ -83,12 +83,26 @@ def lab() -> None:
 @click.option("--nodes", type=int, default=3, show_default=True, help="Number of nodes.")
 @click.option("--pods-per-node", type=int, default=2, show_default=True)
 @click.option("--backend", type=click.Choice(names.BACKENDS), default="vxlan", show_default=True)
-def lab_up(name: str, state_dir: Path, nodes: int, pods_per_node: int, backend: str) -> None:
+@click.option(
+    "--pods",
+    "pods_spec",
+    default=None,
+    help="Network policy: `e2e` (namespaces x,y,z, pods a,b,c) or a pods/namespaces spec "
+    "file; daemons run with --policy.",
+)
+def lab_up(
+    name: str, state_dir: Path, nodes: int, pods_per_node: int, backend: str, pods_spec: str | None
+) -> None:
     """Build the lab (or report the one that is already up)."""
     from flannelish.lab import build, render
     from flannelish.lab.state import LabSpec
 
     spec = LabSpec(name=name, nodes=nodes, pods_per_node=pods_per_node, backend=backend)
+    if pods_spec is not None:
+        from flannelish.lab.policy import load_pods_spec
+
+        spec.pods, spec.namespaces = load_pods_spec(pods_spec, nodes)
+        spec.policy = True
     console = _console()
     started = time.monotonic()
     state, built = build.up(spec, state_dir, render.StepReporter(console))
@@ -126,12 +140,29 @@ def lab_up(name: str, state_dir: Path, nodes: int, pods_per_node: int, backend: 
 @click.option(
     "--perf", "with_perf", is_flag=True, help="Also measure throughput (lab perf, 1s x 1 round)."
 )
-def lab_check(name: str, state_dir: Path, count: int, with_perf: bool) -> None:
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Make FILE the lab's policies, then probe every pod pair (TCP/UDP 80, 81): "
+    "expected (model) vs observed.",
+)
+def lab_check(
+    name: str, state_dir: Path, count: int, with_perf: bool, policy_file: Path | None
+) -> None:
     """Ping every pod from every other pod and check that no NAT happens."""
     from flannelish.lab import render
     from flannelish.lab.check import check
 
     state = _load(state_dir, name)
+    if policy_file is not None:
+        from flannelish.lab.build import flannelish_exe
+        from flannelish.lab.policy import check_policy, print_check
+
+        if not print_check(check_policy(state, policy_file, flannelish_exe()), click.echo):
+            sys.exit(ExitCode.ERROR)
+        return
     console = _console()
     started = time.monotonic()
     report = check(state, count)

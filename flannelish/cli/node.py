@@ -320,7 +320,8 @@ def _lease_reader(etcd: Any) -> Any:
 @click.command("uninstall")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def uninstall_command(dry_run: bool, yes: bool) -> None:
+@subnet_file_option("subnet.env; the network-policy marker next to it is removed too.")
+def uninstall_command(dry_run: bool, yes: bool, subnet_file: Path) -> None:
     """Take this node out of the overlay: remove the overlay device, our routes and the
     nftables table (the daemon leaves all three in place when it stops, so pods keep
     their network during restarts).  Stop the daemon first.  Leases stay in etcd until
@@ -331,7 +332,7 @@ def uninstall_command(dry_run: bool, yes: bool) -> None:
 
     nl = RawNetlink()
     try:
-        plan = teardown(nl, NftCli(), dry_run=True)
+        plan = teardown(nl, NftCli(), dry_run=True, state_dir=subnet_file.parent)
         if plan.empty:
             click.echo("nothing of flannelish's is left on this node")
             return
@@ -339,6 +340,7 @@ def uninstall_command(dry_run: bool, yes: bool) -> None:
             ("route", plan.routes),
             ("device", plan.devices),
             ("nft table", plan.tables),
+            ("file", plan.files),
         ):
             for item in items:
                 click.echo(f"{'would remove' if dry_run else 'remove'} {what} {item}")
@@ -346,7 +348,7 @@ def uninstall_command(dry_run: bool, yes: bool) -> None:
             return
         if not yes:
             click.confirm("remove these from this node?", abort=True)
-        done = teardown(nl, NftCli())
+        done = teardown(nl, NftCli(), state_dir=subnet_file.parent)
         click.echo(
             f"removed {len(done.routes)} routes, {len(done.devices)} devices, "
             f"{len(done.tables)} nft tables"

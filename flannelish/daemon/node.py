@@ -32,7 +32,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flannelish.backends import get_backend_class
 from flannelish.backends.base import Backend, BackendContext, ExternalInterface
@@ -95,6 +95,8 @@ class NodeDaemon:
         self.config_watch: ConfigWatch | None = None
         self._config: NetworkConfig | None = None  # the network config the daemon started with
         self._keeper: LeaseKeeper | None = None
+        self.policy: Any = None  # flannelish.policy.agent.PolicyAgent when options.policy
+        self._cni_after: Callable[..., Any] | None = None
 
     # -- wiring ------------------------------------------------------------------
     def _make_manager(self) -> SubnetManager:
@@ -169,6 +171,7 @@ class NodeDaemon:
         self._ensure_blackhole()
         self._start_node_ops(manager, ext, config, lease)
         self._write_subnet_env(config)
+        self._start_policy(manager, ext, lease)
         self._start_cni_server()
         self._start_threads(manager, lease)
         self.started.set()
@@ -247,12 +250,29 @@ class NodeDaemon:
     def _start_cni_server(self) -> None:
         path = self.options.socket_path
         try:
-            server = CniServer(str(path))
+            server = CniServer(str(path), after=self._cni_after)
             server.start()
         except (OSError, FlannelishError) as exc:
             log.warning("CNI socket %s not started: %s", path, exc)
             return
         self._closers.append(server.stop)
+
+    def _start_policy(self, manager: SubnetManager, ext: ExternalInterface, lease: Lease) -> None:
+        """Network policy: table applied and endpoints re-bound before the CNI socket opens."""
+        store = getattr(getattr(manager, "registry", None), "store", None)
+        if not self.options.policy or store is None:
+            return
+        from flannelish.policy.daemon import start_policy
+
+        self.policy, self._cni_after = start_policy(
+            store,
+            str(ext.public_ip),
+            self.options.subnet_file.parent,
+            lease.lease_id,
+            self.ops,
+            self.options.resync_seconds,
+        )
+        self._closers.append(self.policy.stop)
 
     def _start_threads(self, manager: SubnetManager, lease: Lease) -> None:
         assert self.backend is not None
@@ -405,6 +425,8 @@ class NodeDaemon:
             self._write_subnet_env(self._config)
             self._trigger_all(check_base=True)
         self.status.lease = lease
+        if self.policy is not None:
+            self.policy.lease_changed(lease.lease_id)
         if self.ops is not None:
             self.ops.lease_changed(lease)
 

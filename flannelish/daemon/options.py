@@ -34,6 +34,7 @@ class DaemonOptions:
     net_config_path: Path | None = None  # seeds <prefix>/config when etcd has none
     cni_socket: Path | None = None  # default: <dir of subnet_file>/flannelish.sock
     node_ops: NodeOpsOptions | None = None  # health, metrics, nftables; None: none of them
+    policy: bool = False  # network policy: endpoints, table inet flannelish-policy
 
     @property
     def socket_path(self) -> Path:

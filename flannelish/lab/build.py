@@ -138,6 +138,10 @@ class _Builder:
             self._underlay()
             self._etcd()
             self._config()
+            if self.spec.namespaces:
+                from flannelish.lab.policy import label_namespaces
+
+                label_namespaces(self.state, flannelish_exe())
             self._daemons()
             self._pods()
             self._routes()
@@ -248,6 +252,7 @@ class _Builder:
                     # Health, readiness, metrics and /status, as on a real node;
                     # bound inside the node namespace only.
                     "--healthz-port", str(names.HEALTHZ_PORT),
+                    *(["--policy"] if self.spec.policy else []),
                 ]  # fmt: skip
                 node.healthz_port = names.HEALTHZ_PORT
                 log = self.state.logs_dir / f"{node.name}-daemon.log"
@@ -295,7 +300,8 @@ class _Builder:
 
     def _pods(self) -> None:
         per_node = self.spec.pods_per_node
-        with self._step(f"{per_node * self.spec.nodes} pods (flannelish-cni ADD)") as st:
+        total = per_node * self.spec.nodes + len(self.spec.pods)
+        with self._step(f"{total} pods (flannelish-cni ADD)") as st:
             for n_index, node in enumerate(self.state.nodes, start=1):
                 conf = cni.netconf(f"fl-{self.spec.name}", node.subnet_file, f"{node.dir}/cni")
                 Path(node.netconf).write_text(json.dumps(conf, indent=2) + "\n")
@@ -308,6 +314,20 @@ class _Builder:
                         container_id=f"fl-{self.spec.name}-{short}",
                     )
                     self.state.pods.append(pod)
+                for item in self.spec.pods:  # lab up --pods: namespaces and labels
+                    if item["node"] == n_index:
+                        short = f"{item['namespace']}-{item['name']}"
+                        self.state.pods.append(
+                            PodState(
+                                name=short,
+                                node=node.name,
+                                netns=self.factory.create(short),
+                                container_id=f"fl-{self.spec.name}-{short}",
+                                namespace=item["namespace"],
+                                pod_name=item["name"],
+                                labels=dict(item.get("labels") or {}),
+                            )
+                        )
             self.state.save()
             # Nodes attach in parallel (as kubelets on different machines would);
             # pods of one node one after the other, as one runtime serialises them.
@@ -320,9 +340,11 @@ class _Builder:
 
     def _attach_node(self, node: NodeState) -> str:
         for pod in self.state.pods_of(node.name):
+            k8s = f"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.namespace};K8S_POD_NAME={pod.pod_name}"
             result = cni.invoke(
-                "ADD", node.netns, Path(node.netconf), pod.container_id, pod.netns, pod.ifname
-            )
+                "ADD", node.netns, Path(node.netconf), pod.container_id, pod.netns, pod.ifname,
+                cni_args=k8s if pod.namespace else "", labels=pod.labels,
+            )  # fmt: skip
             if not result.ok or not result.ip:
                 return f"{pod.name}: {result.error}"
             pod.ip = result.ip

@@ -77,6 +77,8 @@ def invoke(
     pod_netns: str | None,
     ifname: str = "eth0",
     timeout: float = 30,
+    cni_args: str = "",
+    labels: dict[str, str] | None = None,
 ) -> CniResult:
     path = plugin_dir()
     env = {
@@ -89,10 +91,17 @@ def invoke(
     }
     if pod_netns:
         env["CNI_NETNS"] = f"/run/netns/{pod_netns}"
+    if cni_args:
+        env["CNI_ARGS"] = cni_args
+    conf = conf_path.read_bytes()
+    if labels:  # the CNI conventions' args.cni.labels
+        doc = json.loads(conf)
+        doc["args"] = {"cni": {"labels": [{"key": k, "value": v} for k, v in labels.items()]}}
+        conf = json.dumps(doc).encode()
     try:
         proc = subprocess.run(
             in_netns(node_netns, [str(path / PLUGIN)]),
-            input=conf_path.read_bytes(),
+            input=conf,
             capture_output=True,
             env=env,
             timeout=timeout,

@@ -49,6 +49,9 @@ class PodState:
     ip: str = ""  # without prefix length
     ifname: str = "eth0"
     attached: bool = False
+    namespace: str = ""  # network policy: the pod's namespace and labels (lab up --pods)
+    pod_name: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,6 +79,11 @@ class LabSpec:
     subnet_len: int = 24
     vni: int = names.VNI
     port: int = names.VXLAN_PORT
+    policy: bool = False  # daemons run with --policy
+    pods: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # lab up --pods: {name, namespace, labels, node}
+    namespaces: dict[str, dict[str, str]] = field(default_factory=dict)  # namespace -> labels
 
     def validate(self) -> LabSpec:
         names.validate_lab_name(self.name)

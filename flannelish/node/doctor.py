@@ -34,6 +34,7 @@ from flannelish.node.checks import (
 from flannelish.node.facts import NodeFacts
 from flannelish.node.firewall_checks import check_firewall
 from flannelish.node.flanneld_checks import check_flanneld
+from flannelish.node.policy_checks import check_policy
 from flannelish.node.wireguard_checks import check_wireguard
 
 CHECKS: list[tuple[str, Callable[[NodeFacts], list[Finding]]]] = [
@@ -44,6 +45,7 @@ CHECKS: list[tuple[str, Callable[[NodeFacts], list[Finding]]]] = [
     ("leases", check_leases),
     ("flanneld", check_flanneld),
     ("wireguard", check_wireguard),
+    ("policy", check_policy),
 ]
 
 

@@ -20,6 +20,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
+from flannelish.cni.handler import POLICY_MARKER
 from flannelish.errors import ConfigError, KernelError, NotAvailableError
 from flannelish.kernel.nft import NftCli, NftRunner
 from flannelish.node import flanneld_facts
@@ -71,6 +72,7 @@ class NodeFacts:
     now: float = field(default_factory=time.time)
     flanneld: FlanneldFacts | None = None  # flanneld processes and leftovers
     wireguard: WireguardFacts | None = None  # a flannel-wg device or key file on this node
+    policy_marker: bool = False  # network policy in force (flannelish.policy's marker file)
 
     # -- derived -------------------------------------------------------------
 
@@ -155,6 +157,7 @@ def collect(
     except (OSError, ValueError, subprocess.TimeoutExpired):
         facts.links = None
     facts.sysctls = {name: read_sysctl(name) for name in (SYSCTL_FORWARD, SYSCTL_BRIDGE_NF)}
+    facts.policy_marker = (Path(subnet_file).parent / POLICY_MARKER).exists()
     try:
         facts.ruleset = (nft or NftCli()).listing("ruleset") or []
     except KernelError as exc:

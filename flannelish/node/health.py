@@ -219,6 +219,7 @@ class NodeState:
         self.reconcile_ok: bool | None = None  # None: no pass yet
         self.started_at = clock()
         self._extra: dict[str, Check] = {}
+        self.sections: dict[str, Callable[[], Any]] = {}  # more /status keys, e.g. "policy"
         self._probe = etcd_probe
         self._probe_timeout = etcd_timeout
         self._probe_interval = probe_interval
@@ -503,6 +504,7 @@ class NodeState:
                 "last_reconcile": dict(self.last_reconcile) if self.last_reconcile else None,
                 "uptime_seconds": round(self._clock() - self.started_at, 3),
                 **({"wireguard": wireguard} if wireguard is not None else {}),
+                **{key: section() for key, section in self.sections.items()},
             }
 
     def metrics_text(self) -> bytes:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from flannelish.cni.handler import POLICY_MARKER
 from flannelish.kernel.netlink import ROUTE_PROTO, Netlink
 from flannelish.kernel.nft import NftRunner
 from flannelish.node.firewall import FAMILY, TABLE
@@ -30,13 +32,16 @@ class Teardown:
     routes: list[str] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)
     tables: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not (self.routes or self.devices or self.tables)
+        return not (self.routes or self.devices or self.tables or self.files)
 
 
-def teardown(nl: Netlink, nft: NftRunner, dry_run: bool = False) -> Teardown:
+def teardown(
+    nl: Netlink, nft: NftRunner, dry_run: bool = False, state_dir: Path | None = None
+) -> Teardown:
     """Remove our routes, overlay devices and nft table; nothing else is touched."""
     done = Teardown()
     for route in nl.routes(ROUTE_PROTO):
@@ -51,8 +56,15 @@ def teardown(nl: Netlink, nft: NftRunner, dry_run: bool = False) -> Teardown:
             if not dry_run:
                 nl.delete_link(link.index)
             done.devices.append(link.name)
-    if nft.listing("table", FAMILY, TABLE) is not None:
+    # ours and network policy's (flannelish.policy: pods stay protected until this step)
+    for family, table in ((FAMILY, TABLE), ("inet", "flannelish-policy")):
+        if nft.listing("table", family, table) is not None:
+            if not dry_run:
+                nft.run(f"delete table {family} {table}\n")
+            done.tables.append(f"{family} {table}")
+    marker = state_dir / POLICY_MARKER if state_dir is not None else None
+    if marker is not None and marker.exists():  # in-process CNI ADDs are refused while it exists
         if not dry_run:
-            nft.run(f"delete table {FAMILY} {TABLE}\n")
-        done.tables.append(f"{FAMILY} {TABLE}")
+            marker.unlink()
+        done.files.append(str(marker))
     return done
