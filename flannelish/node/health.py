@@ -395,6 +395,12 @@ class NodeState:
         with self._lock:
             self._extra[name] = Check(name, ok, detail)
 
+    def check_failing(self, name: str) -> bool:
+        """True if the extra check `name` is set and currently failing."""
+        with self._lock:
+            check = self._extra.get(name)
+            return check is not None and not check.ok
+
     # -- readiness -------------------------------------------------------------
 
     def _etcd_check(self) -> Check:

@@ -101,3 +101,33 @@ def test_missing_nft_is_fatal_only_with_ip_masq(monkeypatch):
     ops = NodeOps(NodeOpsOptions())
     assert ops.start(NETWORK, lease(1, "198.18.0.1"), vxlan_port=8472) == []
     ops.stop()
+
+
+def test_a_failing_nft_check_is_rechecked_by_per_event_passes_a_passing_one_is_not():
+    """Start-up fills the set and arms the drop rule through events: readiness must see the
+    table complete at the next event, not only at the next full pass (up to a resync away)."""
+    from dataclasses import replace
+
+    fake = FakeNft()
+    ops = NodeOps(NodeOpsOptions(), runner=fake)
+    owners = ops.start(NETWORK, lease(1, "198.18.0.1"), vxlan_port=8472)
+    ops.subnet_env_written("/x")
+    rec = Reconciler(owners)
+    full = rec.reconcile([])
+    ops.on_pass(full, 0)
+    assert ops.state.ready()[0]
+    listings = []
+    real_listing = fake.listing
+    fake.listing = lambda *what: listings.append(what) or real_listing(*what)  # type: ignore[method-assign]
+    per_event = replace(full, full=False)
+
+    ops.on_pass(per_event, 0)
+    assert listings == []  # passing: a per-event apply costs no O(peers) listing
+
+    saved, fake.table = fake.table, None  # the check fails at a full pass...
+    ops.on_pass(replace(full, changes=0), 0)
+    assert not ops.state.ready()[0]
+    fake.table = saved  # ...and the table is complete again before the next full pass
+    listings.clear()
+    ops.on_pass(per_event, 0)
+    assert listings and ops.state.ready()[0]
