@@ -31,9 +31,9 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -43,6 +43,8 @@ log = logging.getLogger("flannelish.wireguard")
 
 WG_GO_ENV = "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"
 ZERO_KEY = "0" * 64
+
+Net = IPv4Network | IPv6Network
 
 
 class KeyFileError(ConfigError):
@@ -171,8 +173,8 @@ class WgPeer:
 
     dev: str
     public_key: str  # base64
-    endpoint: str  # "ip:port"
-    allowed_ips: tuple[IPv4Network, ...]
+    endpoint: str  # "ip:port" or "[ipv6]:port"
+    allowed_ips: tuple[Net, ...]  # sorted by sort_nets
     psk: str = ""
     keepalive: int = 0
 
@@ -181,7 +183,7 @@ class WgPeer:
 class PeerStats:
     public_key: str
     endpoint: str
-    allowed_ips: tuple[IPv4Network, ...]
+    allowed_ips: tuple[Net, ...]
     last_handshake: float  # unix seconds, 0 = never
     rx_bytes: int
     tx_bytes: int
@@ -201,11 +203,11 @@ def parse_get(text: str) -> DeviceState:
     state = DeviceState()
     peer: PeerStats | None = None
     sec = nsec = 0
-    allowed: list[IPv4Network] = []
+    allowed: list[Net] = []
 
     def close() -> None:
         if peer is not None:
-            peer.allowed_ips = tuple(sorted(allowed))
+            peer.allowed_ips = sort_nets(allowed)
             peer.last_handshake = sec + nsec / 1e9
             state.peers.append(peer)
 
@@ -224,7 +226,7 @@ def parse_get(text: str) -> DeviceState:
         elif k == "endpoint":
             peer.endpoint = v
         elif k == "allowed_ip":
-            net = _v4(v)
+            net = _net(v)
             if net is not None:
                 allowed.append(net)
         elif k == "preshared_key":
@@ -243,11 +245,16 @@ def parse_get(text: str) -> DeviceState:
     return state
 
 
-def _v4(text: str) -> IPv4Network | None:
+def _net(text: str) -> Net | None:
     try:
-        return IPv4Network(text, strict=False)
+        return ip_network(text, strict=False)
     except ValueError:
-        return None  # an IPv6 allowed IP: not ours to manage before IPv6 lands
+        return None
+
+
+def sort_nets(nets: Sequence[Net] | Any) -> tuple[Net, ...]:
+    """Allowed IPs in one order whatever the source: IPv4 first, then IPv6."""
+    return tuple(sorted(nets, key=lambda n: (n.version, n)))
 
 
 # -- control paths ------------------------------------------------------------------
@@ -343,7 +350,7 @@ class WgToolControl:
             state.listen_port = int(first[2]) if first[2].isdigit() else 0
         for line in lines[1:]:
             f = line.split("\t")
-            nets = tuple(sorted(n for n in (_v4(x) for x in f[3].split(",")) if n is not None))
+            nets = sort_nets([n for n in (_net(x) for x in f[3].split(",")) if n is not None])
             psk = b64_to_hex(f[1]) if f[1] != "(none)" else ZERO_KEY
             keep = int(f[7]) if f[7].isdigit() else 0
             endpoint = "" if f[2] == "(none)" else f[2]
@@ -404,35 +411,43 @@ class WgToolControl:
 
 
 class WgPeerResource:
-    """Peers on our WireGuard device; every peer on it is ours."""
+    """Peers on our WireGuard devices (one, or two in Mode separate); every peer on them
+    is ours.  A peer's slot is (device, public key): in Mode separate one node is a peer
+    on both devices under the same key."""
 
     kind: ClassVar[str] = "wgpeer"
     record: ClassVar[type] = WgPeer
 
-    def __init__(self, dev: str, control: WgControl, psk_hex: str | None) -> None:
-        self.dev = dev
-        self.control = control
+    def __init__(self, controls: Mapping[str, WgControl], psk_hex: str | None) -> None:
+        self.controls = dict(controls)  # device name -> its control path
         self.psk_hex = psk_hex
         self.lock = threading.Lock()
-        self.expected: dict[str, WgPeer] = {}  # what the device should hold (drift watch)
+        self.expected: dict[tuple[str, str], WgPeer] = {}  # what the devices should hold
 
     def key(self, obj: WgPeer) -> Hashable:
-        return obj.public_key
+        return (obj.dev, obj.public_key)
 
-    def to_record(self, p: PeerStats) -> WgPeer:
+    def to_record(self, dev: str, p: PeerStats) -> WgPeer:
         if p.psk_hex == ZERO_KEY:
             tag = ""
         elif self.psk_hex is not None and p.psk_hex == self.psk_hex:
             tag = "configured"
         else:
             tag = "other"
-        return WgPeer(self.dev, p.public_key, p.endpoint, p.allowed_ips, tag, p.keepalive)
+        return WgPeer(dev, p.public_key, p.endpoint, p.allowed_ips, tag, p.keepalive)
+
+    def _actual(self) -> dict[tuple[str, str], WgPeer]:
+        return {
+            (dev, p.public_key): self.to_record(dev, p)
+            for dev, control in self.controls.items()
+            for p in control.get().peers
+        }
 
     def dump(self) -> Sequence[WgPeer]:
-        peers = [self.to_record(p) for p in self.control.get().peers]
+        actual = self._actual()
         with self.lock:
-            self.expected = {p.public_key: p for p in peers}
-        return peers
+            self.expected = dict(actual)
+        return list(actual.values())
 
     def ensure(self, obj: WgPeer) -> None:
         psk = self.psk_hex if obj.psk == "configured" and self.psk_hex else ZERO_KEY
@@ -444,26 +459,30 @@ class WgPeerResource:
             f"preshared_key={psk}",
             f"persistent_keepalive_interval={obj.keepalive}",
         ]
-        self.control.set(lines)
+        self.controls[obj.dev].set(lines)
         with self.lock:
-            self.expected[obj.public_key] = obj
+            self.expected[(obj.dev, obj.public_key)] = obj
 
-    create = ensure  # every peer on our own device is ours
+    create = ensure  # every peer on our own devices is ours
 
     def remove(self, obj: WgPeer) -> None:
+        slot = (obj.dev, obj.public_key)
         with self.lock:
-            current = self.expected.get(obj.public_key)
+            current = self.expected.get(slot)
         if current is not None and current != obj:
             # The key was written since for another lease (a peer that moved to
             # another subnet, both events in one batch): that peer stays.
             return
-        self.control.set([f"public_key={b64_to_hex(obj.public_key)}", "remove=true"])
+        control = self.controls.get(obj.dev)
+        if control is None:
+            return  # a device we no longer run
+        control.set([f"public_key={b64_to_hex(obj.public_key)}", "remove=true"])
         with self.lock:
-            self.expected.pop(obj.public_key, None)
+            self.expected.pop(slot, None)
 
     def drifted(self) -> bool:
-        """Does the device differ from what we last dumped or wrote? (cheap: one get=1)"""
-        actual = {p.public_key: self.to_record(p) for p in self.control.get().peers}
+        """Do the devices differ from what we last dumped or wrote? (cheap: one get=1 each)"""
+        actual = self._actual()
         with self.lock:
             expected = dict(self.expected)
         if actual.keys() != expected.keys():

@@ -11,7 +11,7 @@ import base64
 import os
 import signal
 import time
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 import pytest
@@ -59,22 +59,31 @@ def test_both_paths_program_the_same_peers(wggo, path):
     control = uapi if path == "uapi" else tool
     psk = b64_to_hex(key(9))
     control.set([f"private_key={b64_to_hex(key(1))}", "listen_port=51820"])
-    res = WgPeerResource("flannel-wg", control, psk)
+    res = WgPeerResource({"flannel-wg": control}, psk)
     a = WgPeer(
         "flannel-wg", key(2), "198.18.0.2:51820", (IPv4Network("10.244.2.0/24"),), "configured", 25
     )
     b = WgPeer("flannel-wg", key(3), "198.18.0.3:51820", (IPv4Network("10.244.3.0/24"),))
+    # one device for both families (Mode auto/ipv6): an IPv6 endpoint, both subnets
+    c = WgPeer(
+        "flannel-wg", key(4), "[fd18::4]:51821",
+        (IPv4Network("10.244.4.0/24"), IPv6Network("fd44:0:0:4::/64")),
+    )  # fmt: skip
     res.create(a)
     res.create(b)
+    res.create(c)
+    res.remove(c)
+    res.create(c)
     # Both paths read back the same records, whichever wrote them.
-    assert sorted(res.dump(), key=lambda p: p.public_key) == [a, b]
-    other = WgPeerResource("flannel-wg", tool if control is uapi else uapi, psk)
-    assert sorted(other.dump(), key=lambda p: p.public_key) == [a, b]
+    assert sorted(res.dump(), key=lambda p: p.public_key) == [a, b, c]
+    other = WgPeerResource({"flannel-wg": tool if control is uapi else uapi}, psk)
+    assert sorted(other.dump(), key=lambda p: p.public_key) == [a, b, c]
     state = control.get()
     assert state.listen_port == 51820 and state.private_hex == clamp_hex(b64_to_hex(key(1)))
     moved = WgPeer("flannel-wg", key(2), "198.18.0.22:4000", (IPv4Network("10.244.20.0/24"),))
     res.ensure(moved)  # endpoint, subnet, PSK and keepalive replaced in place
     res.remove(b)
+    res.remove(c)
     assert res.dump() == [moved]
     assert not res.drifted()
 
