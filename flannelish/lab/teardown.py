@@ -82,9 +82,10 @@ def teardown(state: LabState, keep_logs: bool = False, remove_dir: bool = True) 
     from flannelish.kernel.wireguard import stop_node_wireguard_go
 
     for node in state.nodes:
-        pid = stop_node_wireguard_go(Path(node.subnet_file).parent)
-        if pid is not None:
-            report.stopped.append(f"wireguard-go {node.name} (pid {pid})")
+        for dev in ("flannel-wg", "flannel-wg-v6"):
+            pid = stop_node_wireguard_go(Path(node.subnet_file).parent, dev)
+            if pid is not None:
+                report.stopped.append(f"wireguard-go {node.name} {dev} (pid {pid})")
     existing = set(list_netns())
     for name in reversed(state.netns):
         if name in existing:

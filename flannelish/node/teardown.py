@@ -6,7 +6,7 @@ nftables table (masquerade and the anti-spoof filter) stay, so pods keep
 talking and stay protected while it is down.  Taking a node out of the
 overlay is therefore an explicit step; this module is that step.  It removes
 only what carries our marks: overlay devices named like ours (``flannel.<VNI>``
-of kind vxlan, ``flannel-wg`` of kind wireguard or tun), routes with
+of kind vxlan, ``flannel-wg`` and ``flannel-wg-v6`` of kind wireguard or tun), routes with
 :data:`ROUTE_PROTO`, and our own nft table.
 """
 
@@ -22,7 +22,7 @@ from flannelish.kernel.nft import NftRunner
 from flannelish.node.firewall import FAMILY, TABLE
 
 OVERLAY_DEVICE = re.compile(r"flannel\.\d{1,8}\Z")
-WIREGUARD_DEVICE = "flannel-wg"
+WIREGUARD_DEVICES = ("flannel-wg", "flannel-wg-v6")
 
 
 @dataclass
@@ -50,8 +50,8 @@ def teardown(
         done.routes.append(str(route.dst))
     for link in nl.links():
         ours = link.kind == "vxlan" and OVERLAY_DEVICE.match(link.name) is not None
-        # flannel-wg: kernel WireGuard, or wireguard-go's TUN (it exits when the TUN goes).
-        ours = ours or (link.name == WIREGUARD_DEVICE and link.kind in ("wireguard", "tun"))
+        # flannel-wg(-v6): kernel WireGuard, or wireguard-go's TUN (it exits when the TUN goes).
+        ours = ours or (link.name in WIREGUARD_DEVICES and link.kind in ("wireguard", "tun"))
         if ours:
             if not dry_run:
                 nl.delete_link(link.index)

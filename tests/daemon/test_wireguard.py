@@ -15,58 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from flannelish.errors import KernelError
-from flannelish.kernel.wireguard import UapiControl, WireguardGo
 from flannelish.testing.etcd import EtcdMember
 from flannelish.testing.proc import run
 from flannelish.testing.underlay import Underlay
 
 from .conftest import PREFIX, daemon_starter
-from .helpers import VENV_BIN, DaemonProc, add_pod, ping, wait_for
+from .helpers import VENV_BIN, add_pod, ping, wait_for
+from .wgkit import WgDaemon, peers_of
 
 WG_CONFIG = '{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}'
 MTU = 1420
-
-
-class WgDaemon(DaemonProc):
-    """A daemon with its own key file and wireguard-go in a private mount namespace."""
-
-    @property
-    def key_file(self) -> Path:
-        return self.dir / "wgkey"
-
-    def start(self, *extra: str) -> WgDaemon:
-        old = dict(os.environ)
-        os.environ["WIREGUARD_KEY_FILE"] = str(self.key_file)
-        os.environ["FLANNELISH_WG_PRIVATE_RUN"] = "1"
-        try:
-            super().start(*extra)
-        finally:
-            os.environ.clear()
-            os.environ.update(old)
-        return self
-
-    def wggo_pid(self) -> int | None:
-        try:
-            return int((self.dir / "flannel-wg.wireguard-go.pid").read_text())
-        except (OSError, ValueError):
-            return None
-
-    def uapi(self) -> UapiControl:
-        return UapiControl(f"/proc/{self.wggo_pid()}/root/run/wireguard/flannel-wg.sock")
-
-    def wg(self, *args: str) -> str:
-        pid = self.wggo_pid()
-        out = subprocess.run(
-            ["nsenter", f"--mount=/proc/{pid}/ns/mnt", f"--net=/proc/{pid}/ns/net", "wg", *args],
-            capture_output=True, text=True, timeout=10, check=True,
-        )  # fmt: skip
-        return out.stdout
-
-    def kill_wireguard_go(self) -> None:
-        go = WireguardGo("flannel-wg", self.dir, True)
-        if go.adopt():
-            go.stop()
 
 
 @pytest.fixture
@@ -84,14 +42,6 @@ def wg_daemons(
     finally:
         for d in made:  # after the starter stopped the daemons: their wireguard-go too
             d.kill_wireguard_go()
-
-
-def peers_of(d: WgDaemon) -> dict[str, tuple[str, tuple[str, ...]]]:
-    try:
-        state = d.uapi().get()
-    except KernelError:  # wireguard-go (re)starting: no socket yet
-        return {}
-    return {p.public_key: (p.endpoint, tuple(map(str, p.allowed_ips))) for p in state.peers}
 
 
 def test_three_nodes_over_wireguard(wg_daemons, netns_factory, underlay_etcd):
