@@ -51,6 +51,7 @@ class WireguardFacts:
     key_file_mode: int | None  # None: missing
     peers: list[dict[str, Any]] = field(default_factory=list)  # allowed_ips, handshake, bytes
     error: str | None = None
+    device: str = "flannel-wg"
 
 
 @dataclass
@@ -73,6 +74,7 @@ class NodeFacts:
     flanneld: FlanneldFacts | None = None  # flanneld processes and leftovers
     wireguard: WireguardFacts | None = None  # a flannel-wg device or key file on this node
     policy_marker: bool = False  # network policy in force (flannelish.policy's marker file)
+    wireguard_v6: WireguardFacts | None = None  # flannel-wg-v6 beside flannel-wg (Mode separate)
 
     # -- derived -------------------------------------------------------------
 
@@ -174,7 +176,14 @@ def collect(
     facts.flanneld = flanneld_facts.collect(
         overlay.name if overlay else None, facts.own_subnet(), facts.ruleset
     )
-    facts.wireguard = collect_wireguard(Path(subnet_file).parent, facts.links)
+    found = [
+        collect_wireguard(Path(subnet_file).parent, facts.links, dev)
+        for dev in ("flannel-wg", "flannel-wg-v6")
+    ]
+    present = [w for w in found if w is not None and w.implementation != "none"]
+    # IPv6-only in Mode separate: flannel-wg-v6 alone is the node's device.
+    facts.wireguard = present[0] if present else found[0]
+    facts.wireguard_v6 = present[1] if len(present) > 1 else None
     if leases is not None:
         try:
             facts.leases = leases()
@@ -195,7 +204,9 @@ def collect_wireguard(
     key_file = os.environ.get("WIREGUARD_KEY_FILE") or "/run/flannel/wgkey"
     link = (links or {}).get(dev)
     go = node_wireguard_go(state_dir, dev)
-    if link is None and go is None and not (state_dir / f"{dev}.pubkey").exists():
+    # The key marker (one key for both devices) says the node runs the backend.
+    marker = dev == "flannel-wg" and (state_dir / "flannel-wg.pubkey").exists()
+    if link is None and go is None and not marker:
         return None
     try:
         mode: int | None = stat_mod.S_IMODE(os.stat(key_file).st_mode)
@@ -210,6 +221,7 @@ def collect_wireguard(
         wireguard_go_pid=go.pid if go else None,
         key_file=key_file,
         key_file_mode=mode,
+        device=dev,
     )
     try:
         if go is not None:
