@@ -12,10 +12,11 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# Debian's etcd (server + etcdctl), the kernel tools and Python.  A base image
+# Debian's etcd (server + etcdctl), the kernel tools and Python; wireguard-go and
+# wg for the wireguard backend where the host kernel has no WireGuard module.  A base image
 # that already has them all (the test's mmdebstrap image) skips apt entirely.
 ARG DEB_PACKAGES="etcd-server etcd-client iproute2 iputils-ping nftables tcpdump \
-    python3 python3-venv procps mount ca-certificates"
+    python3 python3-venv procps mount ca-certificates wireguard-go wireguard-tools"
 RUN missing=""; for p in ${DEB_PACKAGES}; do \
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
             || missing="$missing $p"; \

@@ -15,7 +15,7 @@ DEB_PACKAGES := etcd-server etcd-client iproute2 nftables tcpdump iputils-ping i
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup deb-packages venv lab lab-down test test-fast fuzz lint typecheck bench bench-quick bench-report bench-population clean test-compose
+.PHONY: setup deb-packages venv lab lab-down test test-fast fuzz lint typecheck bench bench-quick bench-report bench-population clean test-compose test-compose-wireguard
 
 setup: deb-packages $(STAMP)
 
@@ -116,6 +116,10 @@ bench-report: setup
 
 test-compose: setup
 	bash tests/compose/run.sh
+
+# The same lab with the wireguard backend (wireguard-go in each node container).
+test-compose-wireguard: setup
+	FLANNELISH_COMPOSE_BACKEND=wireguard bash tests/compose/run.sh
 
 clean:
 	rm -rf $(VENV) .build .pytest_cache .mypy_cache .ruff_cache build *.egg-info

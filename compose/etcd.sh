@@ -6,7 +6,12 @@ set -euo pipefail
 
 ETCD_IP="${ETCD_IP:?set ETCD_IP to the underlay address of this container}"
 ETCD_PREFIX="${FLANNELD_ETCD_PREFIX:-/coreos.com/network}"
-DEFAULT_CONFIG='{"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}'
+# FLANNELISH_BACKEND picks the default config's backend: vxlan (default) or wireguard.
+case "${FLANNELISH_BACKEND:-vxlan}" in
+    vxlan) DEFAULT_CONFIG='{"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}' ;;
+    wireguard) DEFAULT_CONFIG='{"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "wireguard"}}' ;;
+    *) echo "[etcd] FLANNELISH_BACKEND must be vxlan or wireguard, not ${FLANNELISH_BACKEND}" >&2; exit 2 ;;
+esac
 NETWORK_CONFIG="${FLANNELISH_NETWORK_CONFIG:-$DEFAULT_CONFIG}"
 ENDPOINT="http://${ETCD_IP}:2379"
 

@@ -11,7 +11,7 @@ FLC_NODES=(node1 node2 node3)
 FLC_DEB_DOCKER=(docker.io docker-compose mmdebstrap)
 # Everything the images need from Debian, preinstalled in the base image so the
 # Dockerfile's apt step is skipped (it stays for users building FROM debian:bookworm-slim).
-FLC_BASE_PACKAGES="etcd-server,etcd-client,iproute2,iputils-ping,nftables,tcpdump,python3,python3-venv,procps,mount,ca-certificates"
+FLC_BASE_PACKAGES="etcd-server,etcd-client,iproute2,iputils-ping,nftables,tcpdump,python3,python3-venv,procps,mount,ca-certificates,wireguard-go,wireguard-tools"
 FLC_MIRROR="${FLANNELISH_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 FLC_UNDERLAY="${FLANNELISH_UNDERLAY:-10.97.100}"
 FLC_BRIDGE="flannelish-ul0"
@@ -22,6 +22,7 @@ FLC_T0=""
 FLC_STEP_T=""
 FLC_TIMES=()
 FLC_FAILED=0
+FLC_BACKEND=vxlan
 
 flc_now() { date +%s.%N; }
 flc_since() { awk -v a="$1" -v b="$(flc_now)" 'BEGIN { printf "%.1f", b - a }'; }
@@ -53,8 +54,12 @@ flc_begin() {
     export FLANNELISH_BUILD_NETWORK=host
     export BASE_IMAGE="$FLC_BASE_IMAGE"
     export COMPOSE_HTTP_TIMEOUT=300
-    # The test checks the default lab: 2 pods per node, VXLAN VNI 1 on port 8472.
+    # The test checks the default lab: 2 pods per node, VXLAN VNI 1 on port 8472, or
+    # with FLANNELISH_COMPOSE_BACKEND=wireguard the wireguard backend on udp/51820.
     export FLANNELISH_PODS_PER_NODE=2
+    FLC_BACKEND="${FLANNELISH_COMPOSE_BACKEND:-vxlan}"
+    case "$FLC_BACKEND" in vxlan|wireguard) ;; *) echo "FLANNELISH_COMPOSE_BACKEND: vxlan or wireguard" >&2; exit 2 ;; esac
+    export FLANNELISH_BACKEND="$FLC_BACKEND"
     unset FLANNELISH_NETWORK_CONFIG
     flc_log "state: $FLC_RUN (run), $FLC_CACHE (cache); DOCKER_HOST=$DOCKER_HOST"
 }
@@ -313,6 +318,10 @@ flc_verify() {
     [ "$pairs" = "$expected" ] || { echo "$results" >&2; flc_fail "expected $expected ping results, got $pairs"; }
     [ "$failed" = 0 ] || flc_fail "$failed of $pairs pod pairs cannot ping"
     flc_log "ping: all $pairs pod pairs ok (cross-node and same-node)"
+    if [ "$FLC_BACKEND" = wireguard ]; then
+        flc_verify_wireguard
+        return
+    fi
 
     # VXLAN on the compose network, seen from inside node2: ICMP from a node1 pod
     # to a node2 pod must arrive as UDP 8472 between the nodes' underlay addresses
@@ -412,6 +421,53 @@ print(hashlib.sha256(data).hexdigest(), len(data), f"{len(data) * 8 / dt / 1e6:.
         printf '%s\n' "$verdicts" | sed 's/^/    /' >&2
         flc_fail "the verifier found a failed verdict on node2's eth0"
     fi
+}
+
+# The wireguard variant (FLANNELISH_COMPOSE_BACKEND=wireguard): every node has
+# flannel-wg with a handshake with both peers, and a capture on node2's eth0 while
+# node1's pods ping node2's pods (with a marker pattern) holds only UDP 51820 <-> 51820
+# between node addresses, with the marker nowhere readable.
+flc_verify_wireguard() {
+    local node show impl
+    for node in "${FLC_NODES[@]}"; do
+        show=$(flc_exec "$node" wg show flannel-wg dump) || flc_fail "$node: no flannel-wg"
+        [ "$(printf '%s\n' "$show" | tail -n +2 | awk '$5 > 0' | wc -l)" = 2 ] \
+            || { printf '%s\n' "$show" >&2; flc_fail "$node: not 2 peers with a handshake"; }
+        impl=$(flc_exec "$node" sh -c 'pgrep -x wireguard-go >/dev/null && echo wireguard-go || echo kernel')
+        flc_log "$node: flannel-wg ($impl), 2 peers with a handshake"
+    done
+    local secret=5ec7e75ec7e75ec7e75ec7e75ec7e75e
+    flc_exec node2 sh -c 'rm -f /tmp/wg.pcap /tmp/wg.err
+        tcpdump -i eth0 -U -w /tmp/wg.pcap "not tcp port 2379 and not arp" 2>/tmp/wg.err &
+        echo $! >/tmp/wg.pid
+        for i in $(seq 1 50); do grep -q "listening on" /tmp/wg.err && break; sleep 0.1; done'
+    local b
+    for b in ${NODE_PODS[node2]}; do
+        flc_exec node1 ip netns exec node1-pod1 ping -n -q -c 3 -i 0.2 -W 2 -s 200 -p "$secret" \
+            "${POD_IP[$b]}" >/dev/null || flc_fail "ping node1-pod1 -> $b during the capture"
+    done
+    flc_exec node2 sh -c 'sleep 0.5; pid=$(cat /tmp/wg.pid); kill -INT $pid
+        for i in $(seq 1 50); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done' || true
+    local verdict
+    verdict=$(flc_exec node2 python -c '
+import sys
+from scapy.all import IP, UDP, rdpcap
+nodes, secret = set(sys.argv[1].split(",")), bytes.fromhex(sys.argv[2])
+wg = bad = 0
+for p in rdpcap("/tmp/wg.pcap"):
+    if secret in bytes(p):
+        bad += 1; print("readable:", p.summary())
+    if IP not in p or p[IP].src not in nodes or p[IP].dst not in nodes:
+        continue
+    if UDP in p and p[UDP].sport == p[UDP].dport == 51820:
+        wg += 1
+    else:
+        bad += 1; print("not WireGuard:", p.summary())
+print(f"{wg} WireGuard packets between nodes, {bad} bad")
+sys.exit(1 if bad or wg < 12 else 0)
+' "$FLC_UNDERLAY.11,$FLC_UNDERLAY.12,$FLC_UNDERLAY.13" "$secret" 2>&1) \
+        || { printf '%s\n' "$verdict" >&2; flc_fail "the underlay carried more than WireGuard"; }
+    flc_log "WireGuard on node2's eth0: $verdict; pod payload never readable"
 }
 
 # --- teardown -----------------------------------------------------------------------

@@ -55,7 +55,7 @@ main() {
     flc_step "docker-compose up -d"
     flc_compose up -d --no-build
     flc_wait_healthy 120
-    flc_step "verify: pods, cross-node ping, VXLAN on the compose network"
+    flc_step "verify: pods, cross-node ping, $FLC_BACKEND on the compose network"
     flc_verify
     if [ "${FLANNELISH_COMPOSE_KEEP:-0}" = 1 ]; then
         flc_keep
