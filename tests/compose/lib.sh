@@ -590,7 +590,7 @@ flc_on_exit() {
     fi
     [ "$rc" != 0 ] || rc=1
     flc_log "failed (status $rc); tearing down"
-    [ "$FLC_FAILED" = 1 ] || flc_dump_logs_if_up
+    flc_dump_logs_if_up  # after a failed check too: why a container died is in its log
     flc_teardown || true
     flc_check_clean || true
     exit "$rc"
