@@ -8,19 +8,26 @@ import time
 
 from flannelish.testing.proc import run
 
-# A UDP receiver that prints "<source ip> <payload>" for each datagram until idle.
+# A UDP receiver that prints "<source ip> <payload>" for each datagram.  It runs until
+# the test closes its stdin (every probe has been sent by then), then drains for `idle`
+# seconds: a timer from its own start let a slow sender (scapy starting on a loaded
+# machine) miss it entirely.
 _RECEIVER = """
-import socket, sys
+import select, socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("0.0.0.0", int(sys.argv[1])))
+idle = float(sys.argv[2])
 print("ready", flush=True)
-s.settimeout(float(sys.argv[2]))
-try:
-    while True:
+deadline = None  # set once stdin closes
+while deadline is None or time.monotonic() < deadline:
+    watched = [s] if deadline is not None else [s, sys.stdin]
+    left = None if deadline is None else max(deadline - time.monotonic(), 0)
+    ready, _, _ = select.select(watched, [], [], left)
+    if sys.stdin in ready and not sys.stdin.readline():
+        deadline = time.monotonic() + idle
+    if s in ready:
         data, addr = s.recvfrom(2048)
         print(addr[0], data.decode(errors="replace"), flush=True)
-except socket.timeout:
-    pass
 """
 
 _SENDER = """
@@ -36,6 +43,7 @@ class UdpReceiver:
     def __init__(self, netns: str, port: int = 9999, idle: float = 1.5) -> None:
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", netns, sys.executable, "-c", _RECEIVER, str(port), str(idle)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -47,8 +55,9 @@ class UdpReceiver:
             raise RuntimeError(f"receiver did not start: {first!r} {self.proc.stderr}")
 
     def lines(self, timeout: float = 10.0) -> list[str]:
+        """What arrived; call after every probe was sent (it closes the receiver's stdin)."""
         try:
-            out, _ = self.proc.communicate(timeout=timeout)
+            out, _ = self.proc.communicate(timeout=timeout)  # closes stdin: drain, then exit
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
