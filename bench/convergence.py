@@ -359,6 +359,14 @@ def subnet_key(net: IPv4Network) -> str:
     return KEYS.subnet(net)
 
 
+def subnets_in_etcd(cluster: BenchCluster) -> set[IPv4Network]:
+    """The subnets of every lease key in the cluster's etcd (etcdctl, from outside)."""
+    out = cluster.etcd.etcdctl("get", KEYS.subnets, "--prefix", "--keys-only").stdout
+    keys = out.decode() if isinstance(out, bytes) else out
+    found = (KEYS.parse(line.strip()) for line in keys.splitlines() if line.strip())
+    return {x[0] for x in found if x is not None}
+
+
 def _client(endpoint: str) -> Any:
     import pyetcd
 
@@ -535,10 +543,15 @@ def cold_start(
     start: Any,
     timeout: float = 180,
     profile: Path | None = None,
+    expect: set[IPv4Network] | None = None,
 ) -> dict[str, Any]:
-    """Start one daemon in a new host namespace: start -> subnet.env, start -> all N routes."""
+    """Start one daemon in a new host namespace: start -> subnet.env, start -> all N routes.
+
+    `expect`: the peers' subnets (default: the population's N); ``routes`` in the
+    result is the namespace's RouteEvents (for later waits; not JSON)."""
     host = cluster.add_host(name)
-    expect = {pop_subnet(i) for i in range(n)}
+    expect = expect if expect is not None else {pop_subnet(i) for i in range(n)}
+    n = len(expect)
     routes = RouteEvents(netns=host.netns, expect=expect)
     started = time.time()
     proc = start(host)
@@ -553,6 +566,7 @@ def cold_start(
         raise RuntimeError(f"{name}: {routes.expected_seen}/{n} routes after {timeout} s")
     return {
         "host": host,
+        "routes": routes,
         "pid": proc.pid,
         "netns": host.netns,
         "subnet": str(cluster.subnet(host)),
@@ -638,6 +652,7 @@ def population(args: argparse.Namespace) -> int:
         for d in daemons.values():
             d.update(memory_kb(d.pop("pid")))
             d.pop("host")
+            d.pop("routes")
         res["daemons"] = daemons
         res.update(measured)
         if os.environ.get("FLANNELISH_BENCH_KEEP"):

@@ -196,6 +196,17 @@ def _watch_worker(kind, url, first, count, expected, ready, go, out):  # type: i
 def bench_propagation(
     kind: str, url: str, watchers: int, keys: list[str], gap: float, workers: int
 ) -> list[float]:
+    times, started = propagation_times(kind, url, watchers, keys, gap, workers)
+    missing = watchers * len(keys) - len(times)
+    if missing:
+        raise SystemExit(f"{kind}: {missing} events were not delivered within 20 s")
+    return [t - started[key] for (_, key), t in times.items()]
+
+
+def propagation_times(
+    kind: str, url: str, watchers: int, keys: list[str], gap: float, workers: int
+) -> tuple[dict[tuple[int, str], float], dict[str, float]]:
+    """(watcher, key) -> arrival, and key -> put time (time.monotonic, system-wide)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
@@ -227,10 +238,7 @@ def bench_propagation(
         times.update(out.get(timeout=60))
     for proc in procs:
         proc.join(timeout=30)
-    missing = watchers * len(keys) - len(times)
-    if missing:
-        raise SystemExit(f"{kind}: {missing} events were not delivered within 20 s")
-    return [t - started[key] for (_, key), t in times.items()]
+    return times, started
 
 
 # -- report --------------------------------------------------------------------

@@ -46,7 +46,7 @@ from flannelish.daemon.monitors import start_monitors
 from flannelish.daemon.options import DaemonOptions, NodeStatus
 from flannelish.daemon.peers import PeerTable, deleted_entry_wanted, skipped_report
 from flannelish.daemon.reconciler import PassResult, Reconciler
-from flannelish.errors import ConfigError, FlannelishError
+from flannelish.errors import ConfigError, EtcdError, FlannelishError
 from flannelish.kernel.netlink import Netlink
 from flannelish.kernel.resources import Owner
 from flannelish.subnet.keys import LeaseKey
@@ -165,7 +165,17 @@ class NodeDaemon:
         backend = self._make_backend(nl, ext, config)
         backend.setup()
         self._node_id = load_or_create(opts.subnet_file.parent)
-        lease = manager.acquire(self._lease_attrs(), LeaseKey(*previous_subnets(opts.subnet_file)))
+        try:  # an etcd overloaded by a cluster booting at once is waited for, not fatal
+            lease = manager.acquire(
+                self._lease_attrs(),
+                LeaseKey(*previous_subnets(opts.subnet_file)),
+                wait=True,
+                stop=self.stop_event,
+            )
+        except EtcdError:
+            if self.stop_event.is_set():
+                return
+            raise
         log.info("acquired lease", extra={"subnet": str(lease.key), "public_ip": ext.public_ip})
         self._bind(lease)
         self._ensure_blackhole()

@@ -7,7 +7,13 @@ Acquisition follows Flannel's order (docs/flannel-compat.md §4) with its bugs f
    overlaps no live lease (Flannel checks only an exact match);
 3. else a random free subnet among the first 100 free ones of the pool;
 4. the key is written create-only; a lost race re-runs the whole decision
-   (Flannel gives up on the first lost race).
+   (Flannel gives up on the first lost race), choosing among twice as many
+   free subnets as the round before: k nodes booting at once all want the
+   same first 100, and only a choice among about k spreads them out (5000
+   nodes in lockstep: 6 rounds instead of 50);
+5. with ``wait``, an etcd that fails or times out (overloaded by a cluster
+   booting at once) is retried with backoff until ``stop``: a node waits for
+   etcd rather than exit.
 
 Renewal rewrites the key only if nobody else wrote it since we did (compare on
 mod revision), grants a fresh etcd lease and revokes the old one, so each node
@@ -52,6 +58,8 @@ Net = TypeVar("Net", IPv4Network, IPv6Network)
 DEFAULT_LEASE_TTL = 24 * 3600  # Flannel's fixed TTL
 MAX_CANDIDATES = 100  # Flannel picks at random among the first 100 free subnets
 MAX_ATTEMPTS = 30  # lost races before giving up (each lost race means progress elsewhere)
+MAX_WIDENING = 10  # candidates double per lost race, up to 100 << 10 (102400)
+ETCD_RETRY_MAX_S = 5.0  # backoff cap while etcd fails during acquisition (wait=True)
 CONFIG_POLL_S = 1.0
 
 
@@ -69,6 +77,7 @@ class SubnetManager:
         self._rng = rng or random.Random()
         self._own: dict[LeaseKey, Lease] = {}
         self._own_lock = threading.Lock()
+        self.lost_races = 0  # acquisition rounds lost to another node (a figure for benchmarks)
 
     # -- config ------------------------------------------------------------------
 
@@ -113,34 +122,63 @@ class SubnetManager:
     # -- acquire -----------------------------------------------------------------
 
     def acquire(
-        self, attrs: LeaseAttrs, previous_subnet: IPv4Network | LeaseKey | None = None
+        self,
+        attrs: LeaseAttrs,
+        previous_subnet: IPv4Network | LeaseKey | None = None,
+        wait: bool = False,
+        stop: threading.Event | None = None,
     ) -> Lease:
         """Take a subnet (one per enabled family) for a node advertising `attrs`
-        (see the module docstring).  `previous_subnet`: the one(s) of an earlier run."""
+        (see the module docstring).  `previous_subnet`: the one(s) of an earlier run.
+        `wait`: retry etcd failures (not refused credentials) until `stop` is set."""
         previous = as_key(previous_subnet) if previous_subnet is not None else LeaseKey(None)
-        for attempt in range(MAX_ATTEMPTS):
-            if attempt:
-                time.sleep(self._rng.uniform(0.005, 0.05) * min(attempt, 5))
-            config = self._config_now()
-            _check_attrs(config, attrs)
-            listing = self.registry.list_all()
-            # A key with a bad value still exists: a create there would fail every time.
-            taken = [k for b in listing.bad if (k := b.lease_key) is not None]
-            if taken and attempt == 0:
-                log.warning(
-                    "%d subnet key(s) hold bad lease values; treating those subnets as taken",
-                    len(taken),
-                    extra={"subnets": ",".join(str(x) for x in taken[:20])},
-                )
-            lease = self._try_acquire(config, listing.leases, attrs, previous, taken)
+        stop = stop or threading.Event()
+        lost = failures = 0
+        while True:
+            if lost:
+                time.sleep(self._rng.uniform(0.005, 0.05) * min(lost, 5))
+            try:
+                lease = self._acquire_round(attrs, previous, lost, first=not (lost or failures))
+            except EtcdAuthError:
+                raise
+            except EtcdError as exc:
+                if not wait or stop.is_set():
+                    raise
+                failures += 1
+                if failures % 30 == 1:  # one line at once, then every 30 failures
+                    log.warning("could not acquire a subnet, etcd failed; retrying: %s", exc)
+                if stop.wait(min(0.5 * 2 ** min(failures - 1, 4), ETCD_RETRY_MAX_S)):
+                    raise
+                continue
             if lease is not None:
                 self._remember(lease)
                 return lease
-            log.info("lost a race for a subnet; retrying", extra={"attempt": attempt + 1})
-        raise EtcdError(
-            f"could not acquire a subnet after {MAX_ATTEMPTS} attempts",
-            "other nodes kept taking the chosen subnets first",
-        )
+            lost += 1
+            self.lost_races += 1
+            if lost >= MAX_ATTEMPTS:
+                raise EtcdError(
+                    f"could not acquire a subnet after {MAX_ATTEMPTS} attempts",
+                    "other nodes kept taking the chosen subnets first",
+                )
+            log.info("lost a race for a subnet; retrying", extra={"attempt": lost})
+
+    def _acquire_round(
+        self, attrs: LeaseAttrs, previous: LeaseKey, lost: int, first: bool
+    ) -> Lease | None:
+        """List, decide, write once; None if another node took the chosen subnet first."""
+        config = self._config_now()
+        _check_attrs(config, attrs)
+        listing = self.registry.list_all()
+        # A key with a bad value still exists: a create there would fail every time.
+        taken = [k for b in listing.bad if (k := b.lease_key) is not None]
+        if taken and first:
+            log.warning(
+                "%d subnet key(s) hold bad lease values; treating those subnets as taken",
+                len(taken),
+                extra={"subnets": ",".join(str(x) for x in taken[:20])},
+            )
+        limit = MAX_CANDIDATES << min(lost, MAX_WIDENING)
+        return self._try_acquire(config, listing.leases, attrs, previous, taken, limit)
 
     def _try_acquire(
         self,
@@ -149,10 +187,12 @@ class SubnetManager:
         attrs: LeaseAttrs,
         previous: LeaseKey,
         taken: list[LeaseKey] | None = None,
+        limit: int = MAX_CANDIDATES,
     ) -> Lease | None:
         """One decision round; None means a race was lost and the caller re-lists.
 
-        `taken`: keys that exist but hold no usable lease (bad values)."""
+        `taken`: keys that exist but hold no usable lease (bad values); `limit`:
+        choose among the first this many free subnets."""
         taken = taken or []
         mine = [x for x in leases if _is_ours(config, x.attrs, attrs)]
         _refuse_other_node(mine, attrs)
@@ -187,7 +227,7 @@ class SubnetManager:
                 config.in_pool,
                 [x.key.v4 for x in leases],
                 [x.v4 for x in taken],
-                lambda used: _free_subnets(config, used, MAX_CANDIDATES),
+                lambda used: _free_subnets(config, used, limit),
                 self._rng,
             )
             if v4 is None:
@@ -199,7 +239,7 @@ class SubnetManager:
                 config.ipv6_in_pool,
                 [x.key.v6 for x in leases],
                 [x.v6 for x in taken],
-                lambda used: _free_ipv6_subnets(config, used, MAX_CANDIDATES),
+                lambda used: _free_ipv6_subnets(config, used, limit),
                 self._rng,
             )
             if v6 is None:
