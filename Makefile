@@ -15,7 +15,7 @@ DEB_PACKAGES := etcd-server etcd-client iproute2 nftables tcpdump iputils-ping i
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup deb-packages venv lab lab-down test test-fast fuzz lint typecheck bench bench-quick bench-report bench-population clean test-compose test-compose-wireguard
+.PHONY: setup deb-packages venv lab lab-down test test-fast fuzz lint typecheck bench bench-quick bench-report bench-population bench-fleet clean test-compose test-compose-wireguard
 
 setup: deb-packages $(STAMP)
 
@@ -77,6 +77,8 @@ BENCH_OUT ?= bench/report
 BENCH_RESULTS := $(BENCH_OUT)/results
 BENCH_PEERS ?= 100 1000
 BENCH_POPULATION ?= 1000 5000
+# bench/fleet.py's simulated nodes in `make bench` (its 5000-node run: `make bench-fleet`).
+BENCH_FLEET_NODES ?= 1000
 BENCH_RUN = run() { echo "== $$*"; "$$@" || echo "!! FAILED ($$?): $$*"; }
 
 bench: setup
@@ -88,6 +90,7 @@ bench: setup
 	for p in $(BENCH_PEERS); do run $(PY) bench/scale.py --peers $$p --json $(BENCH_RESULTS)/scale-$$p.json; done; \
 	for p in $(BENCH_POPULATION); do run $(PY) bench/convergence.py --population $$p --json $(BENCH_RESULTS)/population-$$p.json; done; \
 	run $(PY) bench/datapath.py --json $(BENCH_RESULTS)/datapath.json; \
+	run $(PY) bench/fleet.py --nodes $(BENCH_FLEET_NODES) --json $(BENCH_RESULTS)/fleet.json; \
 	run $(PY) bench/hostile.py; \
 	echo "benchmarks took $$((SECONDS - start)) s"
 	$(PY) bench/report.py --results $(BENCH_RESULTS) --out $(BENCH_OUT)
@@ -100,6 +103,7 @@ bench-quick: setup
 	run $(PY) bench/convergence.py --peers 20 --json $(BENCH_RESULTS)/convergence-20.json; \
 	run $(PY) bench/scale.py --peers 100 --json $(BENCH_RESULTS)/scale-100.json; \
 	run $(PY) bench/datapath.py --seconds 1 --rounds 1 --json $(BENCH_RESULTS)/datapath.json; \
+	run $(PY) bench/fleet.py --quick --json $(BENCH_RESULTS)/fleet.json; \
 	echo "benchmarks took $$((SECONDS - start)) s"
 	$(PY) bench/report.py --results $(BENCH_RESULTS) --out $(BENCH_OUT)
 
@@ -109,6 +113,14 @@ bench-quick: setup
 bench-population: setup
 	$(PY) bench/convergence.py --population 1000
 	$(PY) bench/convergence.py --population 5000
+
+# Issue 16's fleet at full size: 5000 simulated nodes (lease storm, renewals, cold sync,
+# memory, idle CPU, release) and 1000 watchers; writes $(BENCH_RESULTS)/fleet.json for the
+# report (replacing `make bench`'s smaller run).  About 10-20 min on a 2-core machine.
+bench-fleet: setup
+	@mkdir -p $(BENCH_RESULTS)
+	$(PY) bench/fleet.py --nodes 5000 --watchers 1000 --json $(BENCH_RESULTS)/fleet.json
+	$(PY) bench/report.py --results $(BENCH_RESULTS) --out $(BENCH_OUT)
 
 # Render only (after editing bench/report.py): no measurement.
 bench-report: setup

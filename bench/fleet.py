@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -71,7 +72,7 @@ def pct(values: list[float], q: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 def storm_summary(results: list[NodeResult], total_s: float) -> dict[str, Any]:
@@ -101,6 +102,7 @@ def storm_summary(results: list[NodeResult], total_s: float) -> dict[str, Any]:
         "acquire_p50_s": pct(times, 50),
         "acquire_p99_s": pct(times, 99),
         "acquire_max_s": max(times, default=0.0),
+        "acquire_s": sorted(times),
     }
 
 
@@ -702,6 +704,7 @@ def write_json(path: str | None, res: dict[str, Any]) -> None:
     out.figure("fleet.storm.failed", s["failed"], "nodes", goal="<= 0 nodes")
     out.figure("fleet.storm.retries_total", s["retries_total"], "lost races")
     out.figure("fleet.storm.retries_max", s["retries_max"], "lost races")
+    out.samples("fleet.storm.acquire", s["acquire_s"], "s")
     out.figure("fleet.storm.acquire_p50", s["acquire_p50_s"], "s")
     out.figure("fleet.storm.acquire_p99", s["acquire_p99_s"], "s")
     r = res["renewals"]

@@ -12,6 +12,8 @@ so -- and writes into the output directory:
   peers.png               per-event convergence p50/p99 and daemon RSS vs peers
   cold-sync.png           cold sync time vs peers, iproute2 -batch and flanneld
   throughput.png          iperf3 Gbit/s per case (backend, family) vs hand-built
+  fleet.png               fleet simulator: watch fan-out CDFs vs one watcher alone,
+                          lease-storm acquire times (bench/fleet.py)
 
     .venv/bin/python bench/report.py [--results bench/report/results] [--out bench/report]
 """
@@ -467,12 +469,54 @@ def plot_throughput(docs: list[Doc], out: Path) -> str | None:
     return "throughput.png"
 
 
+def plot_fleet(docs: list[Doc], out: Path) -> str | None:
+    fleet = [d for d in _by_bench(docs, "fleet") if d["samples"]]
+    if not fleet:
+        return None
+    doc = fleet[-1]
+    samples, figs = doc["samples"], doc["figures"]
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    curves = [
+        ("fleet.fanout.all_seen", "seen by all watchers"),
+        ("fleet.fanout.product", "seen by watch_leases (under fan-out)"),
+        ("fleet.fanout.product.baseline", "one watcher, no fan-out"),
+    ]
+    for key, label in curves:
+        if samples.get(key):
+            xs, ys = cdf(samples[key])
+            left.step(xs, ys, where="post", label=label)
+    left.axvline(100, color="grey", linestyle=":", label="goal: p99 < 100 ms")
+    left.set_xscale("log")
+    left.set_xlabel("lease put -> watch event (ms, log)")
+    left.set_ylabel("fraction of writes / deliveries")
+    left.set_title(f"watch fan-out, {doc['params'].get('watchers', '?')} watchers on one etcd")
+    left.grid(alpha=0.3, which="both")
+    left.legend(fontsize=7)
+    if samples.get("fleet.storm.acquire"):
+        xs, ys = cdf(samples["fleet.storm.acquire"])
+        right.step(xs, ys, where="post", label="acquire (list, pick, create-only txn)")
+    nodes = doc["params"].get("nodes", "?")
+    retries = figs.get("fleet.storm.retries_total", {}).get("value")
+    failed = figs.get("fleet.storm.failed", {}).get("value")
+    right.set_title(f"lease storm: {nodes} nodes at once ({retries} lost races, {failed} gave up)")
+    right.set_xlabel("seconds from the start of the storm")
+    right.set_ylabel("fraction of nodes with a subnet")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "fleet.png")
+    plt.close(fig)
+    return "fleet.png"
+
+
 PLOTS = [
     (plot_cni, "CNI ADD/DEL latency CDFs vs the reference plugins", "cni"),
     (plot_convergence_cdf, "convergence latency CDF", "convergence"),
     (plot_peers, "per-event convergence and RSS vs peers", "convergence or scale or population"),
     (plot_cold_sync, "cold-sync time vs iproute2 and flanneld", "scale or population"),
     (plot_throughput, "throughput vs hand-built and underlay", "datapath"),
+    (plot_fleet, "fleet simulator: watch fan-out and lease storm", "fleet"),
 ]
 
 
@@ -483,7 +527,7 @@ def render(results: Path, out: Path) -> list[str]:
     if not docs:
         problems.append(f"no results in {results}: run `make bench` (or `make bench-quick`)")
     present = {d["bench"] for d in docs}
-    for bench in ("cni", "convergence", "scale", "population", "leases", "datapath"):
+    for bench in ("cni", "convergence", "scale", "population", "leases", "datapath", "fleet"):
         if bench not in present:
             problems.append(f"{bench}: no results, skipped")
     plots = []
