@@ -497,9 +497,11 @@ def plot_fleet(docs: list[Doc], out: Path) -> str | None:
         xs, ys = cdf(samples["fleet.storm.acquire"])
         right.step(xs, ys, where="post", label="acquire (list, pick, create-only txn)")
     nodes = doc["params"].get("nodes", "?")
-    retries = figs.get("fleet.storm.retries_total", {}).get("value")
-    failed = figs.get("fleet.storm.failed", {}).get("value")
-    right.set_title(f"lease storm: {nodes} nodes at once ({retries} lost races, {failed} gave up)")
+    retries = figs.get("fleet.storm.retries_total", {}).get("value", 0)
+    failed = figs.get("fleet.storm.failed", {}).get("value", 0)
+    right.set_title(
+        f"lease storm: {nodes} nodes at once\n{retries:.0f} lost races, {failed:.0f} gave up"
+    )
     right.set_xlabel("seconds from the start of the storm")
     right.set_ylabel("fraction of nodes with a subnet")
     right.grid(alpha=0.3)
