@@ -26,13 +26,6 @@ from flannelish.kernel.netlink import AF_INET6, Link, Netlink
 Address = IPv4Address | IPv6Address
 
 
-def is_ipv4(value: str) -> bool:
-    try:
-        return ip_address(value).version == 4
-    except ValueError:
-        return False
-
-
 def _as_ip(value: str) -> Address | None:
     try:
         return ip_address(value)
@@ -96,14 +89,20 @@ def _match(
     return None
 
 
-def _can_reach(nl: Netlink, links: Sequence[Link], target: str) -> tuple[Link, IPv4Address | None]:
-    if not is_ipv4(target):
-        raise ConfigError("--iface-can-reach must be an IPv4 address", repr(target))
-    found = nl.route_lookup(IPv4Address(target))
+def _can_reach(nl: Netlink, links: Sequence[Link], target: str) -> tuple[Link, Address | None]:
+    """The interface and source address of the kernel's route to `target` (IPv4 or
+    IPv6, `ip route get`); the source is of the target's family."""
+    ip = _as_ip(target)
+    if ip is None:
+        raise ConfigError("--iface-can-reach must be an IPv4 or IPv6 address", repr(target))
+    found = nl.route_lookup(ip)
     link = next((x for x in links if found is not None and x.index == found[0]), None)
     if found is None or link is None:
         raise ConfigError(f"no route to --iface-can-reach {target}", "check `ip route get`")
-    return link, found[1]
+    source = found[1]
+    if isinstance(source, IPv6Address) and (source.is_link_local or source.is_loopback):
+        source = None  # cannot carry the tunnel: the interface's global address instead
+    return link, source
 
 
 def select_interface(

@@ -30,6 +30,7 @@ from flannelish.kernel.netlink import (
     Addr,
     Fdb,
     IPAddress,
+    IPNetwork,
     Link,
     Neigh,
     Netlink,
@@ -327,11 +328,15 @@ class RawNetlink:
             )
         return out
 
-    def _route_get(self, ip: IPv4Address, fib_match: bool) -> rtnl.RouteMsg | None:
-        """`ip route get [fibmatch] IP`: the resolved route, or with `fib_match` the table
-        entry itself (its dst_len, protocol, table); None when nothing routes there."""
+    def _route_get(self, ip: IPAddress, fib_match: bool) -> rtnl.RouteMsg | None:
+        """`ip route get [fibmatch] IP` (either family): the resolved route, or with
+        `fib_match` the table entry itself (its dst_len, protocol, table); None when
+        nothing routes there."""
         flags = rtnl.RTM_F_FIB_MATCH if fib_match else 0
-        body = rtnl.RTMSG.pack(AF_INET, 32, 0, 0, 0, 0, 0, 0, flags) + attr(rtnl.RTA_DST, ip.packed)
+        family, bits = (AF_INET6, 128) if ip.version == 6 else (AF_INET, 32)
+        body = rtnl.RTMSG.pack(family, bits, 0, 0, 0, 0, 0, 0, flags) + attr(
+            rtnl.RTA_DST, ip.packed
+        )
         with self._raw("route get", ip):
             try:
                 replies = self._rtnl.get(rtnl.RTM_GETROUTE, body)
@@ -341,9 +346,9 @@ class RawNetlink:
                 raise
         return next(rtnl.route_msgs(replies), None)
 
-    def route_to(self, dst: IPv4Network) -> Route | None:
-        """The main-table unicast route to exactly `dst`, whatever its protocol (one
-        RTM_GETROUTE with RTM_F_FIB_MATCH, no dump), or None."""
+    def route_to(self, dst: IPNetwork) -> Route | None:
+        """The main-table unicast route to exactly `dst` (IPv4 or IPv6), whatever its
+        protocol (one RTM_GETROUTE with RTM_F_FIB_MATCH, no dump), or None."""
         m = self._route_get(dst.network_address, fib_match=True)
         if m is None or m.dst_len != dst.prefixlen or m.table != MAIN_TABLE:
             return None
@@ -363,13 +368,15 @@ class RawNetlink:
             m.u32(rtnl.RTA_PRIORITY) or None,
         )
 
-    def route_lookup(self, ip: IPv4Address) -> tuple[int, IPv4Address | None] | None:
-        """What `ip route get IP` answers: (outgoing ifindex, preferred source), or None."""
+    def route_lookup(self, ip: IPAddress) -> tuple[int, IPAddress | None] | None:
+        """What `ip route get IP` answers (either family): (outgoing ifindex, preferred
+        source of that family), or None."""
         m = self._route_get(ip, fib_match=False)
         if m is None or rtnl.RTA_OIF not in m.attrs:
             return None
         src = m.attrs.get(rtnl.RTA_PREFSRC)
-        return struct.unpack("=i", m.attrs[rtnl.RTA_OIF])[0], IPv4Address(src) if src else None
+        source = _address(src) if src and len(src) == len(ip.packed) else None
+        return struct.unpack("=i", m.attrs[rtnl.RTA_OIF])[0], source
 
     def _blackhole_body(self, dst: IPv4Network) -> bytes:
         body = rtnl.RTMSG.pack(

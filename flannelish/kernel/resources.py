@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from flannelish.kernel.netlink import AF_INET, ROUTE_PROTO, Fdb, Neigh, Netlink, Route, RouteExists
@@ -138,8 +137,6 @@ class RouteResource:
         try:
             self._nl.add_route(obj)
         except RouteExists:
-            if not isinstance(obj.dst, IPv4Network):
-                raise  # flanneld's IPv6 routes: not taken over (no IPv6 overlay yet)
             there = self._nl.route_to(obj.dst)
             if there is None or there.proto == self._proto:
                 raise

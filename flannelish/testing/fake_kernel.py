@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Any
 
 from flannelish.errors import KernelError
@@ -166,11 +166,11 @@ class FakeNetlink:
             if (proto is None or r.proto == proto) and (version is None or r.dst.version == version)
         ]
 
-    def route_to(self, dst: IPv4Network) -> Route | None:
+    def route_to(self, dst: IPNetwork) -> Route | None:
         return self._routes.get(dst)
 
-    def route_lookup(self, ip: IPv4Address) -> tuple[int, IPv4Address | None] | None:
-        hits = [r for r in self._routes.values() if r.dst.version == 4 and ip in r.dst]
+    def route_lookup(self, ip: IPAddress) -> tuple[int, IPAddress | None] | None:
+        hits = [r for r in self._routes.values() if r.dst.version == ip.version and ip in r.dst]
         if not hits:
             return (self.default_oif, None) if self.default_oif is not None else None
         return max(hits, key=lambda r: r.dst.prefixlen).oif, None

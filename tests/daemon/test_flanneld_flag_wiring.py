@@ -53,9 +53,9 @@ def test_iface_can_reach_without_source_takes_the_interface_address(nl):
     assert ext.name == "eth1" and str(ext.address) == "172.31.0.5"
 
 
-@pytest.mark.parametrize("target", ["not-an-ip", "fd00::1"])
-def test_iface_can_reach_needs_an_ipv4_address(nl, target):
-    with pytest.raises(ConfigError, match="--iface-can-reach"):
+@pytest.mark.parametrize("target", ["not-an-ip", "fd00::1/64", "10.0.0.1/24"])
+def test_iface_can_reach_needs_an_ip_address(nl, target):
+    with pytest.raises(ConfigError, match="must be an IPv4 or IPv6 address"):
         select_interface(nl, can_reach=target)
 
 
