@@ -15,11 +15,10 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable, Sequence
-from ipaddress import IPv4Address, IPv4Network
 
 from flannelish.backends.base import Backend
 from flannelish.daemon.loop import ReconcileLoop
-from flannelish.kernel.monitor import Change, ChangeMonitor
+from flannelish.kernel.monitor import Change, ChangeMonitor, Deleted
 from flannelish.kernel.netlink import ROUTE_PROTO
 from flannelish.kernel.rtnl import RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE, RTM_NEWLINK
 
@@ -30,7 +29,7 @@ def start_monitors(
     backend_loop: ReconcileLoop,
     extra_loops: Sequence[ReconcileLoop],
     backend: Backend | None,
-    still_wanted: Callable[[IPv4Network | IPv4Address | str | None], bool] = lambda _dst: True,
+    still_wanted: Callable[[Deleted], bool] = lambda _dst: True,
 ) -> list[ChangeMonitor]:
     """Start the monitors; returns them (the caller stops them on shutdown).
 
@@ -52,9 +51,14 @@ def start_monitors(
             return change.ifindex in indexes
         return False
 
+    def repair(changes: list[Change]) -> None:
+        # Debug level: says which notification cost a full pass (tests count these).
+        log.debug("kernel change: full pass", extra={"changes": [_describe(c) for c in changes]})
+        backend_loop.trigger(check_base=True)
+
     started: list[ChangeMonitor] = []
     try:
-        monitor = ChangeMonitor(lambda _c: backend_loop.trigger(check_base=True), relevant)
+        monitor = ChangeMonitor(repair, relevant)
     except OSError as exc:
         log.warning("kernel change notifications unavailable (%s); periodic resync only", exc)
         return started
@@ -65,6 +69,10 @@ def start_monitors(
         if nft is not None:
             started.append(nft)
     return started
+
+
+def _describe(change: Change) -> str:
+    return f"{change.type}:{change.ifindex}:{change.dst}"
 
 
 def _nft_monitor(loops: Sequence[ReconcileLoop]) -> ChangeMonitor | None:

@@ -31,7 +31,6 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
 from flannelish.backends import get_backend_class
@@ -47,6 +46,7 @@ from flannelish.daemon.options import DaemonOptions, NodeStatus
 from flannelish.daemon.peers import PeerTable, deleted_entry_wanted, skipped_report
 from flannelish.daemon.reconciler import PassResult, Reconciler
 from flannelish.errors import ConfigError, EtcdError, FlannelishError
+from flannelish.kernel.monitor import Deleted
 from flannelish.kernel.netlink import Netlink
 from flannelish.kernel.resources import Owner
 from flannelish.subnet.keys import LeaseKey
@@ -395,12 +395,14 @@ class NodeDaemon:
         ):
             self._closers.append(monitor.stop)
 
-    def _deleted_entry_wanted(self, dst: IPv4Network | IPv4Address | str | None) -> bool:
+    def _deleted_entry_wanted(self, dst: Deleted) -> bool:
         own = self.status.lease
         if own is not None and dst == own.subnet:
             return True  # our own subnet: the --ip-blackhole-route route
-        subnet_len = self._config.subnet_len if self._config is not None else None
-        return deleted_entry_wanted(self.peers, subnet_len, dst)
+        config = self._config
+        if config is None:
+            return True
+        return deleted_entry_wanted(self.peers, config.subnet_len, dst, config.ipv6_subnet_len)
 
     def _start_keeper(self, manager: SubnetManager, lease: Lease) -> None:
         from flannelish.subnet.keeper import LeaseKeeper

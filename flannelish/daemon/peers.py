@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Hashable, Iterable, Mapping
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Any
 
 from flannelish.daemon.admission import AdmissionRules, check_lease
+from flannelish.kernel.monitor import Deleted
 from flannelish.kernel.resources import Skip
 from flannelish.subnet.keys import LeaseKey, as_key
 from flannelish.subnet.lease import Event, EventType, Lease
@@ -191,24 +192,29 @@ def skipped_report(
 
 
 def deleted_entry_wanted(
-    table: PeerTable, subnet_len: int | None, dst: IPv4Network | IPv4Address | str | None
+    table: PeerTable,
+    subnet_len: int | None,
+    dst: Deleted,
+    ipv6_subnet_len: int | None = None,
 ) -> bool:
     """Whether a deleted route/neighbour/FDB entry belongs to a peer we still program.
 
     Our own deletions (a lease removed, a MAC changed) come back as kernel
     notifications too; by then the peer table no longer holds that peer (or
     MAC), so they need no full pass.  A deletion of a current peer's entry, or
-    one the message does not identify (IPv6 routes and neighbours: None),
-    still triggers one.
+    one the message does not identify (None), still triggers one.  Both
+    families alike: a route's destination is either half of a peer's key, a
+    VXLAN neighbour is its subnet's first address (IPv4 `S.0`, IPv6 `S::`).
     """
     if dst is None:
         return True
-    if isinstance(dst, IPv4Network):  # in dual-stack, the IPv4 half of a peer's key
+    if isinstance(dst, (IPv4Network, IPv6Network)):  # either half of a peer's key
         return table.holds_subnet(dst)
-    if isinstance(dst, IPv4Address):
-        if subnet_len is None:
+    if isinstance(dst, (IPv4Address, IPv6Address)):
+        length = subnet_len if dst.version == 4 else ipv6_subnet_len
+        if not length:
             return True
-        subnet = IPv4Network((dst, subnet_len), strict=False)
+        subnet = ip_network((dst, length), strict=False)
         # A VXLAN peer's neighbour is its subnet's first address; others are not ours.
         return subnet.network_address != dst or table.holds_subnet(subnet)
     # An FDB entry: the vxlan backend's claim (its IPv4 or its IPv6 device's MAC).

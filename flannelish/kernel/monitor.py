@@ -14,7 +14,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from flannelish.kernel.netns import in_netns
 from flannelish.kernel.rtnl import (
@@ -43,6 +43,9 @@ from flannelish.kernel.rtnl import (
     parse_attrs,
 )
 
+# What a deletion notification names: a route's destination, a neighbour's IP or an FDB MAC.
+Deleted = IPv4Network | IPv6Network | IPv4Address | IPv6Address | str | None
+
 
 @dataclass(frozen=True)
 class Change:
@@ -54,26 +57,33 @@ class Change:
     family: int = 0  # nftables: the table's family (NFPROTO_IPV4 = 2)
     table: str = ""  # nftables: the table the change is in
     # What the entry was for, when the message says: a route's destination
-    # (IPv4Network), a neighbour's IP (IPv4Address) or an FDB entry's MAC (str).
-    # Lets the daemon ignore the notifications of its own deletions.
-    dst: IPv4Network | IPv4Address | str | None = field(default=None, compare=False)
+    # (IPv4Network or IPv6Network), a neighbour's IP (IPv4Address or IPv6Address)
+    # or an FDB entry's MAC (str).  Lets the daemon ignore the notifications of its
+    # own deletions.
+    dst: Deleted = field(default=None, compare=False)
 
 
-def _route_dst(data: bytes, body: int, end: int) -> IPv4Network | None:
+_SIZES = {socket.AF_INET: 4, socket.AF_INET6: 16}  # address length per family
+
+
+def _route_dst(data: bytes, body: int, end: int) -> IPv4Network | IPv6Network | None:
     family, dst_len = RTMSG.unpack_from(data, body)[:2]
     raw = parse_attrs(data, body + RTMSG.size, end).get(RTA_DST)
-    if family != socket.AF_INET or raw is None or len(raw) != 4 or dst_len > 32:
+    size = _SIZES.get(family)
+    if size is None or raw is None or len(raw) != size or dst_len > size * 8:
         return None
-    return IPv4Network((bytes(raw), dst_len), strict=False)
+    kind = IPv4Network if size == 4 else IPv6Network
+    return kind((bytes(raw), dst_len), strict=False)
 
 
-def _neigh_dst(data: bytes, body: int, end: int) -> IPv4Address | str | None:
+def _neigh_dst(data: bytes, body: int, end: int) -> IPv4Address | IPv6Address | str | None:
     family = NDMSG.unpack_from(data, body)[0]
     attrs = parse_attrs(data, body + NDMSG.size, end)
     if family == AF_BRIDGE and len(attrs.get(NDA_LLADDR, b"")) == 6:
         return mac_str(bytes(attrs[NDA_LLADDR]))
-    if family == socket.AF_INET and len(attrs.get(NDA_DST, b"")) == 4:
-        return IPv4Address(bytes(attrs[NDA_DST]))
+    raw = attrs.get(NDA_DST, b"")
+    if _SIZES.get(family) == len(raw):
+        return IPv4Address(bytes(raw)) if len(raw) == 4 else IPv6Address(bytes(raw))
     return None
 
 

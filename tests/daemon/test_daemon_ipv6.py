@@ -250,3 +250,45 @@ def test_host_gw_over_ipv6_routes_via_public_ipv6(daemons6, netns_factory):
     pa = add_pod6(netns_factory, a.host, a, "pa", 1500)
     add_pod6(netns_factory, b.host, b, "pb", 1500)
     wait_for(lambda: ping(pa, subnet6(b).network_address + 2), 5, what="pod a -> pod b, host-gw")
+
+
+def kernel_passes(d: DaemonProc) -> list[str]:
+    """The daemon's debug lines for kernel notifications that cost a full pass."""
+    return [
+        line for line in d.log_path.read_text().splitlines() if "kernel change: full pass" in line
+    ]
+
+
+def test_ipv6_deletions_are_identified_like_ipv4_ones(daemons6, etcd6):
+    """Our own IPv6 deletions (a peer's lease removed) come back as kernel notifications
+    and cost no full pass; a hand-deleted IPv6 entry of a current peer does, and is
+    repaired by it (the same mechanism as IPv4)."""
+    # A 30 s resync: every pass in the window comes from a notification.
+    (a,) = daemons6(1, DUAL, "--resync-interval", "30", "-v", "1")
+    key = f"{PREFIX}/subnets/10.244.250.0-24&fd44:0:0:fa::-64"
+    value = (
+        '{"PublicIP":"198.18.0.99","PublicIPv6":"fd18::99","BackendType":"vxlan",'
+        '"BackendData":{"VNI":1,"VtepMAC":"0e:11:22:33:44:55"},'
+        '"BackendV6Data":{"VNI":1,"VtepMAC":"0e:11:22:33:44:66"}}'
+    )
+    etcd6.etcdctl("put", key, value)
+    wait_for(lambda: len(v6_state(a.host)["route"]) == 1, 5, what="peer programmed")
+    time.sleep(1.0)  # past the start-up passes
+    before = len(kernel_passes(a))
+    etcd6.etcdctl("del", key)
+    wait_for(lambda: v6_state(a.host) == {"neigh": [], "fdb": [], "route": []}, 5,
+             what="peer removed")  # fmt: skip
+    time.sleep(1.5)  # the notifications of those deletions have arrived
+    assert kernel_passes(a)[before:] == []
+    # A hand-deleted IPv6 route and neighbour of a current peer: repaired by a full pass.
+    etcd6.etcdctl("put", key, value)
+    wait_for(lambda: len(v6_state(a.host)["route"]) == 1, 5, what="peer programmed again")
+    want = v6_state(a.host)
+    time.sleep(1.0)
+    before = len(kernel_passes(a))
+    a.host.run("ip", "-6", "route", "del", "fd44:0:0:fa::/64", "proto", "70")
+    wait_for(lambda: v6_state(a.host) == want, 2, 0.02, what="IPv6 route repaired")
+    a.host.run("ip", "-6", "neigh", "del", "fd44:0:0:fa::", "dev", "flannel-v6.1")
+    wait_for(lambda: v6_state(a.host) == want, 2, 0.02, what="IPv6 neighbour repaired")
+    passes = " ".join(kernel_passes(a)[before:])
+    assert "fd44:0:0:fa::/64" in passes and "fd44:0:0:fa::" in passes

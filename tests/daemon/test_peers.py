@@ -93,3 +93,33 @@ def test_a_pass_with_errors_is_retried_long_before_the_resync_interval():
         assert rec.calls[:2] == [True, True]  # the retry re-checks the base objects too
     finally:
         loop.stop()
+
+
+def test_deleted_entries_of_both_families_are_told_apart_from_our_own_deletions():
+    """A deleted IPv6 route, neighbour or FDB entry of a current peer wants a repair; one
+    of a peer already gone (our own deletion coming back as a notification) does not."""
+    from ipaddress import IPv6Address, IPv6Network
+
+    from flannelish.daemon.peers import deleted_entry_wanted
+
+    def dual(n: int) -> Lease:
+        attrs = LeaseAttrs(IPv4Address(f"198.18.0.{n}"), "vxlan", {"VNI": 1},
+                           IPv6Address(f"fd18::{n}"), {"VNI": 1})  # fmt: skip
+        return Lease(IPv4Network(f"10.244.{n}.0/24"), attrs,
+                     ipv6_subnet=IPv6Network(f"fd44:0:0:{n}::/64"))  # fmt: skip
+
+    table = PeerTable()
+    table.apply([Event(EventType.ADDED, dual(2)), Event(EventType.ADDED, dual(3))])
+    table.apply([Event(EventType.REMOVED, dual(3))])
+
+    def wanted(dst) -> bool:
+        return deleted_entry_wanted(table, 24, dst, 64)
+
+    assert wanted(IPv6Network("fd44:0:0:2::/64")) and wanted(IPv6Address("fd44:0:0:2::"))
+    assert not wanted(IPv6Network("fd44:0:0:3::/64"))
+    assert not wanted(IPv6Address("fd44:0:0:3::"))
+    assert wanted(IPv4Network("10.244.2.0/24")) and not wanted(IPv4Network("10.244.3.0/24"))
+    assert not wanted(IPv4Address("10.244.3.0"))
+    # Not a VXLAN neighbour address, or no IPv6 network known: a full pass, to be safe.
+    assert wanted(IPv6Address("fd44:0:0:3::5")) and wanted(None)
+    assert deleted_entry_wanted(table, 24, IPv6Address("fd44:0:0:3::"), None)

@@ -73,3 +73,30 @@ def test_change_parser_names_what_was_deleted():
     )
     assert (neighs.ifindex, neighs.dst) == (7, IPv4Address("10.1.0.64"))
     assert (fdbs.ifindex, fdbs.dst) == (7, "0e:00:00:00:00:01")
+
+
+def test_change_parser_names_deleted_ipv6_routes_and_neighbours():
+    """IPv6 deletions (flannel-v6.<VNI>'s entries) are identified like IPv4 ones."""
+    from ipaddress import IPv6Address, IPv6Network
+
+    dst = IPv6Address("fd44:0:0:fa::").packed
+    route = _msg(
+        RTM_DELROUTE,
+        rtnl.RTMSG.pack(10, 64, 0, 0, 254, 0x46, 0, 1, 0) + rtnl.attr(rtnl.RTA_DST, dst),
+    )
+    neigh = _msg(
+        rtnl.RTM_DELNEIGH, rtnl.NDMSG.pack(10, 9, 0x80, 0, 0) + rtnl.attr(rtnl.NDA_DST, dst)
+    )
+    # Mismatched lengths (an IPv4-sized address in an IPv6 message) name nothing.
+    odd = _msg(
+        RTM_DELROUTE,
+        rtnl.RTMSG.pack(10, 64, 0, 0, 254, 0x46, 0, 1, 0) + rtnl.attr(rtnl.RTA_DST, dst[:4]),
+    )
+    too_long = _msg(
+        RTM_DELROUTE,
+        rtnl.RTMSG.pack(10, 129, 0, 0, 254, 0x46, 0, 1, 0) + rtnl.attr(rtnl.RTA_DST, dst),
+    )
+    routes, neighs, bad, bad2 = parse_changes(route + neigh + odd + too_long)
+    assert routes.dst == IPv6Network("fd44:0:0:fa::/64") and routes.proto == 0x46
+    assert (neighs.ifindex, neighs.dst) == (9, IPv6Address("fd44:0:0:fa::"))
+    assert bad.dst is None and bad2.dst is None
