@@ -172,9 +172,12 @@ def collect(
             facts.iptables_legacy = result.stdout if result.returncode == 0 else None
         except (OSError, subprocess.TimeoutExpired):
             facts.iptables_legacy = None
-    overlay = facts.overlay()
+    overlay, overlay6 = facts.overlay(), facts.overlay6()
     facts.flanneld = flanneld_facts.collect(
-        overlay.name if overlay else None, facts.own_subnet(), facts.ruleset
+        overlay.name if overlay else None,
+        facts.own_subnet(),
+        facts.ruleset,
+        overlay6.name if overlay6 else None,
     )
     found = [
         collect_wireguard(Path(subnet_file).parent, facts.links, dev)

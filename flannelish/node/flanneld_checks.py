@@ -56,8 +56,8 @@ def check_flanneld(facts: NodeFacts) -> list[Finding]:
         )
     if fl.flanneld_pids:
         return out  # what flanneld has in the kernel now is not a leftover
-    dev = facts.overlay()
     for dst, gw, proto in fl.foreign_routes:
+        dev = facts.overlay6() if ":" in dst else facts.overlay()
         out.append(
             Finding(
                 Severity.WARNING,

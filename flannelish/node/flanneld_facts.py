@@ -4,8 +4,9 @@
   inode as ours) whose ``/proc/<pid>/comm`` is ``flanneld``, and the
   ``flannelish daemon`` processes there: both at once fight over one device
   and one set of routes;
-* routes through the overlay device without our route protocol (flanneld's,
-  left behind for peers that are gone: the daemon takes over only routes it
+* routes through the overlay devices (``flannel.<VNI>``, and the IPv6 routes
+  through ``flannel-v6.<VNI>``) without our route protocol (flanneld's, left
+  behind for peers that are gone: the daemon takes over only routes it
   programs itself, docs/flannel-compat.md §7);
 * a blackhole route to our subnet of another protocol at metric 0
   (flanneld's ``--ip-blackhole-route``): it shadows the CNI bridge's route
@@ -81,13 +82,20 @@ def _ip_json(*argv: str) -> list[dict[str, Any]]:
     return json.loads(result.stdout or "[]") if result.returncode == 0 else []
 
 
-def collect(device: str | None, subnet: IPv4Network | None,
-            ruleset: list[dict[str, Any]] | None) -> FlanneldFacts:  # fmt: skip
+def collect(
+    device: str | None,
+    subnet: IPv4Network | None,
+    ruleset: list[dict[str, Any]] | None,
+    device6: str | None = None,
+) -> FlanneldFacts:
+    """`device6`: the IPv6 overlay device (``flannel-v6.<VNI>``), if there is one."""
     facts = FlanneldFacts()
     facts.flanneld_pids, facts.daemon_pids = processes()
     try:
-        if device:
-            for r in _ip_json("route", "show", "dev", device):
+        for family, dev in (("-4", device), ("-6", device6)):
+            if not dev:
+                continue
+            for r in _ip_json(family, "route", "show", "dev", dev):
                 proto = str(r.get("protocol", "boot"))
                 if proto not in (ROUTE_PROTO, "kernel"):
                     facts.foreign_routes.append((r["dst"], r.get("gateway"), proto))

@@ -64,6 +64,17 @@ def test_leftovers_after_flanneld_stopped():
 
 
 @pytest.mark.unit
+def test_an_ipv6_leftover_names_the_ipv6_device():
+    from flannelish.node.facts import LinkFacts
+
+    f = facts(foreign_routes=[("fd44:0:0:63::/64", "fd44:0:0:63::", "boot")])
+    f.links = {name: LinkFacts(name, 1450, "vxlan") for name in ("flannel.1", "flannel-v6.1")}
+    [found] = check_flanneld(f)
+    assert "dev flannel-v6.1" in found.message
+    assert "ip route del fd44:0:0:63::/64 proto boot" in found.fix
+
+
+@pytest.mark.unit
 def test_nothing_to_say_on_a_clean_node():
     assert check_flanneld(facts()) == []
     assert check_flanneld(NodeFacts("x")) == []
@@ -80,9 +91,16 @@ def test_doctor_sees_a_flanneld_process_and_its_routes_in_the_node_namespace(und
     env_file.write_text("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.5.1/24\n"
                         "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n")  # fmt: skip
     host.run("ip", "route", "add", "blackhole", str(IPv4Network("10.244.5.0/24")))
+    # And flanneld's IPv6 device with a route of a dual-stack peer that is gone.
+    host.run("ip", "link", "add", "flannel-v6.1", "type", "vxlan", "id", "1", "local",
+             "fd18::1", "dev", "eth0", "dstport", "8472", "nolearning")  # fmt: skip
+    host.run("ip", "link", "set", "flannel-v6.1", "up")
+    host.run("ip", "-6", "route", "add", "fd44:0:0:63::/64", "via", "fd44:0:0:63::", "dev",
+             "flannel-v6.1", "onlink")  # fmt: skip
     args = ["--no-etcd", "--subnet-file", str(env_file)]
-    left = {f["message"][:20]: f for f in findings(doctor(host.netns, *args))["flanneld"]}
+    left = {f["message"][:30]: f for f in findings(doctor(host.netns, *args))["flanneld"]}
     assert any("10.244.99.0/24" in k for k in left), left
+    assert any("fd44:0:0:63::/64" in k for k in left), left
     assert any(k.startswith("blackhole route") for k in left), left
     # A process called flanneld in this namespace (a copy of sleep): named, and no
     # leftovers reported while it runs.
