@@ -150,6 +150,21 @@ class _Rows:
         return [f"[bold]{k.ljust(width)}[/]  {v}" for k, v in self.rows]
 
 
+def _family_line(info: dict[str, Any]) -> str:
+    """One family of the /status `by_family` section: lease half, device, peers."""
+    device = info.get("device") or "-"
+    extras = [f"MTU {info['mtu']}"] if info.get("mtu") else []
+    if info.get("vtep_mac"):
+        extras.append(f"VTEP MAC {info['vtep_mac']}")
+    if extras:
+        device += f" ({', '.join(extras)})"
+    return (
+        f"{info.get('subnet') or '-'} of {info.get('network') or '-'} "
+        f"via {info.get('public_ip') or '-'}, device {device}, "
+        f"{info.get('peers', 0)} peer(s) programmed"
+    )
+
+
 def render_status(doc: dict[str, Any]) -> list[str]:
     """The status document as rich-markup lines."""
     from rich.markup import escape
@@ -168,6 +183,9 @@ def render_status(doc: dict[str, Any]) -> list[str]:
         f"via {lease.get('public_ip') or '-'}, expires {expires}",
     )
     table.add_row("backend", f"{doc.get('backend') or '-'}  device {doc.get('device') or '-'}")
+    for family, info in sorted((doc.get("by_family") or {}).items()):
+        if isinstance(info, dict):
+            table.add_row(f"  {family}", escape(_family_line(info)))
     skipped = peers.get("skipped") or {}
     n_skipped = peers.get("skipped_count", len(skipped))
     suffix = ""

@@ -17,7 +17,7 @@ from flannelish.backends.base import Backend, ExternalInterface
 from flannelish.daemon.admission import AdmissionRules
 from flannelish.daemon.iface import select_interface
 from flannelish.daemon.options import DaemonOptions
-from flannelish.kernel.netlink import Netlink
+from flannelish.kernel.netlink import AF_INET, AF_INET6, Netlink
 from flannelish.subnet.config import NetworkConfig
 from flannelish.subnet.keys import LeaseKey
 from flannelish.subnet.lease import Lease
@@ -83,9 +83,10 @@ def subnet_env(config: NetworkConfig, key: LeaseKey, mtu: int, ipmasq: bool) -> 
 
 def family_report(
     backend: Any, config: NetworkConfig | None, lease: Lease | None, programmed: Sequence[Lease]
-) -> tuple[dict[str, int], list[str], dict[str, str | None]]:
+) -> tuple[dict[str, int], list[str], dict[str, str | None], dict[str, dict[str, Any]]]:
     """For /status and /metrics: programmed peers per enabled family, the overlay devices
-    (VXLAN: one per family) and our lease's IPv6 half."""
+    (VXLAN: one per family), our lease's IPv6 half, and per family the whole picture
+    (`by_family`: subnet, network, public IP, device with its MTU and VTEP MAC, peers)."""
     v4 = config is None or config.enable_ipv4
     v6 = config is not None and config.enable_ipv6
     by_family = {}
@@ -95,11 +96,36 @@ def family_report(
         by_family["ipv6"] = sum(1 for p in programmed if p.key.v6 is not None)
     devices = [d.name for d in getattr(backend, "devices", ())]
     lease_v6: dict[str, str | None] = {}
+    key = lease.key if lease is not None else None
     if v6 and config is not None:
-        key = lease.key if lease is not None else None
         lease_v6 = {
             "ipv6_subnet": str(key.v6) if key is not None and key.v6 else None,
             "ipv6_network": str(config.ipv6_network),
             "public_ipv6": str(lease.attrs.public_ipv6) if lease is not None else None,
         }
-    return by_family, devices, lease_v6
+    details: dict[str, dict[str, Any]] = {}
+    for family, on in (("ipv4", v4), ("ipv6", v6)):
+        if not on:
+            continue
+        ipv6 = family == "ipv6"
+        subnet = (key.v6 if ipv6 else key.v4) if key is not None else None
+        network = (config.ipv6_network if ipv6 else config.network) if config else None
+        public = None
+        if lease is not None:
+            public = lease.attrs.public_ipv6 if ipv6 else lease.attrs.public_ip
+        dev = _device_of(backend, AF_INET6 if ipv6 else AF_INET)
+        details[family] = {
+            "subnet": str(subnet) if subnet else None,
+            "network": str(network) if network else None,
+            "public_ip": str(public) if public is not None else None,
+            "device": dev.name if dev is not None else None,
+            "mtu": getattr(dev, "mtu", None) if dev is not None else getattr(backend, "mtu", None),
+            "vtep_mac": getattr(dev, "mac", None) if dev is not None else None,
+            "peers": by_family[family],
+        }
+    return by_family, devices, lease_v6, details
+
+
+def _device_of(backend: Any, family: int) -> Any:
+    """The backend's overlay device of this family (VXLAN has one per family), or None."""
+    return next((d for d in getattr(backend, "devices", ()) if d.family == family), None)

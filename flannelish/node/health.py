@@ -199,6 +199,7 @@ class NodeState:
         self.devices: list[str] = [device] if device else []  # one per family (VXLAN)
         self.lease_v6: dict[str, str | None] = {}  # ipv6_subnet, ipv6_network, public_ipv6
         self.peers_by_family: dict[str, int] = {}
+        self.family_details: dict[str, dict[str, Any]] = {}  # /status by_family
         self.public_ip: str | None = None
         self.subnet: IPv4Network | None = None
         self.network: IPv4Network | None = None
@@ -293,11 +294,17 @@ class NodeState:
         self.metrics.peers.labels(backend, "skipped").set(count)
 
     def set_families(
-        self, by_family: dict[str, int], devices: list[str], lease_v6: dict[str, str | None]
+        self,
+        by_family: dict[str, int],
+        devices: list[str],
+        lease_v6: dict[str, str | None],
+        details: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        """Programmed peers per family ("ipv4", "ipv6"), the overlay devices, our IPv6 half."""
+        """Programmed peers per family ("ipv4", "ipv6"), the overlay devices, our IPv6 half
+        and each family's details (the /status `by_family` section)."""
         with self._lock:
             self.peers_by_family, self.devices, self.lease_v6 = by_family, devices, lease_v6
+            self.family_details = dict(details or {})
         for family, n in by_family.items():
             self.metrics.peers_family.labels(family).set(n)
 
@@ -506,6 +513,7 @@ class NodeState:
                     "skipped_count": self.skipped_count,
                     **({"by_family": dict(self.peers_by_family)} if self.peers_by_family else {}),
                 },
+                **({"by_family": dict(self.family_details)} if self.family_details else {}),
                 "bad_leases": dict(self.bad_leases),
                 "last_reconcile": dict(self.last_reconcile) if self.last_reconcile else None,
                 "uptime_seconds": round(self._clock() - self.started_at, 3),

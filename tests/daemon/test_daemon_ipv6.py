@@ -292,3 +292,43 @@ def test_ipv6_deletions_are_identified_like_ipv4_ones(daemons6, etcd6):
     wait_for(lambda: v6_state(a.host) == want, 2, 0.02, what="IPv6 neighbour repaired")
     passes = " ".join(kernel_passes(a)[before:])
     assert "fd44:0:0:fa::/64" in passes and "fd44:0:0:fa::" in passes
+
+
+def test_status_shows_each_family_s_subnet_device_and_peers(daemons6):
+    """`flannelish status` and /status: a line per family with our lease half, the
+    family's device (MTU, VTEP MAC) and its programmed peers; /metrics counts per family."""
+    import sys
+
+    from .helpers import VENV_BIN
+
+    port = "10253"
+    a, b = daemons6(2, DUAL, "--healthz-ip", "127.0.0.1", "--healthz-port", port)
+    wait_for(lambda: len(v6_state(a.host)["route"]) == 1, 10, what="IPv6 route on a")
+    s4 = IPv4Interface(a.env()["FLANNEL_SUBNET"]).network
+    mac4 = link_details(a.host, "flannel.1")["address"]
+    mac6 = link_details(a.host, "flannel-v6.1")["address"]
+    flannelish = str(VENV_BIN / "flannelish")
+
+    def doc() -> dict:
+        out = a.host.run(flannelish, "status", "--json", "--healthz-port", port, check=False)
+        return json.loads(out.stdout)
+
+    wait_for(lambda: doc().get("by_family", {}).get("ipv6", {}).get("peers") == 1, 10,
+             what="both families reported")  # fmt: skip
+    assert doc()["by_family"] == {
+        "ipv4": {"subnet": str(s4), "network": "10.244.0.0/16", "public_ip": str(a.host.ip),
+                 "device": "flannel.1", "mtu": 1450, "vtep_mac": mac4, "peers": 1},
+        "ipv6": {"subnet": str(subnet6(a)), "network": "fd44::/48", "public_ip": str(a.host.ip6),
+                 "device": "flannel-v6.1", "mtu": 1430, "vtep_mac": mac6, "peers": 1},
+    }  # fmt: skip
+    text = a.host.run(flannelish, "status", "--healthz-port", port).stdout
+    lines = {line.split()[0]: line for line in text.splitlines() if line.strip()}
+    assert (f"{s4} of 10.244.0.0/16 via {a.host.ip}, device flannel.1 (MTU 1450, VTEP MAC "
+            f"{mac4}), 1 peer(s) programmed") in lines["ipv4"]  # fmt: skip
+    assert (f"{subnet6(a)} of fd44::/48 via {a.host.ip6}, device flannel-v6.1 (MTU 1430, "
+            f"VTEP MAC {mac6}), 1 peer(s) programmed") in lines["ipv6"]  # fmt: skip
+    metrics = a.host.run(sys.executable, "-c", "import urllib.request as u; print(u.urlopen("
+                         f"'http://127.0.0.1:{port}/metrics').read().decode())").stdout  # fmt: skip
+    assert 'flannelish_peers_programmed_family{family="ipv4"} 1.0' in metrics
+    assert 'flannelish_peers_programmed_family{family="ipv6"} 1.0' in metrics
+    assert b.env()["FLANNEL_MTU"] == "1430"

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from flannelish.daemon.families import family_report, subnet_env
+from flannelish.kernel.netlink import AF_INET, AF_INET6
 from flannelish.subnet.config import parse_network_config
 from flannelish.subnet.keys import LeaseKey
 from flannelish.subnet.lease import Lease, LeaseAttrs
@@ -53,10 +54,34 @@ def test_family_report_counts_programmed_peers_per_family():
 
     own = lease("10.5.1.0/24", "fd00:0:0:1::/64")
     peers = [lease("10.5.2.0/24", "fd00:0:0:2::/64"), lease("10.5.3.0/24", "fd00:0:0:3::/64")]
-    backend = SimpleNamespace(devices=[SimpleNamespace(name="flannel.1"),
-                                       SimpleNamespace(name="flannel-v6.1")])  # fmt: skip
-    by_family, devices, v6 = family_report(backend, DUAL, own, peers)
+    backend = SimpleNamespace(devices=[
+        SimpleNamespace(name="flannel.1", family=AF_INET, mtu=1450, mac="0e:00:00:00:00:04"),
+        SimpleNamespace(name="flannel-v6.1", family=AF_INET6, mtu=1430, mac="0e:00:00:00:00:06"),
+    ])  # fmt: skip
+    by_family, devices, v6, details = family_report(backend, DUAL, own, peers[:1])
+    assert by_family == {"ipv4": 1, "ipv6": 1}
+    assert details == {
+        "ipv4": {"subnet": "10.5.1.0/24", "network": "10.5.0.0/16", "public_ip": "198.18.0.1",
+                 "device": "flannel.1", "mtu": 1450, "vtep_mac": "0e:00:00:00:00:04",
+                 "peers": 1},
+        "ipv6": {"subnet": "fd00:0:0:1::/64", "network": "fd00::/56", "public_ip": "fd18::1",
+                 "device": "flannel-v6.1", "mtu": 1430, "vtep_mac": "0e:00:00:00:00:06",
+                 "peers": 1},
+    }  # fmt: skip
+    by_family, devices, v6, _ = family_report(backend, DUAL, own, peers)
     assert by_family == {"ipv4": 2, "ipv6": 2}
     assert devices == ["flannel.1", "flannel-v6.1"]
     assert v6 == {"ipv6_subnet": "fd00:0:0:1::/64", "ipv6_network": "fd00::/56",
                   "public_ipv6": "fd18::1"}  # fmt: skip
+
+
+def test_family_report_of_an_ipv6_only_host_gw_node():
+    """No device per family (host-gw): the backend's MTU; no IPv4 entry at all."""
+    attrs = LeaseAttrs(IPv4Address("0.0.0.0"), "host-gw", public_ipv6=IPv6Address("fd18::1"))
+    own = Lease(IPv4Network("0.0.0.0/0"), attrs, ipv6_subnet=IPv6Network("fd00:0:0:22::/64"))
+    backend = SimpleNamespace(mtu=1500)
+    by_family, devices, _, details = family_report(backend, V6ONLY, own, [])
+    assert by_family == {"ipv6": 0} and devices == []
+    assert details == {"ipv6": {"subnet": "fd00:0:0:22::/64", "network": "fd00::/56",
+                                "public_ip": "fd18::1", "device": None, "mtu": 1500,
+                                "vtep_mac": None, "peers": 0}}  # fmt: skip
