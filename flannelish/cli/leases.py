@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -20,10 +20,10 @@ from flannelish.cli.etcd_options import etcd_options
 from flannelish.errors import ConfigError
 from flannelish.subnet.config import NetworkConfig, parse_network_config
 from flannelish.subnet.etcdstore import EtcdOptions
-from flannelish.subnet.keys import Keys
+from flannelish.subnet.keys import NO_IPV4, Keys, LeaseKey
 
 if TYPE_CHECKING:
-    from flannelish.subnet.lease import Lease
+    from flannelish.subnet.lease import Lease, LeaseAttrs
     from flannelish.subnet.registry import EtcdRegistry
 
 
@@ -183,38 +183,84 @@ def _duration(seconds: float) -> str:
 
 
 class _Subnet(click.ParamType):
+    """A lease's subnet(s): IPv4 ``10.244.3.0/24``, IPv6 ``fd44:0:0:3::/64`` or both
+    joined by ``&``; Flannel's key form (``10.244.3.0-24&fd44:0:0:3::-64``, IPv6-only
+    ``0.0.0.0-0&fd44:0:0:3::-64``) works too."""
+
     name = "SUBNET"
 
-    def convert(self, value: Any, param: Any, ctx: Any) -> IPv4Network:
-        if isinstance(value, IPv4Network):
+    def convert(self, value: Any, param: Any, ctx: Any) -> LeaseKey:
+        if isinstance(value, LeaseKey):
             return value
-        text = str(value).strip()
+        key = _parse_subnets(str(value).strip())
+        if key is None:
+            self.fail(
+                f"{value!r} is not a subnet such as 10.244.3.0/24, fd44:0:0:3::/64 or "
+                "10.244.3.0/24&fd44:0:0:3::/64 (network address, no host bits)",
+                param,
+                ctx,
+            )
+        return key
+
+
+def _parse_subnets(text: str) -> LeaseKey | None:
+    parts = text.split("&")
+    nets = []
+    for part in parts:
+        if "/" not in part and "-" in part:
+            address, _, length = part.rpartition("-")  # Flannel's key form
+            part = f"{address}/{length}"
         try:
-            net = IPv4Network(text.replace("-", "/") if "/" not in text else text)
-        except ValueError as exc:
-            self.fail(f"{value!r} is not an IPv4 subnet such as 10.244.3.0/24 ({exc})", param, ctx)
-        return net
-
-
-class _IPv4(click.ParamType):
-    name = "IP"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> IPv4Address:
-        try:
-            return IPv4Address(str(value).strip())
+            nets.append(ip_network(part))
         except ValueError:
-            self.fail(f"{value!r} is not an IPv4 address", param, ctx)
+            return None
+    if len(nets) == 1 and nets[0] != NO_IPV4:
+        net = nets[0]
+        return LeaseKey(net) if isinstance(net, IPv4Network) else LeaseKey(None, net)
+    if len(nets) == 2 and isinstance(nets[0], IPv4Network) and isinstance(nets[1], IPv6Network):
+        return LeaseKey.of(nets[0], nets[1])
+    return None
+
+
+class _IP(click.ParamType):
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self.name = "IP" if version == 4 else "IPV6"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> IPv4Address | IPv6Address:
+        try:
+            ip = ip_address(str(value).strip())
+        except ValueError:
+            ip = None
+        if ip is None or ip.version != self.version:
+            self.fail(f"{value!r} is not an IPv{self.version} address", param, ctx)
+        return ip
 
 
 @click.command("reserve")
 @click.argument("subnet", type=_Subnet())
-@click.option("--public-ip", required=True, type=_IPv4(), help="The node that gets SUBNET.")
+@click.option("--public-ip", type=_IP(4), help="The node that gets SUBNET (IPv4 networks).")
+@click.option(
+    "--public-ipv6",
+    type=_IP(6),
+    help="The node's public IPv6 address: identifies it in an IPv6-only network (optional "
+    "in dual-stack).",
+)
 @etcd_options
-def reserve_command(subnet: IPv4Network, public_ip: IPv4Address, etcd: EtcdOptions) -> None:
-    """Reserve SUBNET for the node whose public IP is --public-ip.
+def reserve_command(
+    subnet: LeaseKey,
+    public_ip: IPv4Address | None,
+    public_ipv6: IPv6Address | None,
+    etcd: EtcdOptions,
+) -> None:
+    """Reserve SUBNET for the node whose public IP is --public-ip (--public-ipv6 in an
+    IPv6-only network).
 
     A reservation is a lease key without an etcd lease: it never expires, and
-    the node with that public IP takes it when it (re)starts.
+    the node with that public IP takes it when it (re)starts.  In a dual-stack
+    network SUBNET names both halves, as Flannel keys them:
+    10.244.3.0/24&fd44:0:0:3::/64 (or 10.244.3.0-24&fd44:0:0:3::-64); in an
+    IPv6-only one the IPv6 subnet alone (stored as 0.0.0.0-0&fd44:0:0:3::-64).
     """
     from flannelish.subnet.lease import LeaseAttrs
     from flannelish.subnet.manager import SubnetManager
@@ -223,32 +269,41 @@ def reserve_command(subnet: IPv4Network, public_ip: IPv4Address, etcd: EtcdOptio
         config = SubnetManager(registry).get_network_config(wait=False)
         assert config is not None
         _check_in_pool(subnet, config)
+        if config.enable_ipv4 and public_ip is None:
+            raise click.UsageError("--public-ip is required: the network has IPv4")
+        if not config.enable_ipv4 and public_ipv6 is None:
+            raise click.UsageError("--public-ipv6 is required: the network is IPv6-only")
+        if not config.enable_ipv4 and public_ip is not None:
+            raise click.UsageError("--public-ip has no meaning in an IPv6-only network")
+        if not config.enable_ipv6 and public_ipv6 is not None:
+            raise click.UsageError("--public-ipv6 has no meaning: the network has no IPv6")
+        attrs = LeaseAttrs(public_ip or NO_IPV4.network_address, public_ipv6=public_ipv6)
+        who = _who(attrs)
         leases, _ = registry.list_leases()
-        current = next((x for x in leases if x.subnet == subnet), None)
-        clash = next((x for x in leases if x.subnet != subnet and x.subnet.overlaps(subnet)), None)
+        current = next((x for x in leases if x.key == subnet), None)
+        clash = next((x for x in leases if x.key != subnet and _overlaps(x.key, subnet)), None)
         if clash is not None:
-            raise ConfigError(f"{subnet} overlaps {clash.subnet} of {clash.attrs.public_ip}")
+            raise ConfigError(f"{subnet} overlaps {clash.key} of {_who(clash.attrs)}")
         if current is None:
-            written = registry.create_lease(subnet, LeaseAttrs(public_ip), None)
-        elif current.attrs.public_ip != public_ip:
+            written = registry.create_lease(subnet, attrs, None)
+        elif not _same_node(current.attrs, attrs, config):
             kind = "reserved for" if current.reserved else "leased by"
             raise ConfigError(
-                f"{subnet} is already {kind} {current.attrs.public_ip}",
+                f"{subnet} is already {kind} {_who(current.attrs)}",
                 "unreserve it first" if current.reserved else "reserve it after that lease ends",
             )
         elif current.reserved:
-            click.echo(f"{subnet} is already reserved for {public_ip}")
+            click.echo(f"{subnet} is already reserved for {who}")
             return
         else:  # the node's own live lease becomes permanent
             written = registry.replace_lease(current, current.attrs, None)
         if written is None:
             raise ConfigError(f"{subnet} changed while reserving it; run the command again")
-        other = [x for x in leases if x.attrs.public_ip == public_ip and x.subnet != subnet]
-    click.echo(f"reserved {subnet} for {public_ip}")
+        other = [x for x in leases if _same_node(x.attrs, attrs, config) and x.key != subnet]
+    click.echo(f"reserved {subnet} for {who}")
     for lease in other:
         click.echo(
-            f"note: {public_ip} still holds {lease.subnet}; it moves to {subnet} "
-            "when its daemon restarts",
+            f"note: {who} still holds {lease.key}; it moves to {subnet} when its daemon restarts",
             err=True,
         )
 
@@ -256,28 +311,72 @@ def reserve_command(subnet: IPv4Network, public_ip: IPv4Address, etcd: EtcdOptio
 @click.command("unreserve")
 @click.argument("subnet", type=_Subnet())
 @etcd_options
-def unreserve_command(subnet: IPv4Network, etcd: EtcdOptions) -> None:
-    """Remove the reservation of SUBNET (live leases are left alone)."""
+def unreserve_command(subnet: LeaseKey, etcd: EtcdOptions) -> None:
+    """Remove the reservation of SUBNET (live leases are left alone).
+
+    An IPv4 subnet alone also finds its dual-stack reservation."""
     with _registry(etcd) as registry:
         current = registry.get_lease(subnet)
         if current is None:
             raise ConfigError(f"no reservation for {subnet} in etcd")
         if not current.reserved:
             raise ConfigError(
-                f"{subnet} is a live lease of {current.attrs.public_ip}, not a reservation",
+                f"{current.key} is a live lease of {_who(current.attrs)}, not a reservation",
                 "it ends when that node stops renewing it",
             )
         if not registry.delete_lease(current):
             raise ConfigError(f"{subnet} changed while removing it; run the command again")
-    click.echo(f"removed the reservation of {subnet} (was for {current.attrs.public_ip})")
+    click.echo(f"removed the reservation of {current.key} (was for {_who(current.attrs)})")
 
 
-def _check_in_pool(subnet: IPv4Network, config: NetworkConfig) -> None:
-    if not config.in_pool(subnet):
+def _who(attrs: LeaseAttrs) -> str:
+    """A node as its lease names it: PublicIP, or PublicIPv6 when IPv6-only (0.0.0.0)."""
+    if attrs.public_ip.is_unspecified and attrs.public_ipv6 is not None:
+        return str(attrs.public_ipv6)
+    return str(attrs.public_ip)
+
+
+def _same_node(theirs: LeaseAttrs, ours: LeaseAttrs, config: NetworkConfig) -> bool:
+    """The daemon's rule (subnet/manager.py): PublicIP, or PublicIPv6 when IPv6-only."""
+    if config.enable_ipv4:
+        return theirs.public_ip == ours.public_ip
+    return ours.public_ipv6 is not None and theirs.public_ipv6 == ours.public_ipv6
+
+
+def _overlaps(a: LeaseKey, b: LeaseKey) -> bool:
+    v4 = a.v4 is not None and b.v4 is not None and a.v4.overlaps(b.v4)
+    return v4 or (a.v6 is not None and b.v6 is not None and a.v6.overlaps(b.v6))
+
+
+def _check_in_pool(key: LeaseKey, config: NetworkConfig) -> None:
+    """Each half in its pool, and exactly the families the network enables."""
+    if config.enable_ipv4 and key.v4 is None:
         raise ConfigError(
-            f"{subnet} is not a subnet of the configured pool",
+            f"{key} has no IPv4 subnet, but the network has IPv4 ({config.network})",
+            "name both halves: 10.244.3.0/24&fd44:0:0:3::/64" if config.enable_ipv6 else "",
+        )
+    if config.enable_ipv6 and key.v6 is None:
+        raise ConfigError(
+            f"{key} has no IPv6 subnet, but the network has IPv6 ({config.ipv6_network})",
+            "name both halves: 10.244.3.0/24&fd44:0:0:3::/64"
+            if config.enable_ipv4
+            else "give the IPv6 subnet",
+        )
+    if key.v4 is not None and not config.enable_ipv4:
+        raise ConfigError(f"{key} has an IPv4 subnet, but the network is IPv6-only")
+    if key.v6 is not None and not config.enable_ipv6:
+        raise ConfigError(f"{key} has an IPv6 subnet, but the network has no IPv6")
+    if key.v4 is not None and not config.in_pool(key.v4):
+        raise ConfigError(
+            f"{key.v4} is not a subnet of the configured pool",
             f"expected a /{config.subnet_len} between {config.subnet_min} and "
             f"{config.subnet_max} in {config.network}",
+        )
+    if key.v6 is not None and not config.ipv6_in_pool(key.v6):
+        raise ConfigError(
+            f"{key.v6} is not an IPv6 subnet of the configured pool",
+            f"expected a /{config.ipv6_subnet_len} between {config.ipv6_subnet_min} and "
+            f"{config.ipv6_subnet_max} in {config.ipv6_network}",
         )
 
 

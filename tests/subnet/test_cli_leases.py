@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 from lease_helpers import CONFIG, key_json, node_attrs
 
 from flannelish.cli import cli
+from flannelish.subnet.lease import LeaseAttrs
 from flannelish.subnet.manager import SubnetManager
 
 pytestmark = pytest.mark.etcd
@@ -134,8 +136,11 @@ def test_reserve_turns_the_nodes_own_lease_into_a_reservation(run, etcd, registr
 @pytest.mark.parametrize(
     ("args", "code", "text"),
     [
-        (["10.244.9.1/24"], 2, "is not an IPv4 subnet"),
-        (["banana"], 2, "is not an IPv4 subnet"),
+        (["10.244.9.1/24"], 2, "is not a subnet such as"),
+        (["banana"], 2, "is not a subnet such as"),
+        (["10.244.9.0/24&10.244.8.0/24"], 2, "is not a subnet such as"),
+        (["fd44:0:0:9::/64"], 3, "has no IPv4 subnet, but the network has IPv4"),
+        (["10.244.9.0/24&fd44:0:0:9::/64"], 3, "has an IPv6 subnet, but the network has no"),
         (["10.244.9.0/24", "--public-ip", "1.2.3"], 2, "'1.2.3' is not an IPv4 address"),
         (["10.244.9.0/25"], 3, "10.244.9.0/25 is not a subnet of the configured pool"),
         (["10.244.0.0/24"], 3, "expected a /24 between 10.244.1.0 and 10.244.255.0"),
@@ -167,6 +172,106 @@ def test_unreserve_removes_only_reservations(run, etcd, registries):
     assert "no reservation for 10.244.9.0/24" in one_line_error(
         run("unreserve", "10.244.9.0/24"), 3
     )
+
+
+DUAL = (
+    b'{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd44::/48",'
+    b'"Backend":{"Type":"vxlan"}}'
+)
+V6ONLY = (
+    b'{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd44::/48","Backend":{"Type":"vxlan"}}'
+)
+SUBNETS = "/coreos.com/network/subnets/"
+
+
+def v6_attrs(i: int, v4: bool = True) -> LeaseAttrs:
+    return LeaseAttrs(
+        IPv4Address(f"198.18.0.{i}" if v4 else "0.0.0.0"), "vxlan",
+        {"VNI": 1, "VtepMAC": f"0a:00:00:00:00:{i:02x}"} if v4 else None,
+        IPv6Address(f"fd18::{i:x}"), {"VNI": 1, "VtepMAC": f"0a:00:00:00:06:{i:02x}"},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("form", ["10.244.9.0/24&fd44:0:0:9::/64", "10.244.9.0-24&fd44:0:0:9::-64"])
+def test_reserve_a_dual_stack_subnet_in_flannel_s_key_format(run, etcd, registries, form):
+    etcd.etcdctl("put", "/coreos.com/network/config", DUAL.decode())
+    result = run("reserve", form, "--public-ip", "198.18.0.9", "--public-ipv6", "fd18::9")
+    assert result.exit_code == 0, result.output
+    assert "reserved 10.244.9.0/24&fd44:0:0:9::/64 for 198.18.0.9" in result.stdout
+    key = SUBNETS + "10.244.9.0-24&fd44:0:0:9::-64"
+    assert key_json(etcd, key) == {
+        "value": '{"PublicIP":"198.18.0.9","PublicIPv6":"fd18::9"}', "lease": 0,
+    }  # fmt: skip
+    # The node with that PublicIP takes both halves and the key stays lease-less.
+    lease = SubnetManager(registries(etcd.client_url)).acquire(v6_attrs(9))
+    assert str(lease.key) == "10.244.9.0/24&fd44:0:0:9::/64" and key_json(etcd, key)["lease"] == 0
+    # Another node's IP: refused; an overlapping half: refused.
+    line = one_line_error(run("reserve", form, "--public-ip", "198.18.0.8"), 3)
+    assert "is already reserved for 198.18.0.9" in line
+    line = one_line_error(
+        run("reserve", "10.244.8.0/24&fd44:0:0:9::/64", "--public-ip", "198.18.0.8"), 3
+    )
+    assert "overlaps 10.244.9.0/24&fd44:0:0:9::/64 of 198.18.0.9" in line
+    # Unreserve finds the dual-stack key by its IPv4 half alone.
+    result = run("unreserve", "10.244.9.0/24")
+    assert result.exit_code == 0, result.output
+    assert "10.244.9.0/24&fd44:0:0:9::/64 (was for 198.18.0.9)" in result.stdout
+    assert key_json(etcd, key) == {}
+
+
+def test_reserve_an_ipv6_only_subnet_for_a_public_ipv6(run, etcd, registries):
+    etcd.etcdctl("put", "/coreos.com/network/config", V6ONLY.decode())
+    result = run("reserve", "fd44:0:0:9::/64", "--public-ipv6", "fd18::9")
+    assert result.exit_code == 0, result.output
+    key = SUBNETS + "0.0.0.0-0&fd44:0:0:9::-64"  # Flannel's IPv6-only key
+    assert key_json(etcd, key) == {
+        "value": '{"PublicIP":"0.0.0.0","PublicIPv6":"fd18::9"}', "lease": 0,
+    }  # fmt: skip
+    # Two IPv6-only nodes: each finds its own lease by PublicIPv6 (upstream: both 0.0.0.0).
+    mgr = SubnetManager(registries(etcd.client_url))
+    other = mgr.acquire(v6_attrs(8, v4=False))
+    mine = SubnetManager(registries(etcd.client_url)).acquire(v6_attrs(9, v4=False))
+    assert str(mine.key) == "fd44:0:0:9::/64" and other.key != mine.key
+    assert key_json(etcd, key)["lease"] == 0
+    line = one_line_error(run("reserve", str(other.key.v6), "--public-ipv6", "fd18::9"), 3)
+    assert f"{other.key} is already leased by fd18::8" in line
+    # The Flannel key form names the same reservation; the node's own lease can be pinned.
+    assert (
+        "already reserved for fd18::9"
+        in run("reserve", "0.0.0.0-0&fd44:0:0:9::-64", "--public-ipv6", "fd18::9").stdout
+    )
+    assert run("reserve", str(other.key.v6), "--public-ipv6", "fd18::8").exit_code == 0
+    assert key_json(etcd, SUBNETS + other.key.etcd)["lease"] == 0
+    result = run("unreserve", "fd44:0:0:9::/64")
+    assert result.exit_code == 0 and "(was for fd18::9)" in result.stdout, result.output
+    assert key_json(etcd, key) == {}
+
+
+@pytest.mark.parametrize(
+    ("config", "args", "code", "text"),
+    [
+        (DUAL, ["10.244.9.0/24", "--public-ip", "198.18.0.9"], 3, "has no IPv6 subnet"),
+        (DUAL, ["10.244.9.0/24&fd44:0:0:9::/80", "--public-ip", "198.18.0.9"], 3,
+         "fd44:0:0:9::/80 is not an IPv6 subnet of the configured pool"),
+        (DUAL, ["10.244.9.0/24&fd45:0:0:9::/64", "--public-ip", "198.18.0.9"], 3,
+         "expected a /64 between fd44:0:0:1:: and fd44:0:0:ffff:: in fd44::/48"),
+        (DUAL, ["10.244.9.0/24&fd44:0:0:9::/64", "--public-ipv6", "fd18::9"], 2,
+         "--public-ip is required"),
+        (V6ONLY, ["fd44:0:0:9::/64", "--public-ip", "198.18.0.9"], 2,
+         "--public-ipv6 is required"),
+        (V6ONLY, ["10.244.9.0/24&fd44:0:0:9::/64", "--public-ipv6", "fd18::9"], 3,
+         "has an IPv4 subnet, but the network is IPv6-only"),
+        (V6ONLY, ["fd44:0:0:9::/64", "--public-ipv6", "198.18.0.9"], 2,
+         "'198.18.0.9' is not an IPv6 address"),
+    ],
+)  # fmt: skip
+def test_reserve_bad_ipv6_input_changes_nothing(run, etcd, config, args, code, text):
+    etcd.etcdctl("put", "/coreos.com/network/config", config.decode())
+    result = run("reserve", *args)
+    assert result.exit_code == code, result.output
+    assert text in result.stderr
+    keys = etcd.etcdctl("get", "--prefix", "--keys-only", "/coreos.com/network/subnets").stdout
+    assert keys.strip() == ""
 
 
 def test_unreachable_etcd_is_exit_4_with_one_line_and_no_traceback():
