@@ -332,3 +332,14 @@ def test_status_shows_each_family_s_subnet_device_and_peers(daemons6):
     assert 'flannelish_peers_programmed_family{family="ipv4"} 1.0' in metrics
     assert 'flannelish_peers_programmed_family{family="ipv6"} 1.0' in metrics
     assert b.env()["FLANNEL_MTU"] == "1430"
+
+
+def test_iface_can_reach_an_ipv6_address_picks_the_underlay(daemons6, etcd6, underlay6):
+    """flanneld's -iface-can-reach with an IPv6 destination on an IPv6-only node: the
+    interface and source of `ip -6 route get`, advertised as PublicIPv6."""
+    (a,) = daemons6(1, V6ONLY, f"-iface-can-reach={underlay6.gateway6}")
+    [value] = leases(etcd6).values()
+    assert value["PublicIP"] == "0.0.0.0" and value["PublicIPv6"] == str(a.host.ip6)
+    assert '"msg": "using interface", "iface": "eth0"' in a.log_path.read_text()
+    info = link_details(a.host, "flannel-v6.1")
+    assert info["linkinfo"]["info_data"]["local6"] == str(a.host.ip6)
