@@ -127,5 +127,10 @@ def family_report(
 
 
 def _device_of(backend: Any, family: int) -> Any:
-    """The backend's overlay device of this family (VXLAN has one per family), or None."""
-    return next((d for d in getattr(backend, "devices", ()) if d.family == family), None)
+    """The backend's overlay device carrying this family, or None: VXLAN devices have a
+    `family` (AF_INET/AF_INET6), WireGuard's the IP versions in `families`."""
+    version = 6 if family == AF_INET6 else 4
+    for dev in getattr(backend, "devices", ()):
+        if getattr(dev, "family", None) == family or version in getattr(dev, "families", ()):
+            return dev
+    return None

@@ -85,3 +85,15 @@ def test_family_report_of_an_ipv6_only_host_gw_node():
     assert details == {"ipv6": {"subnet": "fd00:0:0:22::/64", "network": "fd00::/56",
                                 "public_ip": "fd18::1", "device": None, "mtu": 1500,
                                 "vtep_mac": None, "peers": 0}}  # fmt: skip
+
+
+def test_family_report_names_a_wireguard_device_carrying_both_families():
+    """WireGuard's one `flannel-wg` (Mode auto/ipv4/ipv6) carries both families."""
+    attrs = LeaseAttrs(IPv4Address("198.18.0.1"), "wireguard", public_ipv6=IPv6Address("fd18::1"))
+    own = Lease(IPv4Network("10.5.1.0/24"), attrs, ipv6_subnet=IPv6Network("fd00:0:0:1::/64"))
+    backend = SimpleNamespace(devices=[SimpleNamespace(name="flannel-wg", families=(4, 6),
+                                                       mtu=1420)])  # fmt: skip
+    _, _, _, details = family_report(backend, DUAL, own, [])
+    assert [(d["device"], d["mtu"], d["vtep_mac"]) for d in details.values()] == [
+        ("flannel-wg", 1420, None), ("flannel-wg", 1420, None),
+    ]  # fmt: skip
