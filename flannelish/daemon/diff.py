@@ -7,7 +7,7 @@ applies what it returns.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -33,6 +33,7 @@ def diff(
     resources: Sequence[Resource],
     desired_groups: Sequence[Sequence[Any]],
     actual: Mapping[str, Sequence[Any]],
+    tick: Callable[[], object] | None = None,
 ) -> Diff:
     """Compare desired objects (grouped per peer) with the dumped ones (per resource kind).
 
@@ -43,10 +44,15 @@ def diff(
     * a desired object not present exactly is (re)applied; a peer's group
       goes to ``early`` (applied before the removals) when each of its
       objects replaces the single actual object under the same key.
+
+    ``tick`` is called per object compared (the reconciler lets lease events
+    through between slices of a long diff).
     """
+    tick = tick or _nothing
     by_type = {r.record: r for r in resources}
     desired: dict[tuple[str, Hashable], Any] = {}
     for group in desired_groups:
+        tick()
         for obj in group:
             res = by_type[type(obj)]
             desired.setdefault((res.kind, res.key(obj)), obj)
@@ -56,9 +62,13 @@ def diff(
     in_place: set[tuple[str, Hashable]] = set()  # keys whose one object is replaced
     for res in reversed(resources):
         objs = actual.get(res.kind, ())
-        counts = Counter(res.key(o) for o in objs)
+        keys = []
         for obj in objs:
-            k = res.key(obj)
+            tick()
+            keys.append(res.key(obj))
+        counts = Counter(keys)
+        for obj, k in zip(objs, keys, strict=True):
+            tick()
             want = desired.get((res.kind, k))
             if want is None or (want != obj and counts[k] > 1):
                 result.remove.append(obj)
@@ -67,6 +77,7 @@ def diff(
             else:
                 in_place.add((res.kind, k))
     for n, group in enumerate(desired_groups):
+        tick()
         todo = [obj for obj in group if obj not in present]
         if not todo:
             continue
@@ -78,6 +89,10 @@ def diff(
             result.apply.append(todo)
             result.apply_peers.append(n)
     return result
+
+
+def _nothing() -> None:
+    pass
 
 
 _FIELDS: dict[type, tuple[str, ...]] = {}

@@ -10,7 +10,7 @@ in an IPv6-only network).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flannelish.backends.base import Backend, ExternalInterface
@@ -81,19 +81,29 @@ def subnet_env(config: NetworkConfig, key: LeaseKey, mtu: int, ipmasq: bool) -> 
     )
 
 
+def family_counts(keys: Iterable[LeaseKey]) -> tuple[int, int]:
+    """How many of these peers have an IPv4 half, and how many an IPv6 half."""
+    v4 = v6 = 0
+    for key in keys:
+        v4 += key.v4 is not None
+        v6 += key.v6 is not None
+    return v4, v6
+
+
 def family_report(
-    backend: Any, config: NetworkConfig | None, lease: Lease | None, programmed: Sequence[Lease]
+    backend: Any, config: NetworkConfig | None, lease: Lease | None, programmed: tuple[int, int]
 ) -> tuple[dict[str, int], list[str], dict[str, str | None], dict[str, dict[str, Any]]]:
-    """For /status and /metrics: programmed peers per enabled family, the overlay devices
-    (VXLAN: one per family), our lease's IPv6 half, and per family the whole picture
-    (`by_family`: subnet, network, public IP, device with its MTU and VTEP MAC, peers)."""
+    """For /status and /metrics: programmed peers per enabled family (``programmed``:
+    the IPv4 and IPv6 counts, see family_counts), the overlay devices (VXLAN: one per
+    family), our lease's IPv6 half, and per family the whole picture (`by_family`:
+    subnet, network, public IP, device with its MTU and VTEP MAC, peers)."""
     v4 = config is None or config.enable_ipv4
     v6 = config is not None and config.enable_ipv6
     by_family = {}
     if v4:
-        by_family["ipv4"] = sum(1 for p in programmed if p.key.v4 is not None)
+        by_family["ipv4"] = programmed[0]
     if v6:
-        by_family["ipv6"] = sum(1 for p in programmed if p.key.v6 is not None)
+        by_family["ipv6"] = programmed[1]
     devices = [d.name for d in getattr(backend, "devices", ())]
     lease_v6: dict[str, str | None] = {}
     key = lease.key if lease is not None else None

@@ -5,7 +5,9 @@
   loop with the device check (repairs within milliseconds, not at the next
   resync);
 * nfnetlink: a deletion in our nftables table -> a full pass of the extra
-  owners' loops (the table and its peer set come back in one transaction).
+  owners' loops (the table and its peer set come back in one transaction);
+  not for a deleted anti-spoof set element no programmed peer holds: that is
+  our own per-event delete (a lease gone, a PublicIP changed).
 
 A monitor that cannot be opened is logged; the periodic resync still repairs.
 """
@@ -18,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from flannelish.backends.base import Backend
 from flannelish.daemon.loop import ReconcileLoop
-from flannelish.kernel.monitor import Change, ChangeMonitor, Deleted
+from flannelish.kernel.monitor import NFT_MSG_DELSETELEM, Change, ChangeMonitor, Deleted
 from flannelish.kernel.netlink import ROUTE_PROTO
 from flannelish.kernel.rtnl import RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE, RTM_NEWLINK
 
@@ -33,7 +35,7 @@ def start_monitors(
 ) -> list[ChangeMonitor]:
     """Start the monitors; returns them (the caller stops them on shutdown).
 
-    ``still_wanted(dst)``: whether a deleted route/neighbour/FDB entry (its
+    ``still_wanted(change.dst)``: whether a deleted route/neighbour/FDB entry (its
     destination, neighbour IP or MAC; None if unknown) belonged to a peer we
     still program.  Our own deletions (a lease removed, a MAC changed) come
     back as notifications too and need no full pass.
@@ -76,10 +78,19 @@ def _describe(change: Change) -> str:
 
 
 def _nft_monitor(loops: Sequence[ReconcileLoop]) -> ChangeMonitor | None:
-    from flannelish.node.firewall import TABLE
+    from flannelish.node.firewall import PEER_SET, TABLE
+    from flannelish.node.firewall_owner import PeerSetResource
+
+    def wanted(ip: object) -> bool:
+        # The reconciler lets go of an element (refcount 0) before deleting it.
+        return any(loop.reconciler.holds(PeerSetResource.kind, ip) for loop in loops)
 
     def ours(change: Change) -> bool:
-        return change.family == socket.AF_INET and change.table == TABLE
+        if change.family != socket.AF_INET or change.table != TABLE:
+            return False
+        if change.type & 0xFF == NFT_MSG_DELSETELEM and change.set_name == PEER_SET:
+            return change.dst is None or wanted(change.dst)
+        return True
 
     def trigger(_changes: list[Change]) -> None:
         for loop in loops:

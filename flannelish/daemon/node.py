@@ -37,7 +37,13 @@ from flannelish.backends import get_backend_class
 from flannelish.backends.base import Backend, BackendContext, ExternalInterface
 from flannelish.cni.server import CniServer
 from flannelish.daemon.admission import AdmissionRules
-from flannelish.daemon.families import admission_rules, family_report, subnet_env, underlay_for
+from flannelish.daemon.families import (
+    admission_rules,
+    family_counts,
+    family_report,
+    subnet_env,
+    underlay_for,
+)
 from flannelish.daemon.flanneld_flags import ensure_blackhole, seed_config
 from flannelish.daemon.identity import load_or_create
 from flannelish.daemon.loop import ReconcileLoop
@@ -328,15 +334,23 @@ class NodeDaemon:
             on_pass,
             ready=self.peers.synced.is_set,
             name=f"reconcile-{type(owner).__name__}",
-            # The nftables set is rewritten in one `nft` transaction per pass
-            # anyway, so its loop keeps coalesced full passes.
-            lookup=self.peers.get if backend_loop else None,
+            # Every loop applies a lease event to that one peer (the nftables
+            # owner: one element added or deleted), never a pass over all.
+            lookup=self.peers.get if backend_loop else self._programmed_peer,
         )
 
     def _programmed_peers(self) -> list[Lease]:
         """Admitted peers the backend did not skip (the anti-spoof set lists only those)."""
         skipped = self.loop.reconciler.skipped if self.loop is not None else {}
         return [p for p in self.peers.snapshot() if p.key not in skipped]
+
+    def _programmed_peer(self, key: LeaseKey) -> Lease | None:
+        """One peer of _programmed_peers() (the loops run apart: a peer the backend
+        skips after this look-up leaves the set at the table's next pass)."""
+        peer = self.peers.get(key)
+        if peer is None or self.loop is None or key in self.loop.reconciler.skipped:
+            return None
+        return peer
 
     def _peer_report(self) -> tuple[int, int, dict[str, tuple[str, str]]]:
         """(leases known, peers programmed, {subnet: (kind, reason)} of the others)."""
@@ -442,8 +456,14 @@ class NodeDaemon:
         if self.ops is not None:
             self.ops.lease_changed(lease)
 
-    def _report(self) -> None:
-        """Readiness/metrics see one combined pass: errors of every loop, the backend's skips."""
+    def _report(self, table_pass: bool = False) -> None:
+        """Readiness/metrics see one combined pass: errors of every loop, the backend's skips.
+
+        Called after every apply and pass, so it costs O(skipped peers), not
+        O(peers).  ``table_pass``: a full pass of the nftables loop, after which
+        the table is listed for its check (in that loop's thread, never the
+        backend's: a listing of 5000 elements would hold up lease events).
+        """
         if self.ops is None or self.status.last_pass is None:
             return
         with self._lock:  # loops finish passes in their own threads
@@ -452,11 +472,15 @@ class NodeDaemon:
                 self.status.last_pass,
                 errors=sum(r.errors for r in results),
                 changes=sum(r.changes for r in results),
+                full=table_pass,  # NodeOps.on_pass lists the nft table after full passes only
             )
             known, _, skipped = self._peer_report()
             self.ops.on_pass(combined, known, skipped)
-            peers = self._programmed_peers()
-            report = family_report(self.backend, self._config, self.status.lease, peers)
+            v4, v6 = self.peers.family_counts()
+            backend_skipped = self.loop.reconciler.skipped if self.loop is not None else {}
+            s4, s6 = family_counts(k for k in backend_skipped if self.peers.get(k) is not None)
+            programmed = (max(v4 - s4, 0), max(v6 - s6, 0))
+            report = family_report(self.backend, self._config, self.status.lease, programmed)
             self.ops.state.set_families(*report)
 
     def _lease_attrs(self) -> LeaseAttrs:
@@ -465,7 +489,7 @@ class NodeDaemon:
         return dataclasses.replace(self.backend.lease_attrs(), node_id=self._node_id)
 
     def _after_owner_pass(self, result: PassResult) -> None:
-        self._report()
+        self._report(table_pass=result.full)
 
     def _after_pass(self, result: PassResult) -> None:
         self.status.last_pass = result

@@ -35,6 +35,7 @@ class PeerTable:
         self._rejected: dict[LeaseKey, tuple[Lease, Skip]] = {}
         self._holder: dict[Hashable, LeaseKey] = {}  # claim -> admitted subnet holding it
         self._held: dict[LeaseKey, tuple[Hashable, ...]] = {}  # admitted subnet -> its claims
+        self._families = [0, 0]  # admitted peers with an IPv4 half, with an IPv6 half
         self.own_subnet = as_key(own_subnet) if own_subnet is not None else None
         self.rules = rules
         # Set once the watch's first batch (the snapshot) is in.  Before that an
@@ -52,6 +53,7 @@ class PeerTable:
             self._rejected.clear()
             self._holder.clear()
             self._held.clear()
+            self._families = [0, 0]
             for lease in sorted(leases, key=_age):
                 self._admit(lease)
 
@@ -98,6 +100,7 @@ class PeerTable:
             return False
         self._peers[lease.key] = lease
         self._subnets.update((s, lease.key) for s in (lease.key.v4, lease.key.v6) if s)
+        self._count(lease.key, 1)
         self._held[lease.key] = tuple(claims)
         for claim in claims:
             self._holder[claim] = lease.key
@@ -106,12 +109,22 @@ class PeerTable:
     def _drop(self, subnet: LeaseKey) -> set[Hashable]:
         """Forget an admitted peer; returns the claims it held."""
         gone = self._peers.pop(subnet)
+        self._count(gone.key, -1)
         for half in (gone.key.v4, gone.key.v6):
             self._subnets.pop(half, None)  # type: ignore[arg-type]
         freed = set(self._held.pop(subnet, ()))
         for claim in freed:
             del self._holder[claim]
         return freed
+
+    def _count(self, key: LeaseKey, step: int) -> None:
+        self._families[0] += step if key.v4 is not None else 0
+        self._families[1] += step if key.v6 is not None else 0
+
+    def family_counts(self) -> tuple[int, int]:
+        """Admitted peers with an IPv4 half and with an IPv6 half (kept per event: O(1))."""
+        with self._lock:
+            return self._families[0], self._families[1]
 
     def _wake(self, freed: set[Hashable]) -> set[LeaseKey]:
         """Peers rejected for a claim that is free now get another chance."""

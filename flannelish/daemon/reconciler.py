@@ -14,9 +14,16 @@ Two paths share one state (what we last wrote per peer, ``_OwnerState``):
   every peer); the desired objects of every peer are diffed (:func:`diff`)
   against one dump per resource kind; deletions run first and in reverse
   kind order, except peers whose changes only replace objects in place
-  (applied before the deletions: DirectRouting switches).  The pass calls
-  ``between()`` every few hundred peers or writes, so pending events are
-  applied meanwhile; slots they touched are left to them.
+  (applied before the deletions: DirectRouting switches).  The pass runs
+  in slices of at most ``SLICE_SECONDS`` of work (planning, parsing the
+  dumps, the diff, the writes) and calls ``between()`` after each, so a
+  pending event is applied within one slice, never after the whole pass;
+  slots and peers it touched are left to it for the rest of the pass (a
+  pass never undoes an event's newer change).
+
+Peers may share a slot (two leases advertising the same PublicIP share one
+element of the nftables anti-spoof set): a slot is counted per programmed
+peer, and the per-event path deletes it only when its last peer lets go.
 
 Within a peer a failed step skips its later steps; the next full pass
 retries.  A route is replaced only where the kernel's route under that key
@@ -47,7 +54,9 @@ from flannelish.subnet.lease import Lease
 
 log = logging.getLogger("flannelish.reconciler")
 
-YIELD_EVERY = 256  # a full pass lets pending events through this often (peers or writes)
+# A full pass lets pending events through after this much work: an event waits
+# at most one slice behind a pass (plan, dump parsing, diff and writes are sliced).
+SLICE_SECONDS = 0.002
 
 
 @dataclass
@@ -70,6 +79,31 @@ class _OwnerState:
     # path diffs against this instead of dumping the kernel).
     programmed: dict[LeaseKey, tuple[Any, ...]] = field(default_factory=dict)
     skipped: dict[LeaseKey, Skip] = field(default_factory=dict)
+    # How many programmed peers hold each slot (peers may share one: a PublicIP).
+    refs: dict[Slot, int] = field(default_factory=dict)
+
+
+class _Slicer:
+    """Calls ``between()`` once at least ``SLICE_SECONDS`` of work went by since the last call.
+
+    ``tick()`` is called per unit of work (a peer planned, an entry parsed, a
+    write); it is cheap when the slice is not over.
+    """
+
+    def __init__(self, between: Callable[[], object], seconds: float = SLICE_SECONDS) -> None:
+        self._between = between
+        self._seconds = seconds
+        self._last = time.perf_counter()
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        if now - self._last >= self._seconds:
+            self._between()
+            self._last = time.perf_counter()
+
+    def now(self) -> None:
+        self._between()
+        self._last = time.perf_counter()
 
 
 class Reconciler:
@@ -122,6 +156,7 @@ class Reconciler:
         started = time.monotonic()
         result = PassResult()
         self._touched, self._touched_peers = set(), set()
+        slicer = _Slicer(between or (lambda: None))
         try:
             for owner, state in zip(self.owners, self._state, strict=True):
                 try:
@@ -131,7 +166,7 @@ class Reconciler:
                     log.error("cannot repair base object: %s", exc)
                     result.errors += 1
                     continue
-                self._full(owner, state, peers, result, between or (lambda: None))
+                self._full(owner, state, peers, result, slicer)
         finally:
             self._touched = None
         result.skipped = len(self.skipped)
@@ -144,13 +179,14 @@ class Reconciler:
         state: _OwnerState,
         peers: Sequence[Lease],
         result: PassResult,
-        between: Callable[[], object],
+        slicer: _Slicer,
     ) -> None:
         resources = owner.resources()
         groups: list[tuple[Any, ...]] = []
         subnets: list[LeaseKey] = []
         skipped: dict[LeaseKey, Skip] = {}
-        for i, peer in enumerate(peers):
+        tick = slicer.tick
+        for peer in peers:
             planned = owner.plan(peer)
             if isinstance(planned, Skip):
                 skipped[peer.key] = planned
@@ -158,28 +194,28 @@ class Reconciler:
             else:
                 groups.append(tuple(planned))
                 subnets.append(peer.key)
-            if i % YIELD_EVERY == YIELD_EVERY - 1:
-                between()
+            tick()
         actual: dict[str, Sequence[Any]] = {}
         for res in resources:
             try:
-                actual[res.kind] = res.dump()
+                # The kernel's answer is read at once; parsing it is sliced.  Slots
+                # events change meanwhile are left to them.
+                actual[res.kind] = res.dump(tick)
             except KernelError as exc:
                 log.error("cannot list %s entries: %s", res.kind, exc)
                 result.errors += 1
                 return
-            # After each dump, not only after all: one dump of 5000 entries takes
-            # a few hundred ms.  Slots events change meanwhile are left to them.
-            between()
-        plan = diff(resources, groups, actual)
-        between()
+            tick()
+        plan = diff(resources, groups, actual, tick)
+        slicer.now()
         by_type = {r.record: r for r in resources}
         owned = {(r.kind, r.key(o)) for r in resources for o in actual.get(r.kind, ())}
         failed: set[LeaseKey] = set()
         early = list(zip(plan.early_peers, plan.early, strict=True))
-        self._apply_groups(early, by_type, owned, subnets, groups, failed, skipped, result, between)
-        for n, obj in enumerate(plan.remove):
+        self._apply_groups(early, by_type, owned, subnets, groups, failed, skipped, result, tick)
+        for obj in plan.remove:
             res = by_type[type(obj)]
+            tick()
             if self._touched and (res.kind, res.key(obj)) in self._touched:
                 continue  # an event rewrote this slot meanwhile
             try:
@@ -190,10 +226,8 @@ class Reconciler:
                 continue
             result.changes += 1
             log.info("deleted %s", res.kind, extra={"op": "delete", **describe(obj)})
-            if n % YIELD_EVERY == YIELD_EVERY - 1:
-                between()
         later = list(zip(plan.apply_peers, plan.apply, strict=True))
-        self._apply_groups(later, by_type, owned, subnets, groups, failed, skipped, result, between)
+        self._apply_groups(later, by_type, owned, subnets, groups, failed, skipped, result, tick)
         # What the kernel now holds per peer; peers events changed meanwhile keep
         # what the event path recorded for them.
         touched = self._touched_peers
@@ -206,6 +240,12 @@ class Reconciler:
             if subnet in state.programmed:
                 programmed[subnet] = state.programmed[subnet]
         state.programmed = programmed
+        refs: dict[Slot, int] = {}
+        for group in programmed.values():
+            for obj in group:
+                slot = _slot(by_type, obj)
+                refs[slot] = refs.get(slot, 0) + 1
+        state.refs = refs
         for subnet in touched:
             if subnet in state.skipped and subnet not in skipped:
                 skipped[subnet] = state.skipped[subnet]
@@ -224,9 +264,10 @@ class Reconciler:
         failed: set[LeaseKey],
         skipped: dict[LeaseKey, Skip],
         result: PassResult,
-        between: Callable[[], object],
+        tick: Callable[[], None],
     ) -> None:
-        for n, (group_index, objs) in enumerate(todo):
+        for group_index, objs in todo:
+            tick()
             subnet = subnets[group_index]
             if subnet in self._touched_peers or subnet in failed:
                 continue
@@ -236,8 +277,6 @@ class Reconciler:
                 if skip.kind == "conflict":
                     skipped[subnet] = skip
                     self._log_skip_subnet(subnet, groups[group_index], skip)
-            if n % YIELD_EVERY == YIELD_EVERY - 1:
-                between()
 
     def _write_group(
         self,
@@ -283,6 +322,10 @@ class Reconciler:
         return outcome
 
     # -- per-event path -------------------------------------------------------------
+    def holds(self, kind: str, key: Hashable) -> bool:
+        """Whether a programmed peer holds this slot (e.g. an nft set element)."""
+        return any(state.refs.get((kind, key), 0) > 0 for state in self._state)
+
     def apply_peers(
         self, subnets: Iterable[LeaseKey], lookup: Callable[[LeaseKey], Lease | None]
     ) -> PassResult:
@@ -290,7 +333,10 @@ class Reconciler:
         started = time.monotonic()
         result = PassResult(full=False)
         for owner, state in zip(self.owners, self._state, strict=True):
-            by_type = {r.record: r for r in owner.resources()}
+            # An owner may write single events differently from a pass (the nft
+            # owner batches a pass's elements into one transaction).
+            resources = getattr(owner, "event_resources", owner.resources)()
+            by_type = {r.record: r for r in resources}
             for subnet in subnets:
                 self._apply_peer(owner, state, subnet, lookup(subnet), by_type, result)
         result.skipped = len(self.skipped)
@@ -307,6 +353,8 @@ class Reconciler:
         result: PassResult,
     ) -> None:
         old = state.programmed.pop(subnet, None)
+        for obj in old or ():
+            _unref(state.refs, _slot(by_type, obj))  # before any delete: see holds()
         new: tuple[Any, ...] = ()
         state.skipped.pop(subnet, None)
         if peer is not None:
@@ -328,8 +376,8 @@ class Reconciler:
                 res = by_type.get(type(obj))
                 if res is not None:
                     self._touched.add((res.kind, res.key(obj)))
-        old_slots = {(by_type[type(o)].kind, by_type[type(o)].key(o)): o for o in old or ()}
-        new_slots = {(by_type[type(o)].kind, by_type[type(o)].key(o)) for o in new}
+        old_slots = {_slot(by_type, o): o for o in old or ()}
+        new_slots = {_slot(by_type, o) for o in new}
         # New slots first (in the peer's order), then in-place replacements, then
         # stale slots in reverse: a VXLAN peer turning direct gets its route
         # re-pointed before its neighbour and FDB entry go, and vice versa.
@@ -353,8 +401,9 @@ class Reconciler:
                 result.needs_full = True
             return
         for obj in reversed(old or ()):
-            if _slot(by_type, obj) in new_slots:
-                continue
+            slot = _slot(by_type, obj)
+            if slot in new_slots or state.refs.get(slot, 0) > 0:
+                continue  # still wanted: by this peer, or by another that shares it
             res = by_type[type(obj)]
             try:
                 res.remove(obj)
@@ -367,6 +416,8 @@ class Reconciler:
             log.info("deleted %s", res.kind, extra={"op": "delete", **describe(obj)})
         if new:
             state.programmed[subnet] = new
+            for slot in new_slots:
+                state.refs[slot] = state.refs.get(slot, 0) + 1
 
     def _log_skip(self, peer: Lease, skip: Skip) -> None:
         # Once per peer and attributes, not once per resync.
@@ -385,3 +436,11 @@ class Reconciler:
 def _slot(by_type: Mapping[type, Resource], obj: Any) -> Slot:
     res = by_type[type(obj)]
     return (res.kind, res.key(obj))
+
+
+def _unref(refs: dict[Slot, int], slot: Slot) -> None:
+    count = refs.get(slot, 0) - 1
+    if count > 0:
+        refs[slot] = count
+    else:
+        refs.pop(slot, None)

@@ -14,7 +14,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
 from flannelish.kernel.netns import in_netns
 from flannelish.kernel.rtnl import (
@@ -24,6 +24,7 @@ from flannelish.kernel.rtnl import (
     NDA_DST,
     NDA_LLADDR,
     NDMSG,
+    NLA,
     RTA_DST,
     RTM_DELADDR,
     RTM_DELLINK,
@@ -56,10 +57,11 @@ class Change:
     proto: int = 0
     family: int = 0  # nftables: the table's family (NFPROTO_IPV4 = 2)
     table: str = ""  # nftables: the table the change is in
+    set_name: str = ""  # nftables: the set of a deleted element
     # What the entry was for, when the message says: a route's destination
-    # (IPv4Network or IPv6Network), a neighbour's IP (IPv4Address or IPv6Address)
-    # or an FDB entry's MAC (str).  Lets the daemon ignore the notifications of its
-    # own deletions.
+    # (IPv4Network or IPv6Network), a neighbour's IP (IPv4Address or IPv6Address),
+    # an FDB entry's MAC (str) or a deleted nftables set element (an IPv4 or IPv6
+    # address).  Lets the daemon ignore the notifications of its own deletions.
     dst: Deleted = field(default=None, compare=False)
 
 
@@ -117,17 +119,61 @@ NFGENMSG_SIZE = 4  # family, version, res_id
 NFTA_TABLE = 1  # the table name is attribute 1 of table/chain/rule/set/element messages
 
 
+NFT_MSG_DELSETELEM = 14
+NFTA_SET_ELEM_LIST_SET = 2
+NFTA_SET_ELEM_LIST_ELEMENTS = 3  # nested: NFTA_LIST_ELEM (1) per element
+NFTA_SET_ELEM_KEY = 1  # nested: NFTA_DATA_VALUE (1), the key's bytes
+
+
+def _name(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _each_attr(raw: bytes) -> list[bytes]:
+    """Every attribute's payload in order (a list of elements repeats one type)."""
+    out, offset = [], 0
+    while offset + NLA.size <= len(raw):
+        length = NLA.unpack_from(raw, offset)[0]
+        if length < NLA.size:
+            break
+        out.append(raw[offset + NLA.size : offset + length])
+        offset += (length + 3) & ~3
+    return out
+
+
+def _element_keys(raw: bytes) -> list[IPv4Address | IPv6Address]:
+    """The address keys of the elements in NFTA_SET_ELEM_LIST_ELEMENTS (others skipped)."""
+    keys: list[IPv4Address | IPv6Address] = []
+    for elem in _each_attr(raw):
+        key = parse_attrs(parse_attrs(elem).get(NFTA_SET_ELEM_KEY, b"")).get(1, b"")
+        if len(key) in (4, 16):
+            keys.append(ip_address(bytes(key)))
+    return keys
+
+
 def parse_nft_changes(data: bytes) -> list[Change]:
-    """Deletions in nftables tables, from one nfnetlink datagram."""
+    """Deletions in nftables tables, from one nfnetlink datagram.
+
+    A deleted set element gives one Change per element whose key is an
+    address (``set_name``, ``dst``), or one without ``dst`` if none is.
+    """
     out: list[Change] = []
     for mtype, _flags, _seq, body, end in messages(data):
         if mtype >> 8 != NFNL_SUBSYS_NFTABLES or mtype & 0xFF not in NFT_DELETIONS:
             continue
         if end - body < NFGENMSG_SIZE:
             continue
-        name = parse_attrs(data, body + NFGENMSG_SIZE, end).get(NFTA_TABLE, b"")
-        table = name.split(b"\0", 1)[0].decode(errors="replace")
-        out.append(Change(mtype, family=data[body], table=table))
+        attrs = parse_attrs(data, body + NFGENMSG_SIZE, end)
+        table, family = _name(attrs.get(NFTA_TABLE, b"")), data[body]
+        keys: list[IPv4Address | IPv6Address] = []
+        set_name = ""
+        if mtype & 0xFF == NFT_MSG_DELSETELEM:
+            set_name = _name(attrs.get(NFTA_SET_ELEM_LIST_SET, b""))
+            keys = _element_keys(attrs.get(NFTA_SET_ELEM_LIST_ELEMENTS, b""))
+        if not keys:
+            out.append(Change(mtype, family=family, table=table, set_name=set_name))
+        for key in keys:
+            out.append(Change(mtype, family=family, table=table, set_name=set_name, dst=key))
     return out
 
 

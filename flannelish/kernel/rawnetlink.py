@@ -36,6 +36,7 @@ from flannelish.kernel.netlink import (
     Netlink,
     Route,
     RouteExists,
+    Tick,
     VxlanInfo,
     VxlanSpec,
 )
@@ -66,6 +67,10 @@ _GONE = (errno.ENODEV, errno.ENOENT)  # what a lookup of a missing link returns
 
 
 AF_UNSPEC = 0  # a neighbour dump of both the ARP and the ND table
+
+
+def _nothing() -> None:
+    pass
 
 
 def _address(raw: bytes) -> IPAddress:
@@ -296,14 +301,20 @@ class RawNetlink:
             self._rtnl.request(rtnl.RTM_DELADDR, self._addr_body(addr))
 
     # -- routes ---------------------------------------------------------------------
-    def _route_msgs(self, family: int) -> list[rtnl.RouteMsg]:
+    def _route_msgs(self, family: int) -> Iterator[rtnl.RouteMsg]:
+        """The dump is read at once; its messages are decoded as the caller iterates."""
         body = rtnl.RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
         with self._raw("route dump", f"family {family}"):
-            return list(rtnl.route_msgs(self._rtnl.dump(rtnl.RTM_GETROUTE, body)))
+            replies = self._rtnl.dump(rtnl.RTM_GETROUTE, body)
+        return rtnl.route_msgs(replies)
 
-    def routes(self, proto: int | None = ROUTE_PROTO, family: int = AF_INET) -> list[Route]:
+    def routes(
+        self, proto: int | None = ROUTE_PROTO, family: int = AF_INET, tick: Tick | None = None
+    ) -> list[Route]:
         out = []
+        tick = tick or _nothing
         for m in self._route_msgs(family):
+            tick()
             if m.table != MAIN_TABLE or m.type != rtnl.RTN_UNICAST:
                 continue
             if m.family not in (AF_INET, AF_INET6) or (proto is not None and m.proto != proto):
@@ -453,19 +464,20 @@ class RawNetlink:
             body += attr(rtnl.NDA_LLADDR, mac_bytes(mac))
         self._rtnl.request(mtype, body, flags)
 
-    def neighs(self, ifindex: int) -> list[Neigh]:
+    def neighs(self, ifindex: int, tick: Tick | None = None) -> list[Neigh]:
         """Permanent IPv4 and IPv6 neighbours of one device (one dump: ARP and ND tables)."""
         body = rtnl.NDMSG.pack(AF_UNSPEC, 0, 0, 0, 0)
         with self._raw("neigh dump", f"ifindex {ifindex}"):
             replies = self._rtnl.dump(rtnl.RTM_GETNEIGH, body)
-        return [
-            Neigh(ifindex, _address(dst), mac_str(m.attrs.get(NDA_LLADDR, b"")))
-            for m in rtnl.neigh_msgs(replies, ifindex)
+        out = []
+        tick = tick or _nothing
+        for m in rtnl.neigh_msgs(replies, ifindex):
+            tick()
+            dst = m.attrs.get(rtnl.NDA_DST, b"")
             # Only permanent entries are ours; the kernel's own dynamic ones are not.
-            if m.state & NUD_PERMANENT
-            and m.family in (AF_INET, AF_INET6)
-            and len(dst := m.attrs.get(rtnl.NDA_DST, b"")) in (4, 16)
-        ]
+            if m.state & NUD_PERMANENT and m.family in (AF_INET, AF_INET6) and len(dst) in (4, 16):
+                out.append(Neigh(ifindex, _address(dst), mac_str(m.attrs.get(NDA_LLADDR, b""))))
+        return out
 
     def replace_neigh(self, neigh: Neigh) -> None:
         family = AF_INET6 if neigh.ip.version == 6 else AF_INET
@@ -478,16 +490,19 @@ class RawNetlink:
         with self._raw("neigh del", neigh.ip, missing_ok=True):
             self._neigh(rtnl.RTM_DELNEIGH, 0, family, neigh.ifindex, neigh.ip.packed, None, 0)
 
-    def fdbs(self, ifindex: int) -> list[Fdb]:
+    def fdbs(self, ifindex: int, tick: Tick | None = None) -> list[Fdb]:
         body = rtnl.NDMSG.pack(AF_BRIDGE, 0, 0, 0, 0)
         with self._raw("fdb dump", f"ifindex {ifindex}"):
             replies = self._rtnl.dump(rtnl.RTM_GETNEIGH, body)
-        return [
-            Fdb(ifindex, mac_str(m.attrs[rtnl.NDA_LLADDR]), _address(dst))
-            for m in rtnl.neigh_msgs(replies, ifindex)
+        out = []
+        tick = tick or _nothing
+        for m in rtnl.neigh_msgs(replies, ifindex):
+            tick()
+            dst = m.attrs.get(rtnl.NDA_DST, b"")
             # Entries without a remote (e.g. the device's own address) are not peers.
-            if len(dst := m.attrs.get(rtnl.NDA_DST, b"")) in (4, 16) and rtnl.NDA_LLADDR in m.attrs
-        ]
+            if len(dst) in (4, 16) and rtnl.NDA_LLADDR in m.attrs:
+                out.append(Fdb(ifindex, mac_str(m.attrs[rtnl.NDA_LLADDR]), _address(dst)))
+        return out
 
     def replace_fdb(self, fdb: Fdb) -> None:
         with self._raw("fdb replace", fdb.mac):

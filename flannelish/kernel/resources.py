@@ -30,7 +30,16 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from flannelish.kernel.netlink import AF_INET, ROUTE_PROTO, Fdb, Neigh, Netlink, Route, RouteExists
+from flannelish.kernel.netlink import (
+    AF_INET,
+    ROUTE_PROTO,
+    Fdb,
+    Neigh,
+    Netlink,
+    Route,
+    RouteExists,
+    Tick,
+)
 
 if TYPE_CHECKING:
     from flannelish.subnet.lease import Lease
@@ -45,7 +54,9 @@ class Resource(Protocol):
     record: ClassVar[type]  # the record class this resource handles
 
     def key(self, obj: Any) -> Hashable: ...
-    def dump(self) -> Sequence[Any]: ...
+    # tick: called per entry parsed, so the reconciler can let events through
+    # between slices of a long dump (ignored where a dump is small)
+    def dump(self, tick: Tick | None = None) -> Sequence[Any]: ...
     def ensure(self, obj: Any) -> None: ...  # create, or replace our object under its key
     def create(self, obj: Any) -> None: ...  # no object of ours under its key: never replace
     def remove(self, obj: Any) -> None: ...
@@ -65,8 +76,8 @@ class NeighResource:
     def key(self, obj: Neigh) -> Hashable:
         return (obj.ifindex, obj.ip)
 
-    def dump(self) -> Sequence[Neigh]:
-        return [n for index in _present(self._ifindexes) for n in self._nl.neighs(index)]
+    def dump(self, tick: Tick | None = None) -> Sequence[Neigh]:
+        return [n for index in _present(self._ifindexes) for n in self._nl.neighs(index, tick)]
 
     def ensure(self, obj: Neigh) -> None:
         self._nl.replace_neigh(obj)
@@ -90,8 +101,8 @@ class FdbResource:
     def key(self, obj: Fdb) -> Hashable:
         return (obj.ifindex, obj.mac)
 
-    def dump(self) -> Sequence[Fdb]:
-        return [f for index in _present(self._ifindexes) for f in self._nl.fdbs(index)]
+    def dump(self, tick: Tick | None = None) -> Sequence[Fdb]:
+        return [f for index in _present(self._ifindexes) for f in self._nl.fdbs(index, tick)]
 
     def ensure(self, obj: Fdb) -> None:
         self._nl.replace_fdb(obj)
@@ -118,8 +129,8 @@ class RouteResource:
     def key(self, obj: Route) -> Hashable:
         return obj.dst
 
-    def dump(self) -> Sequence[Route]:
-        return [r for family in self._families for r in self._nl.routes(self._proto, family)]
+    def dump(self, tick: Tick | None = None) -> Sequence[Route]:
+        return [r for family in self._families for r in self._nl.routes(self._proto, family, tick)]
 
     def ensure(self, obj: Route) -> None:
         self._nl.replace_route(obj)

@@ -31,7 +31,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
@@ -443,7 +443,7 @@ class WgPeerResource:
             for p in control.get().peers
         }
 
-    def dump(self) -> Sequence[WgPeer]:
+    def dump(self, tick: Callable[[], object] | None = None) -> Sequence[WgPeer]:
         actual = self._actual()
         with self.lock:
             self.expected = dict(actual)

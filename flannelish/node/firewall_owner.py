@@ -3,7 +3,9 @@
 :class:`NftOwner` re-asserts the table that flannelish.node.firewall.NftRules
 describes and diffs the ``vxlan_peers`` set element by element like any
 kernel object (:class:`PeerSetResource`), batching a pass's element changes
-into one nft transaction.  It also decides when the anti-spoof drop rule is
+into one nft transaction; a lease event adds or deletes just its peer's
+element (the reconciler counts peers per element, so an address two peers
+share stays while one of them does).  It also decides when the anti-spoof drop rule is
 armed: only after a pass has written the full peer set, so arming never drops
 a peer's traffic.
 """
@@ -71,9 +73,14 @@ class PeerSetResource:
 
     The reconciler calls ensure()/remove() once per element; with 1000 peers
     that would be 1000 `nft` processes.  Within a pass (``batch`` reset by
-    NftOwner.ensure_base and filled by plan()/dump()), the first call writes
+    NftOwner.resources() and filled by plan()/dump()), the first call writes
     every missing (or stale) element in one transaction and later calls for
     elements already written return at once.
+
+    ``single=True`` (the per-event path, NftOwner.event_resources): each call
+    writes its one element and records it in the batch as planned and present
+    (or neither), so a pass running meanwhile neither deletes an element an
+    event added nor re-adds one an event deleted.
     """
 
     kind: ClassVar[str] = "nft-peer"
@@ -84,10 +91,12 @@ class PeerSetResource:
         rules: NftRules,
         batch: _PassBatch | None = None,
         restore: Callable[[], None] | None = None,
+        single: bool = False,
     ) -> None:
         self._rules = rules
         self.batch = batch
         self._restore = restore  # called when the table is gone, before listing
+        self._single = single
 
     def _listing(self) -> TableState | None:
         state = self._rules.state()
@@ -99,7 +108,7 @@ class PeerSetResource:
     def key(self, obj: PeerAddr) -> Hashable:
         return obj.ip
 
-    def dump(self) -> Sequence[PeerAddr]:
+    def dump(self, tick: Callable[[], object] | None = None) -> Sequence[PeerAddr]:
         state = self._listing()
         peers = state.peers if state else set()
         if self.batch is not None:
@@ -110,6 +119,9 @@ class PeerSetResource:
 
     def _write(self, verb: str, obj: PeerAddr) -> None:
         b = self.batch
+        if self._single:
+            self._write_one(verb, obj.ip)
+            return
         if b is None:
             ips = {obj.ip}
         else:
@@ -129,6 +141,25 @@ class PeerSetResource:
         if b is not None:
             with b.lock:
                 b.done |= ips
+
+    def _write_one(self, verb: str, ip: IPv4Address) -> None:
+        b = self.batch
+        target = f"{FAMILY} {TABLE} {PEER_SET}"
+        try:
+            self._rules.runner.run(f"{verb} element {target} {{ {ip} }}\n")
+        except KernelError:
+            if b is not None:
+                with b.lock:
+                    b.failed = True  # the set may now differ from what a pass planned
+            raise
+        if b is not None:
+            with b.lock:
+                if verb == "add":
+                    b.planned.add(ip)
+                    b.actual.add(ip)
+                else:
+                    b.planned.discard(ip)
+                    b.actual.discard(ip)
 
     def ensure(self, obj: PeerAddr) -> None:
         self._write("add", obj)
@@ -163,11 +194,13 @@ class NftOwner:
         self._arm_lock = threading.Lock()
         self._batch = _PassBatch()
         self._resources = self._make_resources(rules)
+        self._event_resources = self._make_resources(rules, single=True)
 
-    def _make_resources(self, rules: NftRules) -> list[PeerSetResource]:
+    def _make_resources(self, rules: NftRules, single: bool = False) -> list[PeerSetResource]:
         if rules.vxlan_port is None:
             return []
-        return [PeerSetResource(rules, self._batch, restore=self._restore)]
+        restore = None if single else self._restore  # events never list the table
+        return [PeerSetResource(rules, self._batch, restore=restore, single=single)]
 
     def replace_rules(self, rules: NftRules) -> None:
         """Adopt new desired rules (e.g. the lease moved); the next pass applies them."""
@@ -175,6 +208,7 @@ class NftOwner:
             rules.arm()
         self.rules = rules
         self._resources = self._make_resources(rules)
+        self._event_resources = self._make_resources(rules, single=True)
         self.rules.apply()
 
     def arm(self) -> None:
@@ -243,6 +277,10 @@ class NftOwner:
         self._batch.reset()
         self._pass_since_request = self._arm_requested
         return self._resources
+
+    def event_resources(self) -> Sequence[PeerSetResource]:
+        """The resources of the per-event path: one element per write, no pass started."""
+        return self._event_resources
 
     def plan(self, peer: Lease) -> Sequence[PeerAddr]:
         if not self._resources:

@@ -176,11 +176,12 @@ class NodeOps:
             try:
                 self.owner.after_pass()  # arms the anti-spoof rule once the set is complete
                 if not getattr(result, "full", True) and not self.state.check_failing("nftables"):
-                    # A per-event apply: listing the table costs O(peers) (an `nft`
-                    # run and its parse); the full passes keep this check current.
-                    # A failing check is re-checked, though: at start-up the set fills
-                    # and the drop rule arms through events, and readiness must not
-                    # wait for the next full pass to see the table complete.
+                    # A per-event apply or another loop's pass: listing the table
+                    # costs O(peers) (an `nft` run and its parse); the table's own
+                    # full passes keep this check current.  A failing check is
+                    # re-checked, though: at start-up the set fills and the drop
+                    # rule arms through events, and readiness must not wait for
+                    # the next full pass to see the table complete.
                     return
                 rules = self.owner.rules
                 table = rules.state()  # one listing for both

@@ -27,6 +27,7 @@ from flannelish.kernel.netlink import (
     Netlink,
     Route,
     RouteExists,
+    Tick,
     VxlanInfo,
     VxlanSpec,
     replace,
@@ -158,7 +159,9 @@ class FakeNetlink:
         self._addrs.discard(addr)
 
     # -- routes -----------------------------------------------------------------------
-    def routes(self, proto: int | None = ROUTE_PROTO, family: int = AF_INET) -> list[Route]:
+    def routes(
+        self, proto: int | None = ROUTE_PROTO, family: int = AF_INET, tick: Tick | None = None
+    ) -> list[Route]:
         version = {0: None, AF_INET: 4}.get(family, 6)
         return [
             r
@@ -202,7 +205,7 @@ class FakeNetlink:
         self._routes.pop(route.dst, None)
 
     # -- neighbours and FDB entries ---------------------------------------------------
-    def neighs(self, ifindex: int) -> list[Neigh]:
+    def neighs(self, ifindex: int, tick: Tick | None = None) -> list[Neigh]:
         return [n for n in self._neighs.values() if n.ifindex == ifindex]
 
     def replace_neigh(self, neigh: Neigh) -> None:
@@ -213,7 +216,7 @@ class FakeNetlink:
         self._mutate("del_neigh", neigh)
         self._neighs.pop((neigh.ifindex, neigh.ip), None)
 
-    def fdbs(self, ifindex: int) -> list[Fdb]:
+    def fdbs(self, ifindex: int, tick: Tick | None = None) -> list[Fdb]:
         return [f for f in self._fdbs.values() if f.ifindex == ifindex]
 
     def replace_fdb(self, fdb: Fdb) -> None:

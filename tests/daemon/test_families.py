@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from flannelish.daemon.families import family_report, subnet_env
+from flannelish.daemon.families import family_counts, family_report, subnet_env
 from flannelish.kernel.netlink import AF_INET, AF_INET6
 from flannelish.subnet.config import parse_network_config
 from flannelish.subnet.keys import LeaseKey
@@ -58,7 +58,9 @@ def test_family_report_counts_programmed_peers_per_family():
         SimpleNamespace(name="flannel.1", family=AF_INET, mtu=1450, mac="0e:00:00:00:00:04"),
         SimpleNamespace(name="flannel-v6.1", family=AF_INET6, mtu=1430, mac="0e:00:00:00:00:06"),
     ])  # fmt: skip
-    by_family, devices, v6, details = family_report(backend, DUAL, own, peers[:1])
+    by_family, devices, v6, details = family_report(
+        backend, DUAL, own, family_counts(p.key for p in peers[:1])
+    )
     assert by_family == {"ipv4": 1, "ipv6": 1}
     assert details == {
         "ipv4": {"subnet": "10.5.1.0/24", "network": "10.5.0.0/16", "public_ip": "198.18.0.1",
@@ -68,7 +70,9 @@ def test_family_report_counts_programmed_peers_per_family():
                  "device": "flannel-v6.1", "mtu": 1430, "vtep_mac": "0e:00:00:00:00:06",
                  "peers": 1},
     }  # fmt: skip
-    by_family, devices, v6, _ = family_report(backend, DUAL, own, peers)
+    by_family, devices, v6, _ = family_report(
+        backend, DUAL, own, family_counts(p.key for p in peers)
+    )
     assert by_family == {"ipv4": 2, "ipv6": 2}
     assert devices == ["flannel.1", "flannel-v6.1"]
     assert v6 == {"ipv6_subnet": "fd00:0:0:1::/64", "ipv6_network": "fd00::/56",
