@@ -77,7 +77,9 @@ def _describe(change: Change) -> str:
     return f"{change.type}:{change.ifindex}:{change.dst}"
 
 
-def _nft_monitor(loops: Sequence[ReconcileLoop]) -> ChangeMonitor | None:
+def nft_relevant(loops: Sequence[ReconcileLoop]) -> Callable[[Change], bool]:
+    """Which nftables deletions need a pass of these loops: any in our table, except
+    a deleted anti-spoof element no programmed peer holds (our own per-event delete)."""
     from flannelish.node.firewall import PEER_SET, TABLE
     from flannelish.node.firewall_owner import PeerSetResource
 
@@ -91,6 +93,12 @@ def _nft_monitor(loops: Sequence[ReconcileLoop]) -> ChangeMonitor | None:
         if change.type & 0xFF == NFT_MSG_DELSETELEM and change.set_name == PEER_SET:
             return change.dst is None or wanted(change.dst)
         return True
+
+    return ours
+
+
+def _nft_monitor(loops: Sequence[ReconcileLoop]) -> ChangeMonitor | None:
+    ours = nft_relevant(loops)
 
     def trigger(_changes: list[Change]) -> None:
         for loop in loops:

@@ -90,9 +90,9 @@ class _Slicer:
     write); it is cheap when the slice is not over.
     """
 
-    def __init__(self, between: Callable[[], object], seconds: float = SLICE_SECONDS) -> None:
+    def __init__(self, between: Callable[[], object], seconds: float | None = None) -> None:
         self._between = between
-        self._seconds = seconds
+        self._seconds = SLICE_SECONDS if seconds is None else seconds
         self._last = time.perf_counter()
 
     def tick(self) -> None:

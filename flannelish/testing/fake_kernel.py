@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flannelish.errors import KernelError
 from flannelish.kernel.netlink import (
@@ -32,6 +32,8 @@ from flannelish.kernel.netlink import (
     VxlanSpec,
     replace,
 )
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -163,11 +165,15 @@ class FakeNetlink:
         self, proto: int | None = ROUTE_PROTO, family: int = AF_INET, tick: Tick | None = None
     ) -> list[Route]:
         version = {0: None, AF_INET: 4}.get(family, 6)
-        return [
-            r
-            for r in self._routes.values()
-            if (proto is None or r.proto == proto) and (version is None or r.dst.version == version)
-        ]
+        return _ticked(
+            [
+                r
+                for r in self._routes.values()
+                if (proto is None or r.proto == proto)
+                and (version is None or r.dst.version == version)
+            ],
+            tick,
+        )
 
     def route_to(self, dst: IPNetwork) -> Route | None:
         return self._routes.get(dst)
@@ -206,7 +212,7 @@ class FakeNetlink:
 
     # -- neighbours and FDB entries ---------------------------------------------------
     def neighs(self, ifindex: int, tick: Tick | None = None) -> list[Neigh]:
-        return [n for n in self._neighs.values() if n.ifindex == ifindex]
+        return _ticked([n for n in self._neighs.values() if n.ifindex == ifindex], tick)
 
     def replace_neigh(self, neigh: Neigh) -> None:
         self._mutate("replace_neigh", neigh)
@@ -217,7 +223,7 @@ class FakeNetlink:
         self._neighs.pop((neigh.ifindex, neigh.ip), None)
 
     def fdbs(self, ifindex: int, tick: Tick | None = None) -> list[Fdb]:
-        return [f for f in self._fdbs.values() if f.ifindex == ifindex]
+        return _ticked([f for f in self._fdbs.values() if f.ifindex == ifindex], tick)
 
     def replace_fdb(self, fdb: Fdb) -> None:
         self._mutate("replace_fdb", fdb)
@@ -240,3 +246,11 @@ class FakeNetlink:
 
 if TYPE_CHECKING:  # mypy proves that FakeNetlink implements the whole interface
     _implements: type[Netlink] = FakeNetlink
+
+
+def _ticked(entries: list[_T], tick: Tick | None) -> list[_T]:
+    """Like RawNetlink: the dump's caller is ticked once per entry parsed."""
+    if tick is not None:
+        for _ in entries:
+            tick()
+    return entries

@@ -256,3 +256,71 @@ def test_events_during_a_full_pass_are_applied_without_waiting_for_it(kernel):
     assert applied and applied[0] < 39  # written before the pass finished its own peers
     assert late.key in kernel.rec.programmed()
     assert len(kernel.nl.routes()) == 39
+
+
+def test_a_pass_never_undoes_an_event_that_came_between_its_plan_and_its_dump(kernel, monkeypatch):
+    # The pass planned `gone` and not `new`; the event removes one and adds the other
+    # before the pass lists the kernel: the pass must neither re-add nor delete them.
+    import flannelish.daemon.reconciler as reconciler
+
+    monkeypatch.setattr(reconciler, "SLICE_SECONDS", 0.0)  # between() after every unit of work
+    peers = {p.key: p for p in (peer(n) for n in range(2, 12))}
+    kernel.rec.reconcile(list(peers.values()))
+    planned = list(peers.values())
+    gone, new = planned[0], peer(50, mac="0e:00:00:00:00:50", ip="198.18.0.50")
+    kernel.nl.del_route(kernel.nl.route_to(planned[3].key.v4))  # drift the pass repairs
+    calls = []
+
+    def between() -> None:
+        calls.append(1)
+        if len(calls) == len(planned):  # every peer planned, nothing listed yet
+            del peers[gone.key]
+            peers[new.key] = new
+            kernel.rec.apply_peers([gone.key, new.key], peers.get)
+
+    kernel.rec.reconcile(planned, between=between)
+    assert len(calls) > 3 * len(planned)  # it also yielded while parsing dumps and diffing
+    routes = {str(r.dst) for r in kernel.nl.routes()}
+    assert str(new.key.v4) in routes and str(gone.key.v4) not in routes
+    assert str(planned[3].key.v4) in routes  # the pass still repaired the drift
+    assert kernel.rec.reconcile(list(peers.values())).changes == 0
+
+
+def test_each_unit_of_a_long_pass_is_a_point_where_events_get_through(kernel, monkeypatch):
+    import flannelish.daemon.reconciler as reconciler
+
+    peers = [peer(n) for n in range(2, 60)]
+    kernel.rec.reconcile(peers)
+    monkeypatch.setattr(reconciler, "SLICE_SECONDS", 0.0)
+    calls = []
+    kernel.rec.reconcile(peers, between=lambda: calls.append(1))
+    # one per peer planned, per entry parsed (3 kinds) and per entry diffed, at least
+    assert len(calls) >= 58 + 3 * 58 + 3 * 58
+
+
+def test_the_nft_monitor_ignores_deletions_of_elements_no_peer_holds():
+    """Our own per-event element deletes come back as notifications: no pass for those."""
+    from ipaddress import IPv4Address as Ip
+
+    from flannelish.daemon.monitors import nft_relevant
+    from flannelish.kernel.monitor import NFT_MSG_DELSETELEM, Change
+    from flannelish.node.firewall import NftRules
+    from flannelish.node.firewall_owner import NftOwner
+    from flannelish.testing.nft import FakeNft
+
+    owner = NftOwner(NftRules("10.244.0.0/16", "10.244.1.0/24", runner=FakeNft()))
+    rec = Reconciler([owner])
+    rec.reconcile([peer(2), peer(3)])
+    relevant = nft_relevant([SimpleNamespace(reconciler=rec)])
+    delelem = (10 << 8) | NFT_MSG_DELSETELEM
+
+    def deleted(ip: str | None, set_name: str = "vxlan_peers") -> Change:
+        return Change(delelem, family=2, table="flannelish", set_name=set_name, dst=ip and Ip(ip))
+
+    assert relevant(deleted("198.18.0.2"))  # a current peer's element: repair it
+    assert not relevant(deleted("198.18.0.9"))  # nobody's: our own delete
+    assert relevant(deleted(None))  # not named: check
+    assert relevant(Change((10 << 8) | 8, family=2, table="flannelish"))  # a rule deleted
+    assert not relevant(Change((10 << 8) | 8, family=2, table="other"))
+    rec.apply_peers([peer(2).key], {peer(3).key: peer(3)}.get)  # peer 2 gone
+    assert not relevant(deleted("198.18.0.2"))

@@ -100,3 +100,68 @@ def test_change_parser_names_deleted_ipv6_routes_and_neighbours():
     assert routes.dst == IPv6Network("fd44:0:0:fa::/64") and routes.proto == 0x46
     assert (neighs.ifindex, neighs.dst) == (9, IPv6Address("fd44:0:0:fa::"))
     assert bad.dst is None and bad2.dst is None
+
+
+def test_nft_change_parser_names_each_deleted_set_element():
+    from ipaddress import IPv4Address, IPv6Address
+
+    def elem(key: bytes) -> bytes:  # NFTA_LIST_ELEM { NFTA_SET_ELEM_KEY { NFTA_DATA_VALUE } }
+        return rtnl.attr(1 | rtnl.NLA_F_NESTED, rtnl.attr(1 | rtnl.NLA_F_NESTED, rtnl.attr(1, key)))
+
+    body = (
+        struct.pack("=BBH", 2, 0, 0)
+        + rtnl.attr(1, b"flannelish\0")
+        + rtnl.attr(2, b"vxlan_peers\0")
+        + rtnl.attr(
+            3 | rtnl.NLA_F_NESTED,
+            elem(bytes([198, 18, 0, 2])) + elem(IPv6Address("fd18::2").packed) + elem(b"\1\2"),
+        )
+    )
+    empty = struct.pack("=BBH", 2, 0, 0) + rtnl.attr(1, b"flannelish\0")
+    changes = parse_nft_changes(_msg((10 << 8) | 14, body) + _msg((10 << 8) | 14, empty))
+    assert [(c.table, c.set_name, c.dst) for c in changes] == [
+        ("flannelish", "vxlan_peers", IPv4Address("198.18.0.2")),
+        ("flannelish", "vxlan_peers", IPv6Address("fd18::2")),
+        ("flannelish", "", None),  # nothing named: the daemon treats it as wanted
+    ]
+
+
+@pytest.mark.netns
+def test_a_real_element_deletion_is_reported_with_its_address(netns_factory):
+    """The kernel's own DELSETELEM notification carries the element the parser names."""
+    import subprocess
+    import threading
+    from ipaddress import IPv4Address
+
+    from flannelish.kernel.monitor import ChangeMonitor
+
+    ns = netns_factory.create("nftm")
+    nft = ["ip", "netns", "exec", ns, "nft", "-f", "-"]
+    setup = (
+        "add table ip flannelish\n"
+        "add set ip flannelish vxlan_peers { type ipv4_addr; }\n"
+        "add element ip flannelish vxlan_peers { 198.18.0.2, 198.18.0.3 }\n"
+    )
+    subprocess.run(nft, input=setup, text=True, check=True)
+    seen: list[Change] = []
+    got = threading.Event()
+
+    def on_change(changes: list[Change]) -> None:
+        seen.extend(changes)
+        got.set()
+
+    monitor = ChangeMonitor(on_change, lambda c: c.table == "flannelish", netns=ns, nftables=True)
+    monitor.start()
+    try:
+        subprocess.run(
+            nft,
+            input="delete element ip flannelish vxlan_peers { 198.18.0.3 }\n",
+            text=True,
+            check=True,
+        )
+        assert got.wait(5)
+    finally:
+        monitor.stop()
+    assert [(c.family, c.set_name, c.dst) for c in seen] == [
+        (2, "vxlan_peers", IPv4Address("198.18.0.3"))
+    ]

@@ -142,3 +142,93 @@ def test_a_restored_table_brings_its_drop_rule_and_its_peers_in_one_transaction(
     assert re.search(r"add element ip flannelish vxlan_peers \{ 198.18.0.2, 198.18.0.3 \}", restore)
     assert owner.repairs == 1
     assert fake.table["set"] == {IPv4Address("198.18.0.2"), IPv4Address("198.18.0.3")}
+
+
+class _Listings:
+    """Counts the table listings a FakeNft answers (a per-event write must list nothing)."""
+
+    def __init__(self, fake):
+        self.count = 0
+        real = fake.listing
+
+        def listing(*what):
+            self.count += 1
+            return real(*what)
+
+        fake.listing = listing
+
+
+def _synced(peers):
+    from flannelish.daemon.reconciler import Reconciler
+
+    nft, fake = rules()
+    owner = NftOwner(nft)
+    rec = Reconciler([owner])
+    rec.reconcile(peers)
+    return rec, fake, {p.key: p for p in peers}
+
+
+def test_a_lease_event_adds_or_deletes_only_its_own_element_without_listing_the_table():
+    peers = [_lease(n, f"198.18.1.{n}") for n in range(2, 40)]
+    rec, fake, table = _synced(peers)
+    listings = _Listings(fake)
+    before = len(fake.scripts)
+    new = _lease(50, "198.18.1.50")
+    table[new.key] = new
+    result = rec.apply_peers([new.key], table.get)
+    assert result.changes == 1 and not result.needs_full
+    assert fake.scripts[before:] == ["add element ip flannelish vxlan_peers { 198.18.1.50 }\n"]
+    del table[peers[0].key]
+    rec.apply_peers([peers[0].key], table.get)
+    assert fake.scripts[-1] == "delete element ip flannelish vxlan_peers { 198.18.1.2 }\n"
+    assert len(fake.scripts) - before == 2 and listings.count == 0
+    assert fake.table["set"] == {p.attrs.public_ip for p in table.values()}
+
+
+def test_a_public_ip_two_peers_share_stays_while_one_of_them_remains():
+    a, b, c = _lease(2, "198.18.0.9"), _lease(3, "198.18.0.9"), _lease(4, "198.18.0.4")
+    rec, fake, table = _synced([a, b, c])
+    assert fake.table["set"] == {IPv4Address("198.18.0.9"), IPv4Address("198.18.0.4")}
+    del table[a.key]
+    result = rec.apply_peers([a.key], table.get)
+    assert result.changes == 0 and result.errors == 0  # b still needs it
+    assert IPv4Address("198.18.0.9") in fake.table["set"]
+    assert rec.holds("nft-peer", IPv4Address("198.18.0.9"))
+    moved = _lease(3, "198.18.0.10")  # b moves to another address: now the old one goes
+    table[b.key] = moved
+    rec.apply_peers([b.key], table.get)
+    assert fake.table["set"] == {IPv4Address("198.18.0.10"), IPv4Address("198.18.0.4")}
+    assert not rec.holds("nft-peer", IPv4Address("198.18.0.9"))
+
+
+def test_a_full_pass_never_undoes_the_element_changes_of_events_applied_during_it():
+    # Events arrive mid-pass, after its plan and before its listing (one new peer,
+    # one gone): the listing then disagrees with the plan on both.
+    peers = [_lease(n, f"198.18.1.{n}") for n in range(2, 12)]
+    rec, fake, table = _synced(peers)
+    gone, new = peers[0], _lease(60, "198.18.1.60")
+    stale = _lease(61, "198.18.1.61")  # in the kernel, not wanted: the pass deletes it
+    fake.table["set"].add(stale.attrs.public_ip)
+    missing = peers[5].attrs.public_ip  # deleted by hand: the pass adds it back
+    fake.table["set"].discard(missing)
+    calls = []
+
+    def between() -> None:
+        calls.append(1)
+        if len(calls) == len(peers):  # the pass has planned every peer (one tick each)
+            del table[gone.key]
+            table[new.key] = new
+            rec.apply_peers([gone.key, new.key], table.get)
+
+    import flannelish.daemon.reconciler as reconciler
+
+    old_slice, reconciler.SLICE_SECONDS = reconciler.SLICE_SECONDS, 0.0
+    try:
+        rec.reconcile(peers, check_base=False, between=between)  # plans `gone`, not `new`
+    finally:
+        reconciler.SLICE_SECONDS = old_slice
+    assert len(calls) > len(peers)
+    ips = fake.table["set"]
+    assert new.attrs.public_ip in ips and gone.attrs.public_ip not in ips
+    assert stale.attrs.public_ip not in ips and missing in ips  # the pass did its own work
+    assert rec.reconcile(list(table.values())).changes == 0  # and left nothing to settle
