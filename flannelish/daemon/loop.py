@@ -105,7 +105,10 @@ class ReconcileLoop:
     def _finish(self, result: PassResult) -> None:
         self.last = result
         if result.changes or result.errors:
-            log.info(
+            # Per event at debug level: the reconciler already logged each entry it
+            # set or deleted, and a log line costs ~0.2 ms of the event's path.
+            log.log(
+                logging.INFO if result.full or result.errors else logging.DEBUG,
                 "reconciled" if result.full else "applied lease events",
                 extra={
                     "changes": result.changes,
