@@ -334,6 +334,7 @@ def daemon_command(
         cni_socket=cni_socket,
         node_ops=node_ops,
         policy=policy,
+        freeze_gc_after_sync=True,
     )
     node = NodeDaemon(options)
     # A thread waiting for the GIL (a lease event's write after each netlink

@@ -40,6 +40,7 @@ class ReconcileLoop:
         ready: Callable[[], bool] = lambda: True,
         name: str = "reconciler",
         lookup: Callable[[LeaseKey], Lease | None] | None = None,
+        inline: bool = False,
     ) -> None:
         self.reconciler = reconciler
         self._peers = peers
@@ -50,6 +51,11 @@ class ReconcileLoop:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        # Held while this loop's thread works; notify() with ``inline`` applies in
+        # the caller's thread when it can take it (an idle loop): one thread
+        # hand-off less between the lease watch and the kernel.
+        self._busy = threading.Lock()
+        self._inline = inline
         self._pending: set[LeaseKey] = set()
         self._base_due = True
         self._full_due = False
@@ -77,6 +83,15 @@ class ReconcileLoop:
             return
         with self._lock:
             self._pending.update(subnets)
+        # Not before the first pass (it learns which kernel entries are ours) and
+        # never during one (its between() applies the pending peers).
+        if self._inline and self.passes and self._busy.acquire(blocking=False):
+            try:
+                self._drain()
+            finally:
+                self._busy.release()
+            if not self._followup:
+                return
         self._wake.set()
 
     def run_once(self, check_base: bool = True) -> PassResult:
@@ -131,15 +146,16 @@ class ReconcileLoop:
                 self._wake.clear()
                 if not self._ready():  # no pass before the peer set is known
                     continue
-                if self._full_due or time.monotonic() >= next_full:
-                    self._full_due = self._followup = False
-                    check_base, self._base_due = self._base_due, False
-                    errors = self.run_once(check_base).errors
-                    # A failed step is retried soon, not only at the next resync.
-                    delay = RETRY_SECONDS if errors or self._followup else self.interval
-                    next_full = time.monotonic() + min(delay, self.interval)
-                else:
-                    self._drain()
+                with self._busy:
+                    if self._full_due or time.monotonic() >= next_full:
+                        self._full_due = self._followup = False
+                        check_base, self._base_due = self._base_due, False
+                        errors = self.run_once(check_base).errors
+                        # A failed step is retried soon, not only at the next resync.
+                        delay = RETRY_SECONDS if errors or self._followup else self.interval
+                        next_full = time.monotonic() + min(delay, self.interval)
+                    else:
+                        self._drain()
                 if self._followup:
                     next_full = min(next_full, time.monotonic() + RETRY_SECONDS)
         except BaseException as exc:  # reported by the node, which exits non-zero

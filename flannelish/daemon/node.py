@@ -26,6 +26,7 @@ start-up sequence above can be read in one file.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import tempfile
@@ -101,6 +102,7 @@ class NodeDaemon:
         self.config_watch: ConfigWatch | None = None
         self._config: NetworkConfig | None = None  # the network config the daemon started with
         self._keeper: LeaseKeeper | None = None
+        self._gc_frozen = False
         self.policy: Any = None  # flannelish.policy.agent.PolicyAgent when options.policy
         self._cni_after: Callable[..., Any] | None = None
 
@@ -337,6 +339,9 @@ class NodeDaemon:
             # Every loop applies a lease event to that one peer (the nftables
             # owner: one element added or deleted), never a pass over all.
             lookup=self.peers.get if backend_loop else self._programmed_peer,
+            # The backend's events are applied in the lease-watch thread when its
+            # loop is idle (the nft loop's run `nft`: they stay in their thread).
+            inline=backend_loop,
         )
 
     def _programmed_peers(self) -> list[Lease]:
@@ -494,6 +499,9 @@ class NodeDaemon:
     def _after_pass(self, result: PassResult) -> None:
         self.status.last_pass = result
         self._report()
+        if result.full and self.options.freeze_gc_after_sync and not self._gc_frozen:
+            self._gc_frozen = True
+            gc.freeze()  # see DaemonOptions.freeze_gc_after_sync
         if result.full:  # every resync, and at once when a route of ours was deleted
             self._ensure_blackhole()
         lease = self.status.lease

@@ -209,7 +209,11 @@ class Reconciler:
         plan = diff(resources, groups, actual, tick)
         slicer.now()
         by_type = {r.record: r for r in resources}
-        owned = {(r.kind, r.key(o)) for r in resources for o in actual.get(r.kind, ())}
+        owned: set[Slot] = set()
+        for r in resources:
+            for o in actual.get(r.kind, ()):
+                tick()
+                owned.add((r.kind, r.key(o)))
         failed: set[LeaseKey] = set()
         early = list(zip(plan.early_peers, plan.early, strict=True))
         self._apply_groups(early, by_type, owned, subnets, groups, failed, skipped, result, tick)
@@ -228,23 +232,31 @@ class Reconciler:
             log.info("deleted %s", res.kind, extra={"op": "delete", **describe(obj)})
         later = list(zip(plan.apply_peers, plan.apply, strict=True))
         self._apply_groups(later, by_type, owned, subnets, groups, failed, skipped, result, tick)
-        # What the kernel now holds per peer; peers events changed meanwhile keep
-        # what the event path recorded for them.
-        touched = self._touched_peers
-        programmed = {
-            subnet: group
-            for subnet, group in zip(subnets, groups, strict=True)
-            if subnet not in failed and subnet not in touched
-        }
-        for subnet in touched:
-            if subnet in state.programmed:
-                programmed[subnet] = state.programmed[subnet]
-        state.programmed = programmed
+        # What the kernel now holds per peer, counted per slot (sliced: events
+        # may still come) ...
+        programmed: dict[LeaseKey, tuple[Any, ...]] = {}
         refs: dict[Slot, int] = {}
-        for group in programmed.values():
+        for subnet, group in zip(subnets, groups, strict=True):
+            tick()
+            if subnet in failed:
+                continue
+            programmed[subnet] = group
             for obj in group:
                 slot = _slot(by_type, obj)
                 refs[slot] = refs.get(slot, 0) + 1
+        # ... then, with no more ticks, peers events changed meanwhile keep what
+        # the event path recorded for them.
+        touched = self._touched_peers
+        for subnet in touched:
+            for obj in programmed.pop(subnet, ()):
+                _unref(refs, _slot(by_type, obj))
+            current = state.programmed.get(subnet)
+            if current is not None:
+                programmed[subnet] = current
+                for obj in current:
+                    slot = _slot(by_type, obj)
+                    refs[slot] = refs.get(slot, 0) + 1
+        state.programmed = programmed
         state.refs = refs
         for subnet in touched:
             if subnet in state.skipped and subnet not in skipped:

@@ -324,3 +324,34 @@ def test_the_nft_monitor_ignores_deletions_of_elements_no_peer_holds():
     assert not relevant(Change((10 << 8) | 8, family=2, table="other"))
     rec.apply_peers([peer(2).key], {peer(3).key: peer(3)}.get)  # peer 2 gone
     assert not relevant(deleted("198.18.0.2"))
+
+
+def test_an_idle_loop_applies_an_event_in_the_notifying_thread(kernel):
+    """One thread hand-off less: the route is in place when notify() returns."""
+    import threading
+    import time
+
+    from flannelish.daemon.loop import ReconcileLoop
+
+    peers = {p.key: p for p in (peer(2), peer(3))}
+    threads: list[str] = []
+
+    def lookup(key):
+        threads.append(threading.current_thread().name)
+        return peers.get(key)
+
+    loop = ReconcileLoop(kernel.rec, lambda: list(peers.values()), 60, lookup=lookup, inline=True)
+    loop.start()
+    try:
+        loop.trigger()
+        deadline = time.monotonic() + 10
+        while loop.passes == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert loop.passes == 1
+        new = peer(4)
+        peers[new.key] = new
+        loop.notify([new.key])
+        assert threads == [threading.current_thread().name]
+        assert str(new.key.v4) in {str(r.dst) for r in kernel.nl.routes()}
+    finally:
+        loop.stop()
