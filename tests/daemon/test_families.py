@@ -84,7 +84,7 @@ def test_family_report_of_an_ipv6_only_host_gw_node():
     attrs = LeaseAttrs(IPv4Address("0.0.0.0"), "host-gw", public_ipv6=IPv6Address("fd18::1"))
     own = Lease(IPv4Network("0.0.0.0/0"), attrs, ipv6_subnet=IPv6Network("fd00:0:0:22::/64"))
     backend = SimpleNamespace(mtu=1500)
-    by_family, devices, _, details = family_report(backend, V6ONLY, own, [])
+    by_family, devices, _, details = family_report(backend, V6ONLY, own, (0, 0))
     assert by_family == {"ipv6": 0} and devices == []
     assert details == {"ipv6": {"subnet": "fd00:0:0:22::/64", "network": "fd00::/56",
                                 "public_ip": "fd18::1", "device": None, "mtu": 1500,
@@ -97,7 +97,7 @@ def test_family_report_names_a_wireguard_device_carrying_both_families():
     own = Lease(IPv4Network("10.5.1.0/24"), attrs, ipv6_subnet=IPv6Network("fd00:0:0:1::/64"))
     backend = SimpleNamespace(devices=[SimpleNamespace(name="flannel-wg", families=(4, 6),
                                                        mtu=1420)])  # fmt: skip
-    _, _, _, details = family_report(backend, DUAL, own, [])
+    _, _, _, details = family_report(backend, DUAL, own, (0, 0))
     assert [(d["device"], d["mtu"], d["vtep_mac"]) for d in details.values()] == [
         ("flannel-wg", 1420, None), ("flannel-wg", 1420, None),
     ]  # fmt: skip
