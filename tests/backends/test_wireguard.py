@@ -214,23 +214,25 @@ def test_reconciler_programs_changes_and_removes_peers(tmp_path):
         key(3): ("198.18.0.3:51820", ("10.244.3.0/24",)),
     }
 
+    # Keys as the daemon passes them (LeaseKey, not bare networks).
     def lookup(subnet):
-        return {p.subnet: p for p in peers.values()}.get(subnet)
+        return {p.key: p for p in peers.values()}.get(subnet)
 
     # endpoint changed (per event)
     peers[2] = peer(2, ip="198.18.0.22")
-    rec.apply_peers([peers[2].subnet], lookup)
+    rec.apply_peers([peers[2].key], lookup)
     # subnet changed: same key, another lease; the new one first, then the old one goes
-    moved = Lease(IPv4Network("10.244.30.0/24"), peers.pop(3).attrs)
+    old3 = peers.pop(3)
+    moved = Lease(IPv4Network("10.244.30.0/24"), old3.attrs)
     peers[30] = moved
-    rec.apply_peers([moved.subnet, IPv4Network("10.244.3.0/24")], lookup)
+    rec.apply_peers([moved.key, old3.key], lookup)
     assert state(dev) == {
         key(2): ("198.18.0.22:51820", ("10.244.2.0/24",)),
         key(3): ("198.18.0.3:51820", ("10.244.30.0/24",)),
     }
     # removed
-    del peers[2]
-    rec.apply_peers([IPv4Network("10.244.2.0/24")], lambda s: None)
+    gone = peers.pop(2)
+    rec.apply_peers([gone.key], lambda s: None)
     assert set(state(dev)) == {key(3)}
 
 
