@@ -1,13 +1,15 @@
 """The daemon's policy component: etcd -> compiled sets and rules -> the policy nft table.
 
 ``PolicyAgent`` keeps the cluster view (policies, namespaces, endpoints) from
-one etcd watch, this node's endpoints in memory (authoritative here: a pod
-added through the CNI socket is in the sets before its ADD returns), and the
-last ruleset it applied.  Every change converges: the new view is compiled and
-applied as element diffs when only set contents changed (the common case: a
-pod came or went), or as one atomic table replacement when the rules changed
-(a policy was added, changed or removed).  Every resync it checks the
-kernel's table against what it applied and rewrites it if it drifted.
+one etcd watch in an IncrementalCompiler, this node's endpoints in memory
+(authoritative here: a pod added through the CNI socket is in the sets before
+its ADD returns), and the last ruleset it applied.  Every change converges:
+the events that have arrived are taken together, only the policies they touch
+are compiled again, and the difference to the applied ruleset goes to the
+kernel as one nft transaction (set elements added and deleted, changed chains
+refilled; the table is rewritten whole only at start-up, after a failure or a
+repair).  Every resync it checks the kernel's table against what it applied
+and rewrites it if it drifted.
 
 The marker file ``<dir of subnet.env>/flannelish-policy.json`` tells the CNI
 plugin that policy is in force on this node: its in-process path (no daemon)
@@ -29,10 +31,12 @@ from typing import TYPE_CHECKING, Any
 from flannelish.cni.handler import POLICY_MARKER
 from flannelish.errors import FlannelishError
 
-from .compile import FAMILY, TABLE, Compiled, compile_policies, render, render_delta
+from .compile import FAMILY, TABLE, Compiled, render, render_delta
 from .evaluate import World
+from .incremental import IncrementalCompiler
 from .model import Endpoint
-from .store import PREFIX, PolicyStore
+from .parse import parse_policy
+from .store import ENDPOINTS, NAMESPACES, POLICIES, PolicyStore, _decode, namespace_from
 
 if TYPE_CHECKING:
     from flannelish.kernel.nft import NftRunner
@@ -40,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("flannelish.policy")
 
 MARKER_NAME = POLICY_MARKER
+BATCH_MAX = 5000  # watch events taken into one convergence at most
 
 
 @dataclass
@@ -72,8 +77,7 @@ class PolicyAgent:
         self.resync_s = resync_s
         self.lease_id = 0
         self.local: dict[str, Endpoint] = {}
-        self._kv: dict[str, Any] = {}
-        self._world = World()
+        self._compiler = IncrementalCompiler(node)
         self._applied: Compiled | None = None
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -89,10 +93,10 @@ class PolicyAgent:
         self.bridge_hooks = self.ensure_bridge_hooks()
         world, revision = self.store.snapshot()
         with self._lock:
-            self._world = world
             for ep in world.endpoints:
                 if ep.node == self.node:
                     self.local[ep.container_id] = ep
+            self._reset(world)
             self._converge()
         for ep in list(self.local.values()):  # re-bind our endpoints to the current lease
             self._put(ep)
@@ -151,6 +155,7 @@ class PolicyAgent:
         self._put(ep)
         with self._lock:
             self.local[ep.container_id] = ep
+            self._compiler.put_endpoint(ep)
             self._converge()
         if self.stats.last_error and self._applied is None:
             raise FlannelishError("policy table not applied", self.stats.last_error)
@@ -159,6 +164,7 @@ class PolicyAgent:
         with self._lock:
             ep = self.local.pop(container_id, None)
             if ep is not None:
+                self._compiler.delete_endpoint(f"{self.node}/{container_id}")
                 self._converge()
         self.store.delete_endpoint(self.node, container_id)
 
@@ -186,14 +192,18 @@ class PolicyAgent:
     def view(self) -> World:
         """The cluster view with this node's endpoints as we know them."""
         with self._lock:
-            w = self._world
-            eps = [e for e in w.endpoints if e.node != self.node] + list(self.local.values())
-            return World(list(w.policies), eps, dict(w.namespaces))
+            return self._compiler.world()
+
+    def _reset(self, world: World) -> None:
+        """A full listing, with this node's endpoints as we know them (not as etcd has them)."""
+        eps = [e for e in world.endpoints if e.node != self.node] + list(self.local.values())
+        self._compiler.reset(World(world.policies, eps, world.namespaces))
 
     def _converge(self, force_full: bool = False) -> None:
         started = time.monotonic()
-        w = self.view()
-        compiled = compile_policies(w.policies, w.endpoints, w.namespaces, self.node)
+        compiled = self._compiler.compiled()
+        if compiled is self._applied and not force_full:
+            return  # nothing that changes the ruleset
         script = (
             None if force_full or self._applied is None else render_delta(self._applied, compiled)
         )
@@ -227,12 +237,17 @@ class PolicyAgent:
             try:
                 while not self._stop.is_set():
                     events = watch.next_events(timeout=0.5)
+                    # a burst is taken whole: what arrived while we converged, no waiting
+                    while events and len(events) < BATCH_MAX:
+                        more = watch.next_events(timeout=0)
+                        if not more:
+                            break
+                        events += more
                     if events:
                         with self._lock:
                             for ev in events:
                                 self._event(ev.deleted, ev.kv.key, ev.kv.value)
                                 revision = max(revision, ev.kv.mod_revision)
-                            self._world = self._rebuild()
                             self._converge()
                     if time.monotonic() - last_check >= self.resync_s:
                         last_check = time.monotonic()
@@ -242,48 +257,49 @@ class PolicyAgent:
                 with contextlib.suppress(Exception):
                     world, revision = self.store.snapshot()
                     with self._lock:
-                        self._world = world
-                        self._kv.clear()
+                        self._reset(world)
                         self._converge()
             finally:
                 watch.close()
 
     def _event(self, deleted: bool, key: str, value: bytes) -> None:
-        if not self._kv:
-            self._kv = self._index(self._world)
-        if deleted:
-            self._kv.pop(key, None)
-            return
-        from .store import _decode
-
+        """One watch event into the compiler; a value that does not decode counts as deleted."""
         try:
-            self._kv[key] = (key, _decode(value))
-        except ValueError as exc:
+            self._apply_event(deleted, key, value)
+            self.store.bad.pop(key, None)
+        except Exception as exc:
             log.warning("skipping %s: %s", key, exc)
-            self._kv.pop(key, None)
+            self.store.bad[key] = str(exc)
+            self._apply_event(True, key, b"")
 
-    def _index(self, world: World) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for p in world.policies:
-            out[f"{PREFIX}policies/{p.key}"] = (f"{PREFIX}policies/{p.key}", p.source)
-        for n in world.namespaces.values():
-            out[f"{PREFIX}namespaces/{n.name}"] = (
-                f"{PREFIX}namespaces/{n.name}",
-                {"labels": dict(n.labels)},
-            )
-        for e in world.endpoints:
-            key = f"{PREFIX}endpoints/{e.node}/{e.container_id}"
-            out[key] = (key, e.to_dict())
-        return out
-
-    def _rebuild(self) -> World:
-        world = World()
-        for key, doc in self._kv.values():
-            try:
-                PolicyStore._add(world, key, doc)
-            except Exception as exc:
-                log.warning("skipping %s: %s", key, exc)
-        return world
+    def _apply_event(self, deleted: bool, key: str, value: bytes) -> None:
+        c = self._compiler
+        if key.startswith(POLICIES):
+            name = key[len(POLICIES) :]
+            if deleted:
+                c.delete_policy(name)
+                return
+            policy = parse_policy(_decode(value))
+            if policy.key != name:
+                raise ValueError(f"the document names {policy.key}, not {name}")
+            c.put_policy(policy)
+        elif key.startswith(NAMESPACES):
+            name = key[len(NAMESPACES) :]
+            if deleted:
+                c.delete_namespace(name)
+                return
+            c.put_namespace(namespace_from(name, _decode(value)))
+        elif key.startswith(ENDPOINTS):
+            name = key[len(ENDPOINTS) :]
+            if name.split("/", 1)[0] == self.node:
+                return  # ours: this node's own record is authoritative
+            if deleted:
+                c.delete_endpoint(name)
+                return
+            ep = Endpoint.from_dict(_decode(value))
+            if f"{ep.node}/{ep.container_id}" != name:
+                raise ValueError(f"the endpoint is {ep.node}/{ep.container_id}, not {name}")
+            c.put_endpoint(ep)
 
     def check(self) -> bool:
         """Repair: rewrite the table if the kernel's differs from what we applied."""

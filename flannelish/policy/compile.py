@@ -155,6 +155,83 @@ class _Ctx:
         return out
 
 
+@dataclass
+class Part:
+    """One policy's share of the ruleset: its sets, their elements, its chains' rules."""
+
+    key: str
+    types: tuple[str, ...]
+    sets: dict[str, SetDef]
+    elements: dict[str, frozenset[str]]
+    rules: tuple[NftRule, ...]
+
+
+def compile_policy(
+    ctx: _Ctx, policy: Policy, local: list[Endpoint], families: tuple[int, ...] = (4, 6)
+) -> Part:
+    """The sets and chains of one policy; the same inputs give equal parts."""
+    pid = policy_id(policy.key)
+    sets: dict[str, SetDef] = {}
+    elements: dict[str, set[str]] = {}
+    rules: list[NftRule] = []
+
+    def add_set(name: str, fam: int, kind: str) -> str:
+        sets[name] = SetDef(name, fam, kind)
+        elements.setdefault(name, set())
+        return name
+
+    selected = [
+        e
+        for e in local
+        if e.namespace == policy.namespace and _matches(policy.pod_selector, e.labels)
+    ]
+    for fam in families:
+        sel = add_set(f"s_{pid}_{fam}", fam, "addr")
+        elements[sel] |= {ip for e in selected for ip in e.ips if _fam(ip) == fam}
+        for direction in policy.policy_types:
+            d = "in" if direction == "Ingress" else "eg"
+            rules += _policy_chain(ctx, policy, pid, d, fam, selected, add_set, elements)
+    return Part(
+        policy.key,
+        tuple(policy.policy_types),
+        sets,
+        {k: frozenset(v) for k, v in elements.items()},
+        tuple(rules),
+    )
+
+
+def assemble(parts: list[Part], families: tuple[int, ...] = (4, 6)) -> Compiled:
+    """The whole ruleset from the parts (in policy-key order) plus the dispatch chains.
+
+    O(policies) rules and the isolation sets (the union of the selected sets):
+    no endpoint is looked at again here.
+    """
+    sets: dict[str, SetDef] = {}
+    elements: dict[str, frozenset[str]] = {}
+    rules: list[NftRule] = []
+    counters: dict[str, str] = {}
+    iso: dict[str, set[str]] = {}
+    for fam in families:
+        for d in ("in", "eg"):
+            name = f"iso_{d}_{fam}"
+            sets[name] = SetDef(name, fam, "addr")
+            iso[name] = set()
+    for part in parts:
+        pid = policy_id(part.key)
+        counters[f"drop_{pid}"] = part.key
+        sets.update(part.sets)
+        elements.update(part.elements)
+        rules += part.rules
+        for fam in families:
+            for direction in part.types:
+                d = "in" if direction == "Ingress" else "eg"
+                iso[f"iso_{d}_{fam}"] |= part.elements.get(f"s_{pid}_{fam}", frozenset())
+    elements.update({k: frozenset(v) for k, v in iso.items()})
+    for fam in families:
+        rules += _dispatch_chains(parts, fam)
+    return Compiled(sets, elements, tuple(rules), counters)
+
+
 def compile_policies(
     policies: list[Policy],
     endpoints: list[Endpoint],
@@ -162,40 +239,11 @@ def compile_policies(
     node: str,
     families: tuple[int, ...] = (4, 6),
 ) -> Compiled:
+    """From scratch (the reference the incremental compiler must equal)."""
     ctx = _Ctx(endpoints, namespaces)
     local = [e for e in endpoints if e.node == node]
-    sets: dict[str, SetDef] = {}
-    elements: dict[str, set[str]] = {}
-    rules: list[NftRule] = []
-    counters: dict[str, str] = {}
-
-    def add_set(name: str, fam: int, kind: str) -> str:
-        sets[name] = SetDef(name, fam, kind)
-        elements.setdefault(name, set())
-        return name
-
     ordered = sorted(policies, key=lambda p: p.key)
-    for fam in families:
-        add_set(f"iso_in_{fam}", fam, "addr")
-        add_set(f"iso_eg_{fam}", fam, "addr")
-    for policy in ordered:
-        pid = policy_id(policy.key)
-        counters[f"drop_{pid}"] = policy.key
-        selected = [
-            e
-            for e in local
-            if e.namespace == policy.namespace and _matches(policy.pod_selector, e.labels)
-        ]
-        for fam in families:
-            sel = add_set(f"s_{pid}_{fam}", fam, "addr")
-            elements[sel] |= {ip for e in selected for ip in e.ips if _fam(ip) == fam}
-            for direction in policy.policy_types:
-                d = "in" if direction == "Ingress" else "eg"
-                elements[f"iso_{d}_{fam}"] |= elements[sel]
-                rules += _policy_chain(ctx, policy, pid, d, fam, selected, add_set, elements)
-    for fam in families:
-        rules += _dispatch_chains(ordered, fam)
-    return Compiled(sets, {k: frozenset(v) for k, v in elements.items()}, tuple(rules), counters)
+    return assemble([compile_policy(ctx, p, local, families) for p in ordered], families)
 
 
 def _policy_chain(
@@ -255,7 +303,7 @@ def _policy_chain(
     return out or [NftRule(chain, fam, (Cond("never"),), "return")]
 
 
-def _dispatch_chains(ordered: list[Policy], fam: int) -> list[NftRule]:
+def _dispatch_chains(ordered: list[Part], fam: int) -> list[NftRule]:
     rules = [
         NftRule("forward", fam, (Cond("established"),), "accept"),
         NftRule("forward", fam, (Cond("saddr", f"iso_eg_{fam}"),), f"jump egress_{fam}"),
@@ -267,7 +315,7 @@ def _dispatch_chains(ordered: list[Policy], fam: int) -> list[NftRule]:
     ]
     for d, own in (("eg", "saddr"), ("in", "daddr")):
         chain = f"{'egress' if d == 'eg' else 'ingress'}_{fam}"
-        typed = [p for p in ordered if ("Ingress" if d == "in" else "Egress") in p.policy_types]
+        typed = [p for p in ordered if ("Ingress" if d == "in" else "Egress") in p.types]
         for p in typed:
             pid = policy_id(p.key)
             rules.append(
@@ -369,6 +417,13 @@ def render(c: Compiled) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _by_chain(c: Compiled) -> dict[str, tuple[NftRule, ...]]:
+    chains: dict[str, list[NftRule]] = {}
+    for r in c.rules:
+        chains.setdefault(r.chain, []).append(r)
+    return {k: tuple(v) for k, v in chains.items()}
+
+
 def render_delta(old: Compiled, new: Compiled) -> str | None:
     """One transaction from `old` to `new`: only what changed.
 
@@ -376,9 +431,11 @@ def render_delta(old: Compiled, new: Compiled) -> str | None:
     policy's own chain, or the dispatch chains: O(policies) rules, no
     elements), removed ones deleted once nothing refers to them, and kept
     sets get element diffs.  None when the base chain changed (render()).
+    Rules are compared as values and only changed chains are written out, so
+    a change costs what it touches, not the size of the table.
     """
     t = f"{FAMILY} {TABLE}"
-    before, after = _chains(old), _chains(new)
+    before, after = _by_chain(old), _by_chain(new)
     if before.get("forward") != after.get("forward") or any(
         old.sets[n] != s for n, s in new.sets.items() if n in old.sets
     ):
@@ -392,6 +449,8 @@ def render_delta(old: Compiled, new: Compiled) -> str | None:
             )
             continue
         prev = old.elements.get(name, frozenset())
+        if prev is elems:  # an untouched policy's set: the same object
+            continue
         gone, added = sorted(prev - elems), sorted(elems - prev)
         if gone:
             out.append(f"delete element {t} {name} {{ {', '.join(gone)} }}")
@@ -403,7 +462,7 @@ def render_delta(old: Compiled, new: Compiled) -> str | None:
     out += [f"flush chain {t} {c}" for c in changed if c in before]
     out += [f"flush chain {t} {c}" for c in removed]
     for c in changed:
-        out += [f"add rule {t} {c} {r}" for r in after[c]]
+        out += [f"add rule {t} {c} {rule_text(r)}" for r in after[c]]
     out += [f"delete chain {t} {c}" for c in removed]
     out += [f"delete set {t} {n}" for n in sorted(old.sets.keys() - new.sets.keys())]
     out += [f"delete counter {t} {n}" for n in sorted(old.counters.keys() - new.counters.keys())]
