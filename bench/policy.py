@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from flannelish.kernel.nft import NftCli
+from flannelish.kernel.nftlib import nft_runner
 from flannelish.policy import cases
 from flannelish.policy.agent import PolicyAgent
 from flannelish.policy.compile import compile_policies, render
@@ -129,7 +129,7 @@ def bench_convergence(changes: int) -> dict:
         for node in nodes:
             store = EtcdStore(opts)
             stores.append(store)
-            agent = PolicyAgent(PolicyStore(store), NftCli(netns=node), node, tmp, netns=node)
+            agent = PolicyAgent(PolicyStore(store), nft_runner(node), node, tmp, netns=node)
             agent.start()
             agents.append(agent)
         docs = policy_docs(changes)
@@ -203,7 +203,7 @@ def bench_throughput(rounds: int, seconds: float) -> dict:
         mem = MemoryStore()
         tmp = Path(tempfile.mkdtemp(prefix="flpolicy-bench-"))
         for node, ns in net.nodes.items():
-            agent = PolicyAgent(PolicyStore(mem), NftCli(netns=ns), node, tmp, netns=ns)  # type: ignore[arg-type]
+            agent = PolicyAgent(PolicyStore(mem), nft_runner(ns), node, tmp, netns=ns)  # type: ignore[arg-type]
             agent.start()
             agents.append(agent)
         by_node = {n: a for n, a in zip(net.nodes, agents, strict=True)}

@@ -1,10 +1,13 @@
 """Policies + endpoints -> named nft sets and O(policies) rules in ``table inet flannelish-policy``.
 
 Every selector becomes a named set of addresses (pods selected by a policy on
-this node; peers of each rule: pods anywhere, ipBlocks minus their excepts,
-as non-overlapping intervals); named ports become ``addr . proto . port``
-sets.  The rules reference sets only, so a pod coming or going changes set
-elements, never rules.  ``Compiled`` is a small IR: ``render()`` writes it as
+this node; peers of each rule: the pods it selects anywhere in a plain set,
+its ipBlocks minus their excepts as non-overlapping intervals in a set of
+their own); named ports become ``addr . proto . port`` sets.  Interval sets
+hold CIDRs only, never pods: nft reads the elements of every interval set in
+the table before each transaction, so their size is the cost of every change.
+The rules reference sets only, so a pod coming or going changes set elements,
+never rules.  ``Compiled`` is a small IR: ``render()`` writes it as
 one nft script and flannelish.policy.nftmodel evaluates it (the property test).
 
 Chains (per family f of 4/6)::
@@ -24,7 +27,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
-from ipaddress import IPv4Network, IPv6Network, collapse_addresses, ip_address
+from ipaddress import IPv4Network, IPv6Network, collapse_addresses
 from typing import Any
 
 from .model import Endpoint, LabelSelector, Namespace, Peer, Policy, namespace_labels
@@ -84,9 +87,13 @@ def _fam(ip: str) -> int:
     return 6 if ":" in ip else 4
 
 
-@lru_cache(maxsize=262144)
-def _int(ip: str) -> int:
-    return int(ip_address(ip))
+def block_elements(peers: tuple[Peer, ...], fam: int) -> frozenset[str]:
+    """A rule's ipBlocks of one family minus their excepts, as non-overlapping intervals."""
+    blocks: list[Any] = []
+    for pe in peers:
+        if pe.ip_block is not None and pe.ip_block.cidr.version == fam:
+            blocks += _minus(pe.ip_block.cidr, pe.ip_block.except_)
+    return _collapse(blocks)
 
 
 def _collapse(nets: list[IPv4Network | IPv6Network]) -> frozenset[str]:
@@ -108,30 +115,21 @@ class _Ctx:
             for ns in {e.namespace for e in endpoints}
         }
 
-    def peer_elements(self, peers: tuple[Peer, ...], policy_ns: str, fam: int) -> frozenset[str]:
-        """Addresses of a rule's peers: pods' and ipBlocks' (non-overlapping elements)."""
+    def pod_elements(self, peers: tuple[Peer, ...], policy_ns: str, fam: int) -> frozenset[str]:
+        """Addresses of the pods a rule's pod peers select (a plain set: pods change often)."""
         key = (peers, policy_ns, fam)
         cached = self._elements.get(key)
-        if cached is not None:
-            return cached
-        blocks: list[Any] = []
-        pod_ips: set[str] = set()
-        for pe in peers:
-            if pe.ip_block is not None:
-                if pe.ip_block.cidr.version == fam:
-                    blocks += _minus(pe.ip_block.cidr, pe.ip_block.except_)
-            else:
-                for ep in self.peer_pods(pe, policy_ns):
-                    pod_ips.update(ip for ip in ep.ips if _fam(ip) == fam)
-        if blocks:
-            out = set(_collapse(blocks))
-            ranges = [(int(n.network_address), int(n.broadcast_address)) for n in blocks]
-            out |= {ip for ip in pod_ips if not any(lo <= _int(ip) <= hi for lo, hi in ranges)}
-            result = frozenset(out)
-        else:
-            result = frozenset(pod_ips)
-        self._elements[key] = result
-        return result
+        if cached is None:
+            cached = frozenset(
+                ip
+                for pe in peers
+                if pe.ip_block is None
+                for ep in self.peer_pods(pe, policy_ns)
+                for ip in ep.ips
+                if _fam(ip) == fam
+            )
+            self._elements[key] = cached
+        return cached
 
     def peer_pods(self, peer: Peer, policy_ns: str) -> list[Endpoint]:
         key = (peer, policy_ns)
@@ -266,11 +264,20 @@ def _policy_chain(
     verdict = "accept" if d == "in" else f"goto ingress_check_{fam}"
     out: list[NftRule] = []
     for i, rule in enumerate(policy.ingress if d == "in" else policy.egress):
-        conds: list[Cond] = []
-        if rule.peers:
-            peers = add_set(f"r_{pid}_{d}{i}_{fam}", fam, "net")
-            elements[peers] = set(ctx.peer_elements(rule.peers, policy.namespace, fam))
-            conds.append(Cond(other, peers))
+        # peers: pods in a plain set (its elements change as pods come and go), ipBlocks
+        # in an interval set of their own (changes only with the policy: nft reads every
+        # interval set's elements before a transaction, so they must stay small)
+        variants: list[tuple[Cond, ...]] = []
+        if not rule.peers:
+            variants.append(())
+        if any(pe.ip_block is None for pe in rule.peers):
+            pods = add_set(f"r_{pid}_{d}{i}_{fam}", fam, "addr")
+            elements[pods] = set(ctx.pod_elements(rule.peers, policy.namespace, fam))
+            variants.append((Cond(other, pods),))
+        if any(pe.ip_block is not None and pe.ip_block.cidr.version == fam for pe in rule.peers):
+            blocks = add_set(f"b_{pid}_{d}{i}_{fam}", fam, "net")
+            elements[blocks] = set(block_elements(rule.peers, fam))
+            variants.append((Cond(other, blocks),))
         numeric = tuple(
             (
                 PROTO_NAMES[p.protocol],
@@ -281,10 +288,7 @@ def _policy_chain(
             if not isinstance(p.port, str)
         )
         named = [p for p in rule.ports if isinstance(p.port, str)]
-        if not rule.ports:
-            out.append(NftRule(chain, fam, tuple(conds), verdict))
-        if numeric:
-            out.append(NftRule(chain, fam, (*conds, Cond("ports", ports=numeric)), verdict))
+        nset = ""
         if named:
             nset = add_set(f"n_{pid}_{d}{i}_{fam}", fam, "addrport")
             # the destination's named port: the selected pod (ingress) or the peer
@@ -298,7 +302,13 @@ def _policy_chain(
                 for ip in e.ips
                 if _fam(ip) == fam
             }
-            out.append(NftRule(chain, fam, (*conds, Cond("daddr_port", nset)), verdict))
+        for conds in variants:
+            if not rule.ports:
+                out.append(NftRule(chain, fam, conds, verdict))
+            if numeric:
+                out.append(NftRule(chain, fam, (*conds, Cond("ports", ports=numeric)), verdict))
+            if nset:
+                out.append(NftRule(chain, fam, (*conds, Cond("daddr_port", nset)), verdict))
     # an empty chain is still created (a policy with no rules: it only isolates)
     return out or [NftRule(chain, fam, (Cond("never"),), "return")]
 
