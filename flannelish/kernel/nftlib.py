@@ -3,8 +3,9 @@
 Starting ``nft`` costs a fork and an exec (tens of ms, hundreds on a loaded
 machine); the policy agent applies a transaction per change and its latency
 goal is well under a second, so it talks to the library the ``nft`` binary is
-built on: the same parser, the same atomic batch, no process.  One context per
-runner, used under a lock (a context is not thread-safe).  The netlink socket
+built on: the same parser, the same atomic batch, no process.  Two contexts per
+runner, each under its own lock (a context is not thread-safe): one for
+transactions, one for listings, so a long listing never holds a change back.  The netlink socket
 belongs to the namespace the thread is in when it is opened, so the context is
 created, and every command runs, inside ``netns`` when one is named.
 
@@ -55,29 +56,34 @@ class NftLib:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self._lib = _load()
-        self._lock = threading.Lock()
-        with in_netns(netns):
-            ctx = self._lib.nft_ctx_new(NFT_CTX_DEFAULT)
-        if not ctx:
-            raise OSError("nft_ctx_new failed")
-        self._ctx = ctx
-        self._lib.nft_ctx_buffer_output(ctx)
-        self._lib.nft_ctx_buffer_error(ctx)
+        self._ctxs: dict[str, Any] = {}
+        self._locks = {"run": threading.Lock(), "list": threading.Lock()}
+        for use in self._locks:
+            with in_netns(netns):
+                ctx = self._lib.nft_ctx_new(NFT_CTX_DEFAULT)
+            if not ctx:
+                self.close()
+                raise OSError("nft_ctx_new failed")
+            self._lib.nft_ctx_buffer_output(ctx)
+            self._lib.nft_ctx_buffer_error(ctx)
+            self._ctxs[use] = ctx
 
     def __repr__(self) -> str:
         return f"NftLib(netns={self.netns!r})"
 
     def close(self) -> None:
-        with self._lock:
-            if self._ctx:
-                self._lib.nft_ctx_free(self._ctx)
-                self._ctx = None
+        for use, lock in self._locks.items():
+            with lock:
+                ctx = self._ctxs.pop(use, None)
+                if ctx:
+                    self._lib.nft_ctx_free(ctx)
 
-    def _cmd(self, text: str, as_json: bool = False) -> tuple[int, str, str]:
-        with self._lock:
-            if not self._ctx:
+    def _cmd(self, use: str, text: str, as_json: bool = False) -> tuple[int, str, str]:
+        with self._locks[use]:
+            ctx = self._ctxs.get(use)
+            if not ctx:
                 raise KernelError("nftables context closed")
-            lib, ctx = self._lib, self._ctx
+            lib = self._lib
             flags = lib.nft_ctx_output_get_flags(ctx)
             want = flags | NFT_CTX_OUTPUT_JSON if as_json else flags & ~NFT_CTX_OUTPUT_JSON
             lib.nft_ctx_output_set_flags(ctx, want)
@@ -88,12 +94,12 @@ class NftLib:
             return rc, out, err
 
     def run(self, script: str) -> None:
-        rc, _, err = self._cmd(script)
+        rc, _, err = self._cmd("run", script)
         if rc != 0:
             raise KernelError("nftables transaction failed", err.strip())
 
     def listing(self, *what: str) -> list[dict[str, Any]] | None:
-        rc, out, err = self._cmd("list " + " ".join(what), as_json=True)
+        rc, out, err = self._cmd("list", "list " + " ".join(what), as_json=True)
         if rc != 0:
             if "No such file or directory" in err:
                 return None
@@ -101,7 +107,7 @@ class NftLib:
         try:
             return list(json.loads(out or '{"nftables": []}')["nftables"])
         except (ValueError, KeyError) as exc:
-            raise KernelError("libnftables printed something that is not its JSON", str(exc)) from None
+            raise KernelError("libnftables printed no JSON", str(exc)) from None
 
 
 def nft_runner(netns: str | None = None) -> NftRunner:

@@ -82,7 +82,8 @@ class PolicyAgent:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._dirty = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._generation = 0  # bumped by every applied transaction
         self.stats = PolicyStats()
         self.synced = threading.Event()
 
@@ -101,17 +102,21 @@ class PolicyAgent:
         for ep in list(self.local.values()):  # re-bind our endpoints to the current lease
             self._put(ep)
         self.synced.set()
-        self._thread = threading.Thread(
-            target=self._run, args=(revision,), name="policy", daemon=True
-        )
-        self._thread.start()
+        # the drift check lists the whole table (slow with many elements): its own
+        # thread, so a change is never waiting behind it
+        self._threads = [
+            threading.Thread(target=self._run, args=(revision,), name="policy", daemon=True),
+            threading.Thread(target=self._resync, name="policy-resync", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
 
     def stop(self) -> None:
         """Stop watching; the table and the marker stay (pods stay protected across restarts)."""
         self._stop.set()
         self._dirty.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for t in self._threads:
+            t.join(timeout=5)
 
     def ensure_bridge_hooks(self) -> str:
         """Bridged (same-node) pod traffic must reach the inet forward hook: br_netfilter on.
@@ -220,13 +225,27 @@ class PolicyAgent:
             self._applied = None  # rewrite in full next time
             return
         self._applied = compiled
+        self._generation += 1
         self.stats.converges += 1
         self.stats.full_rewrites += int(full)
         self.stats.last_error = ""
         self.stats.last_seconds = time.monotonic() - started
 
-    def _run(self, revision: int) -> None:
+    def _resync(self) -> None:
+        """Every resync_s: the drift check; every second: retry a transaction that failed."""
         last_check = time.monotonic()
+        while not self._stop.wait(min(1.0, self.resync_s)):
+            try:
+                if self._applied is None:
+                    with self._lock:
+                        self._converge()
+                if time.monotonic() - last_check >= self.resync_s:
+                    last_check = time.monotonic()
+                    self.check()
+            except Exception as exc:  # never let the checker die
+                log.warning("policy resync: %s", exc)
+
+    def _run(self, revision: int) -> None:
         while not self._stop.is_set():
             try:
                 watch = self.store.watch(revision + 1)
@@ -249,9 +268,6 @@ class PolicyAgent:
                                 self._event(ev.deleted, ev.kv.key, ev.kv.value)
                                 revision = max(revision, ev.kv.mod_revision)
                             self._converge()
-                    if time.monotonic() - last_check >= self.resync_s:
-                        last_check = time.monotonic()
-                        self.check()
             except Exception as exc:  # compaction, reset, errors: re-list and watch again
                 log.info("policy watch restarts: %s", exc)
                 with contextlib.suppress(Exception):
@@ -302,15 +318,23 @@ class PolicyAgent:
             c.put_endpoint(ep)
 
     def check(self) -> bool:
-        """Repair: rewrite the table if the kernel's differs from what we applied."""
+        """Repair: rewrite the table if the kernel's differs from what we applied.
+
+        The listing is taken without the lock (changes go on meanwhile); if one
+        was applied during it, the comparison waits for the next check.
+        """
         with self._lock:
-            try:
-                items = self.nft.listing("table", FAMILY, TABLE)
-            except FlannelishError as exc:
-                log.warning("cannot list the policy table: %s", exc)
-                return False
+            generation, applied = self._generation, self._applied
+        try:
+            items = self.nft.listing("table", FAMILY, TABLE)
+        except FlannelishError as exc:
+            log.warning("cannot list the policy table: %s", exc)
+            return False
+        with self._lock:
+            if generation != self._generation:
+                return True
             self._read_counters(items or [])
-            if self._applied is not None and items is not None and _intact(items, self._applied):
+            if applied is not None and items is not None and _intact(items, applied):
                 return True
             log.warning("policy table missing or changed: rewriting it")
             self.stats.repairs += 1
@@ -327,7 +351,18 @@ class PolicyAgent:
                 self.stats.drops[self._applied.counters[c["name"]]] = int(c.get("packets", 0))
 
     # -- reporting -------------------------------------------------------------------
+    def read_drops(self) -> None:
+        """Fresh drop counters (a small listing: the counters only)."""
+        try:
+            items = self.nft.listing("counters", "table", FAMILY, TABLE)
+        except FlannelishError as exc:
+            log.debug("cannot read the policy counters: %s", exc)
+            return
+        with self._lock:
+            self._read_counters(items or [])
+
     def status(self) -> dict[str, Any]:
+        self.read_drops()
         w = self.view()
         applied = self._applied
         sizes = {n: len(e) for n, e in applied.elements.items()} if applied else {}

@@ -10,16 +10,22 @@ The rules reference sets only, so a pod coming or going changes set elements,
 never rules.  ``Compiled`` is a small IR: ``render()`` writes it as
 one nft script and flannelish.policy.nftmodel evaluates it (the property test).
 
-Chains (per family f of 4/6)::
+Chains (per family f of 4/6; "ip" is "ip6" for f=6)::
 
     forward (hook forward, priority filter - 10)
-        ct state established,related accept       replies of allowed connections
-        ip saddr @iso_eg_f jump egress_f            source isolated for egress
-        ip daddr @iso_in_f jump ingress_f           destination isolated for ingress
-    egress_f:  ip saddr @sel ip daddr @peers [ports] return   (per policy rule)
-               ip saddr @sel counter name drop_<p> drop       (per policy)
-    ingress_f: ip daddr @sel ip saddr @peers [ports] accept   (per policy rule)
-               ip daddr @sel counter name drop_<p> drop
+        ct state established,related accept         replies of allowed connections
+        ip saddr @iso_eg_f jump egress_f             source isolated for egress
+        goto ingress_check_f
+    ingress_check_f:
+        ip daddr @iso_in_f jump ingress_f            destination isolated for ingress
+        accept
+    egress_f:   jump egress_f_b<k> ... goto egress_f_drop    (one jump per non-empty bucket)
+    egress_f_b<k>:  ip saddr @s_<p>_f jump peg_<p>_f         (the bucket's policies)
+    peg_<p>_f:  ip daddr @r_<p>_eg<i>_f [ports] goto ingress_check_f   (per rule)
+    egress_f_drop:  jump egress_f_drop_b<k> ... drop
+    egress_f_drop_b<k>: ip saddr @s_<p>_f counter name drop_<p> drop
+    ingress_f, ingress_f_b<k>, pin_<p>_f, ingress_f_drop...: the same with daddr/saddr
+        swapped and accept for goto ingress_check_f
 """
 
 from __future__ import annotations
@@ -313,7 +319,20 @@ def _policy_chain(
     return out or [NftRule(chain, fam, (Cond("never"),), "return")]
 
 
+BUCKETS = 16  # dispatch sub-chains per direction: a policy change rewrites one of them
+
+
+def _bucket(pid: str) -> int:
+    return int(pid, 16) % BUCKETS
+
+
 def _dispatch_chains(ordered: list[Part], fam: int) -> list[NftRule]:
+    """forward, ingress_check and the per-direction dispatch, in BUCKETS sub-chains.
+
+    A policy's jump and drop rules sit in the bucket its id hashes to, so adding
+    or removing one refills that bucket (about policies/BUCKETS rules) instead
+    of chains as long as the policy count: every change stays small.
+    """
     rules = [
         NftRule("forward", fam, (Cond("established"),), "accept"),
         NftRule("forward", fam, (Cond("saddr", f"iso_eg_{fam}"),), f"jump egress_{fam}"),
@@ -325,18 +344,28 @@ def _dispatch_chains(ordered: list[Part], fam: int) -> list[NftRule]:
     ]
     for d, own in (("eg", "saddr"), ("in", "daddr")):
         chain = f"{'egress' if d == 'eg' else 'ingress'}_{fam}"
-        typed = [p for p in ordered if ("Ingress" if d == "in" else "Egress") in p.types]
-        for p in typed:
-            pid = policy_id(p.key)
-            rules.append(
-                NftRule(chain, fam, (Cond(own, f"s_{pid}_{fam}"),), f"jump p{d}_{pid}_{fam}")
-            )
+        buckets: dict[int, list[str]] = {}
+        for p in ordered:
+            if ("Ingress" if d == "in" else "Egress") in p.types:
+                pid = policy_id(p.key)
+                buckets.setdefault(_bucket(pid), []).append(pid)
+        for b in sorted(buckets):
+            rules.append(NftRule(chain, fam, (), f"jump {chain}_b{b}"))
+            rules += [
+                NftRule(
+                    f"{chain}_b{b}", fam, (Cond(own, f"s_{pid}_{fam}"),), f"jump p{d}_{pid}_{fam}"
+                )
+                for pid in buckets[b]
+            ]
         rules.append(NftRule(chain, fam, (), f"goto {chain}_drop"))
-        for p in typed:
-            pid = policy_id(p.key)
-            rules.append(
-                NftRule(f"{chain}_drop", fam, (Cond(own, f"s_{pid}_{fam}"),), "drop", f"drop_{pid}")
-            )
+        for b in sorted(buckets):
+            rules.append(NftRule(f"{chain}_drop", fam, (), f"jump {chain}_drop_b{b}"))
+            rules += [
+                NftRule(
+                    f"{chain}_drop_b{b}", fam, (Cond(own, f"s_{pid}_{fam}"),), "drop", f"drop_{pid}"
+                )
+                for pid in buckets[b]
+            ]
         rules.append(NftRule(f"{chain}_drop", fam, (), "drop"))
     return rules
 
@@ -411,7 +440,8 @@ def render(c: Compiled) -> str:
         f"delete table {FAMILY} {TABLE}",
         f"table {FAMILY} {TABLE} {{",
     ]
-    lines += [f"  counter {name} {{}}" for name in sorted(c.counters)]
+    # the comment names the policy: doctor and `nft list` can tell whose drops these are
+    lines += [f'  counter {n} {{ comment "{k}" }}' for n, k in sorted(c.counters.items())]
     lines += [
         f"  {_set_text(n, s, c.elements.get(n, frozenset()))}" for n, s in sorted(c.sets.items())
     ]
@@ -450,7 +480,10 @@ def render_delta(old: Compiled, new: Compiled) -> str | None:
         old.sets[n] != s for n, s in new.sets.items() if n in old.sets
     ):
         return None
-    out = [f"add counter {t} {n}" for n in sorted(new.counters.keys() - old.counters.keys())]
+    out = [
+        f'add counter {t} {n} {{ comment "{new.counters[n]}" }}'
+        for n in sorted(new.counters.keys() - old.counters.keys())
+    ]
     for name in sorted(new.sets):
         elems = new.elements.get(name, frozenset())
         if name not in old.sets:

@@ -12,7 +12,7 @@ from ipaddress import ip_address, ip_network
 
 from .compile import PROTO_NAMES, Compiled, Cond
 
-MAX_DEPTH = 8
+MAX_DEPTH = 16  # the kernel allows 16 nested jumps; we use at most 8
 
 
 def _parsed(c: Compiled, name: str) -> list:

@@ -1,4 +1,4 @@
-"""Property: the incremental compiler, after any sequence of changes, equals a compile from scratch."""
+"""Property: the incremental compiler, after any changes, equals a compile from scratch."""
 
 from __future__ import annotations
 
@@ -134,7 +134,9 @@ def test_an_endpoint_change_recompiles_only_the_policies_it_touches() -> None:
     for p in parse_policies(json.dumps(docs)):
         inc.put_policy(p)
     before = inc.compiled()
-    inc.put_endpoint(Endpoint("c1", "n2", ("10.244.1.5", "fd44:1::5"), "x", "c1", (("role", "r3"),)))
+    inc.put_endpoint(
+        Endpoint("c1", "n2", ("10.244.1.5", "fd44:1::5"), "x", "c1", (("role", "r3"),))
+    )
     assert inc._dirty == {"x/p3"}
     after = inc.compiled()
     delta = render_delta(before, after)
