@@ -15,7 +15,7 @@ Chains (per family f of 4/6; "ip" is "ip6" for f=6)::
     forward (hook forward, priority filter - 10)
         ct state established,related accept         replies of allowed connections
         ip saddr @iso_eg_f jump egress_f             source isolated for egress
-        goto ingress_check_f
+        meta nfproto ipvf goto ingress_check_f
     ingress_check_f:
         ip daddr @iso_in_f jump ingress_f            destination isolated for ingress
         accept
@@ -54,9 +54,10 @@ class SetDef:
 
 @dataclass(frozen=True)
 class Cond:
-    what: str  # "saddr" | "daddr" | "ports" | "daddr_port" | "established"
+    what: str  # "saddr" | "daddr" | "ports" | "daddr_port" | "established" | "nfproto"
     set: str = ""
     ports: tuple[tuple[str, int, int], ...] = ()
+    family: int = 0  # nfproto: the packet's family
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,7 @@ def assemble(parts: list[Part], families: tuple[int, ...] = (4, 6)) -> Compiled:
                 iso[f"iso_{d}_{fam}"] |= part.elements.get(f"s_{pid}_{fam}", frozenset())
     elements.update({k: frozenset(v) for k, v in iso.items()})
     for fam in families:
-        rules += _dispatch_chains(parts, fam)
+        rules += _dispatch_chains(parts, fam, first=fam == families[0])
     return Compiled(sets, elements, tuple(rules), counters)
 
 
@@ -326,17 +327,18 @@ def _bucket(pid: str) -> int:
     return int(pid, 16) % BUCKETS
 
 
-def _dispatch_chains(ordered: list[Part], fam: int) -> list[NftRule]:
+def _dispatch_chains(ordered: list[Part], fam: int, first: bool = True) -> list[NftRule]:
     """forward, ingress_check and the per-direction dispatch, in BUCKETS sub-chains.
 
     A policy's jump and drop rules sit in the bucket its id hashes to, so adding
     or removing one refills that bucket (about policies/BUCKETS rules) instead
-    of chains as long as the policy count: every change stays small.
+    of chains as long as the policy count: every change stays small.  The base
+    chain sees both families: its rules name theirs (a set lookup does implicitly).
     """
-    rules = [
-        NftRule("forward", fam, (Cond("established"),), "accept"),
+    rules = [NftRule("forward", fam, (Cond("established"),), "accept")] if first else []
+    rules += [
         NftRule("forward", fam, (Cond("saddr", f"iso_eg_{fam}"),), f"jump egress_{fam}"),
-        NftRule("forward", fam, (), f"goto ingress_check_{fam}"),
+        NftRule("forward", fam, (Cond("nfproto", family=fam),), f"goto ingress_check_{fam}"),
         NftRule(
             f"ingress_check_{fam}", fam, (Cond("daddr", f"iso_in_{fam}"),), f"jump ingress_{fam}"
         ),
@@ -392,6 +394,8 @@ def _cond_text(c: Cond, fam: int) -> str:
     ip = _IP[fam]
     if c.what == "established":
         return "ct state established,related"
+    if c.what == "nfproto":
+        return f"meta nfproto ipv{c.family}"
     if c.what == "never":  # a placeholder rule of an empty policy chain
         return "meta mark 0xffffffff meta mark != 0xffffffff"
     if c.what in ("saddr", "daddr"):
