@@ -133,11 +133,12 @@ def bench_convergence(changes: int) -> dict:
             agent.start()
             agents.append(agent)
         docs = policy_docs(changes)
-        latencies = []
+        latencies, commits = [], []
         for doc in docs:
             policy = parse_policies(json.dumps(doc))[0]
             t0 = time.perf_counter()
             admin.put_policy(policy)
+            commits.append(time.perf_counter() - t0)  # etcd's share (its fsync included)
             pending = set(range(len(agents)))
             while pending:
                 for i in list(pending):
@@ -146,12 +147,13 @@ def bench_convergence(changes: int) -> dict:
                         v == policy.key for v in applied.counters.values()
                     ):
                         pending.discard(i)
-                if time.perf_counter() - t0 > 10:
-                    raise RuntimeError("no convergence within 10 s")
+                if time.perf_counter() - t0 > 30:
+                    raise RuntimeError("no convergence within 30 s")
                 time.sleep(0.001)
             latencies.append(time.perf_counter() - t0)
         latencies.sort()
-        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        commits.sort()
+        p99 = _p99(latencies)
         return {
             "changes": len(latencies),
             "endpoints": 300,
@@ -159,6 +161,8 @@ def bench_convergence(changes: int) -> dict:
             "p50_ms": round(statistics.median(latencies) * 1000, 1),
             "p99_ms": round(p99 * 1000, 1),
             "max_ms": round(latencies[-1] * 1000, 1),
+            "etcd_put_p50_ms": round(statistics.median(commits) * 1000, 1),
+            "etcd_put_p99_ms": round(_p99(commits) * 1000, 1),
             "rules_per_node_at_end": len(agents[0]._applied.rules) if agents[0]._applied else 0,
             "ok": p99 < 1.0,
         }
@@ -169,6 +173,10 @@ def bench_convergence(changes: int) -> dict:
             store.close()
         member.destroy()
         factory.cleanup()
+
+
+def _p99(values: list[float]) -> float:
+    return values[min(len(values) - 1, int(len(values) * 0.99))]
 
 
 def _iperf(client_ns: str, server_ip: str, seconds: float) -> float:

@@ -192,3 +192,34 @@ def test_ipv6_ipblock_with_except_and_egress(net6: Net) -> None:
     assert net6.diffs(6) == [] and net6.diffs(4) == []
     drops = net6.agents["n1"].status()["drops"]
     assert drops.get("x/egress-v6-block", 0) >= 1
+
+
+def test_status_metrics_and_doctor_report_policy(net6: Net) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from flannelish.cli.node import render_status
+    from flannelish.kernel.nft import NftCli
+    from flannelish.node.policy_checks import summary
+    from flannelish.policy.daemon import _Collector
+
+    pods, ips6 = net6.net.pods, net6.net.ips6
+    net6.set_policies([_np("deny-in", "x", {"podSelector": {}, "policyTypes": ["Ingress"]})])
+    assert not probe(pods["y/c"], ips6["x/a"], "TCP", 80, 0.3)
+    agent = net6.agents["n1"]
+    status = agent.status()  # counters are read fresh, not at the last resync
+    assert status["policies"] == 1 and status["endpoints"] == len(PLACEMENT)
+    assert status["local_endpoints"] == 2 and status["applied"]
+    assert status["drops"]["x/deny-in"] >= 1
+    assert status["largest_set"] >= 2 and status["set_elements"] >= 4  # x/a, x/b on both families
+    registry = CollectorRegistry()
+    registry.register(_Collector(agent))
+    text = generate_latest(registry).decode()
+    assert "flannelish_policy_policies 1.0" in text
+    assert f"flannelish_policy_endpoints {float(len(PLACEMENT))}" in text
+    assert f"flannelish_policy_set_elements {float(status['set_elements'])}" in text
+    assert 'flannelish_policy_dropped_packets_total{policy="x/deny-in"}' in text
+    lines = "\n".join(render_status({"policy": agent.status()}))
+    assert "enforced" in lines and "1 policies" in lines and "x/deny-in" in lines
+    ruleset = NftCli(netns=net6.net.nodes["n1"]).listing("ruleset") or []
+    doctor = summary(ruleset)
+    assert doctor.startswith("network policy enforced: 1 policies") and "x/deny-in" in doctor
