@@ -1,13 +1,16 @@
-"""An NftRunner that calls libnftables in-process (ctypes), for frequent small transactions.
+"""An NftRunner that applies transactions through libnftables in-process (ctypes).
 
 Starting ``nft`` costs a fork and an exec (tens of ms, hundreds on a loaded
 machine); the policy agent applies a transaction per change and its latency
 goal is well under a second, so it talks to the library the ``nft`` binary is
-built on: the same parser, the same atomic batch, no process.  Two contexts per
-runner, each under its own lock (a context is not thread-safe): one for
-transactions, one for listings, so a long listing never holds a change back.  The netlink socket
-belongs to the namespace the thread is in when it is opened, so the context is
-created, and every command runs, inside ``netns`` when one is named.
+built on: the same parser, the same atomic batch, no process.  The library
+keeps process-wide state (its JSON output uses ``strtok``: two contexts
+listing at once in one process crashed it), so every call into it holds one
+process-wide lock, and listings (JSON, possibly large and slow) go to the
+``nft`` binary instead: a drift check never holds a change back, and no JSON
+is produced in-process.  The netlink socket belongs to the namespace the
+thread is in when it is opened, so the context is created, and every command
+runs, inside ``netns`` when one is named.
 
 :func:`nft_runner` falls back to :class:`flannelish.kernel.nft.NftCli` where
 the library cannot be loaded.
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import json
 import threading
 from typing import Any
 
@@ -27,7 +29,6 @@ from .netns import in_netns
 from .nft import NftCli, NftRunner
 
 NFT_CTX_DEFAULT = 0
-NFT_CTX_OUTPUT_JSON = 1 << 4
 _LIBRARY = "libnftables.so.1"
 
 
@@ -42,12 +43,12 @@ def _load() -> Any:
     lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
     lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
     lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
-    lib.nft_ctx_output_get_flags.restype = ctypes.c_uint
-    lib.nft_ctx_output_get_flags.argtypes = [ctypes.c_void_p]
-    lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
     lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
     lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
     return lib
+
+
+_LIB_LOCK = threading.Lock()  # one call into libnftables at a time, in the whole process
 
 
 class NftLib:
@@ -56,58 +57,37 @@ class NftLib:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self._lib = _load()
-        self._ctxs: dict[str, Any] = {}
-        self._locks = {"run": threading.Lock(), "list": threading.Lock()}
-        for use in self._locks:
-            with in_netns(netns):
-                ctx = self._lib.nft_ctx_new(NFT_CTX_DEFAULT)
-            if not ctx:
-                self.close()
-                raise OSError("nft_ctx_new failed")
-            self._lib.nft_ctx_buffer_output(ctx)
-            self._lib.nft_ctx_buffer_error(ctx)
-            self._ctxs[use] = ctx
+        self._cli = NftCli(netns=netns)  # listings
+        with _LIB_LOCK, in_netns(netns):
+            ctx = self._lib.nft_ctx_new(NFT_CTX_DEFAULT)
+        if not ctx:
+            raise OSError("nft_ctx_new failed")
+        self._lib.nft_ctx_buffer_output(ctx)
+        self._lib.nft_ctx_buffer_error(ctx)
+        self._ctx = ctx
 
     def __repr__(self) -> str:
         return f"NftLib(netns={self.netns!r})"
 
     def close(self) -> None:
-        for use, lock in self._locks.items():
-            with lock:
-                ctx = self._ctxs.pop(use, None)
-                if ctx:
-                    self._lib.nft_ctx_free(ctx)
-
-    def _cmd(self, use: str, text: str, as_json: bool = False) -> tuple[int, str, str]:
-        with self._locks[use]:
-            ctx = self._ctxs.get(use)
-            if not ctx:
-                raise KernelError("nftables context closed")
-            lib = self._lib
-            flags = lib.nft_ctx_output_get_flags(ctx)
-            want = flags | NFT_CTX_OUTPUT_JSON if as_json else flags & ~NFT_CTX_OUTPUT_JSON
-            lib.nft_ctx_output_set_flags(ctx, want)
-            with in_netns(self.netns):
-                rc = lib.nft_run_cmd_from_buffer(ctx, text.encode())
-            out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
-            err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
-            return rc, out, err
+        with _LIB_LOCK:
+            if self._ctx:
+                self._lib.nft_ctx_free(self._ctx)
+                self._ctx = None
 
     def run(self, script: str) -> None:
-        rc, _, err = self._cmd("run", script)
+        with _LIB_LOCK:
+            if not self._ctx:
+                raise KernelError("nftables context closed")
+            with in_netns(self.netns):
+                rc = self._lib.nft_run_cmd_from_buffer(self._ctx, script.encode())
+            self._lib.nft_ctx_get_output_buffer(self._ctx)  # read: the buffer starts over
+            err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(errors="replace")
         if rc != 0:
             raise KernelError("nftables transaction failed", err.strip())
 
     def listing(self, *what: str) -> list[dict[str, Any]] | None:
-        rc, out, err = self._cmd("list", "list " + " ".join(what), as_json=True)
-        if rc != 0:
-            if "No such file or directory" in err:
-                return None
-            raise KernelError(f"cannot list nftables {' '.join(what)}", err.strip())
-        try:
-            return list(json.loads(out or '{"nftables": []}')["nftables"])
-        except (ValueError, KeyError) as exc:
-            raise KernelError("libnftables printed no JSON", str(exc)) from None
+        return self._cli.listing(*what)
 
 
 def nft_runner(netns: str | None = None) -> NftRunner:
