@@ -165,6 +165,36 @@ def _family_line(info: dict[str, Any]) -> str:
     )
 
 
+def _policy_rows(table: _Rows, pol: dict[str, Any]) -> None:
+    """The daemon's network-policy section (flannelish.policy.agent.PolicyAgent.status)."""
+    from rich.markup import escape
+
+    state = "[green]enforced[/]" if pol.get("applied") else "[red]NOT APPLIED[/]"
+    table.add_row(
+        "policy",
+        f"{state}: {pol.get('policies', 0)} policies, {pol.get('endpoints', 0)} endpoints "
+        f"({pol.get('local_endpoints', 0)} here), {pol.get('rules', 0)} rules, "
+        f"{pol.get('sets', 0)} sets / {pol.get('set_elements', 0)} elements "
+        f"(largest {pol.get('largest_set', 0)})",
+    )
+    table.add_row(
+        "",
+        f"{pol.get('converges', 0)} change(s) applied, last {1000 * pol.get('last_seconds', 0):.1f}"
+        f" ms; {pol.get('repairs', 0)} repair(s), {pol.get('errors', 0)} error(s)",
+    )
+    hooks = pol.get("bridge_hooks", "on")
+    if hooks != "on":
+        table.add_row("", f"[red]same-node traffic not policed: {escape(str(hooks))}[/]")
+    if pol.get("last_error"):
+        table.add_row("", f"[red]{escape(str(pol['last_error']))}[/]")
+    drops = sorted((pol.get("drops") or {}).items(), key=lambda d: (-d[1], d[0]))
+    dropped = ", ".join(f"{escape(k)} {v}" for k, v in drops if v)
+    if dropped:
+        table.add_row("", f"dropped packets: {dropped}")
+    for key, why in sorted((pol.get("bad_keys") or {}).items()):
+        table.add_row("", f"[yellow]skipped {escape(key)}: {escape(str(why))}[/]")
+
+
 def render_status(doc: dict[str, Any]) -> list[str]:
     """The status document as rich-markup lines."""
     from rich.markup import escape
@@ -228,6 +258,9 @@ def render_status(doc: dict[str, Any]) -> list[str]:
                 f"{', '.join(peer.get('allowed_ips') or [])} at {peer.get('endpoint') or '-'}: "
                 f"{hs}, rx {peer.get('rx_bytes', 0)} B, tx {peer.get('tx_bytes', 0)} B",
             )
+    pol = doc.get("policy")
+    if pol:
+        _policy_rows(table, pol)
     env = doc.get("subnet_env") or {}
     table.add_row(
         "subnet.env",

@@ -30,6 +30,7 @@ from flannelish.subnet_env import SubnetEnv, read_subnet_env
 
 SYSCTL_FORWARD = "net.ipv4.ip_forward"
 SYSCTL_BRIDGE_NF = "net.bridge.bridge-nf-call-iptables"
+SYSCTL_BRIDGE_NF6 = "net.bridge.bridge-nf-call-ip6tables"
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,9 @@ def collect(
             facts.default_iface = routes[0].get("dev") if routes else None
     except (OSError, ValueError, subprocess.TimeoutExpired):
         facts.links = None
-    facts.sysctls = {name: read_sysctl(name) for name in (SYSCTL_FORWARD, SYSCTL_BRIDGE_NF)}
+    facts.sysctls = {
+        name: read_sysctl(name) for name in (SYSCTL_FORWARD, SYSCTL_BRIDGE_NF, SYSCTL_BRIDGE_NF6)
+    }
     facts.policy_marker = (Path(subnet_file).parent / POLICY_MARKER).exists()
     try:
         facts.ruleset = (nft or NftCli()).listing("ruleset") or []

@@ -1,13 +1,15 @@
 """The daemon's policy component: etcd -> compiled sets and rules -> the policy nft table.
 
 ``PolicyAgent`` keeps the cluster view (policies, namespaces, endpoints) from
-one etcd watch, this node's endpoints in memory (authoritative here: a pod
-added through the CNI socket is in the sets before its ADD returns), and the
-last ruleset it applied.  Every change converges: the new view is compiled and
-applied as element diffs when only set contents changed (the common case: a
-pod came or went), or as one atomic table replacement when the rules changed
-(a policy was added, changed or removed).  Every resync it checks the
-kernel's table against what it applied and rewrites it if it drifted.
+one etcd watch in an IncrementalCompiler, this node's endpoints in memory
+(authoritative here: a pod added through the CNI socket is in the sets before
+its ADD returns), and the last ruleset it applied.  Every change converges:
+the events that have arrived are taken together, only the policies they touch
+are compiled again, and the difference to the applied ruleset goes to the
+kernel as one nft transaction (set elements added and deleted, changed chains
+refilled; the table is rewritten whole only at start-up, after a failure or a
+repair).  Every resync it checks the kernel's table against what it applied
+and rewrites it if it drifted.
 
 The marker file ``<dir of subnet.env>/flannelish-policy.json`` tells the CNI
 plugin that policy is in force on this node: its in-process path (no daemon)
@@ -29,10 +31,12 @@ from typing import TYPE_CHECKING, Any
 from flannelish.cni.handler import POLICY_MARKER
 from flannelish.errors import FlannelishError
 
-from .compile import FAMILY, TABLE, Compiled, compile_policies, render, render_delta
+from .compile import FAMILY, TABLE, Compiled, render, render_delta
 from .evaluate import World
+from .incremental import IncrementalCompiler
 from .model import Endpoint
-from .store import PREFIX, PolicyStore
+from .parse import parse_policy
+from .store import ENDPOINTS, NAMESPACES, POLICIES, PolicyStore, _decode, namespace_from
 
 if TYPE_CHECKING:
     from flannelish.kernel.nft import NftRunner
@@ -40,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("flannelish.policy")
 
 MARKER_NAME = POLICY_MARKER
+BATCH_MAX = 5000  # watch events taken into one convergence at most
 
 
 @dataclass
@@ -72,13 +77,13 @@ class PolicyAgent:
         self.resync_s = resync_s
         self.lease_id = 0
         self.local: dict[str, Endpoint] = {}
-        self._kv: dict[str, Any] = {}
-        self._world = World()
+        self._compiler = IncrementalCompiler(node)
         self._applied: Compiled | None = None
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._dirty = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._generation = 0  # bumped by every applied transaction
         self.stats = PolicyStats()
         self.synced = threading.Event()
 
@@ -89,25 +94,29 @@ class PolicyAgent:
         self.bridge_hooks = self.ensure_bridge_hooks()
         world, revision = self.store.snapshot()
         with self._lock:
-            self._world = world
             for ep in world.endpoints:
                 if ep.node == self.node:
                     self.local[ep.container_id] = ep
+            self._reset(world)
             self._converge()
         for ep in list(self.local.values()):  # re-bind our endpoints to the current lease
             self._put(ep)
         self.synced.set()
-        self._thread = threading.Thread(
-            target=self._run, args=(revision,), name="policy", daemon=True
-        )
-        self._thread.start()
+        # the drift check lists the whole table (slow with many elements): its own
+        # thread, so a change is never waiting behind it
+        self._threads = [
+            threading.Thread(target=self._run, args=(revision,), name="policy", daemon=True),
+            threading.Thread(target=self._resync, name="policy-resync", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
 
     def stop(self) -> None:
         """Stop watching; the table and the marker stay (pods stay protected across restarts)."""
         self._stop.set()
         self._dirty.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for t in self._threads:
+            t.join(timeout=5)
 
     def ensure_bridge_hooks(self) -> str:
         """Bridged (same-node) pod traffic must reach the inet forward hook: br_netfilter on.
@@ -151,6 +160,7 @@ class PolicyAgent:
         self._put(ep)
         with self._lock:
             self.local[ep.container_id] = ep
+            self._compiler.put_endpoint(ep)
             self._converge()
         if self.stats.last_error and self._applied is None:
             raise FlannelishError("policy table not applied", self.stats.last_error)
@@ -159,6 +169,7 @@ class PolicyAgent:
         with self._lock:
             ep = self.local.pop(container_id, None)
             if ep is not None:
+                self._compiler.delete_endpoint(f"{self.node}/{container_id}")
                 self._converge()
         self.store.delete_endpoint(self.node, container_id)
 
@@ -186,14 +197,18 @@ class PolicyAgent:
     def view(self) -> World:
         """The cluster view with this node's endpoints as we know them."""
         with self._lock:
-            w = self._world
-            eps = [e for e in w.endpoints if e.node != self.node] + list(self.local.values())
-            return World(list(w.policies), eps, dict(w.namespaces))
+            return self._compiler.world()
+
+    def _reset(self, world: World) -> None:
+        """A full listing, with this node's endpoints as we know them (not as etcd has them)."""
+        eps = [e for e in world.endpoints if e.node != self.node] + list(self.local.values())
+        self._compiler.reset(World(world.policies, eps, world.namespaces))
 
     def _converge(self, force_full: bool = False) -> None:
         started = time.monotonic()
-        w = self.view()
-        compiled = compile_policies(w.policies, w.endpoints, w.namespaces, self.node)
+        compiled = self._compiler.compiled()
+        if compiled is self._applied and not force_full:
+            return  # nothing that changes the ruleset
         script = (
             None if force_full or self._applied is None else render_delta(self._applied, compiled)
         )
@@ -210,13 +225,27 @@ class PolicyAgent:
             self._applied = None  # rewrite in full next time
             return
         self._applied = compiled
+        self._generation += 1
         self.stats.converges += 1
         self.stats.full_rewrites += int(full)
         self.stats.last_error = ""
         self.stats.last_seconds = time.monotonic() - started
 
-    def _run(self, revision: int) -> None:
+    def _resync(self) -> None:
+        """Every resync_s: the drift check; every second: retry a transaction that failed."""
         last_check = time.monotonic()
+        while not self._stop.wait(min(1.0, self.resync_s)):
+            try:
+                if self._applied is None:
+                    with self._lock:
+                        self._converge()
+                if time.monotonic() - last_check >= self.resync_s:
+                    last_check = time.monotonic()
+                    self.check()
+            except Exception as exc:  # never let the checker die
+                log.warning("policy resync: %s", exc)
+
+    def _run(self, revision: int) -> None:
         while not self._stop.is_set():
             try:
                 watch = self.store.watch(revision + 1)
@@ -227,74 +256,85 @@ class PolicyAgent:
             try:
                 while not self._stop.is_set():
                     events = watch.next_events(timeout=0.5)
+                    # a burst is taken whole: what arrived while we converged, no waiting
+                    while events and len(events) < BATCH_MAX:
+                        more = watch.next_events(timeout=0)
+                        if not more:
+                            break
+                        events += more
                     if events:
                         with self._lock:
                             for ev in events:
                                 self._event(ev.deleted, ev.kv.key, ev.kv.value)
                                 revision = max(revision, ev.kv.mod_revision)
-                            self._world = self._rebuild()
                             self._converge()
-                    if time.monotonic() - last_check >= self.resync_s:
-                        last_check = time.monotonic()
-                        self.check()
             except Exception as exc:  # compaction, reset, errors: re-list and watch again
                 log.info("policy watch restarts: %s", exc)
                 with contextlib.suppress(Exception):
                     world, revision = self.store.snapshot()
                     with self._lock:
-                        self._world = world
-                        self._kv.clear()
+                        self._reset(world)
                         self._converge()
             finally:
                 watch.close()
 
     def _event(self, deleted: bool, key: str, value: bytes) -> None:
-        if not self._kv:
-            self._kv = self._index(self._world)
-        if deleted:
-            self._kv.pop(key, None)
-            return
-        from .store import _decode
-
+        """One watch event into the compiler; a value that does not decode counts as deleted."""
         try:
-            self._kv[key] = (key, _decode(value))
-        except ValueError as exc:
+            self._apply_event(deleted, key, value)
+            self.store.bad.pop(key, None)
+        except Exception as exc:
             log.warning("skipping %s: %s", key, exc)
-            self._kv.pop(key, None)
+            self.store.bad[key] = str(exc)
+            self._apply_event(True, key, b"")
 
-    def _index(self, world: World) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for p in world.policies:
-            out[f"{PREFIX}policies/{p.key}"] = (f"{PREFIX}policies/{p.key}", p.source)
-        for n in world.namespaces.values():
-            out[f"{PREFIX}namespaces/{n.name}"] = (
-                f"{PREFIX}namespaces/{n.name}",
-                {"labels": dict(n.labels)},
-            )
-        for e in world.endpoints:
-            key = f"{PREFIX}endpoints/{e.node}/{e.container_id}"
-            out[key] = (key, e.to_dict())
-        return out
-
-    def _rebuild(self) -> World:
-        world = World()
-        for key, doc in self._kv.values():
-            try:
-                PolicyStore._add(world, key, doc)
-            except Exception as exc:
-                log.warning("skipping %s: %s", key, exc)
-        return world
+    def _apply_event(self, deleted: bool, key: str, value: bytes) -> None:
+        c = self._compiler
+        if key.startswith(POLICIES):
+            name = key[len(POLICIES) :]
+            if deleted:
+                c.delete_policy(name)
+                return
+            policy = parse_policy(_decode(value))
+            if policy.key != name:
+                raise ValueError(f"the document names {policy.key}, not {name}")
+            c.put_policy(policy)
+        elif key.startswith(NAMESPACES):
+            name = key[len(NAMESPACES) :]
+            if deleted:
+                c.delete_namespace(name)
+                return
+            c.put_namespace(namespace_from(name, _decode(value)))
+        elif key.startswith(ENDPOINTS):
+            name = key[len(ENDPOINTS) :]
+            if name.split("/", 1)[0] == self.node:
+                return  # ours: this node's own record is authoritative
+            if deleted:
+                c.delete_endpoint(name)
+                return
+            ep = Endpoint.from_dict(_decode(value))
+            if f"{ep.node}/{ep.container_id}" != name:
+                raise ValueError(f"the endpoint is {ep.node}/{ep.container_id}, not {name}")
+            c.put_endpoint(ep)
 
     def check(self) -> bool:
-        """Repair: rewrite the table if the kernel's differs from what we applied."""
+        """Repair: rewrite the table if the kernel's differs from what we applied.
+
+        The listing is taken without the lock (changes go on meanwhile); if one
+        was applied during it, the comparison waits for the next check.
+        """
         with self._lock:
-            try:
-                items = self.nft.listing("table", FAMILY, TABLE)
-            except FlannelishError as exc:
-                log.warning("cannot list the policy table: %s", exc)
-                return False
+            generation, applied = self._generation, self._applied
+        try:
+            items = self.nft.listing("table", FAMILY, TABLE)
+        except FlannelishError as exc:
+            log.warning("cannot list the policy table: %s", exc)
+            return False
+        with self._lock:
+            if generation != self._generation:
+                return True
             self._read_counters(items or [])
-            if self._applied is not None and items is not None and _intact(items, self._applied):
+            if applied is not None and items is not None and _intact(items, applied):
                 return True
             log.warning("policy table missing or changed: rewriting it")
             self.stats.repairs += 1
@@ -311,7 +351,18 @@ class PolicyAgent:
                 self.stats.drops[self._applied.counters[c["name"]]] = int(c.get("packets", 0))
 
     # -- reporting -------------------------------------------------------------------
+    def read_drops(self) -> None:
+        """Fresh drop counters (a small listing: the counters only)."""
+        try:
+            items = self.nft.listing("counters", "table", FAMILY, TABLE)
+        except FlannelishError as exc:
+            log.debug("cannot read the policy counters: %s", exc)
+            return
+        with self._lock:
+            self._read_counters(items or [])
+
     def status(self) -> dict[str, Any]:
+        self.read_drops()
         w = self.view()
         applied = self._applied
         sizes = {n: len(e) for n, e in applied.elements.items()} if applied else {}

@@ -1,22 +1,31 @@
 """Policies + endpoints -> named nft sets and O(policies) rules in ``table inet flannelish-policy``.
 
 Every selector becomes a named set of addresses (pods selected by a policy on
-this node; peers of each rule: pods anywhere, ipBlocks minus their excepts,
-as non-overlapping intervals); named ports become ``addr . proto . port``
-sets.  The rules reference sets only, so a pod coming or going changes set
-elements, never rules.  ``Compiled`` is a small IR: ``render()`` writes it as
+this node; peers of each rule: the pods it selects anywhere in a plain set,
+its ipBlocks minus their excepts as non-overlapping intervals in a set of
+their own); named ports become ``addr . proto . port`` sets.  Interval sets
+hold CIDRs only, never pods: nft reads the elements of every interval set in
+the table before each transaction, so their size is the cost of every change.
+The rules reference sets only, so a pod coming or going changes set elements,
+never rules.  ``Compiled`` is a small IR: ``render()`` writes it as
 one nft script and flannelish.policy.nftmodel evaluates it (the property test).
 
-Chains (per family f of 4/6)::
+Chains (per family f of 4/6; "ip" is "ip6" for f=6)::
 
     forward (hook forward, priority filter - 10)
-        ct state established,related accept       replies of allowed connections
-        ip saddr @iso_eg_f jump egress_f            source isolated for egress
-        ip daddr @iso_in_f jump ingress_f           destination isolated for ingress
-    egress_f:  ip saddr @sel ip daddr @peers [ports] return   (per policy rule)
-               ip saddr @sel counter name drop_<p> drop       (per policy)
-    ingress_f: ip daddr @sel ip saddr @peers [ports] accept   (per policy rule)
-               ip daddr @sel counter name drop_<p> drop
+        ct state established,related accept         replies of allowed connections
+        ip saddr @iso_eg_f jump egress_f             source isolated for egress
+        meta nfproto ipvf goto ingress_check_f
+    ingress_check_f:
+        ip daddr @iso_in_f jump ingress_f            destination isolated for ingress
+        accept
+    egress_f:   jump egress_f_b<k> ... goto egress_f_drop    (one jump per non-empty bucket)
+    egress_f_b<k>:  ip saddr @s_<p>_f jump peg_<p>_f         (the bucket's policies)
+    peg_<p>_f:  ip daddr @r_<p>_eg<i>_f [ports] goto ingress_check_f   (per rule)
+    egress_f_drop:  jump egress_f_drop_b<k> ... drop
+    egress_f_drop_b<k>: ip saddr @s_<p>_f counter name drop_<p> drop
+    ingress_f, ingress_f_b<k>, pin_<p>_f, ingress_f_drop...: the same with daddr/saddr
+        swapped and accept for goto ingress_check_f
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
-from ipaddress import IPv4Network, IPv6Network, collapse_addresses, ip_address
+from ipaddress import IPv4Network, IPv6Network, collapse_addresses
 from typing import Any
 
 from .model import Endpoint, LabelSelector, Namespace, Peer, Policy, namespace_labels
@@ -45,9 +54,10 @@ class SetDef:
 
 @dataclass(frozen=True)
 class Cond:
-    what: str  # "saddr" | "daddr" | "ports" | "daddr_port" | "established"
+    what: str  # "saddr" | "daddr" | "ports" | "daddr_port" | "established" | "nfproto"
     set: str = ""
     ports: tuple[tuple[str, int, int], ...] = ()
+    family: int = 0  # nfproto: the packet's family
 
 
 @dataclass(frozen=True)
@@ -84,9 +94,13 @@ def _fam(ip: str) -> int:
     return 6 if ":" in ip else 4
 
 
-@lru_cache(maxsize=262144)
-def _int(ip: str) -> int:
-    return int(ip_address(ip))
+def block_elements(peers: tuple[Peer, ...], fam: int) -> frozenset[str]:
+    """A rule's ipBlocks of one family minus their excepts, as non-overlapping intervals."""
+    blocks: list[Any] = []
+    for pe in peers:
+        if pe.ip_block is not None and pe.ip_block.cidr.version == fam:
+            blocks += _minus(pe.ip_block.cidr, pe.ip_block.except_)
+    return _collapse(blocks)
 
 
 def _collapse(nets: list[IPv4Network | IPv6Network]) -> frozenset[str]:
@@ -108,30 +122,21 @@ class _Ctx:
             for ns in {e.namespace for e in endpoints}
         }
 
-    def peer_elements(self, peers: tuple[Peer, ...], policy_ns: str, fam: int) -> frozenset[str]:
-        """Addresses of a rule's peers: pods' and ipBlocks' (non-overlapping elements)."""
+    def pod_elements(self, peers: tuple[Peer, ...], policy_ns: str, fam: int) -> frozenset[str]:
+        """Addresses of the pods a rule's pod peers select (a plain set: pods change often)."""
         key = (peers, policy_ns, fam)
         cached = self._elements.get(key)
-        if cached is not None:
-            return cached
-        blocks: list[Any] = []
-        pod_ips: set[str] = set()
-        for pe in peers:
-            if pe.ip_block is not None:
-                if pe.ip_block.cidr.version == fam:
-                    blocks += _minus(pe.ip_block.cidr, pe.ip_block.except_)
-            else:
-                for ep in self.peer_pods(pe, policy_ns):
-                    pod_ips.update(ip for ip in ep.ips if _fam(ip) == fam)
-        if blocks:
-            out = set(_collapse(blocks))
-            ranges = [(int(n.network_address), int(n.broadcast_address)) for n in blocks]
-            out |= {ip for ip in pod_ips if not any(lo <= _int(ip) <= hi for lo, hi in ranges)}
-            result = frozenset(out)
-        else:
-            result = frozenset(pod_ips)
-        self._elements[key] = result
-        return result
+        if cached is None:
+            cached = frozenset(
+                ip
+                for pe in peers
+                if pe.ip_block is None
+                for ep in self.peer_pods(pe, policy_ns)
+                for ip in ep.ips
+                if _fam(ip) == fam
+            )
+            self._elements[key] = cached
+        return cached
 
     def peer_pods(self, peer: Peer, policy_ns: str) -> list[Endpoint]:
         key = (peer, policy_ns)
@@ -155,6 +160,83 @@ class _Ctx:
         return out
 
 
+@dataclass
+class Part:
+    """One policy's share of the ruleset: its sets, their elements, its chains' rules."""
+
+    key: str
+    types: tuple[str, ...]
+    sets: dict[str, SetDef]
+    elements: dict[str, frozenset[str]]
+    rules: tuple[NftRule, ...]
+
+
+def compile_policy(
+    ctx: _Ctx, policy: Policy, local: list[Endpoint], families: tuple[int, ...] = (4, 6)
+) -> Part:
+    """The sets and chains of one policy; the same inputs give equal parts."""
+    pid = policy_id(policy.key)
+    sets: dict[str, SetDef] = {}
+    elements: dict[str, set[str]] = {}
+    rules: list[NftRule] = []
+
+    def add_set(name: str, fam: int, kind: str) -> str:
+        sets[name] = SetDef(name, fam, kind)
+        elements.setdefault(name, set())
+        return name
+
+    selected = [
+        e
+        for e in local
+        if e.namespace == policy.namespace and _matches(policy.pod_selector, e.labels)
+    ]
+    for fam in families:
+        sel = add_set(f"s_{pid}_{fam}", fam, "addr")
+        elements[sel] |= {ip for e in selected for ip in e.ips if _fam(ip) == fam}
+        for direction in policy.policy_types:
+            d = "in" if direction == "Ingress" else "eg"
+            rules += _policy_chain(ctx, policy, pid, d, fam, selected, add_set, elements)
+    return Part(
+        policy.key,
+        tuple(policy.policy_types),
+        sets,
+        {k: frozenset(v) for k, v in elements.items()},
+        tuple(rules),
+    )
+
+
+def assemble(parts: list[Part], families: tuple[int, ...] = (4, 6)) -> Compiled:
+    """The whole ruleset from the parts (in policy-key order) plus the dispatch chains.
+
+    O(policies) rules and the isolation sets (the union of the selected sets):
+    no endpoint is looked at again here.
+    """
+    sets: dict[str, SetDef] = {}
+    elements: dict[str, frozenset[str]] = {}
+    rules: list[NftRule] = []
+    counters: dict[str, str] = {}
+    iso: dict[str, set[str]] = {}
+    for fam in families:
+        for d in ("in", "eg"):
+            name = f"iso_{d}_{fam}"
+            sets[name] = SetDef(name, fam, "addr")
+            iso[name] = set()
+    for part in parts:
+        pid = policy_id(part.key)
+        counters[f"drop_{pid}"] = part.key
+        sets.update(part.sets)
+        elements.update(part.elements)
+        rules += part.rules
+        for fam in families:
+            for direction in part.types:
+                d = "in" if direction == "Ingress" else "eg"
+                iso[f"iso_{d}_{fam}"] |= part.elements.get(f"s_{pid}_{fam}", frozenset())
+    elements.update({k: frozenset(v) for k, v in iso.items()})
+    for fam in families:
+        rules += _dispatch_chains(parts, fam, first=fam == families[0])
+    return Compiled(sets, elements, tuple(rules), counters)
+
+
 def compile_policies(
     policies: list[Policy],
     endpoints: list[Endpoint],
@@ -162,40 +244,11 @@ def compile_policies(
     node: str,
     families: tuple[int, ...] = (4, 6),
 ) -> Compiled:
+    """From scratch (the reference the incremental compiler must equal)."""
     ctx = _Ctx(endpoints, namespaces)
     local = [e for e in endpoints if e.node == node]
-    sets: dict[str, SetDef] = {}
-    elements: dict[str, set[str]] = {}
-    rules: list[NftRule] = []
-    counters: dict[str, str] = {}
-
-    def add_set(name: str, fam: int, kind: str) -> str:
-        sets[name] = SetDef(name, fam, kind)
-        elements.setdefault(name, set())
-        return name
-
     ordered = sorted(policies, key=lambda p: p.key)
-    for fam in families:
-        add_set(f"iso_in_{fam}", fam, "addr")
-        add_set(f"iso_eg_{fam}", fam, "addr")
-    for policy in ordered:
-        pid = policy_id(policy.key)
-        counters[f"drop_{pid}"] = policy.key
-        selected = [
-            e
-            for e in local
-            if e.namespace == policy.namespace and _matches(policy.pod_selector, e.labels)
-        ]
-        for fam in families:
-            sel = add_set(f"s_{pid}_{fam}", fam, "addr")
-            elements[sel] |= {ip for e in selected for ip in e.ips if _fam(ip) == fam}
-            for direction in policy.policy_types:
-                d = "in" if direction == "Ingress" else "eg"
-                elements[f"iso_{d}_{fam}"] |= elements[sel]
-                rules += _policy_chain(ctx, policy, pid, d, fam, selected, add_set, elements)
-    for fam in families:
-        rules += _dispatch_chains(ordered, fam)
-    return Compiled(sets, {k: frozenset(v) for k, v in elements.items()}, tuple(rules), counters)
+    return assemble([compile_policy(ctx, p, local, families) for p in ordered], families)
 
 
 def _policy_chain(
@@ -218,11 +271,20 @@ def _policy_chain(
     verdict = "accept" if d == "in" else f"goto ingress_check_{fam}"
     out: list[NftRule] = []
     for i, rule in enumerate(policy.ingress if d == "in" else policy.egress):
-        conds: list[Cond] = []
-        if rule.peers:
-            peers = add_set(f"r_{pid}_{d}{i}_{fam}", fam, "net")
-            elements[peers] = set(ctx.peer_elements(rule.peers, policy.namespace, fam))
-            conds.append(Cond(other, peers))
+        # peers: pods in a plain set (its elements change as pods come and go), ipBlocks
+        # in an interval set of their own (changes only with the policy: nft reads every
+        # interval set's elements before a transaction, so they must stay small)
+        variants: list[tuple[Cond, ...]] = []
+        if not rule.peers:
+            variants.append(())
+        if any(pe.ip_block is None for pe in rule.peers):
+            pods = add_set(f"r_{pid}_{d}{i}_{fam}", fam, "addr")
+            elements[pods] = set(ctx.pod_elements(rule.peers, policy.namespace, fam))
+            variants.append((Cond(other, pods),))
+        if any(pe.ip_block is not None and pe.ip_block.cidr.version == fam for pe in rule.peers):
+            blocks = add_set(f"b_{pid}_{d}{i}_{fam}", fam, "net")
+            elements[blocks] = set(block_elements(rule.peers, fam))
+            variants.append((Cond(other, blocks),))
         numeric = tuple(
             (
                 PROTO_NAMES[p.protocol],
@@ -233,10 +295,7 @@ def _policy_chain(
             if not isinstance(p.port, str)
         )
         named = [p for p in rule.ports if isinstance(p.port, str)]
-        if not rule.ports:
-            out.append(NftRule(chain, fam, tuple(conds), verdict))
-        if numeric:
-            out.append(NftRule(chain, fam, (*conds, Cond("ports", ports=numeric)), verdict))
+        nset = ""
         if named:
             nset = add_set(f"n_{pid}_{d}{i}_{fam}", fam, "addrport")
             # the destination's named port: the selected pod (ingress) or the peer
@@ -250,16 +309,36 @@ def _policy_chain(
                 for ip in e.ips
                 if _fam(ip) == fam
             }
-            out.append(NftRule(chain, fam, (*conds, Cond("daddr_port", nset)), verdict))
+        for conds in variants:
+            if not rule.ports:
+                out.append(NftRule(chain, fam, conds, verdict))
+            if numeric:
+                out.append(NftRule(chain, fam, (*conds, Cond("ports", ports=numeric)), verdict))
+            if nset:
+                out.append(NftRule(chain, fam, (*conds, Cond("daddr_port", nset)), verdict))
     # an empty chain is still created (a policy with no rules: it only isolates)
     return out or [NftRule(chain, fam, (Cond("never"),), "return")]
 
 
-def _dispatch_chains(ordered: list[Policy], fam: int) -> list[NftRule]:
-    rules = [
-        NftRule("forward", fam, (Cond("established"),), "accept"),
+BUCKETS = 16  # dispatch sub-chains per direction: a policy change rewrites one of them
+
+
+def _bucket(pid: str) -> int:
+    return int(pid, 16) % BUCKETS
+
+
+def _dispatch_chains(ordered: list[Part], fam: int, first: bool = True) -> list[NftRule]:
+    """forward, ingress_check and the per-direction dispatch, in BUCKETS sub-chains.
+
+    A policy's jump and drop rules sit in the bucket its id hashes to, so adding
+    or removing one refills that bucket (about policies/BUCKETS rules) instead
+    of chains as long as the policy count: every change stays small.  The base
+    chain sees both families: its rules name theirs (a set lookup does implicitly).
+    """
+    rules = [NftRule("forward", fam, (Cond("established"),), "accept")] if first else []
+    rules += [
         NftRule("forward", fam, (Cond("saddr", f"iso_eg_{fam}"),), f"jump egress_{fam}"),
-        NftRule("forward", fam, (), f"goto ingress_check_{fam}"),
+        NftRule("forward", fam, (Cond("nfproto", family=fam),), f"goto ingress_check_{fam}"),
         NftRule(
             f"ingress_check_{fam}", fam, (Cond("daddr", f"iso_in_{fam}"),), f"jump ingress_{fam}"
         ),
@@ -267,18 +346,28 @@ def _dispatch_chains(ordered: list[Policy], fam: int) -> list[NftRule]:
     ]
     for d, own in (("eg", "saddr"), ("in", "daddr")):
         chain = f"{'egress' if d == 'eg' else 'ingress'}_{fam}"
-        typed = [p for p in ordered if ("Ingress" if d == "in" else "Egress") in p.policy_types]
-        for p in typed:
-            pid = policy_id(p.key)
-            rules.append(
-                NftRule(chain, fam, (Cond(own, f"s_{pid}_{fam}"),), f"jump p{d}_{pid}_{fam}")
-            )
+        buckets: dict[int, list[str]] = {}
+        for p in ordered:
+            if ("Ingress" if d == "in" else "Egress") in p.types:
+                pid = policy_id(p.key)
+                buckets.setdefault(_bucket(pid), []).append(pid)
+        for b in sorted(buckets):
+            rules.append(NftRule(chain, fam, (), f"jump {chain}_b{b}"))
+            rules += [
+                NftRule(
+                    f"{chain}_b{b}", fam, (Cond(own, f"s_{pid}_{fam}"),), f"jump p{d}_{pid}_{fam}"
+                )
+                for pid in buckets[b]
+            ]
         rules.append(NftRule(chain, fam, (), f"goto {chain}_drop"))
-        for p in typed:
-            pid = policy_id(p.key)
-            rules.append(
-                NftRule(f"{chain}_drop", fam, (Cond(own, f"s_{pid}_{fam}"),), "drop", f"drop_{pid}")
-            )
+        for b in sorted(buckets):
+            rules.append(NftRule(f"{chain}_drop", fam, (), f"jump {chain}_drop_b{b}"))
+            rules += [
+                NftRule(
+                    f"{chain}_drop_b{b}", fam, (Cond(own, f"s_{pid}_{fam}"),), "drop", f"drop_{pid}"
+                )
+                for pid in buckets[b]
+            ]
         rules.append(NftRule(f"{chain}_drop", fam, (), "drop"))
     return rules
 
@@ -305,6 +394,8 @@ def _cond_text(c: Cond, fam: int) -> str:
     ip = _IP[fam]
     if c.what == "established":
         return "ct state established,related"
+    if c.what == "nfproto":
+        return f"meta nfproto ipv{c.family}"
     if c.what == "never":  # a placeholder rule of an empty policy chain
         return "meta mark 0xffffffff meta mark != 0xffffffff"
     if c.what in ("saddr", "daddr"):
@@ -353,7 +444,8 @@ def render(c: Compiled) -> str:
         f"delete table {FAMILY} {TABLE}",
         f"table {FAMILY} {TABLE} {{",
     ]
-    lines += [f"  counter {name} {{}}" for name in sorted(c.counters)]
+    # the comment names the policy: doctor and `nft list` can tell whose drops these are
+    lines += [f'  counter {n} {{ comment "{k}" }}' for n, k in sorted(c.counters.items())]
     lines += [
         f"  {_set_text(n, s, c.elements.get(n, frozenset()))}" for n, s in sorted(c.sets.items())
     ]
@@ -369,6 +461,13 @@ def render(c: Compiled) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _by_chain(c: Compiled) -> dict[str, tuple[NftRule, ...]]:
+    chains: dict[str, list[NftRule]] = {}
+    for r in c.rules:
+        chains.setdefault(r.chain, []).append(r)
+    return {k: tuple(v) for k, v in chains.items()}
+
+
 def render_delta(old: Compiled, new: Compiled) -> str | None:
     """One transaction from `old` to `new`: only what changed.
 
@@ -376,14 +475,19 @@ def render_delta(old: Compiled, new: Compiled) -> str | None:
     policy's own chain, or the dispatch chains: O(policies) rules, no
     elements), removed ones deleted once nothing refers to them, and kept
     sets get element diffs.  None when the base chain changed (render()).
+    Rules are compared as values and only changed chains are written out, so
+    a change costs what it touches, not the size of the table.
     """
     t = f"{FAMILY} {TABLE}"
-    before, after = _chains(old), _chains(new)
+    before, after = _by_chain(old), _by_chain(new)
     if before.get("forward") != after.get("forward") or any(
         old.sets[n] != s for n, s in new.sets.items() if n in old.sets
     ):
         return None
-    out = [f"add counter {t} {n}" for n in sorted(new.counters.keys() - old.counters.keys())]
+    out = [
+        f'add counter {t} {n} {{ comment "{new.counters[n]}" }}'
+        for n in sorted(new.counters.keys() - old.counters.keys())
+    ]
     for name in sorted(new.sets):
         elems = new.elements.get(name, frozenset())
         if name not in old.sets:
@@ -392,6 +496,8 @@ def render_delta(old: Compiled, new: Compiled) -> str | None:
             )
             continue
         prev = old.elements.get(name, frozenset())
+        if prev is elems:  # an untouched policy's set: the same object
+            continue
         gone, added = sorted(prev - elems), sorted(elems - prev)
         if gone:
             out.append(f"delete element {t} {name} {{ {', '.join(gone)} }}")
@@ -403,7 +509,7 @@ def render_delta(old: Compiled, new: Compiled) -> str | None:
     out += [f"flush chain {t} {c}" for c in changed if c in before]
     out += [f"flush chain {t} {c}" for c in removed]
     for c in changed:
-        out += [f"add rule {t} {c} {r}" for r in after[c]]
+        out += [f"add rule {t} {c} {rule_text(r)}" for r in after[c]]
     out += [f"delete chain {t} {c}" for c in removed]
     out += [f"delete set {t} {n}" for n in sorted(old.sets.keys() - new.sets.keys())]
     out += [f"delete counter {t} {n}" for n in sorted(old.counters.keys() - new.counters.keys())]

@@ -24,9 +24,10 @@ def start_policy(
     resync_s: float = 10.0,
 ) -> tuple[PolicyAgent, Callable[..., Any]]:
     """Start the agent (table applied, watch running); returns it and the CNI server hook."""
-    from flannelish.kernel.nft import NftCli
+    from flannelish.kernel.nftlib import nft_runner
 
-    agent = PolicyAgent(PolicyStore(store), NftCli(), node, state_dir, resync_s)
+    # in-process libnftables: a transaction per change without starting nft each time
+    agent = PolicyAgent(PolicyStore(store), nft_runner(), node, state_dir, resync_s)
     agent.start(lease_id)
     if ops is not None:
         ops.state.sections["policy"] = agent.status

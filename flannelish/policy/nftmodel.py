@@ -12,7 +12,7 @@ from ipaddress import ip_address, ip_network
 
 from .compile import PROTO_NAMES, Compiled, Cond
 
-MAX_DEPTH = 8
+MAX_DEPTH = 16  # the kernel allows 16 nested jumps; we use at most 8
 
 
 def _parsed(c: Compiled, name: str) -> list:
@@ -32,6 +32,8 @@ def _cond(c: Compiled, cond: Cond, pkt: dict) -> bool:
         return bool(pkt.get("established"))
     if cond.what == "never":
         return False
+    if cond.what == "nfproto":
+        return ip_address(pkt["src"]).version == cond.family
     if cond.what == "saddr":
         return _in_set(c, cond.set, pkt["src"])
     if cond.what == "daddr":
@@ -48,12 +50,12 @@ def verdict(
     c: Compiled, src: str, dst: str, proto: str, port: int, established: bool = False
 ) -> str:
     """ "accept" or "drop" for one forwarded packet (protocol TCP/UDP/SCTP/ICMP)."""
-    fam = ip_address(src).version
     pkt = {"src": src, "dst": dst, "proto": proto, "port": port, "established": established}
+    # every rule of an inet chain sees both families (as in the kernel): a rule
+    # meant for one family must say so in its conditions
     chains: dict[str, list] = {}
     for r in c.rules:
-        if r.family == fam:
-            chains.setdefault(r.chain, []).append(r)
+        chains.setdefault(r.chain, []).append(r)
 
     def run(chain: str, depth: int) -> str | None:
         if depth > MAX_DEPTH:

@@ -20,26 +20,38 @@ from flannelish.kernel.netns import in_netns
 
 
 class PodServers:
-    """Listeners on `ports` (TCP and UDP) inside each namespace; one thread serves them all."""
+    """Listeners on `ports` (TCP and UDP) inside each namespace; one thread serves them all.
 
-    def __init__(self, netns_of: dict[str, str], ports: Iterable[int] = (80, 81)) -> None:
+    With ``ipv6`` every port is served on IPv6 as well (separate, v6-only sockets).
+    """
+
+    def __init__(
+        self, netns_of: dict[str, str], ports: Iterable[int] = (80, 81), ipv6: bool = False
+    ) -> None:
         self.sel = selectors.DefaultSelector()
         self.socks: list[socket.socket] = []
+        families = (socket.AF_INET, socket.AF_INET6) if ipv6 else (socket.AF_INET,)
         for ns in netns_of.values():
             with in_netns(ns):
                 for port in ports:
                     for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                        s = socket.socket(socket.AF_INET, kind)
-                        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                        s.bind(("0.0.0.0", port))
-                        if kind == socket.SOCK_STREAM:
-                            s.listen(128)
-                        s.setblocking(False)
-                        self.sel.register(s, selectors.EVENT_READ)
-                        self.socks.append(s)
+                        for fam in families:
+                            self._listen(fam, kind, port)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="pod-servers", daemon=True)
         self._thread.start()
+
+    def _listen(self, fam: int, kind: int, port: int) -> None:
+        s = socket.socket(fam, kind)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if fam == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", port))
+        if kind == socket.SOCK_STREAM:
+            s.listen(128)
+        s.setblocking(False)
+        self.sel.register(s, selectors.EVENT_READ)
+        self.socks.append(s)
 
     def _serve(self) -> None:
         while not self._stop.is_set():

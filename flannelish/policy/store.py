@@ -39,6 +39,11 @@ def _decode(value: bytes) -> Any:
     return loads_bounded(value, max_bytes=MAX_VALUE_BYTES, max_depth=32)
 
 
+def namespace_from(name: str, doc: Any) -> Namespace:
+    labels = (doc or {}).get("labels") or {}
+    return Namespace(name, tuple(sorted((str(k), str(v)) for k, v in labels.items())))
+
+
 class PolicyStore:
     def __init__(self, store: EtcdStore) -> None:
         self.store = store
@@ -100,16 +105,20 @@ class PolicyStore:
 
     @staticmethod
     def _add(world: World, key: str, doc: Any) -> None:
+        # a value must name what its key names: one policy or endpoint per key
         if key.startswith(POLICIES):
-            world.policies.append(parse_policy(doc))
+            policy = parse_policy(doc)
+            if policy.key != key[len(POLICIES) :]:
+                raise ValueError(f"the document names {policy.key}, not {key[len(POLICIES) :]}")
+            world.policies.append(policy)
         elif key.startswith(NAMESPACES):
             name = key[len(NAMESPACES) :]
-            labels = doc.get("labels") or {}
-            world.namespaces[name] = Namespace(
-                name, tuple(sorted((str(k), str(v)) for k, v in labels.items()))
-            )
+            world.namespaces[name] = namespace_from(name, doc)
         elif key.startswith(ENDPOINTS):
-            world.endpoints.append(Endpoint.from_dict(doc))
+            ep = Endpoint.from_dict(doc)
+            if f"{ep.node}/{ep.container_id}" != key[len(ENDPOINTS) :]:
+                raise ValueError(f"the endpoint is {ep.node}/{ep.container_id}")
+            world.endpoints.append(ep)
 
     def watch(self, revision: int) -> WatchStream:
         return self.store.watch(PREFIX, revision)
