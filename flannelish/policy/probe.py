@@ -5,11 +5,17 @@ Sockets are created by threads that entered the pod's namespace
 in this process: no helper processes, probes in parallel with short timeouts.
 A TCP probe is a completed connect; a UDP probe is a datagram answered by the
 server (the answer is a reply: it passes only through conntrack).
+
+UDP probes send from source ports taken in turn from a range below the
+kernel's ephemeral ports: a random source port could match a conntrack entry
+an earlier probe of the same pair left behind (UDP entries live 30-120 s), and
+that "established" flow would pass a policy that denies new ones.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import selectors
 import socket
 import threading
@@ -17,6 +23,19 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from flannelish.kernel.netns import in_netns
+
+# 12000 ports in turn: a port comes back only after 12000 UDP probes, by then
+# its conntrack entries are gone (a few hundred probes a second at most).
+_UDP_SOURCE_PORTS = itertools.cycle(range(20000, 32000))
+_UDP_SOURCE_LOCK = threading.Lock()
+
+
+def _bind_udp_source(s: socket.socket, ipv6: bool) -> None:
+    """Bind to the next source port; a port taken by someone else: the kernel picks one."""
+    with _UDP_SOURCE_LOCK:
+        port = next(_UDP_SOURCE_PORTS)
+    with contextlib.suppress(OSError):
+        s.bind(("::" if ipv6 else "0.0.0.0", port))
 
 
 class PodServers:
@@ -86,6 +105,7 @@ def probe(netns: str, ip: str, proto: str, port: int, timeout: float = 0.4) -> b
                 return True
             except OSError:
                 return False
+        _bind_udp_source(s, ":" in ip)
         for _ in range(2):  # one retransmission: a lost datagram is not a denial
             try:
                 s.sendto(b"probe", (ip, port))
