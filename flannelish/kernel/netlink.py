@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Protocol, TypeVar, dataclass_transform
 
@@ -214,6 +214,14 @@ class RouteExists(KernelError):
 
 # -- the interface ---------------------------------------------------------------
 
+# One kernel write for Netlink.apply_many: the name of the method that makes it
+# and that method's record, e.g. ("add_route", Route(...)).
+Op = tuple[str, Any]
+BATCH_OPS = frozenset(
+    {"replace_neigh", "del_neigh", "replace_fdb", "del_fdb", "add_route", "replace_route",
+     "del_route"}
+)  # fmt: skip
+
 
 class Netlink(Protocol):
     """The kernel operations flannelish needs, in one network namespace."""
@@ -267,6 +275,11 @@ class Netlink(Protocol):
     def fdbs(self, ifindex: int, tick: Tick | None = None) -> list[Fdb]: ...
     def replace_fdb(self, fdb: Fdb) -> None: ...
     def del_fdb(self, fdb: Fdb) -> None: ...
+
+    # Many writes (ops of BATCH_OPS) at once, in order, each as its method makes it
+    # (RawNetlink: packed into few datagrams).  One failure does not stop the
+    # others; the result per op is what its method would have raised, or None.
+    def apply_many(self, ops: Sequence[Op]) -> list[KernelError | None]: ...
 
     # /proc/sys/<key> in this namespace; a key that does not exist is skipped
     def sysctl(self, key: str, value: str) -> None: ...

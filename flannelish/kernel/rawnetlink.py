@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flannelish.errors import KernelError
 from flannelish.kernel import rtnl
@@ -34,6 +35,7 @@ from flannelish.kernel.netlink import (
     Link,
     Neigh,
     Netlink,
+    Op,
     Route,
     RouteExists,
     Tick,
@@ -67,6 +69,10 @@ _GONE = (errno.ENODEV, errno.ENOENT)  # what a lookup of a missing link returns
 
 
 AF_UNSPEC = 0  # a neighbour dump of both the ARP and the ND table
+_MISSING = (errno.ENOENT, errno.ESRCH, errno.ENODEV)  # "already gone" (rtnl.is_missing)
+# One write's request: message type, body, flags, and for errors the operation's
+# name and what it was for ("route add", "10.1.0.0/26 via 10.1.0.0").
+_Write = tuple[int, bytes, int, str, object]
 
 
 def _nothing() -> None:
@@ -439,30 +445,22 @@ class RawNetlink:
 
     def add_route(self, route: Route) -> None:
         """Create only: RouteExists if the table already has a route to that destination."""
-        via = f" via {route.gateway}" if route.gateway is not None else ""
-        with self._raw("route add", f"{route.dst}{via}"):
-            try:
-                self._rtnl.request(rtnl.RTM_NEWROUTE, self._route_body(route), CREATE)
-            except OSError as exc:
-                if exc.errno == errno.EEXIST:
-                    raise RouteExists(route.dst) from None
-                raise
+        self._one("add_route", route)
 
     def replace_route(self, route: Route) -> None:
-        with self._raw("route replace", route.dst):
-            self._rtnl.request(rtnl.RTM_NEWROUTE, self._route_body(route), REPLACE)
+        self._one("replace_route", route)
 
     def del_route(self, route: Route) -> None:
-        with self._raw("route del", route.dst, missing_ok=True):
-            self._rtnl.request(rtnl.RTM_DELROUTE, self._route_body(route, delete=True))
+        self._one("del_route", route)
 
     # -- neighbours and FDB entries -------------------------------------------------
-    def _neigh(self, mtype: int, flags: int, family: int, ifindex: int, dst: bytes,
-               mac: str | None, state: int, ntf: int = 0) -> None:  # fmt: skip
+    @staticmethod
+    def _neigh_body(family: int, ifindex: int, dst: bytes, mac: str | None, state: int,
+                    ntf: int = 0) -> bytes:  # fmt: skip
         body = rtnl.NDMSG.pack(family, ifindex, state, ntf, 0) + attr(rtnl.NDA_DST, dst)
         if mac is not None:
             body += attr(rtnl.NDA_LLADDR, mac_bytes(mac))
-        self._rtnl.request(mtype, body, flags)
+        return body
 
     def neighs(self, ifindex: int, tick: Tick | None = None) -> list[Neigh]:
         """Permanent IPv4 and IPv6 neighbours of one device (one dump: ARP and ND tables)."""
@@ -480,15 +478,10 @@ class RawNetlink:
         return out
 
     def replace_neigh(self, neigh: Neigh) -> None:
-        family = AF_INET6 if neigh.ip.version == 6 else AF_INET
-        with self._raw("neigh replace", neigh.ip):
-            self._neigh(rtnl.RTM_NEWNEIGH, REPLACE, family, neigh.ifindex, neigh.ip.packed,
-                        neigh.mac, NUD_PERMANENT)  # fmt: skip
+        self._one("replace_neigh", neigh)
 
     def del_neigh(self, neigh: Neigh) -> None:
-        family = AF_INET6 if neigh.ip.version == 6 else AF_INET
-        with self._raw("neigh del", neigh.ip, missing_ok=True):
-            self._neigh(rtnl.RTM_DELNEIGH, 0, family, neigh.ifindex, neigh.ip.packed, None, 0)
+        self._one("del_neigh", neigh)
 
     def fdbs(self, ifindex: int, tick: Tick | None = None) -> list[Fdb]:
         body = rtnl.NDMSG.pack(AF_BRIDGE, 0, 0, 0, 0)
@@ -505,14 +498,64 @@ class RawNetlink:
         return out
 
     def replace_fdb(self, fdb: Fdb) -> None:
-        with self._raw("fdb replace", fdb.mac):
-            self._neigh(rtnl.RTM_NEWNEIGH, REPLACE, AF_BRIDGE, fdb.ifindex, fdb.dst.packed,
-                        fdb.mac, NUD_PERMANENT | NUD_NOARP, NTF_SELF)  # fmt: skip
+        self._one("replace_fdb", fdb)
 
     def del_fdb(self, fdb: Fdb) -> None:
-        with self._raw("fdb del", fdb.mac, missing_ok=True):
-            self._neigh(rtnl.RTM_DELNEIGH, 0, AF_BRIDGE, fdb.ifindex, fdb.dst.packed,
-                        fdb.mac, NUD_PERMANENT | NUD_NOARP, NTF_SELF)  # fmt: skip
+        self._one("del_fdb", fdb)
+
+    # -- writes of neighbours, FDB entries and routes, one or many at a time ------------
+    def _write(self, op: str, obj: Any) -> _Write:
+        """The request `op` (a method name, see BATCH_OPS) sends for `obj`."""
+        if op in ("replace_neigh", "del_neigh"):
+            family = AF_INET6 if obj.ip.version == 6 else AF_INET
+            if op == "del_neigh":
+                body = self._neigh_body(family, obj.ifindex, obj.ip.packed, None, 0)
+                return rtnl.RTM_DELNEIGH, body, 0, "neigh del", obj.ip
+            body = self._neigh_body(family, obj.ifindex, obj.ip.packed, obj.mac, NUD_PERMANENT)
+            return rtnl.RTM_NEWNEIGH, body, REPLACE, "neigh replace", obj.ip
+        if op in ("replace_fdb", "del_fdb"):
+            body = self._neigh_body(AF_BRIDGE, obj.ifindex, obj.dst.packed, obj.mac,
+                                    NUD_PERMANENT | NUD_NOARP, NTF_SELF)  # fmt: skip
+            if op == "del_fdb":
+                return rtnl.RTM_DELNEIGH, body, 0, "fdb del", obj.mac
+            return rtnl.RTM_NEWNEIGH, body, REPLACE, "fdb replace", obj.mac
+        if op == "add_route":
+            via = f" via {obj.gateway}" if obj.gateway is not None else ""
+            return rtnl.RTM_NEWROUTE, self._route_body(obj), CREATE, "route add", f"{obj.dst}{via}"
+        if op == "replace_route":
+            return rtnl.RTM_NEWROUTE, self._route_body(obj), REPLACE, "route replace", obj.dst
+        if op == "del_route":
+            body = self._route_body(obj, delete=True)
+            return rtnl.RTM_DELROUTE, body, 0, "route del", obj.dst
+        raise ValueError(f"not a batchable write: {op}")
+
+    @staticmethod
+    def _refusal(op: str, obj: Any, write: _Write, code: int) -> KernelError | None:
+        """What the single call `op` raises when the kernel answers `code` (None: nothing)."""
+        if not code or (op.startswith("del_") and code in _MISSING):
+            return None  # done, or already gone: what a delete wanted
+        if op == "add_route" and code == errno.EEXIST:
+            return RouteExists(obj.dst)
+        return KernelError(f"netlink {write[3]} failed for {write[4]}", os.strerror(code), code)
+
+    def _one(self, op: str, obj: Any) -> None:
+        write = self._write(op, obj)
+        try:
+            self._rtnl.request(write[0], write[1], write[2])
+        except OSError as exc:
+            error = self._refusal(op, obj, write, exc.errno or errno.EIO)
+            if error is not None:
+                raise error from None
+
+    def apply_many(self, ops: Sequence[Op]) -> list[KernelError | None]:
+        """Many writes in few datagrams (see RtnlSocket.request_many); per op, what its
+        own method would have raised, or None."""
+        writes = [self._write(op, obj) for op, obj in ops]
+        codes = self._rtnl.request_many([(w[0], w[1], w[2]) for w in writes])
+        return [
+            self._refusal(op, obj, write, code)
+            for (op, obj), write, code in zip(ops, writes, codes, strict=True)
+        ]
 
     # -- sysctls --------------------------------------------------------------------
     def sysctl(self, key: str, value: str) -> None:

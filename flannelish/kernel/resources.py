@@ -30,6 +30,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from flannelish.errors import KernelError
 from flannelish.kernel.netlink import (
     AF_INET,
     ROUTE_PROTO,
@@ -87,6 +88,9 @@ class NeighResource:
     def remove(self, obj: Neigh) -> None:
         self._nl.del_neigh(obj)
 
+    def write_many(self, items: Sequence[tuple[Neigh, bool]]) -> list[KernelError | None]:
+        return self._nl.apply_many([("replace_neigh", obj) for obj, _create in items])
+
 
 class FdbResource:
     """VXLAN forwarding entries on our device(s)."""
@@ -111,6 +115,9 @@ class FdbResource:
 
     def remove(self, obj: Fdb) -> None:
         self._nl.del_fdb(obj)
+
+    def write_many(self, items: Sequence[tuple[Fdb, bool]]) -> list[KernelError | None]:
+        return self._nl.apply_many([("replace_fdb", obj) for obj, _create in items])
 
 
 class RouteResource:
@@ -147,22 +154,57 @@ class RouteResource:
         """
         try:
             self._nl.add_route(obj)
-        except RouteExists:
-            there = self._nl.route_to(obj.dst)
-            if there is None or there.proto == self._proto:
-                raise
-            same = (there.dst, there.gateway, there.oif, there.onlink)
-            if same != (obj.dst, obj.gateway, obj.oif, obj.onlink):
-                raise
-            self._nl.replace_route(obj)
-            log.info(
-                "took over route",
-                extra={"op": "adopt", "dst": str(obj.dst), "gateway": str(obj.gateway),
-                       "oif": obj.oif, "old_proto": there.proto},
-            )  # fmt: skip
+        except RouteExists as exc:
+            self._take_over(obj, exc)
+
+    def _take_over(self, obj: Route, exists: RouteExists) -> None:
+        """Replace the foreign route in the way if it is ours but for its protocol,
+        else raise `exists`."""
+        there = self._nl.route_to(obj.dst)
+        if there is None or there.proto == self._proto:
+            raise exists
+        same = (there.dst, there.gateway, there.oif, there.onlink)
+        if same != (obj.dst, obj.gateway, obj.oif, obj.onlink):
+            raise exists
+        self._nl.replace_route(obj)
+        log.info(
+            "took over route",
+            extra={"op": "adopt", "dst": str(obj.dst), "gateway": str(obj.gateway),
+                   "oif": obj.oif, "old_proto": there.proto},
+        )  # fmt: skip
 
     def remove(self, obj: Route) -> None:
         self._nl.del_route(obj)
+
+    def write_many(self, items: Sequence[tuple[Route, bool]]) -> list[KernelError | None]:
+        """`create` (True) or `ensure` each, in one batch; takeovers one by one after it."""
+        ops = [("add_route" if create else "replace_route", obj) for obj, create in items]
+        results = self._nl.apply_many(ops)
+        for i, ((obj, create), error) in enumerate(zip(items, results, strict=True)):
+            if create and isinstance(error, RouteExists):
+                try:
+                    self._take_over(obj, error)
+                    results[i] = None
+                except KernelError as exc:
+                    results[i] = exc
+        return results
+
+
+def write_many(res: Resource, items: Sequence[tuple[Any, bool]]) -> list[KernelError | None]:
+    """`res.create(obj)` (create True) or `res.ensure(obj)` for each item, batched where
+    the resource can (``write_many``); per item the KernelError it raised, or None."""
+    batch = getattr(res, "write_many", None)
+    if batch is not None:
+        return list(batch(items))
+    results: list[KernelError | None] = []
+    for obj, create in items:
+        try:
+            res.create(obj) if create else res.ensure(obj)
+        except KernelError as exc:
+            results.append(exc)
+        else:
+            results.append(None)
+    return results
 
 
 def _present(ifindexes: Sequence[Callable[[], int | None]]) -> list[int]:

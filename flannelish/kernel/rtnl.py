@@ -19,11 +19,12 @@ linux/rtnetlink.h, linux/if_link.h, linux/if_addr.h, linux/neighbour.h.
 from __future__ import annotations
 
 import _thread  # threading.Lock without importing threading (plugin start-up)
+import contextlib
 import errno
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 # netlink header flags and message types
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
@@ -75,6 +76,11 @@ RTMSG = struct.Struct(
 )  # family, dst_len, src_len, tos, table, proto, scope, type, flags
 NLA = struct.Struct("=HH")  # rtattr: length, type
 U32 = struct.Struct("=I")
+SOL_NETLINK, NETLINK_CAP_ACK = 270, 10  # CAP_ACK: error answers leave out the request
+SO_RCVBUFFORCE = 33  # not in the socket module
+RCVBUF = 1 << 22  # what we ask for (root may exceed net.core.rmem_max)
+BATCH_BYTES = 1 << 16  # requests per datagram of request_many, at most
+BATCH_MAX = 1024
 
 
 class RtnlError(OSError):
@@ -276,7 +282,18 @@ class RtnlSocket:
         self._sock = socket.socket(
             socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE
         )
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        try:  # past net.core.rmem_max: needs CAP_NET_ADMIN (the daemon, the tests)
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+        except OSError:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        with contextlib.suppress(OSError):  # Linux 4.3
+            self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        # request_many: every request of one datagram may fail, and the kernel
+        # queues all its answers before send() returns; each answer takes about
+        # 1 KiB of the receive buffer (socket buffer overhead), so a datagram
+        # carries no more requests than the buffer holds answers.
+        rcvbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self.batch_max = max(16, min(BATCH_MAX, rcvbuf // 2048))
         self._sock.bind((0, 0))
         self._seq = 0
         self._lock = _thread.allocate_lock()
@@ -313,6 +330,82 @@ class RtnlSocket:
             seq = self._send(mtype, flags | NLM_F_REQUEST | NLM_F_ACK, body)
             for _ in self._replies(seq):
                 pass
+
+    def request_many(self, requests: Sequence[tuple[int, bytes, int]]) -> list[int]:
+        """Send many changes, (type, body, flags) each, packed into few datagrams.
+
+        Returns the kernel's errno per request (0: done), in order.  The kernel
+        handles the requests of one datagram one after the other and answers
+        every failed one whether or not it asked for an ACK, so only the last
+        request of a datagram asks for one: when that ACK is in, each request
+        before it has its error or succeeded.  One send and one or a few
+        receives per datagram, instead of one round trip per request.
+        """
+        results = [0] * len(requests)
+        with self._lock:
+            start = 0
+            while start < len(requests):
+                end, size = start, 0
+                while end < len(requests) and end - start < self.batch_max:
+                    size += HDR.size + len(requests[end][1])
+                    if size > BATCH_BYTES and end > start:
+                        break
+                    end += 1
+                self._send_batch(requests, start, end, results)
+                start = end
+        return results
+
+    def _send_batch(
+        self, requests: Sequence[tuple[int, bytes, int]], start: int, end: int, results: list[int]
+    ) -> None:
+        first = self._seq + 1
+        parts = []
+        for i in range(start, end):
+            mtype, body, flags = requests[i]
+            self._seq += 1
+            flags |= NLM_F_REQUEST | (NLM_F_ACK if i == end - 1 else 0)
+            pad = b"\0" * (-len(body) % 4)
+            parts.append(HDR.pack(HDR.size + len(body), mtype, flags, self._seq, 0) + body + pad)
+        last = self._seq
+        try:
+            self._sock.send(b"".join(parts))
+        except OSError as exc:  # nothing of this datagram was handled
+            results[start:end] = [exc.errno or errno.EIO] * (end - start)
+            return
+        answered: set[int] = set()
+        try:
+            while True:
+                data = self._sock.recv(1 << 20)
+                if self._errors(data, first, last, start, results, answered):
+                    return
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
+        # The receive buffer overflowed and some answers were lost: which requests
+        # failed is unknown.  What is still queued is read; every request without
+        # an answer is reported as ENOBUFS (the caller retries it on its own).
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while True:
+                data = self._sock.recv(1 << 20, socket.MSG_DONTWAIT)
+                if self._errors(data, first, last, start, results, answered):
+                    return
+        for seq in range(first, last + 1):
+            if seq not in answered:
+                results[start + seq - first] = errno.ENOBUFS
+
+    @staticmethod
+    def _errors(
+        data: bytes, first: int, last: int, start: int, results: list[int], answered: set[int]
+    ) -> bool:
+        """Record the answers in `data` to seq first..last; True once `last` is answered."""
+        for mtype, _flags, mseq, body, _end in messages(data):
+            if mtype != NLMSG_ERROR or not first <= mseq <= last:
+                continue  # a late answer to an earlier request
+            results[start + mseq - first] = -struct.unpack_from("=i", data, body)[0]
+            answered.add(mseq)
+            if mseq == last:
+                return True
+        return False
 
     def get(self, mtype: int, body: bytes) -> list[Reply]:
         """A single-object request (no dump): its replies."""

@@ -10,6 +10,7 @@ KernelError (to test error paths).
 from __future__ import annotations
 
 import errno
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from flannelish.errors import KernelError
 from flannelish.kernel.netlink import (
     AF_INET,
+    BATCH_OPS,
     ROUTE_PROTO,
     Addr,
     Fdb,
@@ -25,6 +27,7 @@ from flannelish.kernel.netlink import (
     Link,
     Neigh,
     Netlink,
+    Op,
     Route,
     RouteExists,
     Tick,
@@ -234,6 +237,20 @@ class FakeNetlink:
     def del_fdb(self, fdb: Fdb) -> None:
         self._mutate("del_fdb", fdb)
         self._fdbs.pop((fdb.ifindex, fdb.mac, fdb.dst), None)
+
+    def apply_many(self, ops: Sequence[Op]) -> list[KernelError | None]:
+        """Each op by its own method, in order; a failure is recorded, not raised."""
+        results: list[KernelError | None] = []
+        for op, obj in ops:
+            if op not in BATCH_OPS:
+                raise ValueError(f"not a batchable write: {op}")
+            try:
+                getattr(self, op)(obj)
+            except KernelError as exc:
+                results.append(exc)
+            else:
+                results.append(None)
+        return results
 
     # -- sysctls ----------------------------------------------------------------------
     def sysctl(self, key: str, value: str) -> None:

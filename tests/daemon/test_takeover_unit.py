@@ -81,9 +81,10 @@ def test_full_pass_takes_over_flanneld_s_routes_in_place(kernel):
     result = kernel.rec.reconcile([peer(2), peer(3)])
     assert result.errors == 0 and not kernel.rec.skipped
     # Neighbour and FDB entries were already right: untouched. Each route: one
-    # exclusive add refused, then one replace of that very slot.
-    ops = [op for op, _ in kernel.nl.calls]
-    assert ops == ["add_route", "replace_route", "add_route", "replace_route"]
+    # exclusive add refused (both adds in one batch), then one replace of that very slot.
+    calls = kernel.nl.calls
+    assert [op for op, _ in calls] == ["add_route", "add_route", "replace_route", "replace_route"]
+    assert [r.dst for _, r in calls[:2]] == [r.dst for _, r in calls[2:]]
     assert all(r.proto == ROUTE_PROTO for r in kernel.nl._routes.values())
     assert len(kernel.nl._routes) == 2 and before != entries(kernel)
     kernel.nl.calls.clear()
