@@ -12,6 +12,7 @@ from flannelish.backends.vxlan import VxlanBackend
 
 from flannelish.daemon.diff import diff
 from flannelish.daemon.reconciler import Reconciler
+from flannelish.errors import KernelError
 from flannelish.kernel.netlink import ROUTE_PROTO, Fdb, Neigh, Route
 from flannelish.kernel.resources import FdbResource, NeighResource, RouteResource
 from flannelish.subnet.keys import LeaseKey
@@ -355,3 +356,30 @@ def test_an_idle_loop_applies_an_event_in_the_notifying_thread(kernel):
         assert str(new.key.v4) in {str(r.dst) for r in kernel.nl.routes()}
     finally:
         loop.stop()
+
+
+def test_a_full_pass_writes_step_by_step_and_a_failed_step_stops_only_its_peer(kernel, monkeypatch):
+    import flannelish.daemon.reconciler as reconciler
+
+    monkeypatch.setattr(reconciler, "BATCH_PEERS", 64)  # all 38 peers in one batch per step
+    replace_neigh = kernel.nl.replace_neigh
+
+    def one_bad_neigh(neigh: Neigh) -> None:
+        if neigh.ip == IPv4Address("10.244.5.0"):
+            raise KernelError("netlink neigh replace failed for 10.244.5.0", "injected")
+        replace_neigh(neigh)
+
+    kernel.nl.replace_neigh = one_bad_neigh
+    batches: list[list[str]] = []
+    apply_many = kernel.nl.apply_many
+    kernel.nl.apply_many = lambda ops: batches.append([op for op, _ in ops]) or apply_many(ops)
+    peers = [peer(n) for n in range(2, 40)]
+    result = kernel.rec.reconcile(peers)
+    assert result.errors == 1 and result.changes == 3 * 37
+    # One batch per step: 38 neighbours, then the 37 FDB entries and routes of the others.
+    assert batches == [["replace_neigh"] * 38, ["replace_fdb"] * 37, ["add_route"] * 37]
+    routes = {str(r.dst) for r in kernel.nl.routes()}
+    assert "10.244.5.0/24" not in routes and len(routes) == 37
+    assert peer(5).key not in kernel.rec.programmed() and peer(6).key in kernel.rec.programmed()
+    kernel.nl.replace_neigh = replace_neigh  # the next pass completes the peer
+    assert kernel.rec.reconcile(peers).changes == 3 and len(kernel.nl.routes()) == 38
