@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import random
 import selectors
 import socket
 import threading
@@ -25,8 +26,13 @@ from concurrent.futures import ThreadPoolExecutor
 from flannelish.kernel.netns import in_netns
 
 # 12000 ports in turn: a port comes back only after 12000 UDP probes, by then
-# its conntrack entries are gone (a few hundred probes a second at most).
-_UDP_SOURCE_PORTS = itertools.cycle(range(20000, 32000))
+# its conntrack entries are gone (a few hundred probes a second at most).  The
+# start is random per process: two `lab check --policy` runs in a row must not
+# replay the same ports in the same order (the second would find the first's
+# entries and see "established" where the policy now denies).
+_UDP_FIRST, _UDP_END = 20000, 32000
+_start = random.randrange(_UDP_FIRST, _UDP_END)
+_UDP_SOURCE_PORTS = itertools.cycle([*range(_start, _UDP_END), *range(_UDP_FIRST, _start)])
 _UDP_SOURCE_LOCK = threading.Lock()
 
 
