@@ -5,8 +5,9 @@ Two ways to get the pod range, decided by the ``ipam`` section:
 * **node mode** (no ``ipam``, or a host-local ``ipam`` without ``subnet``/``ranges``):
   the range, MTU and masquerade default come from the daemon's ``subnet.env``
   the way Flannel's CNI plugin derives them (docs/flannel-compat.md §11): range =
-  FLANNEL_SUBNET, gateway = its .1, MTU = FLANNEL_MTU, ipMasq = !FLANNEL_IPMASQ,
-  routes = user routes + FLANNEL_NETWORK via the gateway + a default route.
+  FLANNEL_SUBNET and/or FLANNEL_IPV6_SUBNET (one range set per family), gateway =
+  each subnet's first address, MTU = FLANNEL_MTU, ipMasq = !FLANNEL_IPMASQ, routes =
+  user routes + each family's pod networks via its gateway + a default route per family.
 * **stand-alone mode**: a host-local style ``ipam`` (``subnet`` shorthand and/or
   ``ranges``) is used as given; any other ``ipam.type`` is delegated to that
   plugin binary on CNI_PATH.
@@ -286,10 +287,7 @@ def load(doc: dict, command: str, cni_args: dict[str, str] | None = None) -> Net
                 raise
         env = conf.subnet_env
         if env is not None:
-            gateway = env.subnet.network_address + 1
-            ipam.range_sets = [[Range(env.subnet, gateway, _last(env.subnet), gateway)]]
-            ipam.routes = ipam.routes + [{"dst": str(n), "gw": str(gateway)} for n in env.networks]
-            ipam.routes.append({"dst": "0.0.0.0/0", "gw": str(gateway)})
+            ipam.range_sets, ipam.routes = _node_ranges(env, ipam.routes)
             masq = (not env.ipmasq) if masq is None else masq
             mtu = env.mtu if mtu is None else mtu
     conf.ip_masq = bool(masq)
@@ -304,6 +302,28 @@ def load(doc: dict, command: str, cni_args: dict[str, str] | None = None) -> Net
     if command == "GC":
         conf.valid_attachments = _attachments(doc)
     return conf
+
+
+def _node_ranges(env: PluginEnv, user_routes: list[dict]) -> tuple[list[list[Range]], list[dict]]:
+    """Node mode: one range set per subnet.env subnet (IPv4 first), and the routes.
+
+    Per family: the subnet with its first address as gateway, every pod network
+    of that family via the gateway, and a default route via the gateway
+    (docs/flannel-compat.md §11).  Dual stack gives two range sets, so a pod
+    gets one address of each family, as host-local with two ``ranges``.
+    """
+    sets: list[list[Range]] = []
+    routes = list(user_routes)
+    defaults = []
+    for subnet in env.subnets:
+        gateway = subnet.network_address + 1
+        sets.append([Range(subnet, gateway, _last(subnet), gateway)])
+        routes += [
+            {"dst": str(n), "gw": str(gateway)} for n in env.networks if n.version == subnet.version
+        ]
+        default = "0.0.0.0/0" if subnet.version == 4 else "::/0"
+        defaults.append({"dst": default, "gw": str(gateway)})
+    return sets, routes + defaults
 
 
 def _last(subnet: IPNetwork) -> IPAddress:

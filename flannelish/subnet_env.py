@@ -12,8 +12,9 @@ different things:
 
 * :func:`read_subnet_env` (daemon, doctor) is lenient like Flannel's dotenv
   parser: unknown keys are kept, a key given as a comma list is ignored.
-* :func:`read_plugin_env` (CNI plugin) insists on the four keys Flannel's
-  plugin needs and takes FLANNEL_NETWORK as a comma list (§11 there).
+* :func:`read_plugin_env` (CNI plugin) insists on the keys Flannel's plugin
+  needs (a network and a subnet of either family, MTU, IPMASQ) and takes
+  FLANNEL_NETWORK / FLANNEL_IPV6_NETWORK as comma lists (§11 there).
 
 Standard library only and cheap to import (``tempfile`` is imported by the
 writer when it runs; no ``dataclasses`` or ``pathlib``): the CNI plugin
@@ -31,8 +32,14 @@ from typing import NamedTuple
 
 from flannelish.errors import ConfigError, KernelError
 
-# What the CNI plugin cannot work without (the same four keys Flannel's plugin requires).
-PLUGIN_KEYS = ("FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ")
+# What the CNI plugin cannot work without (the keys Flannel's plugin requires): each
+# entry is one requirement, met by any of its keys (IPv4, IPv6 or both: dual stack).
+PLUGIN_KEYS = (
+    ("FLANNEL_NETWORK", "FLANNEL_IPV6_NETWORK"),
+    ("FLANNEL_SUBNET", "FLANNEL_IPV6_SUBNET"),
+    ("FLANNEL_MTU",),
+    ("FLANNEL_IPMASQ",),
+)
 
 
 class SubnetEnv(NamedTuple):
@@ -66,10 +73,15 @@ class SubnetEnv(NamedTuple):
 class PluginEnv(NamedTuple):
     """What the CNI plugin derives a pod's range, MTU and masquerade default from."""
 
-    networks: list[IPv4Network | IPv6Network]  # every FLANNEL_NETWORK entry, in order
-    subnet: IPv4Network | IPv6Network  # the node's subnet
+    networks: list[IPv4Network | IPv6Network]  # FLANNEL_NETWORK then FLANNEL_IPV6_NETWORK entries
+    subnets: list[IPv4Network | IPv6Network]  # the node's subnets: IPv4 first, then IPv6
     mtu: int
     ipmasq: bool  # the daemon masquerades, so the plugin need not
+
+    @property
+    def subnet(self) -> IPv4Network | IPv6Network:
+        """The first of `subnets` (the IPv4 one in dual stack)."""
+        return self.subnets[0]
 
 
 class IncompleteSubnetEnv(ValueError):
@@ -180,17 +192,26 @@ def read_plugin_env(path: str | os.PathLike[str]) -> PluginEnv:
     PLUGIN_KEYS is missing or empty, ValueError for a malformed value.
     """
     values = read_subnet_env_values(path)
-    missing = [key for key in PLUGIN_KEYS if not values.get(key)]
+    missing = [" or ".join(keys) for keys in PLUGIN_KEYS if not any(values.get(k) for k in keys)]
     if missing:
         raise IncompleteSubnetEnv(missing)
     networks: list[IPv4Network | IPv6Network] = []
-    for item in values["FLANNEL_NETWORK"].split(","):
-        net = ipaddress.ip_network(item.strip(), strict=False)
-        if net not in networks:
-            networks.append(net)
-    subnet = ipaddress.ip_interface(values["FLANNEL_SUBNET"]).network
+    subnets: list[IPv4Network | IPv6Network] = []
+    for key in ("FLANNEL_NETWORK", "FLANNEL_IPV6_NETWORK"):
+        for item in values.get(key, "").split(","):
+            if not item.strip():
+                continue
+            net = ipaddress.ip_network(item.strip(), strict=False)
+            if net not in networks:
+                networks.append(net)
+    for key, version in (("FLANNEL_SUBNET", 4), ("FLANNEL_IPV6_SUBNET", 6)):
+        if values.get(key):
+            subnet = ipaddress.ip_interface(values[key]).network
+            if subnet.version != version:
+                raise ValueError(f"{key} {values[key]} is not an IPv{version} subnet")
+            subnets.append(subnet)
     return PluginEnv(
-        networks, subnet, int(values["FLANNEL_MTU"]), values["FLANNEL_IPMASQ"] == "true"
+        networks, subnets, int(values["FLANNEL_MTU"]), values["FLANNEL_IPMASQ"] == "true"
     )
 
 

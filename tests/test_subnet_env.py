@@ -80,8 +80,30 @@ def test_plugin_reads_what_the_daemon_wrote(tmp_path):
     path = tmp_path / "subnet.env"
     write_subnet_env(path, VECTOR)
     assert read_plugin_env(path) == PluginEnv(
-        [IPv4Network("10.5.0.0/16")], IPv4Network("10.5.34.0/24"), 1450, True
+        [IPv4Network("10.5.0.0/16")], [IPv4Network("10.5.34.0/24")], 1450, True
     )
+
+
+@pytest.mark.parametrize("v4", [True, False], ids=["dual-stack", "ipv6-only"])
+def test_plugin_reads_ipv6_subnets_written_by_the_daemon(tmp_path, v4):
+    path = tmp_path / "subnet.env"
+    write_subnet_env(
+        path,
+        SubnetEnv(
+            IPv4Network("10.244.0.0/16") if v4 else None,
+            IPv4Network("10.244.7.0/24") if v4 else None,
+            1430,
+            False,
+            IPv6Network("fd44::/48"),
+            IPv6Network("fd44:0:0:7::/64"),
+        ),
+    )
+    env = read_plugin_env(path)
+    v4nets = [IPv4Network("10.244.0.0/16")] if v4 else []
+    v4subs = [IPv4Network("10.244.7.0/24")] if v4 else []
+    assert env.networks == [*v4nets, IPv6Network("fd44::/48")]
+    assert env.subnets == [*v4subs, IPv6Network("fd44:0:0:7::/64")]
+    assert env.subnet == env.subnets[0]
 
 
 def test_plugin_takes_every_network_of_a_list_once(tmp_path):
@@ -100,7 +122,15 @@ def test_plugin_names_missing_keys_and_rejects_bad_values(tmp_path):
     path.write_text("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_MTU=\n")
     with pytest.raises(IncompleteSubnetEnv) as err:
         read_plugin_env(path)
-    assert err.value.missing == ["FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ"]
+    assert err.value.missing == [
+        "FLANNEL_SUBNET or FLANNEL_IPV6_SUBNET",
+        "FLANNEL_MTU",
+        "FLANNEL_IPMASQ",
+    ]
+    path.write_text("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_IPV6_SUBNET=10.5.1.1/24\n")
+    path.write_text(path.read_text() + "FLANNEL_MTU=1400\nFLANNEL_IPMASQ=true\n")
+    with pytest.raises(ValueError, match="not an IPv6 subnet"):
+        read_plugin_env(path)
     path.write_text(
         "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.34.1/24\n"
         "FLANNEL_MTU=big\nFLANNEL_IPMASQ=true\n"
