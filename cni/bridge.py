@@ -181,6 +181,9 @@ def _ensure_bridge(host: RawNetlink, conf: NetConf) -> Link:
             if exc.errno != errno.EEXIST:  # EEXIST: a concurrent ADD created it first
                 raise
         host.sysctl(f"net.ipv6.conf.{conf.bridge}.accept_ra", "0")
+        # No duplicate address detection on the bridge: its IPv6 gateway (added
+        # with IFA_F_NODAD too) must answer pods at once, not after DAD's 1-2 s.
+        host.sysctl(f"net.ipv6.conf.{conf.bridge}.accept_dad", "0")
         link = host.link(conf.bridge)
         if link is None:
             raise CniError(CniCode.INTERNAL, f'bridge "{conf.bridge}" vanished after creation')
@@ -290,19 +293,15 @@ def cmd_add(call: Call) -> str:
                 prefix = ipaddress.ip_interface(ip["address"]).network.prefixlen
                 _ensure_gateway(host, conf, bridge, f"{ip['gateway']}/{prefix}")
         if conf.ip_masq:
-            v4 = _v4(res["ips"])
-            subnets = [
-                str(ipaddress.ip_interface(ip["address"]).network)
-                for ip in res["ips"]
-                if ipaddress.ip_interface(ip["address"]).version == 4
-            ]
+            pod_ips = [str(ipaddress.ip_interface(ip["address"]).ip) for ip in res["ips"]]
+            subnets = [str(ipaddress.ip_interface(ip["address"]).network) for ip in res["ips"]]
             if conf.subnet_env is not None:
                 # Node mode: pod-to-pod traffic across nodes keeps pod IPs. The
                 # reference bridge exempts only this node's subnet, which NATs
                 # cross-node pod traffic whenever the daemon runs without --ip-masq.
-                subnets += [str(n) for n in conf.subnet_env.networks if n.version == 4]
+                subnets += [str(n) for n in conf.subnet_env.networks]
             with call.in_host():
-                masq.setup(conf.name, inv.container_id, v4, subnets)
+                masq.setup(conf.name, inv.container_id, pod_ips, subnets)
             undo.append(lambda: _masq_teardown(call))
             _kill_point("add:masq")
 
@@ -336,14 +335,6 @@ def _delete_named(host: RawNetlink | None, name: str) -> None:
     link = host.link(name) if host else None
     if host and link:
         host.delete_link(link.index)
-
-
-def _v4(ips: list[dict]) -> list[str]:
-    return [
-        str(ipaddress.ip_interface(ip["address"]).ip)
-        for ip in ips
-        if ipaddress.ip_interface(ip["address"]).version == 4
-    ]
 
 
 def _add_pod_route(pod: RawNetlink, index: int, route: dict, ips: list[dict]) -> None:
@@ -388,9 +379,21 @@ def _chain(prev: dict | None, ours: dict) -> dict:
 # --- DEL ---------------------------------------------------------------------
 
 
+def _masq_families(conf: NetConf) -> tuple[str, ...]:
+    """The nft families (masq.FAMILIES) this network's pods can have chains in."""
+    if conf.ipam.range_sets:
+        versions = {r.subnet.version for rset in conf.ipam.range_sets for r in rset}
+        return tuple(f for f, v in (("ip", 4), ("ip6", 6)) if v in versions)
+    return masq.FAMILIES  # unknown (delegated IPAM, or no subnet.env): look in both
+
+
 def _masq_teardown(call: Call, container_id: str | None = None) -> None:
     with call.in_host():
-        masq.teardown(call.conf.name, container_id or call.inv.container_id)
+        masq.teardown(
+            call.conf.name,
+            container_id or call.inv.container_id,
+            families=_masq_families(call.conf),
+        )
 
 
 def _masq_maybe(conf: NetConf) -> bool:

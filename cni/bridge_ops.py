@@ -3,7 +3,9 @@
 DEL tolerates what is already gone and removes the NAT rules before it
 releases the address (a DEL killed in between leaves nothing GC cannot
 find); CHECK compares the pod with prevResult; GC releases what no valid
-attachment holds; STATUS reports whether ADD could work now.
+attachment holds; STATUS reports whether ADD could work now.  Both address
+families alike: the IPAM store holds one file per address, a pod's NAT chains
+live in ``table ip`` and/or ``table ip6 flannelish_cni`` (:mod:`cni.masq`).
 """
 
 from __future__ import annotations
@@ -117,16 +119,21 @@ def cmd_check(call: Call) -> None:
                 )
     finally:
         os.close(pod_fd)
-    v4 = [
-        str(ipaddress.ip_interface(ip["address"]).ip)
+    families = {
+        "ip6" if ipaddress.ip_interface(ip["address"]).version == 6 else "ip"
         for ip in prev["ips"]
-        if ipaddress.ip_interface(ip["address"]).version == 4
-    ]
-    if conf.ip_masq and v4:
-        with call.in_host():
-            ok = masq.exists(conf.name, inv.container_id)
-        if not ok:
-            raise CniError(CniCode.INTERNAL, f"masquerade rules of {inv.container_id} missing")
+        if ip.get("interface") == idx
+    }
+    if conf.ip_masq:
+        for family in sorted(families):
+            with call.in_host():
+                ok = masq.exists(conf.name, inv.container_id, family=family)
+            if not ok:
+                raise CniError(
+                    CniCode.INTERNAL,
+                    f"masquerade rules of {inv.container_id} missing",
+                    f"table {family} {masq.TABLE}",
+                )
 
 
 def _check_routes(pod: RawNetlink, index: int, routes: list[dict]) -> None:

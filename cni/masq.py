@@ -8,6 +8,10 @@ an nftables table of our own so nothing else's rules are touched::
       chain postrouting  (nat hook)  ip saddr vmap @pods
       chain CNI-<hash>   ip daddr <subnet> accept ; ip daddr != 224.0.0.0/4 masquerade
 
+and the same for IPv6 pods in ``table ip6 flannelish_cni`` (``ipv6_addr`` keys,
+``ip6 daddr``, multicast ``ff00::/8``), created only when a pod has an IPv6
+address; a dual-stack pod's chain exists in both tables, written in one batch.
+
 ``CNI-<hash>`` is the reference's name: "CNI-" + the first 24 hex digits of
 SHA-512(<network name><container ID>).  Every change is one ``nft -f -``
 batch, which the kernel applies atomically, so concurrent ADDs/DELs cannot
@@ -31,6 +35,13 @@ if TYPE_CHECKING:
     from flannelish.kernel.nft import NftRunner
 
 TABLE = "flannelish_cni"
+FAMILIES = ("ip", "ip6")
+_KEY = {"ip": "ipv4_addr", "ip6": "ipv6_addr"}
+_MULTICAST = {"ip": "224.0.0.0/4", "ip6": "ff00::/8"}
+
+
+def _family(address: str) -> str:
+    return "ip6" if ":" in address else "ip"
 
 
 def chain_name(network: str, container_id: str) -> str:
@@ -46,14 +57,15 @@ def _comment(network: str, container_id: str) -> str:
     return f'"name: {network} id: {container_id}"'
 
 
-def _base() -> list[str]:
+def _base(fam: str = "ip") -> list[str]:
+    t = f"{fam} {TABLE}"
     return [
-        f"add table ip {TABLE}",
-        f"add map ip {TABLE} pods {{ type ipv4_addr : verdict ; }}",
-        f"add chain ip {TABLE} postrouting {{ type nat hook postrouting priority srcnat ; }}",
+        f"add table {t}",
+        f"add map {t} pods {{ type {_KEY[fam]} : verdict ; }}",
+        f"add chain {t} postrouting {{ type nat hook postrouting priority srcnat ; }}",
         # flush + re-add keeps exactly one dispatch rule however many ADDs race.
-        f"flush chain ip {TABLE} postrouting",
-        f"add rule ip {TABLE} postrouting ip saddr vmap @pods",
+        f"flush chain {t} postrouting",
+        f"add rule {t} postrouting {fam} saddr vmap @pods",
     ]
 
 
@@ -101,45 +113,66 @@ def setup(
     subnets: list[str],
     nft: NftRunner | None = None,
 ) -> None:
-    """Masquerade traffic from `ips` leaving `subnets` (IPv4 only)."""
+    """Masquerade traffic from `ips` leaving `subnets`, per family (IPv4 and IPv6).
+
+    Traffic to a subnet of the pod's own family is never masqueraded.
+    """
     if not ips:
         return
     chain = chain_name(network, container_id)
     comment = _comment(network, container_id)
-    cmds = [*_base(), f"add chain ip {TABLE} {chain}", f"flush chain ip {TABLE} {chain}"]
-    for subnet in subnets:
-        cmds.append(f"add rule ip {TABLE} {chain} ip daddr {subnet} accept comment {comment}")
-    cmds.append(f"add rule ip {TABLE} {chain} ip daddr != 224.0.0.0/4 masquerade comment {comment}")
-    for ip in ips:
-        cmds.append(f"add element ip {TABLE} pods {{ {ip} : jump {chain} }}")
+    cmds: list[str] = []
+    for fam in FAMILIES:
+        mine = [ip for ip in ips if _family(ip) == fam]
+        if not mine:
+            continue
+        t = f"{fam} {TABLE}"
+        cmds += [*_base(fam), f"add chain {t} {chain}", f"flush chain {t} {chain}"]
+        for subnet in subnets:
+            if _family(subnet) == fam:
+                cmds.append(f"add rule {t} {chain} {fam} daddr {subnet} accept comment {comment}")
+        cmds.append(
+            f"add rule {t} {chain} {fam} daddr != {_MULTICAST[fam]} masquerade comment {comment}"
+        )
+        for ip in mine:
+            cmds.append(f"add element {t} pods {{ {ip} : jump {chain} }}")
     _run(nft, cmds, f"set up masquerade for {container_id}")
 
 
-def teardown(network: str, container_id: str, nft: NftRunner | None = None) -> None:
-    """Remove the container's chain and the map entries jumping to it, if any.
+def teardown(
+    network: str,
+    container_id: str,
+    nft: NftRunner | None = None,
+    families: tuple[str, ...] = FAMILIES,
+) -> None:
+    """Remove the container's chains and the map entries jumping to them, if any.
 
-    The entries are found in the map rather than taken from the caller, so DEL
+    The entries are found in the maps rather than taken from the caller, so DEL
     also cleans up after an IPAM store that lost the container's addresses.
-    Setup is one atomic batch, so the chain exists exactly when entries jump
+    Setup is one atomic batch, so a chain exists exactly when entries jump
     to it; with none there is nothing to do (and no table gets created).
+    ``families``: the tables to look in (one ``nft`` listing each).
     """
     chain = chain_name(network, container_id)
     what = f"remove masquerade of {container_id}"
-    ips = [ip for ip, target in _map_entries(nft, what) if target == chain]
-    if not ips:
-        return
-    cmds = [
-        f"delete element ip {TABLE} pods {{ {', '.join(ips)} }}",
-        f"flush chain ip {TABLE} {chain}",
-        f"delete chain ip {TABLE} {chain}",
-    ]
-    _run(nft, cmds, what)
+    cmds = []
+    for fam in families:
+        ips = [ip for ip, target in _map_entries(nft, what, fam) if target == chain]
+        if ips:
+            t = f"{fam} {TABLE}"
+            cmds += [
+                f"delete element {t} pods {{ {', '.join(ips)} }}",
+                f"flush chain {t} {chain}",
+                f"delete chain {t} {chain}",
+            ]
+    if cmds:
+        _run(nft, cmds, what)
 
 
-def _map_entries(nft: NftRunner | None, what: str) -> list[tuple[str, str]]:
+def _map_entries(nft: NftRunner | None, what: str, fam: str = "ip") -> list[tuple[str, str]]:
     """(pod ip, chain) pairs of the dispatch map; empty when our table does not exist."""
     entries = []
-    for item in _listing(nft, what, "map", "ip", TABLE, "pods"):
+    for item in _listing(nft, what, "map", fam, TABLE, "pods"):
         for elem in item.get("map", {}).get("elem", []):
             key, verdict = elem
             target = verdict.get("jump", {}).get("target") if isinstance(verdict, dict) else None
@@ -148,10 +181,12 @@ def _map_entries(nft: NftRunner | None, what: str) -> list[tuple[str, str]]:
     return entries
 
 
-def exists(network: str, container_id: str, nft: NftRunner | None = None) -> bool:
-    """True if the container's chain is there with its masquerade rule."""
+def exists(
+    network: str, container_id: str, nft: NftRunner | None = None, family: str = "ip"
+) -> bool:
+    """True if the container's chain is there with its masquerade rule (in `family`'s table)."""
     chain = chain_name(network, container_id)
-    items = _listing(nft, f"check masquerade of {container_id}", "chain", "ip", TABLE, chain)
+    items = _listing(nft, f"check masquerade of {container_id}", "chain", family, TABLE, chain)
     return any(
         "masquerade" in expr
         for item in items

@@ -137,7 +137,7 @@ class CniServer:
 
     def start(self) -> None:
         # Import the kernel side now so the first request finds it warm.
-        import flannelish.cni.bridge  # noqa: F401
+        import flannelish.cni.bridge_ops  # noqa: F401  (imports cni.bridge too)
 
         os.makedirs(os.path.dirname(self.socket_path) or ".", mode=0o755, exist_ok=True)
         self._remove_stale()

@@ -34,7 +34,8 @@ def _modules_after(imports: str) -> set[str]:
 
 def test_cni_in_process_path_imports_only_the_standard_library():
     loaded = _modules_after(
-        "import flannelish.cni.main, flannelish.cni.handler, flannelish.cni.bridge"
+        "import flannelish.cni.main, flannelish.cni.handler, flannelish.cni.bridge, "
+        "flannelish.cni.bridge_ops"
     )
     foreign = {
         m
