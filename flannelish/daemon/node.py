@@ -227,7 +227,10 @@ class NodeDaemon:
             self.ops.state.set_wireguard_source(wireguard)
         # The nft table is one more Owner for the reconciler (re-asserted, peer set diffed).
         self._owners = self.ops.start(
-            config.network, lease, vxlan_port=getattr(backend, "port", None)
+            config.network if getattr(config, "enable_ipv4", True) else None,
+            lease,
+            vxlan_port=getattr(backend, "port", None),
+            network6=config.ipv6_network if getattr(config, "enable_ipv6", False) else None,
         )
 
     def _make_backend(self, nl: Netlink, ext: ExternalInterface, config: NetworkConfig) -> Backend:

@@ -38,6 +38,15 @@ The rule is *armed* only once the peers are known (the first
 before the daemon knows its peers must not black-hole peer traffic (e.g.
 across a daemon restart).  ``allow_any_vxlan`` leaves the rule out.
 
+IPv6 (dual stack or IPv6-only: ``network6``/``subnet6``): the same chains,
+rules (``ip6 saddr``/``ip6 daddr``, multicast ``ff00::/8``) and set
+(``vxlan_peers`` of type ipv6_addr, the peers' PublicIPv6: the IPv6 tunnel
+runs over the IPv6 underlay) in ``table ip6 flannelish``, the same name in the
+ip6 family, written in the same transaction; never a pod-to-pod NAT in either
+family.  ``network=None`` (IPv6-only) leaves ``table ip flannelish`` out.  In
+the combined listing (:class:`TableState`) the ip6 table's chains are keyed
+``"ip6 <chain>"``.
+
 Two ways to drive it: standalone (``apply``/``set_peers``/``ensure``/
 ``remove``), or as an Owner of the daemon's reconciler
 (flannelish.node.firewall_owner.NftOwner), where the peer set is diffed
@@ -57,13 +66,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any
 
 from flannelish.errors import ConfigError
 from flannelish.kernel.nft import NftCli, NftRunner
 
 FAMILY = "ip"
+FAMILY6 = "ip6"
+FAMILIES = (FAMILY, FAMILY6)
 TABLE = "flannelish"
 PEER_SET = "vxlan_peers"
 REJECT_COUNTER_CHAIN = "input"
@@ -77,11 +88,30 @@ _CHAIN_SPECS = {
 }
 
 
+PeerIP = IPv4Address | IPv6Address
+_ADDR_TYPE = {FAMILY: "ipv4_addr", FAMILY6: "ipv6_addr"}
+_MULTICAST = {FAMILY: "224.0.0.0/4", FAMILY6: "ff00::/8"}
+
+
+def chain_key(family: str, chain: str) -> str:
+    """A chain's key in TableState.chains / desired_chains(): ip6 chains get a prefix."""
+    return chain if family == FAMILY else f"{family} {chain}"
+
+
+def family_of(ip: PeerIP) -> str:
+    return FAMILY if ip.version == 4 else FAMILY6
+
+
 @dataclass(frozen=True)
 class Rule:
     chain: str
     body: str  # nft rule text without the comment
     label: str  # what the rule is for
+    family: str = FAMILY
+
+    @property
+    def key(self) -> str:
+        return chain_key(self.family, self.chain)
 
     @property
     def comment(self) -> str:
@@ -96,25 +126,35 @@ class TableState:
     """What the kernel has in our table (parsed from ``nft -j``)."""
 
     chains: dict[str, list[str]] = field(default_factory=dict)  # chain -> rule comments
-    peers: set[IPv4Address] = field(default_factory=set)
+    peers: set[PeerIP] = field(default_factory=set)
     has_set: bool = False
     rejected_packets: int = 0
 
+    def merge(self, other: TableState) -> TableState:
+        """The combined view of two families' tables (has_set: both have their set)."""
+        return TableState(
+            {**self.chains, **other.chains},
+            self.peers | other.peers,
+            self.has_set and other.has_set,
+            self.rejected_packets + other.rejected_packets,
+        )
 
-def parse_table(items: Sequence[dict[str, Any]]) -> TableState:
+
+def parse_table(items: Sequence[dict[str, Any]], family: str = FAMILY) -> TableState:
     state = TableState()
     for item in items:
         if "chain" in item:
-            state.chains.setdefault(item["chain"]["name"], [])
+            state.chains.setdefault(chain_key(family, item["chain"]["name"]), [])
         elif "set" in item and item["set"].get("name") == PEER_SET:
             state.has_set = True
             for elem in item["set"].get("elem", []):
                 # Plain sets list strings; sets with per-element data wrap them.
                 value = elem["elem"]["val"] if isinstance(elem, dict) else elem
-                state.peers.add(IPv4Address(value))
+                state.peers.add(ip_address(value))
         elif "rule" in item:
             rule = item["rule"]
-            state.chains.setdefault(rule["chain"], []).append(rule.get("comment", ""))
+            key = chain_key(family, rule["chain"])
+            state.chains.setdefault(key, []).append(rule.get("comment", ""))
             if rule["chain"] == REJECT_COUNTER_CHAIN:
                 for expr in rule.get("expr", []):
                     if "counter" in expr and isinstance(expr["counter"], dict):
@@ -130,27 +170,27 @@ class NftRules:
 
     def __init__(
         self,
-        network: IPv4Network | str,
-        subnet: IPv4Network | str,
+        network: IPv4Network | str | None,
+        subnet: IPv4Network | str | None,
         vxlan_port: int | None = DEFAULT_VXLAN_PORT,
         masq: bool = False,
         allow_any_vxlan: bool = False,
         *,
+        network6: IPv6Network | str | None = None,
+        subnet6: IPv6Network | str | None = None,
         forward: bool = True,
         masq_host_to_pods: bool = True,
         fully_random: bool = True,
         runner: NftRunner | None = None,
     ) -> None:
-        try:
-            net, sub = ip_network(str(network)), ip_network(str(subnet))
-        except ValueError as exc:
-            raise ConfigError("invalid network for the nftables rules", str(exc)) from None
-        if not isinstance(net, IPv4Network) or not isinstance(sub, IPv4Network):
-            raise ConfigError("nftables rules support IPv4 networks only", f"{network}, {subnet}")
-        self.network: IPv4Network = net
-        self.subnet: IPv4Network = sub
-        if not self.subnet.subnet_of(self.network):
-            raise ConfigError(f"subnet {self.subnet} is not inside network {self.network}")
+        self.network: IPv4Network | None
+        self.subnet: IPv4Network | None
+        self.network6: IPv6Network | None
+        self.subnet6: IPv6Network | None
+        self.network, self.subnet = _pair(network, subnet, IPv4Network, "IPv4")
+        self.network6, self.subnet6 = _pair(network6, subnet6, IPv6Network, "IPv6")
+        if self.network is None and self.network6 is None:
+            raise ConfigError("nftables rules need an IPv4 or an IPv6 network")
         if vxlan_port is not None and not 1 <= int(vxlan_port) <= 65535:
             raise ConfigError("VXLAN port out of range 1..65535", str(vxlan_port))
         # None: no VXLAN on this node (host-gw), so there is nothing to protect.
@@ -161,8 +201,15 @@ class NftRules:
         self.masq_host_to_pods = masq_host_to_pods
         self.fully_random = fully_random
         self.runner: NftRunner = runner or NftCli()
-        self._peers: frozenset[IPv4Address] | None = None  # None: elements not managed here
+        self._peers: frozenset[PeerIP] | None = None  # None: elements not managed here
         self._armed = False
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """The nft families with a table: ip (IPv4 network), ip6 (IPv6 network)."""
+        return tuple(
+            f for f, net in ((FAMILY, self.network), (FAMILY6, self.network6)) if net is not None
+        )
 
     # -- desired state -------------------------------------------------------
 
@@ -176,36 +223,47 @@ class NftRules:
         self._armed = True
 
     @property
-    def peers(self) -> frozenset[IPv4Address]:
+    def peers(self) -> frozenset[PeerIP]:
         return self._peers or frozenset()
 
     def rules(self) -> list[Rule]:
-        n, lsub = self.network, self.subnet
+        """Every rule of every family's table, IPv4's first."""
+        out: list[Rule] = []
+        for fam in self.families:
+            out += self._family_rules(fam)
+        return out
+
+    def _family_rules(self, fam: str) -> list[Rule]:
+        n, lsub = (self.network, self.subnet) if fam == FAMILY else (self.network6, self.subnet6)
         out: list[Rule] = []
         if self.masq:
             rnd = " fully-random" if self.fully_random else ""
             mark = f"0x{KUBE_PROXY_MARK:x}"
+            mcast = _MULTICAST[fam]
             nat = [
                 (f"meta mark & {mark} == {mark} return", "masq: kube-proxy mark"),
-                (f"ip saddr {lsub} ip daddr {n} return", "masq: pods to cluster"),
-                (f"ip saddr {n} ip daddr {lsub} return", "masq: cluster to pods"),
-                (f"ip saddr != {n} ip daddr {lsub} return", "masq: to local pods"),
-                (f"ip saddr {n} ip daddr != 224.0.0.0/4 masquerade{rnd}", "masq: pods to world"),
+                (f"{fam} saddr {lsub} {fam} daddr {n} return", "masq: pods to cluster"),
+                (f"{fam} saddr {n} {fam} daddr {lsub} return", "masq: cluster to pods"),
+                (f"{fam} saddr != {n} {fam} daddr {lsub} return", "masq: to local pods"),
+                (f"{fam} saddr {n} {fam} daddr != {mcast} masquerade{rnd}", "masq: pods to world"),
             ]
             if self.masq_host_to_pods:
-                nat.append((f"ip saddr != {n} ip daddr {n} masquerade{rnd}", "masq: host to pods"))
-            out += [Rule("postrouting", body, comment) for body, comment in nat]
+                nat.append(
+                    (f"{fam} saddr != {n} {fam} daddr {n} masquerade{rnd}", "masq: host to pods")
+                )
+            out += [Rule("postrouting", body, comment, fam) for body, comment in nat]
         if self.forward:
             out += [
-                Rule("forward", f"ip saddr {n} accept", "forward: from pods"),
-                Rule("forward", f"ip daddr {n} accept", "forward: to pods"),
+                Rule("forward", f"{fam} saddr {n} accept", "forward: from pods", fam),
+                Rule("forward", f"{fam} daddr {n} accept", "forward: to pods", fam),
             ]
         if self.armed:
             out.append(
                 Rule(
                     "input",
-                    f"udp dport {self.vxlan_port} ip saddr != @{PEER_SET} counter drop",
+                    f"udp dport {self.vxlan_port} {fam} saddr != @{PEER_SET} counter drop",
                     "anti-spoof: vxlan from non-peers",
+                    fam,
                 )
             )
         return out
@@ -213,7 +271,7 @@ class NftRules:
     def desired_chains(self) -> dict[str, list[str]]:
         chains: dict[str, list[str]] = {}
         for rule in self.rules():
-            chains.setdefault(rule.chain, []).append(rule.comment)
+            chains.setdefault(rule.key, []).append(rule.comment)
         return chains
 
     def armed_chains(self) -> dict[str, list[str]]:
@@ -224,31 +282,41 @@ class NftRules:
         finally:
             self._armed = was
 
-    def render(self, seed: Iterable[IPv4Address] = ()) -> str:
+    def render(self, seed: Iterable[PeerIP] = ()) -> str:
         """The full idempotent transaction for ``nft -f -``; ``seed``: more set elements."""
-        t = f"{FAMILY} {TABLE}"
-        lines = [f"add table {t}", f"add set {t} {PEER_SET} {{ type ipv4_addr; }}"]
         peers = self.peers | frozenset(seed)
-        if peers:
-            lines.append(f"add element {t} {PEER_SET} {{ {set_elements(peers)} }}")
         wanted = self.desired_chains()
-        for chain, spec in _CHAIN_SPECS.items():
-            # add+flush works whether or not the chain exists; a chain we no
-            # longer want is then deleted (nft 1.0.6 has no `destroy`).
-            lines += [f"add chain {t} {chain} {{ {spec} }}", f"flush chain {t} {chain}"]
-            if chain not in wanted:
-                lines.append(f"delete chain {t} {chain}")
-        for rule in self.rules():
-            lines.append(f'add rule {t} {rule.chain} {rule.body} comment "{rule.comment}"')
+        lines = []
+        for fam in self.families:
+            t = f"{fam} {TABLE}"
+            lines += [f"add table {t}", f"add set {t} {PEER_SET} {{ type {_ADDR_TYPE[fam]}; }}"]
+            mine = [ip for ip in peers if family_of(ip) == fam]
+            if mine:
+                lines.append(f"add element {t} {PEER_SET} {{ {set_elements(mine)} }}")
+            for chain, spec in _CHAIN_SPECS.items():
+                # add+flush works whether or not the chain exists; a chain we no
+                # longer want is then deleted (nft 1.0.6 has no `destroy`).
+                lines += [f"add chain {t} {chain} {{ {spec} }}", f"flush chain {t} {chain}"]
+                if chain_key(fam, chain) not in wanted:
+                    lines.append(f"delete chain {t} {chain}")
+            for rule in self._family_rules(fam):
+                lines.append(f'add rule {t} {rule.chain} {rule.body} comment "{rule.comment}"')
         return "\n".join(lines) + "\n"
 
     # -- operations ----------------------------------------------------------
 
     def state(self) -> TableState | None:
-        items = self.runner.listing("table", FAMILY, TABLE)
-        return None if items is None else parse_table(items)
+        """Our tables as the kernel has them (one listing per family); None if one is absent."""
+        combined: TableState | None = None
+        for fam in self.families:
+            items = self.runner.listing("table", fam, TABLE)
+            if items is None:
+                return None
+            state = parse_table(items, fam)
+            combined = state if combined is None else combined.merge(state)
+        return combined
 
-    def apply(self, seed: Iterable[IPv4Address] = ()) -> None:
+    def apply(self, seed: Iterable[PeerIP] = ()) -> None:
         """Create or restore the whole table in one transaction (idempotent).
 
         ``seed``: set elements written in the same transaction (the peers the
@@ -268,21 +336,25 @@ class NftRules:
             return False
         return self._peers is None or state.peers == self._peers
 
-    def ensure(self, seed: Iterable[IPv4Address] = ()) -> bool:
+    def ensure(self, seed: Iterable[PeerIP] = ()) -> bool:
         """Re-assert for the reconciler: apply if anything is missing. True if it repaired."""
         if self.present():
             return False
         self.apply(seed)
         return True
 
-    def set_peers(self, ips: Iterable[IPv4Address | str]) -> None:
-        """Make ``vxlan_peers`` hold exactly these PublicIPs (arms the drop rule).
+    def set_peers(self, ips: Iterable[PeerIP | str]) -> None:
+        """Make ``vxlan_peers`` hold exactly these PublicIPs / PublicIPv6s (arms the drop rule).
 
-        Only the difference is written, in one transaction.  If the table is
-        absent the new set is just remembered: the next apply() writes it.
+        Only the difference is written, in one transaction; each address goes
+        to its family's table (addresses of a family without a table are
+        ignored).  If a table is absent the new set is just remembered: the
+        next apply() writes it.
         """
         try:
-            new = frozenset(IPv4Address(str(ip)) for ip in ips)
+            new = frozenset(
+                a for a in (ip_address(str(ip)) for ip in ips) if family_of(a) in self.families
+            )
         except ValueError as exc:
             raise ConfigError("invalid peer PublicIP", str(exc)) from None
         arming = not self._armed
@@ -294,12 +366,9 @@ class NftRules:
         if not state.has_set or arming or state.chains != self.desired_chains():
             self.apply()
             return
-        t = f"{FAMILY} {TABLE}"
-        lines = []
-        if new - state.peers:
-            lines.append(f"add element {t} {PEER_SET} {{ {set_elements(new - state.peers)} }}")
-        if state.peers - new:
-            lines.append(f"delete element {t} {PEER_SET} {{ {set_elements(state.peers - new)} }}")
+        lines = element_changes("add", new - state.peers) + element_changes(
+            "delete", state.peers - new
+        )
         if lines:
             self.runner.run("\n".join(lines) + "\n")
 
@@ -309,15 +378,43 @@ class NftRules:
         return state.rejected_packets if state else 0
 
     def remove(self) -> None:
-        """Delete our table (clean shutdown); absent already is fine."""
-        if self.runner.listing("table", FAMILY, TABLE) is None:
-            return
-        self.runner.run(f"delete table {FAMILY} {TABLE}\n")
+        """Delete our tables (clean shutdown); absent already is fine."""
+        for fam in self.families:
+            if self.runner.listing("table", fam, TABLE) is not None:
+                self.runner.run(f"delete table {fam} {TABLE}\n")
 
 
-def set_elements(ips: Iterable[IPv4Address]) -> str:
+def _pair(network: object, subnet: object, kind: type, name: str) -> tuple[Any, Any]:
+    """A family's (network, subnet), checked; (None, None) when that family is off."""
+    if network is None and subnet is None:
+        return None, None
+    try:
+        net, sub = ip_network(str(network)), ip_network(str(subnet))
+    except ValueError as exc:
+        raise ConfigError("invalid network for the nftables rules", str(exc)) from None
+    if not isinstance(net, kind) or not isinstance(sub, kind):
+        raise ConfigError(
+            f"expected {name} networks for the nftables rules", f"{network}, {subnet}"
+        )
+    if not sub.subnet_of(net):  # type: ignore[arg-type]
+        raise ConfigError(f"subnet {sub} is not inside network {net}")
+    return net, sub
+
+
+def set_elements(ips: Iterable[PeerIP]) -> str:
     """The addresses as the element list of an nft set statement, sorted."""
-    return ", ".join(str(ip) for ip in sorted(ips))
+    return ", ".join(str(ip) for ip in sorted(ips, key=lambda a: (a.version, int(a))))
+
+
+def element_changes(verb: str, ips: Iterable[PeerIP]) -> list[str]:
+    """``<verb> element`` statements for the peer sets, one per family that has any."""
+    ips = list(ips)
+    lines = []
+    for fam in FAMILIES:
+        mine = [ip for ip in ips if family_of(ip) == fam]
+        if mine:
+            lines.append(f"{verb} element {fam} {TABLE} {PEER_SET} {{ {set_elements(mine)} }}")
+    return lines
 
 
 def parse_port(value: Any) -> int:
@@ -332,11 +429,14 @@ def parse_port(value: Any) -> int:
 
 
 __all__ = [
+    "FAMILIES",
     "FAMILY",
+    "FAMILY6",
     "PEER_SET",
     "TABLE",
     "NftRules",
     "TableState",
+    "element_changes",
     "parse_port",
     "parse_table",
     "set_elements",

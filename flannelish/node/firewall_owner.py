@@ -7,7 +7,9 @@ into one nft transaction; a lease event adds or deletes just its peer's
 element (the reconciler counts peers per element, so an address two peers
 share stays while one of them does).  It also decides when the anti-spoof drop rule is
 armed: only after a pass has written the full peer set, so arming never drops
-a peer's traffic.
+a peer's traffic.  With an IPv6 network the peers' PublicIPv6 are elements too
+(of ``table ip6 flannelish``'s set): a peer is planned as one element per
+family it has an underlay address of, and both tables arm together.
 """
 
 from __future__ import annotations
@@ -16,17 +18,17 @@ import logging
 import threading
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import ClassVar
 
 from flannelish.errors import KernelError
 from flannelish.node.firewall import (
     FAMILY,
-    PEER_SET,
-    TABLE,
+    FAMILY6,
     NftRules,
+    PeerIP,
     TableState,
-    set_elements,
+    element_changes,
 )
 from flannelish.subnet.lease import Lease
 
@@ -35,9 +37,9 @@ log = logging.getLogger("flannelish.nft")
 
 @dataclass(frozen=True)
 class PeerAddr:
-    """One element of ``vxlan_peers``: a peer's PublicIP (a reconciler record)."""
+    """One element of ``vxlan_peers``: a peer's PublicIP or PublicIPv6 (a reconciler record)."""
 
-    ip: IPv4Address
+    ip: PeerIP
 
 
 @dataclass
@@ -48,9 +50,9 @@ class _PassBatch:
     another thread (NftOwner.after_pass), hence the lock.
     """
 
-    planned: set[IPv4Address] = field(default_factory=set)
-    actual: set[IPv4Address] = field(default_factory=set)
-    done: set[IPv4Address] = field(default_factory=set)
+    planned: set[PeerIP] = field(default_factory=set)
+    actual: set[PeerIP] = field(default_factory=set)
+    done: set[PeerIP] = field(default_factory=set)
     dumped: bool = False  # the reconciler got as far as listing the set
     failed: bool = False  # a write failed, so the set may not match the plan
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -115,7 +117,7 @@ class PeerSetResource:
             with self.batch.lock:
                 self.batch.actual = set(peers)
                 self.batch.dumped = True
-        return [PeerAddr(ip) for ip in sorted(peers)]
+        return [PeerAddr(ip) for ip in sorted(peers, key=lambda a: (a.version, int(a)))]
 
     def _write(self, verb: str, obj: PeerAddr) -> None:
         b = self.batch
@@ -130,9 +132,8 @@ class PeerSetResource:
                     return
                 pending = b.planned - b.actual if verb == "add" else b.actual - b.planned
                 ips = {obj.ip} | (pending - b.done)
-        target = f"{FAMILY} {TABLE} {PEER_SET}"
         try:
-            self._rules.runner.run(f"{verb} element {target} {{ {set_elements(ips)} }}\n")
+            self._rules.runner.run("\n".join(element_changes(verb, ips)) + "\n")
         except KernelError:
             if b is not None:
                 with b.lock:
@@ -216,7 +217,7 @@ class NftOwner:
             self._arm_requested = True
             self._pass_since_request = False
 
-    def _seed(self) -> frozenset[IPv4Address]:
+    def _seed(self) -> frozenset[PeerIP]:
         """The peers the current (or, before resources(), the last) pass wants.
 
         Written with a restored table in one transaction: a table deleted
@@ -285,7 +286,14 @@ class NftOwner:
     def plan(self, peer: Lease) -> Sequence[PeerAddr]:
         if not self._resources:
             return ()
-        ip = IPv4Address(peer.attrs.public_ip)
+        ips: list[PeerIP] = []
+        families = self.rules.families
+        if FAMILY in families and peer.attrs.public_ip:
+            v4 = IPv4Address(peer.attrs.public_ip)
+            if not v4.is_unspecified:  # an IPv6-only peer advertises 0.0.0.0
+                ips.append(v4)
+        if FAMILY6 in families and getattr(peer.attrs, "public_ipv6", None):
+            ips.append(IPv6Address(peer.attrs.public_ipv6))
         with self._batch.lock:
-            self._batch.planned.add(ip)
-        return (PeerAddr(ip),)
+            self._batch.planned.update(ips)
+        return tuple(PeerAddr(ip) for ip in ips)

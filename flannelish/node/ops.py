@@ -34,7 +34,7 @@ import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING
 
 from flannelish.errors import FlannelishError, NotAvailableError
@@ -85,11 +85,14 @@ class NodeOps:
         lease: Lease,
         *,
         vxlan_port: int | None,
+        network6: IPv6Network | str | None = None,
     ) -> list[NftOwner]:
         """Create the nft Owner (for the Reconciler) and start the health server.
 
         ``vxlan_port`` is None for backends without VXLAN (host-gw): then no
-        anti-spoof rule.
+        anti-spoof rule.  ``network``/``network6`` None: that family is off;
+        the IPv6 rules (``table ip6 flannelish``) need the lease's
+        ``ipv6_subnet`` as well.
         """
         self.lease_changed(lease, network=network)
         if network is None or lease.key.v4 is None:
@@ -108,14 +111,18 @@ class NodeOps:
             )
             self._start_server()
             return []
+        subnet6 = getattr(lease, "ipv6_subnet", None)
+        v6 = network6 is not None and subnet6 is not None
         rules = NftRules(
             network,
-            lease.subnet,
+            lease.subnet if network is not None else None,
             vxlan_port,
             masq=self.options.ip_masq,
             forward=self.options.forward,
             fully_random=self.options.fully_random,
             allow_any_vxlan=self.options.vxlan_allow_any,
+            network6=network6 if v6 else None,
+            subnet6=subnet6 if v6 else None,
             runner=self._runner,
         )
         self.owner = NftOwner(rules)
@@ -135,18 +142,24 @@ class NodeOps:
         self.state.set_lease(
             lease.subnet, lease.expiration, public_ip=str(lease.attrs.public_ip), network=network
         )
-        if self.owner is not None and self.owner.rules.subnet != lease.subnet:
+        if self.owner is None:
+            return
+        old = self.owner.rules
+        subnet = lease.subnet if old.network is not None else None
+        subnet6 = getattr(lease, "ipv6_subnet", None) if old.network6 is not None else None
+        if (old.subnet, old.subnet6) != (subnet, subnet6) and (subnet or subnet6):
             # A new subnet changes the masquerade rules; the next pass applies them.
-            old = self.owner.rules
             self.owner.replace_rules(
                 NftRules(
                     old.network,
-                    lease.subnet,
+                    subnet,
                     old.vxlan_port,
                     masq=old.masq,
                     forward=old.forward,
                     fully_random=old.fully_random,
                     allow_any_vxlan=old.allow_any_vxlan,
+                    network6=old.network6 if subnet6 else None,
+                    subnet6=subnet6,
                     runner=old.runner,
                 )
             )

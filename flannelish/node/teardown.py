@@ -2,7 +2,7 @@
 
 The daemon never removes its data path when it stops (SIGTERM, a crash, an
 upgrade): the overlay device, the routes with our route protocol and the
-nftables table (masquerade and the anti-spoof filter) stay, so pods keep
+nftables tables (masquerade and the anti-spoof filter) stay, so pods keep
 talking and stay protected while it is down.  Taking a node out of the
 overlay is therefore an explicit step; this module is that step.  It removes
 only what carries our marks: overlay devices named like ours (``flannel.<VNI>``
@@ -19,7 +19,7 @@ from pathlib import Path
 from flannelish.cni.handler import POLICY_MARKER
 from flannelish.kernel.netlink import ROUTE_PROTO, Netlink
 from flannelish.kernel.nft import NftRunner
-from flannelish.node.firewall import FAMILY, TABLE
+from flannelish.node.firewall import FAMILIES, TABLE
 
 OVERLAY_DEVICE = re.compile(r"flannel\.\d{1,8}\Z")
 WIREGUARD_DEVICES = ("flannel-wg", "flannel-wg-v6")
@@ -56,8 +56,10 @@ def teardown(
             if not dry_run:
                 nl.delete_link(link.index)
             done.devices.append(link.name)
-    # ours and network policy's (flannelish.policy: pods stay protected until this step)
-    for family, table in ((FAMILY, TABLE), ("inet", "flannelish-policy")):
+    # ours (table ip flannelish and, with IPv6, table ip6 flannelish) and network
+    # policy's (flannelish.policy: pods stay protected until this step)
+    tables = [(family, TABLE) for family in FAMILIES] + [("inet", "flannelish-policy")]
+    for family, table in tables:
         if nft.listing("table", family, table) is not None:
             if not dry_run:
                 nft.run(f"delete table {family} {table}\n")
