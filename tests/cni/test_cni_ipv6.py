@@ -216,3 +216,70 @@ def test_ipv6_masquerade_nats_to_the_world_never_to_other_pods(cni_latest, netns
     cni.delete(pod)
     assert "CNI-" not in run(["ip", "netns", "exec", cni.host, "nft", "list", "ruleset"]).stdout
     assert not os.path.exists(cni.store / str(pod_ip))
+
+
+# --- the upstream flannel CNI meta-plugin reading our subnet.env ---------------
+
+
+def _flannel_plugin() -> str | None:
+    """Upstream flannel's CNI plugin, if this machine has one (Debian does not ship it)."""
+    for path in (
+        os.environ.get("FLANNELISH_FLANNEL_CNI", ""),
+        "/usr/lib/cni/flannel",
+        "/opt/cni/bin/flannel",
+    ):
+        if path and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def test_upstream_flannel_plugin_attaches_a_dual_stack_pod_from_our_subnet_env(cni_inproc):
+    """flannel (delegating to the reference bridge + host-local) reads FLANNEL_IPV6_* from our file.
+
+    Debian's containernetworking-plugins has no flannel plugin: point
+    FLANNELISH_FLANNEL_CNI at a build of flannel-io/cni-plugin to run this.
+    """
+    from ipaddress import IPv4Network, IPv6Network
+
+    from flannelish.subnet_env import SubnetEnv, write_subnet_env
+
+    binary = _flannel_plugin()
+    if binary is None:
+        pytest.skip("no upstream flannel CNI plugin (set FLANNELISH_FLANNEL_CNI)")
+    cni = cni_inproc
+    write_subnet_env(  # our writer, exactly as the daemon writes the file
+        cni.run_dir / "subnet.env",
+        SubnetEnv(
+            IPv4Network("10.244.0.0/16"),
+            IPv4Network(f"{SUBNET}.0/24"),
+            1430,
+            True,
+            IPv6Network(V6_NETWORK),
+            IPv6Network(f"{V6_SUBNET}/64"),
+        ),
+    )
+    conf = {
+        "cniVersion": "1.0.0",
+        "name": "upstream",
+        "type": "flannel",
+        "subnetFile": str(cni.run_dir / "subnet.env"),
+        "dataDir": str(cni.tmp / "flannel-data"),
+        "ipam": {"dataDir": str(cni.data_dir)},
+        "delegate": {"bridge": "cni1", "isDefaultGateway": True},
+    }
+    pod = cni.pod()
+    res = cni.call("ADD", conf, netns=pod, binary=binary).ok().json
+    addresses = [ipaddress.ip_interface(ip["address"]) for ip in res["ips"]]
+    assert [a.version for a in addresses] == [4, 6], res
+    assert addresses[0] in ipaddress.ip_network(f"{SUBNET}.0/24")
+    assert addresses[1] in ipaddress.ip_network(f"{V6_SUBNET}/64")
+    assert V6_GW in cni.ip(cni.host, "-6", "addr", "show", "cni1")
+    assert f"{V6_NETWORK} via {V6_GW}" in cni.ip(pod, "-6", "route")
+    # The reference bridge leaves the gateway to DAD (tentative for a second or
+    # two); ours is usable at once (test_add_gives_an_address_per_family_usable_at_once).
+    deadline = time.monotonic() + 10
+    while not ping6(pod, V6_GW) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ping6(pod, V6_GW)
+    cni.call("DEL", conf, netns=pod, binary=binary).ok()
+    assert "eth0" not in cni.links(pod)
