@@ -88,7 +88,8 @@ def nft_relevant(loops: Sequence[ReconcileLoop]) -> Callable[[Change], bool]:
         return any(loop.reconciler.holds(PeerSetResource.kind, ip) for loop in loops)
 
     def ours(change: Change) -> bool:
-        if change.family != socket.AF_INET or change.table != TABLE:
+        # NFPROTO_IPV4 / NFPROTO_IPV6 equal AF_INET / AF_INET6: table ip and ip6 flannelish.
+        if change.family not in (socket.AF_INET, socket.AF_INET6) or change.table != TABLE:
             return False
         if change.type & 0xFF == NFT_MSG_DELSETELEM and change.set_name == PEER_SET:
             return change.dst is None or wanted(change.dst)

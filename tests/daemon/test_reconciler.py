@@ -323,6 +323,7 @@ def test_the_nft_monitor_ignores_deletions_of_elements_no_peer_holds():
     assert relevant(deleted(None))  # not named: check
     assert relevant(Change((10 << 8) | 8, family=2, table="flannelish"))  # a rule deleted
     assert not relevant(Change((10 << 8) | 8, family=2, table="other"))
+    assert relevant(Change((10 << 8) | 8, family=10, table="flannelish"))  # ip6 flannelish
     rec.apply_peers([peer(2).key], {peer(3).key: peer(3)}.get)  # peer 2 gone
     assert not relevant(deleted("198.18.0.2"))
 
