@@ -133,7 +133,7 @@ def test_host_gw_nodes_have_no_vxlan_port_and_no_drop_rule():
         ({"subnet": "10.245.0.0/24"}, "not inside network"),
         ({"network": "10.244.0.1/16"}, "invalid network"),
         ({"network": "fd00::/48", "subnet": "fd00::/64"}, "expected IPv4 networks"),
-            ({"network": None, "subnet": None}, "an IPv4 or an IPv6 network"),
+        ({"network": None, "subnet": None}, "an IPv4 or an IPv6 network"),
         ({"vxlan_port": 70000}, "out of range"),
     ],
 )
