@@ -2,7 +2,8 @@
 
 Real namespaces, the real executable, both execution paths and every CNI
 version (the ``cni`` fixture).  Lab ranges only: pods 10.244.0.0/16 and
-fd44::/48 (node subnets /24 and /64), underlay fd18::/64.
+fd44::/48 (node subnets /24 and /64), underlay fd18::/64.  Conformance items
+35-37 of docs/cni-compat.md §9.
 """
 
 from __future__ import annotations
