@@ -133,3 +133,25 @@ def test_uninstall_removes_both_tables():
     done = teardown(FakeNetlink(), fake)
     assert done.tables == ["ip flannelish", "ip6 flannelish"]
     assert fake.tables == {"ip": None, "ip6": None}
+
+
+def test_node_ops_builds_the_ip6_table_from_the_lease_and_follows_a_moved_lease():
+    from flannelish.daemon.reconciler import Reconciler
+    from flannelish.node.ops import NodeOps, NodeOpsOptions
+
+    fake = FakeNft()
+    ops = NodeOps(NodeOpsOptions(ip_masq=True), runner=fake)
+    own = _lease(1, "198.18.0.1", "fd18::1")
+    if getattr(own, "ipv6_subnet", None) is None:
+        pytest.skip("Lease has no ipv6_subnet here")
+    owners = ops.start(IPv4Network("10.244.0.0/16"), own, vxlan_port=8472,
+                       network6=IPv6Network("fd44::/48"))  # fmt: skip
+    rec = Reconciler(owners)
+    rec.reconcile([])
+    before = list(fake.tables["ip6"]["chains"]["postrouting"])
+    assert len(before) == 6
+    ops.lease_changed(_lease(7, "198.18.0.1", "fd18::1"))  # both subnets moved
+    rec.reconcile([])
+    after = fake.tables["ip6"]["chains"]["postrouting"]
+    assert labels(after) == labels(before) and after != before
+    assert ops.owner is not None and ops.owner.rules.subnet6 == IPv6Network("fd44:0:0:7::/64")
