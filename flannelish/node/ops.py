@@ -95,9 +95,11 @@ class NodeOps:
         ``ipv6_subnet`` as well.
         """
         self.lease_changed(lease, network=network)
-        if network is None or lease.key.v4 is None:
-            # IPv6-only: `table ip flannelish` has nothing to hold (the ip6 rules are
-            # the firewall's own work).
+        # Per family: rules only where the family is on and the lease has its half
+        # (an IPv6-only lease has no IPv4 subnet, so no `table ip flannelish`).
+        subnet = lease.key.v4 if network is not None else None
+        subnet6 = lease.ipv6_subnet if network6 is not None else None
+        if subnet is None and subnet6 is None:
             self._start_server()
             return []
         if self._runner is None and shutil.which("nft") is None:
@@ -111,18 +113,16 @@ class NodeOps:
             )
             self._start_server()
             return []
-        subnet6 = getattr(lease, "ipv6_subnet", None)
-        v6 = network6 is not None and subnet6 is not None
         rules = NftRules(
-            network,
-            lease.subnet if network is not None else None,
+            network if subnet is not None else None,
+            subnet,
             vxlan_port,
             masq=self.options.ip_masq,
             forward=self.options.forward,
             fully_random=self.options.fully_random,
             allow_any_vxlan=self.options.vxlan_allow_any,
-            network6=network6 if v6 else None,
-            subnet6=subnet6 if v6 else None,
+            network6=network6 if subnet6 is not None else None,
+            subnet6=subnet6,
             runner=self._runner,
         )
         self.owner = NftOwner(rules)
@@ -146,7 +146,7 @@ class NodeOps:
             return
         old = self.owner.rules
         subnet = lease.subnet if old.network is not None else None
-        subnet6 = getattr(lease, "ipv6_subnet", None) if old.network6 is not None else None
+        subnet6 = lease.ipv6_subnet if old.network6 is not None else None
         if (old.subnet, old.subnet6) != (subnet, subnet6) and (subnet or subnet6):
             # A new subnet changes the masquerade rules; the next pass applies them.
             self.owner.replace_rules(

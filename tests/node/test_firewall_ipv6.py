@@ -36,10 +36,8 @@ def _lease(n: int, ip: str | None, ip6: str | None) -> Lease:
     attrs = LeaseAttrs(
         IPv4Address(ip or "0.0.0.0"), "vxlan", None, IPv6Address(ip6) if ip6 else None
     )
-    lease = Lease(IPv4Network(f"10.244.{n}.0/24"), attrs)
-    if hasattr(lease, "ipv6_subnet"):
-        lease = Lease(lease.subnet, attrs, ipv6_subnet=IPv6Network(f"fd44:0:0:{n:x}::/64"))
-    return lease
+    subnet = IPv4Network(f"10.244.{n}.0/24") if ip else IPv4Network("0.0.0.0/0")  # 0/0: no IPv4
+    return Lease(subnet, attrs, ipv6_subnet=IPv6Network(f"fd44:0:0:{n:x}::/64"))
 
 
 def test_ipv6_masquerade_mirrors_ipv4_and_never_nats_inside_the_pod_network():
@@ -142,8 +140,6 @@ def test_node_ops_builds_the_ip6_table_from_the_lease_and_follows_a_moved_lease(
     fake = FakeNft()
     ops = NodeOps(NodeOpsOptions(ip_masq=True), runner=fake)
     own = _lease(1, "198.18.0.1", "fd18::1")
-    if getattr(own, "ipv6_subnet", None) is None:
-        pytest.skip("Lease has no ipv6_subnet here")
     owners = ops.start(IPv4Network("10.244.0.0/16"), own, vxlan_port=8472,
                        network6=IPv6Network("fd44::/48"))  # fmt: skip
     rec = Reconciler(owners)
@@ -155,3 +151,33 @@ def test_node_ops_builds_the_ip6_table_from_the_lease_and_follows_a_moved_lease(
     after = fake.tables["ip6"]["chains"]["postrouting"]
     assert labels(after) == labels(before) and after != before
     assert ops.owner is not None and ops.owner.rules.subnet6 == IPv6Network("fd44:0:0:7::/64")
+
+
+def test_node_ops_on_an_ipv6_only_node_builds_only_the_ip6_table():
+    from flannelish.daemon.reconciler import Reconciler
+    from flannelish.node.ops import NodeOps, NodeOpsOptions
+
+    fake = FakeNft()
+    ops = NodeOps(NodeOpsOptions(ip_masq=True), runner=fake)
+    own = _lease(2, None, "fd18::2")
+    assert own.key.v4 is None
+    owners = ops.start(None, own, vxlan_port=8472, network6=IPv6Network("fd44::/48"))
+    assert len(owners) == 1
+    Reconciler(owners).reconcile([])
+    assert fake.tables.get("ip") is None and fake.tables.get("ip6")
+    rules6 = labels(fake.tables["ip6"]["chains"]["postrouting"])
+    assert len(rules6) == 6
+    assert ops.owner is not None and ops.owner.rules.subnet6 == IPv6Network("fd44:0:0:2::/64")
+    ops.lease_changed(_lease(9, None, "fd18::2"))
+    assert ops.owner.rules.subnet6 == IPv6Network("fd44:0:0:9::/64")
+    assert ops.owner.rules.network is None
+
+
+def test_node_ops_with_no_family_to_guard_returns_no_owner():
+    from flannelish.node.ops import NodeOps, NodeOpsOptions
+
+    fake = FakeNft()
+    ops = NodeOps(NodeOpsOptions(), runner=fake)
+    # An IPv6-only lease, but the daemon passed no IPv6 network: nothing to build.
+    assert ops.start("10.244.0.0/16", _lease(2, None, "fd18::2"), vxlan_port=8472) == []
+    assert not any(fake.tables.values())
