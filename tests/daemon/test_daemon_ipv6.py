@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
-from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_interface
 
 import pytest
 
@@ -18,7 +19,7 @@ from flannelish.testing.proc import run
 from flannelish.testing.underlay import UNDERLAY_NETWORK6, Host, Underlay
 
 from .conftest import PREFIX
-from .helpers import DaemonProc, link_details, ping, wait_for
+from .helpers import VENV_BIN, DaemonProc, link_details, ping, wait_for
 
 DUAL = (
     '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd44::/48",'
@@ -297,10 +298,6 @@ def test_ipv6_deletions_are_identified_like_ipv4_ones(daemons6, etcd6):
 def test_status_shows_each_family_s_subnet_device_and_peers(daemons6):
     """`flannelish status` and /status: a line per family with our lease half, the
     family's device (MTU, VTEP MAC) and its programmed peers; /metrics counts per family."""
-    import sys
-
-    from .helpers import VENV_BIN
-
     port = "10253"
     a, b = daemons6(2, DUAL, "--healthz-ip", "127.0.0.1", "--healthz-port", port)
     wait_for(lambda: len(v6_state(a.host)["route"]) == 1, 10, what="IPv6 route on a")
@@ -343,3 +340,83 @@ def test_iface_can_reach_an_ipv6_address_picks_the_underlay(daemons6, etcd6, und
     assert '"msg": "using interface", "iface": "eth0"' in a.log_path.read_text()
     info = link_details(a.host, "flannel-v6.1")
     assert info["linkinfo"]["info_data"]["local6"] == str(a.host.ip6)
+
+
+# --- pods attached by the real CNI plugin, through each daemon's CNI server -----
+
+_RECV6 = """
+import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind(("::", 9999))
+print("ready", flush=True)
+s.settimeout(5)
+data, addr = s.recvfrom(2048)
+print(addr[0], flush=True)
+"""
+_SEND6 = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.sendto(b"hi", (sys.argv[1], 9999))
+"""
+
+
+def cni(d: DaemonProc, command: str, pod: str, cid: str, **extra: object) -> str:
+    """One plugin call in `d`'s host namespace; node mode from `d`'s subnet.env.
+
+    No ``daemonSocket``: the plugin finds the daemon's CNI server beside subnet.env.
+    """
+    conf = {"cniVersion": "1.1.0", "name": "v6net", "type": "flannelish-cni",
+            "subnetFile": str(d.subnet_file), "ipam": {"dataDir": str(d.dir / "ipam")},
+            **extra}  # fmt: skip
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command,
+           "CNI_CONTAINERID": cid, "CNI_NETNS": f"/run/netns/{pod}", "CNI_IFNAME": "eth0",
+           "CNI_PATH": "/usr/lib/cni"}  # fmt: skip
+    proc = subprocess.run(
+        ["ip", "netns", "exec", d.host.netns, str(VENV_BIN / "flannelish-cni")],
+        input=json.dumps(conf), env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{command} failed: {proc.stdout} {proc.stderr}"
+    return proc.stdout
+
+
+@pytest.mark.parametrize("config", [DUAL, V6ONLY], ids=["dual", "ipv6"])
+def test_cni_pods_get_addresses_per_family_and_reach_the_other_node(
+    daemons6, netns_factory, config
+):
+    a, b = daemons6(2, config, "--ip-masq")
+    dual = config == DUAL
+    wait_for(lambda: len(v6_state(a.host)["route"]) == 1, 10, what="IPv6 route on a")
+    pods, ips = {}, {}
+    for d, name in ((a, "ca"), (b, "cb")):
+        pods[name] = netns_factory.create(name)
+        res = json.loads(cni(d, "ADD", pods[name], name))
+        addrs = [ip_interface(ip["address"]) for ip in res["ips"]]
+        assert [x.version for x in addrs] == ([4, 6] if dual else [6]), res
+        assert addrs[-1] in subnet6(d)
+        if dual:
+            assert addrs[0] in IPv4Interface(d.env()["FLANNEL_SUBNET"]).network
+        ips[name] = addrs
+        cni(d, "CHECK", pods[name], name, prevResult=res)
+    pa, v6b = pods["ca"], ips["cb"][-1].ip
+    wait_for(lambda: ping(pa, v6b), 5, what="pod a -> pod b over IPv6")
+    if dual:
+        assert ping(pa, ips["cb"][0].ip)
+    # The daemons masquerade (--ip-masq) in both families, never pod to pod.
+    recv = subprocess.Popen(["ip", "netns", "exec", pods["cb"], sys.executable, "-c", _RECV6],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert recv.stdout is not None and recv.stdout.readline().strip() == "ready"
+        run(["ip", "netns", "exec", pa, sys.executable, "-c", _SEND6, str(v6b)])
+        seen, _ = recv.communicate(timeout=15)
+    finally:
+        if recv.poll() is None:
+            recv.kill()
+            recv.wait()
+    assert seen.strip() == str(ips["ca"][-1].ip)
+    # IPv6-only nodes get their ip6 table too (and no ip one).
+    has = {fam: a.host.run("nft", "list", "table", fam, "flannelish", check=False).returncode == 0
+           for fam in ("ip", "ip6")}  # fmt: skip
+    assert has == {"ip": dual, "ip6": True}
+    for d, name in ((a, "ca"), (b, "cb")):
+        cni(d, "DEL", pods[name], name)
+        assert "eth0" not in run(["ip", "-n", pods[name], "link"]).stdout
