@@ -28,6 +28,9 @@ from .conftest import PORT, VNI
 
 NETWORK6 = IPv6Network("fd44::/48")
 
+# Prints "<source> <payload>" per datagram until the payload `until` (the test's
+# last packet) arrives, or nothing for `timeout` s: no idle timer to race a
+# sender that is slow to start (scapy takes seconds to import on a loaded machine).
 _RECV = """
 import socket, sys
 s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
@@ -37,7 +40,10 @@ s.settimeout(float(sys.argv[1]))
 try:
     while True:
         data, addr = s.recvfrom(2048)
-        print(addr[0], data.decode(errors="replace"), flush=True)
+        text = data.decode(errors="replace")
+        print(addr[0], text, flush=True)
+        if text == sys.argv[2]:
+            break
 except socket.timeout:
     pass
 """
@@ -166,13 +172,14 @@ def rules6(node: Node6, **kwargs) -> NftRules:
                     runner=NftCli(netns=node.host.netns), **kwargs)  # fmt: skip
 
 
-def receive(netns: str, send, idle: float = 2.0) -> list[str]:
-    proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", _RECV, str(idle)],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+def receive(netns: str, send, until: str, timeout: float = 30.0) -> list[str]:
+    """What a receiver in `netns` saw while `send` ran, up to the payload `until`."""
+    proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", _RECV,
+                             str(timeout), until], stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         send()
-        out, _ = proc.communicate(timeout=30)
+        out, _ = proc.communicate(timeout=timeout + 30)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -193,8 +200,9 @@ def test_ipv6_masquerade_hides_pods_from_the_outside_but_not_from_pods(overlay6)
     def traffic() -> None:
         send6(n1.pod, overlay6.out_ip, "world")
 
-    assert receive(overlay6.out.netns, traffic) == [f"{n1.ip6} world"]
-    assert receive(n2.pod, lambda: send6(n1.pod, n2.pod_ip, "pod")) == [f"{n1.pod_ip} pod"]
+    assert receive(overlay6.out.netns, traffic, "world") == [f"{n1.ip6} world"]
+    pod_traffic = lambda: send6(n1.pod, n2.pod_ip, "pod")  # noqa: E731
+    assert receive(n2.pod, pod_traffic, "pod") == [f"{n1.pod_ip} pod"]
     nft.remove()
     assert "flannelish" not in run(["nft", "list", "tables"], netns=n1.host.netns).stdout
 
@@ -212,7 +220,7 @@ def test_spoofed_ipv6_vxlan_from_a_non_peer_is_dropped_unless_allow_any(overlay6
              str(PORT), n2.mac, n2.pod_ip, str(VNI), spoof_src], timeout=60)  # fmt: skip
         send6(n1.pod, n2.pod_ip, "from-peer")  # genuine peer traffic over IPv6 VXLAN
 
-    seen = receive(n2.pod, traffic, idle=3.0)
+    seen = receive(n2.pod, traffic, "from-peer")
     assert f"{n1.pod_ip} from-peer" in seen
     spoofed = [line for line in seen if line.endswith("spoofed")]
     if allow_any:
