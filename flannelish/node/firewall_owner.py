@@ -143,11 +143,11 @@ class PeerSetResource:
             with b.lock:
                 b.done |= ips
 
-    def _write_one(self, verb: str, ip: IPv4Address) -> None:
+    def _write_one(self, verb: str, ip: PeerIP) -> None:
         b = self.batch
-        target = f"{FAMILY} {TABLE} {PEER_SET}"
         try:
-            self._rules.runner.run(f"{verb} element {target} {{ {ip} }}\n")
+            # The element goes to its family's set (table ip or ip6 flannelish).
+            self._rules.runner.run("\n".join(element_changes(verb, [ip])) + "\n")
         except KernelError:
             if b is not None:
                 with b.lock:
