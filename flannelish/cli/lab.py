@@ -90,14 +90,30 @@ def lab() -> None:
     help="Network policy: `e2e` (namespaces x,y,z, pods a,b,c) or a pods/namespaces spec "
     "file; daemons run with --policy.",
 )
+@click.option(
+    "--ip-family",
+    type=click.Choice(names.IP_FAMILIES),
+    default="ipv4",
+    show_default=True,
+    help="Underlay and pod network families: ipv4 (198.18.0.0/24, 10.244.0.0/16), "
+    "dual (both, plus fd18::/64 and fd44::/48) or ipv6 (fd18::/64, fd44::/48 only).",
+)
 def lab_up(
-    name: str, state_dir: Path, nodes: int, pods_per_node: int, backend: str, pods_spec: str | None
+    name: str,
+    state_dir: Path,
+    nodes: int,
+    pods_per_node: int,
+    backend: str,
+    pods_spec: str | None,
+    ip_family: str,
 ) -> None:
     """Build the lab (or report the one that is already up)."""
     from flannelish.lab import build, render
     from flannelish.lab.state import LabSpec
 
-    spec = LabSpec(name=name, nodes=nodes, pods_per_node=pods_per_node, backend=backend)
+    spec = LabSpec(
+        name=name, nodes=nodes, pods_per_node=pods_per_node, backend=backend, ip_family=ip_family
+    )
     if pods_spec is not None:
         from flannelish.lab.policy import load_pods_spec
 
@@ -111,7 +127,8 @@ def lab_up(
         if state.spec != spec:
             console.print(
                 f"note: it was built with --nodes {state.spec.nodes} --pods-per-node "
-                f"{state.spec.pods_per_node} --backend {state.spec.backend}; to change that, "
+                f"{state.spec.pods_per_node} --backend {state.spec.backend} "
+                f"--ip-family {state.spec.ip_family}; to change that, "
                 f"run `flannelish lab down` first"
             )
     else:

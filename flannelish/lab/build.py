@@ -116,7 +116,13 @@ class _Builder:
         self.spec = state.spec
         self.reporter = reporter
         self.factory = _LabNetns(self.spec.name, self._record_netns)
-        self.underlay = Underlay(self.factory, bridge=names.BRIDGE)
+        families = self.spec.families
+        self.underlay = Underlay(
+            self.factory,
+            bridge=names.BRIDGE,
+            network6=names.UNDERLAY_NETWORK6 if 6 in families else None,
+            ipv4=4 in families,
+        )
         self.current = ""
 
     def _record_netns(self, name: str) -> None:
@@ -166,7 +172,10 @@ class _Builder:
     # -- steps --------------------------------------------------------------
 
     def _underlay(self) -> None:
-        with self._step(f"underlay {names.UNDERLAY_NETWORK} and {self.spec.nodes} nodes") as st:
+        families = self.spec.families
+        nets = [str(names.UNDERLAY_NETWORK)] * (4 in families)
+        nets += [str(names.UNDERLAY_NETWORK6)] * (6 in families)
+        with self._step(f"underlay {' + '.join(nets)} and {self.spec.nodes} nodes") as st:
             self.underlay.create()
             self.state.underlay_netns = self.underlay.netns
             for index in range(1, self.spec.nodes + 1):
@@ -176,6 +185,9 @@ class _Builder:
                 node_dir.mkdir(parents=True, exist_ok=True)
                 # Nodes route between their pods and the overlay, as a real node must.
                 run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], netns=host.netns)
+                if 6 in families:
+                    run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], netns=host.netns)
+                ip6 = str(host.ip6) if host.ip6 is not None else ""
                 # eth0 keeps its offloads (TSO/GSO): `verify` turns segmentation off
                 # only while it captures (flannelish.lab.offloads), so the lab's
                 # throughput is what a node really gets.
@@ -183,7 +195,8 @@ class _Builder:
                     NodeState(
                         name=name,
                         netns=host.netns,
-                        ip=str(host.ip),
+                        ip=str(host.ip) if 4 in families else ip6,
+                        ip6=ip6,
                         dir=str(node_dir),
                         subnet_file=str(node_dir / "subnet.env"),
                         netconf=str(node_dir / "cni.conf"),
@@ -198,7 +211,7 @@ class _Builder:
         with self._step("etcd on the underlay") as st:
             member = EtcdMember(
                 name="etcd",
-                host=str(names.gateway_ip()),
+                host=names.etcd_host(self.spec.ip_family),
                 netns=self.state.underlay_netns,
                 client_port=names.ETCD_CLIENT_PORT,
                 peer_port=names.ETCD_PEER_PORT,
@@ -243,7 +256,8 @@ class _Builder:
                     exe, "--log-format", "text", "daemon",
                     "--etcd-endpoints", self.state.etcd_endpoint,
                     "--iface", "eth0",
-                    "--public-ip", node.ip,
+                    *(["--public-ip", node.addr(4)] if node.addr(4) else []),
+                    *(["--public-ipv6", node.ip6] if node.ip6 else []),
                     "--subnet-file", node.subnet_file,
                     # As kube-flannel runs it: the node masquerades only traffic
                     # leaving the pod network, so the CNI bridge does not SNAT
@@ -269,6 +283,9 @@ class _Builder:
             for node in self.state.nodes:
                 env = read_env_file(Path(node.subnet_file))
                 node.subnet = _network_of(env.get("FLANNEL_SUBNET", ""))
+                node.subnet6 = _network_of(env.get("FLANNEL_IPV6_SUBNET", ""))
+                if not node.subnet:  # IPv6-only: the IPv6 subnet is the node's subnet
+                    node.subnet = node.subnet6
                 node.mtu = int(env.get("FLANNEL_MTU", "0") or 0)
             self.state.save()
             leases = [f"{n.name} {n.subnet}" for n in self.state.nodes]
@@ -348,6 +365,7 @@ class _Builder:
             if not result.ok or not result.ip:
                 return f"{pod.name}: {result.error}"
             pod.ip = result.ip
+            pod.ip6 = result.ip_of(6)
             pod.attached = True
         return ""
 
@@ -372,20 +390,24 @@ class _Builder:
                 time.sleep(0.05)
             if self.spec.backend == "vxlan":
                 for node in self.state.nodes:
-                    node.vtep_mac = _link_mac(node.netns, f"flannel.{self.spec.vni}")
+                    device = "flannel" if 4 in self.spec.families else "flannel-v6"
+                    node.vtep_mac = _link_mac(node.netns, f"{device}.{self.spec.vni}")
             self.state.save()
             routes = len(self.state.nodes) * (len(self.state.nodes) - 1)
+            routes *= len(self.spec.families)
             st.detail = f"{routes} routes"
 
     def _missing_routes(self) -> list[str]:
         if self.spec.backend == "wireguard":
             return self._missing_wireguard_peers()
         missing = []
-        for node in self.state.nodes:
-            have = {r.get("dst") for r in _routes(node.netns)}
-            for peer in self.state.nodes:
-                if peer is not node and peer.subnet not in have:
-                    missing.append(f"{node.name} has no route to {peer.name}'s {peer.subnet}")
+        for family in self.spec.families:
+            for node in self.state.nodes:
+                have = {r.get("dst") for r in _routes(node.netns, family)}
+                for peer in self.state.nodes:
+                    subnet = peer.subnet_of(family)
+                    if peer is not node and subnet not in have:
+                        missing.append(f"{node.name} has no route to {peer.name}'s {subnet}")
         return missing
 
     def _missing_wireguard_peers(self) -> list[str]:
@@ -407,8 +429,8 @@ class _Builder:
         return missing
 
 
-def _routes(netns: str) -> list[dict[str, Any]]:
-    result = run(["ip", "-j", "-4", "route", "show"], netns=netns, check=False)
+def _routes(netns: str, family: int = 4) -> list[dict[str, Any]]:
+    result = run(["ip", "-j", f"-{family}", "route", "show"], netns=netns, check=False)
     try:
         routes = json.loads(result.stdout or "[]")
     except ValueError:
@@ -425,10 +447,10 @@ def _link_mac(netns: str, ifname: str) -> str:
 
 
 def _network_of(cidr: str) -> str:
-    from ipaddress import IPv4Interface
+    from ipaddress import ip_interface
 
     try:
-        return str(IPv4Interface(cidr).network)
+        return str(ip_interface(cidr).network)
     except ValueError:
         return ""
 

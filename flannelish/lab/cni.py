@@ -61,6 +61,14 @@ class CniResult:
         ips = self.doc.get("ips") or []
         return str(ips[0]["address"]).split("/")[0] if ips else ""
 
+    def ip_of(self, family: int) -> str:
+        """The result's first address of IP version `family` (4 or 6), or ''."""
+        for item in self.doc.get("ips") or []:
+            address = str(item.get("address", "")).split("/")[0]
+            if (":" in address) == (family == 6) and address:
+                return address
+        return ""
+
     @property
     def error(self) -> str:
         msg = str(self.doc.get("msg", "")) or self.stderr.strip() or "no output"

@@ -9,7 +9,7 @@ leftovers by prefix alone.
 from __future__ import annotations
 
 import re
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
 from flannelish.errors import ConfigError
@@ -18,6 +18,11 @@ DEFAULT_NAME = "lab"
 DEFAULT_STATE_ROOT = Path("/run/flannelish-lab")
 UNDERLAY_NETWORK = IPv4Network("198.18.0.0/24")
 POD_NETWORK = IPv4Network("10.244.0.0/16")
+UNDERLAY_NETWORK6 = IPv6Network("fd18::/64")  # the ULA underlay of dual and ipv6 labs
+POD_NETWORK6 = IPv6Network("fd44::/48")
+POD_SUBNET_LEN6 = 64
+# lab up --ip-family: which families the underlay and the pod network carry.
+IP_FAMILIES = ("ipv4", "dual", "ipv6")
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 VXLAN_PORT = 8472
@@ -73,6 +78,24 @@ def node_ip(index: int) -> IPv4Address:
 
 def gateway_ip() -> IPv4Address:
     return UNDERLAY_NETWORK.network_address + 254
+
+
+def node_ip6(index: int) -> IPv6Address:
+    return UNDERLAY_NETWORK6.network_address + index
+
+
+def gateway_ip6() -> IPv6Address:
+    return UNDERLAY_NETWORK6.network_address + 0xFE
+
+
+def families_of(ip_family: str) -> tuple[int, ...]:
+    """The IP versions a lab of `ip_family` carries: (4,), (4, 6) or (6,)."""
+    return {"ipv4": (4,), "dual": (4, 6), "ipv6": (6,)}[ip_family]
+
+
+def etcd_host(ip_family: str) -> str:
+    """Where etcd listens: the bridge's IPv4 address, or its IPv6 one in an IPv6-only lab."""
+    return f"[{gateway_ip6()}]" if ip_family == "ipv6" else str(gateway_ip())
 
 
 def etcd_endpoint() -> str:

@@ -51,14 +51,18 @@ def lab_table(state: LabState) -> Table:
     title = f"backend {state.spec.backend}"
     if vxlan:
         title += f" (VNI {state.spec.vni}, udp/{state.spec.port})"
-    title += f", pod network {state.spec.network}, etcd {state.etcd_endpoint}"
+    networks = {4: state.spec.network, 6: state.spec.network6}
+    pod_nets = " + ".join(networks[f] for f in state.spec.families)
+    title += f", pod network {pod_nets}, etcd {escape(state.etcd_endpoint)}"
     table = Table(title=title, title_justify="left")
     for column in ("node", "public IP", "subnet", "MTU", "VTEP MAC" if vxlan else "", "pods"):
         if column:
             table.add_column(column, no_wrap=True)
     for node in state.nodes:
-        pods = "\n".join(f"{p.name} {p.ip or '-'}" for p in state.pods_of(node.name)) or "-"
-        row = [node.name, node.ip, node.subnet or "-", str(node.mtu or "-")]
+        pods = "\n".join(f"{p.name} {_addrs(p.ip, p.ip6)}" for p in state.pods_of(node.name))
+        subnets = _addrs(node.subnet, node.subnet6)
+        row = [node.name, _addrs(node.ip, node.ip6), subnets, str(node.mtu or "-")]
+        pods = pods or "-"
         if vxlan:
             row.append(node.vtep_mac or "-")
         table.add_row(*row, pods)
@@ -146,3 +150,8 @@ def verify_table(analysis: Analysis) -> Table:
     for v in analysis.verdicts:
         table.add_row(v.name, marks.get(v.status, "[yellow]skip[/yellow]"), escape(v.detail))
     return table
+
+
+def _addrs(primary: str, ip6: str) -> str:
+    """One address, or both of a dual-stack node or pod ('-' for none)."""
+    return "\n".join(dict.fromkeys(a for a in (primary, ip6) if a)) or "-"

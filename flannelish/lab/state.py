@@ -46,12 +46,17 @@ class PodState:
     node: str
     netns: str
     container_id: str
-    ip: str = ""  # without prefix length
+    ip: str = ""  # without prefix length; the IPv6 address in an IPv6-only lab
     ifname: str = "eth0"
     attached: bool = False
     namespace: str = ""  # network policy: the pod's namespace and labels (lab up --pods)
     pod_name: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    ip6: str = ""  # the pod's IPv6 address (dual and ipv6 labs)
+
+    def addr(self, family: int) -> str:
+        """The pod's address of IP version `family`, or ''."""
+        return self.ip6 if family == 6 else ("" if self.ip == self.ip6 else self.ip)
 
 
 @dataclass
@@ -67,6 +72,15 @@ class NodeState:
     mtu: int = 0
     vtep_mac: str = ""
     healthz_port: int = 0  # the daemon's health server, inside the node namespace
+    ip6: str = ""  # public IPv6 address on the underlay (dual and ipv6 labs)
+    subnet6: str = ""  # the node's IPv6 pod subnet
+
+    def addr(self, family: int) -> str:
+        """The node's public address of IP version `family`, or ''."""
+        return self.ip6 if family == 6 else ("" if self.ip == self.ip6 else self.ip)
+
+    def subnet_of(self, family: int) -> str:
+        return self.subnet6 if family == 6 else self.subnet
 
 
 @dataclass
@@ -84,6 +98,13 @@ class LabSpec:
         default_factory=list
     )  # lab up --pods: {name, namespace, labels, node}
     namespaces: dict[str, dict[str, str]] = field(default_factory=dict)  # namespace -> labels
+    ip_family: str = "ipv4"  # lab up --ip-family: ipv4, dual or ipv6
+    network6: str = str(names.POD_NETWORK6)
+    subnet_len6: int = names.POD_SUBNET_LEN6
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        return names.families_of(self.ip_family)
 
     def validate(self) -> LabSpec:
         names.validate_lab_name(self.name)
@@ -98,6 +119,15 @@ class LabSpec:
             raise ConfigError(
                 f"unknown backend {self.backend!r}; expected {', '.join(names.BACKENDS)}"
             )
+        if self.ip_family not in names.IP_FAMILIES:
+            raise ConfigError(
+                f"unknown --ip-family {self.ip_family!r}; expected {', '.join(names.IP_FAMILIES)}"
+            )
+        if self.ip_family != "ipv4" and self.backend == "wireguard":
+            raise ConfigError(
+                f"--ip-family {self.ip_family} runs with the vxlan or host-gw backend",
+                "the lab's WireGuard checks are IPv4-only",
+            )
         return self
 
     def network_config(self) -> dict[str, Any]:
@@ -105,7 +135,16 @@ class LabSpec:
         backend: dict[str, Any] = {"Type": self.backend}
         if self.backend == "vxlan":
             backend.update({"VNI": self.vni, "Port": self.port})
-        return {"Network": self.network, "SubnetLen": self.subnet_len, "Backend": backend}
+        conf: dict[str, Any] = {"Backend": backend}
+        if 4 in self.families:
+            conf.update({"Network": self.network, "SubnetLen": self.subnet_len})
+        else:
+            conf["EnableIPv4"] = False
+        if 6 in self.families:
+            conf.update(
+                {"EnableIPv6": True, "IPv6Network": self.network6, "IPv6SubnetLen": self.subnet_len6}
+            )
+        return conf
 
 
 @dataclass
@@ -178,11 +217,14 @@ class LabState:
             {
                 "FLANNELD_SUBNET_FILE": node.subnet_file,
                 "FLANNELD_IFACE": "eth0",
-                "FLANNELD_PUBLIC_IP": node.ip,
                 "FLANNELD_IP_MASQ": "true",
                 "FLANNELISH_LAB_NODE": node.name,
             }
         )
+        if node.addr(4):
+            env["FLANNELD_PUBLIC_IP"] = node.addr(4)
+        if node.ip6:
+            env["FLANNELD_PUBLIC_IPV6"] = node.ip6
         if node.healthz_port:
             env["FLANNELD_HEALTHZ_PORT"] = str(node.healthz_port)
         if self.spec.backend == "wireguard":

@@ -43,6 +43,7 @@ class Underlay:
     netns: str = ""
     hosts: dict[str, Host] = field(default_factory=dict)
     network6: IPv6Network | None = None  # also an IPv6 underlay (e.g. UNDERLAY_NETWORK6)
+    ipv4: bool = True  # False: an IPv6-only underlay (needs network6)
 
     @property
     def gateway(self) -> IPv4Address:
@@ -54,7 +55,9 @@ class Underlay:
         ip = ["ip", "-n", self.netns]
         run([*ip, "link", "add", self.bridge, "type", "bridge"])
         run([*ip, "link", "set", self.bridge, "mtu", str(self.mtu), "up"])
-        run([*ip, "addr", "add", f"{self.gateway}/{self.network.prefixlen}", "dev", self.bridge])
+        if self.ipv4:
+            run([*ip, "addr", "add", f"{self.gateway}/{self.network.prefixlen}", "dev",
+                 self.bridge])  # fmt: skip
         if self.network6 is not None:
             run([*ip, "addr", "add", f"{self.gateway6}/{self.network6.prefixlen}", "dev",
                  self.bridge, "nodad"])  # fmt: skip
@@ -77,9 +80,10 @@ class Underlay:
              "mtu", str(mtu), "netns", netns])  # fmt: skip
         run([*ul, "link", "set", port, "master", self.bridge, "up"])
         hn = ["ip", "-n", netns]
-        run([*hn, "addr", "add", f"{address}/{self.network.prefixlen}", "dev", "eth0"])
         run([*hn, "link", "set", "eth0", "up"])
-        run([*hn, "route", "add", "default", "via", str(self.gateway)])
+        if self.ipv4:
+            run([*hn, "addr", "add", f"{address}/{self.network.prefixlen}", "dev", "eth0"])
+            run([*hn, "route", "add", "default", "via", str(self.gateway)])
         address6 = None
         if self.network6 is not None:
             address6 = self.network6.network_address + index
