@@ -206,9 +206,11 @@ def lab_check(
         console.print(perf.summary(measured))
     summary = (
         f"{len(report.pings) - len(failed_pings)}/{len(report.pings)} pairs reachable, "
-        f"{len(report.nat) - len(failed_nat)}/{len(report.nat)} probes without NAT "
-        f"({time.monotonic() - started:.1f}s)"
+        f"{len(report.nat) - len(failed_nat)}/{len(report.nat)} probes without NAT"
     )
+    if state.spec.ip_family != "ipv4":  # per family: IPv4 12/12 pings, 6/6 probes, IPv6 ...
+        summary += "; " + "; ".join(render.family_counts(report, f) for f in state.spec.families)
+    summary += f" ({time.monotonic() - started:.1f}s)"
     if not report.ok:
         console.print(f"{render.BAD} check failed: {summary}")
         sys.exit(ExitCode.ERROR)

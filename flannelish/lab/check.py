@@ -35,6 +35,7 @@ class PingResult:
     src_ip: str
     dst_ip: str
     same_node: bool
+    family: int = 4
     sent: int = 0
     received: int = 0
     rtt_avg_ms: float | None = None
@@ -57,6 +58,7 @@ class NatResult:
     server_ip: str
     proto: str
     same_node: bool
+    family: int = 4
     seen: str = ""
     error: str = ""
 
@@ -85,9 +87,11 @@ def parse_ping(output: str) -> tuple[int, int, float | None]:
     return int(summary.group(1)), int(summary.group(2)), float(rtt.group(1)) if rtt else None
 
 
-def ping(src: PodState, dst: PodState, count: int = PING_COUNT) -> PingResult:
-    result = PingResult(src.name, dst.name, src.ip, dst.ip, src.node == dst.node)
-    argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "1", dst.ip]
+def ping(src: PodState, dst: PodState, count: int = PING_COUNT, family: int = 4) -> PingResult:
+    """Ping `dst`'s address of IP version `family` from inside `src`."""
+    src_ip, dst_ip = src.addr(family), dst.addr(family)
+    result = PingResult(src.name, dst.name, src_ip, dst_ip, src.node == dst.node, family)
+    argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "1", dst_ip]
     proc = run(argv, netns=src.netns, check=False, timeout=10 + count)
     result.sent, result.received, result.rtt_avg_ms = parse_ping(proc.stdout)
     if result.sent == 0:
@@ -96,10 +100,13 @@ def ping(src: PodState, dst: PodState, count: int = PING_COUNT) -> PingResult:
 
 
 def ping_matrix(state: LabState, count: int = PING_COUNT) -> list[PingResult]:
-    pods = [p for p in state.pods if p.ip]
-    pairs = [(a, b) for a in pods for b in pods if a is not b]
+    """Every pod pair, in every family the lab carries."""
+    jobs = []
+    for family in state.spec.families:
+        pods = [p for p in state.pods if p.addr(family)]
+        jobs += [(a, b, family) for a in pods for b in pods if a is not b]
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-        return list(pool.map(lambda pair: ping(pair[0], pair[1], count), pairs))
+        return list(pool.map(lambda job: ping(job[0], job[1], count, job[2]), jobs))
 
 
 class ProbeServer:
@@ -142,11 +149,17 @@ class ProbeServer:
 
 
 def ask(
-    client: PodState, server: PodState, proto: str, size: int = 64, port: int = DEFAULT_PORT
+    client: PodState,
+    server: PodState,
+    proto: str,
+    size: int = 64,
+    port: int = DEFAULT_PORT,
+    family: int = 4,
 ) -> tuple[str, str]:
-    """(address the server saw, error) for one probe from `client` to `server`."""
+    """(address the server saw, error) for one probe from `client` to `server`'s
+    address of IP version `family` (its only address in an IPv6-only lab)."""
     argv = [sys.executable, "-m", "flannelish.lab.probe", "ask", "--proto", proto,
-            "--bytes", str(size), server.ip, str(port)]  # fmt: skip
+            "--bytes", str(size), server.addr(family) or server.ip, str(port)]  # fmt: skip
     proc = run(argv, netns=client.netns, check=False, timeout=15)
     if proc.returncode != 0:
         return "", (proc.stderr or proc.stdout).strip() or f"exit {proc.returncode}"
@@ -157,17 +170,24 @@ def ask(
 
 
 def nat_check(state: LabState) -> list[NatResult]:
+    """From every other pod to the first one, TCP and UDP, in every family."""
     pods = [p for p in state.pods if p.ip]
     if len(pods) < 2:
         return []
     server, clients = pods[0], pods[1:]
-    jobs = [(c, proto) for c in clients for proto in ("tcp", "udp")]
+    jobs = [
+        (c, proto, family)
+        for family in state.spec.families
+        for c in clients
+        if c.addr(family) and server.addr(family)
+        for proto in ("tcp", "udp")
+    ]
 
-    def one(job: tuple[PodState, str]) -> NatResult:
-        client, proto = job
-        res = NatResult(client.name, server.name, client.ip, server.ip, proto,
-                        client.node == server.node)  # fmt: skip
-        res.seen, res.error = ask(client, server, proto)
+    def one(job: tuple[PodState, str, int]) -> NatResult:
+        client, proto, family = job
+        res = NatResult(client.name, server.name, client.addr(family), server.addr(family),
+                        proto, client.node == server.node, family)  # fmt: skip
+        res.seen, res.error = ask(client, server, proto, family=family)
         return res
 
     with ProbeServer(server), ThreadPoolExecutor(max_workers=PARALLEL) as pool:

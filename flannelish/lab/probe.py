@@ -46,16 +46,35 @@ def _serve_udp(sock: socket.socket) -> None:
         sock.sendto(f"{peer[0]} {len(data)}\n".encode(), peer)
 
 
+def _bind(family: socket.AddressFamily, kind: socket.SocketKind, port: int) -> socket.socket:
+    sock = socket.socket(family, kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        # Its own IPv6 socket: an IPv4 client must be seen as 10.x, not ::ffff:10.x.
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+    if kind == socket.SOCK_STREAM:
+        sock.listen(64)
+    return sock
+
+
 def serve(port: int) -> None:
-    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    tcp.bind(("0.0.0.0", port))
-    tcp.listen(64)
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("0.0.0.0", port))
-    threading.Thread(target=_serve_udp, args=(udp,), daemon=True).start()
+    """Answer on IPv4 and IPv6 (each family where the pod's kernel has it)."""
+    servers: list[tuple[socket.socket, socket.socket]] = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            tcp = _bind(family, socket.SOCK_STREAM, port)
+            udp = _bind(family, socket.SOCK_DGRAM, port)
+        except OSError:
+            continue  # e.g. IPv6 disabled in this namespace
+        servers.append((tcp, udp))
+    if not servers:
+        raise OSError(f"cannot listen on port {port} in any family")
+    for tcp, udp in servers:
+        threading.Thread(target=_serve_udp, args=(udp,), daemon=True).start()
+        threading.Thread(target=_serve_tcp, args=(tcp,), daemon=True).start()
     print(READY, flush=True)
-    _serve_tcp(tcp)
+    threading.Event().wait()
 
 
 def ask(host: str, port: int, proto: str, size: int, timeout: float) -> str:
@@ -69,7 +88,8 @@ def ask(host: str, port: int, proto: str, size: int, timeout: float) -> str:
             while chunk := conn.recv(4096):
                 reply += chunk
         return reply.decode().strip()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as udp:
         udp.settimeout(timeout / 4)
         # UDP may lose the first datagram while ARP resolves; retry a few times.
         for _ in range(4):

@@ -110,6 +110,15 @@ def _ms(value: float | None) -> str:
     return f"{value:.3f} ms" if value is not None else "-"
 
 
+def family_counts(report: CheckReport, family: int) -> str:
+    """'IPv6 12/12 pings, 6/6 probes': one family's share of a check."""
+    pings = [p for p in report.pings if p.family == family]
+    nat = [n for n in report.nat if n.family == family]
+    good_pings = sum(1 for p in pings if p.ok)
+    good_nat = sum(1 for n in nat if n.ok)
+    return f"IPv{family} {good_pings}/{len(pings)} pings, {good_nat}/{len(nat)} probes"
+
+
 def check_tables(report: CheckReport) -> list[Table]:
     pings = Table(title="pod-to-pod ping", title_justify="left")
     for column in ("from", "to", "path", "loss", "avg RTT", ""):
