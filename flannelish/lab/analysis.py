@@ -14,11 +14,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
+IPAddress = IPv4Address | IPv6Address
+
 PASS, FAIL, SKIP = "pass", "FAIL", "skip"
-_PROTOS = {1: "icmp", 6: "tcp", 17: "udp"}
+_PROTOS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp"}  # 58: ICMPv6
+_IPV6_EXTENSIONS = (0, 43, 60)  # hop-by-hop, routing, destination options
+_IPV6_FRAGMENT = 44
+_ETHERTYPES = (0x0800, 0x86DD)
 VXLAN_HEADER = 8
 ETHER_HEADER = 14
 MAX_EXAMPLES = 3
@@ -28,8 +33,8 @@ MAX_EXAMPLES = 3
 class Flow:
     """Directional pod-to-pod traffic of one protocol."""
 
-    src: IPv4Address
-    dst: IPv4Address
+    src: IPAddress
+    dst: IPAddress
     proto: str
 
     def __str__(self) -> str:
@@ -39,17 +44,22 @@ class Flow:
 @dataclass(frozen=True)
 class Expected:
     backend: str
-    pod_network: IPv4Network
+    pod_network: IPv4Network | IPv6Network
     vni: int
     port: int
     overlay_mtu: int
     underlay_mtu: int
-    node_subnets: Mapping[IPv4Address, IPv4Network]  # public IP -> pod subnet
-    pod_ips: frozenset[IPv4Address]
+    node_subnets: Mapping[IPAddress, IPv4Network | IPv6Network]  # public IP -> pod subnet
+    pod_ips: frozenset[IPAddress]
     cross_node: frozenset[Flow]
     same_node: frozenset[Flow]
 
-    def owner(self, pod_ip: IPv4Address) -> IPv4Address | None:
+    @property
+    def family(self) -> int:
+        """The IP version checked: the pod network's (VXLAN runs over the same family)."""
+        return self.pod_network.version
+
+    def owner(self, pod_ip: IPAddress) -> IPAddress | None:
         for public_ip, subnet in self.node_subnets.items():
             if pod_ip in subnet:
                 return public_ip
@@ -58,27 +68,27 @@ class Expected:
 
 @dataclass(frozen=True)
 class Seen:
-    """One IPv4 frame on the underlay, decoded."""
+    """One IPv4 or IPv6 frame on the underlay, decoded."""
 
-    outer_src: IPv4Address
-    outer_dst: IPv4Address
+    outer_src: IPAddress
+    outer_dst: IPAddress
     outer_len: int
     fragment: bool
     encapsulated: bool = False
     dport: int | None = None
     vni: int | None = None
-    inner_src: IPv4Address | None = None
-    inner_dst: IPv4Address | None = None
+    inner_src: IPAddress | None = None
+    inner_dst: IPAddress | None = None
     inner_len: int = 0
     inner_fragment: bool = False
     proto: str = "other"
 
     @property
-    def pod_src(self) -> IPv4Address:
+    def pod_src(self) -> IPAddress:
         return self.inner_src if self.encapsulated and self.inner_src else self.outer_src
 
     @property
-    def pod_dst(self) -> IPv4Address:
+    def pod_dst(self) -> IPAddress:
         return self.inner_dst if self.encapsulated and self.inner_dst else self.outer_dst
 
     def describe(self) -> str:
@@ -115,8 +125,11 @@ class Analysis:
         return [v for v in self.verdicts if v.failed]
 
 
-def _ip_header(raw: bytes) -> tuple[IPv4Address, IPv4Address, int, int, bool, int] | None:
-    """(src, dst, proto, total length, is fragment, header length) of an IPv4 packet."""
+def _ip_header(raw: bytes) -> tuple[IPAddress, IPAddress, int, int, bool, int] | None:
+    """(src, dst, proto, total length, is fragment, header length) of an IPv4 or IPv6
+    packet (IPv6: proto after the extension headers, which count as header)."""
+    if len(raw) >= 40 and raw[0] >> 4 == 6:
+        return _ipv6_header(raw)
     if len(raw) < 20 or raw[0] >> 4 != 4:
         return None
     ihl = (raw[0] & 0x0F) * 4
@@ -124,6 +137,20 @@ def _ip_header(raw: bytes) -> tuple[IPv4Address, IPv4Address, int, int, bool, in
     flags_frag = int.from_bytes(raw[6:8], "big")
     fragment = bool(flags_frag & 0x2000) or (flags_frag & 0x1FFF) != 0
     return IPv4Address(raw[12:16]), IPv4Address(raw[16:20]), raw[9], total, fragment, ihl
+
+
+def _ipv6_header(raw: bytes) -> tuple[IPAddress, IPAddress, int, int, bool, int] | None:
+    total = 40 + int.from_bytes(raw[4:6], "big")
+    proto, offset, fragment = raw[6], 40, False
+    while proto in (*_IPV6_EXTENSIONS, _IPV6_FRAGMENT):
+        if len(raw) < offset + 8:
+            return None
+        if proto == _IPV6_FRAGMENT:
+            fragment, size = True, 8
+        else:
+            size = (raw[offset + 1] + 1) * 8
+        proto, offset = raw[offset], offset + size
+    return IPv6Address(raw[8:24]), IPv6Address(raw[24:40]), proto, total, fragment, offset
 
 
 def _ethertype_payload(frame: bytes) -> tuple[int, bytes]:
@@ -136,11 +163,11 @@ def _ethertype_payload(frame: bytes) -> tuple[int, bytes]:
 
 
 def decode(frame: bytes) -> Seen | None:
-    """Decode one captured Ethernet frame; None unless it carries IPv4."""
+    """Decode one captured Ethernet frame; None unless it carries IPv4 or IPv6."""
     if len(frame) < ETHER_HEADER:
         return None
     ethertype, payload = _ethertype_payload(frame)
-    outer = _ip_header(payload) if ethertype == 0x0800 else None
+    outer = _ip_header(payload) if ethertype in _ETHERTYPES else None
     if outer is None:
         return None
     src, dst, proto, total, fragment, ihl = outer
@@ -152,7 +179,7 @@ def decode(frame: bytes) -> Seen | None:
     if len(udp) < 8 or len(vxlan) < VXLAN_HEADER + ETHER_HEADER or not vxlan[0] & 0x08:
         return seen
     inner_type, inner_payload = _ethertype_payload(vxlan[VXLAN_HEADER:])
-    inner = _ip_header(inner_payload) if inner_type == 0x0800 else None
+    inner = _ip_header(inner_payload) if inner_type in _ETHERTYPES else None
     if inner is None:
         return seen
     i_src, i_dst, i_proto, i_total, i_frag, _ = inner
@@ -273,12 +300,25 @@ class _VxlanChecks:
         ]
 
     def _port(self) -> Verdict:
+        """The port, and the outer family: Flannel carries each family over its own
+        (flannel.N over IPv4, flannel-v6.N over IPv6)."""
         name = f"VXLAN on UDP port {self.e.port}"
+        family = self.e.family
         bad = [s for s in self.encap if s.dport != self.e.port]
         if bad:
             ports = ", ".join(str(p) for p in sorted({s.dport or 0 for s in bad}))
             return Verdict(name, FAIL, f"{len(bad)} packets to port {ports}")
-        return Verdict(name, PASS, f"{len(self.encap)} VXLAN packets, all to udp/{self.e.port}")
+        wrong = [s for s in self.encap if s.outer_src.version != family]
+        if wrong:
+            return Verdict(
+                name,
+                FAIL,
+                f"{len(wrong)} packets not over IPv{family}: {_examples(s.describe() for s in wrong)}",
+            )
+        over = f" over IPv{family}" if family == 6 else ""
+        return Verdict(
+            name, PASS, f"{len(self.encap)} VXLAN packets{over}, all to udp/{self.e.port}"
+        )
 
     def _vni(self) -> Verdict:
         name = f"VNI {self.e.vni} on every VXLAN packet"

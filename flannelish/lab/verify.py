@@ -26,8 +26,9 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import ip_address, ip_network
 from pathlib import Path
+from typing import Any
 
 from flannelish.errors import FlannelishError
 from flannelish.lab import names, procs
@@ -39,7 +40,7 @@ from flannelish.lab.state import LabState, PodState
 from flannelish.testing.proc import in_netns, run
 
 TCP_BYTES = 20_000  # > a few MSS, so full-size segments cross the overlay
-ICMP_HEADERS = 28  # IPv4 20 + ICMP 8
+ICMP_HEADERS = {4: 28, 6: 48}  # IPv4 20 + ICMP 8; IPv6 40 + ICMPv6 8
 
 
 @dataclass
@@ -108,8 +109,8 @@ class Capture:
         self.stop()
 
 
-def _both(a: PodState, b: PodState, proto: str) -> set[Flow]:
-    src, dst = IPv4Address(a.ip), IPv4Address(b.ip)
+def _both(a: PodState, b: PodState, proto: str, family: int = 4) -> set[Flow]:
+    src, dst = ip_address(a.addr(family)), ip_address(b.addr(family))
     return {Flow(src, dst, proto), Flow(dst, src, proto)}
 
 
@@ -138,8 +139,8 @@ def plan(state: LabState) -> _Plan:
     return _Plan(cross, same)
 
 
-def _ping(src: PodState, dst: PodState, size: int | None = None) -> str:
-    argv = ["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", dst.ip]
+def _ping(src: PodState, dst: PodState, size: int | None = None, family: int = 4) -> str:
+    argv = ["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", dst.addr(family)]
     if size is not None:
         argv[1:1] = ["-M", "do", "-s", str(size)]
     result = run(argv, netns=src.netns, check=False, timeout=15)
@@ -149,28 +150,33 @@ def _ping(src: PodState, dst: PodState, size: int | None = None) -> str:
     return ""
 
 
-def _probe(src: PodState, dst: PodState, proto: str, size: int) -> str:
-    seen, error = ask(src, dst, proto, size)
+def _probe(src: PodState, dst: PodState, proto: str, size: int, family: int = 4) -> str:
+    seen, error = ask(src, dst, proto, size, family=family)
+    what = f"{proto}{'6' if family == 6 else ''} {src.name}->{dst.name}"
     if error:
-        return f"{proto} {src.name}->{dst.name}: {error}"
-    if seen != src.ip:
-        return f"{proto} {src.name}->{dst.name}: server saw {seen}, not {src.ip} (NAT)"
+        return f"{what}: {error}"
+    if seen != src.addr(family):
+        return f"{what}: server saw {seen}, not {src.addr(family)} (NAT)"
     return ""
 
 
 def generate(state: LabState, p: _Plan, mtu: int) -> tuple[set[Flow], set[Flow], list[str]]:
-    """Run the traffic; returns (cross-node flows, same-node flows, generator errors)."""
-    jobs = []
+    """Run the traffic in every family of the lab; returns (cross-node flows,
+    same-node flows, generator errors)."""
+    jobs: list[tuple[Any, ...]] = []
     cross: set[Flow] = set()
     same: set[Flow] = set()
-    for i, (a, b) in enumerate(p.cross):
-        jobs += [(_ping, a, b), (_probe, a, b, "tcp", TCP_BYTES), (_probe, a, b, "udp", 512)]
-        cross |= _both(a, b, "icmp") | _both(a, b, "tcp") | _both(a, b, "udp")
-        if i == 0 and mtu > ICMP_HEADERS:
-            jobs.append((_ping, a, b, mtu - ICMP_HEADERS))  # inner packet == overlay MTU exactly
-    for a, b in p.same:
-        jobs += [(_ping, a, b), (_probe, a, b, "tcp", TCP_BYTES)]
-        same |= _both(a, b, "icmp") | _both(a, b, "tcp")
+    for f in state.spec.families:
+        for i, (a, b) in enumerate(p.cross):
+            jobs += [(_ping, a, b, None, f), (_probe, a, b, "tcp", TCP_BYTES, f),
+                     (_probe, a, b, "udp", 512, f)]  # fmt: skip
+            cross |= _both(a, b, "icmp", f) | _both(a, b, "tcp", f) | _both(a, b, "udp", f)
+            if i == 0 and mtu > ICMP_HEADERS[f]:
+                # inner packet == overlay MTU exactly
+                jobs.append((_ping, a, b, mtu - ICMP_HEADERS[f], f))
+        for a, b in p.same:
+            jobs += [(_ping, a, b, None, f), (_probe, a, b, "tcp", TCP_BYTES, f)]
+            same |= _both(a, b, "icmp", f) | _both(a, b, "tcp", f)
     with ThreadPoolExecutor(max_workers=6) as pool:
         errors = [e for e in pool.map(lambda job: job[0](*job[1:]), jobs) if e]
     return cross, same, errors
@@ -181,20 +187,59 @@ def _underlay_mtu(state: LabState) -> int:
     return int(result.stdout.strip() or 1500)
 
 
-def expected_for(state: LabState, cross: set[Flow], same: set[Flow]) -> Expected:
+def _device_mtu(state: LabState, family: int) -> int:
+    """The smallest MTU of the family's VXLAN device (flannel.N or flannel-v6.N) over
+    the nodes: inner packets of that family must fit it (0 when not found)."""
+    device = f"{'flannel-v6' if family == 6 else 'flannel'}.{state.spec.vni}"
+    found = []
+    for node in state.nodes:
+        out = run(["cat", f"/sys/class/net/{device}/mtu"], netns=node.netns, check=False).stdout
+        if out.strip().isdigit():
+            found.append(int(out))
+    return min(found, default=0)
+
+
+def expected_for(state: LabState, cross: set[Flow], same: set[Flow], family: int = 4) -> Expected:
+    """What family `family`'s traffic must look like on the underlay."""
     spec = state.spec
+    pod_mtu = min((n.mtu for n in state.nodes if n.mtu), default=1450)
+    # The family's own MTU: its VXLAN device's (IPv6 tunnels carry 20 bytes more).
+    overlay_mtu = (_device_mtu(state, family) if spec.backend == "vxlan" else 0) or pod_mtu
     return Expected(
         backend=spec.backend,
-        pod_network=IPv4Network(spec.network),
+        pod_network=ip_network(spec.network6 if family == 6 else spec.network),
         vni=spec.vni,
         port=names.WIREGUARD_PORT if spec.backend == "wireguard" else spec.port,
-        overlay_mtu=min((n.mtu for n in state.nodes if n.mtu), default=1450),
+        overlay_mtu=overlay_mtu,
         underlay_mtu=_underlay_mtu(state),
-        node_subnets={IPv4Address(n.ip): IPv4Network(n.subnet) for n in state.nodes if n.subnet},
-        pod_ips=frozenset(IPv4Address(p.ip) for p in state.pods if p.ip),
-        cross_node=frozenset(cross),
-        same_node=frozenset(same),
+        node_subnets={
+            ip_address(n.addr(family)): ip_network(n.subnet_of(family))
+            for n in state.nodes
+            if n.addr(family) and n.subnet_of(family)
+        },
+        pod_ips=frozenset(ip_address(p.addr(family)) for p in state.pods if p.addr(family)),
+        cross_node=frozenset(f for f in cross if f.src.version == family),
+        same_node=frozenset(f for f in same if f.src.version == family),
     )
+
+
+def analyze_families(state: LabState, frames: list[bytes], cross: set[Flow],
+                     same: set[Flow]) -> Analysis:  # fmt: skip
+    """One analysis per family of the lab over the same capture; in dual and IPv6 labs,
+    every verdict and count names its family ("IPv6: VNI 1 on every VXLAN packet")."""
+    families = state.spec.families
+    if families == (4,):
+        return analyze(frames, expected_for(state, cross, same))
+    merged = Analysis(frames=len(frames))
+    for family in families:
+        part = analyze(frames, expected_for(state, cross, same, family))
+        for v in part.verdicts:
+            merged.verdicts.append(Verdict(f"IPv{family}: {v.name}", v.status, v.detail))
+        for key in ("vxlan", "pod-unencapsulated"):
+            merged.counts[key] += part.counts[key]
+        merged.counts["non-ip"] = part.counts["non-ip"]
+    merged.counts["underlay"] = merged.frames - sum(merged.counts.values())
+    return merged
 
 
 def read_frames(path: Path) -> list[bytes]:
@@ -238,7 +283,7 @@ def verify(state: LabState, pcap: Path | None = None, hop_dir: Path | None = Non
     finally:
         for server in servers:
             server.__exit__()
-    analysis = analyze(read_frames(out), expected_for(state, cross, same))
+    analysis = analyze_families(state, read_frames(out), cross, same)
     name = "pod traffic was delivered (ping, TCP, UDP probes)"
     if errors:
         analysis.verdicts.insert(0, Verdict(name, FAIL, "; ".join(errors[:3])))
