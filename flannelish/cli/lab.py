@@ -407,7 +407,7 @@ def verify(name: str, state_dir: Path, pcap: Path | None, report_dir: Path | Non
         f"captured {report.analysis.frames} frames on {names.BRIDGE} in {state.underlay_netns} "
         f"({time.monotonic() - started:.1f}s): {counts['vxlan']} VXLAN pod packets, "
         f"{counts['pod-unencapsulated']} unencapsulated pod packets,\n"
-        f"{counts["underlay"]} other underlay packets, {counts["non-ip"]} non-IP frames; "
+        f"{counts['underlay']} other underlay packets, {counts['non-ip']} non-IP frames; "
         f"pcap: {report.pcap}"
     )
     if report_dir is not None:
