@@ -313,7 +313,8 @@ class _VxlanChecks:
             return Verdict(
                 name,
                 FAIL,
-                f"{len(wrong)} packets not over IPv{family}: {_examples(s.describe() for s in wrong)}",
+                f"{len(wrong)} packets not over IPv{family}: "
+                f"{_examples(s.describe() for s in wrong)}",
             )
         over = f" over IPv{family}" if family == 6 else ""
         return Verdict(

@@ -141,9 +141,8 @@ class LabSpec:
         else:
             conf["EnableIPv4"] = False
         if 6 in self.families:
-            conf.update(
-                {"EnableIPv6": True, "IPv6Network": self.network6, "IPv6SubnetLen": self.subnet_len6}
-            )
+            conf["EnableIPv6"] = True
+            conf.update({"IPv6Network": self.network6, "IPv6SubnetLen": self.subnet_len6})
         return conf
 
 

@@ -44,7 +44,8 @@ def test_dual_stack_lab_checks_and_verifies_both_families(lab_cli):
     _assert_ok(
         lab_cli.lab("check"),
         "check passed: 24/24 pairs reachable, 12/12 probes without NAT",
-        "IPv4 12/12 pings, 6/6 probes", "IPv6 12/12 pings",
+        "IPv4 12/12 pings, 6/6 probes",
+        "IPv6 12/12 pings",
     )
     verified = lab_cli.verify()
     _assert_ok(

@@ -67,7 +67,8 @@ def test_a_clean_ipv6_vxlan_capture_passes_and_names_the_outer_family():
     table = {v.name: v for v in result.verdicts}
     assert "over IPv6" in table["VXLAN on UDP port 8472"].detail
     assert table["outer src/dst are the nodes' public IPs"].detail.endswith("fd18::1, fd18::2")
-    assert f"largest inner packet {MTU6} B" in table[f"inner packets fit the overlay MTU ({MTU6})"].detail
+    mtu = table[f"inner packets fit the overlay MTU ({MTU6})"]
+    assert f"largest inner packet {MTU6} B" in mtu.detail
     assert all(v.status == PASS for v in result.verdicts if "same-node" not in v.name)
 
 
