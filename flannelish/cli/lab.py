@@ -222,7 +222,20 @@ def lab_check(
 @click.option("--seconds", type=click.IntRange(1, 60), default=2, show_default=True)
 @click.option("--rounds", type=click.IntRange(1, 20), default=3, show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write figures.")
-def lab_perf(name: str, state_dir: Path, seconds: int, rounds: int, json_path: Path | None) -> None:
+@click.option(
+    "--family",
+    type=click.Choice(["4", "6"]),
+    default=None,
+    help="Measure between IPv4 or IPv6 addresses (default: IPv4, or IPv6 in an IPv6-only lab).",
+)
+def lab_perf(
+    name: str,
+    state_dir: Path,
+    seconds: int,
+    rounds: int,
+    json_path: Path | None,
+    family: str | None,
+) -> None:
     """Pod-to-pod throughput (iperf3) same-node and cross-node, next to the underlay's."""
     import json
 
@@ -230,7 +243,9 @@ def lab_perf(name: str, state_dir: Path, seconds: int, rounds: int, json_path: P
 
     state = _load(state_dir, name)
     console = _console()
-    report = perf.perf(state, seconds=seconds, rounds=rounds)
+    report = perf.perf(
+        state, seconds=seconds, rounds=rounds, family=int(family) if family else None
+    )
     console.print(perf.table(report))
     console.print(perf.summary(report))
     if json_path is not None:

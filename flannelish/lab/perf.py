@@ -13,6 +13,8 @@ The figure is the receiver's rate (iperf3's ``sum_received``) in Gbit/s,
 the median over rounds, with min..max.  The lab keeps the nodes' offloads
 on (only `verify` turns segmentation off while it captures), so these are
 the rates a node gets.  Other backends: `lab down`, `lab up --backend host-gw`.
+In a dual-stack lab, ``family`` picks IPv4 or IPv6 addresses for all three
+paths (IPv6: pods over flannel-v6.N, the underlay over fd18::/64).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class PerfReport:
     rounds: int
     results: list[PerfResult]
     load: tuple[float, float]  # 1-minute load average before, after
+    family: int = 4
 
     def ratio(self, kind: str, base: str = "underlay") -> float | None:
         by = {r.path.kind: r.median for r in self.results}
@@ -89,22 +92,29 @@ def parse_iperf(text: str) -> tuple[float, int]:
     return float(received["bits_per_second"]) / 1e9, retrans
 
 
-def paths(state: LabState) -> list[Path]:
+def default_family(state: LabState) -> int:
+    """IPv4 unless the lab is IPv6-only."""
+    return state.spec.families[0]
+
+
+def paths(state: LabState, family: int = 4) -> list[Path]:
+    """The three paths, between addresses of IP version `family`."""
     nodes = state.nodes
     out: list[Path] = []
     if nodes:
-        pods = [p for p in state.pods_of(nodes[0].name) if p.ip]
+        pods = [p for p in state.pods_of(nodes[0].name) if p.addr(family)]
         if len(pods) >= 2:
             a, b = pods[0], pods[1]
-            out.append(Path("same node", a.name, b.name, a.netns, b.netns, b.ip))
+            out.append(Path("same node", a.name, b.name, a.netns, b.netns, b.addr(family)))
     if len(nodes) >= 2:
-        first = [p for p in state.pods_of(nodes[0].name) if p.ip]
-        second = [p for p in state.pods_of(nodes[1].name) if p.ip]
+        first = [p for p in state.pods_of(nodes[0].name) if p.addr(family)]
+        second = [p for p in state.pods_of(nodes[1].name) if p.addr(family)]
         if first and second:
             a, b = first[0], second[0]
-            out.append(Path("cross node", a.name, b.name, a.netns, b.netns, b.ip))
+            out.append(Path("cross node", a.name, b.name, a.netns, b.netns, b.addr(family)))
         n1, n2 = nodes[0], nodes[1]
-        out.append(Path("underlay", n1.name, n2.name, n1.netns, n2.netns, n2.ip))
+        if n2.addr(family):
+            out.append(Path("underlay", n1.name, n2.name, n1.netns, n2.netns, n2.addr(family)))
     return out
 
 
@@ -131,9 +141,17 @@ def run_iperf(path: Path, seconds: int) -> tuple[float, int]:
         stop_pid(server.pid, proc=server)
 
 
-def perf(state: LabState, seconds: int = 2, rounds: int = 3) -> PerfReport:
+def perf(
+    state: LabState, seconds: int = 2, rounds: int = 3, family: int | None = None
+) -> PerfReport:
+    family = family or default_family(state)
+    if family not in state.spec.families:
+        raise FlannelishError(
+            f"lab {state.spec.name!r} carries no IPv{family}",
+            f"it was built with --ip-family {state.spec.ip_family}",
+        )
     before = os.getloadavg()[0]
-    results = [PerfResult(p) for p in paths(state)]
+    results = [PerfResult(p) for p in paths(state, family)]
     for _ in range(rounds):
         for res in results:
             if res.error:
@@ -145,14 +163,16 @@ def perf(state: LabState, seconds: int = 2, rounds: int = 3) -> PerfReport:
                 continue
             res.gbps.append(gbps)
             res.retransmits.append(retrans)
-    return PerfReport(state.spec.backend, seconds, rounds, results, (before, os.getloadavg()[0]))
+    load = (before, os.getloadavg()[0])
+    return PerfReport(state.spec.backend, seconds, rounds, results, load, family)
 
 
 def as_json(report: PerfReport) -> dict[str, float | int | str]:
     """A flat dict of named figures with units (as bench/ results are written)."""
     out: dict[str, float | int | str] = {"backend": report.backend,
                                          "seconds_per_run": report.seconds,
-                                         "rounds": report.rounds}  # fmt: skip
+                                         "rounds": report.rounds,
+                                         "family": f"ipv{report.family}"}  # fmt: skip
     for res in report.results:
         key = res.path.kind.replace(" ", "_")
         if res.median is not None:
@@ -172,7 +192,7 @@ def table(report: PerfReport) -> object:
     from rich.table import Table
 
     title = (
-        f"pod-to-pod TCP throughput ({report.backend}): iperf3, 1 stream, "
+        f"pod-to-pod TCP throughput ({report.backend}, IPv{report.family}): iperf3, 1 stream, "
         f"{report.seconds}s x {report.rounds} rounds interleaved, receiver's rate"
     )
     out = Table(title=title, title_justify="left")

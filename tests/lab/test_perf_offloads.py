@@ -9,6 +9,7 @@ import pytest
 
 from flannelish.errors import FlannelishError
 from flannelish.lab import offloads, perf
+from flannelish.lab.state import LabSpec, LabState, NodeState, PodState
 
 pytestmark = pytest.mark.unit
 
@@ -72,25 +73,43 @@ def test_report_figures_are_medians_with_units_and_ratios_to_the_underlay() -> N
     assert flat["backend"] == "vxlan" and flat["loadavg_1m_before"] == 1.0
 
 
-def test_paths_need_two_pods_for_same_node_and_two_nodes_for_the_rest() -> None:
-    def pod(name: str, node: str, ip: str) -> SimpleNamespace:
-        return SimpleNamespace(name=name, node=node, netns=f"ns-{name}", ip=ip)
+def _lab(ip_family: str = "ipv4") -> LabState:
+    six = ip_family != "ipv4"
 
-    pods = [pod("node1-pod1", "node1", "10.244.1.2"), pod("node1-pod2", "node1", "10.244.1.3"),
-            pod("node2-pod1", "node2", "10.244.2.2")]  # fmt: skip
-    nodes = [SimpleNamespace(name="node1", netns="ns1", ip="198.18.0.1"),
-             SimpleNamespace(name="node2", netns="ns2", ip="198.18.0.2")]  # fmt: skip
-    state = SimpleNamespace(
-        nodes=nodes, pods_of=lambda n: [p for p in pods if p.node == n], spec=None
-    )
-    got = perf.paths(state)  # type: ignore[arg-type]
+    def pod(name: str, node: str, ip: str, ip6: str) -> PodState:
+        return PodState(name, node, f"ns-{name}", name, ip=ip, ip6=ip6 if six else "")
+
+    return LabState(
+        spec=LabSpec(ip_family=ip_family),
+        dir="/nonexistent",
+        nodes=[NodeState("node1", "ns1", "198.18.0.1", "", "", "", ip6="fd18::1" if six else ""),
+               NodeState("node2", "ns2", "198.18.0.2", "", "", "", ip6="fd18::2" if six else "")],
+        pods=[pod("node1-pod1", "node1", "10.244.1.2", "fd44:0:0:1::2"),
+              pod("node1-pod2", "node1", "10.244.1.3", "fd44:0:0:1::3"),
+              pod("node2-pod1", "node2", "10.244.2.2", "fd44:0:0:2::2")],
+    )  # fmt: skip
+
+
+def test_paths_need_two_pods_for_same_node_and_two_nodes_for_the_rest() -> None:
+    state = _lab()
+    got = perf.paths(state)
     assert [(p.kind, p.client, p.server_ip) for p in got] == [
         ("same node", "node1-pod1", "10.244.1.3"),
         ("cross node", "node1-pod1", "10.244.2.2"),
         ("underlay", "node1", "198.18.0.2"),
     ]
-    state.nodes = nodes[:1]
-    assert [p.kind for p in perf.paths(state)] == ["same node"]  # type: ignore[arg-type]
+    state.nodes = state.nodes[:1]
+    assert [p.kind for p in perf.paths(state)] == ["same node"]
+
+
+def test_paths_of_a_dual_stack_lab_use_the_asked_family() -> None:
+    state = _lab("dual")
+    assert [p.server_ip for p in perf.paths(state, 6)] == ["fd44:0:0:1::3", "fd44:0:0:2::2",
+                                                          "fd18::2"]  # fmt: skip
+    assert perf.paths(state, 4)[2].server_ip == "198.18.0.2"
+    assert perf.default_family(state) == 4 and perf.default_family(_lab("ipv6")) == 6
+    with pytest.raises(FlannelishError, match="carries no IPv6"):
+        perf.perf(_lab(), family=6)
 
 
 def test_parse_features_and_what_is_on_and_changeable() -> None:
