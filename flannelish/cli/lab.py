@@ -412,6 +412,12 @@ def verify(name: str, state_dir: Path, pcap: Path | None, report_dir: Path | Non
     from flannelish.lab.verify import verify as run_verify
 
     state = _load(state_dir, name)
+    if report_dir is not None and state.spec.ip_family == "ipv6":
+        # The journey decoder follows IPv4 pod packets (in a dual lab, the IPv4 flows).
+        raise NotAvailableError(
+            "verify --report follows IPv4 flows; this lab is IPv6-only",
+            "run `flannelish verify` without --report, or use --ip-family dual",
+        )
     console = _console()
     started = time.monotonic()
     hop_dir = report_dir / "pcaps" if report_dir is not None else None
