@@ -45,11 +45,15 @@ def apply_command(path: str, dry_run: bool, etcd: Any) -> None:
     """Validate every document first; write them only if all are valid."""
     from flannelish.policy.parse import parse_policies
 
-    if path == "-":
-        text = sys.stdin.read()
-    else:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        detail = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"-f {path}: cannot read it", detail) from None
     policies = parse_policies(text)
     if dry_run:
         for p in policies:

@@ -80,3 +80,17 @@ def test_policy_commands(etcd, tmp_path) -> None:
     call("policy", "delete", "deny-eg", "-n", "y")
     call("policy", "delete", "deny-eg", "-n", "y", code=3)
     assert "ALLOWED" in call("policy", "explain", "--from", "y/b", "--to", "x/b")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("content", [None, b"\xd0\xcf\x11\xe0 not utf-8"])
+def test_apply_with_an_unreadable_file_is_a_config_error_not_a_traceback(tmp_path, content):
+    path = tmp_path / "policy.yaml"
+    if content is not None:
+        path.write_bytes(content)
+    result = CliRunner().invoke(
+        cli, ["policy", "apply", "-f", str(path), "--etcd-endpoints", "http://127.0.0.1:1"]
+    )
+    assert result.exit_code == 3, result.output
+    assert f"-f {path}: cannot read it" in result.output
+    assert "Traceback" not in result.output
