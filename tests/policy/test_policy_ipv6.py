@@ -9,8 +9,6 @@ the ip ones do, and an IPv6 ipBlock only IPv6.
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,15 +17,16 @@ import pytest
 from flannelish.kernel.nftlib import nft_runner
 from flannelish.policy.agent import PolicyAgent
 from flannelish.policy.cases import layout_namespaces
-from flannelish.policy.evaluate import World, decide
+from flannelish.policy.evaluate import decide
 from flannelish.policy.model import Endpoint
-from flannelish.policy.parse import parse_policies
 from flannelish.policy.probe import PodServers, probe, probe_matrix
 from flannelish.policy.store import PolicyStore
 from flannelish.testing.netns import NetnsFactory
-from flannelish.testing.policynet import PolicyNet, build
+from flannelish.testing.policynet import build
 from flannelish.testing.policystore import MemoryStore
 from flannelish.testing.proc import run
+
+from .test_policy_netns import Cluster
 
 pytestmark = pytest.mark.slow
 PLACEMENT = {"x/a": "n1", "x/b": "n1", "x/c": "n2", "y/c": "n2"}
@@ -43,32 +42,8 @@ def _np(name: str, ns: str, spec: dict) -> dict:
     }
 
 
-class Net:
-    def __init__(self, net: PolicyNet, store: PolicyStore, agents: dict[str, PolicyAgent]):
-        self.net, self.store, self.agents = net, store, agents
-
-    def world(self) -> World:
-        return self.agents["n1"].view()
-
-    def set_policies(self, docs: list[dict]) -> None:
-        wanted = parse_policies(json.dumps(docs)) if docs else []
-        for p in self.world().policies:
-            if p.key not in {w.key for w in wanted}:
-                self.store.delete_policy(p.namespace, p.name)
-        for p in wanted:
-            self.store.put_policy(p)
-        keys = sorted(p.key for p in wanted)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if all(
-                sorted(p.key for p in a.view().policies) == keys
-                and a._applied is not None
-                and sorted(a._applied.counters.values()) == keys
-                for a in self.agents.values()
-            ):
-                return
-            time.sleep(0.02)
-        raise AssertionError("agents did not converge")
+class Net(Cluster):
+    """The e2e cluster of test_policy_netns, probed in one family at a time."""
 
     def diffs(self, family: int) -> list[str]:
         ips = self.net.ips6 if family == 6 else self.net.ips

@@ -54,10 +54,15 @@ class Cluster:
         for p in wanted:
             self.store.put_policy(p)
         keys = sorted(p.key for p in wanted)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if all(sorted(p.key for p in a.view().policies) == keys for a in self.agents.values()):
-                return
+            if all(
+                sorted(p.key for p in a.view().policies) == keys
+                and a._applied is not None
+                and sorted(a._applied.counters.values()) == keys
+                for a in self.agents.values()
+            ):
+                return  # every agent has the policies in its model and in its table
             time.sleep(0.02)
         raise AssertionError("agents did not converge")
 
