@@ -29,6 +29,7 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any, ClassVar
 
+from flannelish.errors import ConfigError
 from flannelish.kernel.netlink import Netlink
 from flannelish.kernel.resources import Resource, Skip
 from flannelish.subnet.lease import Lease, LeaseAttrs
@@ -126,3 +127,15 @@ class Backend(ABC):
 def _folded(section: Any) -> dict[str, Any]:
     """A Backend section with keys folded to lower case (matched like Go), minus Type."""
     return {str(k).lower(): v for k, v in (section or {}).items() if str(k).lower() != "type"}
+
+
+def option_integer(fields: dict[str, Any], key: str, name: str, low: int, high: int) -> int | None:
+    """An integer Backend option in low..high (None if unset); a bool or a string is refused."""
+    value = fields.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"Backend.{name} must be an integer", f"got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"Backend.{name} must be in {low}..{high}", f"got {value}")
+    return value

@@ -10,12 +10,15 @@ breaks large packets, its #1781).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
+
+from flannelish.backends.base import option_integer
 
 from flannelish.errors import ConfigError
 from flannelish.kernel.mac import random_mac
@@ -56,15 +59,7 @@ class VxlanOptions:
         """Backend section of the network config; keys match case-insensitively like Go."""
         fields = {str(k).lower(): v for k, v in (raw or {}).items()}
 
-        def integer(key: str, name: str, low: int, high: int) -> int | None:
-            value = fields.get(key)
-            if value is None:
-                return None
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"Backend.{name} must be an integer", f"got {value!r}")
-            if not low <= value <= high:
-                raise ConfigError(f"Backend.{name} must be in {low}..{high}", f"got {value}")
-            return value
+        integer = functools.partial(option_integer, fields)
 
         def boolean(key: str, name: str) -> bool:
             value = fields.get(key, False)

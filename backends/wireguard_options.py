@@ -5,9 +5,12 @@ See backends/wireguard.py for what each Mode builds.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
+
+from flannelish.backends.base import option_integer
 
 from flannelish.errors import ConfigError
 from flannelish.kernel.wireguard import valid_key
@@ -34,15 +37,7 @@ class WireguardOptions:
     ) -> WireguardOptions:
         fields = {str(k).lower(): v for k, v in (raw or {}).items()}
 
-        def integer(key: str, name: str, low: int, high: int) -> int | None:
-            value = fields.get(key)
-            if value is None:
-                return None
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"Backend.{name} must be an integer", f"got {value!r}")
-            if not low <= value <= high:
-                raise ConfigError(f"Backend.{name} must be in {low}..{high}", f"got {value}")
-            return value
+        integer = functools.partial(option_integer, fields)
 
         psk = fields.get("psk")
         if psk in (None, ""):
