@@ -17,9 +17,8 @@ import pytest
 from flannelish.kernel.nftlib import nft_runner
 from flannelish.policy.agent import PolicyAgent
 from flannelish.policy.cases import layout_namespaces
-from flannelish.policy.evaluate import decide
 from flannelish.policy.model import Endpoint
-from flannelish.policy.probe import PodServers, probe, probe_matrix
+from flannelish.policy.probe import PodServers, probe
 from flannelish.policy.store import PolicyStore
 from flannelish.testing.netns import NetnsFactory
 from flannelish.testing.policynet import build
@@ -42,23 +41,8 @@ def _np(name: str, ns: str, spec: dict) -> dict:
     }
 
 
-class Net(Cluster):
-    """The e2e cluster of test_policy_netns, probed in one family at a time."""
-
-    def diffs(self, family: int) -> list[str]:
-        ips = self.net.ips6 if family == 6 else self.net.ips
-        observed = probe_matrix(self.net.pods, ips, PROBES, timeout=0.3)
-        world = self.world()
-        out = []
-        for (a, b, proto, port), got in sorted(observed.items()):
-            want = decide(world, ips[a], ips[b], proto, port).allowed
-            if got != want:
-                out.append(f"v{family} {a} -> {b} {port}/{proto}: expected {want}, observed {got}")
-        return out
-
-
 @pytest.fixture(scope="module")
-def net6(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+def net6(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     factory = NetnsFactory("flpsix")
     factory.remove_leftovers()
     agents: dict[str, PolicyAgent] = {}
@@ -93,7 +77,7 @@ def net6(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
                 )
             )
         servers = PodServers(net.pods, ipv6=True)
-        yield Net(net, store, agents)
+        yield Cluster(net, store, agents)
     finally:
         if servers is not None:
             servers.close()
@@ -102,9 +86,9 @@ def net6(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         factory.cleanup()
 
 
-def test_ipv6_reachable_without_policy_and_bridge_hooks_on(net6: Net) -> None:
+def test_ipv6_reachable_without_policy_and_bridge_hooks_on(net6: Cluster) -> None:
     net6.set_policies([])
-    assert net6.diffs(6) == [] and net6.diffs(4) == []
+    assert net6.check(6) == [] and net6.check(4) == []
     assert probe(net6.net.pods["x/b"], net6.net.ips6["x/a"], "TCP", 80)  # the probes do reach
     for netns in net6.net.nodes.values():
         out = run(
@@ -113,12 +97,12 @@ def test_ipv6_reachable_without_policy_and_bridge_hooks_on(net6: Net) -> None:
         assert out.stdout.strip() == "1"
 
 
-def test_ipv6_deny_then_allow_from_a_pod_same_node_and_cross_node(net6: Net) -> None:
+def test_ipv6_deny_then_allow_from_a_pod_same_node_and_cross_node(net6: Cluster) -> None:
     pods, ips6 = net6.net.pods, net6.net.ips6
     net6.set_policies([_np("deny-in", "x", {"podSelector": {}, "policyTypes": ["Ingress"]})])
     assert not probe(pods["x/b"], ips6["x/a"], "TCP", 80, 0.3)  # same node
     assert not probe(pods["y/c"], ips6["x/a"], "TCP", 80, 0.3)  # cross node
-    assert net6.diffs(6) == [] and net6.diffs(4) == []
+    assert net6.check(6) == [] and net6.check(4) == []
     allow_c = _np(
         "allow-c",
         "x",
@@ -140,10 +124,10 @@ def test_ipv6_deny_then_allow_from_a_pod_same_node_and_cross_node(net6: Net) -> 
     assert probe(pods["y/c"], ips6["x/a"], "TCP", 80, 0.5)  # cross node, allowed
     assert not probe(pods["y/c"], ips6["x/a"], "TCP", 81, 0.3)  # other port
     assert not probe(pods["x/b"], ips6["x/a"], "TCP", 80, 0.3)  # same node, not a c
-    assert net6.diffs(6) == [] and net6.diffs(4) == []
+    assert net6.check(6) == [] and net6.check(4) == []
 
 
-def test_ipv6_ipblock_with_except_and_egress(net6: Net) -> None:
+def test_ipv6_ipblock_with_except_and_egress(net6: Cluster) -> None:
     pods, ips6, ips = net6.net.pods, net6.net.ips6, net6.net.ips
     # x/a may send only to node 2's IPv6 pod subnet except y/c (and to no IPv4 address)
     block = {"cidr": "fd44:0:0:2::/64", "except": [ips6["y/c"] + "/128"]}
@@ -164,12 +148,12 @@ def test_ipv6_ipblock_with_except_and_egress(net6: Net) -> None:
     assert not probe(pods["x/a"], ips6["y/c"], "TCP", 80, 0.3)  # the except
     assert not probe(pods["x/a"], ips6["x/b"], "TCP", 80, 0.3)  # same node, outside it
     assert not probe(pods["x/a"], ips["x/c"], "TCP", 80, 0.3)  # IPv4: no block of its family
-    assert net6.diffs(6) == [] and net6.diffs(4) == []
+    assert net6.check(6) == [] and net6.check(4) == []
     drops = net6.agents["n1"].status()["drops"]
     assert drops.get("x/egress-v6-block", 0) >= 1
 
 
-def test_status_metrics_and_doctor_report_policy(net6: Net) -> None:
+def test_status_metrics_and_doctor_report_policy(net6: Cluster) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
     from flannelish.cli.node import render_status

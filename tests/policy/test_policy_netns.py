@@ -66,14 +66,18 @@ class Cluster:
             time.sleep(0.02)
         raise AssertionError("agents did not converge")
 
-    def check(self) -> list[str]:
-        observed = probe_matrix(self.net.pods, self.net.ips, PROBES, timeout=0.3)
+    def check(self, family: int = 4) -> list[str]:
+        """Every probe whose outcome differs from the model, in one IP family."""
+        ips = self.net.ips6 if family == 6 else self.net.ips
+        observed = probe_matrix(self.net.pods, ips, PROBES, timeout=0.3)
         world = self.world()
         diffs = []
         for (a, b, proto, port), got in sorted(observed.items()):
-            want = decide(world, self.net.ips[a], self.net.ips[b], proto, port).allowed
+            want = decide(world, ips[a], ips[b], proto, port).allowed
             if got != want:
-                diffs.append(f"{a} -> {b} {port}/{proto}: expected {want}, observed {got}")
+                diffs.append(
+                    f"v{family} {a} -> {b} {port}/{proto}: expected {want}, observed {got}"
+                )
         return diffs
 
 
