@@ -18,6 +18,8 @@ import socket
 import sys
 import threading
 
+from flannelish.sockets import listening_socket
+
 DEFAULT_PORT = 7777
 READY = "ready"
 
@@ -46,25 +48,13 @@ def _serve_udp(sock: socket.socket) -> None:
         sock.sendto(f"{peer[0]} {len(data)}\n".encode(), peer)
 
 
-def _bind(family: socket.AddressFamily, kind: socket.SocketKind, port: int) -> socket.socket:
-    sock = socket.socket(family, kind)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if family == socket.AF_INET6:
-        # Its own IPv6 socket: an IPv4 client must be seen as 10.x, not ::ffff:10.x.
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
-    if kind == socket.SOCK_STREAM:
-        sock.listen(64)
-    return sock
-
-
 def serve(port: int) -> None:
     """Answer on IPv4 and IPv6 (each family where the pod's kernel has it)."""
     servers: list[tuple[socket.socket, socket.socket]] = []
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
-            tcp = _bind(family, socket.SOCK_STREAM, port)
-            udp = _bind(family, socket.SOCK_DGRAM, port)
+            tcp = listening_socket(family, socket.SOCK_STREAM, port)
+            udp = listening_socket(family, socket.SOCK_DGRAM, port)
         except OSError:
             continue  # e.g. IPv6 disabled in this namespace
         servers.append((tcp, udp))

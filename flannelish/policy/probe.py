@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from flannelish.kernel.netns import in_netns
+from flannelish.sockets import listening_socket
 
 # 12000 ports in turn: a port comes back only after 12000 UDP probes, by then
 # its conntrack entries are gone (a few hundred probes a second at most).  The
@@ -67,13 +68,7 @@ class PodServers:
         self._thread.start()
 
     def _listen(self, fam: int, kind: int, port: int) -> None:
-        s = socket.socket(fam, kind)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if fam == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", port))
-        if kind == socket.SOCK_STREAM:
-            s.listen(128)
+        s = listening_socket(fam, kind, port, backlog=128)
         s.setblocking(False)
         self.sel.register(s, selectors.EVENT_READ)
         self.socks.append(s)
