@@ -15,13 +15,22 @@ PREFIX = "/coreos.com/network"
 
 
 def daemon_starter(
-    underlay: Underlay, etcd: EtcdMember, tmp_path, config: str, make: Callable[..., DaemonProc]
+    underlay: Underlay,
+    etcd: EtcdMember,
+    tmp_path,
+    config: str | None,
+    make: Callable[..., DaemonProc],
 ) -> Iterator[Callable[..., list]]:
-    """start(n, *flags) -> n ready daemons made by `make` on hosts h1..hn (stopped at teardown)."""
+    """start(n, *flags, config=None) -> n ready daemons made by `make` on hosts h1..hn
+    (stopped at teardown).  The network config is put first: `config` of the starter
+    once, a start's own `config` before that start."""
     made: list = []
-    etcd.etcdctl("put", f"{PREFIX}/config", config)
+    if config is not None:
+        etcd.etcdctl("put", f"{PREFIX}/config", config)
 
-    def start(n: int, *flags: str) -> list:
+    def start(n: int, *flags: str, config: str | None = None) -> list:
+        if config is not None:
+            etcd.etcdctl("put", f"{PREFIX}/config", config)
         daemons = []
         for i in range(1, n + 1):
             host = underlay.add_host(f"h{i}")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_interface
 
 import pytest
@@ -18,7 +19,7 @@ from flannelish.testing.netns import NetnsFactory
 from flannelish.testing.proc import run
 from flannelish.testing.underlay import UNDERLAY_NETWORK6, Host, Underlay
 
-from .conftest import PREFIX
+from .conftest import PREFIX, daemon_starter
 from .helpers import VENV_BIN, DaemonProc, link_details, ping, wait_for
 
 DUAL = (
@@ -51,25 +52,9 @@ def etcd6(underlay6: Underlay) -> Iterator[EtcdMember]:
 def daemons6(
     underlay6: Underlay, etcd6: EtcdMember, tmp_path
 ) -> Iterator[Callable[..., list[DaemonProc]]]:
-    made: list[DaemonProc] = []
-
-    def start(n: int, config: str, *flags: str) -> list[DaemonProc]:
-        etcd6.etcdctl("put", f"{PREFIX}/config", config)
-        out = []
-        for i in range(1, n + 1):
-            host = underlay6.add_host(f"h{i}")
-            d = DaemonProc(host, etcd6.client_url, tmp_path, *flags).start()
-            made.append(d)
-            out.append(d)
-        for d in out:
-            d.wait_ready()
-        return out
-
-    try:
-        yield start
-    finally:
-        for d in made:
-            d.stop()
+    """daemons6(n, config, *flags) -> n ready daemons on the IPv6 underlay."""
+    with contextmanager(daemon_starter)(underlay6, etcd6, tmp_path, None, DaemonProc) as started:
+        yield lambda n, config, *flags: started(n, *flags, config=config)
 
 
 def subnet6(d: DaemonProc) -> IPv6Network:

@@ -24,7 +24,7 @@ import pytest
 from flannelish.testing.etcd import EtcdMember
 from flannelish.testing.underlay import Underlay
 
-from .conftest import PREFIX
+from .conftest import PREFIX, daemon_starter
 from .helpers import ping, wait_for
 from .test_daemon_ipv6 import add_pod6, etcd6, subnet6, underlay6  # noqa: F401 (fixtures)
 from .wgkit import WgDaemon, peers_of
@@ -50,25 +50,18 @@ def v6only(mode: str | None) -> str:
 
 @pytest.fixture
 def wg6(underlay6: Underlay, etcd6: EtcdMember, tmp_path) -> Iterator[Callable[..., list]]:  # noqa: F811
+    """wg6(n, config) -> n ready WireGuard daemons on the IPv6 underlay."""
     made: list[WgDaemon] = []
 
-    def start(n: int, config: str) -> list[WgDaemon]:
-        etcd6.etcdctl("put", f"{PREFIX}/config", config)
-        out = []
-        for i in range(1, n + 1):
-            d = WgDaemon(underlay6.add_host(f"h{i}"), etcd6.client_url, tmp_path).start()
-            made.append(d)
-            out.append(d)
-        for d in out:
-            d.wait_ready()
-        return out
+    def make(*args: object) -> WgDaemon:
+        made.append(WgDaemon(*args))
+        return made[-1]
 
     try:
-        yield start
+        with contextmanager(daemon_starter)(underlay6, etcd6, tmp_path, None, make) as started:
+            yield lambda n, config: started(n, config=config)
     finally:
-        for d in made:
-            d.stop()
-        for d in made:  # after its daemon: the userspace devices outlive it on purpose
+        for d in made:  # after the starter stopped the daemons: their wireguard-go too
             d.kill_wireguard_go()
 
 
