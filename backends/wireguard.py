@@ -1,6 +1,6 @@
 """The WireGuard backend: encrypted pod traffic, wire-compatible with Flannel's.
 
-Design (../shared/reference/flannel.md §4b, plus a userspace fallback):
+Design (docs/flannel-compat.md §8a, plus a userspace fallback):
 
 * Config keys as Flannel: ``PSK``, ``ListenPort`` (51820), ``ListenPortV6``
   (51821), ``MTU``, ``Mode`` (default ``separate``),

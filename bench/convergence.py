@@ -11,7 +11,7 @@ Baseline, measured in the same run and the same namespace: the bare etcd
 watch latency (put -> watch event in a plain client), i.e. the floor any
 watch-driven daemon sits on.  Goal: p99 < 200 ms.
 
-``--population N`` (issue 16): N leases in Flannel's schema (/26 subnets of
+``--population N``: N leases in Flannel's schema (/26 subnets of
 10.0.0.0/8, one etcd lease, VTEP MAC and PublicIP per simulated node) are
 written first; then flanneld (when ``FLANNELD_BIN`` names its binary) and
 flannelish cold-start, each in its own namespace on the underlay (start ->
@@ -327,7 +327,7 @@ def report(results: dict[str, list[float]]) -> None:
     print(f"goal: add p99 < 200 ms -> {p99_add:.1f} ms {verdict} (n={len(results['add'])})")
 
 
-# -- population mode (issue 16): N peers, cold sync, then per-event latency ----------
+# -- population mode: N peers, cold sync, then per-event latency ----------
 
 POP_NETWORK = IPv4Network("10.0.0.0/8")
 POP_CONFIG = '{"Network":"10.0.0.0/8","SubnetLen":26,"Backend":{"Type":"vxlan"}}'

@@ -1,4 +1,4 @@
-"""Fleet simulator (issue 16): many simulated nodes, real leases, one real etcd, real daemons.
+"""Fleet simulator: many simulated nodes, real leases, one real etcd, real daemons.
 
 Every simulated node is the product's own code: a SubnetManager on an
 EtcdRegistry (nodes share a few gRPC connections, as many nodes per process as

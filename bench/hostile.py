@@ -1,4 +1,4 @@
-"""Benchmark: the hostile-etcd suite (issue 12), flannelish next to flanneld.
+"""Benchmark: the hostile-etcd suite, flannelish next to flanneld.
 
 The same checks as tests/daemon/test_hostile_etcd.py (flannelish.testing.hostile):
 bad leases of every kind written into a live network with one daemon under

@@ -23,7 +23,7 @@ PLUGIN_VERSION = "1.1.0"
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 
 # The reference library validates container IDs and network names alike.  Always
-# used with fullmatch: with match() and "$", "c3\n" would pass (issue 12, item 7).
+# used with fullmatch: with match() and "$", "c3\n" would pass.
 # ASCII classes only: \d would also match other scripts' digits.
 _ID_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
 _VERSION_RE = re.compile(r"([0-9]+)\.([0-9]+)\.([0-9]+)")

@@ -1,4 +1,4 @@
-"""The hostile-etcd suite (issue 12): bad leases written into a live network.
+"""The hostile-etcd suite: bad leases written into a live network.
 
 Shared by ``tests/daemon/test_hostile_etcd.py`` (flannelish only) and
 ``bench/hostile.py`` (flannelish and, with ``FLANNELD_BIN``, flanneld).  It
@@ -135,7 +135,7 @@ def _bad(backend: str, key: str, ip: str, mac: str | None = None, **extra: Any) 
 
 
 def bad_kinds(backend: str, underlay: IPv4Network) -> list[Kind]:
-    """Every bad lease kind of issue 12, with the values for this backend."""
+    """Every kind of bad lease, with the values for this backend."""
     b, vx = backend, backend == "vxlan"
     other = "host-gw" if vx else "vxlan"
     ul_key = f"{underlay.network_address}-{underlay.prefixlen}"

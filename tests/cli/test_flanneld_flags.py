@@ -1,4 +1,4 @@
-"""Every flanneld flag (flannel.md §6) parses, in Go's syntax and as FLANNELD_*, and reaches
+"""Every flanneld flag (docs/flannel-compat.md §10) parses, in Go's syntax and as FLANNELD_*, and reaches
 the daemon's options; the Kubernetes subnet-manager flags end in one error and exit 2."""
 
 from __future__ import annotations

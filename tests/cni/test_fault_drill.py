@@ -1,4 +1,4 @@
-"""Fault drill (issue 12): the plugin SIGKILLed in the middle of ADD or DEL.
+"""Fault drill: the plugin SIGKILLed in the middle of ADD or DEL.
 
 The kill points are a test hook in cni/bridge.py: ``FLANNELISH_TEST_KILL_AT``
 in the environment of the process doing the work makes it SIGKILL itself

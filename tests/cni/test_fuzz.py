@@ -266,7 +266,7 @@ def test_fuzzed_input_through_the_real_executable(fuzz_dir, doc, command, cid, i
     _assert_cni_output(proc.returncode, proc.stdout.decode(), proc.stderr.decode(), command)
 
 
-# --- prevResult (issue 12 item 10) -------------------------------------------------------
+# --- prevResult -------------------------------------------------------
 
 big_int = st.one_of(
     st.integers(-(2**70), 2**70),

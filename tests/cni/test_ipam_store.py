@@ -110,7 +110,7 @@ def test_concurrent_allocations_from_threads_never_collide(tmp_path):
         ipam.allocate(conf, "one-too-many", "eth0")
 
 
-# --- issue 12, item 12: reservations are durable ----------------------------------------
+# --- reservations are durable ----------------------------------------
 
 
 @pytest.fixture

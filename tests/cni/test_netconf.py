@@ -158,7 +158,7 @@ def test_gc_reads_valid_attachments(subnet_env):
         load(doc, "GC")
 
 
-# --- issue 12, item 7: whole-string matching of outside identifiers --------------------
+# --- whole-string matching of outside identifiers --------------------
 
 
 @pytest.mark.parametrize("suffix", ["\n", "\r\n", " ", "\t"])
@@ -220,7 +220,7 @@ def test_gc_refuses_attachments_that_add_could_not_have_made(subnet_env, entry):
     assert err.value.cni_code == CniCode.INVALID_CONFIG and "valid-attachments[0]" in err.value.msg
 
 
-# --- issue 12, item 10: prevResult and integer fields are validated, never code 999 ----
+# --- prevResult and integer fields are validated, never code 999 ----
 
 GOOD_PREV = {
     "cniVersion": "1.0.0",

@@ -1,4 +1,4 @@
-"""Shared pieces of the fault drills and the churn soak (issue 12, "Tests that prove it").
+"""Shared pieces of the fault drills and the churn soak.
 
 * :class:`SimWriter` - flannelish's etcd client in a helper process on the
   underlay (simwriter.py), for lease writes at a paced rate;

@@ -30,7 +30,7 @@ def lease_key(subnet: IPv4Network) -> str:
 
 
 def flannel_lease_value(public_ip: Any, mac: str | None, vni: int = 1) -> str:
-    """A lease value byte for byte as flanneld writes it (flannel.md §9, vector 7)."""
+    """A lease value byte for byte as flanneld writes it (docs/flannel-compat.md §13, example 7)."""
     if mac is None:
         return f'{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"host-gw"}}'
     return (
@@ -90,7 +90,7 @@ def flanneld_leaves_hostgw_node(
 
 
 def flanneld_programs_peer(host: Host, subnet: IPv4Network, public_ip: Any, mac: str) -> None:
-    """What flanneld does for one VXLAN peer (flannel.md §3): neigh, FDB, route (proto boot)."""
+    """What flanneld does for one VXLAN peer (docs/flannel-compat.md §7, example 10): neigh, FDB, route (proto boot)."""
     gw = str(subnet.network_address)
     host.run("ip", "neigh", "replace", gw, "lladdr", mac, "dev", "flannel.1", "nud", "permanent")
     host.run("bridge", "fdb", "replace", mac, "dev", "flannel.1", "dst", str(public_ip),

@@ -1,4 +1,4 @@
-"""`flannelish daemon` with bad lease values in etcd (issue 12 items 2, 3 and 8).
+"""`flannelish daemon` with bad lease values in etcd.
 
 Before: a lease value of 5000 `[` killed the watch thread (RecursionError,
 exit 1) and the daemon crash-looped at start-up while acquiring; three ~1.4 MB

@@ -1,4 +1,4 @@
-"""Churn soak (issue 12): 100 lease events/s among 500 simulated peers for
+"""Churn soak: 100 lease events/s among 500 simulated peers for
 FLANNELISH_SOAK_SECONDS (default 60) while a pod pings a pod on a stable real
 peer.  Afterwards: 0 loss, kernel == etcd on both real nodes after a short
 settle, and the daemons' RSS and open FDs flat (start/end figures printed).

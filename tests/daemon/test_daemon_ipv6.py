@@ -30,7 +30,7 @@ V6ONLY = (
     '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd44::/48",'
     '"IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}'
 )
-# Flannel's key regex (flannel.md §1.1).
+# Flannel's key regex (docs/flannel-compat.md §1).
 FLANNEL_KEY = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$")
 
 
@@ -114,7 +114,7 @@ def leases(etcd: EtcdMember) -> dict[str, dict]:
 def test_dual_stack_pods_ping_over_ipv4_and_ipv6(daemons6, etcd6, netns_factory):
     a, b = daemons6(2, DUAL)
     env = a.env()
-    # subnet.env exactly as Flannel writes it (flannel.md §2, vector 6).
+    # subnet.env exactly as Flannel writes it (docs/flannel-compat.md §6 and §14).
     assert list(env) == [
         "FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_IPV6_NETWORK", "FLANNEL_IPV6_SUBNET",
         "FLANNEL_MTU", "FLANNEL_IPMASQ",

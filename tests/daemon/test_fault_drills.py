@@ -1,4 +1,4 @@
-"""Fault drills (issue 12): a continuous pod-to-pod ping across two real nodes while
+"""Fault drills: a continuous pod-to-pod ping across two real nodes while
 the daemon is SIGKILLed mid-sync, etcd's leader is killed, a member is frozen, and
 the kernel objects the daemon owns are deleted behind its back.
 

@@ -1,4 +1,4 @@
-"""The hostile-etcd suite (issue 12, "Tests that prove it"), on both backends.
+"""The hostile-etcd suite, on both backends.
 
 Bad leases of every kind the issue names are written, with an etcd lease as a
 node would, into a live network: real etcd on the underlay, one real

@@ -1,4 +1,4 @@
-"""The health server under hostile clients (issue 12 item 5), with real sockets on loopback.
+"""The health server under hostile clients, with real sockets on loopback.
 
 Before: 20 half-sent requests held 20 threads for more than 30 s (no timeout,
 no cap) and a client resetting mid-request printed a traceback.  Now a

@@ -1,4 +1,4 @@
-"""Bad lease values (issue 12 items 2 and 8) on the in-memory registry, and the bounded decoder.
+"""Bad lease values on the in-memory registry, and the bounded decoder.
 
 A value that does not decode is a bad lease: skipped, counted and logged,
 never an exception out of decoding; a put that makes a known peer's value

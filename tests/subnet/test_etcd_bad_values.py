@@ -1,4 +1,4 @@
-"""Bad and oversized lease values against a real etcd (issue 12 items 2, 3 and 8).
+"""Bad and oversized lease values against a real etcd.
 
 Before: a 5000-`[` value raised RecursionError in the watch thread and at
 start-up while acquiring; three ~1.4 MB values made every listing fail with

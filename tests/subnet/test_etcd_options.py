@@ -116,7 +116,7 @@ def test_help_lists_every_flanneld_flag_and_its_env_var():
         assert f"FLANNELD_ETCD_{name.upper().replace('-', '_')}" in out
 
 
-# -- --etcd-password-file (issue 12 item 11) ----------------------------------
+# -- --etcd-password-file ----------------------------------
 
 
 def test_password_file_gives_the_password_without_its_newline(tmp_path):

@@ -1,4 +1,4 @@
-"""Hypothesis fuzzing of every parser of outside input on the datastore side (issue 12).
+"""Hypothesis fuzzing of every parser of outside input on the datastore side.
 
 Lease keys, lease values (nested, oversized, binary), the network config and
 subnet.env text come from etcd or from disk, i.e. from anyone who can write

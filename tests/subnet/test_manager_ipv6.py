@@ -1,4 +1,4 @@
-"""SubnetManager for dual-stack and IPv6-only networks (flannel.md §1, issue 13)."""
+"""SubnetManager for dual-stack and IPv6-only networks (docs/flannel-compat.md §1, §14)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ V6ONLY = (
     '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd44::/48",'
     '"IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}'
 )
-# Flannel's key regex, anchored at the end (flannel.md §1.1).
+# Flannel's key regex, anchored at the end (docs/flannel-compat.md §1).
 FLANNEL_KEY = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$")
 NODE_A, NODE_B = "a" * 32, "b" * 32
 
