@@ -46,7 +46,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 
 
 def _flanneld_options(command: Any) -> Any:
-    """flanneld's flags that have no flannelish counterpart of their own (docs/flannel-compat.md §10).
+    """flanneld's flags with no flannelish counterpart (docs/flannel-compat.md §10).
 
     The command receives ``flanneld={name: value}``; the Kubernetes ones are
     refused in the command body with exit status 2.

@@ -1,5 +1,6 @@
-"""Every flanneld flag (docs/flannel-compat.md §10) parses, in Go's syntax and as FLANNELD_*, and reaches
-the daemon's options; the Kubernetes subnet-manager flags end in one error and exit 2."""
+"""Every flanneld flag (docs/flannel-compat.md §10) parses, in Go's syntax and as
+FLANNELD_*, and reaches the daemon's options; the Kubernetes subnet-manager flags end in
+one error and exit 2."""
 
 from __future__ import annotations
 

@@ -90,7 +90,10 @@ def flanneld_leaves_hostgw_node(
 
 
 def flanneld_programs_peer(host: Host, subnet: IPv4Network, public_ip: Any, mac: str) -> None:
-    """What flanneld does for one VXLAN peer (docs/flannel-compat.md §7, example 10): neigh, FDB, route (proto boot)."""
+    """What flanneld does for one VXLAN peer: neigh, FDB, route (proto boot).
+
+    See docs/flannel-compat.md §7 and §13, example 10.
+    """
     gw = str(subnet.network_address)
     host.run("ip", "neigh", "replace", gw, "lladdr", mac, "dev", "flannel.1", "nud", "permanent")
     host.run("bridge", "fdb", "replace", mac, "dev", "flannel.1", "dst", str(public_ip),
