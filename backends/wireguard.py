@@ -28,7 +28,7 @@ Design (docs/flannel-compat.md §8a, plus a userspace fallback):
 * Device (backends/wireguard_device.py): MTU = (MTU or underlay MTU) - 80;
   address per family; one route per family for the network.  Kernel WireGuard
   where ``ip link add type wireguard`` works, else Debian's wireguard-go,
-  supervised (:class:`flannelish.kernel.wireguard.WireguardGo`).
+  supervised (:class:`flannelish.kernel.wireguard_go.WireguardGo`).
 * Per peer and device one :class:`WgPeer` (key, endpoint, allowed IPs, PSK
   and keepalive if set), applied by the reconciler through one
   :class:`WgPeerResource` for all devices (UAPI).  No per-peer routes.
@@ -64,15 +64,8 @@ from flannelish.backends.wireguard_options import (
 
 from flannelish.errors import ConfigError, KernelError
 from flannelish.kernel.resources import Resource, Skip
-from flannelish.kernel.wireguard import (
-    NodeKey,
-    WgPeer,
-    WgPeerResource,
-    b64_to_hex,
-    load_or_create_key,
-    sort_nets,
-    valid_key,
-)
+from flannelish.kernel.wireguard import WgPeer, WgPeerResource, sort_nets
+from flannelish.kernel.wireguard_keys import NodeKey, b64_to_hex, load_or_create_key, valid_key
 from flannelish.subnet.lease import Lease, LeaseAttrs
 
 log = logging.getLogger("flannelish.wireguard")

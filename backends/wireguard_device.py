@@ -20,16 +20,9 @@ from typing import Any
 
 from flannelish.errors import KernelError
 from flannelish.kernel.netlink import AF_INET, AF_INET6, ROUTE_PROTO, Addr, Route, RouteExists
-from flannelish.kernel.wireguard import (
-    NodeKey,
-    UapiControl,
-    WgControl,
-    WgToolControl,
-    WireguardGo,
-    b64_to_hex,
-    clamp_hex,
-    kernel_wireguard_available,
-)
+from flannelish.kernel.wireguard import UapiControl, WgControl, WgToolControl
+from flannelish.kernel.wireguard_go import WireguardGo, kernel_wireguard_available
+from flannelish.kernel.wireguard_keys import NodeKey, b64_to_hex, clamp_hex
 
 log = logging.getLogger("flannelish.wireguard")
 

@@ -13,7 +13,7 @@ from typing import Any
 from flannelish.backends.base import option_integer
 
 from flannelish.errors import ConfigError
-from flannelish.kernel.wireguard import valid_key
+from flannelish.kernel.wireguard_keys import valid_key
 
 DEFAULT_PORT = 51820
 DEFAULT_PORT_V6 = 51821

@@ -184,7 +184,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    from flannelish.kernel.wireguard import stop_node_wireguard_go
+    from flannelish.kernel.wireguard_go import stop_node_wireguard_go
     from flannelish.testing.proc import stop_pid
 
     with BenchCluster() as cluster:

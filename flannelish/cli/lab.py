@@ -293,7 +293,7 @@ def lab_exec(name: str, state_dir: Path, target: str, command: tuple[str, ...]) 
     argv = ["ip", "netns", "exec", netns, *command]
     node = state.node(target)
     if node is not None:
-        from flannelish.kernel.wireguard import node_wireguard_go
+        from flannelish.kernel.wireguard_go import node_wireguard_go
 
         go = node_wireguard_go(Path(node.subnet_file).parent)
         if go is not None and go.private_run:

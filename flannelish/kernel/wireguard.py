@@ -1,4 +1,7 @@
-"""WireGuard devices: keys, the UAPI, the peer Resource and the wireguard-go supervisor.
+"""WireGuard devices: the UAPI and ``wg`` control paths and the peer Resource.
+
+Keys live in :mod:`flannelish.kernel.wireguard_keys`, the wireguard-go
+supervisor in :mod:`flannelish.kernel.wireguard_go`.
 
 Configuration path (measured on the 2-core lab machine): the UAPI
 (``get=1`` / ``set=1`` on ``/run/wireguard/<dev>.sock``) spoken from Python
@@ -12,152 +15,29 @@ changes).  A kernel WireGuard device has no UAPI socket; it is driven through
 Both produce the same records; tests/kernel/test_wireguard_control.py drives
 one wireguard-go device through either path and reads it back through the
 other.
-
-Keys: generated with ``wg genkey`` and derived with ``wg pubkey``
-(wireguard-tools is installed anyway for ``wg show``), so no X25519 code or
-extra Python dependency is needed; they run once per start.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
 import logging
 import os
-import signal
 import socket
-import stat
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from flannelish.errors import ConfigError, KernelError
+from flannelish.kernel.wireguard_keys import b64_to_hex, hex_to_b64
 
 log = logging.getLogger("flannelish.wireguard")
 
-WG_GO_ENV = "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"
 ZERO_KEY = "0" * 64
 
 Net = IPv4Network | IPv6Network
-
-
-class KeyFileError(ConfigError):
-    """The WireGuard key file is unreadable, corrupt or gone (exit 3, never a silent re-key)."""
-
-
-def b64_to_hex(key: str) -> str:
-    try:
-        raw = base64.b64decode(key, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"not base64: {key[:8]}…") from None
-    if len(raw) != 32:
-        raise ValueError(f"a WireGuard key is 32 bytes, got {len(raw)}")
-    return raw.hex()
-
-
-def clamp_hex(key: str) -> str:
-    """A private key as a device reports it (X25519 clamping; `wg genkey` keys already are)."""
-    raw = bytearray(bytes.fromhex(key))
-    raw[0] &= 248
-    raw[31] = (raw[31] & 127) | 64
-    return raw.hex()
-
-
-def hex_to_b64(key: str) -> str:
-    return base64.b64encode(bytes.fromhex(key)).decode()
-
-
-def valid_key(key: Any) -> bool:
-    if not isinstance(key, str):
-        return False
-    try:
-        b64_to_hex(key)
-    except ValueError:
-        return False
-    return True
-
-
-def _wg(*args: str, stdin: str | None = None) -> str:
-    try:
-        out = subprocess.run(
-            ["wg", *args], input=stdin, capture_output=True, text=True, timeout=10, check=True
-        )
-    except FileNotFoundError:
-        raise ConfigError(
-            "the wg tool is missing", "install wireguard-tools (make setup does)"
-        ) from None
-    except subprocess.CalledProcessError as exc:
-        raise KernelError(f"wg {args[0]} failed", (exc.stderr or "").strip()[:200]) from None
-    return out.stdout.strip()
-
-
-def public_key(private_b64: str) -> str:
-    return _wg("pubkey", stdin=private_b64 + "\n")
-
-
-@dataclass(frozen=True)
-class NodeKey:
-    private: str  # base64; never logged, never in /status
-    public: str
-    path: Path
-
-    def __repr__(self) -> str:  # the private key stays out of every repr and log
-        return f"NodeKey(public={self.public!r}, path={str(self.path)!r})"
-
-
-def load_or_create_key(path: Path, marker: Path) -> NodeKey:
-    """The node's private key: read from ``path``, or generated once and kept 0600.
-
-    ``marker`` (next to subnet.env) records the public key of the first
-    generation; a key file that is missing while the marker exists (someone
-    deleted it) or that does not decode is a KeyFileError, never a new
-    identity: peers would keep the old public key and drop our traffic.
-    """
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        text = None
-    except OSError as exc:
-        raise KeyFileError(f"cannot read WireGuard key file {path}", exc.strerror) from None
-    if text is None:
-        if marker.exists():
-            recorded = marker.read_text().strip()
-            raise KeyFileError(
-                f"WireGuard key file {path} is missing but this node had public key {recorded}",
-                f"restore the key file, or delete {marker} to start with a new identity "
-                "(peers then need our new lease)",
-            )
-        private = _wg("genkey")
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(private + "\n")
-        key = NodeKey(private, public_key(private), path)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(key.public + "\n")
-        log.info("generated WireGuard key", extra={"path": str(path), "public_key": key.public})
-        return key
-    private = text.strip()
-    if not valid_key(private):
-        raise KeyFileError(
-            f"WireGuard key file {path} is corrupt (not a base64 32-byte key)",
-            "restore it from a backup; flannelish never replaces a key silently",
-        )
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        log.warning("WireGuard key file %s has mode %o; setting 0600", path, mode)
-        os.chmod(path, 0o600)
-    key = NodeKey(private, public_key(private), path)
-    if not marker.exists():
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(key.public + "\n")
-    return key
 
 
 # -- records ---------------------------------------------------------------------
@@ -493,174 +373,3 @@ class WgPeerResource:
             != (expected[k].allowed_ips, expected[k].psk, expected[k].keepalive)
             for k, a in actual.items()
         )
-
-
-# -- wireguard-go ---------------------------------------------------------------------------
-
-
-def kernel_wireguard_available(dev: str) -> bool:
-    """Can this kernel create a wireguard link?  (Probed with a throw-away device.)"""
-    probe = f"{dev[:9]}-probe"
-    r = subprocess.run(
-        ["ip", "link", "add", probe, "type", "wireguard"], capture_output=True, timeout=10
-    )
-    if r.returncode != 0:
-        return False
-    subprocess.run(["ip", "link", "del", probe], capture_output=True, timeout=10)
-    return True
-
-
-class WireguardGo:
-    """Runs and supervises Debian's wireguard-go for one device.
-
-    wireguard-go outlives a daemon restart (like a kernel device, so pods keep
-    talking): it runs in its own session and the PID goes to
-    ``<state_dir>/<dev>.wireguard-go.pid``; a restarted daemon adopts it when
-    that PID is still wireguard-go for our device and its socket answers.
-
-    With ``private_run`` (several nodes on one machine: tests, the lab) it runs
-    in a private mount namespace with its own tmpfs on /run/wireguard, and we
-    reach its socket through ``/proc/<pid>/root``; ``nsenter
-    --mount=/proc/<pid>/ns/mnt wg show`` shows the node's device.
-    """
-
-    def __init__(self, dev: str, state_dir: Path, private_run: bool) -> None:
-        self.dev = dev
-        self.private_run = private_run
-        self.pidfile = state_dir / f"{dev}.wireguard-go.pid"
-        self.pid: int | None = None
-        self._child: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
-
-    def socket_path(self) -> str:
-        if self.private_run and self.pid is not None:
-            return f"/proc/{self.pid}/root/run/wireguard/{self.dev}.sock"
-        return f"/run/wireguard/{self.dev}.sock"
-
-    def alive(self) -> bool:
-        if self.pid is None:
-            return False
-        if self._child is not None:
-            return self._child.poll() is None
-        try:
-            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return False
-        return any(b"wireguard-go" in a for a in cmdline[:1]) and self.dev.encode() in cmdline
-
-    def adopt(self, quiet: bool = False) -> bool:
-        try:
-            self.pid = int(self.pidfile.read_text().strip())
-        except (OSError, ValueError):
-            self.pid = None
-            return False
-        if not self.alive() or not os.path.exists(self.socket_path()):
-            self.pid = None
-            return False
-        if not quiet:
-            log.info("adopted wireguard-go", extra={"dev": self.dev, "pid": self.pid})
-        return True
-
-    def start(self) -> None:
-        env = {**os.environ, WG_GO_ENV: "1", "LOG_LEVEL": "error"}
-        argv = ["wireguard-go", "-f", self.dev]
-        if self.private_run:
-            script = (
-                "mkdir -p /run/wireguard && "
-                "mount -t tmpfs -o mode=0700,size=1m flannelish-wg /run/wireguard && "
-                f'exec wireguard-go -f "{self.dev}"'
-            )
-            argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script]
-        try:
-            self._child = subprocess.Popen(
-                argv,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,  # survives our restart; SIGINT to us is not for it
-            )
-        except FileNotFoundError:
-            raise ConfigError(
-                "wireguard-go is not installed and the kernel has no WireGuard",
-                "install wireguard-go (make setup does)",
-            ) from None
-        self.pid = self._child.pid
-        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
-        self.pidfile.write_text(f"{self.pid}\n")
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if self._child.poll() is not None:
-                raise KernelError(f"wireguard-go for {self.dev} exited ({self._child.returncode})")
-            if os.path.exists(self.socket_path()):
-                log.info(
-                    "started wireguard-go (userspace WireGuard)",
-                    extra={"dev": self.dev, "pid": self.pid, "private_run": self.private_run},
-                )
-                return
-            time.sleep(0.02)
-        self.stop()
-        raise KernelError(f"wireguard-go for {self.dev} did not open its socket within 5 s")
-
-    def ensure(self) -> bool:
-        """Running afterwards; True if it had to be (re)started (the device is new)."""
-        if self.alive():
-            return False
-        if self._child is not None:
-            self._child.wait()  # reap it
-            self._child = None
-            log.warning("wireguard-go for %s died; restarting it", self.dev)
-            self.restarts += 1
-        elif self.adopt():
-            return False
-        self.start()
-        return True
-
-    def stop(self) -> None:
-        """End our wireguard-go (the device goes with it); by PID only."""
-        pid = self.pid
-        if pid is None or not self.alive():
-            return
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline and self.alive():
-            if self._child is not None and self._child.poll() is not None:
-                break
-            time.sleep(0.02)
-        if self.alive():
-            os.kill(pid, signal.SIGKILL)
-        if self._child is not None:
-            self._child.wait(timeout=3)
-        self.pid = None
-        with contextlib.suppress(OSError):
-            self.pidfile.unlink()
-
-
-def node_wireguard_go(state_dir: Path, dev: str = "flannel-wg") -> WireguardGo | None:
-    """The wireguard-go a node's daemon runs (pidfile in its state dir), if alive."""
-    for private in (True, False):
-        go = WireguardGo(dev, state_dir, private)
-        if go.adopt(quiet=True):
-            return go
-    return None
-
-
-def node_device_state(state_dir: Path, dev: str = "flannel-wg") -> DeviceState | None:
-    """The device of a node's wireguard-go (its peers and handshakes), or None."""
-    go = node_wireguard_go(state_dir, dev)
-    if go is None:
-        return None
-    try:
-        return UapiControl(go.socket_path()).get()
-    except KernelError:
-        return None
-
-
-def stop_node_wireguard_go(state_dir: Path, dev: str = "flannel-wg") -> int | None:
-    """Stop the wireguard-go of a node (by the PID in its pidfile); its PID, or None."""
-    go = node_wireguard_go(state_dir, dev)
-    if go is None:
-        return None
-    pid = go.pid
-    go.stop()
-    return pid

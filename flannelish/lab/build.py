@@ -412,7 +412,7 @@ class _Builder:
 
     def _missing_wireguard_peers(self) -> list[str]:
         """WireGuard: one route for the network via flannel-wg, and every peer on the device."""
-        from flannelish.kernel.wireguard import node_device_state
+        from flannelish.kernel.wireguard_go import node_device_state
 
         missing = []
         for node in self.state.nodes:

@@ -79,7 +79,7 @@ def teardown(state: LabState, keep_logs: bool = False, remove_dir: bool = True) 
     report.warnings += procs.stop_all(running)
     report.stopped = [f"{r.role} (pid {r.pid})" for r in running]
     # WireGuard nodes: the userspace device outlives its daemon; stop it after the daemon.
-    from flannelish.kernel.wireguard import stop_node_wireguard_go
+    from flannelish.kernel.wireguard_go import stop_node_wireguard_go
 
     for node in state.nodes:
         for dev in ("flannel-wg", "flannel-wg-v6"):

@@ -302,7 +302,7 @@ def verify(state: LabState, pcap: Path | None = None, hop_dir: Path | None = Non
 
 def handshake_verdict(state: LabState) -> Verdict:
     """WireGuard: every node completed a handshake with every peer (from each device)."""
-    from flannelish.kernel.wireguard import node_device_state
+    from flannelish.kernel.wireguard_go import node_device_state
 
     name = "every node completed a WireGuard handshake with every peer"
     bad = []

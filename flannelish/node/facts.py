@@ -205,7 +205,8 @@ def collect_wireguard(
     import os
     import stat as stat_mod
 
-    from flannelish.kernel.wireguard import UapiControl, WgToolControl, node_wireguard_go
+    from flannelish.kernel.wireguard import UapiControl, WgToolControl
+    from flannelish.kernel.wireguard_go import node_wireguard_go
 
     key_file = os.environ.get("WIREGUARD_KEY_FILE") or "/run/flannel/wgkey"
     link = (links or {}).get(dev)

@@ -16,16 +16,8 @@ from flannelish.backends.wireguard import WireguardBackend, WireguardOptions
 
 from flannelish.daemon.reconciler import Reconciler
 from flannelish.errors import ConfigError
-from flannelish.kernel.wireguard import (
-    NodeKey,
-    PeerStats,
-    WgPeer,
-    WgPeerResource,
-    b64_to_hex,
-    hex_to_b64,
-    parse_get,
-    sort_nets,
-)
+from flannelish.kernel.wireguard import PeerStats, WgPeer, WgPeerResource, parse_get, sort_nets
+from flannelish.kernel.wireguard_keys import NodeKey, b64_to_hex, hex_to_b64
 from flannelish.subnet.lease import Lease, LeaseAttrs
 from flannelish.testing.fake_kernel import FakeNetlink
 

@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 from flannelish.errors import KernelError
-from flannelish.kernel.wireguard import UapiControl, WireguardGo
+from flannelish.kernel.wireguard import UapiControl
+from flannelish.kernel.wireguard_go import WireguardGo
 
 from .helpers import DaemonProc
 

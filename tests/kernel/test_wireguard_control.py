@@ -17,16 +17,9 @@ from pathlib import Path
 import pytest
 
 from flannelish.kernel.netns import in_netns
-from flannelish.kernel.wireguard import (
-    UapiControl,
-    WgPeer,
-    WgPeerResource,
-    WgToolControl,
-    WireguardGo,
-    b64_to_hex,
-    clamp_hex,
-    stop_node_wireguard_go,
-)
+from flannelish.kernel.wireguard import UapiControl, WgPeer, WgPeerResource, WgToolControl
+from flannelish.kernel.wireguard_go import WireguardGo, stop_node_wireguard_go
+from flannelish.kernel.wireguard_keys import b64_to_hex, clamp_hex
 
 
 def key(n: int) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flannelish.kernel.wireguard import node_wireguard_go
+from flannelish.kernel.wireguard_go import node_wireguard_go
 from flannelish.lab.state import load_state
 
 from .test_lab_e2e import _assert_ok
