@@ -6,6 +6,10 @@ instance is one socket in one network namespace; the daemon shares its
 instance between threads (the socket serialises requests), the CNI plugin
 opens one per namespace per call.  Standard library only: the CNI plugin
 imports this on every call.
+
+It is longer than the usual ~450 lines because it is one class: every method
+of the Netlink interface, each a request packer and a reply decoder; splitting
+the class by object kind would scatter the shared socket handling.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ so `lab check` right after `lab up` does not race the daemons.
 
 The state file is saved after every step; any failure tears down what was
 built (keeping the logs) and raises LabBuildError naming the step and logs.
+The steps stay in one module (a little over ~450 lines) so the build order
+reads top to bottom.
 """
 
 from __future__ import annotations

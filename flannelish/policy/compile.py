@@ -26,6 +26,9 @@ Chains (per family f of 4/6; "ip" is "ip6" for f=6)::
     egress_f_drop_b<k>: ip saddr @s_<p>_f counter name drop_<p> drop
     ingress_f, ingress_f_b<k>, pin_<p>_f, ingress_f_drop...: the same with daddr/saddr
         swapped and accept for goto ingress_check_f
+
+Compiling and rendering share this module (a little over ~450 lines): the IR
+and its nft text change together, and the property test checks them as one.
 """
 
 from __future__ import annotations

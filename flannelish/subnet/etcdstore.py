@@ -16,6 +16,9 @@ what the library leaves to its callers (docs/dependencies.md §1):
   answer triggers one re-authentication and a retry;
 * listing a prefix reads it in pages at one revision (gRPC's receive limit
   would otherwise make a few large values fail the whole listing, exit 4).
+
+Slightly over the usual ~450 lines: it is the only module that talks to the
+etcd client, so every request kind and its failover live here together.
 """
 
 from __future__ import annotations

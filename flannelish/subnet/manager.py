@@ -23,6 +23,9 @@ holds exactly one etcd lease.  A reservation is never given an etcd lease
 The manager remembers the last version of each lease it wrote, so a renewal by
 the LeaseKeeper and an attribute change by the daemon do not mistake each
 other's writes for a foreign one.
+
+Slightly over the usual ~450 lines: acquisition, renewal and listing share
+the remembered versions above, so they stay in one class.
 """
 
 from __future__ import annotations
