@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -30,8 +29,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any, ClassVar, Protocol
 
-from flannelish.errors import ConfigError, KernelError
-from flannelish.kernel.wireguard_keys import b64_to_hex, hex_to_b64
+from flannelish.errors import KernelError
+from flannelish.kernel.wireguard_keys import b64_to_hex, hex_to_b64, run_wg
 
 log = logging.getLogger("flannelish.wireguard")
 
@@ -209,17 +208,7 @@ class WgToolControl:
         self.prefix = list(prefix)
 
     def _run(self, args: Sequence[str]) -> str:
-        try:
-            out = subprocess.run(
-                [*self.prefix, "wg", *args], capture_output=True, text=True, timeout=10, check=True
-            )
-        except FileNotFoundError:
-            raise ConfigError(
-                "the wg tool is missing", "install wireguard-tools (make setup does)"
-            ) from None
-        except subprocess.CalledProcessError as exc:
-            raise KernelError(f"wg {args[0]} failed", (exc.stderr or "").strip()[:200]) from None
-        return out.stdout.strip()
+        return run_wg(*args, prefix=self.prefix)
 
     def get(self) -> DeviceState:
         lines = self._run(["show", self.dev, "dump"]).splitlines()

@@ -13,6 +13,7 @@ import logging
 import os
 import stat
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,10 +59,16 @@ def valid_key(key: Any) -> bool:
     return True
 
 
-def _wg(*args: str, stdin: str | None = None) -> str:
+def run_wg(*args: str, stdin: str | None = None, prefix: Sequence[str] = ()) -> str:
+    """Run ``wg`` (after ``prefix``, e.g. an nsenter); its stdout, or one readable error."""
     try:
         out = subprocess.run(
-            ["wg", *args], input=stdin, capture_output=True, text=True, timeout=10, check=True
+            [*prefix, "wg", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
     except FileNotFoundError:
         raise ConfigError(
@@ -73,7 +80,7 @@ def _wg(*args: str, stdin: str | None = None) -> str:
 
 
 def public_key(private_b64: str) -> str:
-    return _wg("pubkey", stdin=private_b64 + "\n")
+    return run_wg("pubkey", stdin=private_b64 + "\n")
 
 
 @dataclass(frozen=True)
@@ -108,7 +115,7 @@ def load_or_create_key(path: Path, marker: Path) -> NodeKey:
                 f"restore the key file, or delete {marker} to start with a new identity "
                 "(peers then need our new lease)",
             )
-        private = _wg("genkey")
+        private = run_wg("genkey")
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
