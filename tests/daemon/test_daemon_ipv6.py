@@ -4,7 +4,6 @@ a dual-stack underlay (198.18.0.0/24 and fd18::/64), pods pinging over IPv6."""
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import time
@@ -15,23 +14,13 @@ from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip
 import pytest
 
 from flannelish.testing.etcd import EtcdMember, start_etcd
+from flannelish.testing.flannel import DUAL, FLANNEL_KEY, V6ONLY
 from flannelish.testing.netns import NetnsFactory
 from flannelish.testing.proc import run
 from flannelish.testing.underlay import UNDERLAY_NETWORK6, Host, Underlay
 
 from .conftest import PREFIX, daemon_starter
 from .helpers import VENV_BIN, DaemonProc, link_details, ping, wait_for
-
-DUAL = (
-    '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd44::/48",'
-    '"IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}'
-)
-V6ONLY = (
-    '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd44::/48",'
-    '"IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}'
-)
-# Flannel's key regex (docs/flannel-compat.md §1).
-FLANNEL_KEY = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$")
 
 
 @pytest.fixture

@@ -21,18 +21,6 @@ from flannelish.testing.proc import run
 
 
 @pytest.fixture
-def ns(netns_factory):
-    return netns_factory.create("b")
-
-
-@pytest.fixture
-def nl(ns):
-    kernel = RawNetlink(ns)
-    yield kernel
-    kernel.close()
-
-
-@pytest.fixture
 def devices(nl):
     """(vxlan ifindex, bridge ifindex): neighbour/FDB entries on one, routes via the other."""
     lo = nl.link("lo")

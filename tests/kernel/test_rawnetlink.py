@@ -31,18 +31,6 @@ from flannelish.testing.proc import run
 
 
 @pytest.fixture
-def ns(netns_factory):
-    return netns_factory.create("k")
-
-
-@pytest.fixture
-def nl(ns):
-    kernel = RawNetlink(ns)
-    yield kernel
-    kernel.close()
-
-
-@pytest.fixture
 def oracle(ns):
     with in_netns(ns):  # the socket stays bound to the namespace it was opened in
         ipr = IPRoute()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import re
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
@@ -12,20 +11,11 @@ from flannelish.errors import ConfigError, DuplicateNodeError
 from flannelish.subnet.keys import Keys, LeaseKey
 from flannelish.subnet.lease import LeaseAttrs
 from flannelish.subnet.manager import SubnetManager
+from flannelish.testing.flannel import DUAL, FLANNEL_KEY, V6ONLY
 from flannelish.testing.registry import InMemoryRegistry
 
 pytestmark = pytest.mark.unit
 
-DUAL = (
-    '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd44::/48",'
-    '"IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}'
-)
-V6ONLY = (
-    '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd44::/48",'
-    '"IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}'
-)
-# Flannel's key regex, anchored at the end (docs/flannel-compat.md §1).
-FLANNEL_KEY = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$")
 NODE_A, NODE_B = "a" * 32, "b" * 32
 
 
