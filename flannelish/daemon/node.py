@@ -56,6 +56,7 @@ from flannelish.errors import ConfigError, EtcdError, FlannelishError
 from flannelish.kernel.monitor import Deleted
 from flannelish.kernel.netlink import Netlink
 from flannelish.kernel.resources import Owner
+from flannelish.node.sdnotify import notify
 from flannelish.subnet.keys import LeaseKey
 from flannelish.subnet.lease import Lease, LeaseAttrs
 from flannelish.subnet_env import previous_subnets, write_subnet_env
@@ -193,6 +194,7 @@ class NodeDaemon:
         self._start_cni_server()
         self._start_threads(manager, lease)
         self.started.set()
+        notify("READY=1\nSTATUS=lease " + str(lease.key))
 
     def _ensure_blackhole(self, old: Lease | None = None) -> None:
         lease = self.status.lease

@@ -50,7 +50,10 @@ After=flanneld.service
 Before=containerd.service crio.service docker.service kubelet.service
 
 [Service]
-Type=simple
+# READY=1 once subnet.env is written and the CNI socket listens (flannelish.node.sdnotify),
+# so runtimes ordered after us find both, as with flanneld's packaged unit.
+Type=notify
+NotifyAccess=main
 EnvironmentFile=-{self.env_file}
 ExecStart={self.executable} daemon $FLANNELD_OPTIONS
 # SIGTERM: the daemon stops and leaves the device, peers' entries and routes in place.

@@ -150,3 +150,18 @@ def test_changed_vtep_mac_is_advertised_in_the_lease(tmp_path, registry):
         wait_for(lambda: advertised() == "0e:00:00:00:99:99")
         assert nl.link("flannel.1").mac == "0e:00:00:00:99:99"
         assert node.status.lease.attrs.vtep_mac == "0e:00:00:00:99:99"
+
+
+def test_systemd_hears_ready_only_after_subnet_env_is_written(tmp_path, registry, monkeypatch):
+    import socket
+
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(str(path))
+        systemd.settimeout(30)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        with Running(tmp_path, registry, fake_kernel()) as node:
+            message = systemd.recv(4096).decode()
+            assert message.splitlines()[0] == "READY=1"
+            assert f"STATUS=lease {node.status.lease.key}" in message
+            assert (tmp_path / "subnet.env").exists()
