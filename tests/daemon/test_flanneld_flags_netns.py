@@ -35,9 +35,14 @@ def test_go_syntax_flags_net_config_path_can_reach_and_blackhole(underlay, under
         assert bh["metric"] == 0xFFFFFFFF
         host.run("ip", "route", "del", "blackhole", str(d.subnet), "proto", "70")
         wait_for(lambda: blackholes(host), timeout=10, what="the blackhole route restored")
-        table = host.run("nft", "-j", "list", "table", "ip", "flannelish").stdout
-        assert '"forward"' not in table  # --iptables-forward-rules=false: no forward chain rules
-        assert '"name": "input"' in table or '"input"' in table
+
+        # The anti-spoof input chain is armed after the first full pass (so the peer set is
+        # filled before anything is dropped): wait for it rather than race it under load.
+        def table() -> str:
+            return host.run("nft", "-j", "list", "table", "ip", "flannelish").stdout
+
+        wait_for(lambda: '"input"' in table(), timeout=30, what="the armed input chain")
+        assert '"forward"' not in table()  # --iptables-forward-rules=false: no forward chain
         log = d.log_tail(400)
         assert '"msg": "using interface", "iface": "eth0"' in log
     finally:
