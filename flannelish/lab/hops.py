@@ -11,7 +11,9 @@ or eth0, the underlay bridge), goes back, and then reads all of them in one
 ``ready`` once every socket is open and stops when its stdin closes (or on
 SIGTERM), then writes one pcap per hop (``DIR/KEY.pcap``, nanosecond pcap,
 opens in Wireshark) and ``DIR/hops.json`` (interface MTU and MAC, frames per
-hop).  Standard library only, so it is ready in a few tens of milliseconds.
+hop, and its link type: "ether", or "raw" for a device without a link
+header, such as WireGuard's TUN device, whose pcap is then LINKTYPE_RAW).
+Standard library only, so it is ready in a few tens of milliseconds.
 
 Promiscuous mode is a per-socket membership inside the lab's own namespaces;
 it ends with the socket.
@@ -44,6 +46,9 @@ SNAPLEN = 262_144
 PCAP_NS_MAGIC = 0xA1B23C4D
 PCAP_US_MAGIC = 0xA1B2C3D4
 LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101  # IPv4 or IPv6 without a link header
+LINKTYPES = {"ether": LINKTYPE_ETHERNET, "raw": LINKTYPE_RAW}
+ARPHRD_RAW_IP = (0xFFFE, 519)  # ARPHRD_NONE (a TUN device: wireguard-go), ARPHRD_RAWIP
 NETNS_DIR = "/run/netns"
 RCVBUF = 8 << 20
 
@@ -53,10 +58,17 @@ def _ioctl_ifreq(sock: socket.socket, request: int, ifname: str) -> bytes:
 
 
 def iface_facts(sock: socket.socket, ifname: str) -> dict[str, Any]:
-    """MTU and MAC of `ifname`, asked through a socket of its namespace."""
+    """MTU, MAC and link type of `ifname`, asked through a socket of its namespace.
+
+    A TUN device (ARPHRD_NONE) has no link header: packet sockets get bare IP
+    packets there.
+    """
     mtu = struct.unpack_from("i", _ioctl_ifreq(sock, SIOCGIFMTU, ifname), 16)[0]
-    hw = _ioctl_ifreq(sock, SIOCGIFHWADDR, ifname)[18:24]
-    return {"mtu": mtu, "mac": ":".join(f"{b:02x}" for b in hw)}
+    ifreq = _ioctl_ifreq(sock, SIOCGIFHWADDR, ifname)
+    hwtype = struct.unpack_from("H", ifreq, 16)[0]
+    if hwtype in ARPHRD_RAW_IP:
+        return {"mtu": mtu, "mac": "", "link": "raw"}
+    return {"mtu": mtu, "mac": ":".join(f"{b:02x}" for b in ifreq[18:24]), "link": "ether"}
 
 
 def open_hop(netns: str | None, ifname: str) -> tuple[socket.socket, dict[str, Any]]:
@@ -90,14 +102,24 @@ def open_hop(netns: str | None, ifname: str) -> tuple[socket.socket, dict[str, A
     return sock, facts
 
 
-def write_pcap(path: Path, frames: list[tuple[int, bytes]]) -> None:
+def write_pcap(path: Path, frames: list[tuple[int, bytes]], link: str = "ether") -> None:
     """frames: (timestamp in ns, frame bytes); a nanosecond-resolution pcap file."""
     with open(path, "wb") as out:
-        out.write(struct.pack("<IHHiIII", PCAP_NS_MAGIC, 2, 4, 0, 0, SNAPLEN, LINKTYPE_ETHERNET))
+        out.write(struct.pack("<IHHiIII", PCAP_NS_MAGIC, 2, 4, 0, 0, SNAPLEN, LINKTYPES[link]))
         for ts, data in frames:
             sec, nsec = divmod(ts, 1_000_000_000)
             out.write(struct.pack("<IIII", sec, nsec, len(data), len(data)))
             out.write(data)
+
+
+def pcap_link(path: Path) -> str:
+    """ "ether" or "raw": the link type a pcap file declares."""
+    head = Path(path).read_bytes()[:24]
+    if len(head) < 24:
+        return "ether"
+    order = "<" if struct.unpack_from("<I", head)[0] in (PCAP_NS_MAGIC, PCAP_US_MAGIC) else ">"
+    linktype = struct.unpack_from(order + "I", head, 20)[0]
+    return "raw" if linktype == LINKTYPE_RAW else "ether"
 
 
 def read_pcap(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -185,7 +207,7 @@ def capture(hops: dict[str, tuple[str | None, str]], out: Path, max_frames: int)
     out.mkdir(parents=True, exist_ok=True)
     manifest = {}
     for key, (netns, ifname) in hops.items():
-        write_pcap(out / f"{key}.pcap", frames[key])
+        write_pcap(out / f"{key}.pcap", frames[key], facts.get(key, {}).get("link", "ether"))
         manifest[key] = {
             "netns": netns,
             "iface": ifname,

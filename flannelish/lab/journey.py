@@ -1,38 +1,52 @@
 """Packet journeys: one packet followed through every hop it crossed, from real captures.
 
-Input: the hops of a path (`Hop`: where we captured, which interface, its MTU),
-the frames captured at each hop (`(timestamp ns, bytes)`, e.g. the per-hop
-pcaps of `flannelish.lab.hops`), and the flow to follow (`FlowSpec`).
-Output: a `Journey`: one `Station` per hop with the headers scapy decoded
-there (Ethernet, outer IPv4/UDP/VXLAN when encapsulated, the pod's IPv4 and
-ICMP/TCP/UDP), the fields that changed since the previous hop, and
-`Finding`s: where encapsulation starts and ends, that the pod addresses never
-change (no NAT), TTL, length against each hop's MTU, and hops the packet must
-not reach (same-node traffic never leaves the bridge).
+Input: the hops of a path (`Hop`: where we captured, which interface, its MTU
+and link type), the frames captured at each hop (`(timestamp ns, bytes)`, e.g.
+the per-hop pcaps of `flannelish.lab.hops`), and the flow to follow
+(`FlowSpec`).  Output: a `Journey`: one `Station` per hop with the headers
+scapy decoded there (`flannelish.lab.headers`: Ethernet, outer IPv4 or IPv6,
+UDP and VXLAN or WireGuard when tunnelled, the pod's IPv4 or IPv6 and
+ICMP/ICMPv6/TCP/UDP), the fields that changed since the previous hop, and
+`Finding`s: where encapsulation (or encryption) starts and ends, that the pod
+addresses never change (no NAT), TTL or hop limit, length against each hop's
+MTU, and hops the packet must not reach (same-node traffic never leaves the
+bridge).  One walk for every backend and both families: VXLAN over IPv4 or
+IPv6, host-gw, WireGuard.
 
 Size: one algorithm (decode a hop, match the flow, diff against the previous
 hop, derive findings) with its records, read top to bottom; it is over the
 usual ~450 lines because splitting it would scatter one walk over modules.
 
 Which packet: at the first hop where the flow shows, the echo request of the
-largest ICMP (the MTU-sized ping), the first TCP segment carrying data, or the
-first UDP datagram; at every other hop the same packet (ICMP id and sequence,
-the TCP sequence number inside a segment's range, the first UDP datagram of
-the same ports and length).  No I/O here except `load_hops`, so unit tests run
-it on small recorded pcaps (tests/lab/journeys/).
+largest ICMP or ICMPv6 (the MTU-sized ping), the first TCP segment carrying
+data, or the first UDP datagram; at every other hop the same packet (ICMP id
+and sequence, the TCP sequence number inside a segment's range, the first UDP
+datagram of the same ports and length).  WireGuard encrypts it on the
+underlay, so there nothing of it is readable: the encrypted hop shows the
+first WireGuard data message from the source node to the destination node,
+after the packet left the tunnel device, whose sealed length is the packet's
+padded to 16 bytes; the next underlay hops show that same message (receiver
+index and counter), and after the far tunnel device the pod packet is found
+again.  No I/O here except `load_frames`, so unit tests run it on small
+recorded pcaps (tests/lab/journeys/).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any
 
+from flannelish.lab.headers import Layer, decode_layers
+
 VXLAN_HEADER = 8
 ETHER = 14
-PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
+PROTO_NAMES = {1: "icmp", 58: "icmp", 6: "tcp", 17: "udp"}  # ICMPv6 is "icmp" too
+ECHO_REQUEST = (8, 128)  # ICMP, ICMPv6
+IPV6_EXTENSIONS = (0, 43, 44, 60)  # hop-by-hop, routing, fragment, destination options
+ENCRYPTED = "wireguard"  # Packet.proto of a WireGuard data message
 
 # roles of a hop on the path
 POD_SRC, BRIDGE_SRC, TUNNEL_SRC, UNDERLAY_SRC = (
@@ -62,6 +76,7 @@ class Hop:
     mac: str = ""
     pcap: str = ""  # relative to the report
     expect_seen: bool = True  # False: the packet must not show here (same-node flows)
+    link: str = "ether"  # "raw": bare IP packets, no link header (a TUN device: flannel-wg)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -84,6 +99,9 @@ class FlowSpec:
     backend: str
     port: int = 0  # TCP/UDP destination port
     hops: tuple[Hop, ...] = ()
+    family: int = 4
+    src_node_ip: str = ""  # the nodes' public addresses of the family: the tunnel's ends
+    dst_node_ip: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         doc = dict(self.__dict__)
@@ -99,7 +117,9 @@ class FlowSpec:
 
 @dataclass(frozen=True)
 class Packet:
-    """The pod's IPv4 packet inside a frame (itself, or inside VXLAN)."""
+    """The pod's packet inside a frame (itself, or inside VXLAN), or a WireGuard data
+    message (`encrypted`: src/dst are the outer addresses, `ident` its receiver and
+    counter, `length` the sealed packet's padded length)."""
 
     ts: int
     index: int  # frame number in the hop's pcap, from 1 (as Wireshark counts)
@@ -108,30 +128,12 @@ class Packet:
     src: str
     dst: str
     proto: str
-    length: int  # the pod packet's IPv4 total length
-    outer_length: int  # the frame's outer IPv4 total length (== length when not encapsulated)
-    ttl: int
+    length: int  # the pod packet's IP total length
+    outer_length: int  # the frame's outer IP total length (== length when not encapsulated)
+    ttl: int  # TTL or hop limit
     ident: tuple[int, ...]  # ICMP (type, id, seq) / TCP (sport, dport, seq, payload) / UDP (...)
-
-
-@dataclass
-class Field:
-    name: str
-    value: str
-    changed: bool = False
-    before: str = ""
-
-
-@dataclass
-class Layer:
-    name: str  # Ethernet, IPv4 (outer), UDP (outer), VXLAN, Ethernet (inner), IPv4 (pod), ICMP...
-    kind: str  # css class: ether, ip, udp, vxlan, icmp, tcp, payload
-    fields: list[Field] = field(default_factory=list)
-    added: bool = False  # first hop where this layer appears (encapsulation)
-    outer: bool = False
-
-    def get(self, name: str) -> str:
-        return next((f.value for f in self.fields if f.name == name), "")
+    family: int = 4
+    encrypted: bool = False
 
 
 @dataclass
@@ -174,15 +176,53 @@ class Journey:
 # -- finding the pod packet in a frame ----------------------------------------
 
 
-def _ipv4(raw: bytes, offset: int) -> tuple[int, int, int, str, str, int] | None:
-    """(header length, total length, proto, src, dst, ttl) of an IPv4 header at offset."""
-    if len(raw) < offset + 20 or raw[offset] >> 4 != 4:
+@dataclass(frozen=True)
+class _Ip:
+    version: int
+    l4: int  # offset of the transport header (-1: a non-first fragment)
+    total: int  # the whole packet's length (IPv6: 40 + payload length)
+    proto: int  # the transport protocol (after IPv6 extension headers)
+    src: str
+    dst: str
+    ttl: int  # IPv4 TTL or IPv6 hop limit
+
+
+def _ip(raw: bytes, offset: int) -> _Ip | None:
+    """The IPv4 or IPv6 header at offset (IPv6: through its extension headers)."""
+    if len(raw) < offset + 20:
         return None
-    ihl = (raw[offset] & 0x0F) * 4
-    total = int.from_bytes(raw[offset + 2 : offset + 4], "big")
-    src = str(IPv4Address(raw[offset + 12 : offset + 16]))
-    dst = str(IPv4Address(raw[offset + 16 : offset + 20]))
-    return ihl, total, raw[offset + 9], src, dst, raw[offset + 8]
+    version = raw[offset] >> 4
+    if version == 4:
+        ihl = (raw[offset] & 0x0F) * 4
+        frag = int.from_bytes(raw[offset + 6 : offset + 8], "big") & 0x1FFF
+        return _Ip(
+            4,
+            -1 if frag else offset + ihl,
+            int.from_bytes(raw[offset + 2 : offset + 4], "big"),
+            raw[offset + 9],
+            str(IPv4Address(raw[offset + 12 : offset + 16])),
+            str(IPv4Address(raw[offset + 16 : offset + 20])),
+            raw[offset + 8],
+        )
+    if version != 6 or len(raw) < offset + 40:
+        return None
+    total = 40 + int.from_bytes(raw[offset + 4 : offset + 6], "big")
+    proto, pos, first = raw[offset + 6], offset + 40, True
+    while proto in IPV6_EXTENSIONS and len(raw) >= pos + 8:
+        if proto == 44:  # fragment header: 8 bytes; only the first fragment has the L4 header
+            first = first and int.from_bytes(raw[pos + 2 : pos + 4], "big") >> 3 == 0
+            proto, pos = raw[pos], pos + 8
+        else:
+            proto, pos = raw[pos], pos + (raw[pos + 1] + 1) * 8
+    return _Ip(
+        6,
+        pos if first else -1,
+        total,
+        proto,
+        str(IPv6Address(raw[offset + 8 : offset + 24])),
+        str(IPv6Address(raw[offset + 24 : offset + 40])),
+        raw[offset + 7],
+    )
 
 
 def _l2_payload(raw: bytes, offset: int) -> tuple[int, int]:
@@ -195,8 +235,16 @@ def _l2_payload(raw: bytes, offset: int) -> tuple[int, int]:
     return ethertype, pos + 2
 
 
-def _ident(raw: bytes, l4: int, proto: int, total: int, ihl: int) -> tuple[int, ...]:
-    if proto == 1 and len(raw) >= l4 + 8:
+def _ip_in_frame(raw: bytes, offset: int) -> _Ip | None:
+    ethertype, off = _l2_payload(raw, offset)
+    return _ip(raw, off) if ethertype in (0x0800, 0x86DD) else None
+
+
+def _ident(raw: bytes, ip: _Ip, start: int) -> tuple[int, ...]:
+    l4, proto = ip.l4, ip.proto
+    if l4 < 0:
+        return ()
+    if proto in (1, 58) and len(raw) >= l4 + 8:
         return (
             raw[l4],
             int.from_bytes(raw[l4 + 4 : l4 + 6], "big"),
@@ -204,7 +252,7 @@ def _ident(raw: bytes, l4: int, proto: int, total: int, ihl: int) -> tuple[int, 
         )
     if proto == 6 and len(raw) >= l4 + 20:
         data_off = (raw[l4 + 12] >> 4) * 4
-        payload = total - ihl - data_off
+        payload = ip.total - (l4 - start) - data_off
         return (
             int.from_bytes(raw[l4 : l4 + 2], "big"),
             int.from_bytes(raw[l4 + 2 : l4 + 4], "big"),
@@ -221,38 +269,66 @@ def _ident(raw: bytes, l4: int, proto: int, total: int, ihl: int) -> tuple[int, 
     return ()
 
 
-def pod_packet(ts: int, index: int, raw: bytes) -> Packet | None:
-    """The innermost IPv4 packet of an Ethernet frame, looking inside VXLAN."""
-    if len(raw) < ETHER:
+def _wireguard_data(raw: bytes, udp: int, tunnel_port: int) -> tuple[int, int, int] | None:
+    """(receiver index, counter, sealed length) of a WireGuard data message in UDP at `udp`."""
+    body = raw[udp + 8 :]
+    ports = (
+        int.from_bytes(raw[udp : udp + 2], "big"),
+        int.from_bytes(raw[udp + 2 : udp + 4], "big"),
+    )
+    if tunnel_port and tunnel_port not in ports:
         return None
-    ethertype, off = _l2_payload(raw, 0)
-    outer = _ipv4(raw, off) if ethertype == 0x0800 else None
+    # type 4, three reserved zero bytes, receiver, counter (16 bytes), then ChaCha20-Poly1305
+    # output: the packet padded to 16 bytes but not past the device MTU, and a 16-byte tag
+    # (an empty keepalive: the tag only)
+    if len(body) < 32 or body[:4] != b"\x04\0\0\0":
+        return None
+    receiver = int.from_bytes(body[4:8], "little")
+    return receiver, int.from_bytes(body[8:16], "little"), len(body) - 32
+
+
+def pod_packet(
+    ts: int, index: int, raw: bytes, link: str = "ether", tunnel_port: int = 0
+) -> Packet | None:
+    """The innermost pod packet of a frame, looking inside VXLAN; or a WireGuard data
+    message (`encrypted`: nothing inside is readable). `link`: "ether", or "raw" for a
+    bare IP packet (a TUN device)."""
+    if link == "raw":
+        start, outer = 0, _ip(raw, 0)
+    else:
+        if len(raw) < ETHER:
+            return None
+        _type, start = _l2_payload(raw, 0)
+        outer = _ip_in_frame(raw, 0)
     if outer is None:
         return None
-    ihl, total, proto, src, dst, ttl = outer
-    encapsulated = False
-    outer_total = total
-    if proto == 17:
-        vx = off + ihl + 8
+    ip, encapsulated = outer, False
+    if outer.proto == 17 and outer.l4 >= 0:
+        vx = outer.l4 + 8
+        sealed = _wireguard_data(raw, outer.l4, tunnel_port)
+        if sealed is not None:
+            receiver, counter, padded = sealed
+            return Packet(ts, index, raw, True, outer.src, outer.dst, ENCRYPTED, padded,
+                          outer.total, outer.ttl, (receiver, counter), outer.version,
+                          encrypted=True)  # fmt: skip
         if len(raw) >= vx + VXLAN_HEADER + ETHER and raw[vx] & 0x08:
-            inner_type, inner_off = _l2_payload(raw, vx + VXLAN_HEADER)
-            inner = _ipv4(raw, inner_off) if inner_type == 0x0800 else None
+            inner = _ip_in_frame(raw, vx + VXLAN_HEADER)
             if inner is not None:
-                encapsulated = True
-                off = inner_off
-                ihl, total, proto, src, dst, ttl = inner
+                encapsulated, ip = True, inner
+                start = _l2_payload(raw, vx + VXLAN_HEADER)[1]
     return Packet(
         ts=ts,
         index=index,
         raw=raw,
         encapsulated=encapsulated,
-        src=src,
-        dst=dst,
-        proto=PROTO_NAMES.get(proto, str(proto)),
-        length=total,
-        outer_length=outer_total,
-        ttl=ttl,
-        ident=_ident(raw, off + ihl, proto, total, ihl),
+        src=ip.src,
+        dst=ip.dst,
+        proto=PROTO_NAMES.get(ip.proto, str(ip.proto)),
+        length=ip.total,
+        outer_length=outer.total,
+        ttl=ip.ttl,
+        ident=_ident(raw, ip, start),
+        family=ip.version,
     )
 
 
@@ -263,7 +339,7 @@ def _of_flow(p: Packet, flow: FlowSpec) -> bool:
     if (p.src, p.dst, p.proto) != (flow.src, flow.dst, flow.proto):
         return False
     if flow.proto == "icmp":
-        return bool(p.ident) and p.ident[0] == 8  # echo requests
+        return bool(p.ident) and p.ident[0] in ECHO_REQUEST
     return bool(p.ident) and (not flow.port or p.ident[1] == flow.port)
 
 
@@ -316,140 +392,53 @@ def find(packets: list[Packet], anchor: Packet) -> Packet | None:
     return None
 
 
-def packets_of(frames: list[tuple[int, bytes]]) -> list[Packet]:
+def sealed(packets: list[Packet], plain: Packet, flow: FlowSpec) -> Packet | None:
+    """The WireGuard data message carrying `plain` (the pod packet as it entered the
+    tunnel device): from the flow's source node to its destination node, not before
+    `plain`, as long as `plain` padded to 16 bytes (or exactly `plain`'s length: padding
+    stops at the device MTU); the first such message."""
+    sizes = (plain.length, -(-plain.length // 16) * 16)
+    ends = (flow.src_node_ip, flow.dst_node_ip)
+    return min(
+        (
+            p
+            for p in packets
+            if p.encrypted
+            and p.ts >= plain.ts
+            and p.length in sizes
+            and (not all(ends) or (p.src, p.dst) == ends)
+        ),
+        key=lambda p: p.ts,
+        default=None,
+    )
+
+
+def packets_of(
+    frames: list[tuple[int, bytes]], link: str = "ether", tunnel_port: int = 0
+) -> list[Packet]:
     found = []
     for index, (ts, raw) in enumerate(frames, start=1):
-        p = pod_packet(ts, index, raw)
+        p = pod_packet(ts, index, raw, link, tunnel_port)
         if p is not None:
             found.append(p)
     return found
 
 
-# -- decoding for the reader (scapy) -------------------------------------------
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.hex()
-    return str(value)
-
-
-def decode_layers(raw: bytes, vxlan_port: int = 8472) -> list[Layer]:
-    """The headers scapy decodes in a frame, with the fields a reader needs."""
-    from scapy.layers.inet import ICMP, IP, TCP, UDP
-    from scapy.layers.l2 import ARP, Ether
-    from scapy.layers.vxlan import VXLAN
-    from scapy.packet import Raw, bind_layers
-
-    if vxlan_port:
-        bind_layers(UDP, VXLAN, dport=vxlan_port)
-    pkt = Ether(raw)
-    layers: list[Layer] = []
-    ips = sum(1 for layer in pkt.layers() if layer is IP)
-    seen_ip = 0
-    encapsulated = False
-    cur: Any = pkt
-    while cur is not None and cur.__class__.__name__ != "NoPayload":
-        inner = encapsulated
-        if isinstance(cur, Ether):
-            # The pod's frame is "Ethernet" wherever it is; the tunnel's header is "outer".
-            tag = " (outer)" if not inner and ips > 1 else ""
-            layers.append(
-                Layer(
-                    f"Ethernet{tag}",
-                    "ether",
-                    [Field("src", cur.src), Field("dst", cur.dst), Field("type", hex(cur.type))],
-                    outer=not inner and ips > 1,
-                )
-            )
-        elif isinstance(cur, IP):
-            seen_ip += 1
-            outer = ips > 1 and seen_ip == 1
-            flags = str(cur.flags) or "-"
-            layers.append(
-                Layer(
-                    "IPv4 (outer)" if outer else "IPv4 (pod)",
-                    "ip",
-                    [
-                        Field("src", cur.src),
-                        Field("dst", cur.dst),
-                        Field("ttl", str(cur.ttl)),
-                        Field("len", str(cur.len)),
-                        Field("id", str(cur.id)),
-                        Field("flags", flags),
-                        Field("proto", PROTO_NAMES.get(cur.proto, str(cur.proto))),
-                    ],
-                    outer=outer,
-                )
-            )
-        elif isinstance(cur, VXLAN):
-            layers.append(
-                Layer(
-                    "VXLAN",
-                    "vxlan",
-                    [Field("vni", str(cur.vni)), Field("flags", str(cur.flags))],
-                    outer=True,
-                )
-            )
-            encapsulated = True
-        elif isinstance(cur, UDP):
-            outer = ips > 1 and seen_ip == 1
-            layers.append(
-                Layer(
-                    "UDP (outer)" if outer else "UDP",
-                    "udp",
-                    [
-                        Field("sport", str(cur.sport)),
-                        Field("dport", str(cur.dport)),
-                        Field("len", str(cur.len)),
-                    ],
-                    outer=outer,
-                )
-            )
-        elif isinstance(cur, TCP):
-            fields = [
-                Field("sport", str(cur.sport)),
-                Field("dport", str(cur.dport)),
-                Field("seq", str(cur.seq)),
-                Field("ack", str(cur.ack)),
-                Field("flags", str(cur.flags)),
-            ]
-            mss = dict(o for o in cur.options if isinstance(o, tuple) and len(o) == 2).get("MSS")
-            if mss:
-                fields.append(Field("mss", str(mss)))
-            layers.append(Layer("TCP", "tcp", fields))
-        elif isinstance(cur, ICMP):
-            layers.append(
-                Layer(
-                    "ICMP",
-                    "icmp",
-                    [
-                        Field("type", str(cur.type)),
-                        Field("code", str(cur.code)),
-                        Field("id", str(cur.id)),
-                        Field("seq", str(cur.seq)),
-                    ],
-                )
-            )
-        elif isinstance(cur, ARP):
-            layers.append(Layer("ARP", "payload", [Field("op", str(cur.op))]))
-        elif isinstance(cur, Raw):
-            layers.append(Layer("payload", "payload", [Field("bytes", str(len(cur.load)))]))
-            break
-        else:
-            layers.append(Layer(cur.__class__.__name__, "payload", []))
-        cur = cur.payload
-    return layers
-
-
 def _compare(stations: list[Station]) -> None:
-    """Mark fields that changed since the previous hop that saw the packet, and new layers."""
+    """Mark fields that changed since the previous hop that saw the packet, and new layers.
+
+    Where WireGuard encrypts the packet its own headers are hidden, not removed; after
+    the far tunnel device they are compared with the last hop where they were readable.
+    """
     previous: Station | None = None
+    readable: Station | None = None
     for st in stations:
-        if not st.seen:
+        if not st.seen or st.packet is None:
             continue
         if previous is not None:
             before = {layer.name: layer for layer in previous.layers}
+            if readable is not None and not st.packet.encrypted:
+                before = {layer.name: layer for layer in readable.layers} | before
             for layer in st.layers:
                 old = before.get(layer.name)
                 if old is None:
@@ -461,31 +450,58 @@ def _compare(stations: list[Station]) -> None:
                         f.changed, f.before = True, was
             names = {layer.name for layer in st.layers}
             st.removed = [layer.name for layer in previous.layers if layer.name not in names]
+            if st.packet.encrypted and previous.packet and not previous.packet.encrypted:
+                hidden = ", ".join(st.removed)
+                st.removed = []
+                st.notes.append(f"encrypted here: {hidden} now sealed, not readable on the wire")
         previous = st
+        if not st.packet.encrypted:
+            readable = st
 
 
 # -- the journey ----------------------------------------------------------------
 
 
+UNDERLAY_ROLES = (UNDERLAY_SRC, WIRE, UNDERLAY_DST)
+
+
 def build(
     flow: FlowSpec,
     frames: dict[str, list[tuple[int, bytes]]],
-    vxlan_port: int = 8472,
+    tunnel_port: int = 8472,
 ) -> Journey:
-    """Follow one packet of `flow` through its hops (frames: hop key -> captured frames)."""
-    by_hop = {hop.key: packets_of(frames.get(hop.key, [])) for hop in flow.hops}
+    """Follow one packet of `flow` through its hops (frames: hop key -> captured frames).
+
+    `tunnel_port`: the VXLAN port, or WireGuard's listen port.
+    """
+    port = tunnel_port if flow.backend == "wireguard" else 0
+    by_hop = {hop.key: packets_of(frames.get(hop.key, []), hop.link, port) for hop in flow.hops}
     anchor = None
     for hop in flow.hops:
         anchor = choose(by_hop[hop.key], flow)
         if anchor is not None:
             break
     stations = []
+    looking_for, plain = anchor, anchor  # the packet as the next hop should show it
     for hop in flow.hops:
         st = Station(hop, seen=False, frames_at_hop=len(frames.get(hop.key, [])))
-        found = find(by_hop[hop.key], anchor) if anchor is not None else None
+        packets = by_hop[hop.key]
+        found = find(packets, looking_for) if looking_for is not None else None
+        if found is None and anchor is not None and looking_for is not anchor:
+            found = find(packets, anchor)  # decrypted again, past the far tunnel device
+        if (
+            found is None
+            and plain is not None
+            and port
+            and not flow.same_node
+            and hop.role in UNDERLAY_ROLES
+        ):
+            found = sealed(packets, plain, flow)
         if found is not None:
             st.seen, st.packet = True, found
-            st.layers = decode_layers(found.raw, vxlan_port)
+            st.layers = decode_layers(found.raw, hop.link, tunnel_port)
+            looking_for = found if found.encrypted else anchor
+            plain = plain if found.encrypted else found
         stations.append(st)
     _compare(stations)
     journey = Journey(flow, stations)
@@ -534,76 +550,104 @@ def _findings(j: Journey, anchor: Packet | None) -> list[Finding]:
             )
         out.append(Finding("path", True, text))
 
-    # no NAT: the pod addresses are the same at every hop
-    rewritten = [
-        s for s in seen if s.packet and (s.packet.src, s.packet.dst) != (flow.src, flow.dst)
-    ]
-    if rewritten:
-        s = rewritten[0]
-        assert s.packet is not None
+    readable = [s for s in seen if s.packet and not s.packet.encrypted]
+    encrypted = [s for s in seen if s.packet and s.packet.encrypted]
+    out.append(_nat(flow, readable, encrypted))
+    out.extend(_tunnel(flow, seen, encrypted))
+    if readable:
+        first_p, last_p = readable[0].packet, readable[-1].packet
+        assert first_p is not None and last_p is not None
+        routers = first_p.ttl - last_p.ttl
+        how = f"routed {routers} time(s)" if routers else "bridged, never routed"
+        ttl = "hop limit" if flow.family == 6 else "TTL"
         out.append(
             Finding(
+                "ttl",
+                True,
+                f"{ttl} {first_p.ttl} at {readable[0].hop.label}, "
+                f"{last_p.ttl} at {readable[-1].hop.label}: {how}",
+            )
+        )
+    out.extend(_mtu(seen))
+    return out
+
+
+def _nat(flow: FlowSpec, readable: list[Station], encrypted: list[Station]) -> Finding:
+    """No NAT: the pod addresses are the same at every hop where they can be read."""
+    for s in readable:
+        assert s.packet is not None
+        if (s.packet.src, s.packet.dst) != (flow.src, flow.dst):
+            return Finding(
                 "nat",
                 False,
                 f"NAT at {s.hop.label}: {s.packet.src} → {s.packet.dst} "
                 f"instead of {flow.src} → {flow.dst}",
             )
-        )
-    else:
-        out.append(
-            Finding(
-                "nat",
-                True,
-                f"pod addresses {flow.src} → {flow.dst} unchanged at all {len(seen)} hops (no NAT)",
-            )
-        )
+    text = f"pod addresses {flow.src} → {flow.dst} unchanged at all {len(readable)} hops"
+    if encrypted:
+        text += f" where they are readable (encrypted at the other {len(encrypted)})"
+    return Finding("nat", True, text + " (no NAT)")
 
+
+def _outer(st: Station, kind: str) -> Layer | None:
+    return next((layer for layer in st.layers if layer.outer and layer.kind == kind), None)
+
+
+def _tunnel(flow: FlowSpec, seen: list[Station], encrypted: list[Station]) -> list[Finding]:
+    """Where the packet is wrapped (VXLAN) or encrypted (WireGuard), and unwrapped."""
     encap = [s for s in seen if s.packet and s.packet.encapsulated]
-    if encap:
-        first, last = encap[0], encap[-1]
-        after = next((s for s in seen if seen.index(s) > seen.index(last)), None)
-        outer = next((layer for layer in first.layers if layer.name == "IPv4 (outer)"), None)
-        vx = next((layer for layer in first.layers if layer.name == "VXLAN"), None)
-        udp = next((layer for layer in first.layers if layer.name == "UDP (outer)"), None)
-        detail = ""
-        if outer and vx and udp:
-            detail = (
-                f" (outer {outer.get('src')} → {outer.get('dst')}, udp/{udp.get('dport')}, "
-                f"VNI {vx.get('vni')})"
-            )
-        text = f"wrapped in VXLAN at {first.hop.label}{detail}"
-        if after is not None:
-            text += f"; unwrapped before {after.hop.label}"
-        out.append(Finding("encap", True, text))
-    elif flow.same_node:
-        out.append(Finding("encap", True, "never encapsulated: it does not leave the node"))
-    elif flow.backend == "vxlan":
-        out.append(Finding("encap", False, "crossed the underlay without VXLAN"))
-    else:
-        out.append(
+    if not encap:
+        if flow.same_node:
+            return [Finding("encap", True, "never encapsulated: it does not leave the node")]
+        if flow.backend in ("vxlan", "wireguard"):
+            how = "VXLAN" if flow.backend == "vxlan" else "WireGuard"
+            return [Finding("encap", False, f"crossed the underlay without {how}")]
+        return [
             Finding(
                 "encap",
                 True,
                 f"never encapsulated: {flow.backend} routes the pod "
                 "packet natively over the underlay",
             )
-        )
+        ]
+    first, last = encap[0], encap[-1]
+    after = next((s for s in seen if seen.index(s) > seen.index(last)), None)
+    ip, udp = _outer(first, "ip"), _outer(first, "udp")
+    detail = (
+        f"outer {ip.get('src')} → {ip.get('dst')}, udp/{udp.get('dport')}" if ip and udp else ""
+    )
+    if not encrypted:
+        vx = _outer(first, "vxlan")
+        if vx is not None and detail:
+            detail += f", VNI {vx.get('vni')}"
+        text = f"wrapped in VXLAN at {first.hop.label}" + (f" ({detail})" if detail else "")
+        if after is not None:
+            text += f"; unwrapped before {after.hop.label}"
+        return [Finding("encap", True, text)]
+    wg = _outer(first, "wireguard")
+    if wg is not None:
+        detail += f", receiver {wg.get('receiver')}, counter {wg.get('counter')}"
+    text = (
+        f"encrypted by WireGuard at {first.hop.label} ({detail.lstrip(', ')}; the first data "
+        "message between the two nodes after the tunnel device, of the packet's padded length)"
+    )
+    if after is not None:
+        text += f"; decrypted before {after.hop.label}"
+    return [Finding("encap", True, text), _unreadable(flow, encrypted)]
 
-    if seen:
-        first_p, last_p = seen[0].packet, seen[-1].packet
-        assert first_p is not None and last_p is not None
-        routers = first_p.ttl - last_p.ttl
-        how = f"routed {routers} time(s)" if routers else "bridged, never routed"
-        out.append(
-            Finding(
-                "ttl",
-                True,
-                f"TTL {first_p.ttl} at {seen[0].hop.label}, "
-                f"{last_p.ttl} at {seen[-1].hop.label}: {how}",
-            )
-        )
-    out.extend(_mtu(seen))
-    return out
+
+def _unreadable(flow: FlowSpec, encrypted: list[Station]) -> Finding:
+    """On the encrypted hops, neither pod address appears anywhere in the frame."""
+    pods = [ip_address(flow.src).packed, ip_address(flow.dst).packed]
+    leaks = [s.hop.label for s in encrypted if s.packet and any(a in s.packet.raw for a in pods)]
+    if leaks:
+        return Finding("sealed", False, f"a pod address is readable at {', '.join(leaks)}")
+    return Finding(
+        "sealed",
+        True,
+        f"no inner header readable at the {len(encrypted)} encrypted hops: neither pod address "
+        "appears in their bytes, the payload is only its length",
+    )
 
 
 def _mtu(seen: list[Station]) -> list[Finding]:
@@ -611,19 +655,14 @@ def _mtu(seen: list[Station]) -> list[Finding]:
     over = []
     gso = []
     biggest = ""
+    plain_length = 0
     for s in seen:
         p = s.packet
         assert p is not None
+        plain_length = plain_length if p.encrypted else p.length
         size = p.outer_length
         if s.hop.mtu and size > s.hop.mtu:
-            if p.proto == "tcp" and s.hop.role in (
-                POD_SRC,
-                BRIDGE_SRC,
-                TUNNEL_SRC,
-                BRIDGE_DST,
-                POD_DST,
-                TUNNEL_DST,
-            ):
+            if p.proto == "tcp" and s.hop.role not in UNDERLAY_ROLES:
                 gso.append(s)
                 s.notes.append(
                     f"{size} B > MTU {s.hop.mtu}: a GSO super-packet; the kernel "
@@ -632,18 +671,20 @@ def _mtu(seen: list[Station]) -> list[Finding]:
             else:
                 over.append(s)
                 s.notes.append(f"{size} B does not fit MTU {s.hop.mtu}")
-    wire = [s for s in seen if s.hop.role in (UNDERLAY_SRC, WIRE, UNDERLAY_DST)]
-    if wire:
-        s = wire[0]
-        p = s.packet
-        assert p is not None
-        if p.encapsulated:
-            biggest = (
-                f"on the underlay: pod packet {p.length} B inside an outer packet of "
-                f"{p.outer_length} B (underlay MTU {s.hop.mtu})"
-            )
-        else:
-            biggest = f"on the underlay: {p.length} B (underlay MTU {s.hop.mtu})"
+        if s.hop.role in UNDERLAY_ROLES and not biggest:
+            if p.encrypted:
+                biggest = (
+                    f"on the underlay: the {plain_length} B pod packet, encrypted ({p.length} B "
+                    f"padded, plus WireGuard's 32 B), inside an outer packet of "
+                    f"{p.outer_length} B (underlay MTU {s.hop.mtu})"
+                )
+            elif p.encapsulated:
+                biggest = (
+                    f"on the underlay: pod packet {p.length} B inside an outer packet of "
+                    f"{p.outer_length} B (underlay MTU {s.hop.mtu})"
+                )
+            else:
+                biggest = f"on the underlay: {p.length} B (underlay MTU {s.hop.mtu})"
     if over:
         out.append(
             Finding(

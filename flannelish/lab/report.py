@@ -1,10 +1,12 @@
 """`flannelish verify --report DIR`: the flows to follow, the per-hop capture, the report.
 
 While `verify` generates its traffic, `HopCapture` records every hop of four
-flows (one cross-node flow per protocol, ICMP, TCP and UDP, and one same-node
-flow) in one `flannelish.lab.hops` process: the source pod's eth0, its node's
-cni0, flannel.<VNI> and eth0, the underlay bridge, and the same in reverse on
-the destination node.  Afterwards `write_report` follows one packet of each
+flows per IP family of the lab (one cross-node flow per protocol, ICMP, TCP
+and UDP, and one same-node flow) in one `flannelish.lab.hops` process: the
+source pod's eth0, its node's cni0, the family's tunnel device
+(flannel.<VNI> or flannel-v6.<VNI> for VXLAN, flannel-wg for WireGuard, none
+for host-gw) and eth0, the underlay bridge, and the same in reverse on the
+destination node.  Afterwards `write_report` follows one packet of each
 flow through those captures (`journey.build`), draws the lab (`diagram`) and
 writes ``DIR/index.html`` (self-contained: inline CSS and SVG, no script, no
 network) next to ``DIR/pcaps/<hop>.pcap`` and ``DIR/pcaps/flows.json``.
@@ -70,32 +72,43 @@ def _wire_hop(state: LabState) -> jr.Hop:
     )
 
 
-def cross_hops(state: LabState, a: PodState, b: PodState) -> tuple[jr.Hop, ...]:
+def tunnel_device(state: LabState, family: int) -> tuple[str, str] | None:
+    """(device, what it is) carrying the family's pod packets off the node, if any."""
+    backend = state.spec.backend
+    if backend == "vxlan":
+        prefix = "flannel-v6" if family == 6 else "flannel"
+        return f"{prefix}.{state.spec.vni}", "VXLAN device"
+    if backend == "wireguard":
+        # The lab's WireGuard runs Mode separate: one device per family.
+        return ("flannel-wg-v6" if family == 6 else "flannel-wg"), "WireGuard device"
+    return None
+
+
+def cross_hops(state: LabState, a: PodState, b: PodState, family: int = 4) -> tuple[jr.Hop, ...]:
     src, dst = state.node(a.node), state.node(b.node)
     assert src is not None and dst is not None
-    tunnel = f"flannel.{state.spec.vni}" if state.spec.backend == "vxlan" else ""
+    tunnel = tunnel_device(state, family)
     hops = [_pod_hop(a, jr.POD_SRC), _node_hop(src, "cni0", "bridge", jr.BRIDGE_SRC)]
     if tunnel:
-        hops.append(_node_hop(src, tunnel, "VXLAN device", jr.TUNNEL_SRC))
+        hops.append(_node_hop(src, *tunnel, jr.TUNNEL_SRC))
     hops += [
         _node_hop(src, "eth0", "underlay", jr.UNDERLAY_SRC),
         _wire_hop(state),
         _node_hop(dst, "eth0", "underlay", jr.UNDERLAY_DST),
     ]
     if tunnel:
-        hops.append(_node_hop(dst, tunnel, "VXLAN device", jr.TUNNEL_DST))
+        hops.append(_node_hop(dst, *tunnel, jr.TUNNEL_DST))
     hops += [_node_hop(dst, "cni0", "bridge", jr.BRIDGE_DST), _pod_hop(b, jr.POD_DST)]
     return tuple(hops)
 
 
-def same_hops(state: LabState, a: PodState, b: PodState) -> tuple[jr.Hop, ...]:
+def same_hops(state: LabState, a: PodState, b: PodState, family: int = 4) -> tuple[jr.Hop, ...]:
     node = state.node(a.node)
     assert node is not None
     hops = [_pod_hop(a, jr.POD_SRC), _node_hop(node, "cni0", "bridge", jr.BRIDGE_SRC)]
-    if state.spec.backend == "vxlan":
-        hops.append(
-            _node_hop(node, f"flannel.{state.spec.vni}", "VXLAN device", jr.TUNNEL_SRC, seen=False)
-        )
+    tunnel = tunnel_device(state, family)
+    if tunnel:
+        hops.append(_node_hop(node, *tunnel, jr.TUNNEL_SRC, seen=False))
     hops += [
         _node_hop(node, "eth0", "underlay", jr.UNDERLAY_SRC, seen=False),
         _pod_hop(b, jr.POD_DST),
@@ -106,12 +119,35 @@ def same_hops(state: LabState, a: PodState, b: PodState) -> tuple[jr.Hop, ...]:
 def journey_flows(
     state: LabState, cross: list[tuple[PodState, PodState]], same: list[tuple[PodState, PodState]]
 ) -> list[jr.FlowSpec]:
-    """One cross-node flow per protocol (the first cross-node pair) and one same-node flow."""
+    """Per IP family of the lab: one cross-node flow per protocol (the first cross-node
+    pair) and one same-node flow.  IPv4 flows are icmp-cross, ...; IPv6 ones icmp6-cross."""
+    flows: list[jr.FlowSpec] = []
+    families = state.spec.families
+    for family in families:
+        tag = "6" if family == 6 else ""
+        named = f"IPv{family} " if families != (4,) else ""
+        flows += _family_flows(state, cross, same, family, tag, named)
+    return flows
+
+
+def _family_flows(
+    state: LabState,
+    cross: list[tuple[PodState, PodState]],
+    same: list[tuple[PodState, PodState]],
+    family: int,
+    tag: str,
+    named: str,
+) -> list[jr.FlowSpec]:
     flows: list[jr.FlowSpec] = []
     backend = state.spec.backend
+
+    def node_ip(pod: PodState) -> str:
+        node = state.node(pod.node)
+        return node.addr(family) if node is not None else ""
+
     if cross:
         a, b = cross[0]
-        hops = cross_hops(state, a, b)
+        hops = cross_hops(state, a, b, family)
         for proto, what in (
             ("icmp", "ping (the MTU-sized echo request)"),
             ("tcp", "TCP (the first data segment)"),
@@ -119,17 +155,20 @@ def journey_flows(
         ):
             flows.append(
                 jr.FlowSpec(
-                    id=f"{proto}-cross",
-                    title=f"{what}: {a.name} → {b.name}, across nodes",
+                    id=f"{proto}{tag}-cross",
+                    title=f"{named}{what}: {a.name} → {b.name}, across nodes",
                     proto=proto,
-                    src=a.ip,
-                    dst=b.ip,
+                    src=a.addr(family),
+                    dst=b.addr(family),
                     src_pod=a.name,
                     dst_pod=b.name,
                     same_node=False,
                     backend=backend,
                     port=0 if proto == "icmp" else DEFAULT_PORT,
                     hops=hops,
+                    family=family,
+                    src_node_ip=node_ip(a),
+                    dst_node_ip=node_ip(b),
                 )
             )
     if same:
@@ -137,16 +176,19 @@ def journey_flows(
         a, b = next((pair for pair in same if pair[0].node == first_node), same[0])
         flows.append(
             jr.FlowSpec(
-                id="icmp-same",
-                title=f"ping: {a.name} → {b.name}, on the same node",
+                id=f"icmp{tag}-same",
+                title=f"{named}ping: {a.name} → {b.name}, on the same node",
                 proto="icmp",
-                src=a.ip,
-                dst=b.ip,
+                src=a.addr(family),
+                dst=b.addr(family),
                 src_pod=a.name,
                 dst_pod=b.name,
                 same_node=True,
                 backend=backend,
-                hops=same_hops(state, a, b),
+                hops=same_hops(state, a, b, family),
+                family=family,
+                src_node_ip=node_ip(a),
+                dst_node_ip=node_ip(b),
             )
         )
     return flows
@@ -236,8 +278,14 @@ class ReportResult:
         return all(j.ok for j in self.journeys)
 
 
-def build_journeys(pcap_dir: Path, vxlan_port: int) -> list[jr.Journey]:
-    """Every flow recorded in pcap_dir/flows.json, followed through its per-hop pcaps."""
+def tunnel_port(state: LabState) -> int:
+    """The UDP port of the lab's tunnel: VXLAN's, or WireGuard's listen port."""
+    return names.WIREGUARD_PORT if state.spec.backend == "wireguard" else state.spec.port
+
+
+def build_journeys(pcap_dir: Path, port: int) -> list[jr.Journey]:
+    """Every flow recorded in pcap_dir/flows.json, followed through its per-hop pcaps
+    (`port`: the tunnel's UDP port, `tunnel_port`)."""
     import json
 
     if not (pcap_dir / FLOWS_FILE).exists():
@@ -247,11 +295,11 @@ def build_journeys(pcap_dir: Path, vxlan_port: int) -> list[jr.Journey]:
     facts_path = pcap_dir / "hops.json"
     facts: dict[str, Any] = json.loads(facts_path.read_text()) if facts_path.exists() else {}
     flows = [_with_facts(f, facts) for f in flows]
-    return [jr.build(flow, frames, vxlan_port) for flow in flows]
+    return [jr.build(flow, frames, port) for flow in flows]
 
 
 def _with_facts(flow: jr.FlowSpec, facts: dict[str, Any]) -> jr.FlowSpec:
-    """Hops with the MTU and MAC the capture read from each interface."""
+    """Hops with the MTU, MAC and link type the capture read from each interface."""
     from dataclasses import replace
 
     hops = tuple(
@@ -259,6 +307,7 @@ def _with_facts(flow: jr.FlowSpec, facts: dict[str, Any]) -> jr.FlowSpec:
             h,
             mtu=int(facts.get(h.key, {}).get("mtu", h.mtu) or 0),
             mac=str(facts.get(h.key, {}).get("mac", h.mac) or ""),
+            link=str(facts.get(h.key, {}).get("link", h.link) or "ether"),
         )
         for h in flow.hops
     )
@@ -270,7 +319,7 @@ def write_report(state: LabState, verify_report: Any, directory: Path) -> Report
     from flannelish.lab import diagram, reporthtml
 
     started = time.monotonic()
-    journeys = build_journeys(directory / PCAPS, state.spec.port)
+    journeys = build_journeys(directory / PCAPS, tunnel_port(state))
     try:
         topo = diagram.gather(state)
         svg = diagram.inline_svg(topo)

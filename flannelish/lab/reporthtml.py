@@ -15,6 +15,7 @@ from typing import Any
 
 from flannelish.lab import journey as jr
 from flannelish.lab.analysis import FAIL, PASS
+from flannelish.lab.headers import Layer
 from flannelish.lab.state import LabState
 
 CSS = """
@@ -80,7 +81,7 @@ footer { color: var(--muted); font-size: 12px; margin-top: 30px; }
 """
 
 
-def _layer_html(layer: jr.Layer) -> str:
+def _layer_html(layer: Layer) -> str:
     cls = (
         ["layer", layer.kind]
         + (["outer"] if layer.outer else [])

@@ -13,6 +13,7 @@ from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
 
 from flannelish.lab import journey as jr
+from flannelish.lab.headers import Layer
 from flannelish.lab.hops import parse_hop, read_pcap, write_pcap
 from flannelish.lab.report import build_journeys
 
@@ -40,7 +41,7 @@ def _names(st: jr.Station) -> list[str]:
     return [layer.name for layer in st.layers]
 
 
-def _layer(st: jr.Station, name: str) -> jr.Layer:
+def _layer(st: jr.Station, name: str) -> Layer:
     return next(layer for layer in st.layers if layer.name == name)
 
 
