@@ -207,10 +207,14 @@ def render_status(doc: dict[str, Any]) -> list[str]:
     table.add_row("node", f"{doc.get('node') or '-'}  {ready}")
     expiry = lease.get("expiration")
     expires = "never (reservation)" if lease.get("held") and expiry is None else _when(expiry)
+    half = ("", "")
+    if lease.get("subnet") in (None, "0.0.0.0/0") and lease.get("ipv6_subnet"):
+        half = ("ipv6_", "v6")  # an IPv6-only lease: its IPv4 half is 0.0.0.0/0
+    subnet, network = lease.get(f"{half[0]}subnet"), lease.get(f"{half[0]}network")
     table.add_row(
         "lease",
-        f"{lease.get('subnet') or '-'} of {lease.get('network') or '-'} "
-        f"via {lease.get('public_ip') or '-'}, expires {expires}",
+        f"{subnet or '-'} of {network or '-'} "
+        f"via {lease.get(f'public_ip{half[1]}') or '-'}, expires {expires}",
     )
     table.add_row("backend", f"{doc.get('backend') or '-'}  device {doc.get('device') or '-'}")
     for family, info in sorted((doc.get("by_family") or {}).items()):

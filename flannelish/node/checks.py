@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from collections import defaultdict
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from flannelish.node.facts import SYSCTL_BRIDGE_NF, SYSCTL_FORWARD, NodeFacts
 from flannelish.subnet.keys import Keys
@@ -67,11 +67,14 @@ def check_subnet_env(facts: NodeFacts) -> list[Finding]:
             )
         ]
     env = facts.subnet_env
-    missing = [
-        key
-        for key, value in (("FLANNEL_NETWORK", env.network), ("FLANNEL_SUBNET", env.subnet))
-        if value is None
+    # Each family the file carries needs its network and subnet; an IPv6-only node's
+    # file has only the IPv6 pair (docs/flannel-compat.md), a dual-stack one both.
+    pairs = [
+        (("FLANNEL_NETWORK", env.network), ("FLANNEL_SUBNET", env.subnet)),
+        (("FLANNEL_IPV6_NETWORK", env.ipv6_network), ("FLANNEL_IPV6_SUBNET", env.ipv6_subnet)),
     ]
+    present = [pair for pair in pairs if any(value is not None for _, value in pair)]
+    missing = [key for pair in present or pairs[:1] for key, value in pair if value is None]
     if missing or env.mtu <= 0:
         what = ", ".join(missing + ([] if env.mtu > 0 else ["FLANNEL_MTU"]))
         return [
@@ -213,11 +216,14 @@ def check_leases(facts: NodeFacts) -> list[Finding]:
     def key(lease: Lease) -> str:  # for the `etcdctl del` an operator may run
         return keys.subnet(lease.subnet, lease.ipv6_subnet)
 
-    by_ip: dict[IPv4Address, list[Lease]] = defaultdict(list)
+    by_ip: dict[IPv4Address | IPv6Address, list[Lease]] = defaultdict(list)
     by_mac: dict[str, list[Lease]] = defaultdict(list)
     types = defaultdict(list)
     for lease in facts.leases:
-        by_ip[lease.attrs.public_ip].append(lease)
+        if not lease.attrs.public_ip.is_unspecified:  # 0.0.0.0: an IPv6-only lease
+            by_ip[lease.attrs.public_ip].append(lease)
+        if lease.attrs.public_ipv6 is not None:
+            by_ip[lease.attrs.public_ipv6].append(lease)
         types[lease.attrs.backend_type or "none"].append(lease)
         try:
             mac = lease.attrs.vtep_mac
@@ -225,14 +231,15 @@ def check_leases(facts: NodeFacts) -> list[Finding]:
             mac = None
         if mac:
             by_mac[mac].append(lease)
-    for ip, group in sorted(by_ip.items()):
+    for ip, group in sorted(by_ip.items(), key=lambda item: (item[0].version, item[0])):
         if len(group) > 1:
-            subnets = ", ".join(str(x.subnet) for x in group)
+            subnets = ", ".join(str(_subnet_of(x)) for x in group)
             out.append(
                 Finding(
                     Severity.ERROR,
                     "leases",
-                    f"PublicIP {ip} is advertised by {len(group)} leases ({subnets}): traffic "
+                    f"{'PublicIPv6' if ip.version == 6 else 'PublicIP'} {ip} is advertised by "
+                    f"{len(group)} leases ({subnets}): traffic "
                     "for all of them goes to one node",
                     "give each node its own --public-ip/--iface (e.g. Vagrant's shared NAT "
                     "address), then delete the stale key(s): "
@@ -288,8 +295,11 @@ def check_leases(facts: NodeFacts) -> list[Finding]:
                 "use one Backend.Type for the whole network and restart the odd nodes",
             )
         )
-    own = facts.own_subnet()
-    if own is not None and all(x.subnet != own for x in facts.leases):
+    own: IPv4Network | IPv6Network | None = facts.own_subnet()
+    held = [x.subnet for x in facts.leases]
+    if own is None and facts.subnet_env is not None:  # an IPv6-only node: its IPv6 subnet
+        own, held = facts.subnet_env.ipv6_subnet, [x.ipv6_subnet for x in facts.leases]
+    if own is not None and own not in held:
         out.append(
             Finding(
                 Severity.ERROR,
@@ -300,3 +310,10 @@ def check_leases(facts: NodeFacts) -> list[Finding]:
             )
         )
     return out
+
+
+def _subnet_of(lease: Lease) -> IPv4Network | IPv6Network:
+    """The lease's IPv4 subnet, or its IPv6 one for an IPv6-only lease (0.0.0.0/0)."""
+    if lease.subnet.prefixlen == 0 and lease.ipv6_subnet is not None:
+        return lease.ipv6_subnet
+    return lease.subnet

@@ -343,15 +343,21 @@ class NodeState:
             return Check("etcd", False, f"{type(outcome[0]).__name__}: {outcome[0]}"[:200])
         return Check("etcd", True, "reachable")
 
+    def _lease_name(self) -> str:
+        """The lease's IPv4 subnet, or its IPv6 one on an IPv6-only node (IPv4 half 0.0.0.0/0)."""
+        if (self.subnet is None or self.subnet.prefixlen == 0) and self.lease_v6.get("ipv6_subnet"):
+            return str(self.lease_v6["ipv6_subnet"])
+        return str(self.subnet)
+
     def checks(self) -> list[Check]:
         now = self._clock()
         with self._lock:
             if not self.lease_held:
                 lease = Check("lease", False, "no lease held")
             elif self.lease_expiration is not None and self.lease_expiration <= now:
-                lease = Check("lease", False, f"lease for {self.subnet} expired")
+                lease = Check("lease", False, f"lease for {self._lease_name()} expired")
             else:
-                lease = Check("lease", True, str(self.subnet))
+                lease = Check("lease", True, self._lease_name())
             if self.reconcile_ok is None:
                 rec = Check("reconcile", False, "no reconcile pass yet")
             elif self.reconcile_ok:

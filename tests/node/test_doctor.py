@@ -349,3 +349,46 @@ def test_ipv6_only_node_has_only_the_v6_device():
     only_v6 = {k: v for k, v in v6_links(1430).items() if k != "flannel.1"}
     env = SubnetEnv(None, None, 1430, False)
     assert check_mtu(healthy(links=only_v6, subnet_env=env)) == []
+
+
+def test_an_ipv6_only_node_has_no_ipv4_findings():
+    """IPv6-only: subnet.env carries only the IPv6 pair, every lease advertises 0.0.0.0
+    as its PublicIP; neither is a finding, a shared PublicIPv6 still is."""
+    from ipaddress import IPv6Address
+
+    env = SubnetEnv(
+        None, None, 1430, False, IPv6Network("fd44::/48"), IPv6Network("fd44:0:0:1::/64")
+    )
+    assert check_subnet_env(healthy(subnet_env=env)) == []
+    (f,) = check_subnet_env(healthy(subnet_env=env._replace(ipv6_subnet=None)))
+    assert "lacks FLANNEL_IPV6_SUBNET" in f.message
+
+    def v6(n: int, ip: str) -> Lease:
+        attrs = LeaseAttrs(IPv4Address("0.0.0.0"), "vxlan", None, IPv6Address(ip))
+        return Lease(IPv4Network("0.0.0.0/0"), attrs, NOW + 3600, lease_id=n,
+                     ipv6_subnet=IPv6Network(f"fd44:0:0:{n}::/64"))  # fmt: skip
+
+    node = healthy(subnet_env=env)
+    assert (
+        check_leases(dataclasses.replace(node, leases=[v6(1, "fd18::1"), v6(2, "fd18::2")])) == []
+    )
+    (f,) = check_leases(dataclasses.replace(node, leases=[v6(1, "fd18::1"), v6(2, "fd18::1")]))
+    assert "PublicIPv6 fd18::1 is advertised by 2 leases (fd44:0:0:1::/64, fd44:0:0:2::/64)" in (
+        f.message
+    )
+    (f,) = check_leases(dataclasses.replace(node, leases=[v6(2, "fd18::2")]))
+    assert "this node's subnet fd44:0:0:1::/64 (from subnet.env) has no lease" in f.message
+
+
+def test_status_names_an_ipv6_only_lease_by_its_ipv6_half():
+    from flannelish.cli.node import render_status
+
+    doc = {
+        "node": "fd18::1",
+        "ready": True,
+        "lease": {"held": True, "subnet": "0.0.0.0/0", "network": None, "public_ip": "0.0.0.0",
+                  "ipv6_subnet": "fd44:0:0:49::/64", "ipv6_network": "fd44::/48",
+                  "public_ipv6": "fd18::1", "expiration": None},
+    }  # fmt: skip
+    (line,) = [x for x in render_status(doc) if x.startswith("[bold]lease ")]
+    assert "fd44:0:0:49::/64 of fd44::/48 via fd18::1" in line and "0.0.0.0" not in line
