@@ -404,9 +404,9 @@ def verify(name: str, state_dir: Path, pcap: Path | None, report_dir: Path | Non
     """Capture on the lab's underlay while pods talk, and prove what crosses it.
 
     \b
-    With --report DIR, every hop of four flows (cross-node ICMP, TCP, UDP and a
-    same-node ping) is captured too, from the source pod's eth0 through cni0,
-    the tunnel device and the underlay to the destination pod, and
+    With --report DIR, every hop of four flows per IP family (cross-node ICMP,
+    TCP, UDP and a same-node ping) is captured too, from the source pod's eth0
+    through cni0, the tunnel device and the underlay to the destination pod, and
     DIR/index.html shows each packet's journey: the headers decoded at every
     hop, where it is wrapped and unwrapped, and that pod addresses never change.
     """
@@ -414,12 +414,6 @@ def verify(name: str, state_dir: Path, pcap: Path | None, report_dir: Path | Non
     from flannelish.lab.verify import verify as run_verify
 
     state = _load(state_dir, name)
-    if report_dir is not None and state.spec.ip_family == "ipv6":
-        # The journey decoder follows IPv4 pod packets (in a dual lab, the IPv4 flows).
-        raise NotAvailableError(
-            "verify --report follows IPv4 flows; this lab is IPv6-only",
-            "run `flannelish verify` without --report, or use --ip-family dual",
-        )
     console = _console()
     started = time.monotonic()
     hop_dir = report_dir / "pcaps" if report_dir is not None else None
