@@ -4,10 +4,11 @@ Two steps, so the picture is testable without a lab:
 
 * `gather(state)` reads the lab's record and asks every daemon for its
   ``/status`` (inside its node namespace, see nodeapi) and returns a plain
-  `Topology`: nodes with their underlay/public address, pod subnet, MTU,
-  VTEP MAC and health, their pods, and one `PeerLink` per pair of nodes
-  with the backend's label and anything a daemon reported about it
-  (skipped with a reason, or a daemon that is down or not ready).
+  `Topology`: nodes with their underlay/public address, pod subnet and VTEP
+  MAC per IP family (IPv4, IPv6 or both), MTU, WireGuard public key and
+  health, their pods, and one `PeerLink` per pair of nodes with the
+  backend's label and anything a daemon reported about it (skipped with a
+  reason, or a daemon that is down or not ready).
 * `to_graph(topology)` turns it into a Graphviz graph (the `graphviz`
   package writes DOT; Debian's `dot` does the layout), `render(...)`
   returns SVG (or PNG/DOT) text or bytes.
@@ -27,7 +28,7 @@ from typing import Any
 
 from flannelish.errors import NotAvailableError
 from flannelish.lab import names
-from flannelish.lab.state import LabState
+from flannelish.lab.state import LabState, NodeState
 
 DOT = "dot"
 FONT = "DejaVu Sans"
@@ -39,12 +40,25 @@ FORMATS = ("svg", "png", "dot")
 class PodBox:
     name: str
     ip: str
+    ip6: str = ""  # a dual-stack pod's IPv6 address
+
+
+@dataclass
+class Family:
+    """One IP family of a node: what it advertises and where peers send that family."""
+
+    version: int
+    ip: str  # underlay address = the public IP peers reach it on
+    public_ip: str
+    subnet: str
+    device: str = ""  # flannel.1, flannel-v6.1, flannel-wg
+    vtep_mac: str = ""
 
 
 @dataclass
 class NodeBox:
     name: str
-    ip: str  # underlay address = the public IP peers reach it on
+    ip: str  # underlay address = the public IP peers reach it on (IPv6 in an IPv6-only lab)
     public_ip: str
     subnet: str
     mtu: int
@@ -53,6 +67,7 @@ class NodeBox:
     health: str = "ok"  # ok | not-ready | down
     problem: str = ""
     pods: list[PodBox] = field(default_factory=list)
+    families: list[Family] = field(default_factory=list)  # each family the node carries
 
 
 @dataclass
@@ -86,6 +101,8 @@ class Topology:
     def backend_label(self) -> str:
         if self.backend == "vxlan":
             return f"VXLAN VNI {self.vni}, udp/{self.port}"
+        if self.backend == "wireguard":
+            return f"WireGuard udp/{self.port}"
         return self.backend
 
 
@@ -96,12 +113,38 @@ def short_key(key: str, keep: int = 8) -> str:
 
 def _peer_label(topo: Topology, a: NodeBox, b: NodeBox) -> str:
     if topo.backend == "vxlan":
-        return f"VXLAN VNI {topo.vni} udp/{topo.port}"
+        over = "/".join(f"IPv{f.version}" for f in a.families)
+        label = f"VXLAN VNI {topo.vni} udp/{topo.port}"
+        return label if over in ("", "IPv4") else f"{label} over {over}"
     if topo.backend == "host-gw":
-        if not (a.subnet and b.subnet):
-            return "host-gw routes"
-        return f"host-gw routes\n{a.name}: {b.subnet} via {b.ip}\n{b.name}: {a.subnet} via {a.ip}"
+        lines = []
+        for fa, fb in zip(a.families, b.families, strict=False):
+            if fa.subnet and fb.subnet:
+                lines += [
+                    f"{a.name}: {fb.subnet} via {fb.ip}",
+                    f"{b.name}: {fa.subnet} via {fa.ip}",
+                ]
+        return "\n".join(["host-gw routes", *lines])
+    if topo.backend == "wireguard":
+        return f"WireGuard udp/{topo.port}\n{a.ip} ↔ {b.ip}"
     return topo.backend
+
+
+def _families(state: LabState, node: NodeState, view: Any) -> list[Family]:
+    """The node's families from the lab record, as its daemon reports them when it answers."""
+    by_family = (view.status.get("by_family") or {}) if view is not None else {}
+    found = []
+    for version in state.spec.families:
+        ip, subnet = node.addr(version), node.subnet_of(version)
+        fam = Family(version, ip, ip, subnet, vtep_mac=node.vtep_mac if version == 4 else "")
+        info = by_family.get(f"ipv{version}")
+        if isinstance(info, dict):
+            fam.public_ip = str(info.get("public_ip") or ip)
+            fam.subnet = str(info.get("subnet") or subnet)
+            fam.device = str(info.get("device") or "")
+            fam.vtep_mac = str(info.get("vtep_mac") or fam.vtep_mac)
+        found.append(fam)
+    return found
 
 
 def build_topology(state: LabState, views: dict[str, Any]) -> Topology:
@@ -110,13 +153,16 @@ def build_topology(state: LabState, views: dict[str, Any]) -> Topology:
     topo = Topology(
         lab=spec.name,
         backend=spec.backend,
-        network=spec.network,
-        underlay=str(names.UNDERLAY_NETWORK),
+        network=", ".join(spec.network6 if f == 6 else spec.network for f in spec.families),
+        underlay=", ".join(
+            str(names.UNDERLAY_NETWORK6 if f == 6 else names.UNDERLAY_NETWORK)
+            for f in spec.families
+        ),
         bridge=names.BRIDGE,
         underlay_netns=state.underlay_netns,
         etcd=state.etcd_endpoint,
         vni=spec.vni if spec.backend == "vxlan" else 0,
-        port=spec.port if spec.backend == "vxlan" else 0,
+        port={"vxlan": spec.port, "wireguard": names.WIREGUARD_PORT}.get(spec.backend, 0),
     )
     for node in state.nodes:
         view = views.get(node.name)
@@ -125,14 +171,21 @@ def build_topology(state: LabState, views: dict[str, Any]) -> Topology:
             lease = view.status.get("lease") or {}
             box.public_ip = str(lease.get("public_ip") or node.ip)
             box.subnet = str(lease.get("subnet") or node.subnet)
+            key = (view.status.get("wireguard") or {}).get("public_key")
+            box.key = str(key or "")
             if not view.reachable:
                 box.health, box.problem = "down", view.error
             elif not view.ready:
                 box.health = "not-ready"
                 box.problem = "; ".join(view.failed_checks) or "not ready"
-        box.pods = [PodBox(p.name, p.ip) for p in state.pods_of(node.name)]
+        box.families = _families(state, node, view)
+        box.pods = [
+            PodBox(p.name, p.ip, p.ip6 if p.ip6 != p.ip else "") for p in state.pods_of(node.name)
+        ]
         topo.nodes.append(box)
-    by_subnet = {n.subnet: n.name for n in topo.nodes}
+    by_subnet = {f.subnet: n.name for n in topo.nodes for f in n.families} | {
+        n.subnet: n.name for n in topo.nodes
+    }
     skipped: dict[frozenset[str], list[str]] = {}
     for name, view in views.items():
         for subnet, reason in getattr(view, "skipped", {}).items():
@@ -164,15 +217,18 @@ def gather(state: LabState) -> Topology:
 
 def _node_label(node: NodeBox, topo: Topology) -> str:
     """A Graphviz HTML-like label: one row per fact."""
-    rows = [
-        f"<B>{escape(node.name)}</B>",
-        f"eth0 {escape(node.ip)} (underlay)",
-        f"public IP {escape(node.public_ip)}",
-        f"pod subnet {escape(node.subnet or '-')}",
-        f"MTU {node.mtu or '-'} (cni0, pods)",
-    ]
-    if topo.backend == "vxlan":
-        rows.append(f"flannel.{topo.vni} VTEP {escape(node.vtep_mac or '-')}")
+    rows = [f"<B>{escape(node.name)}</B>"]
+    families = node.families or [Family(4, node.ip, node.public_ip, node.subnet, "", node.vtep_mac)]
+    for fam in families:
+        public = "" if fam.public_ip == fam.ip else f", public IP {escape(fam.public_ip)}"
+        rows += [
+            f"eth0 {escape(fam.ip)} (underlay{public})",
+            f"pod subnet {escape(fam.subnet or '-')}",
+        ]
+        if topo.backend == "vxlan":
+            device = fam.device or f"{'flannel-v6' if fam.version == 6 else 'flannel'}.{topo.vni}"
+            rows.append(f"{escape(device)} VTEP {escape(fam.vtep_mac or '-')}")
+    rows.append(f"MTU {node.mtu or '-'} (cni0, pods)")
     if node.key:
         rows.append(f"key {escape(short_key(node.key))}")
     if node.health == "ok":
@@ -239,7 +295,7 @@ def to_graph(topo: Topology) -> Any:
             for pod in node.pods:
                 c.node(
                     pod.name,
-                    f"{pod.name}\n{pod.ip or 'no IP'}",
+                    f"{pod.name}\n{pod.ip or 'no IP'}" + (f"\n{pod.ip6}" if pod.ip6 else ""),
                     shape="box",
                     style="filled",
                     fillcolor="#f0fff4",
@@ -248,7 +304,8 @@ def to_graph(topo: Topology) -> Any:
                     **{"class": "pod"},
                 )
                 c.edge(node.name, pod.name, label="cni0", color="#2f855a", id=f"veth-{pod.name}")
-        g.edge("underlay", node.name, label=f"eth0\n{node.ip}", color="#718096")
+        eth0 = "\n".join(f.ip for f in node.families) or node.ip
+        g.edge("underlay", node.name, label=f"eth0\n{eth0}", color="#718096")
     for link in topo.peers:
         label = link.label
         if link.status != "ok":

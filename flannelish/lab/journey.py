@@ -500,6 +500,8 @@ def build(
         if found is not None:
             st.seen, st.packet = True, found
             st.layers = decode_layers(found.raw, hop.link, tunnel_port)
+            if hop.link == "raw":
+                st.notes.append("a layer-3 (TUN) device: bare IP packets, no Ethernet header")
             looking_for = found if found.encrypted else anchor
             plain = plain if found.encrypted else found
         stations.append(st)

@@ -3,7 +3,7 @@
 No script, no web font, no external stylesheet or image: the page opens from
 disk on a machine without network.  Structure a test (or a stylesheet) can
 rely on: ``section#assertions`` (``table.assertions``), ``section#diagram``
-(the inline ``svg``), and per journey ``section.journey[data-flow]`` holding
+(the inline ``svg``), and per journey ``section.journey[data-flow][data-family]`` holding
 one ``div.lane[data-hop]`` per hop, ``data-seen`` true or false.
 """
 
@@ -14,6 +14,7 @@ from html import escape
 from typing import Any
 
 from flannelish.lab import journey as jr
+from flannelish.lab import names
 from flannelish.lab.analysis import FAIL, PASS
 from flannelish.lab.headers import Layer
 from flannelish.lab.state import LabState
@@ -69,7 +70,9 @@ ul.findings li.bad { color: var(--bad); } ul.findings li.bad::marker { content: 
 .badge { background: #dd6b20; color: white; border-radius: 3px; padding: 0 4px; font-size: 10px;
        margin-left: 4px; }
 .ether { background: #e9d8fd; } .ip { background: #bee3f8; } .udp { background: #c6f6d5; }
-.vxlan { background: #feebc8; } .icmp, .tcp { background: #fed7e2; }
+.vxlan, .wireguard { background: #feebc8; } .icmp, .tcp { background: #fed7e2; }
+.sealed { background: repeating-linear-gradient(45deg, #e2e8f0, #e2e8f0 6px, #cbd5e0 6px,
+       #cbd5e0 12px); }
 .payload { background: #edf2f7; }
 .layer.outer { border-style: dashed; border-color: #dd6b20; }
 .size { font-size: 12px; }
@@ -110,8 +113,10 @@ def _size_html(st: jr.Station) -> str:
     pct = min(100.0, 100.0 * size / mtu) if mtu else 0.0
     over = " over" if mtu and size > mtu else ""
     inner = f"<br>pod packet {p.length} B" if p.encapsulated else ""
+    if p.encrypted:
+        inner = f"<br>sealed pod packet {p.length} B (padded)"
     return (
-        f'<div class="size">IPv4 {size} B of MTU {mtu or "?"}'
+        f'<div class="size">IPv{p.family} {size} B of MTU {mtu or "?"}'
         f'<div class="bar"><div class="fill{over}" style="width:{pct:.0f}%"></div></div>'
         f"TTL {p.ttl}{inner}</div>"
     )
@@ -122,7 +127,9 @@ def _step_text(prev: jr.Station | None, st: jr.Station) -> str:
         return ""
     added = [layer.name for layer in st.layers if layer.added]
     parts = []
-    if added:
+    if added and st.packet is not None and st.packet.encrypted:
+        parts.append("encrypted and wrapped: + " + ", ".join(added))
+    elif added:
         parts.append("wrapped: + " + ", ".join(added))
     if st.removed:
         parts.append("unwrapped: - " + ", ".join(st.removed))
@@ -130,7 +137,7 @@ def _step_text(prev: jr.Station | None, st: jr.Station) -> str:
         f"{layer.name} {f.name} {f.before}→{f.value}"
         for layer in st.layers
         for f in layer.fields
-        if f.changed and layer.name in ("IPv4 (pod)", "Ethernet")
+        if f.changed and layer.name in ("IPv4 (pod)", "IPv6 (pod)", "Ethernet")
     ]
     if changed:
         parts.append("; ".join(changed))
@@ -177,6 +184,7 @@ def _journey_html(j: jr.Journey) -> str:
         f'<li class="{"ok" if x.ok else "bad"}" data-kind="{x.kind}">{escape(x.text)}</li>'
         for x in j.findings
     )
+    proto = "ICMPv6" if (f.proto, f.family) == ("icmp", 6) else f.proto.upper()
     lanes = []
     prev: jr.Station | None = None
     for st in j.stations:
@@ -188,8 +196,8 @@ def _journey_html(j: jr.Journey) -> str:
             prev = st
     return (
         f'<section class="journey {ok}" id="journey-{escape(f.id)}" data-flow="{escape(f.id)}" '
-        f'data-hops="{len(j.stations)}"><h3>{escape(f.title)}</h3>'
-        f"<p>{escape(f.proto.upper())} {escape(f.src)} → {escape(f.dst)}"
+        f'data-hops="{len(j.stations)}" data-family="{f.family}"><h3>{escape(f.title)}</h3>'
+        f"<p>{escape(proto)} {escape(f.src)} → {escape(f.dst)}"
         f"{', port ' + str(f.port) if f.port else ''}; backend {escape(f.backend)}</p>"
         f'<ul class="findings">{findings}</ul><div class="lanes">{"".join(lanes)}</div></section>'
     )
@@ -201,9 +209,11 @@ def render(
     spec = state.spec
     analysis = verify_report.analysis
     verdict_ok = analysis.ok and all(j.ok for j in journeys)
-    backend = spec.backend + (
-        f" (VNI {spec.vni}, udp/{spec.port})" if spec.backend == "vxlan" else ""
-    )
+    backend = spec.backend + {
+        "vxlan": f" (VNI {spec.vni}, udp/{spec.port})",
+        "wireguard": f" (udp/{names.WIREGUARD_PORT}, encrypted)",
+    }.get(spec.backend, "")
+    networks = ", ".join(spec.network6 if f == 6 else spec.network for f in spec.families)
     marks = {PASS: "✓ pass", FAIL: "✗ FAIL"}
     rows = "".join(
         f'<tr><td>{escape(v.name)}</td><td class="{escape(v.status)}">'
@@ -211,15 +221,20 @@ def render(
         for v in analysis.verdicts
     )
     counts = analysis.counts
+    if spec.backend == "wireguard":
+        tunnelled = f"{counts.get('wireguard', 0)} WireGuard packets"
+    else:
+        tunnelled = f"{counts['vxlan']} VXLAN pod packets"
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     journeys_html = "".join(_journey_html(j) for j in journeys) or "<p>no journeys captured</p>"
     legend = "".join(
         f'<span class="{k}">{escape(t)}</span>'
         for k, t in (
             ("ether", "Ethernet"),
-            ("ip", "IPv4"),
+            ("ip", "IPv4 / IPv6"),
             ("udp", "UDP"),
-            ("vxlan", "VXLAN"),
+            ("vxlan", "VXLAN / WireGuard"),
+            ("sealed", "encrypted"),
             ("icmp", "ICMP / TCP"),
             ("payload", "payload"),
         )
@@ -233,7 +248,7 @@ def render(
 <body>
 <header><h1>flannelish verify — lab {escape(spec.name)}
  <span class="verdict {verdict_class}">{verdict_word}</span></h1>
-<p>backend {escape(backend)}, pod network {escape(spec.network)}, {len(state.nodes)} nodes,
+<p>backend {escape(backend)}, pod network {escape(networks)}, {len(state.nodes)} nodes,
 {len(state.pods)} pods, etcd {escape(state.etcd_endpoint)}; captured {when}</p>
 <nav><a href="#assertions">assertions</a><a href="#diagram">the lab</a>
 <a href="#journeys">packet journeys</a></nav></header>
@@ -241,9 +256,9 @@ def render(
 <section id="assertions"><h2>What crossed the underlay</h2>
 <table class="assertions"><thead><tr><th>assertion</th><th>result</th><th>detail</th></tr></thead>
 <tbody>{rows}</tbody></table>
-<p>{analysis.frames} frames captured on the underlay bridge: {counts["vxlan"]} VXLAN pod packets,
-{counts["pod-unencapsulated"]} unencapsulated pod packets, {counts["underlay"]} other IPv4,
-{counts["non-ip"]} non-IPv4. <a href="pcaps/underlay-all.pcap">underlay-all.pcap</a></p></section>
+<p>{analysis.frames} frames captured on the underlay bridge: {tunnelled},
+{counts["pod-unencapsulated"]} unencapsulated pod packets, {counts["underlay"]} other IP,
+{counts["non-ip"]} non-IP. <a href="pcaps/underlay-all.pcap">underlay-all.pcap</a></p></section>
 <section id="diagram"><h2>The lab</h2>
 <p>As the daemons report it (each node's <code>/status</code>): one edge per pair of nodes,
 labelled with the backend; red dashed edges are peers a daemon skipped or cannot reach.</p>
@@ -251,8 +266,10 @@ labelled with the backend; red dashed edges are peers a daemon skipped or cannot
 <section id="journeys"><h2>Packet journeys</h2>
 <p>One packet per flow, found in the captures of every hop it crosses (one lane per hop, top to
 bottom). Each lane shows the headers scapy decoded there; <b>added here</b> marks headers that
-appear at that hop (encapsulation), yellow fields changed since the previous hop. The bar is the
-packet's IPv4 length against the interface's MTU. Each hop's pcap opens in Wireshark.</p>
+appear at that hop (encapsulation), yellow fields changed since the previous hop. Where WireGuard
+encrypts the packet only its length is left to see: that hop shows the WireGuard data message
+that carried it. The bar is the packet's IP length against the interface's MTU. Each hop's pcap
+opens in Wireshark.</p>
 <p class="legend">{legend}<span style="border:1px dashed #dd6b20">outer (tunnel) header</span></p>
 {journeys_html}</section>
 <footer>flannelish verify --report; every packet above was captured in this lab, nothing is drawn
