@@ -40,6 +40,27 @@ def _timed(call):
     return result, time.monotonic() - started
 
 
+def _every_lane_shows(driver, flows: list[dict]) -> None:
+    """Each journey section has one visible lane per hop, seen where the packet must be."""
+    from selenium.webdriver.common.by import By
+
+    for flow in flows:
+        section = driver.find_element(By.CSS_SELECTOR, f'section.journey[data-flow="{flow["id"]}"]')
+        assert section.get_attribute("data-family") == str(flow["family"])
+        lanes = section.find_elements(By.CSS_SELECTOR, "div.lane")
+        assert [lane.get_attribute("data-hop") for lane in lanes] == [
+            h["key"] for h in flow["hops"]
+        ]
+        for lane, hop in zip(lanes, flow["hops"], strict=True):
+            assert lane.is_displayed() and lane.size["height"] > 20
+            assert lane.get_attribute("data-seen") == ("true" if hop["expect_seen"] else "false")
+        assert "journey ok" in section.get_attribute("class")
+
+
+def _report_cost(stdout: str) -> float:
+    return float(re.search(r"\(([\d.]+)s on top of verify", stdout).group(1))
+
+
 def test_live_lab_nodes_report_and_diagram_in_a_browser(lab_cli, tmp_path):
     _ok(lab_cli.lab("up"), "is up in")
 
@@ -62,7 +83,7 @@ def test_live_lab_nodes_report_and_diagram_in_a_browser(lab_cli, tmp_path):
     # The report's own cost, measured inside the command: starting and stopping the per-hop
     # capture, then journeys, diagram and page. (The wall-clock difference between the two
     # runs is printed too, but on a shared 2-core machine it is mostly noise.)
-    cost = float(re.search(r"\(([\d.]+)s on top of verify", with_report.stdout).group(1))
+    cost = _report_cost(with_report.stdout)
     print(f"verify {plain_s:.1f}s, verify --report {report_s:.1f}s; report cost {cost:.1f}s")
     assert cost < REPORT_BUDGET, with_report.stdout
     index = report_dir / "index.html"
@@ -101,20 +122,7 @@ def test_live_lab_nodes_report_and_diagram_in_a_browser(lab_cli, tmp_path):
         assert len(diagram.find_elements(By.CSS_SELECTOR, "g.peer")) == 3
         rows = driver.find_elements(By.CSS_SELECTOR, "table.assertions tbody tr")
         assert len(rows) == 10
-        for flow in flows:
-            section = driver.find_element(
-                By.CSS_SELECTOR, f'section.journey[data-flow="{flow["id"]}"]'
-            )
-            lanes = section.find_elements(By.CSS_SELECTOR, "div.lane")
-            assert [lane.get_attribute("data-hop") for lane in lanes] == [
-                h["key"] for h in flow["hops"]
-            ]
-            for lane, hop in zip(lanes, flow["hops"], strict=True):
-                assert lane.is_displayed() and lane.size["height"] > 20
-                assert lane.get_attribute("data-seen") == (
-                    "true" if hop["expect_seen"] else "false"
-                )
-            assert "journey ok" in section.get_attribute("class")
+        _every_lane_shows(driver, flows)
         assert browser.console_errors(driver) == []
         browser.full_page_png(driver, shots / "report-full.png")
         driver.find_element(By.ID, "journey-icmp-cross").screenshot(
@@ -146,3 +154,50 @@ def test_live_lab_nodes_report_and_diagram_in_a_browser(lab_cli, tmp_path):
         assert (shots / name).stat().st_size > 10_000
     if shots != tmp_path:
         shutil.copyfile(svg_path, shots / "diagram.svg")
+
+
+def test_dual_stack_lab_nodes_and_report_per_family_in_a_browser(lab_cli, tmp_path):
+    """A dual-stack lab: its nodes answer for both families, and the report follows four
+    flows per family (IPv6 over flannel-v6.1 inside IPv6 VXLAN), seen in a real browser."""
+    _ok(lab_cli.lab("up", "--ip-family", "dual"), "is up in")
+    _ok(lab_cli.lab("exec", "node1", "--", "flannelish", "status"), "ipv4", "ipv6", "flannel-v6.1")
+    doctor = lab_cli.lab("exec", "node2", "--", "flannelish", "doctor")
+    _ok(doctor, "subnet-env", "mtu")
+    assert "error" not in doctor.stdout, doctor.stdout
+    metrics = lab_cli.lab(
+        "exec", "node3", "--", "sh", "-c", "curl -sf localhost:$FLANNELD_HEALTHZ_PORT/metrics"
+    )
+    _ok(metrics, 'flannelish_peers_programmed_family{family="ipv6"} 2.0')
+
+    report_dir = tmp_path / "report"
+    result = lab_cli.verify("--report", str(report_dir))
+    _ok(result, "verify passed", "report: ")
+    for flow in ("icmp", "tcp", "udp"):
+        for tag in ("", "6"):
+            assert f"✓ journey {flow}{tag}-cross" in result.stdout, result.stdout
+    assert "✓ journey icmp6-same" in result.stdout
+    cost = _report_cost(result.stdout)
+    print(f"dual-stack report cost {cost:.1f}s")
+    assert cost < REPORT_BUDGET, result.stdout
+    flows = json.loads((report_dir / "pcaps" / "flows.json").read_text())
+    assert sorted(f["family"] for f in flows) == [4] * 4 + [6] * 4
+
+    reason = browser.unavailable()
+    if reason:
+        pytest.skip(f"no browser check: {reason}")
+    from selenium.webdriver.common.by import By
+
+    shots = Path(os.environ.get("FLANNELISH_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    with browser.chromium() as driver:
+        driver.get((report_dir / "index.html").as_uri())
+        _every_lane_shows(driver, flows)
+        diagram = driver.find_element(By.CSS_SELECTOR, "section#diagram svg")
+        assert "fd18::1" in diagram.text and "flannel-v6.1 VTEP" in diagram.text
+        wire = driver.find_element(By.ID, "lane-icmp6-cross-underlay-br0")
+        assert "IPv6 (outer)" in wire.text and "IPv6 (pod)" in wire.text and "VXLAN" in wire.text
+        assert browser.console_errors(driver) == []
+        driver.find_element(By.ID, "journey-icmp6-cross").screenshot(
+            str(shots / "report-journey-ipv6.png")
+        )
+    assert (shots / "report-journey-ipv6.png").stat().st_size > 10_000
