@@ -296,7 +296,7 @@ def check_leases(facts: NodeFacts) -> list[Finding]:
             )
         )
     own: IPv4Network | IPv6Network | None = facts.own_subnet()
-    held = [x.subnet for x in facts.leases]
+    held: list[IPv4Network | IPv6Network | None] = [x.subnet for x in facts.leases]
     if own is None and facts.subnet_env is not None:  # an IPv6-only node: its IPv6 subnet
         own, held = facts.subnet_env.ipv6_subnet, [x.ipv6_subnet for x in facts.leases]
     if own is not None and own not in held:
