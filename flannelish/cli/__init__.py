@@ -8,6 +8,7 @@ FlannelishError become one line on stderr and a documented exit status.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
@@ -18,8 +19,40 @@ from flannelish.errors import ExitCode, FlannelishError, exit_code_for
 from flannelish.logs import LOG_FORMATS, setup_logging
 
 
+# Which module defines each subcommand.  Modules are imported when their
+# command runs (or for --help), so `flannelish daemon` does not carry the lab,
+# policy and doctor code in its memory for its whole life.
+_COMMAND_MODULES = {
+    "config": "leases",
+    "leases": "leases",
+    "reserve": "leases",
+    "unreserve": "leases",
+    "daemon": "daemon",
+    "install-daemon": "daemon_install",
+    "install-cni": "cni_install",
+    "lab": "lab",
+    "verify": "lab",
+    "doctor": "node",
+    "status": "node",
+    "uninstall": "node",
+    "endpoints": "policy",
+    "namespace": "policy",
+    "policy": "policy",
+}
+
+
 class _Group(click.Group):
-    """A group whose subcommands report FlannelishError without a traceback."""
+    """Lazily loaded subcommands that report FlannelishError without a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = _COMMAND_MODULES.get(cmd_name)
+        if module is None:
+            return None
+        commands = importlib.import_module(f"flannelish.cli.{module}").COMMANDS
+        return next((c for c in commands if c.name == cmd_name), None)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -59,17 +92,6 @@ def cli(log_format: str, log_level: str) -> None:
       7 kernel operation failed, 8 component or prerequisite missing.
     """
     setup_logging(log_format, log_level)
-
-
-def _register() -> None:
-    from flannelish.cli import cni_install, daemon, daemon_install, lab, leases, node, policy
-
-    for module in (leases, daemon, daemon_install, cni_install, lab, node, policy):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-_register()
 
 
 def main() -> None:
