@@ -18,7 +18,6 @@ from flannelish import __version__
 from flannelish.errors import ExitCode, FlannelishError, exit_code_for
 from flannelish.logs import LOG_FORMATS, setup_logging
 
-
 # Which module defines each subcommand.  Modules are imported when their
 # command runs (or for --help), so `flannelish daemon` does not carry the lab,
 # policy and doctor code in its memory for its whole life.
