@@ -179,18 +179,36 @@ class EtcdMember:
             self._owns_dir = False
 
 
+def _port_race(exc: BaseException) -> bool:
+    """Did a member fail because another process took its port since free_port() chose it?"""
+    return isinstance(exc, RuntimeError) and "address already in use" in str(exc)
+
+
+PORT_RACE_ATTEMPTS = 3
+
+
 def start_etcd(
     name: str = "etcd0", host: str = "127.0.0.1", netns: str | None = None, **kwargs
 ) -> EtcdMember:
-    """Start one member and wait until it is healthy (cleans up if it is not)."""
-    member = EtcdMember(name=name, host=host, netns=netns, **kwargs)
-    try:
-        member.start()
-        member.wait_healthy()
-    except BaseException:
-        member.destroy()
-        raise
-    return member
+    """Start one member and wait until it is healthy (cleans up if it is not).
+
+    A port chosen by free_port() can be taken by another process before etcd
+    binds it (a busy machine, tests in parallel): then it starts again on new
+    ports, unless the caller chose the ports.
+    """
+    chosen_ports = "client_port" in kwargs or "peer_port" in kwargs
+    for attempt in range(PORT_RACE_ATTEMPTS):
+        member = EtcdMember(name=name, host=host, netns=netns, **kwargs)
+        try:
+            member.start()
+            member.wait_healthy()
+        except BaseException as exc:
+            member.destroy()
+            if chosen_ports or not _port_race(exc) or attempt == PORT_RACE_ATTEMPTS - 1:
+                raise
+            continue
+        return member
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -212,19 +230,24 @@ class EtcdCluster:
 
 
 def start_etcd_cluster(size: int = 3, prefix: str = "m") -> EtcdCluster:
-    root = Path(tempfile.mkdtemp(prefix="flannelish-etcd-cluster-"))
-    members = [EtcdMember(name=f"{prefix}{i}", cluster_token=root.name) for i in range(size)]
-    for member in members:
-        member.data_dir = root / member.name / "data"
-        member._owns_dir = True
-    initial = ",".join(f"{m.name}={m.peer_url}" for m in members)
-    cluster = EtcdCluster(members, root)
-    try:
+    """``size`` members on the loopback, healthy; new ports after a port race (see start_etcd)."""
+    for attempt in range(PORT_RACE_ATTEMPTS):
+        root = Path(tempfile.mkdtemp(prefix="flannelish-etcd-cluster-"))
+        members = [EtcdMember(name=f"{prefix}{i}", cluster_token=root.name) for i in range(size)]
         for member in members:
-            member.start(initial_cluster=initial)
-        for member in members:
-            member.wait_healthy(timeout=30)
-    except BaseException:
-        cluster.destroy()
-        raise
-    return cluster
+            member.data_dir = root / member.name / "data"
+            member._owns_dir = True
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in members)
+        cluster = EtcdCluster(members, root)
+        try:
+            for member in members:
+                member.start(initial_cluster=initial)
+            for member in members:
+                member.wait_healthy(timeout=30)
+        except BaseException as exc:
+            cluster.destroy()
+            if not _port_race(exc) or attempt == PORT_RACE_ATTEMPTS - 1:
+                raise
+            continue
+        return cluster
+    raise AssertionError("unreachable")
