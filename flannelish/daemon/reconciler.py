@@ -29,7 +29,9 @@ Within a peer a failed step skips its later steps; the next full pass
 retries.  A route is replaced only where the kernel's route under that key
 is ours (our route protocol in the dump); otherwise it is created
 exclusively and a foreign route in the way makes the peer skipped
-("conflict"), left alone.  One exception, for taking over from flanneld
+("conflict"), left alone; a peer whose route is blocked so is skipped before
+any of its objects is written (no neighbour or FDB entry of a skipped peer),
+and a pass writes nothing for it while the foreign route stays.  One exception, for taking over from flanneld
 (:meth:`flannelish.kernel.resources.RouteResource.create`): a foreign route
 identical to ours except for its protocol (same destination, gateway,
 device and onlink flag) is a predecessor's and is taken over in place.
@@ -310,7 +312,7 @@ class Reconciler:
         result: PassResult,
     ) -> Skip | None:
         """Write one peer's objects in order (see :meth:`_write_groups`)."""
-        return self._write_groups([objs], by_type, owned, result)[0]
+        return self._write_groups([objs], by_type, owned, result, look_up=True)[0]
 
     def _write_groups(
         self,
@@ -318,11 +320,15 @@ class Reconciler:
         by_type: Mapping[type, Resource],
         owned: set[Slot] | Mapping[Slot, Any],
         result: PassResult,
+        look_up: bool = False,
     ) -> list[Skip | None]:
         """Write each peer's objects in order; a failed step stops that peer's later steps.
 
         Per peer None when all were written, else a Skip (``conflict`` for a
-        foreign object in the way, ``error`` for a failed write).  Step k of
+        foreign object in the way, ``error`` for a failed write).  A peer whose
+        new route a foreign one blocks (known from the pass's dump, or with
+        ``look_up`` one route look-up) is skipped before any of its objects is
+        written: a skipped peer leaves no neighbour or FDB entry.  Step k of
         every peer still going is one batch per resource kind
         (:func:`write_many`: a few netlink round trips for hundreds of peers,
         instead of one per object).
@@ -330,7 +336,11 @@ class Reconciler:
         outcomes: list[Skip | None] = [None] * len(groups)
         kinds: list[list[str]] = [[] for _ in groups]
         done: list[dict[str, str]] = [{} for _ in groups]
-        going = [i for i, objs in enumerate(groups) if objs]
+        for i, objs in enumerate(groups):  # a foreign route in the way: write none of it
+            dst = _blocked(objs, by_type, owned, look_up)
+            if dst is not None:
+                outcomes[i] = _conflict(dst)
+        going = [i for i, objs in enumerate(groups) if objs and outcomes[i] is None]
         step = 0
         while going:
             by_res: dict[str, list[int]] = {}
@@ -348,11 +358,7 @@ class Reconciler:
                         kinds[i].append(res.kind)
                         done[i].update(describe(obj, prefix=f"{res.kind}_"))
                     elif isinstance(error, RouteExists):
-                        outcomes[i] = Skip(
-                            f"the kernel already has a route to {error.dst} that flannelish "
-                            "does not own; left alone",
-                            "conflict",
-                        )
+                        outcomes[i] = _conflict(error.dst)
                     else:
                         log.warning("cannot set %s: %s", res.kind, error, extra=describe(obj))
                         result.errors += 1
@@ -476,6 +482,26 @@ class Reconciler:
         if self._skip_logged.get(subnet) != marker:
             self._skip_logged[subnet] = marker
             log.warning("peer %s skipped: %s", subnet, skip.reason)
+
+
+def _conflict(dst: object) -> Skip:
+    return Skip(
+        f"the kernel already has a route to {dst} that flannelish does not own; left alone",
+        "conflict",
+    )
+
+
+def _blocked(
+    objs: Sequence[Any], by_type: Mapping[type, Resource], owned: Any, look_up: bool
+) -> object | None:
+    """The destination of the first new route of these objects a foreign route blocks."""
+    for obj in objs:
+        res = by_type[type(obj)]
+        blocked = getattr(res, "blocked", None)
+        new = (res.kind, res.key(obj)) not in owned
+        if blocked is not None and new and blocked(obj, look_up):
+            return res.key(obj)
+    return None
 
 
 def _slot(by_type: Mapping[type, Resource], obj: Any) -> Slot:

@@ -132,12 +132,44 @@ class RouteResource:
         self._nl = netlink
         self._proto = proto
         self._families = tuple(families)
+        self._others: dict[Hashable, Route] = {}  # the last dump's foreign routes, by dst
 
     def key(self, obj: Route) -> Hashable:
         return obj.dst
 
     def dump(self, tick: Tick | None = None) -> Sequence[Route]:
-        return [r for family in self._families for r in self._nl.routes(self._proto, family, tick)]
+        """Our routes; the others of the same listing are kept for :meth:`blocked`."""
+        ours: list[Route] = []
+        others: dict[Hashable, Route] = {}
+        for family in self._families:
+            for r in self._nl.routes(None, family, tick):
+                if r.proto == self._proto:
+                    ours.append(r)
+                else:
+                    others[r.dst] = r
+        self._others = others
+        return ours
+
+    def blocked(self, obj: Route, look_up: bool = False) -> bool:
+        """Whether a route we may not replace holds obj's destination (creating obj
+        would raise RouteExists), so a peer can be skipped before anything of it is
+        written: from the last dump, or (``look_up``) one RTM_GETROUTE.  A route
+        identical to ours but for its protocol is taken over, not in the way."""
+        if look_up:
+            try:
+                there = self._nl.route_to(obj.dst)
+            except KernelError:  # `route get` refuses some entries: let create() decide
+                return False
+        else:
+            there = self._others.get(obj.dst)
+        if there is None or there.proto == self._proto:
+            return False
+        return (there.dst, there.gateway, there.oif, there.onlink) != (
+            obj.dst,
+            obj.gateway,
+            obj.oif,
+            obj.onlink,
+        )
 
     def ensure(self, obj: Route) -> None:
         self._nl.replace_route(obj)

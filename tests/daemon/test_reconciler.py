@@ -242,6 +242,30 @@ def test_a_foreign_route_in_the_way_is_left_alone_and_the_peer_is_skipped(kernel
     assert kernel.nl._routes[foreign.dst] == foreign and not kernel.rec.skipped
 
 
+def test_a_peer_a_foreign_route_blocks_gets_no_neighbour_or_fdb_entry_on_either_path(kernel):
+    foreign = Route(IPv4Network("10.244.2.0/24"), IPv4Address("198.18.0.254"), 1, proto=4)
+    kernel.nl.add_foreign_route(foreign)
+    kernel.rec.reconcile([peer(2), peer(3)])
+    neighs, fdbs, _ = entries(kernel)
+    assert neighs == [("10.244.3.0", "0e:00:00:00:00:03")]
+    assert fdbs == [("0e:00:00:00:00:03", "198.18.0.3")]
+    kernel.nl.calls.clear()
+    kernel.rec.reconcile([peer(2), peer(3)])  # still blocked: nothing written, still skipped
+    assert kernel.nl.calls == [] and kernel.rec.skipped[LeaseKey(foreign.dst)].kind == "conflict"
+    # A lease event for a blocked peer writes nothing either.
+    kernel.nl.add_foreign_route(Route(IPv4Network("10.244.4.0/24"), None, 1, proto=3))
+    peers = {p.key: p for p in (peer(2), peer(3), peer(4))}
+    result = kernel.rec.apply_peers([peer(4).key], peers.get)
+    assert kernel.nl.calls == [] and len(entries(kernel)[0]) == 1 and result.needs_full
+    kernel.rec.reconcile(list(peers.values()))
+    assert set(kernel.rec.skipped) == {peer(2).key, peer(4).key}
+    # The foreign route goes: the next pass programs the peer.
+    del kernel.nl._routes[foreign.dst]
+    kernel.rec.reconcile(list(peers.values()))
+    assert set(kernel.rec.skipped) == {peer(4).key}
+    assert ("10.244.2.0", "0e:00:00:00:00:02") in entries(kernel)[0]
+
+
 def test_events_during_a_full_pass_are_applied_without_waiting_for_it(kernel):
     peers = {p.key: p for p in (peer(n) for n in range(2, 40))}
     late = peer(41, mac="0e:00:00:00:00:41", ip="198.18.0.41")
