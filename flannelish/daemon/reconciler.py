@@ -31,7 +31,8 @@ is ours (our route protocol in the dump); otherwise it is created
 exclusively and a foreign route in the way makes the peer skipped
 ("conflict"), left alone; a peer whose route is blocked so is skipped before
 any of its objects is written (no neighbour or FDB entry of a skipped peer),
-and a pass writes nothing for it while the foreign route stays.  One exception, for taking over from flanneld
+and a pass writes nothing for it while the foreign route stays.  One
+exception, for taking over from flanneld
 (:meth:`flannelish.kernel.resources.RouteResource.create`): a foreign route
 identical to ours except for its protocol (same destination, gateway,
 device and onlink flag) is a predecessor's and is taken over in place.
