@@ -99,6 +99,7 @@ class NodeDaemon:
         self.ops: NodeOps | None = None  # when options.node_ops is set
         self._node_id: str | None = None  # flannelish.daemon.identity, set at start
         self._advertised: LeaseAttrs | None = None  # last backend attributes re-put into the lease
+        self._backend_skipped: frozenset[LeaseKey] = frozenset()  # see _skips_changed
         self._owners: Sequence[Owner] = ()  # besides the backend, e.g. the nftables table
         self.config_watch: ConfigWatch | None = None
         self._config: NetworkConfig | None = None  # the network config the daemon started with
@@ -498,11 +499,25 @@ class NodeDaemon:
         assert self.backend is not None
         return dataclasses.replace(self.backend.lease_attrs(), node_id=self._node_id)
 
+    def _skips_changed(self) -> None:
+        """Peers the backend started or stopped skipping (a foreign route in the way,
+        or gone) go to the other loops at once: the anti-spoof set lists only
+        programmed peers, not until the table's next pass."""
+        if self.loop is None:
+            return
+        with self._lock:
+            now = frozenset(self.loop.reconciler.skipped)
+            changed, self._backend_skipped = now ^ self._backend_skipped, now
+        if changed:
+            for loop in self.loops[1:]:
+                loop.notify(changed)
+
     def _after_owner_pass(self, result: PassResult) -> None:
         self._report(table_pass=result.full)
 
     def _after_pass(self, result: PassResult) -> None:
         self.status.last_pass = result
+        self._skips_changed()
         self._report()
         if result.full and self.options.freeze_gc_after_sync and not self._gc_frozen:
             self._gc_frozen = True
