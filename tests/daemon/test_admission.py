@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
@@ -101,3 +101,57 @@ def test_a_rejected_lease_that_turns_good_is_admitted_and_a_good_one_turning_bad
     assert table.apply([Event(EventType.ADDED, good)]) == {good.key}
     assert table.apply([Event(EventType.ADDED, bad)]) == {good.key}
     assert table.get(good.key) is None and good.key in table.rejected()
+
+
+# -- IPv6: the same rules for the IPv6 half (IPv6Network, IPv6SubnetLen, PublicIPv6) ------
+
+NET6 = IPv6Network("fd44::/48")
+OWN6 = IPv6Network("fd44:0:0:1::/64")
+
+
+def lease6(subnet6: str, ip6: str = "fd18::9", subnet: str = "10.244.2.0/24") -> Lease:
+    attrs = LeaseAttrs(IPv4Address("198.18.0.9"), "host-gw", None, IPv6Address(ip6))
+    return Lease(IPv4Network(subnet), attrs, ipv6_subnet=IPv6Network(subnet6))
+
+
+def rules6(**kw) -> AdmissionRules:
+    base = dict(
+        network=IPv4Network("10.244.0.0/16"),
+        subnet_len=24,
+        own_ips=frozenset({IPv4Address("198.18.0.1"), IPv6Address("fd18::1")}),
+        own_subnet=lambda: LeaseKey(OWN, OWN6),
+        ipv6_network=NET6,
+        ipv6_subnet_len=64,
+    )
+    base.update(kw)
+    return AdmissionRules(**base)
+
+
+@pytest.mark.parametrize(
+    ("subnet6", "ip6", "kind"),
+    [
+        ("fd45:0:0:2::/64", "fd18::9", "outside-network"),  # outside IPv6Network
+        ("2001:db8:1:2::/64", "fd18::9", "outside-network"),
+        ("fd18::/64", "fd18::9", "outside-network"),  # the underlay's own prefix
+        ("fd44:0:0:2::/80", "fd18::9", "subnet-length"),
+        ("::/0", "fd18::9", "subnet-length"),  # the default route
+        ("fd44:0:0:1::/64", "fd18::9", "overlap"),  # our own IPv6 lease
+        ("fd44:0:0:2::/64", "fd44:0:0:7::2", "public-ip"),  # inside the pod network
+        ("fd44:0:0:2::/64", "fd18::1", "public-ip"),  # ours
+        ("fd44:0:0:2::/64", "ff02::1", "public-ip"),
+        ("fd44:0:0:2::/64", "::1", "public-ip"),
+        ("fd44:0:0:2::/64", "::", "public-ip"),
+        ("fd44:0:0:2::/64", "fe80::9", "public-ip"),
+    ],
+)
+def test_bad_ipv6_halves_are_rejected_with_their_reason(subnet6, ip6, kind):
+    skip = check_lease(lease6(subnet6, ip6), rules6())
+    assert skip is not None and skip.kind == kind, skip
+
+
+def test_a_good_dual_stack_lease_is_admitted_and_a_family_mismatch_is_not():
+    assert check_lease(lease6("fd44:0:0:2::/64"), rules6()) is None
+    v4_only = check_lease(lease("10.244.2.0/24"), rules6())
+    assert v4_only is not None and v4_only.kind == "family"
+    v6_in_v4_network = check_lease(lease6("fd44:0:0:2::/64"), rules())
+    assert v6_in_v4_network is not None and v6_in_v4_network.kind == "family"
