@@ -17,10 +17,11 @@ from flannelish.errors import ConfigError
 
 from .model import PROTOCOLS, IPBlock, LabelSelector, Peer, Policy, PortSpec, Requirement, Rule
 
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Used with fullmatch: with match() and "$", "web\n" would pass (a value from etcd).
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_PORT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
 
@@ -107,10 +108,10 @@ def parse_policy(doc: dict[str, Any], default_namespace: str = "default") -> Pol
         raise PolicyError("kind", f"must be NetworkPolicy, not {doc.get('kind')!r}")
     meta = _obj(doc.get("metadata"), "metadata")
     name = meta.get("name")
-    if not isinstance(name, str) or not _NAME.match(name) or len(name) > 253:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > 253:
         raise PolicyError("metadata.name", f"must be a DNS-1123 name, not {name!r}")
     namespace = meta.get("namespace", default_namespace)
-    if not isinstance(namespace, str) or not _NAME.match(namespace) or len(namespace) > 63:
+    if not isinstance(namespace, str) or not _NAME.fullmatch(namespace) or len(namespace) > 63:
         raise PolicyError("metadata.namespace", f"must be a DNS-1123 label, not {namespace!r}")
     spec = _obj(doc.get("spec"), "spec")
     _unknown(spec, ("podSelector", "policyTypes", "ingress", "egress"), "spec")
@@ -167,7 +168,7 @@ def parse_selector(value: Any, where: str) -> LabelSelector:
         if op in ("Exists", "DoesNotExist") and values:
             raise PolicyError(f"{w}.values", f"must be empty for {op}")
         for j, v in enumerate(values):
-            if not isinstance(v, str) or not _LABEL_VALUE.match(v) or len(v) > 63:
+            if not isinstance(v, str) or not _LABEL_VALUE.fullmatch(v) or len(v) > 63:
                 raise PolicyError(f"{w}.values[{j}]", f"must be a label value, not {v!r}")
         reqs.append(Requirement(key, op, tuple(values)))
     return LabelSelector(tuple(sorted((str(k), str(v)) for k, v in labels.items())), tuple(reqs))
@@ -175,15 +176,15 @@ def parse_selector(value: Any, where: str) -> LabelSelector:
 
 def _label_key_ok(key: str) -> bool:
     prefix, _, name = key.rpartition("/")
-    if prefix and (len(prefix) > 253 or not all(_NAME.match(p) for p in prefix.split("."))):
+    if prefix and (len(prefix) > 253 or not all(_NAME.fullmatch(p) for p in prefix.split("."))):
         return False
-    return bool(_LABEL_NAME.match(name)) and len(name) <= 63
+    return bool(_LABEL_NAME.fullmatch(name)) and len(name) <= 63
 
 
 def _label(key: Any, value: Any, where: str) -> None:
     if not isinstance(key, str) or not _label_key_ok(key):
         raise PolicyError(where, "not a valid label key")
-    if not isinstance(value, str) or not _LABEL_VALUE.match(value) or len(value) > 63:
+    if not isinstance(value, str) or not _LABEL_VALUE.fullmatch(value) or len(value) > 63:
         raise PolicyError(where, f"must be a label value (a string), not {value!r}")
 
 
@@ -263,7 +264,7 @@ def _port(value: Any, where: str) -> PortSpec:
             port = int(port)
             if not 1 <= port <= 65535:
                 raise PolicyError(f"{where}.port", f"must be 1-65535, not {port}")
-        elif not _PORT_NAME.match(port) or len(port) > 15 or not re.search("[a-z]", port):
+        elif not _PORT_NAME.fullmatch(port) or len(port) > 15 or not re.search("[a-z]", port):
             raise PolicyError(f"{where}.port", f"not a valid port name: {port!r}")
     if end is not None:
         if isinstance(end, bool) or not isinstance(end, int):

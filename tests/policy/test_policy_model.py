@@ -207,3 +207,26 @@ def test_replies_pass() -> None:
     c = compile_policies(w.policies, w.endpoints, w.namespaces, "n1")
     assert verdict(c, IPS["x/a"], IPS["y/b"], "TCP", 80) == "drop"
     assert verdict(c, IPS["x/a"], IPS["y/b"], "TCP", 80, established=True) == "accept"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "spec", "field"),
+    [
+        ({"name": "web\n"}, {"podSelector": {}}, "metadata.name"),
+        ({"name": "p", "namespace": "ns\n"}, {"podSelector": {}}, "metadata.namespace"),
+        ({"name": "p"}, {"podSelector": {"matchLabels": {"app\n": "x"}}}, "spec.podSelector"),
+        ({"name": "p"}, {"podSelector": {"matchLabels": {"app": "x\n"}}}, "spec.podSelector"),
+        (
+            {"name": "p"},
+            {"podSelector": {}, "ingress": [{"ports": [{"port": "http\n"}]}]},
+            "spec.ingress[0].ports[0]",
+        ),
+    ],
+)
+def test_a_trailing_newline_is_not_a_valid_name_label_or_port(metadata, spec, field) -> None:
+    """Names are matched whole: with match() and "$", "web\\n" passed (policies come from etcd)."""
+    doc = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+           "metadata": metadata, "spec": spec}  # fmt: skip
+    with pytest.raises(PolicyError) as err:
+        parse_policies(json.dumps(doc))
+    assert err.value.field.startswith(field), err.value.field
