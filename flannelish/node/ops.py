@@ -25,7 +25,9 @@ clean shutdown (SIGTERM)               ``ops.stop()``
 The health server runs only when ``healthz_port`` is non-zero (flanneld's
 rule).  The nftables table is always created (forward-accept and, unless
 ``vxlan_allow_any``, anti-spoofing are on by default; masquerading only
-with ``ip_masq``) and removed by ``stop()``.
+with ``ip_masq``) and stays when the daemon stops or crashes, like the device
+and the routes (a restarted daemon adopts it); ``flannelish uninstall``
+removes all three.
 """
 
 from __future__ import annotations
