@@ -553,6 +553,7 @@ class CheckResult:
 class Results:
     rows: list[CheckResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    figures: dict[str, str] = field(default_factory=dict)  # measured values, pass or fail
 
     def add(self, name: str, ok: bool | None, detail: str = "") -> None:
         self.rows.append(CheckResult(name, ok, detail))
@@ -588,6 +589,9 @@ def render_table(columns: dict[str, Results], details: bool = True) -> str:
         totals.append(f"{h}: {sum(1 for r in counted if r.ok)}/{len(counted)} pass")
     lines.append("-" * len(lines[0]))
     lines.append(", ".join(totals))
+    for h, res in columns.items():
+        for what, value in res.figures.items():
+            lines.append(f"  [{h}] {what}: {value}")
     if details:
         for h, res in columns.items():
             for r in res.failed:
@@ -958,6 +962,9 @@ class HostileSuite:
         self.etcd.put([BadLease(g4.key, "{not json", g4.subnet)])
         self.etcd.put(nested)
         ok, add, removed, why = self._barrier()
+        for what, took in (("programmed", add), ("removed", removed)):
+            text = "not within 3 s" if took is None else f"{took * 1000:.0f} ms"
+            self.results.figures[f"all bad present: good lease {what} after"] = text
         add_ok = add is not None and add <= FAST_S
         self.results.add(
             "all bad present: a new good lease is programmed within 1 s",
