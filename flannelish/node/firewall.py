@@ -38,6 +38,20 @@ The rule is *armed* only once the peers are known (the first
 before the daemon knows its peers must not black-hole peer traffic (e.g.
 across a daemon restart).  ``allow_any_vxlan`` leaves the rule out.
 
+``prerouting`` / ``output`` (filter, priority raw): ``udp dport P ip saddr
+@vxlan_peers notrack`` / ``udp dport P ip daddr @vxlan_peers notrack``: the
+tunnel's own packets between known peers skip conntrack.  VXLAN is one-way
+UDP (every packet has dport P, the source port is a flow hash), so conntrack
+only ever holds UNREPLIED entries for it: a lookup and an insert per packet
+on both nodes for nothing (bench/datapath.py measures the cost), and entries
+that fill the table on busy nodes.  Calico's Felix and OpenShift SDN install
+the same NOTRACK for their VXLAN port.  Nothing here needs the outer packets
+tracked: the anti-spoof rule is stateless, our masquerade never matches them
+(node addresses are outside N), and untracked packets are NATed by no table
+(so kube-proxy's mark-based masquerade cannot rewrite the tunnel's source
+port either).  Inner pod packets are still tracked (decapsulation resets
+their conntrack state).  ``notrack=False`` leaves the two chains out.
+
 IPv6 (dual stack or IPv6-only: ``network6``/``subnet6``): the same chains,
 rules (``ip6 saddr``/``ip6 daddr``, multicast ``ff00::/8``) and set
 (``vxlan_peers`` of type ipv6_addr, the peers' PublicIPv6: the IPv6 tunnel
@@ -85,6 +99,8 @@ _CHAIN_SPECS = {
     "postrouting": "type nat hook postrouting priority srcnat; policy accept;",
     "forward": "type filter hook forward priority filter; policy accept;",
     "input": "type filter hook input priority filter; policy accept;",
+    "prerouting": "type filter hook prerouting priority raw; policy accept;",
+    "output": "type filter hook output priority raw; policy accept;",
 }
 
 
@@ -181,6 +197,7 @@ class NftRules:
         forward: bool = True,
         masq_host_to_pods: bool = True,
         fully_random: bool = True,
+        notrack: bool = True,
         runner: NftRunner | None = None,
     ) -> None:
         self.network: IPv4Network | None
@@ -200,6 +217,7 @@ class NftRules:
         self.forward = forward
         self.masq_host_to_pods = masq_host_to_pods
         self.fully_random = fully_random
+        self.notrack = notrack
         self.runner: NftRunner = runner or NftCli()
         self._peers: frozenset[PeerIP] | None = None  # None: elements not managed here
         self._armed = False
@@ -257,6 +275,14 @@ class NftRules:
                 Rule("forward", f"{fam} saddr {n} accept", "forward: from pods", fam),
                 Rule("forward", f"{fam} daddr {n} accept", "forward: to pods", fam),
             ]
+        if self.vxlan_port is not None and self.notrack:
+            port, peers = self.vxlan_port, f"@{PEER_SET}"
+            out += [
+                Rule("prerouting", f"udp dport {port} {fam} saddr {peers} notrack",
+                     "notrack: vxlan from peers", fam),
+                Rule("output", f"udp dport {port} {fam} daddr {peers} notrack",
+                     "notrack: vxlan to peers", fam),
+            ]  # fmt: skip
         if self.armed:
             out.append(
                 Rule(

@@ -149,3 +149,39 @@ class Daemon:
 
         if self.proc.poll() is None:
             stop_pid(self.proc.pid, proc=self.proc)
+
+
+class ConntrackProbe:
+    """A test-owned nft table in a node namespace counting, after conntrack has run
+    (priority filter), the tunnel's UDP packets (dport `port`) leaving and arriving
+    by whether conntrack tracked them, and the forwarded inner pod UDP (dport 9999)
+    that it tracked.  Its ct expressions keep conntrack on in the namespace."""
+
+    def __init__(self, netns: str, family: str, port: int) -> None:
+        self.netns, self.family = netns, family
+        tunnel = [f'udp dport {port} ct state untracked counter comment "untracked"',
+                  f'udp dport {port} ct state != untracked counter comment "tracked"']  # fmt: skip
+        chains = {
+            "p_out": ("output", tunnel),
+            "p_pre": ("prerouting", tunnel),
+            "p_fwd": ("forward", ['udp dport 9999 ct state != untracked counter comment "inner"']),
+        }
+        lines = [f"add table {family} ctprobe"]
+        for name, (hook, rules) in chains.items():
+            lines.append(f"add chain {family} ctprobe {name} "
+                         f"{{ type filter hook {hook} priority filter; }}")  # fmt: skip
+            lines += [f"add rule {family} ctprobe {name} {rule}" for rule in rules]
+        run(["nft", "; ".join(lines)], netns=netns)
+
+    def counts(self) -> dict[str, int]:
+        """Packets per comment (untracked / tracked / inner), summed over the chains."""
+        import json
+
+        out = run(["nft", "-j", "list", "table", self.family, "ctprobe"], netns=self.netns)
+        counts: dict[str, int] = {}
+        for item in json.loads(out.stdout)["nftables"]:
+            rule = item.get("rule")
+            if rule:
+                packets = next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+                counts[rule["comment"]] = counts.get(rule["comment"], 0) + packets
+        return counts

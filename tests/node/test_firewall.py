@@ -51,10 +51,45 @@ def test_a_rule_edited_in_place_or_a_new_subnet_is_not_present():
 
 
 def test_no_masq_means_no_nat_chain_but_forward_rules_stay():
-    nft, fake = rules(masq=False)
+    nft, fake = rules(masq=False, notrack=False)
     nft.apply()
     assert set(fake.table["chains"]) == {"forward"}
     assert "delete chain ip flannelish postrouting" in fake.scripts[-1]
+
+
+def test_tunnel_packets_between_peers_skip_conntrack_before_it_runs():
+    nft, fake = rules(vxlan_port=4789)
+    nft.apply()  # not armed yet: the notrack chains do not wait for the peers
+    raw = [(r.chain, r.body) for r in nft.rules() if r.chain in ("prerouting", "output")]
+    # Only the tunnel's UDP port and only between known peers: any other UDP,
+    # and VXLAN from strangers (dropped by the anti-spoof rule), stay tracked.
+    assert raw == [
+        ("prerouting", "udp dport 4789 ip saddr @vxlan_peers notrack"),
+        ("output", "udp dport 4789 ip daddr @vxlan_peers notrack"),
+    ]
+    assert labels(fake.table["chains"]["prerouting"]) == ["notrack: vxlan from peers"]
+    # Raw priority (-300): before conntrack (-200) on both paths a tunnel packet takes.
+    script = fake.scripts[-1]
+    assert "add chain ip flannelish prerouting { type filter hook prerouting priority raw;" in (
+        script
+    )
+    assert "add chain ip flannelish output { type filter hook output priority raw;" in script
+    nft.set_peers(["198.18.0.2"])
+    assert nft.present()
+
+
+def test_without_notrack_or_without_vxlan_the_raw_chains_are_removed():
+    nft, fake = rules()
+    nft.apply()
+    assert {"prerouting", "output"} <= set(fake.table["chains"])
+    for kwargs in ({"notrack": False}, {"vxlan_port": None}):
+        other, _ = rules(**kwargs)
+        other.runner = fake
+        assert not other.present()
+        other.apply()
+        assert not {"prerouting", "output"} & set(fake.table["chains"])
+        assert "delete chain ip flannelish output" in fake.scripts[-1]
+        nft.apply()
 
 
 def test_drop_rule_is_armed_only_once_peers_are_known():

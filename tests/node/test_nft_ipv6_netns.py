@@ -25,6 +25,7 @@ from flannelish.testing.proc import run
 from flannelish.testing.underlay import Host, Underlay
 
 from .conftest import PORT, VNI
+from .ophelpers import ConntrackProbe
 
 NETWORK6 = IPv6Network("fd44::/48")
 
@@ -205,6 +206,32 @@ def test_ipv6_masquerade_hides_pods_from_the_outside_but_not_from_pods(overlay6)
     assert receive(n2.pod, pod_traffic, "pod") == [f"{n1.pod_ip} pod"]
     nft.remove()
     assert "flannelish" not in run(["nft", "list", "tables"], netns=n1.host.netns).stdout
+
+
+def test_ipv6_tunnel_packets_between_peers_skip_conntrack_and_nat_and_filter_stay_right(
+    overlay6,
+):
+    n1, n2 = overlay6.node1, overlay6.node2
+    for node, peer in ((n1, n2), (n2, n1)):
+        nft = rules6(node, masq=True)
+        nft.set_peers([peer.ip6])
+        nft.apply()
+    sender, receiver = (ConntrackProbe(n.host.netns, "ip6", PORT) for n in (n1, n2))
+    world = lambda: send6(n1.pod, overlay6.out_ip, "world")  # noqa: E731
+    assert receive(overlay6.out.netns, world, "world") == [f"{n1.ip6} world"]  # masqueraded
+
+    def traffic() -> None:
+        run(["ip", "netns", "exec", overlay6.rogue.netns, sys.executable, "-c", _SPOOF, n2.ip6,
+             str(PORT), n2.mac, n2.pod_ip, str(VNI), str(n1.subnet.network_address + 0x66)],
+            timeout=60)  # fmt: skip
+        send6(n1.pod, n2.pod_ip, "pod")
+
+    # The pod's own source (no NAT between pods), nothing spoofed.
+    assert receive(n2.pod, traffic, "pod") == [f"{n1.pod_ip} pod"]
+    out, into = sender.counts(), receiver.counts()
+    assert out["untracked"] >= 1 and out["tracked"] == 0  # encapsulated on n1: untracked
+    assert out["inner"] >= 2  # the pod flows themselves are still tracked
+    assert into["untracked"] >= 1 and into["tracked"] == 3  # the rogue's: tracked, dropped
 
 
 @pytest.mark.parametrize("allow_any", [False, True])

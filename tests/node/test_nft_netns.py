@@ -9,7 +9,7 @@ from flannelish.node.firewall import NftRules
 from flannelish.testing.proc import run
 
 from .conftest import NETWORK, PORT
-from .ophelpers import UdpReceiver, ping, send_spoofed_vxlan, send_udp
+from .ophelpers import ConntrackProbe, UdpReceiver, ping, send_spoofed_vxlan, send_udp
 
 
 def nft_rules(overlay_node, **kwargs) -> NftRules:
@@ -88,6 +88,33 @@ def test_masquerade_hides_pods_from_the_outside_but_not_from_pods(overlay):
     finally:
         outside.stop()
         pod2.stop()
+
+
+def test_tunnel_packets_between_peers_skip_conntrack_and_nat_and_filter_stay_right(overlay):
+    n1, n2 = overlay.node1, overlay.node2
+    for node, peer in ((n1, n2), (n2, n1)):
+        nft = nft_rules(node, masq=True)
+        nft.set_peers([peer.host.ip])
+        nft.apply()
+    sender, receiver = (ConntrackProbe(n.host.netns, "ip", PORT) for n in (n1, n2))
+    outside = UdpReceiver(overlay.out.netns)
+    pod2 = UdpReceiver(n2.pod, idle=3.0)
+    try:
+        spoof(overlay)
+        send_udp(n1.pod, str(overlay.out.ip), "to-world")
+        send_udp(n1.pod, n2.pod_ip, "to-pod")
+        assert outside.lines() == [f"{n1.host.ip} to-world"]  # still masqueraded
+        seen = pod2.lines()
+    finally:
+        outside.stop()
+        pod2.stop()
+    assert seen == [f"{n1.pod_ip} to-pod"]  # the pod's own source; nothing spoofed
+    out, into = sender.counts(), receiver.counts()
+    assert out["untracked"] >= 1 and out["tracked"] == 0  # encapsulated on n1: untracked
+    assert out["inner"] >= 2  # the pod flows themselves are still tracked (NAT needs them)
+    # On n2: the peer's packets untracked, the rogue's 3 tracked (not a peer) and dropped.
+    assert into["untracked"] >= 1 and into["tracked"] == 3
+    assert ping(n1.pod, n2.pod_ip)
 
 
 def test_kube_proxy_marked_traffic_is_not_masqueraded(overlay):
