@@ -44,7 +44,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +76,19 @@ def percentile(values: list[float], pct: float) -> float:
 class BenchCluster:
     """Underlay + etcd + daemons in namespaces, all removed on exit."""
 
-    def __init__(self, underlay_network: IPv4Network | None = None) -> None:
+    def __init__(
+        self,
+        underlay_network: IPv4Network | None = None,
+        underlay_network6: IPv6Network | None = None,
+        config: str = CONFIG,
+    ) -> None:
+        """``underlay_network6``: an IPv6 underlay beside the IPv4 one (hosts get
+        ``ip6``); ``config``: the network config put in etcd."""
         from flannelish.testing.netns import NetnsFactory
 
         self.underlay_network = underlay_network
+        self.underlay_network6 = underlay_network6
+        self.config = config
         self.factory = NetnsFactory("flbn")
         self.factory.remove_leftovers()
         self.tmp = Path(tempfile.mkdtemp(prefix="flannelish-bench-"))
@@ -95,11 +104,12 @@ class BenchCluster:
             underlay = Underlay(self.factory)
             if self.underlay_network is not None:
                 underlay.network = self.underlay_network
+            underlay.network6 = self.underlay_network6
             self.underlay = underlay.create()
             self.etcd = start_etcd(
                 name="bench-etcd", host=str(self.underlay.gateway), netns=self.underlay.netns
             )
-            self.etcd.etcdctl("put", KEYS.config, CONFIG)
+            self.etcd.etcdctl("put", KEYS.config, self.config)
         except BaseException:
             self.__exit__()
             raise
