@@ -71,7 +71,7 @@ typecheck: setup
 # `make bench`: every benchmark, each writing bench/benchjson.py's JSON into
 # $(BENCH_RESULTS), then bench/report.py renders $(BENCH_OUT)/summary.md and the
 # PNG plots from whatever results exist (a bench that fails is reported and skipped).
-# About 10-14 minutes on a 2-core machine; `make bench-quick` (~3 min) for development.
+# About 13-18 minutes on a 2-core machine; `make bench-quick` (~4 min) for development.
 # FLANNELD_BIN=/path/to/flanneld adds flanneld's column where a bench supports it.
 BENCH_OUT ?= bench/report
 BENCH_RESULTS := $(BENCH_OUT)/results
@@ -87,9 +87,11 @@ bench: setup
 	run $(PY) bench/cni.py --json $(BENCH_RESULTS)/cni.json; \
 	run $(PY) bench/leases.py --json $(BENCH_RESULTS)/leases.json; \
 	run $(PY) bench/convergence.py --json $(BENCH_RESULTS)/convergence-100.json; \
+	run $(PY) bench/convergence.py --dual-stack --json $(BENCH_RESULTS)/convergence-dual-100.json; \
 	for p in $(BENCH_PEERS); do run $(PY) bench/scale.py --peers $$p --json $(BENCH_RESULTS)/scale-$$p.json; done; \
 	for p in $(BENCH_POPULATION); do run $(PY) bench/convergence.py --population $$p --json $(BENCH_RESULTS)/population-$$p.json; done; \
 	run $(PY) bench/datapath.py --json $(BENCH_RESULTS)/datapath.json; \
+	run $(PY) bench/datapath.py --family 6 --json $(BENCH_RESULTS)/datapath-6.json; \
 	run $(PY) bench/fleet.py --nodes $(BENCH_FLEET_NODES) --json $(BENCH_RESULTS)/fleet.json; \
 	run $(PY) bench/hostile.py; \
 	echo "benchmarks took $$((SECONDS - start)) s"
@@ -101,8 +103,10 @@ bench-quick: setup
 	run $(PY) bench/cni.py --quick --json $(BENCH_RESULTS)/cni.json; \
 	run $(PY) bench/leases.py --nodes 20 --writes 10 --json $(BENCH_RESULTS)/leases.json; \
 	run $(PY) bench/convergence.py --peers 20 --json $(BENCH_RESULTS)/convergence-20.json; \
+	run $(PY) bench/convergence.py --dual-stack --peers 20 --json $(BENCH_RESULTS)/convergence-dual-20.json; \
 	run $(PY) bench/scale.py --peers 100 --json $(BENCH_RESULTS)/scale-100.json; \
 	run $(PY) bench/datapath.py --seconds 1 --rounds 1 --json $(BENCH_RESULTS)/datapath.json; \
+	run $(PY) bench/datapath.py --family 6 --seconds 1 --rounds 1 --json $(BENCH_RESULTS)/datapath-6.json; \
 	run $(PY) bench/fleet.py --quick --json $(BENCH_RESULTS)/fleet.json; \
 	echo "benchmarks took $$((SECONDS - start)) s"
 	$(PY) bench/report.py --results $(BENCH_RESULTS) --out $(BENCH_OUT)

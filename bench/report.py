@@ -11,7 +11,7 @@ so -- and writes into the output directory:
   convergence-cdf.png     lease put/delete -> route in the kernel, vs etcd watch
   peers.png               per-event convergence p50/p99 and daemon RSS vs peers
   cold-sync.png           cold sync time vs peers, iproute2 -batch and flanneld
-  throughput.png          iperf3 Gbit/s per case (backend, family) vs hand-built
+  throughput.png          iperf3 Gbit/s per case and IP family vs hand-built
   fleet.png               fleet simulator: watch fan-out CDFs vs one watcher alone,
                           lease-storm acquire times (bench/fleet.py)
 
@@ -104,11 +104,19 @@ def from_population(raw: dict[str, Any]) -> Doc:
 
 
 def from_datapath(raw: dict[str, Any]) -> Doc:
-    """bench/datapath.py --json's own flat JSON as a results document."""
+    """bench/datapath.py --json's own flat JSON as a results document.
+
+    ``--family 6`` runs' figures are named ``datapath.ipv6.*`` (both runs have
+    the same cases); their ethtool findings become notes."""
+    family = int(raw.get("family", 4))
+    pre = "datapath" if family == 4 else "datapath.ipv6"
+    params = {"seconds": raw.get("seconds_per_run"), "rounds": raw.get("rounds")}
+    if family != 4:
+        params.update(family=family, mtu=raw.get("mtu"))
     doc: Doc = {
         "format": "flannelish-bench/1",
         "bench": "datapath",
-        "params": {"seconds": raw.get("seconds_per_run"), "rounds": raw.get("rounds")},
+        "params": params,
         "host": {
             "cpus": os.cpu_count(),
             "loadavg_start": [raw.get("loadavg_1m_before", 0.0)],
@@ -119,6 +127,7 @@ def from_datapath(raw: dict[str, Any]) -> Doc:
         "sample_units": {},
         "notes": ["from bench/datapath.py --json (its own flat JSON, adapted by report.py)"],
     }
+    doc["notes"] += [f"ethtool -k {line}" for line in raw.get("ethtool", [])]
     base = raw.get("hand_vxlan_gbps_median")
     for key, value in sorted(raw.items()):
         if key.endswith("_gbps_median"):
@@ -128,14 +137,18 @@ def from_datapath(raw: dict[str, Any]) -> Doc:
                 fig.update(baseline=base, baseline_name="hand-built vxlan", ratio=value / base)
             if name == "product_cross_node":
                 fig["goal"] = ">= 0.97x"
-            doc["figures"][f"datapath.{name}"] = fig
+            doc["figures"][f"{pre}.{name}"] = fig
         elif key.endswith("_cpu_s_per_gb_median"):
             name = key.removesuffix("_cpu_s_per_gb_median")
-            doc["figures"][f"datapath.cpu.{name}"] = {"value": value, "unit": "CPU-s/GB"}
+            doc["figures"][f"{pre}.cpu.{name}"] = {"value": value, "unit": "CPU-s/GB"}
     for key in ("paired_ratio_median", "cpu_ratio"):
         full = f"product_cross_node_vs_hand_vxlan_{key}"
         if full in raw:
-            doc["figures"][f"datapath.product_vs_hand.{key}"] = {"value": raw[full], "unit": "x"}
+            doc["figures"][f"{pre}.product_vs_hand.{key}"] = {"value": raw[full], "unit": "x"}
+    # The tunnel's notrack: hand-built + the product's table, with vs without it.
+    for key in ("notrack_paired_ratio_median", "notrack_cpu_ratio"):
+        if key in raw:
+            doc["figures"][f"{pre}.{key}"] = {"value": raw[key], "unit": "x"}
     return doc
 
 

@@ -150,3 +150,44 @@ def test_datapath_flat_json_is_read_and_plotted(tmp_path: Path) -> None:
     text = (out / "summary.md").read_text()
     assert "| datapath.product_cross_node | 9.70 | Gbit/s | 10.0 (hand-built vxlan) | 0.97x" in text
     assert "| >= 0.97x | met |" in text
+
+
+def test_ipv6_datapath_and_dual_stack_convergence_are_reported_beside_ipv4(tmp_path: Path) -> None:
+    results, out = tmp_path / "results", tmp_path / "report"
+    results.mkdir()
+    common = {"hand_vxlan_gbps_median": 10.0, "seconds_per_run": 3, "rounds": 5}
+    (results / "datapath.json").write_text(
+        json.dumps({**common, "product_cross_node_gbps_median": 9.8})
+    )
+    v6 = {
+        **common,
+        "family": 6,
+        "mtu": 1430,
+        "product_cross_node_gbps_median": 9.0,
+        "underlay_gbps_median": 20.0,
+        "notrack_paired_ratio_median": 1.05,
+        "ethtool": ["flannel-v6.1 vs hv.42: identical"],
+        "loadavg_1m_before": 11.0,
+    }
+    (results / "datapath-6.json").write_text(json.dumps(v6))
+    conv = benchjson.Results("convergence", str(results / "convergence-dual-100.json"),
+                             peers=100, dual_stack=1)  # fmt: skip
+    conv.figure("convergence.dual_stack.add.p99", 90.0, "ms", 5.0, "etcd watch", "< 200 ms")
+    conv.samples("convergence.dual_stack.add", [40.0, 90.0], "ms")
+    conv.write()
+    report.render(results, out)
+    text = (out / "summary.md").read_text()
+    # Both families' goals, each judged on its own run's hand-built baseline.
+    assert "| datapath.product_cross_node | 9.80 | Gbit/s | 10.0 (hand-built vxlan) | 0.98x" in text
+    assert (
+        "| datapath.ipv6.product_cross_node | 9.00 | Gbit/s | 10.0 (hand-built vxlan) | 0.90x"
+        in (text)
+    )
+    assert "| datapath.ipv6.product_cross_node | 9.00 Gbit/s | 0.90x | >= 0.97x | **missed** |" in (
+        text
+    )
+    assert "| datapath.ipv6.notrack_paired_ratio_median | 1.05 | x |" in text
+    assert "datapath (family=6, mtu=1430, rounds=5, seconds=3)" in text
+    assert "- ethtool -k flannel-v6.1 vs hv.42: identical" in text
+    assert "| convergence.dual_stack.add.p99 | 90.0 ms | 18.00x | < 200 ms | met |" in text
+    assert (out / "throughput.png").exists() and (out / "convergence-cdf.png").exists()
