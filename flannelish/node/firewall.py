@@ -39,18 +39,13 @@ before the daemon knows its peers must not black-hole peer traffic (e.g.
 across a daemon restart).  ``allow_any_vxlan`` leaves the rule out.
 
 ``prerouting`` / ``output`` (filter, priority raw): ``udp dport P ip saddr
-@vxlan_peers notrack`` / ``udp dport P ip daddr @vxlan_peers notrack``: the
-tunnel's own packets between known peers skip conntrack.  VXLAN is one-way
-UDP (every packet has dport P, the source port is a flow hash), so conntrack
-only ever holds UNREPLIED entries for it: a lookup and an insert per packet
-on both nodes for nothing (bench/datapath.py measures the cost), and entries
-that fill the table on busy nodes.  Calico's Felix and OpenShift SDN install
-the same NOTRACK for their VXLAN port.  Nothing here needs the outer packets
-tracked: the anti-spoof rule is stateless, our masquerade never matches them
-(node addresses are outside N), and untracked packets are NATed by no table
-(so kube-proxy's mark-based masquerade cannot rewrite the tunnel's source
-port either).  Inner pod packets are still tracked (decapsulation resets
-their conntrack state).  ``notrack=False`` leaves the two chains out.
+@vxlan_peers notrack`` / ``... ip daddr @vxlan_peers notrack``: VXLAN is
+one-way UDP, so conntrack only ever held UNREPLIED entries for the tunnel (a
+lookup and insert per packet on both nodes, entries that fill the table);
+Calico's Felix and OpenShift SDN skip it for their VXLAN port the same way.
+The anti-spoof rule is stateless and the masquerade rules never match outer
+packets; inner pod packets stay tracked (docs/flannel-compat.md §9).
+``notrack=False`` leaves the two chains out.
 
 IPv6 (dual stack or IPv6-only: ``network6``/``subnet6``): the same chains,
 rules (``ip6 saddr``/``ip6 daddr``, multicast ``ff00::/8``) and set
@@ -276,13 +271,9 @@ class NftRules:
                 Rule("forward", f"{fam} daddr {n} accept", "forward: to pods", fam),
             ]
         if self.vxlan_port is not None and self.notrack:
-            port, peers = self.vxlan_port, f"@{PEER_SET}"
-            out += [
-                Rule("prerouting", f"udp dport {port} {fam} saddr {peers} notrack",
-                     "notrack: vxlan from peers", fam),
-                Rule("output", f"udp dport {port} {fam} daddr {peers} notrack",
-                     "notrack: vxlan to peers", fam),
-            ]  # fmt: skip
+            for chain, side, way in (("prerouting", "saddr", "from"), ("output", "daddr", "to")):
+                body = f"udp dport {self.vxlan_port} {fam} {side} @{PEER_SET} notrack"
+                out.append(Rule(chain, body, f"notrack: vxlan {way} peers", fam))
         if self.armed:
             out.append(
                 Rule(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from ipaddress import IPv4Address
+from typing import Any
 
 from flannelish.node.checks import Finding, Severity
 from flannelish.node.facts import NodeFacts
@@ -29,6 +30,16 @@ def _peer_ips(facts: NodeFacts) -> list[IPv4Address] | None:
             for lease in facts.leases
             if lease.subnet != own and lease.attrs.public_ip != local
         }
+    )
+
+
+def _tunnel_untracked(ruleset: Sequence[Any]) -> bool:
+    """Our table's notrack chain for the tunnel's packets from peers is loaded."""
+    return any(
+        item.get("chain", {}).get("table") == "flannelish"
+        and item["chain"].get("family") == "ip"
+        and item["chain"].get("name") == "prerouting"
+        for item in ruleset
     )
 
 
@@ -54,8 +65,13 @@ def _check_nft(facts: NodeFacts) -> list[Finding]:
         peers = _peer_ips(facts)
         sources: Sequence[IPv4Address | None] = peers if peers else [None]
         seen: set[tuple[str, str, str, str]] = set()
+        untracked = _tunnel_untracked(facts.ruleset)
         for src in sources:
-            pkt = Packet("udp", port, saddr=src, daddr=dev.local, iifname=ul.name if ul else None)
+            # A peer's VXLAN skips conntrack under our table (node/firewall.py): a
+            # foreign rule admitting only `ct state new` would drop it.
+            state = "untracked" if untracked and src is not None else "new"
+            pkt = Packet("udp", port, saddr=src, daddr=dev.local,
+                         iifname=ul.name if ul else None, ct_state=state)  # fmt: skip
             for block in input_blocks(facts.ruleset, pkt):
                 ours = block.table == "flannelish" and block.family == "ip"
                 if ours and src is None:

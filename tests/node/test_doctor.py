@@ -134,6 +134,20 @@ def test_firewall_dropping_the_vxlan_port_is_an_error_naming_the_rule():
                                            _udp_drop("fw", "in", 4789)])) == []  # fmt: skip
 
 
+def test_a_rule_admitting_only_new_vxlan_drops_the_peers_untracked_tunnel():
+    # Foreign input chain: policy drop, `ct state new udp dport 8472 accept`.
+    admit_new = {"rule": {"family": "inet", "table": "fw", "chain": "in", "handle": 5, "expr": [
+        {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}},
+        {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}},
+                   "right": 8472}}, {"accept": None}]}}  # fmt: skip
+    foreign = [_chain("fw", "in", "input", "drop"), admit_new]
+    assert check_firewall(healthy(ruleset=foreign)) == []  # tracked: the packet is new
+    # Our table skips conntrack for the tunnel from peers: they arrive untracked.
+    notrack = _chain("flannelish", "prerouting", "prerouting", family="ip")
+    (f,) = check_firewall(healthy(ruleset=[*foreign, notrack]))
+    assert "VXLAN (udp/8472) from peer 198.18.0.2 is dropped by table inet fw" in f.message
+
+
 def test_foreign_forward_drop_policy_is_reported_but_our_own_table_is_not():
     (f,) = check_firewall(healthy(ruleset=[_chain("filter", "FORWARD", "forward", "drop", "ip")]))
     assert "forwarded pod traffic (10.244.0.0/16) is dropped by table ip filter" in f.message
