@@ -63,6 +63,10 @@ element by element like any kernel object.  This module holds the desired
 state, its rendering into one nft transaction and the parsing of ``nft -j``
 listings; nft itself is run through flannelish.kernel.nft.
 
+A little over the usual ~450 lines: the desired rules, their one-transaction
+rendering and the parsing of the listing are one contract (what ``present``
+compares is what ``render`` writes), so they stay together.
+
 Every rule carries a comment "<purpose> #<digest of the rule text>";
 :meth:`NftRules.present` compares the per-chain comment lists (and, when
 managed here, the set elements) with the desired state, which
