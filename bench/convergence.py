@@ -60,10 +60,6 @@ PREFIX = "/coreos.com/network"
 KEYS = Keys(PREFIX)
 Net = IPv4Network | IPv6Network
 CONFIG = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'
-DUAL_CONFIG = (  # --dual-stack: the IPv6 half over the fd18::/64 underlay
-    '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd44::/48",'
-    '"IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}'
-)
 
 
 def lease_value(n: int, public_ip: str | None = None, public_ipv6: str | None = None) -> str:
@@ -840,6 +836,7 @@ def main() -> int:
         print(json.dumps(measure_inside(args.inside, args.peers, args.dual_stack)))
         return 0
     sys.path.insert(0, str(ROOT))
+    from flannelish.testing.flannel import DUAL as DUAL_CONFIG
     from flannelish.testing.underlay import UNDERLAY_NETWORK6
 
     dual = ["--dual-stack"] if args.dual_stack else []

@@ -50,12 +50,15 @@ br_netfilter running the IPv4 hooks on it) and conntrack, which the
 masquerade chain needs (and kube-proxy's Services need for pod-to-pod replies,
 so a pod-to-pod ``notrack`` is not an option); turning conntrack off entirely
 or br_netfilter off did not move the cost by more than the noise (< 5 %).
-IPv6 (2 cores, load 6-12): the devices carry the same features as the hand-built
-ones again (``ethtool -k`` flannel-v6.1 / hv.42, veths, pod eth0: identical; GRO
-is off on both sides' host veths, the veth default); the product costs about
-10 % more CPU per byte than the bare hand-built VXLAN, most of it the table's
-conntrack of the inner pod flows (the hand-built pair with the same table costs
-nearly as much), the rest cni0 with br_netfilter.
+IPv6 (2 cores; 4 runs of 7 rounds at load 0.5-12): the devices carry the same
+features as the hand-built ones again (``ethtool -k`` flannel-v6.1 / hv.42, the
+veths, pod eth0: identical; GRO off on both sides' host veths, the veth
+default).  The product reached 0.69-0.90x the bare hand-built VXLAN (paired);
+at load 0.5: 0.86x, the hand-built pair with the product's table 0.92x, the
+product against that pair 0.96x.  So most of the gap is the table's conntrack
+of the inner pod flows (masquerade and kube-proxy need it), the rest cni0 with
+br_netfilter; the tunnel's notrack moved the table's cost by 2-6 % CPU per GB,
+within this rig's noise.
 Run as root: ``.venv/bin/python bench/datapath.py [--family 4|6] [--seconds 3] [--rounds 5]
 [--json PATH]``.
 """
@@ -77,6 +80,7 @@ from typing import Any
 
 from convergence import BenchCluster
 
+from flannelish.testing.flannel import DUAL as DUAL_CONFIG
 from flannelish.testing.underlay import UNDERLAY_NETWORK6
 
 MTU = 1450  # IPv4: underlay 1500 - 50 (VXLAN over IPv4)
@@ -85,10 +89,6 @@ HAND_NET = "10.99"  # the hand-built overlay's pods: 10.99.<n>.0/24
 # --ip-family dual` builds it; the IPv6 tunnel runs over IPv6, so its MTU is
 # underlay - 70 (docs/flannel-compat.md §14), and FLANNEL_MTU (both families' pods)
 # is the smaller of the two tunnels'.
-DUAL_CONFIG = (
-    '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd44::/48",'
-    '"IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}'
-)
 HAND_NET6 = "fd44:0:0:99"  # the hand-built IPv6 overlay's pods: fd44:0:0:99<n>::/64
 HAND_PORT = 4789
 
