@@ -97,9 +97,10 @@ DEFAULT_VXLAN_PORT = 8472
 _CHAIN_SPECS = {
     "postrouting": "type nat hook postrouting priority srcnat; policy accept;",
     "forward": "type filter hook forward priority filter; policy accept;",
-    "input": "type filter hook input priority filter; policy accept;",
     "prerouting": "type filter hook prerouting priority raw; policy accept;",
     "output": "type filter hook output priority raw; policy accept;",
+    # Last: it is created when the drop rule arms, so a restored table lists alike.
+    "input": "type filter hook input priority filter; policy accept;",
 }
 
 
