@@ -59,7 +59,7 @@ class Keys:
 NO_IPV4 = IPv4Network("0.0.0.0/0")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeaseKey:
     """The identity of a lease, and so of a peer: its IPv4 and/or IPv6 subnet.
 

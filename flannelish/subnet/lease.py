@@ -38,7 +38,7 @@ class LeaseDecodeError(FlannelishError):
     """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeaseAttrs:
     """What a node advertises about itself (the JSON value of a lease key)."""
 
@@ -105,7 +105,7 @@ class LeaseAttrs:
         return cls(public_ip, backend_type, data or None, public_ipv6, data_v6 or None, node_id)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Lease:
     """A subnet held by one node.
 
@@ -119,15 +119,17 @@ class Lease:
     lease_id: int = 0
     ipv6_subnet: IPv6Network | None = None
     mod_revision: int = field(default=0, compare=False)
+    # The lease's identity (both families), what peers are keyed by: made once,
+    # so the peer table, the reconciler and the firewall owner all hold one
+    # object per lease (at 5000 peers each copy cost about 0.5 MB).
+    key: LeaseKey = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", LeaseKey.of(self.subnet, self.ipv6_subnet))
 
     @property
     def reserved(self) -> bool:
         return self.lease_id == 0
-
-    @property
-    def key(self) -> LeaseKey:
-        """The lease's identity (both families); what peers are keyed by."""
-        return LeaseKey.of(self.subnet, self.ipv6_subnet)
 
     @property
     def ipv4_subnet(self) -> IPv4Network | None:
@@ -140,7 +142,7 @@ class EventType(enum.Enum):
     REMOVED = "removed"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     """A change in the set of leases.
 
