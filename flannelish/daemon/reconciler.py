@@ -39,7 +39,7 @@ device and onlink flag) is a predecessor's and is taken over in place.
 The diff (flannelish.daemon.diff) is a pure function, unit-tested without
 a kernel.
 
-A little over the usual ~450 lines: the two paths above share ``_OwnerState``
+Longer than the usual ~450 lines: the two paths above share ``_OwnerState``
 and must be read together to see that neither undoes the other.
 """
 
@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flannelish.daemon.diff import describe, diff
+from flannelish.daemon.peerlog import PER_PASS_PEER_LINES, PeerLog
 from flannelish.errors import KernelError
 from flannelish.kernel.netlink import RouteExists
 from flannelish.kernel.resources import Owner, Resource, Skip, write_many
@@ -143,6 +144,7 @@ class Reconciler:
         self._skip_logged: dict[LeaseKey, tuple[str, Any]] = {}
         self._touched: set[Slot] | None = None  # slots events changed during a full pass
         self._touched_peers: set[LeaseKey] = set()
+        self._peer_log = PeerLog()  # events: every peer at info
 
     @property
     def skipped(self) -> dict[LeaseKey, Skip]:
@@ -167,6 +169,7 @@ class Reconciler:
         result = PassResult()
         self._touched, self._touched_peers = set(), set()
         slicer = _Slicer(between or (lambda: None))
+        self._peer_log = PeerLog(PER_PASS_PEER_LINES)
         try:
             for owner, state in zip(self.owners, self._state, strict=True):
                 try:
@@ -179,6 +182,8 @@ class Reconciler:
                 self._full(owner, state, peers, result, slicer)
         finally:
             self._touched = None
+            self._peer_log.summary()
+            self._peer_log = PeerLog()
         result.skipped = len(self.skipped)
         result.seconds = time.monotonic() - started
         return result
@@ -368,9 +373,7 @@ class Reconciler:
             going = [i for i in going if outcomes[i] is None and step < len(groups[i])]
         for i in range(len(groups)):
             if kinds[i]:
-                # One line per peer listing every entry written (a cold start with
-                # 1000 peers logs 1000 lines, not 3000).
-                log.info("set %s", "+".join(kinds[i]), extra={"op": "replace", **done[i]})
+                self._peer_log.written(kinds[i], done[i])
         return outcomes
 
     # -- per-event path -------------------------------------------------------------
@@ -384,13 +387,18 @@ class Reconciler:
         """Program exactly these peers (added, changed or removed) against what we last wrote."""
         started = time.monotonic()
         result = PassResult(full=False)
-        for owner, state in zip(self.owners, self._state, strict=True):
-            # An owner may write single events differently from a pass (the nft
-            # owner batches a pass's elements into one transaction).
-            resources = getattr(owner, "event_resources", owner.resources)()
-            by_type = {r.record: r for r in resources}
-            for subnet in subnets:
-                self._apply_peer(owner, state, subnet, lookup(subnet), by_type, result)
+        # An event between the slices of a full pass still names its peers at info.
+        pass_log, self._peer_log = self._peer_log, PeerLog()
+        try:
+            for owner, state in zip(self.owners, self._state, strict=True):
+                # An owner may write single events differently from a pass (the nft
+                # owner batches a pass's elements into one transaction).
+                resources = getattr(owner, "event_resources", owner.resources)()
+                by_type = {r.record: r for r in resources}
+                for subnet in subnets:
+                    self._apply_peer(owner, state, subnet, lookup(subnet), by_type, result)
+        finally:
+            self._peer_log = pass_log
         result.skipped = len(self.skipped)
         result.seconds = time.monotonic() - started
         return result

@@ -408,3 +408,32 @@ def test_a_full_pass_writes_step_by_step_and_a_failed_step_stops_only_its_peer(k
     assert peer(5).key not in kernel.rec.programmed() and peer(6).key in kernel.rec.programmed()
     kernel.nl.replace_neigh = replace_neigh  # the next pass completes the peer
     assert kernel.rec.reconcile(peers).changes == 3 and len(kernel.nl.routes()) == 38
+
+
+def test_a_cold_start_logs_one_summary_and_an_event_logs_its_peer(kernel, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="flannelish.reconciler")
+    peers = {p.key: p for p in (peer(n) for n in range(2, 102))}
+    kernel.rec.reconcile(list(peers.values()))
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert infos == ["set neigh+fdb+route"] * 20 + [
+        "set neigh+fdb+route for 80 more peers (each at debug level)"
+    ]
+    caplog.clear()
+    new = peer(150)
+    peers[new.key] = new
+    kernel.rec.apply_peers([new.key], peers.get)
+    [line] = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert line.getMessage() == "set neigh+fdb+route"
+    assert line.route_dst == "10.244.150.0/24"  # the peer is named on its own line
+
+
+def test_with_debug_on_every_peer_of_a_cold_start_is_named(kernel, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="flannelish.reconciler")
+    kernel.rec.reconcile([peer(n) for n in range(2, 102)])
+    named = [r for r in caplog.records if r.getMessage() == "set neigh+fdb+route"]
+    assert len(named) == 100
+    assert [r.levelno for r in named] == [logging.INFO] * 20 + [logging.DEBUG] * 80
