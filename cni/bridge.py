@@ -37,11 +37,11 @@ import errno
 import ipaddress
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from flannelish.errors import CniCode, KernelError
 from flannelish.kernel.mac import random_mac
-from flannelish.kernel.netlink import MAIN_TABLE, RTPROT_BOOT, Addr, Link, Route
+from flannelish.kernel.netlink import MAIN_TABLE, RTPROT_BOOT, Addr, IPAddress, Link, Route
 from flannelish.kernel.netns import current_netns_fd, in_netns, open_netns, same_netns
 from flannelish.kernel.rawnetlink import RawNetlink
 
@@ -379,20 +379,28 @@ def _chain(prev: dict | None, ours: dict) -> dict:
 # --- DEL ---------------------------------------------------------------------
 
 
-def _masq_families(conf: NetConf) -> tuple[str, ...]:
-    """The nft families (masq.FAMILIES) this network's pods can have chains in."""
-    if conf.ipam.range_sets:
-        versions = {r.subnet.version for rset in conf.ipam.range_sets for r in rset}
-        return tuple(f for f, v in (("ip", 4), ("ip6", 6)) if v in versions)
-    return masq.FAMILIES  # unknown (delegated IPAM, or no subnet.env): look in both
+def _masq_families(conf: NetConf, held: Iterable[IPAddress] = ()) -> tuple[str, ...]:
+    """The nft families (masq.FAMILIES) a pod of this network can have chains in.
+
+    ``held``: the pod's addresses in the IPAM store.  A pod added while the
+    network was dual-stack keeps its IPv6 chain after the network became
+    IPv4-only; its stored IPv6 address sends DEL and GC to that table too.
+    """
+    if not conf.ipam.range_sets:
+        return masq.FAMILIES  # unknown (delegated IPAM, or no subnet.env): look in both
+    versions = {r.subnet.version for rset in conf.ipam.range_sets for r in rset}
+    versions |= {ip.version for ip in held}
+    return tuple(f for f, v in (("ip", 4), ("ip6", 6)) if v in versions)
 
 
-def _masq_teardown(call: Call, container_id: str | None = None) -> None:
+def _masq_teardown(
+    call: Call, container_id: str | None = None, held: Iterable[IPAddress] = ()
+) -> None:
     with call.in_host():
         masq.teardown(
             call.conf.name,
             container_id or call.inv.container_id,
-            families=_masq_families(call.conf),
+            families=_masq_families(call.conf, held),
         )
 
 

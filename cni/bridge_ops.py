@@ -14,7 +14,7 @@ import ipaddress
 import os
 
 from flannelish.errors import CniCode
-from flannelish.kernel.netlink import Addr
+from flannelish.kernel.netlink import Addr, IPAddress
 from flannelish.kernel.rawnetlink import RawNetlink
 
 from . import ipam, masq, result
@@ -47,7 +47,10 @@ def cmd_del(call: Call) -> None:
             finally:
                 os.close(pod_fd)
     if _masq_maybe(conf):  # before the reservation: see the module docstring
-        _masq_teardown(call)
+        held = (
+            [] if conf.ipam.delegated else ipam.find(conf.store_dir, inv.container_id, inv.ifname)
+        )
+        _masq_teardown(call, held=held)
         _kill_point("del:masq")
     if conf.ipam.delegated:
         with call.in_host():
@@ -157,9 +160,12 @@ def cmd_gc(call: Call) -> None:
     if not _masq_maybe(conf):
         return
     errors = []
-    for container_id in sorted({entry.container_id for entry in released}):
+    held: dict[str, list[IPAddress]] = {}
+    for entry in released:
+        held.setdefault(entry.container_id, []).append(entry.ip)
+    for container_id in sorted(held):
         try:
-            _masq_teardown(call, container_id)
+            _masq_teardown(call, container_id, held[container_id])
         except Exception as exc:  # GC continues past errors and reports them all
             errors.append(f"{container_id}: {exc}")
     if errors:

@@ -284,3 +284,35 @@ def test_upstream_flannel_plugin_attaches_a_dual_stack_pod_from_our_subnet_env(c
     assert ping6(pod, V6_GW)
     cni.call("DEL", conf, netns=pod, binary=binary).ok()
     assert "eth0" not in cni.links(pod)
+
+
+def _network_becomes_ipv4_only(cni: Cni) -> None:
+    lines = ["FLANNEL_NETWORK=10.244.0.0/16", f"FLANNEL_SUBNET={SUBNET}.1/24"]
+    lines += ["FLANNEL_MTU=1450", "FLANNEL_IPMASQ=false"]
+    (cni.run_dir / "subnet.env").write_text("".join(f"{line}\n" for line in lines))
+
+
+def test_del_after_the_network_lost_ipv6_removes_the_pods_ipv6_nat_too(cni_latest):
+    cni = cni_latest
+    write_env(cni, "dual", ipmasq=False)  # the plugin masquerades: NAT chains in ip and ip6
+    pod = cni.pod()
+    cni.add(pod)
+    _network_becomes_ipv4_only(cni)
+    cni.delete(pod)
+    ruleset = run(["ip", "netns", "exec", cni.host, "nft", "list", "ruleset"]).stdout
+    assert "CNI-" not in ruleset
+    assert store_ips(cni) == []
+
+
+def test_gc_after_the_network_lost_ipv6_removes_the_pods_ipv6_nat_too(cni_latest):
+    cni = cni_latest
+    write_env(cni, "dual", ipmasq=False)
+    pod = cni.pod()
+    cni.add(pod, cid="gone")
+    _network_becomes_ipv4_only(cni)
+    gc = cni.conf(**{"cni.dev/valid-attachments": []})
+    cni.call("GC", gc, cid=None, ifname=None).ok()
+    ruleset = run(["ip", "netns", "exec", cni.host, "nft", "list", "ruleset"]).stdout
+    from flannelish.cni.masq import chain_name
+
+    assert chain_name(cni.name, "gone") not in ruleset
