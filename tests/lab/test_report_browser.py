@@ -57,6 +57,16 @@ def _every_lane_shows(driver, flows: list[dict]) -> None:
         assert "journey ok" in section.get_attribute("class")
 
 
+def _browser_screenshot_dir(tmp_path: Path) -> Path:
+    """Skip the browser half when no browser runs here; else where screenshots go."""
+    reason = browser.unavailable()
+    if reason:
+        pytest.skip(f"no browser check: {reason}")
+    shots = Path(os.environ.get("FLANNELISH_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    return shots
+
+
 def _report_cost(stdout: str) -> float:
     return float(re.search(r"\(([\d.]+)s on top of verify", stdout).group(1))
 
@@ -107,13 +117,9 @@ def test_live_lab_nodes_report_and_diagram_in_a_browser(lab_cli, tmp_path):
     assert "node3 daemon down" in down.stderr and "node1-node3 unhealthy" in down.stderr
 
     # -- a real browser -----------------------------------------------------------------------
-    reason = browser.unavailable()
-    if reason:
-        pytest.skip(f"no browser check: {reason}")
+    shots = _browser_screenshot_dir(tmp_path)
     from selenium.webdriver.common.by import By
 
-    shots = Path(os.environ.get("FLANNELISH_SCREENSHOTS") or tmp_path)
-    shots.mkdir(parents=True, exist_ok=True)
     with browser.chromium() as driver:
         driver.get(index.as_uri())
         assert "flannelish verify" in driver.title
@@ -182,13 +188,9 @@ def test_dual_stack_lab_nodes_and_report_per_family_in_a_browser(lab_cli, tmp_pa
     flows = json.loads((report_dir / "pcaps" / "flows.json").read_text())
     assert sorted(f["family"] for f in flows) == [4] * 4 + [6] * 4
 
-    reason = browser.unavailable()
-    if reason:
-        pytest.skip(f"no browser check: {reason}")
+    shots = _browser_screenshot_dir(tmp_path)
     from selenium.webdriver.common.by import By
 
-    shots = Path(os.environ.get("FLANNELISH_SCREENSHOTS") or tmp_path)
-    shots.mkdir(parents=True, exist_ok=True)
     with browser.chromium() as driver:
         driver.get((report_dir / "index.html").as_uri())
         _every_lane_shows(driver, flows)
