@@ -195,6 +195,58 @@ def _policy_rows(table: _Rows, pol: dict[str, Any]) -> None:
         table.add_row("", f"[yellow]skipped {escape(key)}: {escape(str(why))}[/]")
 
 
+def _wireguard_rows(table: _Rows, wg: dict[str, Any]) -> None:
+    """The WireGuard section: implementation and key, then per device (flannel-wg,
+    flannel-wg-v6) its family, port and wireguard-go, and the peers on it."""
+    from rich.markup import escape
+
+    table.add_row(
+        "wireguard",
+        f"{escape(wg.get('implementation') or '-')}; public key {wg.get('public_key') or '-'}",
+    )
+    mode = wg.get("key_file_mode")
+    bad = mode is None or int(mode, 8) & 0o077
+    shown = mode or "MISSING"
+    table.add_row(
+        "key file",
+        f"{'[red]' if bad else ''}{escape(str(wg.get('key_file')))} mode {shown}"
+        f"{'[/]' if bad else ''}",
+    )
+    devices = [d for d in wg.get("devices") or [] if isinstance(d, dict)]
+    if not devices:  # a daemon from before per-device status: its one device
+        devices = [
+            {
+                "device": wg.get("device") or "-",
+                "wireguard_go_pid": wg.get("wireguard_go_pid"),
+                "wireguard_go_restarts": wg.get("wireguard_go_restarts", 0),
+            }
+        ]
+    peers = [p for p in wg.get("peers") or [] if isinstance(p, dict)]
+    for dev in devices:
+        name = str(dev.get("device") or "-")
+        facts = [f.replace("ipv", "IPv") for f in dev.get("families") or []]
+        if dev.get("listen_port"):
+            facts.append(f"udp/{dev['listen_port']}")
+        if dev.get("wireguard_go_pid"):
+            facts.append(
+                f"wireguard-go pid {dev['wireguard_go_pid']}, "
+                f"{dev.get('wireguard_go_restarts', 0)} restart(s)"
+            )
+        table.add_row(f"  {name}", escape(", ".join(facts) or "-"))
+        for peer in peers:
+            if peer.get("device", name) != name:
+                continue
+            age = peer.get("handshake_age_seconds")
+            hs = "[yellow]no handshake[/]" if age is None else f"handshake {age:.0f}s ago"
+            # An IPv6 endpoint is "[fd18::2]:51821": escaped, or rich reads it as a tag.
+            allowed = ", ".join(peer.get("allowed_ips") or [])
+            where = escape(f"{allowed} at {peer.get('endpoint') or '-'}")
+            table.add_row(
+                "",
+                f"{where}: {hs}, rx {peer.get('rx_bytes', 0)} B, tx {peer.get('tx_bytes', 0)} B",
+            )
+
+
 def render_status(doc: dict[str, Any]) -> list[str]:
     """The status document as rich-markup lines."""
     from rich.markup import escape
@@ -241,27 +293,7 @@ def render_status(doc: dict[str, Any]) -> list[str]:
         table.add_row("last reconcile", "-")
     wg = doc.get("wireguard")
     if wg:
-        impl = wg.get("implementation") or "-"
-        if wg.get("wireguard_go_pid"):
-            impl += (
-                f", pid {wg['wireguard_go_pid']}, {wg.get('wireguard_go_restarts', 0)} restart(s)"
-            )
-        table.add_row("wireguard", f"{impl}; public key {wg.get('public_key') or '-'}")
-        mode = wg.get("key_file_mode")
-        bad = mode is None or int(mode, 8) & 0o077
-        shown = mode or "MISSING"
-        table.add_row(
-            "key file",
-            f"{'[red]' if bad else ''}{wg.get('key_file')} mode {shown}{'[/]' if bad else ''}",
-        )
-        for peer in wg.get("peers", []):
-            age = peer.get("handshake_age_seconds")
-            hs = "[yellow]no handshake[/]" if age is None else f"handshake {age:.0f}s ago"
-            table.add_row(
-                "",
-                f"{', '.join(peer.get('allowed_ips') or [])} at {peer.get('endpoint') or '-'}: "
-                f"{hs}, rx {peer.get('rx_bytes', 0)} B, tx {peer.get('tx_bytes', 0)} B",
-            )
+        _wireguard_rows(table, wg)
     pol = doc.get("policy")
     if pol:
         _policy_rows(table, pol)
