@@ -9,16 +9,20 @@ few lines of options around a call into flannelish.lab.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from flannelish.errors import ExitCode, FlannelishError, NotAvailableError
 from flannelish.lab import names
+
+if TYPE_CHECKING:
+    from flannelish.lab.state import NodeState
 
 _STATE_DIR_HELP = "Where labs keep their state, logs and sockets."
 
@@ -295,13 +299,7 @@ def lab_exec(name: str, state_dir: Path, target: str, command: tuple[str, ...]) 
     argv = ["ip", "netns", "exec", netns, *command]
     node = state.node(target)
     if node is not None:
-        from flannelish.kernel.wireguard_go import node_wireguard_go
-
-        go = node_wireguard_go(Path(node.subnet_file).parent)
-        if go is not None and go.private_run:
-            # The node's wireguard-go has its own /run/wireguard: `wg show` must see it.
-            ns = f"/proc/{go.pid}/ns"
-            argv = ["nsenter", f"--mount={ns}/mnt", f"--net={ns}/net", "--", *command]
+        argv = _with_wireguard_sockets(node, argv)
     # Inside the lab, `flannelish status`, `doctor`, `leases` and friends just work:
     # our own bin dir on PATH, and in a node the node daemon's settings
     # (FLANNELD_HEALTHZ_PORT, FLANNELD_SUBNET_FILE, FLANNELD_ETCD_ENDPOINTS, ...).
@@ -310,6 +308,36 @@ def lab_exec(name: str, state_dir: Path, target: str, command: tuple[str, ...]) 
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])
     env.update(state.node_env(target))
     os.execvpe(argv[0], argv, env)
+
+
+def _with_wireguard_sockets(node: NodeState, argv: list[str]) -> list[str]:
+    """`argv` (``ip netns exec NODE ...``) with the node's WireGuard devices in
+    /run/wireguard, so `wg show` sees them.
+
+    Each of the node's wireguard-go (one per device: flannel-wg, flannel-wg-v6)
+    keeps its socket in a private /run/wireguard of its own; the command gets a
+    private mount namespace whose /run/wireguard (a tmpfs) links to each of them.
+    """
+    from flannelish.kernel.wireguard_go import node_wireguard_go
+
+    links = []
+    for device in names.WIREGUARD_DEVICES.values():
+        go = node_wireguard_go(Path(node.subnet_file).parent, device)
+        if go is not None and go.private_run:
+            links.append(f"ln -s {shlex.quote(go.socket_path())} /run/wireguard/{device}.sock")
+    if not links:
+        return argv
+    script = " && ".join(
+        [
+            "mkdir -p /run/wireguard",
+            "mount -t tmpfs -o mode=0700,size=1m flannelish-wg /run/wireguard",
+            *links,
+            'exec "$@"',
+        ]
+    )
+    head, command = argv[:4], argv[4:]  # ip netns exec NETNS | COMMAND
+    return [*head, "unshare", "--mount", "--propagation", "private", "--",
+            "sh", "-c", script, "sh", *command]  # fmt: skip
 
 
 @lab.command("diagram")
@@ -420,9 +448,14 @@ def verify(name: str, state_dir: Path, pcap: Path | None, report_dir: Path | Non
     report = run_verify(state, pcap, hop_dir)
     console.print(render.verify_table(report.analysis))
     counts = report.analysis.counts
+    tunnelled = (
+        f"{counts['wireguard']} WireGuard packets"
+        if state.spec.backend == "wireguard"
+        else f"{counts['vxlan']} VXLAN pod packets"
+    )
     console.print(
         f"captured {report.analysis.frames} frames on {names.BRIDGE} in {state.underlay_netns} "
-        f"({time.monotonic() - started:.1f}s): {counts['vxlan']} VXLAN pod packets, "
+        f"({time.monotonic() - started:.1f}s): {tunnelled}, "
         f"{counts['pod-unencapsulated']} unencapsulated pod packets,\n"
         f"{counts['underlay']} other underlay packets, {counts['non-ip']} non-IP frames; "
         f"pcap: {report.pcap}"

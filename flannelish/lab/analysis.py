@@ -218,13 +218,16 @@ def analyze(frames: Iterable[Any], expected: Expected) -> Analysis:
         if seen is None:
             result.counts["non-ip"] += 1
             continue
+        wg = _wireguard_type(data, expected.port) if expected.backend == "wireguard" else 0
         if expected.backend == "wireguard":
-            raw.append((seen, data, _wireguard_type(data, expected.port)))
+            raw.append((seen, data, wg))
         if seen.fragment or seen.inner_fragment:
             fragments.append(seen)
         if seen.pod_src in pod_net or seen.pod_dst in pod_net:
             pod.append(seen)
             result.counts["vxlan" if seen.encapsulated else "pod-unencapsulated"] += 1
+        elif wg:
+            result.counts["wireguard"] += 1
         else:
             result.counts["underlay"] += 1
 
@@ -232,7 +235,6 @@ def analyze(frames: Iterable[Any], expected: Expected) -> Analysis:
     plain = [s for s in pod if not s.encapsulated]
     if expected.backend == "wireguard":
         result.verdicts = _WireguardChecks(expected, encap, plain, fragments, raw).run()
-        result.counts["wireguard"] = sum(1 for _s, _r, wg in raw if wg)
         return result
     check = _VxlanChecks if expected.backend == "vxlan" else _HostGwChecks
     result.verdicts = check(expected, encap, plain, fragments).run()
@@ -435,8 +437,9 @@ PROBE_PATTERN = b"x" * 24  # flannelish.lab.probe's TCP/UDP payload
 
 
 def _udp_ports(frame: bytes) -> tuple[int, int, bytes] | None:
+    """(source port, destination port, payload) of a UDP datagram over IPv4 or IPv6."""
     ethertype, payload = _ethertype_payload(frame)
-    outer = _ip_header(payload) if ethertype == 0x0800 else None
+    outer = _ip_header(payload) if ethertype in _ETHERTYPES else None
     if outer is None or outer[2] != 17 or outer[4]:
         return None
     udp = payload[outer[5] :]
@@ -459,6 +462,16 @@ def _wireguard_type(frame: bytes, port: int) -> int:
     if body[0] == 4 and len(body) < 32:
         return 0  # data: 16-byte header + ciphertext (padded to 16, up to the MTU) + 16-byte tag
     return body[0]
+
+
+def _neighbour_discovery(frame: bytes) -> bool:
+    """An ICMPv6 neighbour discovery message (router/neighbour solicitation and
+    advertisement, redirect): the IPv6 underlay's own housekeeping, as ARP is IPv4's."""
+    ethertype, payload = _ethertype_payload(frame)
+    outer = _ip_header(payload) if ethertype == 0x86DD else None
+    if outer is None or outer[2] != 58 or outer[4] or len(payload) <= outer[5]:
+        return False
+    return payload[outer[5]] in range(133, 138)
 
 
 class _WireguardChecks:
@@ -500,13 +513,20 @@ class _WireguardChecks:
         return Verdict(name, PASS, f"{len(want)} node pairs, {data} data packets")
 
     def _only_wireguard(self) -> Verdict:
+        """Between the nodes' addresses of the family, only WireGuard to and from the
+        family's port (flannel-wg's ListenPort, flannel-wg-v6's ListenPortV6); WireGuard
+        anywhere else (another family's addresses, another host) is wrong."""
+        family = self.e.family
         name = f"pod traffic crosses only as WireGuard udp/{self.e.port} between node IPs"
         bad = [s.describe() for s in self.plain]
         for s, data, wg in self.raw:
             between = s.outer_src in self.nodes and s.outer_dst in self.nodes
             if wg and not between:
-                bad.append(f"WireGuard {s.outer_src}->{s.outer_dst} not between nodes")
-            elif between and not wg:
+                bad.append(
+                    f"WireGuard {s.outer_src}->{s.outer_dst} not between the nodes' "
+                    f"IPv{family} addresses"
+                )
+            elif between and not wg and not _neighbour_discovery(data):
                 ports = _udp_ports(data)
                 what = f"udp {ports[0]}->{ports[1]}" if ports else s.proto
                 bad.append(f"{what} {s.outer_src}->{s.outer_dst} (not WireGuard)")
@@ -519,7 +539,8 @@ class _WireguardChecks:
         if bad:
             return Verdict(name, FAIL, f"{len(bad)} frames: {_examples(bad)}")
         count = sum(1 for _s, _r, wg in self.raw if wg)
-        return Verdict(name, PASS, f"{count} WireGuard packets, 0 plaintext pod packets")
+        over = f" over IPv{family}" if family == 6 else ""
+        return Verdict(name, PASS, f"{count} WireGuard packets{over}, 0 plaintext pod packets")
 
     def _opaque(self) -> Verdict:
         name = "no inner pod address or payload is readable in any underlay frame"

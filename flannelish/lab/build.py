@@ -413,21 +413,27 @@ class _Builder:
         return missing
 
     def _missing_wireguard_peers(self) -> list[str]:
-        """WireGuard: one route for the network via flannel-wg, and every peer on the device."""
+        """WireGuard, per family: one route for the family's network via its device
+        (flannel-wg, flannel-wg-v6), and every peer's subnet on that device."""
         from flannelish.kernel.wireguard_go import node_device_state
 
         missing = []
-        for node in self.state.nodes:
-            have = {(r.get("dst"), r.get("dev")) for r in _routes(node.netns)}
-            if (self.spec.network, "flannel-wg") not in have:
-                missing.append(f"{node.name} has no route to {self.spec.network} via flannel-wg")
-            dev = node_device_state(Path(node.subnet_file).parent)
-            allowed = {str(n) for p in dev.peers for n in p.allowed_ips} if dev else set()
-            for peer in self.state.nodes:
-                if peer is not node and peer.subnet not in allowed:
-                    missing.append(
-                        f"{node.name} has no WireGuard peer for {peer.name}'s {peer.subnet}"
-                    )
+        for family in self.spec.families:
+            device = names.wireguard_device(family)
+            network = self.spec.network6 if family == 6 else self.spec.network
+            for node in self.state.nodes:
+                have = {(r.get("dst"), r.get("dev")) for r in _routes(node.netns, family)}
+                if (network, device) not in have:
+                    missing.append(f"{node.name} has no route to {network} via {device}")
+                dev = node_device_state(Path(node.subnet_file).parent, device)
+                allowed = {str(n) for p in dev.peers for n in p.allowed_ips} if dev else set()
+                for peer in self.state.nodes:
+                    subnet = peer.subnet_of(family)
+                    if peer is not node and subnet not in allowed:
+                        missing.append(
+                            f"{node.name} has no WireGuard peer on {device} for "
+                            f"{peer.name}'s {subnet}"
+                        )
         return missing
 
 

@@ -51,7 +51,7 @@ class Family:
     ip: str  # underlay address = the public IP peers reach it on
     public_ip: str
     subnet: str
-    device: str = ""  # flannel.1, flannel-v6.1, flannel-wg
+    device: str = ""  # flannel.1, flannel-v6.1, flannel-wg, flannel-wg-v6
     vtep_mac: str = ""
 
 
@@ -96,13 +96,17 @@ class Topology:
     port: int = 0
     nodes: list[NodeBox] = field(default_factory=list)
     peers: list[PeerLink] = field(default_factory=list)
+    families: tuple[int, ...] = (4,)  # the IP versions the lab carries
 
     @property
     def backend_label(self) -> str:
         if self.backend == "vxlan":
             return f"VXLAN VNI {self.vni}, udp/{self.port}"
         if self.backend == "wireguard":
-            return f"WireGuard udp/{self.port}"
+            if len(self.families) == 1:
+                return f"WireGuard udp/{names.wireguard_port(self.families[0])}"
+            ports = ", ".join(f"udp/{names.wireguard_port(f)} (IPv{f})" for f in self.families)
+            return f"WireGuard {ports}"
         return self.backend
 
 
@@ -126,7 +130,14 @@ def _peer_label(topo: Topology, a: NodeBox, b: NodeBox) -> str:
                 ]
         return "\n".join(["host-gw routes", *lines])
     if topo.backend == "wireguard":
-        return f"WireGuard udp/{topo.port}\n{a.ip} ↔ {b.ip}"
+        # One device per family (Mode separate), each over its own underlay family.
+        pairs = [(fa, fb) for fa, fb in zip(a.families, b.families, strict=False)]
+        if len(pairs) <= 1:
+            port = names.wireguard_port(pairs[0][0].version if pairs else 4)
+            ends = f"{pairs[0][0].ip} ↔ {pairs[0][1].ip}" if pairs else f"{a.ip} ↔ {b.ip}"
+            return f"WireGuard udp/{port}\n{ends}"
+        lines = [f"udp/{names.wireguard_port(fa.version)} {fa.ip} ↔ {fb.ip}" for fa, fb in pairs]
+        return "\n".join(["WireGuard", *lines])
     return topo.backend
 
 
@@ -162,7 +173,10 @@ def build_topology(state: LabState, views: dict[str, Any]) -> Topology:
         underlay_netns=state.underlay_netns,
         etcd=state.etcd_endpoint,
         vni=spec.vni if spec.backend == "vxlan" else 0,
-        port={"vxlan": spec.port, "wireguard": names.WIREGUARD_PORT}.get(spec.backend, 0),
+        port={"vxlan": spec.port, "wireguard": names.wireguard_port(spec.families[0])}.get(
+            spec.backend, 0
+        ),
+        families=spec.families,
     )
     for node in state.nodes:
         view = views.get(node.name)
@@ -228,6 +242,9 @@ def _node_label(node: NodeBox, topo: Topology) -> str:
         if topo.backend == "vxlan":
             device = fam.device or f"{'flannel-v6' if fam.version == 6 else 'flannel'}.{topo.vni}"
             rows.append(f"{escape(device)} VTEP {escape(fam.vtep_mac or '-')}")
+        elif topo.backend == "wireguard":
+            device = fam.device or names.wireguard_device(fam.version)
+            rows.append(f"{escape(device)} udp/{names.wireguard_port(fam.version)}")
     rows.append(f"MTU {node.mtu or '-'} (cni0, pods)")
     if node.key:
         rows.append(f"key {escape(short_key(node.key))}")

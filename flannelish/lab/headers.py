@@ -1,6 +1,6 @@
 """The headers scapy decodes in one captured frame, with the fields a reader needs.
 
-`decode_layers(raw, link, tunnel_port)` turns a frame of a per-hop capture
+`decode_layers(raw, link, tunnel_port, tunnel)` turns a frame of a per-hop capture
 (an Ethernet frame, or a bare IP packet from a TUN device such as
 wireguard-go's ``flannel-wg``) into `Layer`s: Ethernet, IPv4 or IPv6, UDP,
 VXLAN and the pod's own frame inside it, or a WireGuard data message whose
@@ -42,16 +42,20 @@ class Layer:
         return next((f.value for f in self.fields if f.name == name), "")
 
 
-def _tunnel_classes(tunnel_port: int) -> tuple[Any, ...]:
+def _tunnel_classes(tunnel_port: int, tunnel: str) -> tuple[Any, ...]:
+    """VXLAN and WireGuard, with `tunnel`'s bound to `tunnel_port` (only that one:
+    scapy tries bindings in order, and VXLAN bound to a WireGuard port, such as
+    flannel-wg-v6's 51821, would win over WireGuard there)."""
     from scapy.contrib.wireguard import Wireguard
     from scapy.layers.inet import UDP
     from scapy.layers.vxlan import VXLAN
     from scapy.packet import bind_layers
 
-    if tunnel_port:
-        bind_layers(UDP, VXLAN, dport=tunnel_port)
+    if tunnel_port and tunnel == "wireguard":
         bind_layers(UDP, Wireguard, dport=tunnel_port)
         bind_layers(UDP, Wireguard, sport=tunnel_port)
+    elif tunnel_port:
+        bind_layers(UDP, VXLAN, dport=tunnel_port)
     return VXLAN, Wireguard
 
 
@@ -67,15 +71,18 @@ def _first(raw: bytes, link: str) -> Any:
     return IP(raw) if version == 4 else IPv6(raw) if version == 6 else Raw(raw)
 
 
-def decode_layers(raw: bytes, link: str = "ether", tunnel_port: int = 8472) -> list[Layer]:
-    """The headers of one frame (`link`: "ether", or "raw" for a bare IP packet)."""
+def decode_layers(
+    raw: bytes, link: str = "ether", tunnel_port: int = 8472, tunnel: str = "vxlan"
+) -> list[Layer]:
+    """The headers of one frame (`link`: "ether", or "raw" for a bare IP packet;
+    `tunnel`: "vxlan" or "wireguard", the protocol on UDP port `tunnel_port`)."""
     from scapy.contrib.wireguard import WireguardTransport
     from scapy.layers.inet import ICMP, IP, TCP, UDP
     from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
     from scapy.layers.l2 import ARP, Ether
     from scapy.packet import Raw
 
-    vxlan, wireguard = _tunnel_classes(tunnel_port)
+    vxlan, wireguard = _tunnel_classes(tunnel_port, tunnel)
     pkt = _first(raw, link)
     # Everything in front of the tunnel header belongs to the tunnel.
     tunnelled = any(layer in (vxlan, wireguard) for layer in pkt.layers())

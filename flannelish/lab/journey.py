@@ -102,6 +102,9 @@ class FlowSpec:
     family: int = 4
     src_node_ip: str = ""  # the nodes' public addresses of the family: the tunnel's ends
     dst_node_ip: str = ""
+    # The UDP port of the family's tunnel: VXLAN's, or the family's WireGuard device's
+    # (flannel-wg 51820, flannel-wg-v6 51821); 0: the port `build` is given.
+    tunnel_port: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         doc = dict(self.__dict__)
@@ -472,9 +475,12 @@ def build(
 ) -> Journey:
     """Follow one packet of `flow` through its hops (frames: hop key -> captured frames).
 
-    `tunnel_port`: the VXLAN port, or WireGuard's listen port.
+    `tunnel_port`: the VXLAN port, or WireGuard's listen port (the flow's own
+    `FlowSpec.tunnel_port` when it has one).
     """
+    tunnel_port = flow.tunnel_port or tunnel_port
     port = tunnel_port if flow.backend == "wireguard" else 0
+    tunnel = "wireguard" if flow.backend == "wireguard" else "vxlan"
     by_hop = {hop.key: packets_of(frames.get(hop.key, []), hop.link, port) for hop in flow.hops}
     anchor = None
     for hop in flow.hops:
@@ -499,7 +505,7 @@ def build(
             found = sealed(packets, plain, flow)
         if found is not None:
             st.seen, st.packet = True, found
-            st.layers = decode_layers(found.raw, hop.link, tunnel_port)
+            st.layers = decode_layers(found.raw, hop.link, tunnel_port, tunnel)
             if hop.link == "raw":
                 st.notes.append("a layer-3 (TUN) device: bare IP packets, no Ethernet header")
             looking_for = found if found.encrypted else anchor

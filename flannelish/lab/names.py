@@ -35,6 +35,11 @@ MAX_NODES = 50  # .1-.50 on the underlay; .254 is the bridge/etcd
 MAX_PODS_PER_NODE = 50
 BACKENDS = ("vxlan", "host-gw", "wireguard")
 WIREGUARD_PORT = 51820
+# The lab's WireGuard runs Flannel's default Mode "separate" (docs/flannel-compat.md §8a):
+# one device per IP family, IPv4 pods over the IPv4 underlay to ListenPort and IPv6
+# pods over the IPv6 underlay to ListenPortV6.
+WIREGUARD_PORT6 = 51821
+WIREGUARD_DEVICES = {4: "flannel-wg", 6: "flannel-wg-v6"}
 # A unix socket path must fit in sun_path (108 bytes incl. NUL); the daemon's
 # socket lives next to each node's subnet file inside the state dir.
 MAX_SOCKET_PATH = 100
@@ -91,6 +96,16 @@ def gateway_ip6() -> IPv6Address:
 def families_of(ip_family: str) -> tuple[int, ...]:
     """The IP versions a lab of `ip_family` carries: (4,), (4, 6) or (6,)."""
     return {"ipv4": (4,), "dual": (4, 6), "ipv6": (6,)}[ip_family]
+
+
+def wireguard_port(family: int) -> int:
+    """The UDP port a lab node's WireGuard device of IP version `family` listens on."""
+    return WIREGUARD_PORT6 if family == 6 else WIREGUARD_PORT
+
+
+def wireguard_device(family: int) -> str:
+    """The WireGuard device carrying IP version `family`'s pod packets (Mode separate)."""
+    return WIREGUARD_DEVICES[family]
 
 
 def etcd_host(ip_family: str) -> str:

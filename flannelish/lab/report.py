@@ -4,9 +4,9 @@ While `verify` generates its traffic, `HopCapture` records every hop of four
 flows per IP family of the lab (one cross-node flow per protocol, ICMP, TCP
 and UDP, and one same-node flow) in one `flannelish.lab.hops` process: the
 source pod's eth0, its node's cni0, the family's tunnel device
-(flannel.<VNI> or flannel-v6.<VNI> for VXLAN, flannel-wg for WireGuard, none
-for host-gw) and eth0, the underlay bridge, and the same in reverse on the
-destination node.  Afterwards `write_report` follows one packet of each
+(flannel.<VNI> or flannel-v6.<VNI> for VXLAN, flannel-wg or flannel-wg-v6
+for WireGuard, none for host-gw) and eth0, the underlay bridge, and the same
+in reverse on the destination node.  Afterwards `write_report` follows one packet of each
 flow through those captures (`journey.build`), draws the lab (`diagram`) and
 writes ``DIR/index.html`` (self-contained: inline CSS and SVG, no script, no
 network) next to ``DIR/pcaps/<hop>.pcap`` and ``DIR/pcaps/flows.json``.
@@ -80,7 +80,7 @@ def tunnel_device(state: LabState, family: int) -> tuple[str, str] | None:
         return f"{prefix}.{state.spec.vni}", "VXLAN device"
     if backend == "wireguard":
         # The lab's WireGuard runs Mode separate: one device per family.
-        return ("flannel-wg-v6" if family == 6 else "flannel-wg"), "WireGuard device"
+        return names.wireguard_device(family), "WireGuard device"
     return None
 
 
@@ -169,6 +169,7 @@ def _family_flows(
                     family=family,
                     src_node_ip=node_ip(a),
                     dst_node_ip=node_ip(b),
+                    tunnel_port=tunnel_port(state, family),
                 )
             )
     if same:
@@ -189,6 +190,7 @@ def _family_flows(
                 family=family,
                 src_node_ip=node_ip(a),
                 dst_node_ip=node_ip(b),
+                tunnel_port=tunnel_port(state, family),
             )
         )
     return flows
@@ -278,14 +280,17 @@ class ReportResult:
         return all(j.ok for j in self.journeys)
 
 
-def tunnel_port(state: LabState) -> int:
-    """The UDP port of the lab's tunnel: VXLAN's, or WireGuard's listen port."""
-    return names.WIREGUARD_PORT if state.spec.backend == "wireguard" else state.spec.port
+def tunnel_port(state: LabState, family: int | None = None) -> int:
+    """The UDP port of the lab's tunnel for IP version `family` (default: the lab's
+    first): VXLAN's, or the family's WireGuard device's listen port."""
+    if state.spec.backend != "wireguard":
+        return state.spec.port
+    return names.wireguard_port(family or state.spec.families[0])
 
 
 def build_journeys(pcap_dir: Path, port: int) -> list[jr.Journey]:
     """Every flow recorded in pcap_dir/flows.json, followed through its per-hop pcaps
-    (`port`: the tunnel's UDP port, `tunnel_port`)."""
+    (`port`: the tunnel's UDP port, `tunnel_port`, for flows that do not name their own)."""
     import json
 
     if not (pcap_dir / FLOWS_FILE).exists():

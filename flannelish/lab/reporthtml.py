@@ -211,7 +211,9 @@ def render(
     verdict_ok = analysis.ok and all(j.ok for j in journeys)
     backend = spec.backend + {
         "vxlan": f" (VNI {spec.vni}, udp/{spec.port})",
-        "wireguard": f" (udp/{names.WIREGUARD_PORT}, encrypted)",
+        "wireguard": " ("
+        + ", ".join(f"udp/{names.wireguard_port(f)}" for f in spec.families)
+        + ", encrypted)",
     }.get(spec.backend, "")
     networks = ", ".join(spec.network6 if f == 6 else spec.network for f in spec.families)
     marks = {PASS: "✓ pass", FAIL: "✗ FAIL"}

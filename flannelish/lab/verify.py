@@ -209,7 +209,7 @@ def expected_for(state: LabState, cross: set[Flow], same: set[Flow], family: int
         backend=spec.backend,
         pod_network=ip_network(spec.network6 if family == 6 else spec.network),
         vni=spec.vni,
-        port=names.WIREGUARD_PORT if spec.backend == "wireguard" else spec.port,
+        port=names.wireguard_port(family) if spec.backend == "wireguard" else spec.port,
         overlay_mtu=overlay_mtu,
         underlay_mtu=_underlay_mtu(state),
         node_subnets={
@@ -235,7 +235,7 @@ def analyze_families(state: LabState, frames: list[bytes], cross: set[Flow],
         part = analyze(frames, expected_for(state, cross, same, family))
         for v in part.verdicts:
             merged.verdicts.append(Verdict(f"IPv{family}: {v.name}", v.status, v.detail))
-        for key in ("vxlan", "pod-unencapsulated"):
+        for key in ("vxlan", "pod-unencapsulated", "wireguard"):
             merged.counts[key] += part.counts[key]
         merged.counts["non-ip"] = part.counts["non-ip"]
     merged.counts["underlay"] = merged.frames - sum(merged.counts.values())
@@ -291,7 +291,12 @@ def verify(state: LabState, pcap: Path | None = None, hop_dir: Path | None = Non
         pairs = f"{len(p.cross)} cross-node and {len(p.same)} same-node pod pairs"
         analysis.verdicts.insert(0, Verdict(name, PASS, pairs))
     if state.spec.backend == "wireguard":
-        analysis.verdicts.append(handshake_verdict(state))
+        families = state.spec.families
+        for family in families:
+            verdict = handshake_verdict(state, family)
+            if families != (4,):
+                verdict.name = f"IPv{family}: {verdict.name}"
+            analysis.verdicts.append(verdict)
     if pcap is not None:
         pcap.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out, pcap)
@@ -300,32 +305,42 @@ def verify(state: LabState, pcap: Path | None = None, hop_dir: Path | None = Non
     return VerifyReport(analysis, pcap or out, generated, errors, hop_dir, hop_seconds)
 
 
-def handshake_verdict(state: LabState) -> Verdict:
-    """WireGuard: every node completed a handshake with every peer (from each device)."""
+def handshake_verdict(state: LabState, family: int = 4) -> Verdict:
+    """WireGuard: every node completed a handshake with every peer on the family's
+    device (flannel-wg, flannel-wg-v6), each peer dialled at its public address
+    of that family."""
     from flannelish.kernel.wireguard_go import node_device_state
 
+    device = names.wireguard_device(family)
     name = "every node completed a WireGuard handshake with every peer"
     bad = []
     pairs = 0
     for node in state.nodes:
-        dev = node_device_state(Path(node.subnet_file).parent)
+        dev = node_device_state(Path(node.subnet_file).parent, device)
         if dev is None:
-            bad.append(f"{node.name}: no wireguard-go device")
+            bad.append(f"{node.name}: no wireguard-go device {device}")
             continue
-        peers = {p.endpoint.split(":")[0]: p for p in dev.peers}
+        peers = {endpoint_host(p.endpoint): p for p in dev.peers}
         for other in state.nodes:
             if other is node:
                 continue
-            p = peers.get(other.ip)
+            p = peers.get(other.addr(family))
             if p is None:
-                bad.append(f"{node.name} has no peer {other.name}")
+                bad.append(f"{node.name} has no peer {other.name} at {other.addr(family)}")
             elif not p.last_handshake:
                 bad.append(f"{node.name}: no handshake with {other.name}")
             else:
                 pairs += 1
     if bad:
         return Verdict(name, FAIL, _examples_of(bad))
-    return Verdict(name, PASS, f"{pairs} node-to-peer handshakes")
+    return Verdict(name, PASS, f"{pairs} node-to-peer handshakes on {device}")
+
+
+def endpoint_host(endpoint: str) -> str:
+    """The address of a WireGuard endpoint: ``198.18.0.2:51820`` -> ``198.18.0.2``,
+    ``[fd18::2]:51821`` -> ``fd18::2``."""
+    host = endpoint.rpartition(":")[0]
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
 def _examples_of(items: list[str]) -> str:

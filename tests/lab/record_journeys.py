@@ -44,16 +44,19 @@ def main(src: Path, dst: Path, port: int) -> None:
             elif plain is not None:
                 ends = (j.flow.src_node_ip, j.flow.dst_node_ip)
                 frames = list(read_pcap(src / f"{st.hop.key}.pcap"))
-                for p in jr.packets_of(frames, st.hop.link, port):
+                for p in jr.packets_of(frames, st.hop.link, j.flow.tunnel_port or port):
                     if p.encrypted and (p.src, p.dst) == ends and plain.ts <= p.ts <= st.packet.ts:
                         keep[st.hop.key].add(p.index)
     wanted = {(f.src, f.dst, f.proto) for f in flows} | {(f.dst, f.src, f.proto) for f in flows}
+    # Each family's tunnel port (dual-stack WireGuard: 51820 and 51821), the given one first.
+    ports = list(dict.fromkeys([port, *(f.tunnel_port or port for f in flows)]))
     sizes = {}
     for key in sorted(keep):
         link = pcap_link(src / f"{key}.pcap")
         kept, count, decoys = [], dict.fromkeys(wanted, 0), 0
         for index, (ts, raw) in enumerate(read_pcap(src / f"{key}.pcap"), start=1):
-            p = jr.pod_packet(ts, index, raw, link, port)
+            found = [jr.pod_packet(ts, index, raw, link, each) for each in ports]
+            p = next((q for q in found if q is not None and q.encrypted), found[0])
             mine = p is not None and (p.src, p.dst, p.proto) in wanted
             if mine and count[(p.src, p.dst, p.proto)] < PER_FLOW:
                 count[(p.src, p.dst, p.proto)] += 1

@@ -216,3 +216,36 @@ def test_an_ipv4_packet_on_a_raw_hop_is_decoded_without_ethernet():
         "udp",
         30,
     )
+
+
+def test_an_ipv6_flow_follows_its_own_wireguard_port_and_decodes_it_as_wireguard():
+    """flannel-wg-v6 listens on 51821: the flow names its port, and the message there is
+    WireGuard (scapy binds VXLAN to any port it is given first, and would win)."""
+    hops = (
+        jr.Hop("a", "a", "ns", "eth0", jr.POD_SRC, mtu=1500),
+        jr.Hop("t", "t", "ns", "flannel-wg-v6", jr.TUNNEL_SRC, mtu=1420, link="raw"),
+        jr.Hop("w", "w", "ns", "br0", jr.WIRE, mtu=1500),
+        jr.Hop("b", "b", "ns", "eth0", jr.POD_DST, mtu=1500),
+    )
+    flow = jr.FlowSpec("icmp6-cross", "t", "icmp", "fd44:0:0:1::2", "fd44:0:0:2::2", "a", "b",
+                       False, "wireguard", hops=hops, family=6, src_node_ip="fd18::1",
+                       dst_node_ip="fd18::2", tunnel_port=51821)  # fmt: skip
+    ping = IPv6(src=flow.src, dst=flow.dst) / ICMPv6EchoRequest(id=1, seq=1, data=b"\x10" * 40)
+    sealed = b"\x04\0\0\0" + (7).to_bytes(4, "little") + (3).to_bytes(8, "little")
+    sealed += bytes(-(-len(ping) // 16) * 16 + 16)  # the padded ciphertext and its tag
+    wire = Ether() / IPv6(src="fd18::1", dst="fd18::2") / UDP(sport=51821, dport=51821) / sealed
+    frames = {
+        "a": [(1, bytes(Ether() / ping))],
+        "t": [(2, bytes(ping))],
+        "w": [(3, bytes(wire))],
+        "b": [(4, bytes(Ether() / ping))],
+    }
+    j = jr.build(flow, frames, 51820)  # the lab's first port; the flow's own wins
+    assert j.ok, [f.text for f in j.findings if not f.ok]
+    st = _by_key(j)
+    assert st["w"].packet.encrypted and st["w"].packet.ident == (7, 3)
+    assert _names(st["w"]) == [
+        "Ethernet (outer)", "IPv6 (outer)", "UDP (outer)", "WireGuard", "encrypted pod packet",
+    ]  # fmt: skip
+    assert "outer fd18::1 → fd18::2, udp/51821" in j.finding("encap").text
+    assert jr.FlowSpec.from_dict(flow.to_dict()).tunnel_port == 51821

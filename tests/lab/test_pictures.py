@@ -106,6 +106,28 @@ def test_host_gw_links_name_each_nodes_route():
     )
 
 
+def test_wireguard_links_name_each_familys_port_and_ends():
+    state = _state("wireguard")
+    views = {n.name: _ready(n.name, n.subnet) for n in state.nodes}
+    topo = diagram.build_topology(state, views)
+    assert topo.peers[0].label == "WireGuard udp/51820\n198.18.0.1 ↔ 198.18.0.2"
+    state.spec.ip_family = "dual"  # Mode separate: flannel-wg-v6 over the IPv6 underlay
+    for i, node in enumerate(state.nodes, start=1):
+        node.ip6, node.subnet6 = f"fd18::{i}", f"fd44:0:0:{i}::/64"
+    topo = diagram.build_topology(state, views)
+    assert topo.backend_label == "WireGuard udp/51820 (IPv4), udp/51821 (IPv6)"
+    assert topo.peers[0].label == (
+        "WireGuard\nudp/51820 198.18.0.1 ↔ 198.18.0.2\nudp/51821 fd18::1 ↔ fd18::2"
+    )
+    source = diagram.render(topo, "dot").decode()
+    assert "flannel-wg udp/51820" in source and "flannel-wg-v6 udp/51821" in source
+    state.spec.ip_family = "ipv6"
+    for node in state.nodes:
+        node.ip, node.subnet = node.ip6, node.subnet6
+    topo = diagram.build_topology(state, views)
+    assert topo.peers[0].label == "WireGuard udp/51821\nfd18::1 ↔ fd18::2"
+
+
 def test_skipped_peer_and_down_daemon_are_drawn_as_such():
     state = _state()
     views = {

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
-from ipaddress import IPv4Address, IPv4Network
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP
+from scapy.layers.inet6 import ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS, IPv6
 from scapy.layers.l2 import Ether
 
 from flannelish.lab.analysis import FAIL, PASS, SKIP, Expected, Flow, analyze
+from flannelish.lab.verify import endpoint_host
 from flannelish.node.checks import Severity
 from flannelish.node.facts import NodeFacts, WireguardFacts
 from flannelish.node.wireguard_checks import check_wireguard
@@ -72,6 +75,69 @@ def test_other_port_and_missing_direction_fail():
     assert v["pod traffic crosses only as WireGuard udp/51820 between node IPs"].status == FAIL
     v = verdicts([wg(N1, N2, data())])
     assert v["every cross-node pod pair's nodes exchanged WireGuard data both ways"].status == FAIL
+
+
+# -- IPv6 (flannel-wg-v6: IPv6 pods over the IPv6 underlay to ListenPortV6) -------------
+
+M1, M2 = IPv6Address("fd18::1"), IPv6Address("fd18::2")
+Q1, Q2 = IPv6Address("fd44:0:0:1::2"), IPv6Address("fd44:0:0:2::2")
+ONLY6 = "pod traffic crosses only as WireGuard udp/51821 between node IPs"
+
+
+def expected6() -> Expected:
+    return replace(
+        expected(),
+        pod_network=IPv6Network("fd44::/48"),
+        port=51821,
+        node_subnets={M1: IPv6Network("fd44:0:0:1::/64"), M2: IPv6Network("fd44:0:0:2::/64")},
+        pod_ips=frozenset({Q1, Q2}),
+        cross_node=frozenset({Flow(Q1, Q2, "icmp"), Flow(Q2, Q1, "icmp")}),
+    )
+
+
+def wg6(src, dst, body: bytes, port=51821, outer=IPv6) -> bytes:
+    return bytes(Ether() / outer(src=str(src), dst=str(dst)) / UDP(sport=port, dport=port) / body)
+
+
+def verdicts6(frames):
+    return {v.name: v for v in analyze(frames, expected6()).verdicts}
+
+
+def test_ipv6_encrypted_traffic_between_nodes_passes_beside_neighbour_discovery():
+    # The IPv6 underlay's own neighbour solicitations between the nodes are not pod traffic.
+    ns = bytes(Ether() / IPv6(src=str(M1), dst=str(M2)) / ICMPv6ND_NS(tgt=str(M2)))
+    na = bytes(Ether() / IPv6(src=str(M2), dst=str(M1)) / ICMPv6ND_NA(tgt=str(M2)))
+    v4 = wg(N1, N2, data())  # the IPv4 device's traffic is not this family's
+    result = analyze([wg6(M1, M2, data()), wg6(M2, M1, data()), ns, na, v4], expected6())
+    assert result.ok, result.verdicts
+    assert "2 WireGuard packets over IPv6" in {v.name: v for v in result.verdicts}[ONLY6].detail
+    assert result.counts["wireguard"] == 2
+
+
+def test_ipv6_plaintext_pod_packet_and_readable_address_fail():
+    plain = bytes(Ether() / IPv6(src=str(Q1), dst=str(Q2)) / ICMPv6EchoRequest())
+    v = verdicts6([wg6(M1, M2, data()), wg6(M2, M1, data()), plain])
+    assert v[ONLY6].status == FAIL and f"icmp {Q1}->{Q2}" in v[ONLY6].detail
+    leak = data(0) + bytes(IPv6(src=str(Q1), dst=str(Q2)) / ICMPv6EchoRequest())
+    v = verdicts6([wg6(M1, M2, leak), wg6(M2, M1, data())])
+    assert v["no inner pod address or payload is readable in any underlay frame"].status == FAIL
+
+
+def test_ipv6_pods_on_the_ipv4_devices_port_or_over_ipv4_fail():
+    # flannel-wg's port between the IPv6 addresses: not WireGuard of this family
+    v = verdicts6([wg6(M1, M2, data(), port=51820), wg6(M2, M1, data(), port=51820)])
+    assert v[ONLY6].status == FAIL and "udp 51820->51820" in v[ONLY6].detail
+    assert v["every cross-node pod pair's nodes exchanged WireGuard data both ways"].failed
+    # IPv6 pods' WireGuard over the IPv4 underlay (one device for both, not Mode separate)
+    v = verdicts6([wg6(N1, N2, data(), outer=IP), wg6(N2, N1, data(), outer=IP)])
+    assert v[ONLY6].status == FAIL and "not between the nodes' IPv6 addresses" in v[ONLY6].detail
+    assert v["every cross-node pod pair's nodes exchanged WireGuard data both ways"].failed
+
+
+def test_endpoint_host_reads_both_forms():
+    assert endpoint_host("198.18.0.2:51820") == "198.18.0.2"
+    assert endpoint_host("[fd18::2]:51821") == "fd18::2"
+    assert endpoint_host("") == ""
 
 
 def facts(**kw) -> NodeFacts:
