@@ -11,7 +11,7 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS, IPv6
 from scapy.layers.l2 import Ether
 
-from flannelish.lab.analysis import FAIL, PASS, SKIP, Expected, Flow, analyze
+from flannelish.lab.analysis import FAIL, ICMP_PATTERN, PASS, SKIP, Expected, Flow, analyze
 from flannelish.lab.verify import endpoint_host
 from flannelish.node.checks import Severity
 from flannelish.node.facts import NodeFacts, WireguardFacts
@@ -121,6 +121,16 @@ def test_ipv6_plaintext_pod_packet_and_readable_address_fail():
     leak = data(0) + bytes(IPv6(src=str(Q1), dst=str(Q2)) / ICMPv6EchoRequest())
     v = verdicts6([wg6(M1, M2, leak), wg6(M2, M1, data())])
     assert v["no inner pod address or payload is readable in any underlay frame"].status == FAIL
+
+
+def test_a_readable_ipv6_ping_is_the_ipv6_familys_finding_not_ipv4s():
+    """Dual stack: one capture, one analysis per family; the ping payload is the same in
+    both families, so a plaintext IPv6 ping fails IPv6's assertions only."""
+    plain6 = bytes(Ether() / IPv6(src=str(Q1), dst=str(Q2)) / ICMPv6EchoRequest(data=ICMP_PATTERN))
+    frames = [wg(N1, N2, data()), wg(N2, N1, data()), plain6]
+    assert analyze(frames, expected()).ok
+    v = verdicts6([*frames, wg6(M1, M2, data()), wg6(M2, M1, data())])
+    assert v["no inner pod address or payload is readable in any underlay frame"].failed
 
 
 def test_ipv6_pods_on_the_ipv4_devices_port_or_over_ipv4_fail():
