@@ -1,5 +1,6 @@
 """Dual-stack and IPv6-only labs end to end (real etcd, daemons, flannelish-cni):
-up -> check in every family -> verify per family -> a broken IPv6 path fails -> down."""
+up -> check in every family -> verify per family -> a broken IPv6 path fails -> down;
+VXLAN, host-gw and WireGuard (IPv6-only over flannel-wg-v6)."""
 
 from __future__ import annotations
 
@@ -103,8 +104,37 @@ def test_ipv6_only_host_gw_lab_routes_pods_natively(lab_cli):
     _assert_ok(lab_cli.verify(), "verify passed", "IPv6: no VXLAN on the underlay")
 
 
-def test_wireguard_is_refused_for_ipv6_labs(lab_cli):
-    refused = lab_cli.lab("up", "--ip-family", "dual", "--backend", "wireguard")
-    assert refused.returncode != 0
-    assert "vxlan or host-gw" in refused.stderr and "Traceback" not in refused.stderr
+def test_ipv6_only_wireguard_lab_encrypts_over_ipv6_on_flannel_wg_v6(lab_cli):
+    _assert_ok(
+        lab_cli.lab("up", "--nodes", "2", "--ip-family", "ipv6", "--backend", "wireguard"),
+        "fd18::/64", "[fd18::fe]",
+    )  # fmt: skip
+    state = load_state(lab_cli.dir)
+    node1 = state.node("node1")
+    links = run(["ip", "-o", "link"], netns=node1.netns).stdout
+    assert "flannel-wg-v6" in links and "flannel-wg:" not in links  # Mode separate, IPv6 only
+    _assert_ok(lab_cli.lab("check"), "check passed: 12/12 pairs reachable", "IPv6 12/12 pings")
+    verified = lab_cli.verify()
+    _assert_ok(
+        verified, "verify passed: 8 assertions",
+        "IPv6: pod traffic crosses only as WireGuard udp/51821 between node IPs",
+        "IPv6: no inner pod address or payload is readable in any underlay frame",
+        "IPv6: every node completed a WireGuard handshake with every peer",
+    )  # fmt: skip
+    assert "IPv4:" not in verified.stdout
+    shown = lab_cli.lab("exec", "node1", "--", "wg", "show").stdout
+    assert "interface: flannel-wg-v6" in shown and "listening port: 51821" in shown
+    assert "endpoint: [fd18::2]:51821" in shown and "latest handshake" in shown
+    status = lab_cli.lab("exec", "node1", "--", "flannelish", "status").stdout
+    assert f"{state.node('node2').subnet6} at [fd18::2]:51821: handshake" in status, status
+
+    _bypass_ipv6(state)
+    broken = lab_cli.verify()
+    assert broken.returncode == 1, broken.stdout
+    for failed in (
+        "IPv6: pod traffic crosses only as WireGuard udp/51821 between node IPs",
+        "IPv6: no inner pod address or payload is readable in any underlay frame",
+    ):
+        assert f"FAILED: {failed}" in broken.stderr, broken.stderr
+    _assert_ok(lab_cli.lab("down"), "removed", "stopped 5 processes")  # etcd, 2 daemons, 2 wg-go
     assert lab_cli.namespaces() == []
