@@ -102,7 +102,9 @@ def lab() -> None:
     default="ipv4",
     show_default=True,
     help="Underlay and pod network families: ipv4 (198.18.0.0/24, 10.244.0.0/16), "
-    "dual (both, plus fd18::/64 and fd44::/48) or ipv6 (fd18::/64, fd44::/48 only).",
+    "dual (both, plus fd18::/64 and fd44::/48) or ipv6 (fd18::/64, fd44::/48 only). "
+    "WireGuard carries each family on its own device: flannel-wg (udp/51820 over IPv4), "
+    "flannel-wg-v6 (udp/51821 over IPv6).",
 )
 def lab_up(
     name: str,
