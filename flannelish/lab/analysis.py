@@ -12,7 +12,7 @@ reported as such instead of silently falling into "other traffic".
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
@@ -239,6 +239,24 @@ def analyze(frames: Iterable[Any], expected: Expected) -> Analysis:
     check = _VxlanChecks if expected.backend == "vxlan" else _HostGwChecks
     result.verdicts = check(expected, encap, plain, fragments).run()
     return result
+
+
+def analyze_by_family(frames: Sequence[Any], expected: Sequence[Expected]) -> Analysis:
+    """One analysis per family over the same capture (one Expected per family).  IPv4
+    alone is `analyze`; otherwise (dual-stack, IPv6 only) every verdict names its
+    family ("IPv6: VNI 1 on every VXLAN packet") and the counts are summed."""
+    if [e.family for e in expected] == [4]:
+        return analyze(frames, expected[0])
+    merged = Analysis(frames=len(frames))
+    for e in expected:
+        part = analyze(frames, e)
+        for v in part.verdicts:
+            merged.verdicts.append(Verdict(f"IPv{e.family}: {v.name}", v.status, v.detail))
+        for key in ("vxlan", "pod-unencapsulated", "wireguard"):
+            merged.counts[key] += part.counts[key]
+        merged.counts["non-ip"] = part.counts["non-ip"]
+    merged.counts["underlay"] = merged.frames - sum(merged.counts.values())
+    return merged
 
 
 def _flows(seen: Iterable[Seen]) -> set[Flow]:

@@ -32,7 +32,15 @@ from typing import Any
 
 from flannelish.errors import FlannelishError
 from flannelish.lab import names, procs
-from flannelish.lab.analysis import FAIL, PASS, Analysis, Expected, Flow, Verdict, analyze
+from flannelish.lab.analysis import (
+    FAIL,
+    PASS,
+    Analysis,
+    Expected,
+    Flow,
+    Verdict,
+    analyze_by_family,
+)
 from flannelish.lab.capture import READY
 from flannelish.lab.check import ProbeServer, ask
 from flannelish.lab.offloads import segmentation_off
@@ -227,19 +235,9 @@ def analyze_families(state: LabState, frames: list[bytes], cross: set[Flow],
                      same: set[Flow]) -> Analysis:  # fmt: skip
     """One analysis per family of the lab over the same capture; in dual and IPv6 labs,
     every verdict and count names its family ("IPv6: VNI 1 on every VXLAN packet")."""
-    families = state.spec.families
-    if families == (4,):
-        return analyze(frames, expected_for(state, cross, same))
-    merged = Analysis(frames=len(frames))
-    for family in families:
-        part = analyze(frames, expected_for(state, cross, same, family))
-        for v in part.verdicts:
-            merged.verdicts.append(Verdict(f"IPv{family}: {v.name}", v.status, v.detail))
-        for key in ("vxlan", "pod-unencapsulated", "wireguard"):
-            merged.counts[key] += part.counts[key]
-        merged.counts["non-ip"] = part.counts["non-ip"]
-    merged.counts["underlay"] = merged.frames - sum(merged.counts.values())
-    return merged
+    return analyze_by_family(
+        frames, [expected_for(state, cross, same, f) for f in state.spec.families]
+    )
 
 
 def read_frames(path: Path) -> list[bytes]:
