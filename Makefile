@@ -15,7 +15,7 @@ DEB_PACKAGES := etcd-server etcd-client iproute2 nftables tcpdump iputils-ping i
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup deb-packages venv lab lab-down test test-fast fuzz lint typecheck bench bench-quick bench-report bench-population bench-fleet clean test-compose test-compose-wireguard
+.PHONY: setup deb-packages venv lab lab-down test test-fast fuzz lint typecheck bench bench-quick bench-report bench-population bench-fleet clean test-compose test-compose-wireguard test-compose-dual
 
 setup: deb-packages $(STAMP)
 
@@ -136,6 +136,11 @@ test-compose: setup
 # The same lab with the wireguard backend (wireguard-go in each node container).
 test-compose-wireguard: setup
 	FLANNELISH_COMPOSE_BACKEND=wireguard bash tests/compose/run.sh
+
+# The dual-stack variant (docker-compose.yml + compose/dual-stack.yml): every check
+# in IPv4 and IPv6.  Not part of `make test` or CI (another full compose run).
+test-compose-dual: setup
+	FLANNELISH_COMPOSE_IP_FAMILY=dual bash tests/compose/run.sh
 
 clean:
 	rm -rf $(VENV) .build .pytest_cache .mypy_cache .ruff_cache build *.egg-info

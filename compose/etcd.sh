@@ -6,10 +6,17 @@ set -euo pipefail
 
 ETCD_IP="${ETCD_IP:?set ETCD_IP to the underlay address of this container}"
 ETCD_PREFIX="${FLANNELD_ETCD_PREFIX:-/coreos.com/network}"
+# FLANNELISH_IP_FAMILY=dual (compose/dual-stack.yml) adds IPv6 pods from fd44::/48,
+# a /64 per node, as `flannelish lab up --ip-family dual` configures its network.
+case "${FLANNELISH_IP_FAMILY:-ipv4}" in
+    ipv4) PODS='"Network": "10.244.0.0/16", "SubnetLen": 24' ;;
+    dual) PODS='"Network": "10.244.0.0/16", "SubnetLen": 24, "EnableIPv6": true, "IPv6Network": "fd44::/48", "IPv6SubnetLen": 64' ;;
+    *) echo "[etcd] FLANNELISH_IP_FAMILY must be ipv4 or dual, not ${FLANNELISH_IP_FAMILY}" >&2; exit 2 ;;
+esac
 # FLANNELISH_BACKEND picks the default config's backend: vxlan (default) or wireguard.
 case "${FLANNELISH_BACKEND:-vxlan}" in
-    vxlan) DEFAULT_CONFIG='{"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}' ;;
-    wireguard) DEFAULT_CONFIG='{"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "wireguard"}}' ;;
+    vxlan) DEFAULT_CONFIG="{$PODS"', "Backend": {"Type": "vxlan", "VNI": 1}}' ;;
+    wireguard) DEFAULT_CONFIG="{$PODS"', "Backend": {"Type": "wireguard"}}' ;;
     *) echo "[etcd] FLANNELISH_BACKEND must be vxlan or wireguard, not ${FLANNELISH_BACKEND}" >&2; exit 2 ;;
 esac
 NETWORK_CONFIG="${FLANNELISH_NETWORK_CONFIG:-$DEFAULT_CONFIG}"

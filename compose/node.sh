@@ -5,7 +5,8 @@
 # `flannelish-cni` executable with CNI_* variables and the netconf on stdin.
 #
 #   flannelish-compose-node            run the node (the container's command)
-#   flannelish-compose-node pods       print "pod ip" lines for this node's pods
+#   flannelish-compose-node pods       print "pod ip [ip6]" lines for this node's pods
+#                                      (ip6: its IPv6 address in a dual-stack network)
 #   flannelish-compose-node ready      exit 0 once the node is up (healthcheck)
 set -euo pipefail
 
@@ -27,6 +28,13 @@ case "${1:-run}" in
 esac
 
 NODE_IP="${NODE_IP:?set NODE_IP to the underlay address of this node}"
+# NODE_IP6 (the dual-stack variant, compose/dual-stack.yml): this node's IPv6
+# underlay address, the outer address of its IPv6 VXLAN (flannel-v6.1).
+NODE_IP6="${NODE_IP6:-}"
+if [ -n "$NODE_IP6" ]; then # as `ip` prints it (fd18:0:0:0::11 -> fd18::11)
+    NODE_IP6=$(python3 -c 'import ipaddress, sys; print(ipaddress.IPv6Address(sys.argv[1]))' "$NODE_IP6") \
+        || { log "NODE_IP6 is not an IPv6 address"; exit 1; }
+fi
 ETCD_ENDPOINTS="${FLANNELD_ETCD_ENDPOINTS:?set FLANNELD_ETCD_ENDPOINTS, e.g. http://10.97.100.2:2379}"
 # The interface that holds NODE_IP (eth0 unless the container has several networks).
 IFACE=$(ip -o -4 addr show | awk -v ip="$NODE_IP" 'index($4, ip "/") == 1 {print $2; exit}')
@@ -77,12 +85,26 @@ shutdown() {
 }
 trap shutdown TERM INT
 
-log "starting flannelish daemon: iface $IFACE ($NODE_IP), etcd $ETCD_ENDPOINTS"
+public6=()
+if [ -n "$NODE_IP6" ]; then
+    # Docker may hand out the address still tentative (duplicate address
+    # detection); the daemon needs it usable as the IPv6 VXLAN's source.
+    for _ in $(seq 1 100); do
+        ip -o -6 addr show dev "$IFACE" | grep -q " $NODE_IP6/" \
+            && ! ip -o -6 addr show dev "$IFACE" tentative | grep -q " $NODE_IP6/" && break
+        sleep 0.1
+    done
+    ip -o -6 addr show dev "$IFACE" | grep -q " $NODE_IP6/" \
+        || { log "$IFACE has no $NODE_IP6"; ip -br addr >&2; exit 1; }
+    public6=(--public-ipv6 "$NODE_IP6")
+fi
+
+log "starting flannelish daemon: iface $IFACE ($NODE_IP${NODE_IP6:+, $NODE_IP6}), etcd $ETCD_ENDPOINTS"
 # --ip-masq as kube-flannel runs it: the node masquerades only traffic leaving
 # the pod network; pod-to-pod traffic keeps its pod source address.
 touch "$STATE/daemon-started"
 flannelish daemon --etcd-endpoints "$ETCD_ENDPOINTS" --iface "$IFACE" \
-    --public-ip "$NODE_IP" --subnet-file "$SUBNET_FILE" --ip-masq &
+    --public-ip "$NODE_IP" "${public6[@]}" --subnet-file "$SUBNET_FILE" --ip-masq &
 daemon_pid=$!
 
 # subnet.env of an earlier run may still be there: wait for this daemon's.
@@ -108,9 +130,12 @@ for i in $(seq 1 "$PODS"); do
         exit 1
     fi
     printf '%s\n' "$result" >"$STATE/$pod.json"
-    ip=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])' <<<"$result")
-    printf '%s %s\n' "$pod" "$ip" >>"$STATE/pods.tsv"
-    log "pod $pod: $ip"
+    # "IPv4 [IPv6]": the pod's first address of each family the network has.
+    ips=$(python3 -c 'import json, sys
+ips = [i["address"].split("/")[0] for i in json.load(sys.stdin)["ips"]]
+print(*[a for a in ips if ":" not in a][:1], *[a for a in ips if ":" in a][:1])' <<<"$result")
+    printf '%s %s\n' "$pod" "$ips" >>"$STATE/pods.tsv"
+    log "pod $pod: $ips"
 done
 touch "$STATE/ready"
 log "ready: $(tr '\n' ' ' <"$STATE/pods.tsv")"

@@ -23,6 +23,12 @@ FLC_STEP_T=""
 FLC_TIMES=()
 FLC_FAILED=0
 FLC_BACKEND=vxlan
+# FLANNELISH_COMPOSE_IP_FAMILY=dual: the dual-stack variant (compose/dual-stack.yml).
+FLC_IP_FAMILY=ipv4
+FLC_FAMILIES=(4)
+FLC_DUAL_FILE=compose/dual-stack.yml
+# The IPv6 underlay /64's prefix as compose/dual-stack.yml reads it (PREFIX:11 is node1).
+FLC_UNDERLAY6="${FLANNELISH_UNDERLAY6:-fd18:}"
 
 flc_now() { date +%s.%N; }
 flc_since() { awk -v a="$1" -v b="$(flc_now)" 'BEGIN { printf "%.1f", b - a }'; }
@@ -60,6 +66,16 @@ flc_begin() {
     FLC_BACKEND="${FLANNELISH_COMPOSE_BACKEND:-vxlan}"
     case "$FLC_BACKEND" in vxlan|wireguard) ;; *) echo "FLANNELISH_COMPOSE_BACKEND: vxlan or wireguard" >&2; exit 2 ;; esac
     export FLANNELISH_BACKEND="$FLC_BACKEND"
+    FLC_IP_FAMILY="${FLANNELISH_COMPOSE_IP_FAMILY:-ipv4}"
+    case "$FLC_IP_FAMILY" in
+        ipv4) FLC_FAMILIES=(4) ;;
+        dual) FLC_FAMILIES=(4 6) ;;
+        *) echo "FLANNELISH_COMPOSE_IP_FAMILY: ipv4 or dual" >&2; exit 2 ;;
+    esac
+    if [ "$FLC_IP_FAMILY" = dual ] && [ "$FLC_BACKEND" != vxlan ]; then
+        echo "FLANNELISH_COMPOSE_IP_FAMILY=dual runs with the vxlan backend (the WireGuard checks are IPv4-only)" >&2
+        exit 2
+    fi
     unset FLANNELISH_NETWORK_CONFIG
     flc_log "state: $FLC_RUN (run), $FLC_CACHE (cache); DOCKER_HOST=$DOCKER_HOST"
 }
@@ -68,7 +84,7 @@ flc_report() {
     FLC_TIMES+=("$(flc_since "$FLC_STEP_T")s  $FLC_STEP_NAME")
     flc_log "timings:"
     printf '    %s\n' "${FLC_TIMES[@]}" >&2
-    flc_log "PASS: compose lab built, up, verified and torn down in $(flc_since "$FLC_T0")s"
+    flc_log "PASS: compose lab ($FLC_BACKEND, $FLC_IP_FAMILY) built, up, verified and torn down in $(flc_since "$FLC_T0")s"
 }
 
 # --- packages -----------------------------------------------------------------
@@ -92,7 +108,14 @@ flc_install_packages() {
 flc_baseline() {
     ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort >"$FLC_RUN/links.before"
     nft list ruleset >"$FLC_RUN/nft.before" 2>/dev/null || true
-    sysctl -n net.ipv4.ip_forward >"$FLC_RUN/ip_forward.before"
+    flc_forwarding >"$FLC_RUN/forwarding.before"
+}
+
+# The root namespace's forwarding switches (dockerd runs with --ip-forward=false and
+# must not turn on IPv6 forwarding for the dual-stack network either).
+flc_forwarding() {
+    sysctl -n net.ipv4.ip_forward net.ipv6.conf.all.forwarding net.ipv6.conf.default.forwarding \
+        2>/dev/null | tr '\n' ' '
 }
 
 flc_pid_is_our_dockerd() { # PID: a dockerd using our data root?
@@ -225,7 +248,8 @@ flc_snapshot_source() {
 
 flc_compose() {
     local extra=()
-    [ -z "${FLANNELISH_COMPOSE_OVERRIDE:-}" ] || extra=(-f "$FLANNELISH_COMPOSE_OVERRIDE")
+    [ "$FLC_IP_FAMILY" != dual ] || extra+=(-f "$FLC_RUN/src/$FLC_DUAL_FILE")
+    [ -z "${FLANNELISH_COMPOSE_OVERRIDE:-}" ] || extra+=(-f "$FLANNELISH_COMPOSE_OVERRIDE")
     docker-compose --project-directory "$FLC_RUN/src" -f "$FLC_RUN/src/docker-compose.yml" \
         "${extra[@]}" -p "$FLC_PROJECT" "$@"
 }
@@ -275,33 +299,48 @@ flc_wait_healthy() { # timeout seconds
 # --- verification ---------------------------------------------------------------------
 
 flc_verify() {
-    local node pod ip subnet mtu i=0
-    declare -A POD_IP NODE_PODS
+    local node pod ip ip6 subnet subnet6 mtu n4 n6 i=0
+    declare -A POD_IP POD_IP6 NODE_PODS NODE_IP NODE_IP6
     local pods=() node_args=()
     for node in "${FLC_NODES[@]}"; do
         i=$((i + 1))
-        # First line: subnet and MTU from subnet.env; then "pod ip" lines.
-        { read -r subnet mtu; while read -r pod ip; do
+        n4="$FLC_UNDERLAY.$((10 + i))"
+        NODE_IP[$node]=$n4
+        # First line: subnets and MTU from subnet.env; then "pod ip [ip6]" lines.
+        { read -r subnet mtu subnet6; while read -r pod ip ip6; do
             [ -n "$pod" ] || continue
             POD_IP[$pod]=$ip
+            POD_IP6[$pod]=$ip6
             NODE_PODS[$node]="${NODE_PODS[$node]:-} $pod"
             pods+=("$pod")
-        done; } < <(flc_exec "$node" sh -c '. /run/flannel/subnet.env; echo $FLANNEL_SUBNET $FLANNEL_MTU; flannelish-compose-node pods')
-        node_args+=(--node "$FLC_UNDERLAY.$((10 + i))=$subnet")
-        flc_log "$node ($FLC_UNDERLAY.$((10 + i))): subnet $subnet, mtu $mtu, pods:$(for p in ${NODE_PODS[$node]}; do printf ' %s %s' "$p" "${POD_IP[$p]}"; done)"
+        done; } < <(flc_exec "$node" sh -c '. /run/flannel/subnet.env; echo $FLANNEL_SUBNET $FLANNEL_MTU ${FLANNEL_IPV6_SUBNET:-}; flannelish-compose-node pods')
+        node_args+=(--node "$n4=$subnet")
+        if [ "$FLC_IP_FAMILY" = dual ]; then
+            n6=$(flc_ip6 "$FLC_UNDERLAY6:$((10 + i))")
+            NODE_IP6[$node]=$n6
+            [ -n "$subnet6" ] || flc_fail "$node: no FLANNEL_IPV6_SUBNET in its subnet.env (the network config is not dual-stack)"
+            node_args+=(--node "$n6=$subnet6")
+            for pod in ${NODE_PODS[$node]}; do
+                [ -n "${POD_IP6[$pod]}" ] || flc_fail "$pod has no IPv6 address"
+            done
+            flc_log "$node ($n4, $n6): subnets $subnet $subnet6, mtu $mtu, pods:$(for p in ${NODE_PODS[$node]}; do printf ' %s %s %s' "$p" "${POD_IP[$p]}" "${POD_IP6[$p]}"; done)"
+        else
+            flc_log "$node ($n4): subnet $subnet, mtu $mtu, pods:$(for p in ${NODE_PODS[$node]}; do printf ' %s %s' "$p" "${POD_IP[$p]}"; done)"
+        fi
     done
     [ "${#pods[@]}" -ge $((2 * ${#FLC_NODES[@]})) ] || flc_fail "expected 2 pods per node, got: ${pods[*]}"
 
-    # Every pod pings every other pod (cross-node and same-node): one `docker exec`
-    # per node runs its pods' pings in parallel and prints "ok|FAIL SRC DST-IP".
+    # Every pod pings every other pod (cross-node and same-node), in every family of
+    # the run: one `docker exec` per node runs its pods' pings in parallel and prints
+    # "ok|FAIL SRC DST-IP".
     local targets="" results="" failed pairs
-    for pod in "${pods[@]}"; do targets="$targets ${POD_IP[$pod]}"; done
+    for pod in "${pods[@]}"; do targets="$targets $(flc_pod_ips "$pod")"; done
     local pid_list=()
     for node in "${FLC_NODES[@]}"; do
         flc_exec "$node" bash -c '
-            while read -r pod ip; do
+            while read -r pod ip ip6; do
                 for t in '"$targets"'; do
-                    [ "$t" != "$ip" ] || continue
+                    [ "$t" != "$ip" ] && [ "$t" != "$ip6" ] || continue
                     ( if ip netns exec "$pod" ping -n -q -c 2 -i 0.2 -W 2 "$t" >/dev/null 2>&1
                       then echo "ok $pod $t"; else echo "FAIL $pod $t"; fi ) &
                 done
@@ -314,90 +353,135 @@ flc_verify() {
     pairs=$(grep -cE '^(ok|FAIL) ' <<<"$results" || true)
     failed=$(grep -c '^FAIL ' <<<"$results" || true)
     grep '^FAIL ' <<<"$results" | sed 's/^/    /' >&2 || true
-    local expected=$(( ${#pods[@]} * (${#pods[@]} - 1) ))
+    local expected=$(( ${#FLC_FAMILIES[@]} * ${#pods[@]} * (${#pods[@]} - 1) ))
     [ "$pairs" = "$expected" ] || { echo "$results" >&2; flc_fail "expected $expected ping results, got $pairs"; }
     [ "$failed" = 0 ] || flc_fail "$failed of $pairs pod pairs cannot ping"
-    flc_log "ping: all $pairs pod pairs ok (cross-node and same-node)"
+    if [ "$FLC_IP_FAMILY" = dual ]; then
+        local ok4 ok6
+        ok4=$(grep -cE '^ok [^ ]+ [0-9.]+$' <<<"$results" || true)
+        ok6=$(grep -cE '^ok [^ ]+ [0-9a-f:]+$' <<<"$results" || true)
+        [ "$ok4" = "$((pairs / 2))" ] && [ "$ok6" = "$((pairs / 2))" ] \
+            || flc_fail "expected $((pairs / 2)) pings per family, got IPv4 $ok4, IPv6 $ok6"
+        flc_log "ping: all $pairs pod pairs ok (cross-node and same-node; IPv4 $ok4, IPv6 $ok6)"
+    else
+        flc_log "ping: all $pairs pod pairs ok (cross-node and same-node)"
+    fi
     if [ "$FLC_BACKEND" = wireguard ]; then
         flc_verify_wireguard
         return
     fi
 
-    # VXLAN on the compose network, seen from inside node2: ICMP from a node1 pod
-    # to a node2 pod must arrive as UDP 8472 between the nodes' underlay addresses
-    # with the pod IPs unchanged inside; nothing from the pod network may cross
+    # VXLAN on the compose network, seen from inside node2, per family: ICMP from a
+    # node1 pod to a node2 pod must arrive as UDP 8472 between the nodes' underlay
+    # addresses of the same family (IPv4 pods over IPv4, IPv6 pods over IPv6) with
+    # the pod IPs unchanged inside (no NAT); nothing from the pod network may cross
     # the underlay unencapsulated.
-    local src="node1-pod1" dst="node2-pod1"
-    local src_ip="${POD_IP[$src]}" dst_ip="${POD_IP[$dst]}"
-    local n1="$FLC_UNDERLAY.11" n2="$FLC_UNDERLAY.12" cap
-    flc_exec node2 sh -c 'rm -f /tmp/vx.txt /tmp/plain.txt
-        timeout 20 tcpdump -i eth0 -t -nn -l -T vxlan -c 4 "udp port 8472 and src host '"$n1"'" >/tmp/vx.txt 2>/tmp/vx.err &
-        echo $! >/tmp/vx.pid
-        timeout 20 tcpdump -i eth0 -t -nn -l "ip and net 10.244.0.0/16" >/tmp/plain.txt 2>/tmp/plain.err &
+    local src="node1-pod1" dst="node2-pod1" f src_ip dst_ip n1 n2 ipw echo_re cap outer inner
+    local plain_filter="ip and net 10.244.0.0/16"
+    [ "$FLC_IP_FAMILY" != dual ] || plain_filter="($plain_filter) or (ip6 and net fd44::/48)"
+    flc_exec node2 sh -c 'rm -f /tmp/plain.txt /tmp/plain.err
+        timeout 60 tcpdump -i eth0 -t -nn -l "'"$plain_filter"'" >/tmp/plain.txt 2>/tmp/plain.err &
         echo $! >/tmp/plain.pid
-        sleep 1'
-    flc_exec node1 ip netns exec "$src" ping -n -q -c 4 -i 0.2 -W 2 "$dst_ip" >/dev/null \
-        || flc_fail "ping $src -> $dst failed during the capture"
-    sleep 1
-    cap=$(flc_exec node2 sh -c 'for i in $(seq 1 50); do [ "$(grep -c "ICMP echo request" /tmp/vx.txt)" -ge 4 ] && break; sleep 0.1; done; cat /tmp/vx.txt')
-    flc_exec node2 sh -c 'kill -INT $(cat /tmp/vx.pid /tmp/plain.pid) 2>/dev/null; sleep 0.5; true' || true
-    printf '%s\n' "$cap" | sed 's/^/    node2 eth0: /' >&2
-    local outer inner
-    outer=$(printf '%s\n' "$cap" | grep -cE "^IP $n1\.[0-9]+ > $n2\.8472: VXLAN, flags \[I\] \(0x08\), vni 1$" || true)
-    inner=$(printf '%s\n' "$cap" | grep -cE "^IP $src_ip > $dst_ip: ICMP echo request" || true)
-    [ "$outer" -ge 4 ] || flc_fail "expected 4 VXLAN packets $n1 -> $n2:8472 vni 1 on node2's eth0, saw $outer"
-    [ "$inner" -ge 4 ] || flc_fail "expected the inner packets $src_ip -> $dst_ip (pod IPs, no NAT), saw $inner"
+        for i in $(seq 1 50); do grep -q "listening on" /tmp/plain.err && break; sleep 0.1; done'
+    for f in "${FLC_FAMILIES[@]}"; do
+        if [ "$f" = 6 ]; then
+            src_ip="${POD_IP6[$src]}" dst_ip="${POD_IP6[$dst]}" n1="${NODE_IP6[node1]}" n2="${NODE_IP6[node2]}"
+            ipw=IP6 echo_re="ICMP6, echo request"
+        else
+            src_ip="${POD_IP[$src]}" dst_ip="${POD_IP[$dst]}" n1="${NODE_IP[node1]}" n2="${NODE_IP[node2]}"
+            ipw=IP echo_re="ICMP echo request"
+        fi
+        flc_exec node2 sh -c 'rm -f /tmp/vx.txt /tmp/vx.err
+            timeout 20 tcpdump -i eth0 -t -nn -l -T vxlan "udp port 8472 and src host '"$n1"'" >/tmp/vx.txt 2>/tmp/vx.err &
+            echo $! >/tmp/vx.pid
+            for i in $(seq 1 50); do grep -q "listening on" /tmp/vx.err && break; sleep 0.1; done'
+        flc_exec node1 ip netns exec "$src" ping -n -q -c 4 -i 0.2 -W 2 "$dst_ip" >/dev/null \
+            || flc_fail "ping $src -> $dst ($dst_ip) failed during the capture"
+        cap=$(flc_exec node2 sh -c 'for i in $(seq 1 50); do [ "$(grep -c "'"$echo_re"'" /tmp/vx.txt)" -ge 4 ] && break; sleep 0.1; done
+            kill -INT $(cat /tmp/vx.pid) 2>/dev/null; cat /tmp/vx.txt')
+        printf '%s\n' "$cap" | sed 's/^/    node2 eth0: /' >&2
+        outer=$(printf '%s\n' "$cap" | grep -cE "^$ipw $n1\.[0-9]+ > $n2\.8472: VXLAN, flags \[I\] \(0x08\), vni 1$" || true)
+        inner=$(printf '%s\n' "$cap" | grep -cE "^$ipw $src_ip > $dst_ip: $echo_re" || true)
+        [ "$outer" -ge 4 ] || flc_fail "expected 4 VXLAN packets ($ipw) $n1 -> $n2:8472 vni 1 on node2's eth0, saw $outer"
+        [ "$inner" -ge 4 ] || flc_fail "expected the inner packets $src_ip -> $dst_ip (pod IPs, no NAT), saw $inner"
+        flc_log "VXLAN over IPv$f: $outer packets $n1 -> $n2 udp/8472 vni 1 carrying $src_ip -> $dst_ip"
+    done
+    flc_exec node2 sh -c 'kill -INT $(cat /tmp/plain.pid) 2>/dev/null; sleep 0.5; true' || true
     local plain
     plain=$(flc_exec node2 cat /tmp/plain.txt)
     [ -z "$plain" ] || flc_fail "pod-network packets crossed the underlay unencapsulated: $plain"
-    flc_log "VXLAN: $outer packets $n1 -> $n2 udp/8472 vni 1 carrying $src_ip -> $dst_ip; none unencapsulated"
+    flc_log "VXLAN: no pod-network packet crossed the underlay unencapsulated"
 
-    # TCP across the overlay: node1-pod1 fetches 8 MB from an HTTP server in
-    # node2-pod1; the checksums must match (catches offload/MTU trouble ping misses).
+    # TCP across the overlay, per family: node1-pod1 fetches 8 MB from an HTTP server
+    # in node2-pod1; the checksums must match (catches offload/MTU trouble ping misses)
+    # and the server must log node1-pod1's own address as the client (no NAT).
+    local bind=()
+    [ "$FLC_IP_FAMILY" != dual ] || bind=(--bind ::) # IPv6 and IPv4 (mapped) on one socket
     flc_exec node2 sh -c 'head -c 8388608 /dev/urandom >/tmp/blob
-        cd /tmp && ip netns exec node2-pod1 python3 -m http.server 8080 >/dev/null 2>&1 &
+        cd /tmp && ip netns exec node2-pod1 python3 -m http.server '"${bind[*]}"' 8080 >/dev/null 2>/tmp/http.log &
         echo $! >/tmp/http.pid
         for i in $(seq 1 50); do ip netns exec node2-pod1 ss -ltn | grep -q ":8080 " && break; sleep 0.1; done'
-    local want got
+    local want got url client seen
     want=$(flc_exec node2 sha256sum /tmp/blob | cut -d' ' -f1)
-    got=$(flc_exec node1 ip netns exec node1-pod1 python3 -c '
+    for f in "${FLC_FAMILIES[@]}"; do
+        if [ "$f" = 6 ]; then
+            url="http://[${POD_IP6[node2-pod1]}]:8080/blob" dst_ip="${POD_IP6[node2-pod1]}" client="${POD_IP6[node1-pod1]}"
+        else
+            url="http://${POD_IP[node2-pod1]}:8080/blob" dst_ip="${POD_IP[node2-pod1]}" client="${POD_IP[node1-pod1]}"
+        fi
+        got=$(flc_exec node1 ip netns exec node1-pod1 python3 -c '
 import hashlib, sys, time, urllib.request
 t = time.monotonic()
 data = urllib.request.urlopen(sys.argv[1], timeout=30).read()
 dt = time.monotonic() - t
 print(hashlib.sha256(data).hexdigest(), len(data), f"{len(data) * 8 / dt / 1e6:.0f}")
-' "http://${POD_IP[node2-pod1]}:8080/blob") || flc_fail "TCP transfer node1-pod1 -> node2-pod1 failed"
+' "$url") || flc_fail "TCP transfer node1-pod1 -> node2-pod1 ($url) failed"
+        [ "${got%% *}" = "$want" ] || flc_fail "TCP transfer over IPv$f corrupted: sha256 $got, want $want"
+        # http.server logs "CLIENT - - [date] "GET /blob ..."; IPv4 clients of the
+        # dual-stack socket appear as ::ffff:A.B.C.D.
+        seen=$(flc_exec node2 sh -c 'grep "GET /blob" /tmp/http.log | tail -1 | cut -d" " -f1')
+        seen="${seen#::ffff:}"
+        [ "$seen" = "$client" ] || flc_fail "TCP over IPv$f: the server saw client $seen, not node1-pod1's $client (NAT)"
+        flc_log "TCP over IPv$f: 8 MiB $dst_ip -> $client intact (sha256 match), $(echo "$got" | cut -d' ' -f3) Mbit/s; the server saw $seen (no NAT)"
+    done
     flc_exec node2 sh -c 'kill $(cat /tmp/http.pid)' || true
-    [ "${got%% *}" = "$want" ] || flc_fail "TCP transfer corrupted: sha256 $got, want $want"
-    flc_log "TCP: 8 MiB ${POD_IP[node2-pod1]} -> ${POD_IP[node1-pod1]} intact (sha256 match), $(echo "$got" | cut -d' ' -f3) Mbit/s"
 
     # The same, judged by the project's verifier (flannelish.lab.analysis, scapy):
     # a capture on node2's eth0 while node1's and node3's pods ping node2's pods
-    # (normal and full-MTU packets with DF set) and node2's pods ping each other.
-    local a b cross="" same="" all_ips=""
-    for pod in "${pods[@]}"; do all_ips="$all_ips,${POD_IP[$pod]}"; done
+    # (normal and full-MTU packets with DF set) and node2's pods ping each other,
+    # in every family; each family is judged on its own (its VXLAN over its own
+    # node addresses, its own overlay MTU).
+    local a b cross="" same="" all_ips="" x y
+    for pod in "${pods[@]}"; do
+        for x in $(flc_pod_ips "$pod"); do all_ips="$all_ips,$x"; done
+    done
     for a in ${NODE_PODS[node1]} ${NODE_PODS[node3]}; do
         for b in ${NODE_PODS[node2]}; do
             cross="$cross,${POD_IP[$a]}>${POD_IP[$b]},${POD_IP[$b]}>${POD_IP[$a]}"
+            [ "$FLC_IP_FAMILY" != dual ] || cross="$cross,${POD_IP6[$a]}>${POD_IP6[$b]},${POD_IP6[$b]}>${POD_IP6[$a]}"
         done
     done
     for a in ${NODE_PODS[node2]}; do
         for b in ${NODE_PODS[node2]}; do
-            [ "$a" = "$b" ] || same="$same,${POD_IP[$a]}>${POD_IP[$b]}"
+            [ "$a" != "$b" ] || continue
+            same="$same,${POD_IP[$a]}>${POD_IP[$b]}"
+            [ "$FLC_IP_FAMILY" != dual ] || same="$same,${POD_IP6[$a]}>${POD_IP6[$b]}"
         done
     done
     flc_exec node2 sh -c 'rm -f /tmp/ul.pcap /tmp/ul.err
         tcpdump -i eth0 -s 256 -U -w /tmp/ul.pcap "not tcp port 2379" 2>/tmp/ul.err &
         echo $! >/tmp/ul.pid
         for i in $(seq 1 50); do grep -q "listening on" /tmp/ul.err && break; sleep 0.1; done'
-    local node2_ips="" pid_list=()
-    for b in ${NODE_PODS[node2]}; do node2_ips="$node2_ips ${POD_IP[$b]}"; done
+    local node2_ips=""
+    pid_list=()
+    for b in ${NODE_PODS[node2]}; do node2_ips="$node2_ips $(flc_pod_ips "$b")"; done
     for node in node1 node2 node3; do
         flc_exec "$node" bash -c '
-            size=$(( $(. /run/flannel/subnet.env; echo $FLANNEL_MTU) - 28 ))
-            while read -r pod ip; do
+            mtu=$(. /run/flannel/subnet.env; echo $FLANNEL_MTU)
+            while read -r pod ip ip6; do
                 for t in '"$node2_ips"'; do
-                    [ "$t" != "$ip" ] || continue
+                    [ "$t" != "$ip" ] && [ "$t" != "$ip6" ] || continue
+                    case "$t" in *:*) size=$((mtu - 48)) ;; *) size=$((mtu - 28)) ;; esac
                     ip netns exec "$pod" ping -n -q -c 1 -W 2 "$t" >/dev/null || echo "FAIL $pod -> $t"
                     ip netns exec "$pod" ping -n -q -c 1 -W 2 -M do -s "$size" "$t" >/dev/null \
                         || echo "FAIL $pod -> $t ($size bytes, DF)"
@@ -411,16 +495,35 @@ print(hashlib.sha256(data).hexdigest(), len(data), f"{len(data) * 8 / dt / 1e6:.
     if grep -h FAIL "$FLC_RUN"/traffic.node* >&2; then
         flc_fail "pings during the capture failed"
     fi
+    # The overlay MTU per family: the pods' MTU (subnet.env), or in a dual-stack run
+    # each family's VXLAN device (flannel-v6.1 carries 20 bytes more of outer header).
+    local mtus=(--mtu "$mtu")
+    if [ "$FLC_IP_FAMILY" = dual ]; then
+        x=$(flc_exec node2 cat /sys/class/net/flannel.1/mtu) || flc_fail "node2 has no flannel.1"
+        y=$(flc_exec node2 cat /sys/class/net/flannel-v6.1/mtu) || flc_fail "node2 has no flannel-v6.1"
+        mtus=(--mtu "$x" --mtu6 "$y")
+    fi
     local verdicts
     if verdicts=$("$FLC_DOCKER" exec -i "$(flc_container node2)" python - --pcap /tmp/ul.pcap \
         "${node_args[@]}" --pods "${all_ips#,}" --cross "${cross#,}" --same "${same#,}" \
-        --mtu "$mtu" <"$REPO/tests/compose/vxlan_verdicts.py" 2>&1); then
+        "${mtus[@]}" <"$REPO/tests/compose/vxlan_verdicts.py" 2>&1); then
         printf '%s\n' "$verdicts" | sed 's/^/    /' >&2
         flc_log "verifier (scapy): every verdict passed"
     else
         printf '%s\n' "$verdicts" | sed 's/^/    /' >&2
         flc_fail "the verifier found a failed verdict on node2's eth0"
     fi
+}
+
+# A pod's addresses in every family of the run (POD_IP, POD_IP6 of flc_verify).
+flc_pod_ips() {
+    echo "${POD_IP[$1]}" "${POD_IP6[$1]:-}"
+}
+
+# An IPv6 address as tcpdump and ip print it (fd18:0::11 -> fd18::11).
+flc_ip6() {
+    python3 -c 'import ipaddress, sys; print(ipaddress.IPv6Address(sys.argv[1]))' "$1" \
+        || flc_fail "not an IPv6 address: $1 (FLANNELISH_UNDERLAY6=$FLC_UNDERLAY6)"
 }
 
 # The wireguard variant (FLANNELISH_COMPOSE_BACKEND=wireguard): every node has
@@ -568,8 +671,8 @@ flc_check_clean() {
     if ! diff -q "$FLC_RUN/nft.before" <(nft list ruleset 2>/dev/null) >/dev/null; then
         flc_log "note: the root namespace's nft ruleset differs from the start (not Docker's: checked above)"
     fi
-    [ "$(sysctl -n net.ipv4.ip_forward)" = "$(cat "$FLC_RUN/ip_forward.before")" ] \
-        || problems+=("net.ipv4.ip_forward changed")
+    [ "$(flc_forwarding)" = "$(cat "$FLC_RUN/forwarding.before")" ] \
+        || problems+=("forwarding sysctls changed: $(cat "$FLC_RUN/forwarding.before") -> $(flc_forwarding)")
     if awk -v r="$FLC_RUN" -v d="$FLC_DATA_ROOT" 'index($2, r) == 1 || index($2, d "/") == 1' /proc/self/mounts | grep -q .; then
         problems+=("mounts left under $FLC_RUN or $FLC_DATA_ROOT")
     fi
@@ -600,9 +703,12 @@ flc_on_exit() {
 flc_keep() {
     trap - EXIT INT TERM
     echo "$FLC_RUN" >"$FLC_CACHE/kept-run"
+    echo "$FLC_IP_FAMILY" >"$FLC_RUN/ip-family"
+    local files="-f $FLC_RUN/src/docker-compose.yml"
+    [ "$FLC_IP_FAMILY" != dual ] || files="$files -f $FLC_RUN/src/$FLC_DUAL_FILE"
     flc_log "FLANNELISH_COMPOSE_KEEP=1: lab left running. Look around with:"
     echo "    export DOCKER_HOST=$DOCKER_HOST" >&2
-    echo "    docker-compose -p $FLC_PROJECT -f $FLC_RUN/src/docker-compose.yml ps" >&2
+    echo "    docker-compose -p $FLC_PROJECT $files ps" >&2
     echo "  remove it with: bash tests/compose/run.sh --down" >&2
     exit "${1:-0}"
 }
@@ -622,6 +728,7 @@ flc_down_only() {
         return 0
     fi
     export DOCKER_HOST="unix://$FLC_RUN/docker.sock"
+    FLC_IP_FAMILY=$(cat "$FLC_RUN/ip-family" 2>/dev/null || echo ipv4)
     FLC_DOCKERD_PID=$(cat "$FLC_CACHE/dockerd.pid" 2>/dev/null || true)
     flc_pid_is_our_dockerd "$FLC_DOCKERD_PID" || FLC_DOCKERD_PID=""
     flc_teardown

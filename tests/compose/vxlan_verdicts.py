@@ -7,15 +7,18 @@ stdin by tests/compose/run.sh:
         < tests/compose/vxlan_verdicts.py
 
 It reads the pcap with scapy, hands the frames to
-flannelish.lab.analysis.analyze (the verifier behind `flannelish verify`)
-and prints one line per verdict; the exit status is 1 if any verdict failed.
+flannelish.lab.analysis.analyze_by_family (the verifier behind `flannelish verify`)
+with one expectation per IP family found among the pod IPs (the dual-stack
+variant passes IPv4 and IPv6 nodes, pods and flows; each family's VXLAN must run
+over that family's node addresses), prints one line per verdict and exits 1 if
+any verdict failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
+from ipaddress import ip_address, ip_network
 
 
 def _flows(text: str, proto: str):
@@ -24,7 +27,7 @@ def _flows(text: str, proto: str):
     flows = set()
     for pair in filter(None, text.split(",")):
         src, dst = pair.split(">")
-        flows.add(Flow(IPv4Address(src), IPv4Address(dst), proto))
+        flows.add(Flow(ip_address(src), ip_address(dst), proto))
     return frozenset(flows)
 
 
@@ -36,34 +39,44 @@ def main() -> int:
     parser.add_argument("--cross", required=True, help="SRC>DST,... cross-node ICMP flows")
     parser.add_argument("--same", default="", help="SRC>DST,... same-node ICMP flows")
     parser.add_argument("--network", default="10.244.0.0/16")
+    parser.add_argument("--network6", default="fd44::/48")
     parser.add_argument("--vni", type=int, default=1)
     parser.add_argument("--port", type=int, default=8472)
-    parser.add_argument("--mtu", type=int, required=True, help="overlay (pod) MTU")
+    parser.add_argument("--mtu", type=int, required=True, help="overlay MTU (IPv4)")
+    parser.add_argument("--mtu6", type=int, default=0, help="IPv6 overlay MTU (default --mtu)")
     parser.add_argument("--underlay-mtu", type=int, default=1500)
     args = parser.parse_args()
 
     import scapy.layers.l2  # noqa: F401  (registers Ethernet for the pcap link type)
     from scapy.utils import rdpcap
 
-    from flannelish.lab.analysis import FAIL, Expected, analyze
+    from flannelish.lab.analysis import FAIL, Expected, analyze_by_family
 
-    subnets: dict[IPv4Address, IPv4Network] = {}
+    subnets = {}
     for item in args.node:
         public, subnet = item.split("=")
-        subnets[IPv4Address(public)] = IPv4Network(subnet, strict=False)
-    expected = Expected(
-        backend="vxlan",
-        pod_network=ip_network(args.network),  # type: ignore[arg-type]
-        vni=args.vni,
-        port=args.port,
-        overlay_mtu=args.mtu,
-        underlay_mtu=args.underlay_mtu,
-        node_subnets=subnets,
-        pod_ips=frozenset(ip_address(p) for p in args.pods.split(",") if p),  # type: ignore[misc]
-        cross_node=_flows(args.cross, "icmp"),
-        same_node=_flows(args.same, "icmp"),
-    )
-    result = analyze(rdpcap(args.pcap), expected)
+        subnets[ip_address(public)] = ip_network(subnet, strict=False)
+    pods = frozenset(ip_address(p) for p in args.pods.split(",") if p)
+    cross, same = _flows(args.cross, "icmp"), _flows(args.same, "icmp")
+    expected = [
+        Expected(
+            backend="vxlan",
+            pod_network=ip_network(args.network6 if family == 6 else args.network),
+            vni=args.vni,
+            port=args.port,
+            overlay_mtu=(args.mtu6 or args.mtu) if family == 6 else args.mtu,
+            underlay_mtu=args.underlay_mtu,
+            node_subnets={k: v for k, v in subnets.items() if k.version == family},
+            pod_ips=frozenset(p for p in pods if p.version == family),
+            cross_node=frozenset(f for f in cross if f.src.version == family),
+            same_node=frozenset(f for f in same if f.src.version == family),
+        )
+        for family in sorted({p.version for p in pods})
+    ]
+    if not expected:
+        print("no pod IPs given", file=sys.stderr)
+        return 1
+    result = analyze_by_family(rdpcap(args.pcap), expected)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
     print(f"{result.frames} frames captured ({counts})")
     for verdict in result.verdicts:
