@@ -87,15 +87,15 @@ trap shutdown TERM INT
 
 public6=()
 if [ -n "$NODE_IP6" ]; then
-    # Docker may hand out the address still tentative (duplicate address
-    # detection); the daemon needs it usable as the IPv6 VXLAN's source.
-    for _ in $(seq 1 100); do
-        ip -o -6 addr show dev "$IFACE" | grep -q " $NODE_IP6/" \
-            && ! ip -o -6 addr show dev "$IFACE" tentative | grep -q " $NODE_IP6/" && break
+    # The address may show up a moment after the container starts (seen with
+    # Docker 20.10); the daemon needs it as the IPv6 VXLAN's source.
+    waited=0
+    until ip -o -6 addr show dev "$IFACE" | grep -q " $NODE_IP6/"; do
+        [ "$waited" -lt 100 ] || { log "$IFACE has no $NODE_IP6 after 10 s (is the network's enable_ipv6 on?)"; ip -br addr >&2; exit 1; }
         sleep 0.1
+        waited=$((waited + 1))
     done
-    ip -o -6 addr show dev "$IFACE" | grep -q " $NODE_IP6/" \
-        || { log "$IFACE has no $NODE_IP6"; ip -br addr >&2; exit 1; }
+    [ "$waited" = 0 ] || log "$NODE_IP6 on $IFACE after ${waited}00 ms"
     public6=(--public-ipv6 "$NODE_IP6")
 fi
 
