@@ -255,11 +255,22 @@ flc_compose() {
 }
 
 declare -A FLC_CID=()
-flc_container() { # SERVICE -> container id (looked up once)
-    if [ -z "${FLC_CID[$1]:-}" ]; then
-        FLC_CID[$1]=$(flc_compose ps -q "$1")
+flc_container() { # SERVICE -> container id (from flc_lookup_containers, else asked)
+    if [ -n "${FLC_CID[$1]:-}" ]; then
+        echo "${FLC_CID[$1]}"
+    else
+        flc_compose ps -q "$1"
     fi
-    echo "${FLC_CID[$1]}"
+}
+
+# Look every service's container id up once, in this shell: flc_container runs in
+# $(...) subshells, where a cache it filled itself would be lost, and every
+# `docker-compose ps` costs about a second.
+flc_lookup_containers() {
+    local svc
+    for svc in etcd "${FLC_NODES[@]}"; do
+        FLC_CID[$svc]=$(flc_compose ps -q "$svc")
+    done
 }
 
 flc_exec() { # SERVICE CMD...: run in the service's container (no TTY)

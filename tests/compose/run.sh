@@ -69,6 +69,7 @@ main() {
             || flc_log "dual-stack: the underlay network is created with enable_ipv6 and a fd18::/64 subnet; an error above about IPv6 means Docker's IPv6 networks do not work on this host"
         flc_fail "docker-compose up failed"
     fi
+    flc_lookup_containers
     flc_wait_healthy 120
     flc_step "verify: pods, cross-node ping, $FLC_BACKEND on the compose network (${FLC_FAMILIES[*]/#/IPv})"
     flc_verify
