@@ -371,8 +371,9 @@ flc_verify() {
         local ok4 ok6
         ok4=$(grep -cE '^ok [^ ]+ [0-9.]+$' <<<"$results" || true)
         ok6=$(grep -cE '^ok [^ ]+ [0-9a-f:]+$' <<<"$results" || true)
-        [ "$ok4" = "$((pairs / 2))" ] && [ "$ok6" = "$((pairs / 2))" ] \
-            || flc_fail "expected $((pairs / 2)) pings per family, got IPv4 $ok4, IPv6 $ok6"
+        if [ "$ok4" != "$((pairs / 2))" ] || [ "$ok6" != "$((pairs / 2))" ]; then
+            flc_fail "expected $((pairs / 2)) pings per family, got IPv4 $ok4, IPv6 $ok6"
+        fi
         flc_log "ping: all $pairs pod pairs ok (cross-node and same-node; IPv4 $ok4, IPv6 $ok6)"
     else
         flc_log "ping: all $pairs pod pairs ok (cross-node and same-node)"
