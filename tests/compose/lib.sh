@@ -308,6 +308,10 @@ flc_wait_healthy() { # timeout seconds
 }
 
 # --- verification ---------------------------------------------------------------------
+#
+# Every capture runs tcpdump with --immediate-mode: without it, packets reach
+# tcpdump a ring block at a time (up to a second late), and a capture stopped
+# soon after the traffic loses its last block.
 
 flc_verify() {
     local node pod ip ip6 subnet subnet6 mtu n4 n6 i=0
@@ -392,7 +396,7 @@ flc_verify() {
     local plain_filter="ip and net 10.244.0.0/16"
     [ "$FLC_IP_FAMILY" != dual ] || plain_filter="($plain_filter) or (ip6 and net fd44::/48)"
     flc_exec node2 sh -c 'rm -f /tmp/plain.txt /tmp/plain.err
-        timeout 60 tcpdump -i eth0 -t -nn -l "'"$plain_filter"'" >/tmp/plain.txt 2>/tmp/plain.err &
+        timeout 60 tcpdump -i eth0 --immediate-mode -t -nn -l "'"$plain_filter"'" >/tmp/plain.txt 2>/tmp/plain.err &
         echo $! >/tmp/plain.pid
         for i in $(seq 1 50); do grep -q "listening on" /tmp/plain.err && break; sleep 0.1; done'
     for f in "${FLC_FAMILIES[@]}"; do
@@ -404,7 +408,7 @@ flc_verify() {
             ipw=IP echo_re="ICMP echo request"
         fi
         flc_exec node2 sh -c 'rm -f /tmp/vx.txt /tmp/vx.err
-            timeout 20 tcpdump -i eth0 -t -nn -l -T vxlan "udp port 8472 and src host '"$n1"'" >/tmp/vx.txt 2>/tmp/vx.err &
+            timeout 20 tcpdump -i eth0 --immediate-mode -t -nn -l -T vxlan "udp port 8472 and src host '"$n1"'" >/tmp/vx.txt 2>/tmp/vx.err &
             echo $! >/tmp/vx.pid
             for i in $(seq 1 50); do grep -q "listening on" /tmp/vx.err && break; sleep 0.1; done'
         flc_exec node1 ip netns exec "$src" ping -n -q -c 4 -i 0.2 -W 2 "$dst_ip" >/dev/null \
@@ -481,7 +485,7 @@ print(hashlib.sha256(data).hexdigest(), len(data), f"{len(data) * 8 / dt / 1e6:.
         done
     done
     flc_exec node2 sh -c 'rm -f /tmp/ul.pcap /tmp/ul.err
-        tcpdump -i eth0 -s 256 -U -w /tmp/ul.pcap "not tcp port 2379" 2>/tmp/ul.err &
+        tcpdump -i eth0 --immediate-mode -s 256 -U -w /tmp/ul.pcap "not tcp port 2379" 2>/tmp/ul.err &
         echo $! >/tmp/ul.pid
         for i in $(seq 1 50); do grep -q "listening on" /tmp/ul.err && break; sleep 0.1; done'
     local node2_ips=""
@@ -553,7 +557,7 @@ flc_verify_wireguard() {
     done
     local secret=5ec7e75ec7e75ec7e75ec7e75ec7e75e
     flc_exec node2 sh -c 'rm -f /tmp/wg.pcap /tmp/wg.err
-        tcpdump -i eth0 -U -w /tmp/wg.pcap "not tcp port 2379 and not arp" 2>/tmp/wg.err &
+        tcpdump -i eth0 --immediate-mode -U -w /tmp/wg.pcap "not tcp port 2379 and not arp" 2>/tmp/wg.err &
         echo $! >/tmp/wg.pid
         for i in $(seq 1 50); do grep -q "listening on" /tmp/wg.err && break; sleep 0.1; done'
     local b
