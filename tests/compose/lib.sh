@@ -46,6 +46,21 @@ flc_step() {
 
 flc_begin() {
     [ "$(id -u)" = 0 ] || { echo "tests/compose/run.sh must run as root" >&2; exit 1; }
+    # The test checks the default lab: 2 pods per node, VXLAN VNI 1 on port 8472, or
+    # with FLANNELISH_COMPOSE_BACKEND=wireguard the wireguard backend on udp/51820;
+    # with FLANNELISH_COMPOSE_IP_FAMILY=dual, VXLAN in IPv4 and IPv6.
+    FLC_BACKEND="${FLANNELISH_COMPOSE_BACKEND:-vxlan}"
+    case "$FLC_BACKEND" in vxlan|wireguard) ;; *) echo "FLANNELISH_COMPOSE_BACKEND: vxlan or wireguard" >&2; exit 2 ;; esac
+    FLC_IP_FAMILY="${FLANNELISH_COMPOSE_IP_FAMILY:-ipv4}"
+    case "$FLC_IP_FAMILY" in
+        ipv4) FLC_FAMILIES=(4) ;;
+        dual) FLC_FAMILIES=(4 6) ;;
+        *) echo "FLANNELISH_COMPOSE_IP_FAMILY: ipv4 or dual" >&2; exit 2 ;;
+    esac
+    if [ "$FLC_IP_FAMILY" = dual ] && [ "$FLC_BACKEND" != vxlan ]; then
+        echo "FLANNELISH_COMPOSE_IP_FAMILY=dual runs with the vxlan backend (the WireGuard checks are IPv4-only)" >&2
+        exit 2
+    fi
     FLC_T0=$(flc_now)
     mkdir -p "$FLC_CACHE"
     # One run at a time: the data root, the underlay range and the bridge name are shared.
@@ -60,22 +75,8 @@ flc_begin() {
     export FLANNELISH_BUILD_NETWORK=host
     export BASE_IMAGE="$FLC_BASE_IMAGE"
     export COMPOSE_HTTP_TIMEOUT=300
-    # The test checks the default lab: 2 pods per node, VXLAN VNI 1 on port 8472, or
-    # with FLANNELISH_COMPOSE_BACKEND=wireguard the wireguard backend on udp/51820.
     export FLANNELISH_PODS_PER_NODE=2
-    FLC_BACKEND="${FLANNELISH_COMPOSE_BACKEND:-vxlan}"
-    case "$FLC_BACKEND" in vxlan|wireguard) ;; *) echo "FLANNELISH_COMPOSE_BACKEND: vxlan or wireguard" >&2; exit 2 ;; esac
     export FLANNELISH_BACKEND="$FLC_BACKEND"
-    FLC_IP_FAMILY="${FLANNELISH_COMPOSE_IP_FAMILY:-ipv4}"
-    case "$FLC_IP_FAMILY" in
-        ipv4) FLC_FAMILIES=(4) ;;
-        dual) FLC_FAMILIES=(4 6) ;;
-        *) echo "FLANNELISH_COMPOSE_IP_FAMILY: ipv4 or dual" >&2; exit 2 ;;
-    esac
-    if [ "$FLC_IP_FAMILY" = dual ] && [ "$FLC_BACKEND" != vxlan ]; then
-        echo "FLANNELISH_COMPOSE_IP_FAMILY=dual runs with the vxlan backend (the WireGuard checks are IPv4-only)" >&2
-        exit 2
-    fi
     unset FLANNELISH_NETWORK_CONFIG
     flc_log "state: $FLC_RUN (run), $FLC_CACHE (cache); DOCKER_HOST=$DOCKER_HOST"
 }
