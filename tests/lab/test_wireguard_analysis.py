@@ -19,6 +19,8 @@ from flannelish.node.wireguard_checks import check_wireguard
 
 pytestmark = pytest.mark.unit
 
+# Fixed MACs: a bare Ether() makes scapy look the MAC up (ARP/ND on the host, seconds each).
+MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 N1, N2 = IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2")
 P1, P2 = IPv4Address("10.244.1.2"), IPv4Address("10.244.2.2")
 
@@ -39,7 +41,9 @@ def expected() -> Expected:
 
 
 def wg(src, dst, body: bytes, sport=51820, dport=51820) -> bytes:
-    return bytes(Ether() / IP(src=str(src), dst=str(dst)) / UDP(sport=sport, dport=dport) / body)
+    return bytes(
+        Ether(**MACS) / IP(src=str(src), dst=str(dst)) / UDP(sport=sport, dport=dport) / body
+    )
 
 
 def data(n: int = 96) -> bytes:
@@ -56,7 +60,7 @@ def test_encrypted_traffic_between_nodes_passes():
 
 
 def test_plaintext_pod_packet_fails():
-    plain = bytes(Ether() / IP(src=str(P1), dst=str(P2)) / ICMP())
+    plain = bytes(Ether(**MACS) / IP(src=str(P1), dst=str(P2)) / ICMP())
     v = verdicts([wg(N1, N2, data()), wg(N2, N1, data()), plain])
     assert v["pod traffic crosses only as WireGuard udp/51820 between node IPs"].status == FAIL
 
@@ -96,7 +100,9 @@ def expected6() -> Expected:
 
 
 def wg6(src, dst, body: bytes, port=51821, outer=IPv6) -> bytes:
-    return bytes(Ether() / outer(src=str(src), dst=str(dst)) / UDP(sport=port, dport=port) / body)
+    return bytes(
+        Ether(**MACS) / outer(src=str(src), dst=str(dst)) / UDP(sport=port, dport=port) / body
+    )
 
 
 def verdicts6(frames):
@@ -105,8 +111,8 @@ def verdicts6(frames):
 
 def test_ipv6_encrypted_traffic_between_nodes_passes_beside_neighbour_discovery():
     # The IPv6 underlay's own neighbour solicitations between the nodes are not pod traffic.
-    ns = bytes(Ether() / IPv6(src=str(M1), dst=str(M2)) / ICMPv6ND_NS(tgt=str(M2)))
-    na = bytes(Ether() / IPv6(src=str(M2), dst=str(M1)) / ICMPv6ND_NA(tgt=str(M2)))
+    ns = bytes(Ether(**MACS) / IPv6(src=str(M1), dst=str(M2)) / ICMPv6ND_NS(tgt=str(M2)))
+    na = bytes(Ether(**MACS) / IPv6(src=str(M2), dst=str(M1)) / ICMPv6ND_NA(tgt=str(M2)))
     v4 = wg(N1, N2, data())  # the IPv4 device's traffic is not this family's
     result = analyze([wg6(M1, M2, data()), wg6(M2, M1, data()), ns, na, v4], expected6())
     assert result.ok, result.verdicts
@@ -115,7 +121,7 @@ def test_ipv6_encrypted_traffic_between_nodes_passes_beside_neighbour_discovery(
 
 
 def test_ipv6_plaintext_pod_packet_and_readable_address_fail():
-    plain = bytes(Ether() / IPv6(src=str(Q1), dst=str(Q2)) / ICMPv6EchoRequest())
+    plain = bytes(Ether(**MACS) / IPv6(src=str(Q1), dst=str(Q2)) / ICMPv6EchoRequest())
     v = verdicts6([wg6(M1, M2, data()), wg6(M2, M1, data()), plain])
     assert v[ONLY6].status == FAIL and f"icmp {Q1}->{Q2}" in v[ONLY6].detail
     leak = data(0) + bytes(IPv6(src=str(Q1), dst=str(Q2)) / ICMPv6EchoRequest())
@@ -126,7 +132,9 @@ def test_ipv6_plaintext_pod_packet_and_readable_address_fail():
 def test_a_readable_ipv6_ping_is_the_ipv6_familys_finding_not_ipv4s():
     """Dual stack: one capture, one analysis per family; the ping payload is the same in
     both families, so a plaintext IPv6 ping fails IPv6's assertions only."""
-    plain6 = bytes(Ether() / IPv6(src=str(Q1), dst=str(Q2)) / ICMPv6EchoRequest(data=ICMP_PATTERN))
+    plain6 = bytes(
+        Ether(**MACS) / IPv6(src=str(Q1), dst=str(Q2)) / ICMPv6EchoRequest(data=ICMP_PATTERN)
+    )
     frames = [wg(N1, N2, data()), wg(N2, N1, data()), plain6]
     assert analyze(frames, expected()).ok
     v = verdicts6([*frames, wg6(M1, M2, data()), wg6(M2, M1, data())])
