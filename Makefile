@@ -111,14 +111,14 @@ bench-quick: setup
 	echo "benchmarks took $$((SECONDS - start)) s"
 	$(PY) bench/report.py --results $(BENCH_RESULTS) --out $(BENCH_OUT)
 
-# Issue 16: N leases already in etcd, cold sync, then lease events one at a time;
+# N leases already in etcd, cold sync, then lease events one at a time;
 # flanneld side by side when FLANNELD_BIN names its binary (about 1 + 2 min).
 # (`make bench` runs these too and puts them in the report.)
 bench-population: setup
 	$(PY) bench/convergence.py --population 1000
 	$(PY) bench/convergence.py --population 5000
 
-# Issue 16's fleet at full size: 5000 simulated nodes (lease storm, renewals, cold sync,
+# The fleet at full size: 5000 simulated nodes (lease storm, renewals, cold sync,
 # memory, idle CPU, release) and 1000 watchers; writes $(BENCH_RESULTS)/fleet.json for the
 # report (replacing `make bench`'s smaller run).  About 10-20 min on a 2-core machine.
 bench-fleet: setup
