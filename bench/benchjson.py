@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import time
@@ -42,6 +43,18 @@ from pathlib import Path
 from typing import Any
 
 FORMAT = "flannelish-bench/1"
+
+
+def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile, ``q`` in 0..100 (0.0 for no values).
+
+    The one definition every bench prints and the report renders, so a p99 in a
+    bench's table and in summary.md is the same number (for 100 samples: the
+    second largest, not the largest)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered) / 100) - 1))]
 
 
 class Results:

@@ -39,7 +39,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchjson import Results
+from benchjson import Results, pct
 from flannelish.cni.install import install
 
 from flannelish.testing.netns import NetnsFactory
@@ -107,11 +107,6 @@ class Variant:
         self.samples.setdefault((command, conc), []).append(ms)
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def run_rounds(variants: list[Variant], factory: NetnsFactory, rounds: int, batches: int) -> None:
     # concurrency 1: every round, each variant (shuffled order) does one ADD then one DEL
     for r in range(rounds):
@@ -155,13 +150,13 @@ def report(variants: list[Variant], server_rss_kb: int, out: Results | None = No
             base = ref.samples[(command, conc)]
             for v in variants:
                 xs = v.samples[(command, conc)]
-                row = [pct(xs, q) for q in (0.5, 0.9, 0.99)]
-                ratio = [row[i] / pct(base, q) for i, q in enumerate((0.5, 0.9, 0.99))]
+                row = [pct(xs, q) for q in (50, 90, 99)]
+                ratio = [row[i] / pct(base, q) for i, q in enumerate((50, 90, 99))]
                 if out is not None:
                     key = f"cni.{command}.c{conc}.{v.name}"
                     out.samples(key, xs, "ms")
                     for q, value in zip(("p50", "p90", "p99"), row, strict=True):
-                        base_q = pct(base, {"p50": 0.5, "p90": 0.9, "p99": 0.99}[q])
+                        base_q = pct(base, {"p50": 50, "p90": 90, "p99": 99}[q])
                         goal = "<= 1.0x" if q == "p99" and v.name == "daemon" else None
                         out.figure(f"{key}.{q}", value, "ms", base_q, "reference", goal)
                 print(

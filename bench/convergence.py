@@ -52,6 +52,8 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 
+from benchjson import pct
+
 from flannelish.subnet.keys import Keys
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,12 +76,6 @@ def lease_value(n: int, public_ip: str | None = None, public_ipv6: str | None = 
     if public_ipv6:
         value["BackendV6Data"] = {"VNI": 1, "VtepMAC": f"0e:00:00:06:{n // 256:02x}:{n % 256:02x}"}
     return json.dumps(value, separators=(",", ":"))
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered) + 0.5) - 1))
-    return ordered[index]
 
 
 class BenchCluster:
@@ -353,7 +349,7 @@ def measure_inside(endpoint: str, peers: int, dual: bool = False) -> dict[str, l
 
 def report(results: dict[str, list[float]]) -> None:
     base50 = statistics.median(results["watch"])
-    base99 = percentile(results["watch"], 99)
+    base99 = pct(results["watch"], 99)
     print(f"{'':38}{'p50 ms':>9}{'p99 ms':>9}{'x base p50':>12}{'x base p99':>12}")
     dual = "add_ipv6" in results
     rows = [
@@ -365,9 +361,9 @@ def report(results: dict[str, list[float]]) -> None:
         rows[2:2] = [("  IPv4 route alone", results["add_ipv4"]),
                      ("  IPv6 route alone", results["add_ipv6"])]  # fmt: skip
     for name, values in rows:
-        p50, p99 = statistics.median(values), percentile(values, 99)
+        p50, p99 = statistics.median(values), pct(values, 99)
         print(f"{name:38}{p50:9.2f}{p99:9.2f}{p50 / base50:12.1f}{p99 / base99:12.1f}")
-    p99_add = percentile(results["add"], 99)
+    p99_add = pct(results["add"], 99)
     verdict = "MET" if p99_add < 200 else "MISSED"
     what = "add (both routes) p99" if dual else "add p99"
     print(f"goal: {what} < 200 ms -> {p99_add:.1f} ms {verdict} (n={len(results['add'])})")
@@ -713,7 +709,7 @@ def population(args: argparse.Namespace) -> int:
 def _pp(values: list[float]) -> str:
     if not values:
         return "-"
-    return f"{statistics.median(values):.1f} / {percentile(values, 99):.1f}"
+    return f"{statistics.median(values):.1f} / {pct(values, 99):.1f}"
 
 
 def report_population(res: dict[str, Any]) -> None:
@@ -755,7 +751,7 @@ def report_population(res: dict[str, Any]) -> None:
         if fd and res[kind].get("flanneld"):
             a, b = res[kind]["flannelish"], res[kind]["flanneld"]
             r = f"{statistics.median(a) / statistics.median(b):.1f}/" + (
-                f"{percentile(a, 99) / percentile(b, 99):.1f}x"
+                f"{pct(a, 99) / pct(b, 99):.1f}x"
             )
         row(label, cells, r)
     row("  baseline: etcd put -> watch event (ms)", [_pp(res["watch"])])
@@ -776,7 +772,7 @@ def report_population(res: dict[str, Any]) -> None:
         for kind in ("add",):
             a, b = res[kind]["flannelish"], res[kind]["flanneld"]
             p50_ok = statistics.median(a) <= statistics.median(b)
-            ok = p50_ok and percentile(a, 99) <= percentile(b, 99)
+            ok = p50_ok and pct(a, 99) <= pct(b, 99)
             goals.append(f"per-event p50/p99 <= flanneld: {'MET' if ok else 'MISSED'}")
         goals.append(
             f"cold start->routes faster than flanneld: "
@@ -885,7 +881,7 @@ def write_json(
         for q in (50, 99):
             goal = "< 200 ms" if name == "add" and q == 99 else None
             out.figure(
-                f"{pre}.{name}.p{q}", percentile(values, q), "ms", percentile(base, q),
+                f"{pre}.{name}.p{q}", pct(values, q), "ms", pct(base, q),
                 "etcd watch", goal,
             )  # fmt: skip
     out.write()

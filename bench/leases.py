@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 
-from benchjson import Results
+from benchjson import Results, pct
 
 from flannelish.subnet.etcdstore import EtcdOptions
 
@@ -49,11 +49,6 @@ def attrs(i: int) -> LeaseAttrs:
         "vxlan",
         {"VNI": 1, "VtepMAC": f"0a:00:00:00:{i // 256:02x}:{i % 256:02x}"},
     )
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def bare_client(url: str):  # type: ignore[no-untyped-def]

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchjson import load
+from benchjson import load, pct
 
 HERE = Path(__file__).resolve().parent
 CNI_VARIANTS = ("reference", "daemon")
@@ -93,8 +93,8 @@ def from_population(raw: dict[str, Any]) -> Doc:
                 extra: dict[str, str] = {"baseline_name": "flanneld"} if other else {}
                 if other and kind == "add":
                     extra["goal"] = "<= 1.0x"
-                fig(f"{pre}.{kind}.p{q}", _pct(values, q), "ms",
-                    _pct(other, q) if other else None, **extra)  # fmt: skip
+                fig(f"{pre}.{kind}.p{q}", pct(values, q), "ms",
+                    pct(other, q) if other else None, **extra)  # fmt: skip
     if raw.get("watch"):
         doc["samples"]["population.watch"] = raw["watch"]
         doc["sample_units"]["population.watch"] = "ms"
@@ -154,11 +154,6 @@ def from_datapath(raw: dict[str, Any]) -> Doc:
         if key in raw:
             doc["figures"][f"{pre}.{key}"] = {"value": raw[key], "unit": "x"}
     return doc
-
-
-def _pct(values: list[float], q: float) -> float:
-    xs = sorted(values)
-    return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
 
 
 def load_all(results: Path) -> tuple[list[Doc], list[str]]:
@@ -266,11 +261,14 @@ def markdown(docs: list[Doc], problems: list[str], plots: list[tuple[str, str]])
         la0, la1 = host.get("loadavg_start") or [0.0], host.get("loadavg_end") or [0.0]
         lines.append(f"## {_title(doc)}")
         lines.append("")
-        lines.append(
-            f"`{doc['_file']}`: {host.get('started', '?')}, {host.get('seconds', '?')} s, "
-            f"{host.get('cpus', '?')} CPUs, kernel {host.get('kernel', '?')}, "
-            f"load average {la0[0]:.1f} at start, {la1[0]:.1f} at end"
-        )
+        known = [  # a bench's own JSON (datapath, population) records less than benchjson's
+            host.get("started"),
+            f"{host['seconds']} s" if "seconds" in host else None,
+            f"{host['cpus']} CPUs" if "cpus" in host else None,
+            f"kernel {host['kernel']}" if "kernel" in host else None,
+            f"load average {la0[0]:.1f} at start, {la1[0]:.1f} at end",
+        ]
+        lines.append(f"`{doc['_file']}`: " + ", ".join(str(x) for x in known if x))
         lines.append("")
         figures = doc["figures"]
         if figures:
