@@ -224,7 +224,8 @@ def _verbosity(v: int | None) -> None:
     show_default=True,
     envvar="FLANNELD_RESYNC_INTERVAL",
     show_envvar=True,
-    help="Seconds between full kernel-vs-etcd reconcile passes.",
+    help="Seconds between full kernel-vs-etcd reconcile passes (at least 20 times a "
+    "pass's own duration, so the periodic pass stays under 5 % of a CPU).",
 )
 @click.option(
     "--cni-socket",
