@@ -19,6 +19,9 @@ from flannelish.lab.headers import Layer
 from flannelish.lab.hops import pcap_link, read_pcap
 from flannelish.lab.report import build_journeys
 
+# Fixed MACs: a bare Ether() makes scapy look the MAC up (ARP/ND on the host, seconds each).
+MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
+
 pytestmark = pytest.mark.unit
 
 RECORDED = Path(__file__).parent / "journeys"
@@ -188,16 +191,11 @@ def test_a_pod_address_inside_a_wireguard_message_is_a_finding():
     ping = IPv6(src=flow.src, dst=flow.dst) / ICMPv6EchoRequest(id=1, seq=1, data=b"x" * 40)
     leak = b"\x04\0\0\0" + (7).to_bytes(4, "little") + (1).to_bytes(8, "little") + bytes(ping)
     leak += b"\0" * (-len(leak) % 16 + 16)
-    wire = (
-        Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
-        / IPv6(src="fd18::1", dst="fd18::2")
-        / UDP(sport=51820, dport=51820)
-        / leak
-    )
+    wire = Ether(**MACS) / IPv6(src="fd18::1", dst="fd18::2") / UDP(sport=51820, dport=51820) / leak
     frames = {
-        "a": [(1, bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ping))],
+        "a": [(1, bytes(Ether(**MACS) / ping))],
         "w": [(2, bytes(wire))],
-        "b": [(3, bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ping))],
+        "b": [(3, bytes(Ether(**MACS) / ping))],
     }
     j = jr.build(replace(flow), frames, 51820)
     st = _by_key(j)
@@ -239,16 +237,13 @@ def test_an_ipv6_flow_follows_its_own_wireguard_port_and_decodes_it_as_wireguard
     sealed = b"\x04\0\0\0" + (7).to_bytes(4, "little") + (3).to_bytes(8, "little")
     sealed += bytes(-(-len(ping) // 16) * 16 + 16)  # the padded ciphertext and its tag
     wire = (
-        Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
-        / IPv6(src="fd18::1", dst="fd18::2")
-        / UDP(sport=51821, dport=51821)
-        / sealed
+        Ether(**MACS) / IPv6(src="fd18::1", dst="fd18::2") / UDP(sport=51821, dport=51821) / sealed
     )
     frames = {
-        "a": [(1, bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ping))],
+        "a": [(1, bytes(Ether(**MACS) / ping))],
         "t": [(2, bytes(ping))],
         "w": [(3, bytes(wire))],
-        "b": [(4, bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ping))],
+        "b": [(4, bytes(Ether(**MACS) / ping))],
     }
     j = jr.build(flow, frames, 51820)  # the lab's first port; the flow's own wins
     assert j.ok, [f.text for f in j.findings if not f.ok]
