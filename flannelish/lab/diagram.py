@@ -131,7 +131,7 @@ def _peer_label(topo: Topology, a: NodeBox, b: NodeBox) -> str:
         return "\n".join(["host-gw routes", *lines])
     if topo.backend == "wireguard":
         # One device per family (Mode separate), each over its own underlay family.
-        pairs = [(fa, fb) for fa, fb in zip(a.families, b.families, strict=False)]
+        pairs = list(zip(a.families, b.families, strict=False))
         if len(pairs) <= 1:
             port = names.wireguard_port(pairs[0][0].version if pairs else 4)
             ends = f"{pairs[0][0].ip} ↔ {pairs[0][1].ip}" if pairs else f"{a.ip} ↔ {b.ip}"
@@ -173,9 +173,7 @@ def build_topology(state: LabState, views: dict[str, Any]) -> Topology:
         underlay_netns=state.underlay_netns,
         etcd=state.etcd_endpoint,
         vni=spec.vni if spec.backend == "vxlan" else 0,
-        port={"vxlan": spec.port, "wireguard": names.wireguard_port(spec.families[0])}.get(
-            spec.backend, 0
-        ),
+        port=spec.tunnel_port() if spec.backend in ("vxlan", "wireguard") else 0,
         families=spec.families,
     )
     for node in state.nodes:

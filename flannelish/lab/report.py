@@ -169,7 +169,7 @@ def _family_flows(
                     family=family,
                     src_node_ip=node_ip(a),
                     dst_node_ip=node_ip(b),
-                    tunnel_port=tunnel_port(state, family),
+                    tunnel_port=state.spec.tunnel_port(family),
                 )
             )
     if same:
@@ -190,7 +190,7 @@ def _family_flows(
                 family=family,
                 src_node_ip=node_ip(a),
                 dst_node_ip=node_ip(b),
-                tunnel_port=tunnel_port(state, family),
+                tunnel_port=state.spec.tunnel_port(family),
             )
         )
     return flows
@@ -280,17 +280,9 @@ class ReportResult:
         return all(j.ok for j in self.journeys)
 
 
-def tunnel_port(state: LabState, family: int | None = None) -> int:
-    """The UDP port of the lab's tunnel for IP version `family` (default: the lab's
-    first): VXLAN's, or the family's WireGuard device's listen port."""
-    if state.spec.backend != "wireguard":
-        return state.spec.port
-    return names.wireguard_port(family or state.spec.families[0])
-
-
 def build_journeys(pcap_dir: Path, port: int) -> list[jr.Journey]:
     """Every flow recorded in pcap_dir/flows.json, followed through its per-hop pcaps
-    (`port`: the tunnel's UDP port, `tunnel_port`, for flows that do not name their own)."""
+    (`port`: the tunnel's UDP port, `LabSpec.tunnel_port`, for flows that do not name their own)."""
     import json
 
     if not (pcap_dir / FLOWS_FILE).exists():
@@ -324,7 +316,7 @@ def write_report(state: LabState, verify_report: Any, directory: Path) -> Report
     from flannelish.lab import diagram, reporthtml
 
     started = time.monotonic()
-    journeys = build_journeys(directory / PCAPS, tunnel_port(state))
+    journeys = build_journeys(directory / PCAPS, state.spec.tunnel_port())
     try:
         topo = diagram.gather(state)
         svg = diagram.inline_svg(topo)

@@ -106,6 +106,13 @@ class LabSpec:
     def families(self) -> tuple[int, ...]:
         return names.families_of(self.ip_family)
 
+    def tunnel_port(self, family: int | None = None) -> int:
+        """The UDP port of the lab's tunnel for IP version `family` (default: the lab's
+        first): VXLAN's, or the family's WireGuard device's listen port."""
+        if self.backend != "wireguard":
+            return self.port
+        return names.wireguard_port(family or self.families[0])
+
     def validate(self) -> LabSpec:
         names.validate_lab_name(self.name)
         if not 1 <= self.nodes <= names.MAX_NODES:

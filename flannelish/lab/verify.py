@@ -217,7 +217,7 @@ def expected_for(state: LabState, cross: set[Flow], same: set[Flow], family: int
         backend=spec.backend,
         pod_network=ip_network(spec.network6 if family == 6 else spec.network),
         vni=spec.vni,
-        port=names.wireguard_port(family) if spec.backend == "wireguard" else spec.port,
+        port=spec.tunnel_port(family),
         overlay_mtu=overlay_mtu,
         underlay_mtu=_underlay_mtu(state),
         node_subnets={
