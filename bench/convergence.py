@@ -688,7 +688,9 @@ def population(args: argparse.Namespace) -> int:
         measured = json.loads(out.stdout.strip().splitlines()[-1])
         # Idle: no lease changes, only periodic work (resync passes, renewals, checks).
         before = {k: cpu_seconds(v["pid"]) for k, v in daemons.items()}
+        spy = py_spy(pid, profile / f"idle-{n}.txt") if profile else None
         time.sleep(args.idle)
+        stop_py_spy(spy)
         for k, v in daemons.items():
             v["idle_cpu_pct"] = (cpu_seconds(v["pid"]) - before[k]) / args.idle * 100
         for d in daemons.values():

@@ -181,6 +181,7 @@ class NodeDaemon:
                 LeaseKey(*previous_subnets(opts.subnet_file)),
                 wait=True,
                 stop=self.stop_event,
+                keep_listing=True,  # the lease watch starts from it (no second listing)
             )
         except EtcdError:
             if self.stop_event.is_set():

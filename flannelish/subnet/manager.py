@@ -50,7 +50,7 @@ from flannelish.subnet.config import NetworkConfig, parse_network_config
 from flannelish.subnet.keys import Keys, LeaseKey, as_key
 from flannelish.subnet.lease import Event, Lease, LeaseAttrs
 from flannelish.subnet.registry import Registry
-from flannelish.subnet.watch import RESET_GRACE_S, Exclude, watch_events
+from flannelish.subnet.watch import RESET_GRACE_S, Exclude, Snapshot, watch_events
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,10 @@ MAX_ATTEMPTS = 30  # lost races before giving up (each lost race means progress 
 MAX_WIDENING = 10  # candidates double per lost race, up to 100 << 10 (102400)
 ETCD_RETRY_MAX_S = 5.0  # backoff cap while etcd fails during acquisition (wait=True)
 CONFIG_POLL_S = 1.0
+# The listing acquire() read seeds the lease watch if the watch starts within this
+# long: at 5000 leases a second listing costs ~0.4 s of a cold start.  Older, the
+# watch lists again (replaying a long stretch of history would cost more).
+LISTING_REUSE_S = 30.0
 
 
 class SubnetManager:
@@ -81,6 +85,7 @@ class SubnetManager:
         self._own: dict[LeaseKey, Lease] = {}
         self._own_lock = threading.Lock()
         self.lost_races = 0  # acquisition rounds lost to another node (a figure for benchmarks)
+        self._listing: tuple[float, Snapshot] | None = None  # acquire()'s last listing
 
     # -- config ------------------------------------------------------------------
 
@@ -130,10 +135,12 @@ class SubnetManager:
         previous_subnet: IPv4Network | LeaseKey | None = None,
         wait: bool = False,
         stop: threading.Event | None = None,
+        keep_listing: bool = False,
     ) -> Lease:
         """Take a subnet (one per enabled family) for a node advertising `attrs`
         (see the module docstring).  `previous_subnet`: the one(s) of an earlier run.
-        `wait`: retry etcd failures (not refused credentials) until `stop` is set."""
+        `wait`: retry etcd failures (not refused credentials) until `stop` is set.
+        `keep_listing`: the next watch_leases() starts from the listing read here."""
         previous = as_key(previous_subnet) if previous_subnet is not None else LeaseKey(None)
         stop = stop or threading.Event()
         lost = failures = 0
@@ -141,7 +148,9 @@ class SubnetManager:
             if lost:
                 time.sleep(self._rng.uniform(0.005, 0.05) * min(lost, 5))
             try:
-                lease = self._acquire_round(attrs, previous, lost, first=not (lost or failures))
+                lease = self._acquire_round(
+                    attrs, previous, lost, first=not (lost or failures), keep=keep_listing
+                )
             except EtcdAuthError:
                 raise
             except EtcdError as exc:
@@ -166,12 +175,14 @@ class SubnetManager:
             log.info("lost a race for a subnet; retrying", extra={"attempt": lost})
 
     def _acquire_round(
-        self, attrs: LeaseAttrs, previous: LeaseKey, lost: int, first: bool
+        self, attrs: LeaseAttrs, previous: LeaseKey, lost: int, first: bool, keep: bool = False
     ) -> Lease | None:
         """List, decide, write once; None if another node took the chosen subnet first."""
         config = self._config_now()
         _check_attrs(config, attrs)
         listing = self.registry.list_all()
+        if keep:
+            self._listing = (time.monotonic(), Snapshot(listing.leases, listing.revision))
         # A key with a bad value still exists: a create there would fail every time.
         taken = [k for b in listing.bad if (k := b.lease_key) is not None]
         if taken and first:
@@ -359,7 +370,15 @@ class SubnetManager:
         the peers it lost are held until they register again, or REMOVED
         `reset_grace_s` after the network config is back.  Returns when `stop` is set.
         """
-        return watch_events(self.registry, stop, exclude, reset_grace_s)
+        return watch_events(self.registry, stop, exclude, reset_grace_s, self._take_listing())
+
+    def _take_listing(self) -> Snapshot | None:
+        """acquire()'s listing, once, if recent: a watch from its revision + 1 misses
+        nothing (our own lease, written after it, arrives as an event and is excluded)."""
+        taken, self._listing = self._listing, None
+        if taken is None or time.monotonic() - taken[0] > LISTING_REUSE_S:
+            return None
+        return taken[1]
 
     # -- helpers -----------------------------------------------------------------
 

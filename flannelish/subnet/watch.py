@@ -72,10 +72,20 @@ def lease_changes(
     stop: threading.Event,
     subnet: Own | None = None,
     label: str = "lease watch",
+    initial: Snapshot | None = None,
 ) -> Iterator[Snapshot | list[Change]]:
-    """Snapshot first, then lists of changes ([] when idle); returns when `stop` is set."""
+    """Snapshot first, then lists of changes ([] when idle); returns when `stop` is set.
+
+    `initial`: a listing the caller already has; it is the first snapshot and
+    the watch starts right after its revision."""
     backoff = BACKOFF_MIN_S
     next_revision = 0  # 0: a snapshot is needed
+    if initial is not None:
+        leases = initial.leases
+        if subnet is not None:
+            leases = [x for x in leases if key_matches(x.key, as_key(subnet))]
+        next_revision = initial.revision + 1
+        yield Snapshot(leases, initial.revision)
     reset = False  # the next snapshot follows a ClusterReset
     outage_since: float | None = None
     last_report = 0.0
@@ -160,12 +170,15 @@ def watch_events(
     stop: threading.Event,
     exclude: Exclude = None,
     reset_grace_s: float = RESET_GRACE_S,
+    initial: Snapshot | None = None,
 ) -> Iterator[list[Event]]:
-    """Peer events: the first batch is the snapshot (possibly empty), then live batches."""
+    """Peer events: the first batch is the snapshot (possibly empty), then live batches.
+
+    `initial`: a listing to start from instead of listing again (see lease_changes)."""
     tracker = PeerTracker(exclude)
     held = HeldPeers(registry, reset_grace_s)
     synced = False  # the first batch must be a real listing, even an empty one
-    for item in lease_changes(registry, stop):
+    for item in lease_changes(registry, stop, initial=initial):
         if isinstance(item, Snapshot):
             listed = {x.key for x in item.leases}
             if item.reset:

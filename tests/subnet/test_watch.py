@@ -171,3 +171,55 @@ def test_first_batch_waits_for_a_real_listing_when_etcd_is_down_at_start(setup):
     reg.put_raw(NET("10.5.2.0/24"), attrs("198.18.0.2"))
     reg.fail_next(3)
     assert summary(next(mgr.watch_leases(stop))) == [(EventType.ADDED, "10.5.2.0/24", None)]
+
+
+def _counting_listings(reg):
+    calls = []
+    real = reg.list_all
+
+    def list_all(with_expiry=False):
+        calls.append(with_expiry)
+        return real(with_expiry)
+
+    reg.list_all = list_all
+    reg.list_leases = lambda with_expiry=False: (lambda x: (x.leases, x.revision))(
+        list_all(with_expiry)
+    )
+    return calls
+
+
+def test_a_kept_acquire_listing_seeds_the_watch_and_misses_nothing_after_it(setup):
+    reg, mgr, stop = setup
+    mgr.acquire(attrs("198.18.0.2", "0a:00:00:00:00:02"), NET("10.5.2.0/24"))
+    calls = _counting_listings(reg)
+    own = mgr.acquire(attrs("198.18.0.1"), NET("10.5.1.0/24"), keep_listing=True)
+    assert len(calls) == 1
+    # Written after acquire()'s listing, before the watch starts: must still arrive.
+    mgr.acquire(attrs("198.18.0.3", "0a:00:00:00:00:03"), NET("10.5.3.0/24"))
+    events = mgr.watch_leases(stop, exclude=own.subnet)
+    assert summary(next(events)) == [(EventType.ADDED, "10.5.2.0/24", None)]
+    assert summary(next(events)) == [(EventType.ADDED, "10.5.3.0/24", None)]
+    # One listing in all: the watch replayed from the kept listing's revision.
+    assert len(calls) == 2  # the third acquire's own listing
+    # Used once: a second watch lists afresh.
+    next(mgr.watch_leases(stop, exclude=own.subnet))
+    assert len(calls) == 3
+
+
+def test_without_keep_listing_the_watch_lists_for_itself(setup):
+    reg, mgr, stop = setup
+    calls = _counting_listings(reg)
+    own = mgr.acquire(attrs("198.18.0.1"), NET("10.5.1.0/24"))
+    next(mgr.watch_leases(stop, exclude=own.subnet))
+    assert len(calls) == 2
+
+
+def test_a_stale_kept_listing_is_not_used(setup, monkeypatch):
+    import flannelish.subnet.manager as manager_module
+
+    reg, mgr, stop = setup
+    calls = _counting_listings(reg)
+    own = mgr.acquire(attrs("198.18.0.1"), NET("10.5.1.0/24"), keep_listing=True)
+    monkeypatch.setattr(manager_module, "LISTING_REUSE_S", -1.0)
+    next(mgr.watch_leases(stop, exclude=own.subnet))
+    assert len(calls) == 2
