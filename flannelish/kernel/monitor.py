@@ -141,7 +141,7 @@ def _each_attr(raw: bytes) -> list[bytes]:
     return out
 
 
-def _element_keys(raw: bytes) -> list[IPv4Address | IPv6Address]:
+def element_keys(raw: bytes) -> list[IPv4Address | IPv6Address]:
     """The address keys of the elements in NFTA_SET_ELEM_LIST_ELEMENTS (others skipped)."""
     keys: list[IPv4Address | IPv6Address] = []
     for elem in _each_attr(raw):
@@ -169,7 +169,7 @@ def parse_nft_changes(data: bytes) -> list[Change]:
         set_name = ""
         if mtype & 0xFF == NFT_MSG_DELSETELEM:
             set_name = _name(attrs.get(NFTA_SET_ELEM_LIST_SET, b""))
-            keys = _element_keys(attrs.get(NFTA_SET_ELEM_LIST_ELEMENTS, b""))
+            keys = element_keys(attrs.get(NFTA_SET_ELEM_LIST_ELEMENTS, b""))
         if not keys:
             out.append(Change(mtype, family=family, table=table, set_name=set_name))
         for key in keys:

@@ -24,9 +24,10 @@ class NftRunner(Protocol):
     def run(self, script: str) -> None:
         """Apply a script atomically (``nft -f -``); raise KernelError on failure."""
 
-    def listing(self, *what: str) -> list[dict[str, Any]] | None:
+    def listing(self, *what: str, terse: bool = False) -> list[dict[str, Any]] | None:
         """The ``nftables`` array of ``nft -j list <what>`` (e.g. ``"table", "ip",
-        "flannelish"``), or None if that table, chain or map does not exist."""
+        "flannelish"``), or None if that table, chain or map does not exist.
+        ``terse``: without the elements of sets (``nft -t``)."""
 
 
 class NftCli:
@@ -70,10 +71,10 @@ class NftCli:
         if result.returncode != 0:
             raise KernelError("nftables transaction failed", result.stderr.strip())
 
-    def listing(self, *what: str) -> list[dict[str, Any]] | None:
+    def listing(self, *what: str, terse: bool = False) -> list[dict[str, Any]] | None:
         import json
 
-        result = self._exec(["-j", "list", *what])
+        result = self._exec(["-j", *(["-t"] if terse else []), "list", *what])
         if result.returncode != 0:
             if "No such file or directory" in result.stderr:
                 return None

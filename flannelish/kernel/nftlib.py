@@ -86,8 +86,8 @@ class NftLib:
         if rc != 0:
             raise KernelError("nftables transaction failed", err.strip())
 
-    def listing(self, *what: str) -> list[dict[str, Any]] | None:
-        return self._cli.listing(*what)
+    def listing(self, *what: str, terse: bool = False) -> list[dict[str, Any]] | None:
+        return self._cli.listing(*what, terse=terse)
 
 
 def nft_runner(netns: str | None = None) -> NftRunner:

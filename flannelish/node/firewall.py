@@ -84,6 +84,7 @@ from typing import Any
 
 from flannelish.errors import ConfigError
 from flannelish.kernel.nft import NftCli, NftRunner
+from flannelish.kernel.nftset import SetElements
 
 FAMILY = "ip"
 FAMILY6 = "ip6"
@@ -199,6 +200,7 @@ class NftRules:
         fully_random: bool = True,
         notrack: bool = True,
         runner: NftRunner | None = None,
+        elements: SetElements | None = None,
     ) -> None:
         self.network: IPv4Network | None
         self.subnet: IPv4Network | None
@@ -219,6 +221,9 @@ class NftRules:
         self.fully_random = fully_random
         self.notrack = notrack
         self.runner: NftRunner = runner or NftCli()
+        # The peer sets' elements over nfnetlink (no nft process per peer change and
+        # no JSON listing of every element); None: through the runner, like the rest.
+        self.elements = elements
         self._peers: frozenset[PeerIP] | None = None  # None: elements not managed here
         self._armed = False
 
@@ -327,11 +332,14 @@ class NftRules:
 
     # -- operations ----------------------------------------------------------
 
-    def state(self) -> TableState | None:
-        """Our tables as the kernel has them (one listing per family); None if one is absent."""
+    def state(self, with_peers: bool = True) -> TableState | None:
+        """Our tables as the kernel has them (one listing per family); None if one is absent.
+
+        ``with_peers=False``: without the set's elements (``nft -t``), for a check
+        of the chains and rules that need not read every peer."""
         combined: TableState | None = None
         for fam in self.families:
-            items = self.runner.listing("table", fam, TABLE)
+            items = self.runner.listing("table", fam, TABLE, terse=not with_peers)
             if items is None:
                 return None
             state = parse_table(items, fam)
@@ -348,7 +356,37 @@ class NftRules:
 
     def present(self) -> bool:
         """True if the kernel's table matches the desired state exactly."""
-        return self.matches(self.state())
+        return self.matches(self.checked_state())
+
+    def checked_state(self) -> TableState | None:
+        """state() as matches() needs it: the set's elements only where this object
+        manages them (set_peers); otherwise a reconciler owns them and diffs them."""
+        return self.state(with_peers=self._peers is not None)
+
+    def peer_elements(self) -> set[PeerIP] | None:
+        """Every family's peer set as the kernel has it; None if a table or set is absent."""
+        if self.elements is None:
+            state = self.state()
+            return set(state.peers) if state is not None and state.has_set else None
+        out: set[PeerIP] = set()
+        for fam in self.families:
+            found = self.elements.read(fam, TABLE, PEER_SET)
+            if found is None:
+                return None
+            out |= found
+        return out
+
+    def change_elements(self, verb: str, ips: Iterable[PeerIP]) -> None:
+        """Add (``verb="add"``) or delete elements, each in its family's set."""
+        ips = list(ips)
+        if self.elements is None:
+            self.runner.run("\n".join(element_changes(verb, ips)) + "\n")
+            return
+        write = self.elements.add if verb == "add" else self.elements.delete
+        for fam in FAMILIES:
+            mine = [ip for ip in ips if family_of(ip) == fam]
+            if mine:
+                write(fam, TABLE, PEER_SET, mine)
 
     def matches(self, state: TableState | None) -> bool:
         """present() on a listing the caller already has (None: table absent)."""

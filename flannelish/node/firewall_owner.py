@@ -27,8 +27,6 @@ from flannelish.node.firewall import (
     FAMILY6,
     NftRules,
     PeerIP,
-    TableState,
-    element_changes,
 )
 from flannelish.subnet.lease import Lease
 
@@ -100,19 +98,18 @@ class PeerSetResource:
         self._restore = restore  # called when the table is gone, before listing
         self._single = single
 
-    def _listing(self) -> TableState | None:
-        state = self._rules.state()
-        if state is None and self._restore is not None:
+    def _listing(self) -> set[PeerIP] | None:
+        peers = self._rules.peer_elements()
+        if peers is None and self._restore is not None:
             self._restore()
-            state = self._rules.state()
-        return state
+            peers = self._rules.peer_elements()
+        return peers
 
     def key(self, obj: PeerAddr) -> Hashable:
         return obj.ip
 
     def dump(self, tick: Callable[[], object] | None = None) -> Sequence[PeerAddr]:
-        state = self._listing()
-        peers = state.peers if state else set()
+        peers = self._listing() or set()
         if self.batch is not None:
             with self.batch.lock:
                 self.batch.actual = set(peers)
@@ -133,7 +130,7 @@ class PeerSetResource:
                 pending = b.planned - b.actual if verb == "add" else b.actual - b.planned
                 ips = {obj.ip} | (pending - b.done)
         try:
-            self._rules.runner.run("\n".join(element_changes(verb, ips)) + "\n")
+            self._rules.change_elements(verb, ips)
         except KernelError:
             if b is not None:
                 with b.lock:
@@ -147,7 +144,7 @@ class PeerSetResource:
         b = self.batch
         try:
             # The element goes to its family's set (table ip or ip6 flannelish).
-            self._rules.runner.run("\n".join(element_changes(verb, [ip])) + "\n")
+            self._rules.change_elements(verb, [ip])
         except KernelError:
             if b is not None:
                 with b.lock:

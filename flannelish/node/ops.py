@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 from flannelish.errors import FlannelishError, NotAvailableError
 from flannelish.kernel.nft import NftRunner
+from flannelish.kernel.nftset import SetElements
 from flannelish.node.firewall import NftRules
 from flannelish.node.firewall_owner import NftOwner
 from flannelish.node.health import HealthServer, NodeState
@@ -126,6 +127,8 @@ class NodeOps:
             network6=network6 if subnet6 is not None else None,
             subnet6=subnet6,
             runner=self._runner,
+            # The kernel's own sets (not a test's fake nft): elements over nfnetlink.
+            elements=SetElements() if self._runner is None else None,
         )
         self.owner = NftOwner(rules)
         self._start_server()
@@ -163,6 +166,7 @@ class NodeOps:
                     network6=old.network6 if subnet6 else None,
                     subnet6=subnet6,
                     runner=old.runner,
+                    elements=old.elements,
                 )
             )
 
@@ -199,7 +203,7 @@ class NodeOps:
                     # the next full pass to see the table complete.
                     return
                 rules = self.owner.rules
-                table = rules.state()  # one listing for both
+                table = rules.checked_state()  # one listing for both
                 present = rules.matches(table)
                 self.state.set_check("nftables", present, "" if present else "table not in place")
                 self.state.set_vxlan_rejected(table.rejected_packets if table else 0)

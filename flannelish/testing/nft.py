@@ -76,7 +76,7 @@ class FakeNft:
             t["chains"][name].append(line.rsplit('comment "', 1)[1].rstrip('"'))
         return t
 
-    def listing(self, *what: str) -> list[dict[str, Any]] | None:
+    def listing(self, *what: str, terse: bool = False) -> list[dict[str, Any]] | None:
         if what[0] != "table":
             raise NotImplementedError(f"FakeNft lists whole tables only, not {what}")
         family, table = what[1], what[2]
@@ -85,7 +85,7 @@ class FakeNft:
             return None
         items: list[dict[str, Any]] = [{"table": {"family": family, "name": table}}]
         if t["set"] is not None:
-            elem = sorted(str(ip) for ip in t["set"])
+            elem = [] if terse else sorted(str(ip) for ip in t["set"])
             items.append({"set": {"name": "vxlan_peers", **({"elem": elem} if elem else {})}})
         for chain, comments in t["chains"].items():
             items.append({"chain": {"name": chain}})

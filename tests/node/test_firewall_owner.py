@@ -151,9 +151,9 @@ class _Listings:
         self.count = 0
         real = fake.listing
 
-        def listing(*what):
+        def listing(*what, **kw):
             self.count += 1
-            return real(*what)
+            return real(*what, **kw)
 
         fake.listing = listing
 

@@ -118,7 +118,7 @@ def test_a_failing_nft_check_is_rechecked_by_per_event_passes_a_passing_one_is_n
     assert ops.state.ready()[0]
     listings = []
     real_listing = fake.listing
-    fake.listing = lambda *what: listings.append(what) or real_listing(*what)  # type: ignore[method-assign]
+    fake.listing = lambda *what, **kw: listings.append(what) or real_listing(*what, **kw)  # type: ignore[method-assign]
     per_event = replace(full, full=False)
 
     ops.on_pass(per_event, 0)
