@@ -1,87 +1,91 @@
-"""Turning the etcd client's errors into one readable cause (used by etcdstore and etcdwatch).
+"""Turning a failed etcd request into one readable cause (used by etcdstore and etcdwatch).
 
-No gRPC import at module level: the CLI imports etcdstore without connecting.
+classify() sorts a failure into the kind that decides what the store does
+next (fail over, re-authenticate, give up) and a one-line cause for people.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from flannelish.subnet.etcdhttp import GatewayError, TooLarge, TransportError
+from flannelish.subnet.etcdjson import MalformedAnswer
 
 if TYPE_CHECKING:
     from flannelish.subnet.etcdoptions import EtcdOptions
 
-TLS_HINTS = (
-    "certificate_verify_failed",
-    "certificate verify failed",
-    "ssl handshake failed",
-    "handshake failed",
-    "ssl_error",
-    "wrong_version_number",
-    "tls",
-)
+# gRPC status codes after which another member may answer (etcd's own client
+# fails over on these too): unavailable ("no leader"), deadline exceeded, internal.
+_FAILOVER_CODES = {4, 13, 14}
+_PERMISSION_DENIED = 7
+# A watch's cancel reason carries the gRPC status: "rpc error: code = X desc = ...".
+_RPC_PREFIX = re.compile(r"^rpc error: code = \w+ desc = ")
 
 
-def error_details(exc: BaseException) -> str:
-    """The readable part of a gRPC error, also when pyetcd re-raised it as its own type."""
-    for candidate in (exc, exc.__context__, exc.__cause__):
-        details = getattr(candidate, "details", None)
-        if callable(details):
-            with contextlib.suppress(Exception):
-                text = details()
-                if text:
-                    return str(text).replace("etcdserver: ", "")
-    return str(exc)
+class NoMemberAvailable(Exception):
+    """Every member failed within the last `retry_failed_after` seconds."""
 
 
-_SOCKET_ERRORS = re.compile(
-    r"connection refused|connection reset|no route to host|network is unreachable|"
-    r"deadline exceeded|socket closed|connection timed out|name resolution|dns resolution",
-    re.IGNORECASE,
-)
+def plain_reason(message: str) -> str:
+    """etcd's message without its "etcdserver: " and gRPC status prefixes."""
+    return _RPC_PREFIX.sub("", message.strip()).replace("etcdserver: ", "")
 
 
-def connection_cause(details: str) -> str:
-    """A short cause ("connection refused") instead of gRPC's whole connect report."""
-    if "handshake" in details.lower():
-        return "TLS handshake failed: the server closed the connection (is it plain http://?)"
-    match = _SOCKET_ERRORS.search(details)
-    return match.group(0).lower() if match else details.splitlines()[0][:200] if details else ""
+def classify(exc: BaseException, options: EtcdOptions) -> tuple[str, str]:
+    """(kind, one-line cause).
+
+    kind: "unavailable" (this member failed: try another), "waiting" (every
+    member failed recently), "tls", "auth", "token" (re-authenticate) or "other".
+    """
+    if isinstance(exc, NoMemberAvailable):
+        return "waiting", "every etcd member failed recently"
+    if isinstance(exc, TransportError):
+        if exc.tls:
+            return "tls", tls_cause(exc.cause, options)
+        return "unavailable", exc.cause
+    if isinstance(exc, MalformedAnswer):
+        return "other", f"etcd's answer is malformed: {exc}"
+    if isinstance(exc, TooLarge):
+        return "other", f"etcd's answer is too large: {exc}"
+    if not isinstance(exc, GatewayError):
+        return "other", (str(exc).splitlines() or [""])[0][:200] or type(exc).__name__
+    return classify_reason(plain_reason(exc.message), exc.code, options)
 
 
-def error_code(exc: BaseException) -> Any:
-    for candidate in (exc, exc.__context__):
-        code = getattr(candidate, "code", None)
-        if callable(code):
-            with contextlib.suppress(Exception):
-                return code()
-    return None
+def classify_reason(details: str, code: int, options: EtcdOptions) -> tuple[str, str]:
+    low = details.lower()
+    if "invalid auth token" in low or "auth: revision in header is old" in low:
+        return "token", details
+    if options.username and ("authentication failed" in low or "invalid user id" in low):
+        return "auth", f"wrong --etcd-username or --etcd-password for user {options.username!r}"
+    if "user name is empty" in low or "user name not found" in low:
+        if not options.username:
+            return (
+                "auth",
+                "etcd has authentication enabled; give --etcd-username and --etcd-password",
+            )
+        return "auth", f"etcd user {options.username!r} does not exist"
+    if "certificate with a commonname refused" in low:
+        return "auth", (
+            "etcd refuses a client certificate with a CommonName (CN) on its JSON gateway; "
+            "use --etcd-certfile with a certificate whose subject has no CN, or "
+            "--etcd-username and --etcd-password"
+        )
+    if "permission denied" in low or code == _PERMISSION_DENIED:
+        if not options.username:
+            return "auth", (
+                "permission denied without credentials; give --etcd-username and "
+                "--etcd-password (or a client certificate of a permitted etcd user)"
+            )
+        return "auth", f"etcd user {options.username!r} lacks permission: {details}"
+    if code in _FAILOVER_CODES:
+        return "unavailable", details[:200] or f"gRPC status {code}"
+    return "other", details[:200] or f"gRPC status {code}"
 
 
-def tls_cause(low: str, details: str, options: EtcdOptions) -> str:
-    if "certificate_verify_failed" in low or "certificate verify failed" in low:
+def tls_cause(cause: str, options: EtcdOptions) -> str:
+    if cause.startswith("certificate verify failed"):
         source = f"--etcd-cafile {options.cafile!r}" if options.cafile else "the system CA store"
-        return f"the etcd server certificate is not trusted by {source}"
-    if "wrong_version_number" in low:
-        return "the server does not speak TLS; use an http:// endpoint"
-    return details.splitlines()[0][:200]
-
-
-def is_too_large(exc: BaseException) -> bool:
-    """gRPC refused a message over the channel's receive limit."""
-    import grpc
-
-    code = getattr(exc, "code", None)
-    with contextlib.suppress(Exception):
-        if callable(code) and code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return True
-    return "larger than max" in str(exc)
-
-
-def first_line(exc: BaseException) -> str:
-    details = getattr(exc, "details", None)
-    text = ""
-    with contextlib.suppress(Exception):
-        text = str(details()) if callable(details) else ""
-    return (text or str(exc)).splitlines()[0][:200] if (text or str(exc)) else type(exc).__name__
+        return f"the etcd server certificate is not trusted by {source} ({cause})"
+    return cause

@@ -1,43 +1,48 @@
-"""The thin wrapper around the etcd client library.
+"""The etcd client: requests to etcd's v3 JSON gateway with failover and readable errors.
 
 Connection options live in flannelish.subnet.etcdoptions, watch streams in
-flannelish.subnet.etcdwatch; both are re-exported here.  Only this module and
-etcdwatch import etcd-sdk-python (``pyetcd``) and gRPC, and only
-inside EtcdStore, so the CLI stays fast to start.  The wrapper exists to fix
-what the library leaves to its callers (docs/dependencies.md §1):
+flannelish.subnet.etcdwatch, the HTTP transport in flannelish.subnet.etcdhttp
+and the decoding of answers in flannelish.subnet.etcdjson; the public names are
+re-exported here.  Standard library only: no gRPC (docs/dependencies.md §1).
+What this module adds to single requests:
 
-* failover: a request that fails on one member is retried on the next one
-  (the library marks the member failed but does not retry);
-* a failed member is tried again after one second, not after 300 s;
-* gRPC reconnect backoff is capped at 2 s, so a restarted etcd is used again soon;
+* failover: a request that fails on one member is retried on the next one,
+  for up to ``retry_window`` seconds;
+* a failed member is tried again after ``retry_failed_after`` (1 s);
 * auth and TLS failures become EtcdAuthError/EtcdError with one readable
-  cause instead of a raw gRPC status dump;
+  cause (etcderrors);
 * simple auth tokens are per member and expire, so an "invalid auth token"
   answer triggers one re-authentication and a retry;
-* listing a prefix reads it in pages at one revision (gRPC's receive limit
+* listing a prefix reads it in pages at one revision (the receive limit
   would otherwise make a few large values fail the whole listing, exit 4).
-
-Slightly over the usual ~450 lines: it is the only module that talks to the
-etcd client, so every request kind and its failover live here together.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flannelish.errors import ConfigError, EtcdAuthError, EtcdError
-from flannelish.subnet.etcderrors import (
-    TLS_HINTS,
-    connection_cause,
-    error_code,
-    error_details,
-    is_too_large,
-    tls_cause,
+from flannelish.errors import EtcdAuthError, EtcdError
+from flannelish.subnet.etcderrors import NoMemberAvailable, classify
+from flannelish.subnet.etcdhttp import GatewayError, Stream, TooLarge, Transport, tls_context
+from flannelish.subnet.etcdjson import (
+    KeyValue,
+    MalformedAnswer,
+    b64,
+    flag,
+    int64,
+    items,
+    key_value,
+    obj,
+    raw,
+    revision,
+    text,
 )
 from flannelish.subnet.etcdoptions import (
     DEFAULT_ENDPOINTS,
@@ -51,11 +56,9 @@ from flannelish.subnet.etcdoptions import (
 from flannelish.subnet.etcdwatch import (
     ClusterReset,
     HistoryCompacted,
-    KeyValue,
     WatchEvent,
     WatchResponseTooLarge,
     WatchStream,
-    _kv,
 )
 
 log = logging.getLogger(__name__)
@@ -81,28 +84,53 @@ T = TypeVar("T")
 
 # Listing reads this many keys per request, fewer after a response was too large.
 PAGE_KEYS = 500
-# gRPC's default receive limit is 4 MiB; a little more means fewer smaller pages and
-# fewer watch re-lists, while one message still cannot take unbounded memory.
+# The cap on one answer body (or one watch message) we read.  JSON with base64
+# values is about 4/3 of gRPC's size for the same answer; 16 MiB still bounds
+# the memory one answer can take, whatever a member sends.
 MAX_RECEIVE_BYTES = 16 * 1024 * 1024
 _MAX_LIST_RESTARTS = 5
+# An auth token goes into a header: printable ASCII only, whatever etcd sent.
+_TOKEN = re.compile(r"[!-~]{1,4096}")
 
 
-# --------------------------------------------------------------------------
-# The client wrapper.  pyetcd and grpc are imported inside, never at the top.
+class _Member:
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.failed_at: float | None = None
 
-# Reconnect quickly after an etcd restart (gRPC's default backoff grows to
-# 120 s); keepalive pings notice a silently dead member on an open watch.
-# ping_timeout: gRPC skips keepalive pings while another ping (its BDP probe)
-# is unanswered and waits 60 s for that one by default, so a frozen (SIGSTOPped,
-# hung) member kept the watch for over a minute; now it is dropped within 15 s.
-_CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.http2.ping_timeout_ms", 5_000),
-]
+
+class _Client:
+    """What EtcdStore.call hands its function: requests to the member of this attempt."""
+
+    def __init__(self, store: EtcdStore, member: _Member) -> None:
+        self._store = store
+        self._member = member
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self._member.endpoint
+
+    def request(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        store = self._store
+        return store._transport.request(
+            self.endpoint, path, body, store._auth_headers(), store.timeout
+        )
+
+    def stream(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> Stream:
+        store = self._store
+        return store._transport.stream(
+            self.endpoint, path, body, {**store._auth_headers(), **headers}, store.timeout
+        )
+
+    def probe(self, timeout: float) -> None:
+        """Raise TransportError unless the member answers (anything) within `timeout`."""
+        with contextlib.suppress(GatewayError, MalformedAnswer, TooLarge):
+            self._store._transport.request(
+                self.endpoint, "/v3/maintenance/status", {}, {}, timeout, fresh=True
+            )
+
+    def fail(self) -> None:
+        self._store._mark_failed(self._member)
 
 
 class EtcdStore:
@@ -110,6 +138,7 @@ class EtcdStore:
 
     Every method either succeeds or raises EtcdError / EtcdAuthError; a request
     that fails on one member is retried on the others before giving up.
+    Thread-safe: each thread keeps its own connection to each member.
     """
 
     def __init__(
@@ -120,39 +149,20 @@ class EtcdStore:
         retry_window: float = 2.0,
         max_receive_bytes: int = MAX_RECEIVE_BYTES,
     ):
-        import grpc
-        import pyetcd
-
         self.options = options
         self.timeout = timeout
         self.retry_window = retry_window
+        self.retry_failed_after = retry_failed_after
         self._endpoints = options.parsed_endpoints
-        creds = None
+        context = None
         if any(ep.secure for ep in self._endpoints):
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=_read(options.cafile, "--etcd-cafile"),
-                private_key=_read(options.keyfile, "--etcd-keyfile"),
-                certificate_chain=_read(options.certfile, "--etcd-certfile"),
-            )
-        self._client = pyetcd.MultiEndpointEtcd3Client(
-            [
-                pyetcd.Endpoint(
-                    f"[{ep.host}]" if ":" in ep.host else ep.host,
-                    ep.port,
-                    secure=ep.secure,
-                    creds=creds if ep.secure else None,
-                    time_retry=retry_failed_after,
-                    opts=[
-                        *_CHANNEL_OPTIONS,
-                        ("grpc.max_receive_message_length", max_receive_bytes),
-                    ],
-                )
-                for ep in self._endpoints
-            ],
-            timeout=timeout,
-            failover=True,
-        )
+            context = tls_context(options.cafile, options.certfile, options.keyfile)
+        self._transport = Transport(context, max_receive_bytes)
+        self._members = [_Member(ep) for ep in self._endpoints]
+        self._current = 0
+        self._lock = threading.Lock()
         # Authenticate lazily inside call(), so its errors get the same treatment.
+        self._token: str | None = None
         self._token_needed = bool(options.username)
         self._auth_lock = threading.Lock()
 
@@ -160,12 +170,10 @@ class EtcdStore:
 
     @property
     def current_endpoint(self) -> str:
-        ep = self._client.endpoint_in_use
-        return f"{ep.protocol}://{ep.netloc}" if ep else "?"
+        return str(self._members[self._current].endpoint) if self._members else "?"
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._client.close()
+        self._transport.close()
 
     def __enter__(self) -> EtcdStore:
         return self
@@ -173,8 +181,31 @@ class EtcdStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def call(self, what: str, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(client)``, failing over between members; translate every error.
+    def _pick(self) -> _Member:
+        """The member in use if it has not failed recently, else the first one that has not."""
+        with self._lock:
+            now = time.monotonic()
+            usable = [
+                i
+                for i, m in enumerate(self._members)
+                if m.failed_at is None or now - m.failed_at >= self.retry_failed_after
+            ]
+            if not usable:
+                raise NoMemberAvailable()
+            if self._current not in usable:
+                self._current = usable[0]
+            return self._members[self._current]
+
+    def _mark_failed(self, member: _Member) -> None:
+        with self._lock:
+            member.failed_at = time.monotonic()
+
+    def _auth_headers(self) -> dict[str, str]:
+        token = self._token
+        return {"Authorization": token} if token else {}
+
+    def call(self, what: str, fn: Callable[[_Client], T]) -> T:
+        """Run ``fn(client)`` against one member, failing over; translate every error.
 
         Connection failures are retried on the other members, and on all of them
         again once they may be retried (after ``retry_failed_after``), for up to
@@ -189,12 +220,17 @@ class EtcdStore:
         attempt = 0
         while attempt < len(self._endpoints) or time.monotonic() < deadline:
             attempt += 1
+            member: _Member | None = None
             try:
+                member = self._pick()
                 if self._token_needed:
-                    self._authenticate()
-                return fn(self._client)
+                    self._authenticate(member)
+                return fn(_Client(self, member))
+            except EtcdError:
+                raise
             except Exception as exc:
-                kind, cause = self._classify(exc)
+                kind, cause = classify(exc, self.options)
+            where = str(member.endpoint) if member else self.current_endpoint
             if kind == "token" and not reauthenticated:
                 # Simple tokens are per member and expire after 5 idle minutes.
                 self._token_needed = reauthenticated = True
@@ -202,109 +238,52 @@ class EtcdStore:
             if kind in ("auth", "token"):
                 raise EtcdAuthError(f"etcd refused {what}", cause)
             if kind == "tls":
-                raise EtcdAuthError(
-                    f"TLS handshake with etcd at {self.current_endpoint} failed", cause
-                )
+                raise EtcdAuthError(f"TLS handshake with etcd at {where} failed", cause)
             if kind == "other":
-                raise EtcdError(f"etcd {what} failed", cause)
-            if kind == "unavailable":  # a real connection error, worth reporting
-                last_cause = f"{cause} (at {self.current_endpoint})"
+                raise EtcdError(f"etcd {what} failed", f"{cause} (at {where})")
+            if kind == "unavailable" and member is not None:  # worth reporting
+                self._mark_failed(member)
+                last_cause = f"{cause} (at {where})"
             time.sleep(min(0.05 * 2 ** (attempt - 1), 0.5))
         raise EtcdError(
             f"etcd is unreachable at {','.join(self.options.endpoints)} ({what})", last_cause
         )
 
-    def _authenticate(self) -> None:
-        from pyetcd import etcdrpc
-
+    def _authenticate(self, member: _Member) -> None:
         with self._auth_lock:
             if not self._token_needed:
                 return
-            request = etcdrpc.AuthenticateRequest(
-                name=self.options.username, password=self.options.password
-            )
             try:
-                response = self._client.authstub.Authenticate(request, self.timeout)
-            except Exception as exc:
-                if "authentication is not enabled" in error_details(exc):
+                answer = self._transport.request(
+                    member.endpoint,
+                    "/v3/auth/authenticate",
+                    {"name": self.options.username, "password": self.options.password},
+                    {},
+                    self.timeout,
+                )
+            except GatewayError as exc:
+                if "authentication is not enabled" in exc.message:
                     log.warning("etcd has authentication disabled; --etcd-username is ignored")
-                    self._client.metadata = None
+                    self._token = None
                     self._token_needed = False
                     return
                 raise
-            # Only the metadata token: call credentials would refuse plain-text channels.
-            self._client.metadata = (("token", response.token),)
-            self._client.call_credentials = None
+            token = text(answer, "token")
+            if not _TOKEN.fullmatch(token):
+                raise MalformedAnswer("the auth token is empty or not printable ASCII")
+            self._token = token
             self._token_needed = False
-
-    def _classify(self, exc: BaseException) -> tuple[str, str]:
-        """(kind, one-line cause); kind is "unavailable" (this member failed), "waiting"
-        (all members failed recently), "tls", "auth", "token" (re-authenticate) or "other"."""
-        import grpc
-        from pyetcd import exceptions as etcd_exc
-
-        if isinstance(exc, EtcdError):
-            raise exc
-        details = error_details(exc)
-        low = details.lower()
-        code = error_code(exc)
-        if any(h in low for h in TLS_HINTS) and ("ssl" in low or "certificate" in low):
-            return "tls", tls_cause(low, details, self.options)
-        if "invalid auth token" in low or "auth: revision in header is old" in low:
-            return "token", details
-        if "authentication failed" in low or "invalid user id or password" in low:
-            return (
-                "auth",
-                f"wrong --etcd-username or --etcd-password for user {self.options.username!r}",
-            )
-        if "user name is empty" in low or "user name not found" in low:
-            if not self.options.username:
-                return (
-                    "auth",
-                    "etcd has authentication enabled; give --etcd-username and --etcd-password",
-                )
-            return "auth", f"etcd user {self.options.username!r} does not exist"
-        if "permission denied" in low or code == grpc.StatusCode.PERMISSION_DENIED:
-            if not self.options.username:
-                return "auth", (
-                    "permission denied without credentials; give --etcd-username and "
-                    "--etcd-password (or a client certificate of a permitted etcd user)"
-                )
-            return "auth", f"etcd user {self.options.username!r} lacks permission: {details}"
-        if isinstance(exc, etcd_exc.NoServerAvailableError):
-            return "waiting", "every etcd member failed recently"
-        if isinstance(
-            exc,
-            etcd_exc.ConnectionFailedError
-            | etcd_exc.ConnectionTimeoutError
-            | etcd_exc.InternalServerError,
-        ) or code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            if isinstance(exc, grpc.RpcError):
-                self._mark_failed()  # the library only does this for calls it wraps
-            return "unavailable", connection_cause(details) or type(exc).__name__
-        if isinstance(exc, ValueError) and "failed node" in details:
-            return "waiting", "every etcd member failed recently"
-        return "other", details or type(exc).__name__
-
-    def _mark_failed(self) -> None:
-        with contextlib.suppress(Exception):
-            self._client.endpoint_in_use.fail()
-            self._client._clear_old_stubs()
-
-    def watch_metadata(self) -> tuple[tuple[str, str], ...]:
-        # hasleader: etcd cancels the watch if its member loses the leader,
-        # so we reconnect to a healthy member instead of waiting forever.
-        return (*(self._client.metadata or ()), ("hasleader", "true"))
 
     # -- key-value operations --------------------------------------------
 
     def get(self, key: str) -> KeyValue | None:
         """The key, or None; a value over the receive limit comes back ``oversized``."""
-        resp = self.call(f"get {key}", _range_op(key.encode(), b"", 1, 0))
-        oversized = resp == "too large"
-        if oversized:
-            resp = self.call(f"get {key}", _range_op(key.encode(), b"", 1, 0, keys_only=True))
-        return _kv(resp.kvs[0], oversized) if resp.kvs else None
+        page = self.call(f"get {key}", _range_op(key.encode(), b"", 1, 0))
+        if isinstance(page, str):
+            page = self.call(f"get {key}", _range_op(key.encode(), b"", 1, 0, keys_only=True))
+        if isinstance(page, str):
+            raise EtcdError(f"etcd get {key} failed", "its key alone is too large")
+        return page.kvs[0] if page.kvs else None
 
     def get_prefix(self, prefix: str, page_keys: int = PAGE_KEYS) -> tuple[list[KeyValue], int]:
         """Every key under `prefix` and the revision of that snapshot.
@@ -315,9 +294,7 @@ class EtcdStore:
         a single value over the limit is returned with ``oversized=True`` and
         no value.  A compaction of that revision mid-listing starts it over.
         """
-        from pyetcd import utils
-
-        end = utils.prefix_range_end(prefix.encode())
+        end = prefix_range_end(prefix.encode())
         for _ in range(_MAX_LIST_RESTARTS):
             result = self._list_pages(prefix, prefix.encode(), end, max(1, page_keys))
             if result is not None:
@@ -330,32 +307,36 @@ class EtcdStore:
     ) -> tuple[list[KeyValue], int] | None:
         """One paged listing; None if its revision was compacted meanwhile."""
         out: list[KeyValue] = []
-        revision = 0
+        at = 0
         limit = page_keys
         while True:
-            resp = self.call(f"list {prefix}", _range_op(start, end, limit, revision))
-            if resp == "compacted":
+            page = self.call(f"list {prefix}", _range_op(start, end, limit, at))
+            if page == "compacted":
                 return None
-            if resp == "too large":
+            if page == "too large":
                 if limit > 1:
                     limit = max(1, limit // 4)
                     continue
                 # One value alone is over the limit: its key and metadata still count.
-                resp = self.call(f"list {prefix}", _range_op(start, end, 1, revision, True))
-                if isinstance(resp, str):
+                page = self.call(f"list {prefix}", _range_op(start, end, 1, at, True))
+                if page == "compacted":
                     return None
-                kvs = [_kv(kv, oversized=True) for kv in resp.kvs]
+                if isinstance(page, str):
+                    raise EtcdError(f"etcd list {prefix} failed", "a key alone is too large")
             else:
-                kvs = [_kv(kv) for kv in resp.kvs]
                 limit = min(page_keys, limit * 2)
-            revision = revision or int(resp.header.revision)
-            out.extend(kvs)
-            if not resp.more or not kvs:
-                return out, revision
-            start = bytes(resp.kvs[-1].key) + b"\0"  # the raw key: names may not be UTF-8
+            assert isinstance(page, _Page)
+            at = at or page.revision
+            out.extend(page.kvs)
+            if not page.more or not page.kvs:
+                return out, at
+            start = page.last_key + b"\0"  # the raw key: names may not be UTF-8
 
-    def put(self, key: str, value: bytes) -> int:
-        return self.call(f"put {key}", lambda c: int(c.put(key, value).header.revision))
+    def put(self, key: str, value: bytes, lease_id: int = 0) -> int:
+        body: dict[str, Any] = {"key": b64(key.encode()), "value": b64(value)}
+        if lease_id:
+            body["lease"] = lease_id
+        return self.call(f"put {key}", lambda c: revision(c.request("/v3/kv/put", body)))
 
     def put_if(
         self, key: str, value: bytes, mod_revision: int, lease_id: int = 0
@@ -364,47 +345,64 @@ class EtcdStore:
 
         Returns the key as written, or None if the comparison failed.
         """
+        k = b64(key.encode())
+        put: dict[str, Any] = {"key": k, "value": b64(value)}
+        if lease_id:
+            put["lease"] = lease_id
+        txn = {
+            "compare": [_compare(k, mod_revision)],
+            "success": [{"request_put": put}, {"request_range": {"key": k}}],
+            "failure": [],
+        }
 
-        def op(c: Any) -> KeyValue | None:
-            t = c.transactions
-            compare = t.version(key) == 0 if mod_revision == 0 else t.mod(key) == mod_revision
-            ok, responses = c.transaction(
-                compare=[compare],
-                success=[t.put(key, value, lease=lease_id or None), t.get(key)],
-                failure=[],
-            )
-            if not ok:
+        def op(c: _Client) -> KeyValue | None:
+            answer = c.request("/v3/kv/txn", txn)
+            if not flag(answer, "succeeded"):
                 return None
-            (val, meta) = responses[1][0]
-            return KeyValue(key, val, int(meta.mod_revision), int(meta.lease_id))
+            responses = items(answer, "responses")
+            kvs = items(obj(responses[-1], "response_range"), "kvs") if len(responses) == 2 else []
+            if not kvs:
+                raise MalformedAnswer("a successful write without the key read back")
+            return key_value(kvs[0])
 
         return self.call(f"write {key}", op)
 
     def delete(self, key: str, mod_revision: int = 0) -> bool:
         """Delete `key` (only at `mod_revision` if given); True if it was deleted."""
+        k = b64(key.encode())
 
-        def op(c: Any) -> bool:
+        def op(c: _Client) -> bool:
             if not mod_revision:
-                return bool(c.delete(key))
-            t = c.transactions
-            ok, _ = c.transaction(
-                compare=[t.mod(key) == mod_revision], success=[t.delete(key)], failure=[]
-            )
-            return bool(ok)
+                return int64(c.request("/v3/kv/deleterange", {"key": k}), "deleted") > 0
+            txn = {
+                "compare": [_compare(k, mod_revision)],
+                "success": [{"request_delete_range": {"key": k}}],
+                "failure": [],
+            }
+            return flag(c.request("/v3/kv/txn", txn), "succeeded")
 
         return self.call(f"delete {key}", op)
 
     def grant(self, ttl: int) -> tuple[int, int]:
         """A new etcd lease: (id, granted TTL in seconds)."""
-        lease = self.call(f"grant a {ttl}s lease", lambda c: c.lease(ttl))
-        return int(lease.id), int(lease.ttl)
+
+        def op(c: _Client) -> tuple[int, int]:
+            answer = c.request("/v3/lease/grant", {"TTL": ttl})
+            if text(answer, "error"):
+                raise GatewayError(2, text(answer, "error")[:200])
+            lease_id = int64(answer, "ID")
+            if lease_id <= 0:
+                raise MalformedAnswer("a granted lease without an ID")
+            return lease_id, int64(answer, "TTL")
+
+        return self.call(f"grant a {ttl}s lease", op)
 
     def revoke(self, lease_id: int) -> None:
-        def op(c: Any) -> None:
+        def op(c: _Client) -> None:
             try:
-                c.revoke_lease(lease_id)
-            except Exception as exc:
-                if "lease not found" not in error_details(exc):
+                c.request("/v3/lease/revoke", {"ID": lease_id})
+            except GatewayError as exc:
+                if "lease not found" not in exc.message:
                     raise
 
         self.call(f"revoke lease {lease_id:x}", op)
@@ -412,47 +410,67 @@ class EtcdStore:
     def ttl(self, lease_id: int) -> int:
         """Seconds left on a lease; -1 if it no longer exists."""
         return self.call(
-            f"look up lease {lease_id:x}", lambda c: int(c.get_lease_info(lease_id).TTL)
+            f"look up lease {lease_id:x}",
+            lambda c: int64(c.request("/v3/lease/timetolive", {"ID": lease_id}), "TTL"),
         )
 
     def compact(self, revision: int) -> None:
-        self.call(f"compact to {revision}", lambda c: c.compact(revision))
+        self.call(
+            f"compact to {revision}",
+            lambda c: c.request("/v3/kv/compaction", {"revision": revision}),
+        )
 
     def watch(self, prefix: str, start_revision: int) -> WatchStream:
         """Open a watch on every key under `prefix`, replaying from `start_revision`."""
         return self.call(f"watch {prefix}", lambda c: WatchStream(self, c, prefix, start_revision))
 
 
-def _read(path: str | None, flag: str) -> bytes | None:
-    if not path:
-        return None
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise ConfigError(f"{flag}: cannot read {path!r}", exc.strerror) from None
+def prefix_range_end(prefix: bytes) -> bytes:
+    """The end of etcd's range of every key starting with `prefix`."""
+    for i in range(len(prefix) - 1, -1, -1):
+        if prefix[i] < 0xFF:
+            return prefix[:i] + bytes([prefix[i] + 1])
+    return b"\0"
+
+
+def _compare(key: str, mod_revision: int) -> dict[str, Any]:
+    if mod_revision == 0:  # absent: version 0
+        return {"key": key, "target": "VERSION", "result": "EQUAL", "version": 0}
+    return {"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": mod_revision}
+
+
+@dataclass(frozen=True)
+class _Page:
+    kvs: list[KeyValue]
+    more: bool
+    revision: int
+    last_key: bytes
 
 
 def _range_op(
-    start: bytes, end: bytes, limit: int, revision: int, keys_only: bool = False
-) -> Callable[[Any], Any]:
-    """A Range request for EtcdStore.call; "too large" or "compacted" instead of those errors."""
+    start: bytes, end: bytes, limit: int, at: int, keys_only: bool = False
+) -> Callable[[_Client], _Page | str]:
+    """A range request for EtcdStore.call; "too large" or "compacted" instead of those errors."""
+    body: dict[str, Any] = {"key": b64(start), "limit": limit}
+    if end:
+        body["range_end"] = b64(end)
+    if at:
+        body["revision"] = at
+    if keys_only:
+        body["keys_only"] = True
 
-    def op(c: Any) -> Any:
-        from pyetcd import etcdrpc
-
-        request = etcdrpc.RangeRequest(
-            key=start, range_end=end, limit=limit, revision=revision, keys_only=keys_only
-        )
+    def op(c: _Client) -> _Page | str:
         try:
-            return c.kvstub.Range(
-                request, c.timeout, credentials=c.call_credentials, metadata=c.metadata
-            )
-        except Exception as exc:
-            if is_too_large(exc):
-                return "too large"
-            if revision and "compacted" in error_details(exc):
+            answer = c.request("/v3/kv/range", body)
+        except TooLarge:
+            return "too large"
+        except GatewayError as exc:
+            if at and "compacted" in exc.message:
                 return "compacted"
             raise
+        raw_kvs = items(answer, "kvs")
+        kvs = [key_value(kv, oversized=keys_only) for kv in raw_kvs]
+        last = raw(raw_kvs[-1], "key") if raw_kvs else b""
+        return _Page(kvs, flag(answer, "more"), revision(answer), last)
 
     return op

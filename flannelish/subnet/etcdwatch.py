@@ -1,11 +1,17 @@
-"""etcd watch streams and the records read from etcd.
+"""etcd watch streams (the records read from etcd live in etcdjson, re-exported here).
 
 WatchStream is one etcd watch, read by a background thread into a queue.
 Besides the events it reports the conditions after which the caller must
 re-list instead of resuming: HistoryCompacted, ClusterReset and
-WatchResponseTooLarge (one response over the channel's receive limit, e.g.
-a catch-up batch of several large values; re-listing reads them in pages
-and resuming after the listing never receives that batch again).
+WatchResponseTooLarge (one response over the receive limit, e.g. a catch-up
+batch of several large values; re-listing reads them in pages and resuming
+after the listing never receives that batch again).
+
+A watch may be idle for hours, so silence alone proves nothing; but a frozen
+(SIGSTOPped, hung) member keeps its TCP connection open and silent too.  After
+IDLE_PROBE_S without a message the reader asks the same member for its status
+on a separate connection; no answer within PROBE_TIMEOUT_S ends the stream,
+and the caller reconnects to another member (docs/dependencies.md §1).
 """
 
 from __future__ import annotations
@@ -13,15 +19,39 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flannelish.errors import EtcdAuthError, EtcdError
-from flannelish.subnet.etcderrors import first_line, is_too_large
+from flannelish.subnet.etcderrors import classify, plain_reason
+from flannelish.subnet.etcdhttp import Stream, TooLarge
+from flannelish.subnet.etcdjson import (
+    KeyValue,
+    MalformedAnswer,
+    WatchEvent,
+    b64,
+    flag,
+    int64,
+    items,
+    obj,
+    revision,
+    text,
+    watch_event,
+)
 
 if TYPE_CHECKING:
-    from flannelish.subnet.etcdstore import EtcdStore
+    from flannelish.subnet.etcdstore import EtcdStore, _Client
+
+__all__ = [
+    "ClusterReset",
+    "HistoryCompacted",
+    "KeyValue",
+    "WatchEvent",
+    "WatchResponseTooLarge",
+    "WatchStream",
+]
+
+IDLE_PROBE_S = 10.0
+PROBE_TIMEOUT_S = 5.0
 
 
 class HistoryCompacted(Exception):  # a signal to re-list, not a failure
@@ -47,31 +77,10 @@ class ClusterReset(Exception):  # a signal to re-list, not a failure
 
 
 class WatchResponseTooLarge(Exception):  # a signal to re-list, not a failure
-    """A watch response was larger than the gRPC receive limit."""
+    """A watch response was larger than the receive limit."""
 
     def __init__(self, details: str) -> None:
         super().__init__(f"an etcd watch response was too large to receive ({details})")
-
-
-@dataclass(frozen=True)
-class KeyValue:
-    """One key as read from etcd (or from a watch event).
-
-    ``oversized``: the value was too large to receive at all (over the gRPC
-    receive limit even alone); ``value`` is then empty.
-    """
-
-    key: str
-    value: bytes
-    mod_revision: int
-    lease_id: int
-    oversized: bool = False
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    deleted: bool
-    kv: KeyValue
 
 
 class WatchStream:
@@ -84,49 +93,57 @@ class WatchStream:
     ends it from any thread.
     """
 
-    def __init__(self, store: EtcdStore, client: Any, prefix: str, start_revision: int):
-        from pyetcd import etcdrpc, utils
+    def __init__(self, store: EtcdStore, client: _Client, prefix: str, start_revision: int):
+        from flannelish.subnet.etcdstore import prefix_range_end
 
         self._store = store
+        self._client = client
         self.start_revision = start_revision
-        self.endpoint = store.current_endpoint
+        self.endpoint = str(client.endpoint)
         self.established = False  # set by etcd's "created" answer
-        request = etcdrpc.WatchRequest(
-            create_request=etcdrpc.WatchCreateRequest(
-                key=prefix.encode(),
-                range_end=utils.prefix_range_end(prefix.encode()),
-                start_revision=start_revision,
-            )
-        )
         self._closed = threading.Event()
-
-        def requests() -> Iterator[Any]:
-            yield request
-            self._closed.wait()  # keep the send side open until close()
-
         self._queue: queue.Queue[Any] = queue.Queue()
-        stub = etcdrpc.WatchStub(client.channel)
-        self._call = stub.Watch(requests(), metadata=store.watch_metadata())
+        # hasleader: etcd cancels the watch if its member loses the leader,
+        # so we reconnect to a healthy member instead of waiting forever.
+        self._stream: Stream = client.stream(
+            "/v3/watch",
+            {
+                "create_request": {
+                    "key": b64(prefix.encode()),
+                    "range_end": b64(prefix_range_end(prefix.encode())),
+                    "start_revision": start_revision,
+                }
+            },
+            {"Grpc-Metadata-hasleader": "true"},
+        )
         self._reader = threading.Thread(target=self._read, name="etcd-watch", daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         try:
-            for response in self._call:
-                self._queue.put(response)
-            self._queue.put(EtcdError("etcd closed the watch stream", self.endpoint))
+            while not self._closed.is_set():
+                message = self._stream.next_message(IDLE_PROBE_S)
+                if message is None:
+                    self._client.probe(PROBE_TIMEOUT_S)  # raises if the member is frozen
+                else:
+                    self._queue.put(message)
         except Exception as exc:
             if self._closed.is_set():
                 self._queue.put(EtcdError("watch closed"))
                 return
-            if is_too_large(exc):
-                self._queue.put(WatchResponseTooLarge(first_line(exc)))
+            if isinstance(exc, TooLarge):
+                self._queue.put(WatchResponseTooLarge(str(exc)))
                 return
-            kind, cause = self._store._classify(exc)
+            kind, cause = classify(exc, self._store.options)
             if kind == "token":  # expired: the reconnect authenticates again first
                 self._store._token_needed = True
+            if kind == "unavailable":
+                self._client.fail()
             error_type = EtcdAuthError if kind in ("auth", "tls") else EtcdError
             self._queue.put(error_type(f"etcd watch on {self.endpoint} ended", cause))
+        finally:
+            self._stream.close()
+        self._queue.put(EtcdError("watch closed"))
 
     def next_events(self, timeout: float) -> list[WatchEvent]:
         try:
@@ -135,43 +152,58 @@ class WatchStream:
             return []
         if isinstance(item, Exception):
             raise item
-        if item.compact_revision:
-            raise HistoryCompacted(int(item.compact_revision))
+        try:
+            return self._events(item)
+        except MalformedAnswer as exc:
+            self.close()
+            raise EtcdError(
+                f"etcd watch on {self.endpoint} ended", f"etcd's answer is malformed: {exc}"
+            ) from None
+
+    def _events(self, message: dict[str, Any]) -> list[WatchEvent]:
+        if "error" in message:
+            from flannelish.subnet.etcdhttp import error_from
+
+            self.close()
+            kind, cause = classify(error_from(message), self._store.options)
+            if kind == "unavailable":  # "no leader" (hasleader), shutting down
+                self._client.fail()
+            error_type = EtcdAuthError if kind in ("auth", "tls") else EtcdError
+            raise error_type(f"etcd watch on {self.endpoint} ended", cause)
+        item = obj(message, "result")
+        compact_revision = int64(item, "compact_revision")
+        if compact_revision:
+            raise HistoryCompacted(compact_revision)
         # The "created" answer carries the cluster's current revision: a recreated,
         # empty cluster is behind the revision we resume from.
-        revision = int(item.header.revision) if item.HasField("header") else 0
-        if revision and self.start_revision > 1 and revision < self.start_revision - 1:
-            raise ClusterReset(revision, self.start_revision - 1)
-        if item.canceled:
-            reason = (item.cancel_reason or "").replace("etcdserver: ", "")
-            if "permission denied" in reason or "invalid auth token" in reason:
-                if not self._store.options.username:
-                    raise EtcdAuthError(
-                        "etcd refused the watch",
-                        "permission denied without credentials; give --etcd-username and "
-                        "--etcd-password",
-                    )
-                # Most likely our token expired while the stream was down: log in again.
-                self._store._token_needed = True
-            if "no leader" in reason:
-                # This member is cut off from the cluster (hasleader): use another one.
-                self._store._mark_failed()
-            raise EtcdError("etcd canceled the watch", reason or self.endpoint)
-        if item.created:
+        current = revision(item)
+        if current and self.start_revision > 1 and current < self.start_revision - 1:
+            raise ClusterReset(current, self.start_revision - 1)
+        if flag(item, "canceled"):
+            self._canceled(plain_reason(text(item, "cancel_reason")))
+        if flag(item, "created"):
             self.established = True
-        return [WatchEvent(ev.type == 1, _kv(ev.kv)) for ev in item.events]  # 1 = DELETE
+        return [watch_event(ev) for ev in items(item, "events")]
+
+    def _canceled(self, reason: str) -> None:
+        self.close()
+        if any(
+            x in reason for x in ("permission denied", "invalid auth token", "user name is empty")
+        ):
+            if not self._store.options.username:
+                raise EtcdAuthError(
+                    "etcd refused the watch",
+                    "permission denied without credentials; give --etcd-username and "
+                    "--etcd-password",
+                )
+            # Most likely our token expired while the stream was down: log in again.
+            self._store._token_needed = True
+        if "no leader" in reason:
+            # This member is cut off from the cluster (hasleader): use another one.
+            self._client.fail()
+        raise EtcdError("etcd canceled the watch", reason[:200] or self.endpoint)
 
     def close(self) -> None:
         self._closed.set()
         with contextlib.suppress(Exception):
-            self._call.cancel()
-
-
-def _kv(kv: Any, oversized: bool = False) -> KeyValue:
-    return KeyValue(
-        kv.key.decode(errors="replace"),
-        b"" if oversized else bytes(kv.value),
-        int(kv.mod_revision),
-        int(kv.lease),
-        oversized,
-    )
+            self._stream.close()

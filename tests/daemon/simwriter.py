@@ -37,7 +37,7 @@ def main() -> int:
     lease_id, _ = store.grant(LEASE_TTL)
 
     def put(key: str, value: str) -> None:
-        store.call(f"put {key}", lambda c: c.put(key, value.encode(), lease=lease_id))
+        store.put(key, value.encode(), lease_id=lease_id)
 
     def do(op: list[Any]) -> None:
         if op[0] == "put":

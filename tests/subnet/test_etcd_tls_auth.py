@@ -31,10 +31,10 @@ def _make_ca(d: Path, name: str) -> None:
     )  # fmt: skip
 
 
-def _make_cert(d: Path, ca: str, name: str, cn: str, san: str | None) -> None:
+def _make_cert(d: Path, ca: str, name: str, subject: str, san: str | None) -> None:
     _openssl(
         "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}",
+        "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject,
         cwd=d,
     )  # fmt: skip
     ext = d / f"{name}.ext"
@@ -51,8 +51,11 @@ def pki(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("pki")
     _make_ca(d, "ca")
     _make_ca(d, "other-ca")
-    _make_cert(d, "ca", "server", "etcd", "IP:127.0.0.1")
-    _make_cert(d, "ca", "client", "node", None)  # not an etcd user
+    _make_cert(d, "ca", "server", "/CN=etcd", "IP:127.0.0.1")
+    # etcd's JSON gateway refuses client certificates with a CommonName
+    # (docs/dependencies.md §1): the usable one has none.
+    _make_cert(d, "ca", "client", "/O=node", None)  # not an etcd user
+    _make_cert(d, "ca", "client-cn", "/CN=node", None)
     return d
 
 
@@ -118,6 +121,12 @@ def test_wrong_password_is_a_clear_auth_error(secure_etcd, pki, registries):
 def test_missing_credentials_say_that_etcd_needs_them(secure_etcd, pki, registries):
     text = _error(registries(secure_etcd.client_url, **_flags(pki, username="", password="")))
     assert "give --etcd-username and --etcd-password" in text
+
+
+def test_a_client_certificate_with_a_common_name_is_a_clear_error(secure_etcd, pki, registries):
+    flags = _flags(pki, certfile=str(pki / "client-cn.crt"), keyfile=str(pki / "client-cn.key"))
+    text = _error(registries(secure_etcd.client_url, **flags))
+    assert "refuses a client certificate with a CommonName (CN)" in text
 
 
 def test_untrusted_ca_is_a_clear_tls_error(secure_etcd, pki, registries):
