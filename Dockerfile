@@ -42,6 +42,5 @@ RUN /opt/flannelish/bin/pip install -q --no-deps /src \
     && install -m 0755 /src/compose/node.sh /usr/local/bin/flannelish-compose-node \
     && rm -rf /src
 
-ENV PATH=/opt/flannelish/bin:$PATH \
-    GRPC_ENABLE_FORK_SUPPORT=false
+ENV PATH=/opt/flannelish/bin:$PATH
 CMD ["flannelish", "--help"]

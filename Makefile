@@ -46,7 +46,7 @@ lab-down: setup
 	$(BIN)/flannelish lab down
 
 test: setup lint
-	GRPC_ENABLE_FORK_SUPPORT=false $(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Quick loop while developing: unit tests only.
 test-fast: setup

@@ -59,6 +59,6 @@ def setup_logging(fmt: str = "text", level: str | int = "INFO", stream: Any = No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper() if isinstance(level, str) else level)
-    # gRPC and scapy are chatty at INFO; their warnings still show.
-    for noisy in ("grpc", "scapy", "pyroute2"):
+    # scapy and pyroute2 are chatty at INFO; their warnings still show.
+    for noisy in ("scapy", "pyroute2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

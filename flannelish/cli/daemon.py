@@ -8,7 +8,6 @@ when it runs.
 from __future__ import annotations
 
 import functools
-import os
 import signal
 import sys
 from pathlib import Path
@@ -115,7 +114,7 @@ def _verbosity(v: int | None) -> None:
 
     logging.getLogger().setLevel(logging.DEBUG if v >= 1 else logging.INFO)
     if v >= 10:  # flanneld's most verbose: the libraries' debug lines too
-        for noisy in ("grpc", "scapy"):
+        for noisy in ("scapy",):
             logging.getLogger(noisy).setLevel(logging.DEBUG)
 
 
@@ -313,9 +312,6 @@ def daemon_command(
         setup_logging(log_format, logging.getLogger().level)
     _verbosity(verbosity)
     _log_ignored(flanneld)
-    # The daemon forks `nft` while its etcd channel is open; gRPC's fork handlers
-    # would only log warnings (docs/dependencies.md §2).
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     from flannelish.daemon.node import DaemonOptions, NodeDaemon
 
     options = DaemonOptions(

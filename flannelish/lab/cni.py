@@ -95,7 +95,6 @@ def invoke(
         "CNI_CONTAINERID": container_id,
         "CNI_IFNAME": ifname,
         "CNI_PATH": f"{path}:{REFERENCE_PLUGINS}",
-        "GRPC_ENABLE_FORK_SUPPORT": "false",
     }
     if pod_netns:
         env["CNI_NETNS"] = f"/run/netns/{pod_netns}"

@@ -105,7 +105,7 @@ def spawn(
 ) -> ProcRecord:
     """Start a detached process (own session, output to `log`) and record it."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, GRPC_ENABLE_FORK_SUPPORT="false", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.update(extra_env or {})
     full = in_netns(netns, argv)
     with open(log, "ab") as out:

@@ -509,7 +509,7 @@ class FlannelishDaemon(DaemonUnderTest):
                 "--healthz-port", str(HEALTH_PORT)]  # fmt: skip
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "false"}
+        return dict(os.environ)
 
     def _get(self, path: str) -> str | None:
         url = f"http://127.0.0.1:{HEALTH_PORT}{path}"

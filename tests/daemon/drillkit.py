@@ -85,7 +85,7 @@ class SimWriter:
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             text=True,
-            env={**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "false"},
+            env=dict(os.environ),
         )
         self.log_path = log_path
         first = self.recv(timeout=30)

@@ -96,7 +96,7 @@ class DaemonProc:
         argv = [str(VENV_BIN / "flannelish"), "--log-format", "json", "daemon",
                 "--etcd-endpoints", self.endpoint, "--subnet-file", str(self.subnet_file),
                 *self.extra, *extra]  # fmt: skip
-        env = {**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "false"}
+        env = dict(os.environ)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.host.netns, *argv], stdout=log, stderr=log, env=env

@@ -43,7 +43,7 @@ class LabCli:
             capture_output=True,
             text=True,
             timeout=120,
-            env={**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "false", **(env or {})},
+            env={**os.environ, **(env or {})},
             check=False,
         )
 

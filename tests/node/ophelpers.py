@@ -125,7 +125,7 @@ class Daemon:
         binary = str(Path(sys.executable).with_name("flannelish"))
         argv = [binary, "daemon", "--etcd-endpoints", endpoint,
                 "--subnet-file", str(self.subnet_file), *flags]  # fmt: skip
-        env = {**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "false"}
+        env = dict(os.environ)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 ["ip", "netns", "exec", netns, *argv], stdout=log, stderr=log, env=env

@@ -11,7 +11,7 @@ FLANNELISH = str(Path(sys.executable).with_name("flannelish"))
 
 
 def doctor(netns: str, *args: str):
-    env = {**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "false"}
+    env = dict(os.environ)
     env.pop("FLANNELD_ETCD_ENDPOINTS", None)
     import subprocess
 

@@ -281,7 +281,7 @@ def test_unreachable_etcd_is_exit_4_with_one_line_and_no_traceback():
         capture_output=True,
         text=True,
         timeout=60,
-        env={"GRPC_ENABLE_FORK_SUPPORT": "false", "PATH": "/usr/bin:/bin"},
+        env={"PATH": "/usr/bin:/bin"},
     )
     assert proc.returncode == 4, proc.stderr
     assert "Traceback" not in proc.stderr
