@@ -8,7 +8,8 @@ three entries) in the kernel, and the daemon's RSS (VmRSS and peak VmHWM).
 Baselines in the same run: iproute2 (`ip -batch` / `bridge -batch`, C)
 programming the same 3000 entries on a hand-made vxlan device in another
 namespace, and the RSS of an idle Python that imports the same modules
-(most of the daemon's RSS is gRPC and the interpreter; PSS is shown too).
+(the daemon's etcd client is the standard library's http.client: no gRPC since
+docs/dependencies.md §1; PSS is shown too).
 Goals: sync < 1 s, RSS < 60 MB.  Run as root: ``.venv/bin/python bench/scale.py``.
 """
 
@@ -46,7 +47,7 @@ RSS_PROBE = """
 import flannelish.cli, flannelish.daemon.node, flannelish.subnet.manager
 import flannelish.subnet.etcdstore, flannelish.subnet.registry
 import flannelish.cni.server, flannelish.backends.vxlan
-import flannelish.kernel.rawnetlink, pyetcd, grpc
+import flannelish.kernel.rawnetlink, flannelish.subnet.etcdhttp
 for line in open("/proc/self/status"):
     if line.startswith("VmRSS"):
         print(int(line.split()[1]) // 1024)
