@@ -140,3 +140,11 @@ def watch_event(event: dict[str, Any]) -> WatchEvent:
 def _snippet(body: bytes) -> str:
     line = body[:80].decode(errors="replace").splitlines()
     return repr(line[0] if line else "")
+
+
+def prefix_range_end(prefix: bytes) -> bytes:
+    """The end of etcd's range of every key starting with `prefix`."""
+    for i in range(len(prefix) - 1, -1, -1):
+        if prefix[i] < 0xFF:
+            return prefix[:i] + bytes([prefix[i] + 1])
+    return b"\0"

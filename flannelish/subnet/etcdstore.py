@@ -40,6 +40,7 @@ from flannelish.subnet.etcdjson import (
     items,
     key_value,
     obj,
+    prefix_range_end,
     raw,
     revision,
     text,
@@ -423,14 +424,6 @@ class EtcdStore:
     def watch(self, prefix: str, start_revision: int) -> WatchStream:
         """Open a watch on every key under `prefix`, replaying from `start_revision`."""
         return self.call(f"watch {prefix}", lambda c: WatchStream(self, c, prefix, start_revision))
-
-
-def prefix_range_end(prefix: bytes) -> bytes:
-    """The end of etcd's range of every key starting with `prefix`."""
-    for i in range(len(prefix) - 1, -1, -1):
-        if prefix[i] < 0xFF:
-            return prefix[:i] + bytes([prefix[i] + 1])
-    return b"\0"
 
 
 def _compare(key: str, mod_revision: int) -> dict[str, Any]:

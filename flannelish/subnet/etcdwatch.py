@@ -33,6 +33,7 @@ from flannelish.subnet.etcdjson import (
     int64,
     items,
     obj,
+    prefix_range_end,
     revision,
     text,
     watch_event,
@@ -94,7 +95,6 @@ class WatchStream:
     """
 
     def __init__(self, store: EtcdStore, client: _Client, prefix: str, start_revision: int):
-        from flannelish.subnet.etcdstore import prefix_range_end
 
         self._store = store
         self._client = client
