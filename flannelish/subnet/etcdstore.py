@@ -15,6 +15,11 @@ What this module adds to single requests:
   answer triggers one re-authentication and a retry;
 * listing a prefix reads it in pages at one revision (the receive limit
   would otherwise make a few large values fail the whole listing, exit 4).
+
+The transport is chosen once per store: the gateway's (etcdhttp), or gRPC
+(etcdgrpc, imported only then) for a client certificate with a CommonName,
+which etcd's gateway refuses (docs/dependencies.md §1).  Both take the
+gateway's JSON bodies and answer with its JSON, so everything above is shared.
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from flannelish.errors import EtcdAuthError, EtcdError
+from flannelish.subnet.etcdcert import has_common_name
 from flannelish.subnet.etcderrors import NoMemberAvailable, classify
-from flannelish.subnet.etcdhttp import GatewayError, Stream, TooLarge, Transport, tls_context
+from flannelish.subnet.etcdhttp import GatewayError, TooLarge, Transport, tls_context
 from flannelish.subnet.etcdjson import (
     KeyValue,
     MalformedAnswer,
@@ -94,6 +100,34 @@ _MAX_LIST_RESTARTS = 5
 _TOKEN = re.compile(r"[!-~]{1,4096}")
 
 
+class MessageStream(Protocol):
+    """A streamed answer (the watch): etcdhttp.Stream or etcdgrpc.GrpcStream."""
+
+    def next_message(self, timeout: float) -> dict[str, Any] | None: ...
+
+    def close(self) -> None: ...
+
+
+class EtcdTransport(Protocol):
+    """Requests to one member: etcdhttp.Transport or etcdgrpc.GrpcTransport."""
+
+    def request(
+        self,
+        ep: Endpoint,
+        path: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        timeout: float,
+        fresh: bool = False,
+    ) -> dict[str, Any]: ...
+
+    def stream(
+        self, ep: Endpoint, path: str, body: dict[str, Any], headers: dict[str, str], timeout: float
+    ) -> MessageStream: ...
+
+    def close(self) -> None: ...
+
+
 class _Member:
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -117,7 +151,7 @@ class _Client:
             self.endpoint, path, body, store._auth_headers(), store.timeout
         )
 
-    def stream(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> Stream:
+    def stream(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> MessageStream:
         store = self._store
         return store._transport.stream(
             self.endpoint, path, body, {**store._auth_headers(), **headers}, store.timeout
@@ -158,7 +192,7 @@ class EtcdStore:
         context = None
         if any(ep.secure for ep in self._endpoints):
             context = tls_context(options.cafile, options.certfile, options.keyfile)
-        self._transport = Transport(context, max_receive_bytes)
+        self._transport = _transport(options, context, max_receive_bytes)
         self._members = [_Member(ep) for ep in self._endpoints]
         self._current = 0
         self._lock = threading.Lock()
@@ -424,6 +458,20 @@ class EtcdStore:
     def watch(self, prefix: str, start_revision: int) -> WatchStream:
         """Open a watch on every key under `prefix`, replaying from `start_revision`."""
         return self.call(f"watch {prefix}", lambda c: WatchStream(self, c, prefix, start_revision))
+
+
+def _transport(options: EtcdOptions, context: Any, max_body: int) -> EtcdTransport:
+    """The gateway's transport, or gRPC for a client certificate with a CommonName."""
+    if context is None or not options.certfile or not has_common_name(options.certfile):
+        return Transport(context, max_body)
+    log.info(
+        "--etcd-certfile %s has a CommonName, which etcd's JSON gateway refuses: "
+        "talking to etcd over gRPC instead (docs/dependencies.md §1)",
+        options.certfile,
+    )
+    from flannelish.subnet.etcdgrpc import GrpcTransport
+
+    return GrpcTransport(options, max_body)
 
 
 def _compare(key: str, mod_revision: int) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from flannelish.errors import EtcdAuthError, EtcdError
 from flannelish.subnet.etcderrors import classify, plain_reason
-from flannelish.subnet.etcdhttp import Stream, TooLarge
+from flannelish.subnet.etcdhttp import TooLarge
 from flannelish.subnet.etcdjson import (
     KeyValue,
     MalformedAnswer,
@@ -40,7 +40,7 @@ from flannelish.subnet.etcdjson import (
 )
 
 if TYPE_CHECKING:
-    from flannelish.subnet.etcdstore import EtcdStore, _Client
+    from flannelish.subnet.etcdstore import EtcdStore, MessageStream, _Client
 
 __all__ = [
     "ClusterReset",
@@ -105,7 +105,7 @@ class WatchStream:
         self._queue: queue.Queue[Any] = queue.Queue()
         # hasleader: etcd cancels the watch if its member loses the leader,
         # so we reconnect to a healthy member instead of waiting forever.
-        self._stream: Stream = client.stream(
+        self._stream: MessageStream = client.stream(
             "/v3/watch",
             {
                 "create_request": {

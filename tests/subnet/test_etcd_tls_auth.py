@@ -1,18 +1,24 @@
 """TLS (CA, client certificate) and username/password against an etcd with a test CA.
 
 The certificates are made here with openssl; wrong credentials and an
-untrusted CA must give one clear sentence, not a gRPC status dump.
+untrusted CA must give one clear sentence, not a gRPC status dump.  A client
+certificate with a CommonName, which etcd's JSON gateway refuses, works over
+the gRPC fallback; one without keeps the gateway and never loads gRPC
+(docs/dependencies.md §1).
 """
 
 from __future__ import annotations
 
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from lease_helpers import CONFIG, node_attrs
 
 from flannelish.errors import EtcdAuthError
+from flannelish.subnet.etcdstore import EtcdOptions, EtcdStore
 from flannelish.subnet.manager import SubnetManager
 from flannelish.testing.etcd import EtcdMember
 
@@ -53,7 +59,8 @@ def pki(tmp_path_factory) -> Path:
     _make_ca(d, "other-ca")
     _make_cert(d, "ca", "server", "/CN=etcd", "IP:127.0.0.1")
     # etcd's JSON gateway refuses client certificates with a CommonName
-    # (docs/dependencies.md §1): the usable one has none.
+    # (docs/dependencies.md §1): "client" has none and uses the gateway,
+    # "client-cn" makes the store fall back to gRPC.
     _make_cert(d, "ca", "client", "/O=node", None)  # not an etcd user
     _make_cert(d, "ca", "client-cn", "/CN=node", None)
     return d
@@ -123,10 +130,96 @@ def test_missing_credentials_say_that_etcd_needs_them(secure_etcd, pki, registri
     assert "give --etcd-username and --etcd-password" in text
 
 
-def test_a_client_certificate_with_a_common_name_is_a_clear_error(secure_etcd, pki, registries):
-    flags = _flags(pki, certfile=str(pki / "client-cn.crt"), keyfile=str(pki / "client-cn.key"))
-    text = _error(registries(secure_etcd.client_url, **flags))
-    assert "refuses a client certificate with a CommonName (CN)" in text
+def _cn_flags(pki: Path, **overrides: str) -> dict[str, str]:
+    cn = {"certfile": str(pki / "client-cn.crt"), "keyfile": str(pki / "client-cn.key")}
+    return _flags(pki, **{**cn, **overrides})
+
+
+def test_a_client_certificate_with_a_common_name_works_over_grpc(secure_etcd, pki, registries):
+    registry = registries(secure_etcd.client_url, **_cn_flags(pki))
+    registry.put_config(CONFIG)
+    lease = SubnetManager(registry).acquire(node_attrs(1))
+    assert [x.subnet for x in SubnetManager(registry).list_leases()] == [lease.subnet]
+
+    options = EtcdOptions.from_flags(endpoints=secure_etcd.client_url, **_cn_flags(pki))
+    with EtcdStore(options) as store:
+        assert type(store._transport).__name__ == "GrpcTransport"
+        rev = store.put("/cn/a", b"1")
+        stream = store.watch("/cn/", rev + 1)
+        try:
+            lease_id, ttl = store.grant(30)
+            assert 0 < store.ttl(lease_id) <= ttl
+            written = store.put_if("/cn/b", b"\xff", 0, lease_id)
+            assert written is not None and written.lease_id == lease_id
+            assert store.put_if("/cn/b", b"again", 0) is None
+            assert store.delete("/cn/a")
+            events = []
+            deadline = time.monotonic() + 10
+            while len(events) < 2 and time.monotonic() < deadline:
+                events += stream.next_events(1.0)  # [] for the "created" answer
+            assert stream.established
+            assert [(e.deleted, e.kv.key, e.kv.value) for e in events] == [
+                (False, "/cn/b", b"\xff"),
+                (True, "/cn/a", b""),
+            ]
+            kvs, at = store.get_prefix("/cn/", page_keys=1)
+            assert [kv.key for kv in kvs] == ["/cn/b"] and at >= written.mod_revision
+            store.revoke(lease_id)
+            store.revoke(lease_id)  # already gone: not an error
+            assert store.ttl(lease_id) == -1 and store.get("/cn/b") is None
+        finally:
+            stream.close()
+
+
+def test_grpc_errors_are_as_clear_as_the_gateways(secure_etcd, pki, registries):
+    text = _error(registries(secure_etcd.client_url, **_cn_flags(pki, password="wrong")))
+    assert "wrong --etcd-username or --etcd-password for user 'root'" in text
+    text = _error(registries(secure_etcd.client_url, **_cn_flags(pki, username="", password="")))
+    assert "give --etcd-username and --etcd-password" in text
+    text = _error(
+        registries(secure_etcd.client_url, **_cn_flags(pki, cafile=str(pki / "other-ca.crt")))
+    )
+    assert "TLS handshake with etcd" in text
+    assert f"not trusted by --etcd-cafile '{pki / 'other-ca.crt'}'" in text
+    assert "(certificate verify failed: unable to get local issuer certificate)" in text
+
+
+LOADED = """
+import json, logging, os, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+import flannelish.cli.daemon
+from flannelish.subnet.etcdstore import EtcdOptions, EtcdStore
+flags = json.loads(sys.argv[2])
+with EtcdStore(EtcdOptions.from_flags(endpoints=sys.argv[1], **flags)) as store:
+    store.put("/p/k", b"v")
+    store.get_prefix("/p/")
+    store.watch("/p/", 1).close()
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("grpc", "pyetcd", "google"))
+print("loaded:", ",".join(m for m in loaded if "." not in m) or "none")
+print("fork support:", os.environ.get("GRPC_ENABLE_FORK_SUPPORT"))
+"""
+
+
+def _run_store(url: str, flags: dict[str, str]) -> str:
+    import json
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}
+    out = subprocess.run(
+        [sys.executable, "-c", LOADED, url, json.dumps(flags)],
+        capture_output=True, text=True, timeout=60, check=True, env=env,
+    )  # fmt: skip
+    return out.stdout
+
+
+def test_only_a_certificate_with_a_common_name_loads_grpc(secure_etcd, pki):
+    out = _run_store(secure_etcd.client_url, _flags(pki))
+    assert "loaded: none" in out and "gRPC" not in out, out
+    out = _run_store(secure_etcd.client_url, _cn_flags(pki))
+    assert "loaded: google,grpc,pyetcd" in out, out
+    # The daemon forks while the channel is open (docs/dependencies.md §2).
+    assert "fork support: false" in out, out
+    assert "has a CommonName, which etcd's JSON gateway refuses" in out, out
+    assert "docs/dependencies.md §1" in out, out
 
 
 def test_untrusted_ca_is_a_clear_tls_error(secure_etcd, pki, registries):
