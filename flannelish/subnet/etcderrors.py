@@ -67,10 +67,12 @@ def classify_reason(details: str, code: int, options: EtcdOptions) -> tuple[str,
             )
         return "auth", f"etcd user {options.username!r} does not exist"
     if "certificate with a commonname refused" in low:
+        # A CN in --etcd-certfile makes the store use gRPC (docs/dependencies.md §1),
+        # so the gateway saw a certificate we read differently.
         return "auth", (
-            "etcd refuses a client certificate with a CommonName (CN) on its JSON gateway; "
-            "use --etcd-certfile with a certificate whose subject has no CN, or "
-            "--etcd-username and --etcd-password"
+            "etcd's JSON gateway refused the client certificate for its CommonName (CN), "
+            "but the first certificate in --etcd-certfile has none (with a CN, "
+            "flannelish would have used gRPC); check that file"
         )
     if "permission denied" in low or code == _PERMISSION_DENIED:
         if not options.username:

@@ -12,10 +12,10 @@ values left out).  Failures come out as etcdhttp's TransportError,
 GatewayError and TooLarge.
 
 Importing this module imports grpc and etcd-sdk-python's generated stubs
-(``pyetcd.etcdrpc``); nothing else does.  The daemon forks (nft, wireguard)
-while a channel is open and gRPC's fork handlers would only log warnings, so
-GRPC_ENABLE_FORK_SUPPORT is false unless the environment says otherwise
-(docs/dependencies.md §2).
+(``pyetcd.etcdrpc``); nothing else does.  The daemon forks (nft, the
+WireGuard tools) while a channel is open and gRPC's fork handlers would only
+log warnings, so GRPC_ENABLE_FORK_SUPPORT is false unless the environment
+says otherwise (docs/dependencies.md §2).
 """
 
 from __future__ import annotations

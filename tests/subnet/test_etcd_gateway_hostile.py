@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from flannelish.errors import EtcdError
+from flannelish.errors import EtcdAuthError, EtcdError
 from flannelish.subnet import etcdwatch
 from flannelish.subnet.etcdjson import MalformedAnswer, int64, key_value, parse_object, raw
 from flannelish.subnet.etcdstore import EtcdOptions, EtcdStore, WatchResponseTooLarge
@@ -201,6 +201,23 @@ def test_hostile_answers_give_only_etcd_errors(fake, op, body):
             OPS[op](store)  # an answer may still hold all this request needs ...
         except EtcdError as exc:  # ... else one line, and nothing but an EtcdError
             assert "\n" not in str(exc)
+
+
+CN_REFUSED = (
+    b"CommonName of client sending a request against gateway will be ignored and not used "
+    b"as expected\n"
+)
+
+
+@pytest.mark.unit
+def test_a_common_name_refusal_the_store_did_not_expect_is_one_auth_error(fake):
+    # A CN certificate never reaches the gateway (it uses gRPC); should etcd still
+    # refuse one, the error says what happened.
+    member = fake(lambda path: http_answer(CN_REFUSED, "400 Bad Request"))
+    with store_for(member) as store, pytest.raises(EtcdAuthError) as info:
+        store.get("/k")
+    assert "refused the client certificate for its CommonName (CN)" in str(info.value)
+    assert info.value.exit_code == 4
 
 
 @pytest.mark.unit

@@ -184,6 +184,21 @@ def test_grpc_errors_are_as_clear_as_the_gateways(secure_etcd, pki, registries):
     assert "(certificate verify failed: unable to get local issuer certificate)" in text
 
 
+def test_grpc_fails_over_from_a_dead_member(secure_etcd, pki):
+    from flannelish.testing.etcd import free_port
+
+    dead = f"https://127.0.0.1:{free_port()}"
+    options = EtcdOptions.from_flags(endpoints=[dead, secure_etcd.client_url], **_cn_flags(pki))
+    with EtcdStore(options) as store:
+        store.put("/fo/k", b"v")
+        assert store.current_endpoint == secure_etcd.client_url
+        stream = store.watch("/fo/", 1)
+        try:
+            assert stream.endpoint == secure_etcd.client_url
+        finally:
+            stream.close()
+
+
 LOADED = """
 import json, logging, os, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
