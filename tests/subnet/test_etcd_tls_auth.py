@@ -18,7 +18,7 @@ import pytest
 from lease_helpers import CONFIG, node_attrs
 
 from flannelish.errors import EtcdAuthError
-from flannelish.subnet.etcdstore import EtcdOptions, EtcdStore
+from flannelish.subnet.etcdstore import EtcdOptions, EtcdStore, WatchResponseTooLarge
 from flannelish.subnet.manager import SubnetManager
 from flannelish.testing.etcd import EtcdMember
 
@@ -184,6 +184,32 @@ def test_grpc_errors_are_as_clear_as_the_gateways(secure_etcd, pki, registries):
     assert "(certificate verify failed: unable to get local issuer certificate)" in text
 
 
+def test_grpc_pages_within_the_receive_limit(secure_etcd, pki):
+    options = EtcdOptions.from_flags(endpoints=secure_etcd.client_url, **_cn_flags(pki))
+    with EtcdStore(options) as writer, EtcdStore(options, max_receive_bytes=64 * 1024) as store:
+        first = writer.put("/big/a", b"a" * 30_000)
+        writer.put("/big/b", b"b" * 30_000)
+        writer.put("/big/c", b"c" * 30_000)
+        writer.put("/big/huge", b"h" * 100_000)
+        kvs, _ = store.get_prefix("/big/")
+        assert [(kv.key, len(kv.value), kv.oversized) for kv in kvs] == [
+            ("/big/a", 30_000, False),
+            ("/big/b", 30_000, False),
+            ("/big/c", 30_000, False),
+            ("/big/huge", 0, True),
+        ]
+        got = store.get("/big/huge")
+        assert got is not None and got.oversized
+        stream = store.watch("/big/", first)  # replays all four in one response
+        try:
+            with pytest.raises(WatchResponseTooLarge):
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    stream.next_events(1.0)
+        finally:
+            stream.close()
+
+
 def test_grpc_fails_over_from_a_dead_member(secure_etcd, pki):
     from flannelish.testing.etcd import free_port
 
@@ -203,7 +229,7 @@ LOADED = """
 import json, logging, os, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
 import flannelish.cli.daemon
-from flannelish.subnet.etcdstore import EtcdOptions, EtcdStore
+from flannelish.subnet.etcdstore import EtcdOptions, EtcdStore, WatchResponseTooLarge
 flags = json.loads(sys.argv[2])
 with EtcdStore(EtcdOptions.from_flags(endpoints=sys.argv[1], **flags)) as store:
     store.put("/p/k", b"v")
