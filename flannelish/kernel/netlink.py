@@ -29,6 +29,7 @@ import errno
 import socket
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from operator import attrgetter
 from typing import Any, Protocol, TypeVar, dataclass_transform
 
 from flannelish.errors import KernelError
@@ -70,6 +71,8 @@ def record(cls: type[_R]) -> type[_R]:
     namespace = {k: v for k, v in cls.__dict__.items() if k not in skip}
     namespace["__slots__"] = names
     setters: list[Callable[[Any, Any], None]] = []
+    # Every field at once, in C (hash and == run ~100000 times per 5000-peer pass).
+    values = attrgetter(*names) if len(names) > 1 else (lambda obj: (getattr(obj, names[0]),))
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         if kwargs or len(args) != len(names):
@@ -86,17 +89,17 @@ def record(cls: type[_R]) -> type[_R]:
     def __eq__(self: Any, other: Any) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented
-        return all(getattr(self, n) == getattr(other, n) for n in names)
+        return bool(values(self) == values(other))
 
     def __hash__(self: Any) -> int:
-        return hash(tuple(getattr(self, n) for n in names))
+        return hash(values(self))
 
     def __repr__(self: Any) -> str:
         fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
         return f"{cls.__name__}({fields})"
 
     def __getstate__(self: Any) -> tuple:  # copy and pickle: no __dict__ to copy
-        return tuple(getattr(self, n) for n in names)
+        return tuple(values(self))
 
     def __setstate__(self: Any, state: tuple) -> None:
         for set_field, value in zip(setters, state, strict=True):
