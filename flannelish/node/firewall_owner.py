@@ -33,7 +33,7 @@ from flannelish.subnet.lease import Lease
 log = logging.getLogger("flannelish.nft")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerAddr:
     """One element of ``vxlan_peers``: a peer's PublicIP or PublicIPv6 (a reconciler record)."""
 
@@ -285,12 +285,14 @@ class NftOwner:
             return ()
         ips: list[PeerIP] = []
         families = self.rules.families
-        if FAMILY in families and peer.attrs.public_ip:
-            v4 = IPv4Address(peer.attrs.public_ip)
+        # Lease attributes hold address objects already (a copy costs a parse per peer).
+        v4, v6 = peer.attrs.public_ip, getattr(peer.attrs, "public_ipv6", None)
+        if FAMILY in families and v4:
+            v4 = v4 if isinstance(v4, IPv4Address) else IPv4Address(v4)
             if not v4.is_unspecified:  # an IPv6-only peer advertises 0.0.0.0
                 ips.append(v4)
-        if FAMILY6 in families and getattr(peer.attrs, "public_ipv6", None):
-            ips.append(IPv6Address(peer.attrs.public_ipv6))
+        if FAMILY6 in families and v6:
+            ips.append(v6 if isinstance(v6, IPv6Address) else IPv6Address(v6))
         with self._batch.lock:
             self._batch.planned.update(ips)
         return tuple(PeerAddr(ip) for ip in ips)
