@@ -80,6 +80,11 @@ class Underlay:
              "mtu", str(mtu), "netns", netns])  # fmt: skip
         run([*ul, "link", "set", port, "master", self.bridge, "up"])
         hn = ["ip", "-n", netns]
+        # A real node's NIC finished DAD long before its daemon started. A fresh eth0's
+        # link-local address stays tentative for 1-2 s, and until it is usable the kernel
+        # sends no neighbour solicitation for packets it forwards (pods' traffic), so the
+        # first cross-node packets of a just-built lab would wait a second or more.
+        run(["sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0"], netns=netns)
         run([*hn, "link", "set", "eth0", "up"])
         if self.ipv4:
             run([*hn, "addr", "add", f"{address}/{self.network.prefixlen}", "dev", "eth0"])
