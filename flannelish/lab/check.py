@@ -23,6 +23,12 @@ from flannelish.testing.proc import in_netns, run
 
 PING_COUNT = 3
 PARALLEL = 6
+# When two WireGuard peers start a handshake at the same instant, each drops the
+# other's response (both sides' state moved on to answering) and both retry after
+# REKEY_TIMEOUT, 5 s plus up to 1/3 s of jitter: the first packets between two fresh
+# nodes can wait that long (kernel WireGuard and wireguard-go alike). Over WireGuard a
+# ping is given that long for its replies; they are queued, not lost.
+WIREGUARD_FIRST_CONTACT_S = 6
 
 _SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
 _RTT = re.compile(r"= [\d.]+/([\d.]+)/[\d.]+/[\d.]+ ms")
@@ -87,12 +93,16 @@ def parse_ping(output: str) -> tuple[int, int, float | None]:
     return int(summary.group(1)), int(summary.group(2)), float(rtt.group(1)) if rtt else None
 
 
-def ping(src: PodState, dst: PodState, count: int = PING_COUNT, family: int = 4) -> PingResult:
-    """Ping `dst`'s address of IP version `family` from inside `src`."""
+def ping(
+    src: PodState, dst: PodState, count: int = PING_COUNT, family: int = 4, settle_s: int = 0
+) -> PingResult:
+    """Ping `dst`'s address of IP version `family` from inside `src`; `settle_s` more
+    seconds for the replies when the path may first need a handshake."""
     src_ip, dst_ip = src.addr(family), dst.addr(family)
     result = PingResult(src.name, dst.name, src_ip, dst_ip, src.node == dst.node, family)
-    argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "1", dst_ip]
-    proc = run(argv, netns=src.netns, check=False, timeout=10 + count)
+    # -W: how long ping waits for replies after its last packet when none came yet.
+    argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", str(1 + settle_s), dst_ip]
+    proc = run(argv, netns=src.netns, check=False, timeout=10 + count + settle_s)
     result.sent, result.received, result.rtt_avg_ms = parse_ping(proc.stdout)
     if result.sent == 0:
         result.error = (proc.stderr or proc.stdout).strip() or f"ping exited {proc.returncode}"
@@ -105,8 +115,9 @@ def ping_matrix(state: LabState, count: int = PING_COUNT) -> list[PingResult]:
     for family in state.spec.families:
         pods = [p for p in state.pods if p.addr(family)]
         jobs += [(a, b, family) for a in pods for b in pods if a is not b]
+    settle_s = WIREGUARD_FIRST_CONTACT_S if state.spec.backend == "wireguard" else 0
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-        return list(pool.map(lambda job: ping(job[0], job[1], count, job[2]), jobs))
+        return list(pool.map(lambda job: ping(job[0], job[1], count, job[2], settle_s), jobs))
 
 
 class ProbeServer:

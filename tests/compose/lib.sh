@@ -22,6 +22,7 @@ FLC_T0=""
 FLC_STEP_T=""
 FLC_TIMES=()
 FLC_FAILED=0
+FLC_FAIL_REASON=""
 FLC_BACKEND=vxlan
 # FLANNELISH_COMPOSE_IP_FAMILY=dual: the dual-stack variant (compose/dual-stack.yml).
 FLC_IP_FAMILY=ipv4
@@ -33,7 +34,7 @@ FLC_UNDERLAY6="${FLANNELISH_UNDERLAY6:-fd18:}"
 flc_now() { date +%s.%N; }
 flc_since() { awk -v a="$1" -v b="$(flc_now)" 'BEGIN { printf "%.1f", b - a }'; }
 flc_log() { printf '[compose-test %6ss] %s\n' "$(flc_since "$FLC_T0")" "$*" >&2; }
-flc_fail() { flc_log "FAIL: $*"; FLC_FAILED=1; exit 1; }
+flc_fail() { flc_log "FAIL: $*"; FLC_FAILED=1; FLC_FAIL_REASON="$*"; exit 1; }
 
 flc_step() {
     if [ -n "$FLC_STEP_T" ]; then
@@ -348,7 +349,10 @@ flc_verify() {
 
     # Every pod pings every other pod (cross-node and same-node), in every family of
     # the run: one `docker exec` per node runs its pods' pings in parallel and prints
-    # "ok|FAIL SRC DST-IP".
+    # "ok|FAIL SRC DST-IP". -W 7: ping waits that long for late replies. When two
+    # WireGuard peers start a handshake at the same instant (likely here: every node
+    # pings at once), each drops the other's response and both retry after 5 s plus
+    # jitter; the pings wait in the queue meanwhile (flannelish/lab/check.py says more).
     local targets="" results="" failed pairs
     for pod in "${pods[@]}"; do targets="$targets $(flc_pod_ips "$pod")"; done
     local pid_list=()
@@ -357,7 +361,7 @@ flc_verify() {
             while read -r pod ip ip6; do
                 for t in '"$targets"'; do
                     [ "$t" != "$ip" ] && [ "$t" != "$ip6" ] || continue
-                    ( if ip netns exec "$pod" ping -n -q -c 2 -i 0.2 -W 2 "$t" >/dev/null 2>&1
+                    ( if ip netns exec "$pod" ping -n -q -c 2 -i 0.2 -W 7 "$t" >/dev/null 2>&1
                       then echo "ok $pod $t"; else echo "FAIL $pod $t"; fi ) &
                 done
             done < <(flannelish-compose-node pods)
@@ -713,6 +717,8 @@ flc_on_exit() {
     flc_dump_logs_if_up  # after a failed check too: why a container died is in its log
     flc_teardown || true
     flc_check_clean || true
+    # Last, so that a caller showing the tail of the output shows why.
+    flc_log "failed (status $rc): ${FLC_FAIL_REASON:-see above}"
     exit "$rc"
 }
 
