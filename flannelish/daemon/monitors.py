@@ -26,6 +26,11 @@ from flannelish.kernel.rtnl import RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH, RTM_D
 
 log = logging.getLogger("flannelish.daemon")
 
+# The only rtnetlink notifications `relevant` below can accept.  The kernel drops
+# the rest before they are queued: each neighbour, FDB entry and route the daemon
+# writes is announced too, and waking to read those cost the next write its CPU.
+REPAIR_TYPES = frozenset({RTM_NEWLINK, RTM_DELLINK, RTM_DELADDR, RTM_DELROUTE, RTM_DELNEIGH})
+
 
 def start_monitors(
     backend_loop: ReconcileLoop,
@@ -60,7 +65,7 @@ def start_monitors(
 
     started: list[ChangeMonitor] = []
     try:
-        monitor = ChangeMonitor(repair, relevant)
+        monitor = ChangeMonitor(repair, relevant, only_types=REPAIR_TYPES)
     except OSError as exc:
         log.warning("kernel change notifications unavailable (%s); periodic resync only", exc)
         return started

@@ -3,14 +3,19 @@
 :class:`ChangeMonitor` listens on a raw rtnetlink multicast socket and only
 reports *that* something changed (decoding just the fixed headers); the
 reconciler then re-reads the state.  Safe to block on from a plain thread.
+``only_types`` has the kernel drop every other notification before it is
+queued (a socket filter), so the daemon's own writes do not wake the thread.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import select
 import socket
+import struct
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -177,6 +182,35 @@ def parse_nft_changes(data: bytes) -> list[Change]:
     return out
 
 
+SO_ATTACH_FILTER = 26
+_BPF_LDH_ABS = 0x28  # A = the 16-bit word at offset k, read big-endian
+_BPF_JEQ_K = 0x15  # if A == k jump jt else jf
+_BPF_RET_K = 0x06  # deliver k bytes (0: drop)
+_NLMSG_TYPE_OFFSET = 4  # struct nlmsghdr { u32 len; u16 type; ... }
+_SOCK_FILTER = struct.Struct("HBBI")
+
+
+def type_filter(types: frozenset[int]) -> bytes:
+    """A classic BPF program keeping the datagrams whose first message has one of
+    ``types``.  The kernel sends each rtnetlink notification in its own datagram,
+    so the first message is the only one (not so for nftables, which batches)."""
+    wanted = sorted(types)
+    n = len(wanted)
+    prog = [(_BPF_LDH_ABS, 0, 0, _NLMSG_TYPE_OFFSET)]
+    for i, mtype in enumerate(wanted, start=1):
+        as_loaded = int.from_bytes(mtype.to_bytes(2, sys.byteorder), "big")  # host order
+        prog.append((_BPF_JEQ_K, n + 1 - i, 0, as_loaded))  # match: to the accept at n + 2
+    prog += [(_BPF_RET_K, 0, 0, 0), (_BPF_RET_K, 0, 0, 0xFFFFFFFF)]
+    return b"".join(_SOCK_FILTER.pack(*insn) for insn in prog)
+
+
+def attach_filter(sock: socket.socket, program: bytes) -> None:
+    """SO_ATTACH_FILTER: the kernel copies the program, so the buffer may go after."""
+    buf = ctypes.create_string_buffer(program)
+    fprog = struct.pack("@HP", len(program) // _SOCK_FILTER.size, ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
 class ChangeMonitor:
     """Calls ``on_change(changes)`` for kernel notifications accepted by ``relevant``.
 
@@ -192,6 +226,7 @@ class ChangeMonitor:
         relevant: Callable[[Change], bool],
         netns: str | None = None,
         nftables: bool = False,
+        only_types: frozenset[int] | None = None,
     ) -> None:
         self._on_change = on_change
         self._relevant = relevant
@@ -205,6 +240,8 @@ class ChangeMonitor:
         if nftables:
             groups = 1 << (NFNLGRP_NFTABLES - 1)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        if only_types is not None and not nftables:
+            attach_filter(self._sock, type_filter(only_types))
         self._sock.bind((0, groups))
         self._thread = threading.Thread(target=self._run, name="netlink-monitor", daemon=True)
 

@@ -165,3 +165,55 @@ def test_a_real_element_deletion_is_reported_with_its_address(netns_factory):
     assert [(c.family, c.set_name, c.dst) for c in seen] == [
         (2, "vxlan_peers", IPv4Address("198.18.0.3"))
     ]
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("filtered", [True, False])
+def test_only_types_has_the_kernel_drop_other_notifications(netns_factory, filtered):
+    """With ``only_types`` the thread never reads the announcement of a write (here
+    a neighbour added and replaced); the deletion still arrives.  Unfiltered, it reads all."""
+    import subprocess
+    import threading
+
+    from flannelish.kernel.monitor import ChangeMonitor
+    from flannelish.kernel.rtnl import RTM_DELNEIGH, RTM_NEWNEIGH
+
+    ns = netns_factory.create("mfil")
+    ip = ["ip", "-n", ns]
+    subprocess.run([*ip, "link", "add", "v0", "type", "veth", "peer", "name", "v1"], check=True)
+    subprocess.run([*ip, "link", "set", "v0", "up"], check=True)
+    read: list[int] = []
+    deleted = threading.Event()
+
+    def relevant(change: Change) -> bool:
+        read.append(change.type)
+        if change.type == RTM_DELNEIGH:
+            deleted.set()
+        return False
+
+    only = frozenset({RTM_DELNEIGH}) if filtered else None
+    monitor = ChangeMonitor(lambda _changes: None, relevant, netns=ns, only_types=only)
+    monitor.start()
+    try:
+        neigh = ["neigh", "replace", "10.244.9.9", "lladdr", "02:00:00:00:00:09", "dev", "v0"]
+        for _ in range(3):
+            subprocess.run([*ip, *neigh, "nud", "permanent"], check=True)
+        subprocess.run([*ip, "neigh", "del", "10.244.9.9", "dev", "v0"], check=True)
+        assert deleted.wait(5)
+    finally:
+        monitor.stop()
+    if filtered:
+        assert read == [RTM_DELNEIGH]
+    else:
+        assert RTM_NEWNEIGH in read and read[-1] == RTM_DELNEIGH
+
+
+def test_type_filter_jumps_to_accept_for_each_wanted_type():
+    """Load nlmsg_type, one compare per type (each jumps to accept), drop, accept."""
+    from flannelish.kernel.monitor import type_filter
+
+    insns = [struct.unpack_from("HBBI", type_filter(frozenset({16, 25, 29})), i * 8)
+             for i in range(6)]  # fmt: skip
+    assert insns[0] == (0x28, 0, 0, 4)
+    assert [i + 1 + insns[i][1] for i in (1, 2, 3)] == [5, 5, 5]
+    assert insns[4] == (0x06, 0, 0, 0) and insns[5][0] == 0x06 and insns[5][3] > 0
