@@ -228,6 +228,8 @@ class ChangeMonitor:
         nftables: bool = False,
         only_types: frozenset[int] | None = None,
     ) -> None:
+        if only_types is not None and nftables:  # type_filter reads the first message only
+            raise ValueError("only_types filters rtnetlink notifications, not nftables batches")
         self._on_change = on_change
         self._relevant = relevant
         self._parse = parse_nft_changes if nftables else parse_changes
@@ -240,7 +242,7 @@ class ChangeMonitor:
         if nftables:
             groups = 1 << (NFNLGRP_NFTABLES - 1)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        if only_types is not None and not nftables:
+        if only_types is not None:
             attach_filter(self._sock, type_filter(only_types))
         self._sock.bind((0, groups))
         self._thread = threading.Thread(target=self._run, name="netlink-monitor", daemon=True)
