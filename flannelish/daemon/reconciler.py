@@ -25,8 +25,9 @@ Peers may share a slot (two leases advertising the same PublicIP share one
 element of the nftables anti-spoof set): a slot is counted per programmed
 peer, and the per-event path deletes it only when its last peer lets go.
 
-Within a peer a failed step skips its later steps; the next full pass
-retries.  A route is replaced only where the kernel's route under that key
+In a full pass a failed step of a peer skips its later steps; per event a
+peer's steps go in one datagram and a failure takes back what it created
+(:meth:`Reconciler._write_peer`); either way the next full pass retries.  A route is replaced only where the kernel's route under that key
 is ours (our route protocol in the dump); otherwise it is created
 exclusively and a foreign route in the way makes the peer skipped
 ("conflict"), left alone; a peer whose route is blocked so is skipped before
@@ -55,7 +56,7 @@ from flannelish.daemon.diff import describe, diff
 from flannelish.daemon.peerlog import PER_PASS_PEER_LINES, PeerLog
 from flannelish.errors import KernelError
 from flannelish.kernel.netlink import RouteExists
-from flannelish.kernel.resources import Owner, Resource, Skip, write_many
+from flannelish.kernel.resources import Owner, Resource, Skip, batchable, write_many, write_steps
 from flannelish.subnet.keys import LeaseKey
 from flannelish.subnet.lease import Lease
 
@@ -312,15 +313,58 @@ class Reconciler:
                         skipped[subnet] = skip
                         self._log_skip_subnet(subnet, groups[group_index], skip)
 
-    def _write_group(
+    def _write_peer(
         self,
         objs: Sequence[Any],
         by_type: Mapping[type, Resource],
-        owned: set[Slot] | Mapping[Slot, Any],
+        owned: Mapping[Slot, Any],
         result: PassResult,
     ) -> Skip | None:
-        """Write one peer's objects in order (see :meth:`_write_groups`)."""
-        return self._write_groups([objs], by_type, owned, result, look_up=True)[0]
+        """Write one peer's objects in order (the per-event path); None when all were written.
+
+        Where its resources allow, all go in one netlink datagram: one round trip
+        per event instead of one per object.  The kernel applies them in order
+        (the route after the neighbour and FDB entry it needs) but does not stop
+        at a failed one, so a failure takes back the objects this write created
+        (a peer skipped for a foreign route leaves no neighbour or FDB entry) and
+        leaves the rest to a full pass.  A foreign route known from the last
+        pass's listing is confirmed with one look-up before the peer is skipped;
+        one added since makes the route's exclusive create fail instead.
+        """
+        steps = [(by_type[type(o)], o, "ensure" if _slot(by_type, o) in owned else "create")
+                 for o in objs]  # fmt: skip
+        if not batchable(steps):  # e.g. WireGuard's UAPI: step by step, as a pass writes
+            return self._write_groups([objs], by_type, owned, result, look_up=True)[0]
+        if _blocked(objs, by_type, owned, look_up=False) is not None:
+            dst = _blocked(objs, by_type, owned, look_up=True)
+            if dst is not None:
+                return _conflict(dst)
+        errors = write_steps(steps)
+        if not any(errors):
+            result.changes += len(steps)
+            self._peer_log.written(
+                [res.kind for res, _, _ in steps],
+                {k: v for res, obj, _ in steps for k, v in describe(obj, f"{res.kind}_").items()},
+            )
+            return None
+        created = [
+            (res, obj, "remove")
+            for (res, obj, action), error in zip(steps, errors, strict=True)
+            if error is None and action == "create"
+        ][::-1]
+        for (res, obj, _), error in zip(created, write_steps(created), strict=True):
+            if error is not None:  # the full pass that follows finds it
+                log.warning("cannot delete %s: %s", res.kind, error, extra=describe(obj))
+                result.errors += 1
+        skip: Skip | None = None
+        for (res, obj, _), error in zip(steps, errors, strict=True):
+            if isinstance(error, RouteExists):
+                skip = skip or _conflict(error.dst)
+            elif error is not None:
+                log.warning("cannot set %s: %s", res.kind, error, extra=describe(obj))
+                result.errors += 1
+                skip = skip or Skip(str(error), "error")
+        return skip
 
     def _write_groups(
         self,
@@ -447,11 +491,9 @@ class Reconciler:
         changed = [
             o for o in new if _slot(by_type, o) in old_slots and old_slots[_slot(by_type, o)] != o
         ]
-        skip = (
-            self._write_group(fresh + changed, by_type, old_slots, result)
-            if fresh or changed
-            else None
-        )
+        skip = None
+        if fresh or changed:
+            skip = self._write_peer(fresh + changed, by_type, old_slots, result)
         if skip is not None:
             if skip.kind == "conflict" and old is None:
                 # Maybe our own route from an earlier failed write: the full
@@ -462,15 +504,15 @@ class Reconciler:
             else:
                 result.needs_full = True
             return
-        for obj in reversed(old or ()):
-            slot = _slot(by_type, obj)
-            if slot in new_slots or state.refs.get(slot, 0) > 0:
-                continue  # still wanted: by this peer, or by another that shares it
-            res = by_type[type(obj)]
-            try:
-                res.remove(obj)
-            except KernelError as exc:
-                log.warning("cannot delete %s: %s", res.kind, exc, extra=describe(obj))
+        stale = [
+            (by_type[type(obj)], obj, "remove")
+            for obj in reversed(old or ())
+            if _slot(by_type, obj) not in new_slots  # still wanted by this peer,
+            and state.refs.get(_slot(by_type, obj), 0) == 0  # or by another sharing it
+        ]
+        for (res, obj, _), error in zip(stale, write_steps(stale), strict=True):
+            if error is not None:
+                log.warning("cannot delete %s: %s", res.kind, error, extra=describe(obj))
                 result.errors += 1
                 result.needs_full = True
                 continue

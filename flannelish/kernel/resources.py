@@ -37,6 +37,7 @@ from flannelish.kernel.netlink import (
     Fdb,
     Neigh,
     Netlink,
+    Op,
     Route,
     RouteExists,
     Tick,
@@ -71,25 +72,25 @@ class NeighResource:
     record: ClassVar[type] = Neigh
 
     def __init__(self, netlink: Netlink, *ifindexes: Callable[[], int | None]) -> None:
-        self._nl = netlink
+        self.netlink = netlink
         self._ifindexes = ifindexes
 
     def key(self, obj: Neigh) -> Hashable:
         return (obj.ifindex, obj.ip)
 
     def dump(self, tick: Tick | None = None) -> Sequence[Neigh]:
-        return [n for index in _present(self._ifindexes) for n in self._nl.neighs(index, tick)]
+        return [n for index in _present(self._ifindexes) for n in self.netlink.neighs(index, tick)]
 
     def ensure(self, obj: Neigh) -> None:
-        self._nl.replace_neigh(obj)
+        self.netlink.replace_neigh(obj)
 
     create = ensure  # every entry on our own device is ours
 
     def remove(self, obj: Neigh) -> None:
-        self._nl.del_neigh(obj)
+        self.netlink.del_neigh(obj)
 
-    def write_many(self, items: Sequence[tuple[Neigh, bool]]) -> list[KernelError | None]:
-        return self._nl.apply_many([("replace_neigh", obj) for obj, _create in items])
+    def netlink_op(self, obj: Neigh, action: str) -> Op:
+        return ("del_neigh" if action == "remove" else "replace_neigh", obj)
 
 
 class FdbResource:
@@ -99,25 +100,25 @@ class FdbResource:
     record: ClassVar[type] = Fdb
 
     def __init__(self, netlink: Netlink, *ifindexes: Callable[[], int | None]) -> None:
-        self._nl = netlink
+        self.netlink = netlink
         self._ifindexes = ifindexes
 
     def key(self, obj: Fdb) -> Hashable:
         return (obj.ifindex, obj.mac)
 
     def dump(self, tick: Tick | None = None) -> Sequence[Fdb]:
-        return [f for index in _present(self._ifindexes) for f in self._nl.fdbs(index, tick)]
+        return [f for index in _present(self._ifindexes) for f in self.netlink.fdbs(index, tick)]
 
     def ensure(self, obj: Fdb) -> None:
-        self._nl.replace_fdb(obj)
+        self.netlink.replace_fdb(obj)
 
     create = ensure  # every entry on our own device is ours
 
     def remove(self, obj: Fdb) -> None:
-        self._nl.del_fdb(obj)
+        self.netlink.del_fdb(obj)
 
-    def write_many(self, items: Sequence[tuple[Fdb, bool]]) -> list[KernelError | None]:
-        return self._nl.apply_many([("replace_fdb", obj) for obj, _create in items])
+    def netlink_op(self, obj: Fdb, action: str) -> Op:
+        return ("del_fdb" if action == "remove" else "replace_fdb", obj)
 
 
 class RouteResource:
@@ -129,7 +130,7 @@ class RouteResource:
     def __init__(
         self, netlink: Netlink, proto: int = ROUTE_PROTO, families: Sequence[int] = (AF_INET,)
     ) -> None:
-        self._nl = netlink
+        self.netlink = netlink
         self._proto = proto
         self._families = tuple(families)
         self._others: dict[Hashable, Route] = {}  # the last dump's foreign routes, by dst
@@ -142,7 +143,7 @@ class RouteResource:
         ours: list[Route] = []
         others: dict[Hashable, Route] = {}
         for family in self._families:
-            for r in self._nl.routes(None, family, tick):
+            for r in self.netlink.routes(None, family, tick):
                 if r.proto == self._proto:
                     ours.append(r)
                 else:
@@ -157,7 +158,7 @@ class RouteResource:
         identical to ours but for its protocol is taken over, not in the way."""
         if look_up:
             try:
-                there = self._nl.route_to(obj.dst)
+                there = self.netlink.route_to(obj.dst)
             except KernelError:  # `route get` refuses some entries: let create() decide
                 return False
         else:
@@ -172,7 +173,7 @@ class RouteResource:
         )
 
     def ensure(self, obj: Route) -> None:
-        self._nl.replace_route(obj)
+        self.netlink.replace_route(obj)
 
     def create(self, obj: Route) -> None:
         """Create exclusively: a replace would overwrite whatever route has this
@@ -185,20 +186,20 @@ class RouteResource:
         stops and no second route to the destination is left).
         """
         try:
-            self._nl.add_route(obj)
+            self.netlink.add_route(obj)
         except RouteExists as exc:
             self._take_over(obj, exc)
 
     def _take_over(self, obj: Route, exists: RouteExists) -> None:
         """Replace the foreign route in the way if it is ours but for its protocol,
         else raise `exists`."""
-        there = self._nl.route_to(obj.dst)
+        there = self.netlink.route_to(obj.dst)
         if there is None or there.proto == self._proto:
             raise exists
         same = (there.dst, there.gateway, there.oif, there.onlink)
         if same != (obj.dst, obj.gateway, obj.oif, obj.onlink):
             raise exists
-        self._nl.replace_route(obj)
+        self.netlink.replace_route(obj)
         log.info(
             "took over route",
             extra={"op": "adopt", "dst": str(obj.dst), "gateway": str(obj.gateway),
@@ -206,37 +207,77 @@ class RouteResource:
         )  # fmt: skip
 
     def remove(self, obj: Route) -> None:
-        self._nl.del_route(obj)
+        self.netlink.del_route(obj)
 
-    def write_many(self, items: Sequence[tuple[Route, bool]]) -> list[KernelError | None]:
-        """`create` (True) or `ensure` each, in one batch; takeovers one by one after it."""
-        ops = [("add_route" if create else "replace_route", obj) for obj, create in items]
-        results = self._nl.apply_many(ops)
-        for i, ((obj, create), error) in enumerate(zip(items, results, strict=True)):
-            if create and isinstance(error, RouteExists):
-                try:
-                    self._take_over(obj, error)
-                    results[i] = None
-                except KernelError as exc:
-                    results[i] = exc
-        return results
+    def netlink_op(self, obj: Route, action: str) -> Op:
+        return ({"create": "add_route", "ensure": "replace_route"}.get(action, "del_route"), obj)
+
+    def settle(self, obj: Route, action: str, error: KernelError) -> KernelError | None:
+        """After a batched `create` failed: the takeover :meth:`create` would have done."""
+        if action != "create" or not isinstance(error, RouteExists):
+            return error
+        try:
+            self._take_over(obj, error)
+        except KernelError as exc:
+            return exc
+        return None
+
+
+# One write of the reconciler: (resource, object, action), the action being
+# "create" (no object of ours under its key), "ensure" (create or replace ours)
+# or "remove".
+Step = tuple[Any, Any, str]
+
+
+def write_steps(steps: Sequence[Step]) -> list[KernelError | None]:
+    """Run the steps in order; per step the KernelError it raised, or None.
+
+    Where every step's resource writes through the same :class:`Netlink`
+    (``netlink_op``), all go to the kernel together, in as few datagrams as
+    the socket allows (:meth:`Netlink.apply_many`): the kernel applies them in
+    order but does not stop at a failed one.  Otherwise each runs on its own
+    (the nftables set, WireGuard's UAPI), and a failure does not stop the rest
+    either: callers that need a failure to stop a peer's later steps write
+    them one :func:`write_steps` call at a time.
+    """
+    netlink = _shared_netlink(steps)
+    if netlink is None:
+        return [_write_one(res, obj, action) for res, obj, action in steps]
+    errors = netlink.apply_many([res.netlink_op(obj, action) for res, obj, action in steps])
+    for i, ((res, obj, action), error) in enumerate(zip(steps, errors, strict=True)):
+        settle = getattr(res, "settle", None)
+        if error is not None and settle is not None:
+            errors[i] = settle(obj, action, error)
+    return errors
+
+
+def batchable(steps: Sequence[Step]) -> bool:
+    """Whether :func:`write_steps` sends these steps to the kernel together."""
+    return _shared_netlink(steps) is not None
 
 
 def write_many(res: Resource, items: Sequence[tuple[Any, bool]]) -> list[KernelError | None]:
     """`res.create(obj)` (create True) or `res.ensure(obj)` for each item, batched where
-    the resource can (``write_many``); per item the KernelError it raised, or None."""
-    batch = getattr(res, "write_many", None)
-    if batch is not None:
-        return list(batch(items))
-    results: list[KernelError | None] = []
-    for obj, create in items:
-        try:
-            res.create(obj) if create else res.ensure(obj)
-        except KernelError as exc:
-            results.append(exc)
-        else:
-            results.append(None)
-    return results
+    the resource can; per item the KernelError it raised, or None."""
+    return write_steps([(res, obj, "create" if create else "ensure") for obj, create in items])
+
+
+def _shared_netlink(steps: Sequence[Step]) -> Netlink | None:
+    """The one Netlink every step's resource writes through (``netlink_op``), or None."""
+    if not steps or any(not hasattr(res, "netlink_op") for res, _obj, _action in steps):
+        return None
+    netlink = steps[0][0].netlink
+    if any(res.netlink is not netlink for res, _obj, _action in steps):
+        return None
+    return netlink
+
+
+def _write_one(res: Resource, obj: Any, action: str) -> KernelError | None:
+    try:
+        getattr(res, action)(obj)
+    except KernelError as exc:
+        return exc
+    return None
 
 
 def _present(ifindexes: Sequence[Callable[[], int | None]]) -> list[int]:

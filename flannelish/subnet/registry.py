@@ -332,9 +332,15 @@ class EtcdRegistry:
             except EtcdError as exc:
                 log.warning("could not revoke unused etcd lease %x: %s", lease_id, exc)
 
-    def _decode(self, kv: KeyValue, track: bool = True) -> Lease | BadLease:
-        """The lease, or a BadLease (logged and counted unless `track` is False)."""
-        subnets = self.keys.parse(kv.key)
+    def _decode(
+        self,
+        kv: KeyValue,
+        track: bool = True,
+        subnets: tuple[IPv4Network, IPv6Network | None] | None = None,
+    ) -> Lease | BadLease:
+        """The lease, or a BadLease (logged and counted unless `track` is False);
+        `subnets`: the key, if the caller parsed it already."""
+        subnets = subnets or self.keys.parse(kv.key)
         bad: BadLease | None = None
         if subnets is None:
             bad = BadLease(kv.key, None, "not a subnet lease key", kv.mod_revision)
@@ -393,7 +399,7 @@ class _EtcdWatch:
                 self._registry._bad.cleared(event.kv.key)
                 changes.append(Change(v4, None, revision, ipv6_subnet=v6))
                 continue
-            decoded = self._registry._decode(event.kv)
+            decoded = self._registry._decode(event.kv, subnets=subnets)
             if isinstance(decoded, Lease):
                 changes.append(Change(v4, decoded, revision, ipv6_subnet=v6))
             else:  # the key now holds a bad value: for the peers it is gone

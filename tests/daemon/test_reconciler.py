@@ -163,6 +163,24 @@ def test_failed_fdb_skips_the_route_and_the_next_pass_completes_it(kernel):
     assert len(kernel.nl.routes()) == 1
 
 
+def test_failed_fdb_in_an_event_takes_back_what_the_datagram_created(kernel):
+    kernel.rec.reconcile([peer(2)])
+    peers = {p.key: p for p in (peer(2), peer(3))}
+    kernel.nl.fail_on = {"replace_fdb"}
+    kernel.nl.calls.clear()
+    result = kernel.rec.apply_peers([peer(3).key], peers.get)
+    # One datagram: the kernel went on to the route after the failed FDB entry, so
+    # the route and the neighbour are deleted again, the route first.
+    assert [op for op, _ in kernel.nl.calls] == ["replace_neigh", "add_route", "del_route",
+                                                  "del_neigh"]  # fmt: skip
+    assert result.errors == 1 and result.needs_full
+    assert [str(r.dst) for r in kernel.nl.routes()] == ["10.244.2.0/24"]
+    assert len(entries(kernel)[0]) == 1
+    kernel.nl.fail_on = set()
+    assert kernel.rec.reconcile(list(peers.values())).errors == 0
+    assert len(kernel.nl.routes()) == 2 and len(entries(kernel)[1]) == 2
+
+
 def test_diff_is_empty_when_actual_matches_desired():
     nl = FakeNetlink()
     resources = [NeighResource(nl, lambda: 5), FdbResource(nl, lambda: 5), RouteResource(nl)]
@@ -252,11 +270,21 @@ def test_a_peer_a_foreign_route_blocks_gets_no_neighbour_or_fdb_entry_on_either_
     kernel.nl.calls.clear()
     kernel.rec.reconcile([peer(2), peer(3)])  # still blocked: nothing written, still skipped
     assert kernel.nl.calls == [] and kernel.rec.skipped[LeaseKey(foreign.dst)].kind == "conflict"
-    # A lease event for a blocked peer writes nothing either.
-    kernel.nl.add_foreign_route(Route(IPv4Network("10.244.4.0/24"), None, 1, proto=3))
-    peers = {p.key: p for p in (peer(2), peer(3), peer(4))}
-    result = kernel.rec.apply_peers([peer(4).key], peers.get)
+    # A lease event for a peer the pass's listing shows blocked writes nothing either.
+    peers = {p.key: p for p in (peer(2, ip="198.18.0.22"), peer(3), peer(4))}
+    result = kernel.rec.apply_peers([peer(2).key], peers.get)
     assert kernel.nl.calls == [] and len(entries(kernel)[0]) == 1 and result.needs_full
+    # A foreign route that came after the pass: the event's one datagram writes the
+    # neighbour and FDB entry, the route's exclusive create fails, and both are taken
+    # back (in reverse order).
+    kernel.nl.add_foreign_route(Route(IPv4Network("10.244.4.0/24"), None, 1, proto=3))
+    result = kernel.rec.apply_peers([peer(4).key], peers.get)
+    assert [op for op, _ in kernel.nl.calls] == [
+        "replace_neigh", "replace_fdb", "add_route", "del_fdb", "del_neigh"
+    ]  # fmt: skip
+    assert entries(kernel)[:2] == ([("10.244.3.0", "0e:00:00:00:00:03")],
+                                   [("0e:00:00:00:00:03", "198.18.0.3")])  # fmt: skip
+    assert result.needs_full and result.errors == 0
     kernel.rec.reconcile(list(peers.values()))
     assert set(kernel.rec.skipped) == {peer(2).key, peer(4).key}
     # The foreign route goes: the next pass programs the peer.
