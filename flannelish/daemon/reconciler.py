@@ -27,9 +27,10 @@ peer, and the per-event path deletes it only when its last peer lets go.
 
 In a full pass a failed step of a peer skips its later steps; per event a
 peer's steps go in one datagram and a failure takes back what it created
-(:meth:`Reconciler._write_peer`); either way the next full pass retries.  A route is replaced only where the kernel's route under that key
-is ours (our route protocol in the dump); otherwise it is created
-exclusively and a foreign route in the way makes the peer skipped
+(:meth:`Reconciler._write_peer`); either way the next full pass retries.
+A route is replaced only where the kernel's route under that key is ours
+(our route protocol in the dump); otherwise it is created exclusively and
+a foreign route in the way makes the peer skipped
 ("conflict"), left alone; a peer whose route is blocked so is skipped before
 any of its objects is written (no neighbour or FDB entry of a skipped peer),
 and a pass writes nothing for it while the foreign route stays.  One

@@ -92,9 +92,7 @@ def lease_changes(
     while not stop.is_set():
         try:
             if not next_revision:
-                leases, revision = registry.list_leases()
-                if subnet is not None:
-                    leases = [x for x in leases if key_matches(x.key, as_key(subnet))]
+                leases, revision = registry.list_leases(subnet=subnet)
                 next_revision = revision + 1
                 snapshot, reset = Snapshot(leases, revision, reset), False
                 yield snapshot

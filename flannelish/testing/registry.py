@@ -138,9 +138,14 @@ class InMemoryRegistry:
         self._maybe_fail()
         self._config = raw
 
-    def list_leases(self, with_expiry: bool = False) -> tuple[list[Lease], int]:
+    def list_leases(
+        self, with_expiry: bool = False, subnet: IPv4Network | LeaseKey | None = None
+    ) -> tuple[list[Lease], int]:
         listing = self.list_all(with_expiry)
-        return listing.leases, listing.revision
+        if subnet is None:
+            return listing.leases, listing.revision
+        wanted = as_key(subnet)
+        return [x for x in listing.leases if key_matches(x.key, wanted)], listing.revision
 
     def list_all(self, with_expiry: bool = False) -> Listing:
         self._maybe_fail()

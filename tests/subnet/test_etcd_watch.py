@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
+from ipaddress import IPv4Network, IPv6Network
 
 import pytest
 from lease_helpers import CONFIG, EventCollector, node_attrs
 
+from flannelish.subnet.keys import LeaseKey
 from flannelish.subnet.lease import EventType
 from flannelish.subnet.manager import SubnetManager
 
@@ -84,3 +86,19 @@ def test_compaction_during_a_watch_relists_and_emits_the_missed_changes(etcd, re
     finally:
         stop.set()
         events.close()
+
+
+def test_one_nodes_listing_reads_only_its_key_and_its_dual_stack_form(etcd, registries):
+    registry = registries(etcd.client_url)
+    value = node_attrs(2).to_json()
+    for key in ("10.244.1.0-24", "10.244.1.0-24&fd44::-64", "10.244.10.0-24", "10.244.2.0-24"):
+        etcd.etcdctl("put", PREFIX + key, value)
+    etcd.etcdctl("put", PREFIX + "10.244.1.0-240", "not a lease key")
+    leases, revision = registry.list_leases(subnet=IPv4Network("10.244.1.0/24"))
+    assert sorted(str(x.key) for x in leases) == ["10.244.1.0/24", "10.244.1.0/24&fd44::/64"]
+    assert revision == current_revision(etcd)
+    assert registry.bad_leases == []  # a narrow listing says nothing about the others
+    dual = LeaseKey(IPv4Network("10.244.1.0/24"), IPv6Network("fd44::/64"))
+    leases, _ = registry.list_leases(subnet=dual)
+    assert [x.key for x in leases] == [dual]
+    assert len(registry.list_leases()[0]) == 4

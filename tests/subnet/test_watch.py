@@ -182,7 +182,7 @@ def _counting_listings(reg):
         return real(with_expiry)
 
     reg.list_all = list_all
-    reg.list_leases = lambda with_expiry=False: (lambda x: (x.leases, x.revision))(
+    reg.list_leases = lambda with_expiry=False, subnet=None: (lambda x: (x.leases, x.revision))(
         list_all(with_expiry)
     )
     return calls
