@@ -26,11 +26,6 @@ from flannelish.kernel.rtnl import RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH, RTM_D
 
 log = logging.getLogger("flannelish.daemon")
 
-# The only rtnetlink notifications `relevant` below can accept.  The kernel drops
-# the rest before they are queued: each neighbour, FDB entry and route the daemon
-# writes is announced too, and waking to read those cost the next write its CPU.
-REPAIR_TYPES = frozenset({RTM_NEWLINK, RTM_DELLINK, RTM_DELADDR, RTM_DELROUTE, RTM_DELNEIGH})
-
 
 def start_monitors(
     backend_loop: ReconcileLoop,
@@ -46,17 +41,29 @@ def start_monitors(
     back as notifications too and need no full pass.
     """
 
+    def indexes() -> set[int | None]:
+        return getattr(backend, "device_indexes", None) or {getattr(backend, "index", None)}
+
+    def on_device(change: Change) -> bool:
+        return change.ifindex in indexes()
+
+    # What each accepted notification type must show to cost a full pass.  The
+    # socket filter hands over only these types: each neighbour, FDB entry and
+    # route the daemon writes is announced too, and waking to read those cost the
+    # next write its CPU.
+    checks: dict[int, Callable[[Change], bool]] = {
+        RTM_DELROUTE: lambda c: c.proto == ROUTE_PROTO and still_wanted(c.dst),
+        RTM_DELNEIGH: lambda c: on_device(c) and still_wanted(c.dst),
+        RTM_DELLINK: on_device,
+        RTM_NEWLINK: on_device,
+        RTM_DELADDR: on_device,
+    }
+
     def relevant(change: Change) -> bool:
-        indexes = getattr(backend, "device_indexes", None) or {getattr(backend, "index", None)}
         if change.type == 0:
             return True  # socket overrun: resync to be safe
-        if change.type == RTM_DELROUTE:
-            return change.proto == ROUTE_PROTO and still_wanted(change.dst)
-        if change.type == RTM_DELNEIGH:
-            return change.ifindex in indexes and still_wanted(change.dst)
-        if change.type in (RTM_DELLINK, RTM_NEWLINK, RTM_DELADDR):
-            return change.ifindex in indexes
-        return False
+        check = checks.get(change.type)
+        return check is not None and check(change)
 
     def repair(changes: list[Change]) -> None:
         # Debug level: says which notification cost a full pass (tests count these).
@@ -65,7 +72,7 @@ def start_monitors(
 
     started: list[ChangeMonitor] = []
     try:
-        monitor = ChangeMonitor(repair, relevant, only_types=REPAIR_TYPES)
+        monitor = ChangeMonitor(repair, relevant, only_types=frozenset(checks))
     except OSError as exc:
         log.warning("kernel change notifications unavailable (%s); periodic resync only", exc)
         return started

@@ -343,6 +343,23 @@ def test_a_silent_member_that_stops_answering_ends_the_watch(fake, monkeypatch):
             stream.close()
 
 
+@pytest.mark.unit
+def test_close_from_another_thread_ends_a_waiting_watch_at_once(fake):
+    member = fake(watch_answer(CREATED))
+    with store_for(member) as store:
+        stream = store.watch("/p/", 1)
+        assert stream.next_events(1.0) == [] and stream.established
+        # The caller's thread reads the socket itself: no reader thread per watch.
+        assert not [t for t in threading.enumerate() if t.name == "etcd-watch"]
+        threading.Timer(0.2, stream.close).start()
+        t0 = time.monotonic()
+        with pytest.raises(EtcdError, match="watch closed"):
+            stream.next_events(10.0)
+        assert time.monotonic() - t0 < 2
+        with pytest.raises(EtcdError, match="watch closed"):  # and it stays ended
+            stream.next_events(0.1)
+
+
 # -- no gRPC in the process -------------------------------------------------------------
 
 NO_GRPC = """

@@ -72,3 +72,18 @@ def test_fuzzed_lease_bytes_decode_or_raise_lease_decode_error_only(raw):
 def test_numeric_public_ip_is_rejected_like_go():
     with pytest.raises(LeaseDecodeError):
         LeaseAttrs.from_json('{"PublicIP":5}')
+
+
+def test_decoded_leases_share_their_repeated_strings():
+    def decode(mac: str) -> LeaseAttrs:
+        value = {"PublicIP": "198.18.0.2", "BackendType": "vxlan",
+                 "BackendData": {"VNI": 1, "VtepMAC": mac}}  # fmt: skip
+        return LeaseAttrs.from_json(json.dumps(value))
+
+    a, b = decode("0e:00:00:00:00:01"), decode("0e:00:00:00:00:02")
+    assert a.backend_type is b.backend_type
+    assert a.backend_data and b.backend_data
+    assert [x for x in a.backend_data] == ["VNI", "VtepMAC"]
+    assert all(x is y for x, y in zip(a.backend_data, b.backend_data, strict=True))
+    assert (a.vtep_mac, b.vtep_mac) == ("0e:00:00:00:00:01", "0e:00:00:00:00:02")
+    assert LeaseAttrs.from_json(a.to_json()) == a
