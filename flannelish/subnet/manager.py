@@ -262,7 +262,34 @@ class SubnetManager:
                     f"/{config.ipv6_subnet_len} subnets of {config.ipv6_network} are taken",
                     "free some or widen IPv6Network/IPv6SubnetMin/IPv6SubnetMax",
                 )
-        return self.registry.create_lease(LeaseKey(v4, v6), attrs, self.lease_ttl)
+        created = self.registry.create_lease(LeaseKey(v4, v6), attrs, self.lease_ttl)
+        if created is not None and v4 is not None and v6 is not None and self._collides(created):
+            return None
+        return created
+
+    def _collides(self, lease: Lease) -> bool:
+        """A dual-stack key that shares a half with a lease written before it: ours goes.
+
+        Dual-stack keys name both halves, so two nodes that listed at the same time
+        and picked the same IPv4 (or IPv6) subnet, but not the same other half,
+        both create their key.  Each checks after its create: the later of the
+        two sees the earlier one and yields (a lease written between our listing
+        and our create is that new, so its revision orders the two).
+        """
+        for other in self.registry.list_all().leases:
+            if other.key == lease.key or not other.mod_revision:
+                continue
+            shared = other.key.v4 == lease.key.v4 or other.key.v6 == lease.key.v6
+            if shared and other.mod_revision < lease.mod_revision:
+                log.warning(
+                    "another node took a half of the subnet we chose at the same moment; "
+                    "choosing again",
+                    extra={"subnet": str(lease.key), "other": str(other.key)},
+                )
+                if self.registry.delete_lease(lease):
+                    self._revoke_quietly(lease.lease_id)
+                return True
+        return False
 
     def _out_of_subnets(self, config: NetworkConfig, leases: list[Lease]) -> None:
         network = config.network

@@ -120,3 +120,42 @@ def test_renew_keeps_a_dual_stack_key():
     renewed = mgr.renew(lease)
     assert renewed.key == lease.key and renewed.lease_id != lease.lease_id
     assert mgr.own_lease(lease.key) == renewed
+
+
+@pytest.mark.parametrize("half", ["v4", "v6"])
+def test_two_dual_stack_nodes_racing_for_one_half_end_with_distinct_subnets(half):
+    """Both listed before either wrote: the keys differ, so both creates succeed; the
+    node that wrote second sees the first one's key and chooses again."""
+    reg, mgr = make(DUAL, seed=7)
+    other = SubnetManager(reg, lease_ttl=100, rng=random.Random(8))
+    create = reg.create_lease
+    first: list = []
+
+    def racing_create(subnet, lease_attrs, ttl):
+        if not first:  # the other node's create lands between our listing and ours
+            key = LeaseKey(subnet.v4, IPv6Network("fd44:0:0:ffff::/64")) if half == "v4" \
+                else LeaseKey(IPv4Network("10.244.250.0/24"), subnet.v6)  # fmt: skip
+            first.append(create(key, attrs("198.18.0.2", "fd18::2", NODE_B), ttl))
+        return create(subnet, lease_attrs, ttl)
+
+    reg.create_lease = racing_create
+    mine = mgr.acquire(attrs("198.18.0.1", "fd18::1", NODE_A))
+    theirs = first[0]
+    assert theirs is not None and reg.get_lease(theirs.key) == theirs  # the earlier stays
+    assert mine.key.v4 != theirs.key.v4 and mine.key.v6 != theirs.key.v6
+    assert {x.key for x in reg.list_leases()[0]} == {mine.key, theirs.key}
+    # The node that wrote first keeps its lease when it checks after the other's write.
+    assert other._collides(theirs) is False
+
+
+def test_a_later_dual_stack_key_sharing_a_half_does_not_move_ours():
+    reg, mgr = make(DUAL)
+    mine = mgr.acquire(attrs("198.18.0.1", "fd18::1", NODE_A))
+    later = reg.create_lease(
+        LeaseKey(mine.key.v4, IPv6Network("fd44:0:0:ffff::/64")),
+        attrs("198.18.0.2", "fd18::2", NODE_B),
+        100,
+    )
+    assert later is not None
+    assert mgr._collides(mine) is False and reg.get_lease(mine.key) == mine
+    assert mgr._collides(later) is True and reg.get_lease(later.key) is None
