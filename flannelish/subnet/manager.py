@@ -10,7 +10,8 @@ Acquisition follows Flannel's order (docs/flannel-compat.md §4) with its bugs f
    (Flannel gives up on the first lost race), choosing among twice as many
    free subnets as the round before: k nodes booting at once all want the
    same first 100, and only a choice among about k spreads them out (5000
-   nodes in lockstep: 6 rounds instead of 50);
+   nodes in lockstep: 6 rounds instead of 50); a dual-stack key that shares
+   a half with a key written just before it is a lost race too (§4);
 5. with ``wait``, an etcd that fails or times out (overloaded by a cluster
    booting at once) is retried with backoff until ``stop``: a node waits for
    etcd rather than exit.
