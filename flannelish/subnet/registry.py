@@ -257,14 +257,7 @@ class EtcdRegistry:
             return listing.leases, listing.revision
         # One node's lease (its own-lease watch): a range over its key, not a listing
         # of every lease (0.5 s of a 5000-node daemon's start-up).
-        key = as_key(subnet)
-        kvs, revision = self.store.get_prefix(self.keys.lease(key))
-        leases = [
-            lease
-            for kv in kvs
-            if isinstance(lease := self._decode(kv, track=False), Lease)
-            and key_matches(lease.key, key)
-        ]
+        leases, revision = self._leases_at(as_key(subnet), track=False)
         return (self._with_expiry(leases) if with_expiry else leases), revision
 
     def list_all(self, with_expiry: bool = False) -> Listing:
@@ -280,14 +273,7 @@ class EtcdRegistry:
         return Listing(leases, revision, bad)
 
     def get_lease(self, subnet: IPv4Network | LeaseKey, with_expiry: bool = False) -> Lease | None:
-        key = as_key(subnet)
-        # An IPv4 subnet alone also finds the dual-stack form of its key ("…-24&fd00::-64").
-        kvs, _ = self.store.get_prefix(self.keys.lease(key))
-        found = [
-            lease
-            for kv in kvs
-            if isinstance(lease := self._decode(kv), Lease) and key_matches(lease.key, key)
-        ]
+        found, _ = self._leases_at(as_key(subnet), track=True)
         if not found:
             return None
         return self._with_expiry(found)[0] if with_expiry else found[0]
@@ -340,6 +326,18 @@ class EtcdRegistry:
             return None
         expiration = time.time() + granted if lease_id else None
         return Lease(subnet, attrs, expiration, lease_id, ipv6_subnet, kv.mod_revision)
+
+    def _leases_at(self, key: LeaseKey, track: bool) -> tuple[list[Lease], int]:
+        """The leases that are `key` (key_matches: an IPv4 subnet alone also finds the
+        dual-stack form of its key, "…-24&fd00::-64"), read as one range over the key,
+        and the revision; `track` as in _decode."""
+        kvs, revision = self.store.get_prefix(self.keys.lease(key))
+        leases = [
+            lease
+            for kv in kvs
+            if isinstance(lease := self._decode(kv, track), Lease) and key_matches(lease.key, key)
+        ]
+        return leases, revision
 
     def _revoke_quietly(self, lease_id: int) -> None:
         if lease_id:
