@@ -165,3 +165,39 @@ def test_systemd_hears_ready_only_after_subnet_env_is_written(tmp_path, registry
             assert message.splitlines()[0] == "READY=1"
             assert f"STATUS=lease {node.status.lease.key}" in message
             assert (tmp_path / "subnet.env").exists()
+
+
+class OrderedOwner:
+    """An owner beside the backend that records whether the backend had passed first."""
+
+    def __init__(self, node: NodeDaemon) -> None:
+        self.node = node
+        self.backend_passes_seen: list[int] = []
+
+    def ensure_base(self) -> bool:
+        assert self.node.loop is not None
+        self.backend_passes_seen.append(self.node.loop.passes)
+        return False
+
+    def resources(self):
+        return ()
+
+    def plan(self, peer):
+        return ()
+
+
+def test_other_owners_first_pass_waits_for_the_backends(tmp_path, registry, monkeypatch):
+    # The routes carry the traffic: at start-up the nftables owner's pass must
+    # not compete with the backend's (see NodeDaemon._backend_passed).
+    for n in (2, 3):
+        SubnetManager(registry).acquire(peer_attrs(n), IPv4Network(f"10.244.{n}.0/24"))
+    owners: list[OrderedOwner] = []
+
+    def start_ops(self, *_args):
+        owners.append(OrderedOwner(self))
+        self._owners = tuple(owners)
+
+    monkeypatch.setattr(NodeDaemon, "_start_node_ops", start_ops)
+    with Running(tmp_path, registry, fake_kernel()):
+        wait_for(lambda: owners and owners[0].backend_passes_seen)
+    assert owners[0].backend_passes_seen[0] >= 1
