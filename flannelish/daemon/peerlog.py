@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
+
+from flannelish.daemon.diff import describe
 
 log = logging.getLogger("flannelish.reconciler")
 
@@ -21,15 +25,16 @@ class PeerLog:
         self.logged = 0
         self.quiet: dict[str, int] = {}
 
-    def written(self, kinds: list[str], fields: dict[str, str]) -> None:
-        what = "+".join(kinds)
+    def written(self, objects: Sequence[tuple[str, Any]]) -> None:
+        """One peer's (kind, object) pairs, in the order written."""
+        what = "+".join(kind for kind, _ in objects)
         if self.limit is None or self.logged < self.limit:
             self.logged += 1
-            log.info("set %s", what, extra={"op": "replace", **fields})
+            log.info("set %s", what, extra=_fields(objects))
             return
         self.quiet[what] = self.quiet.get(what, 0) + 1
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("set %s", what, extra={"op": "replace", **fields})
+        if log.isEnabledFor(logging.DEBUG):  # the fields are only built for a line written
+            log.debug("set %s", what, extra=_fields(objects))
 
     def summary(self) -> None:
         for what, count in self.quiet.items():
@@ -43,3 +48,10 @@ class PeerLog:
 
 # Peers named at info level in one full pass before the rest go to debug.
 PER_PASS_PEER_LINES = 20
+
+
+def _fields(objects: Sequence[tuple[str, Any]]) -> dict[str, str]:
+    fields = {"op": "replace"}
+    for kind, obj in objects:
+        fields.update(describe(obj, f"{kind}_"))
+    return fields

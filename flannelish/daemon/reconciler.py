@@ -343,10 +343,7 @@ class Reconciler:
         errors = write_steps(steps)
         if not any(errors):
             result.changes += len(steps)
-            self._peer_log.written(
-                [res.kind for res, _, _ in steps],
-                {k: v for res, obj, _ in steps for k, v in describe(obj, f"{res.kind}_").items()},
-            )
+            self._peer_log.written([(res.kind, obj) for res, obj, _ in steps])
             return None
         created = [
             (res, obj, "remove")
@@ -387,8 +384,7 @@ class Reconciler:
         instead of one per object).
         """
         outcomes: list[Skip | None] = [None] * len(groups)
-        kinds: list[list[str]] = [[] for _ in groups]
-        done: list[dict[str, str]] = [{} for _ in groups]
+        done: list[list[tuple[str, Any]]] = [[] for _ in groups]  # (kind, object) written
         for i, objs in enumerate(groups):  # a foreign route in the way: write none of it
             dst = _blocked(objs, by_type, owned, look_up)
             if dst is not None:
@@ -408,8 +404,7 @@ class Reconciler:
                 for i, (obj, _), error in zip(members, items, write_many(res, items), strict=True):
                     if error is None:
                         result.changes += 1
-                        kinds[i].append(res.kind)
-                        done[i].update(describe(obj, prefix=f"{res.kind}_"))
+                        done[i].append((res.kind, obj))
                     elif isinstance(error, RouteExists):
                         outcomes[i] = _conflict(error.dst)
                     else:
@@ -418,9 +413,9 @@ class Reconciler:
                         outcomes[i] = Skip(str(error), "error")
             step += 1
             going = [i for i in going if outcomes[i] is None and step < len(groups[i])]
-        for i in range(len(groups)):
-            if kinds[i]:
-                self._peer_log.written(kinds[i], done[i])
+        for written in done:
+            if written:
+                self._peer_log.written(written)
         return outcomes
 
     # -- per-event path -------------------------------------------------------------
