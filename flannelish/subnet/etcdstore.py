@@ -90,7 +90,9 @@ __all__ = [
 T = TypeVar("T")
 
 # Listing reads this many keys per request, fewer after a response was too large.
-PAGE_KEYS = 500
+# Two pages for a 5000-node cluster: each page is a round trip and a seek in
+# etcd (500 per page cost a 5000-lease listing ~60 ms more, at ~1 MB less peak).
+PAGE_KEYS = 2500
 # The cap on one answer body (or one watch message) we read.  JSON with base64
 # values is about 4/3 of gRPC's size for the same answer; 16 MiB still bounds
 # the memory one answer can take, whatever a member sends.
