@@ -60,6 +60,7 @@ from flannelish.backends.vxlan_device import (
 from flannelish.errors import KernelError
 from flannelish.kernel.netlink import Fdb, Neigh, Route
 from flannelish.kernel.resources import FdbResource, NeighResource, Resource, RouteResource, Skip
+from flannelish.subnet.keys import overlap
 from flannelish.subnet.lease import Lease, LeaseAttrs, LeaseDecodeError, normalize_mac
 
 log = logging.getLogger("flannelish.vxlan")
@@ -258,7 +259,7 @@ class VxlanBackend(Backend):
         ):
             if dev is None or subnet is None or remote is None:
                 continue
-            if mine is not None and subnet.overlaps(mine):
+            if mine is not None and overlap(subnet, mine):
                 return Skip(f"subnet overlaps our lease {mine}", "overlap")
             metric = V6_METRIC if isinstance(subnet, IPv6Network) else None
             if self.direct(remote):

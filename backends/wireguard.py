@@ -66,6 +66,7 @@ from flannelish.errors import ConfigError, KernelError
 from flannelish.kernel.resources import Resource, Skip
 from flannelish.kernel.wireguard import WgPeer, WgPeerResource, sort_nets
 from flannelish.kernel.wireguard_keys import NodeKey, b64_to_hex, load_or_create_key, valid_key
+from flannelish.subnet.keys import overlap
 from flannelish.subnet.lease import Lease, LeaseAttrs
 
 log = logging.getLogger("flannelish.wireguard")
@@ -283,7 +284,7 @@ class WireguardBackend(Backend):
         own = self.lease.key if self.lease is not None else None
         for family, subnet, _public, _data in halves:
             mine = (own.v4 if family == 4 else own.v6) if own is not None else None
-            if mine is not None and subnet.overlaps(mine):
+            if mine is not None and overlap(subnet, mine):
                 return Skip(f"subnet overlaps our lease {mine}", "overlap")
         psk = "configured" if self.options.psk else ""
         keepalive = self.options.keepalive

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from flannelish.kernel.resources import Skip
-from flannelish.subnet.keys import LeaseKey
+from flannelish.subnet.keys import LeaseKey, overlap, within
 from flannelish.subnet.lease import Lease
 
 Address = IPv4Address | IPv6Address
@@ -89,9 +89,9 @@ def _subnet_problem(
     if subnet.prefixlen != length:
         field = "SubnetLen" if subnet.version == 4 else "IPv6SubnetLen"
         return Skip(f"subnet {subnet} is not a /{length} (the network's {field})", "subnet-length")
-    if not subnet.subnet_of(network):  # type: ignore[arg-type]  # same family by construction
+    if not within(subnet, network):
         return Skip(f"subnet {subnet} lies outside the network {network}", "outside-network")
-    if own is not None and subnet.overlaps(own):
+    if own is not None and overlap(subnet, own):
         return Skip(f"subnet {subnet} overlaps our own lease {own}", "overlap")
     return None
 

@@ -100,6 +100,25 @@ class LeaseKey:
         return "&".join(str(x) for x in (self.v4, self.v6) if x is not None)
 
 
+def within(inner: IPv4Network | IPv6Network, outer: IPv4Network | IPv6Network) -> bool:
+    """``inner`` lies inside ``outer`` (same family), from address and prefix alone.
+
+    ipaddress's ``subnet_of`` and ``overlaps`` cache ``broadcast_address`` and
+    ``hostmask`` on the network objects they look at: an instance dict and two
+    addresses, ~400 B on every peer's subnet held for the daemon's lifetime.
+    """
+    return (
+        inner.version == outer.version
+        and inner.prefixlen >= outer.prefixlen
+        and int(inner.network_address) & int(outer.netmask) == int(outer.network_address)
+    )
+
+
+def overlap(a: IPv4Network | IPv6Network, b: IPv4Network | IPv6Network) -> bool:
+    """Two networks share an address (CIDR blocks: then one holds the other); see within()."""
+    return within(a, b) or within(b, a)
+
+
 def as_key(subnet: IPv4Network | LeaseKey) -> LeaseKey:
     """A LeaseKey from either a key or (IPv4-only callers) an IPv4 subnet."""
     return subnet if isinstance(subnet, LeaseKey) else LeaseKey(subnet)

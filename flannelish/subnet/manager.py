@@ -48,7 +48,7 @@ from flannelish.errors import (
     OutOfSubnetsError,
 )
 from flannelish.subnet.config import NetworkConfig, parse_network_config
-from flannelish.subnet.keys import Keys, LeaseKey, as_key
+from flannelish.subnet.keys import Keys, LeaseKey, as_key, overlap
 from flannelish.subnet.lease import Event, Lease, LeaseAttrs
 from flannelish.subnet.registry import Registry
 from flannelish.subnet.watch import RESET_GRACE_S, Exclude, Snapshot, watch_events
@@ -295,7 +295,7 @@ class SubnetManager:
     def _out_of_subnets(self, config: NetworkConfig, leases: list[Lease]) -> None:
         network = config.network
         assert network is not None
-        in_net = [x for x in leases if x.key.v4 is not None and network.overlaps(x.key.v4)]
+        in_net = [x for x in leases if x.key.v4 is not None and overlap(network, x.key.v4)]
         reserved = sum(1 for x in in_net if x.reserved)
         leased = len(in_net) - reserved
         raise OutOfSubnetsError(
@@ -444,7 +444,7 @@ def _pick(
                 family,
                 extra={"subnet": str(previous)},
             )
-        elif any(x.overlaps(previous) for x in used):
+        elif any(overlap(x, previous) for x in used):
             log.info(
                 "ignoring the previous %s subnet: it overlaps a live lease or a bad key",
                 family,
@@ -472,7 +472,7 @@ def _free(candidates: Iterator[Net], used: list[Net], length: int, limit: int) -
     odd = [x for x in used if x.prefixlen != length]
     free: list[Net] = []
     for candidate in candidates:
-        if candidate in taken or any(candidate.overlaps(o) for o in odd):
+        if candidate in taken or any(overlap(candidate, o) for o in odd):
             continue
         free.append(candidate)
         if len(free) >= limit:

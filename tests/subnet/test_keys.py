@@ -1,10 +1,12 @@
 """Key paths and subnet-key parsing (docs/flannel-compat.md §1, example 6 of §13)."""
 
+import itertools
+import random
 from ipaddress import IPv4Network, IPv6Network
 
 import pytest
 
-from flannelish.subnet.keys import Keys, parse_subnet_key, subnet_key
+from flannelish.subnet.keys import Keys, overlap, parse_subnet_key, subnet_key, within
 
 pytestmark = pytest.mark.unit
 
@@ -45,3 +47,36 @@ def test_parse_accepts_bytes():
         IPv4Network("10.5.34.0/24"),
         None,
     )
+
+
+def _networks(rng, version):
+    """Networks in one small range, so that nesting, overlap and neither all occur."""
+    cls = IPv4Network if version == 4 else IPv6Network
+    bits = 32 if version == 4 else 128
+    base = int(cls("10.244.0.0/16" if version == 4 else "fd44::/16").network_address)
+    lengths = (16, 18, 20, 24, 26, 32) if version == 4 else (16, 18, 20, 24, 64, 128)
+    for _ in range(300):
+        plen = rng.choice(lengths)
+        host = rng.getrandbits(bits - 16) >> (bits - plen) << (bits - plen)
+        yield cls((base + host, plen))
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_within_and_overlap_agree_with_ipaddress_and_cache_nothing_on_the_networks(version):
+    rng = random.Random(version)
+    nets = list(_networks(rng, version))
+    pairs = [(a, b) for a in nets[:60] for b in nets[:60]]
+    for a, b in pairs:
+        assert within(a, b) == a.subnet_of(b)
+        assert overlap(a, b) == a.overlaps(b)
+    assert sum(within(a, b) for a, b in pairs if a != b) > 10  # both answers occur
+    # Ours leave the objects as they were (ipaddress's cache broadcast_address on them).
+    fresh = list(_networks(random.Random(99), version))
+    for a, b in itertools.pairwise(fresh):
+        within(a, b), overlap(a, b)
+    assert all("broadcast_address" not in vars(n) for n in fresh)
+
+
+def test_within_is_false_across_families():
+    assert not within(IPv4Network("10.0.0.0/24"), IPv6Network("::/0"))
+    assert not overlap(IPv6Network("::/0"), IPv4Network("0.0.0.0/0"))
