@@ -58,7 +58,7 @@ from flannelish.kernel.netlink import Netlink
 from flannelish.kernel.resources import Owner
 from flannelish.node.sdnotify import notify
 from flannelish.subnet.keys import LeaseKey
-from flannelish.subnet.lease import Lease, LeaseAttrs
+from flannelish.subnet.lease import Event, Lease, LeaseAttrs
 from flannelish.subnet_env import previous_subnets, write_subnet_env
 
 if TYPE_CHECKING:
@@ -410,19 +410,25 @@ class NodeDaemon:
         # The keeper may move us to another subnet; that one is never a peer.
         own = lambda: self._own_key() or lease.key  # noqa: E731
         for batch in manager.watch_leases(self.stop_event, exclude=own):
-            first = not self.peers.synced.is_set()
-            changed = self.peers.apply(batch)
-            if first:
-                # The first pass after the snapshot also checks the base objects.
-                self._trigger_all(check_base=True)
-            elif changed:
-                for loop in self.loops:
-                    loop.notify(changed)  # only these peers: no pass over the others
-            else:
-                self._report()  # e.g. a bad lease was rejected: status shows it
-            if first and self.ops is not None:
-                self.ops.peers_synced()
-            self.status.peers = len(self.peers)
+            self._on_batch(batch)
+            # The watch keeps its last batch while it waits for the next: after
+            # start-up one event per peer, for as long as the cluster is quiet.
+            batch.clear()
+
+    def _on_batch(self, batch: list[Event]) -> None:
+        first = not self.peers.synced.is_set()
+        changed = self.peers.apply(batch)
+        if first:
+            # The first pass after the snapshot also checks the base objects.
+            self._trigger_all(check_base=True)
+        elif changed:
+            for loop in self.loops:
+                loop.notify(changed)  # only these peers: no pass over the others
+        else:
+            self._report()  # e.g. a bad lease was rejected: status shows it
+        if first and self.ops is not None:
+            self.ops.peers_synced()
+        self.status.peers = len(self.peers)
 
     def _start_monitor(self) -> None:
         """Kernel notifications about our objects re-run the loops (flannelish.daemon.monitors)."""

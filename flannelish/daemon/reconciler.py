@@ -94,8 +94,9 @@ class _OwnerState:
     # path diffs against this instead of dumping the kernel).
     programmed: dict[LeaseKey, tuple[Any, ...]] = field(default_factory=dict)
     skipped: dict[LeaseKey, Skip] = field(default_factory=dict)
-    # How many programmed peers hold each slot (peers may share one: a PublicIP).
-    refs: dict[Slot, int] = field(default_factory=dict)
+    # How many programmed peers hold each slot (peers may share one: a PublicIP),
+    # per resource kind, then per key: no (kind, key) tuple kept per object.
+    refs: dict[str, dict[Hashable, int]] = field(default_factory=dict)
 
 
 class _Slicer:
@@ -254,27 +255,25 @@ class Reconciler:
         # What the kernel now holds per peer, counted per slot (sliced: events
         # may still come) ...
         programmed: dict[LeaseKey, tuple[Any, ...]] = {}
-        refs: dict[Slot, int] = {}
+        refs: dict[str, dict[Hashable, int]] = {}
         for subnet, group in zip(subnets, groups, strict=True):
             tick()
             if subnet in failed:
                 continue
             programmed[subnet] = group
             for obj in group:
-                slot = _slot(by_type, obj)
-                refs[slot] = refs.get(slot, 0) + 1
+                _ref(refs, _slot(by_type, obj), 1)
         # ... then, with no more ticks, peers events changed meanwhile keep what
         # the event path recorded for them.
         touched = self._touched_peers
         for subnet in touched:
             for obj in programmed.pop(subnet, ()):
-                _unref(refs, _slot(by_type, obj))
+                _ref(refs, _slot(by_type, obj), -1)
             current = state.programmed.get(subnet)
             if current is not None:
                 programmed[subnet] = current
                 for obj in current:
-                    slot = _slot(by_type, obj)
-                    refs[slot] = refs.get(slot, 0) + 1
+                    _ref(refs, _slot(by_type, obj), 1)
         state.programmed = programmed
         state.refs = refs
         for subnet in touched:
@@ -421,7 +420,7 @@ class Reconciler:
     # -- per-event path -------------------------------------------------------------
     def holds(self, kind: str, key: Hashable) -> bool:
         """Whether a programmed peer holds this slot (e.g. an nft set element)."""
-        return any(state.refs.get((kind, key), 0) > 0 for state in self._state)
+        return any(state.refs.get(kind, {}).get(key, 0) > 0 for state in self._state)
 
     def apply_peers(
         self, subnets: Iterable[LeaseKey], lookup: Callable[[LeaseKey], Lease | None]
@@ -456,7 +455,7 @@ class Reconciler:
     ) -> None:
         old = state.programmed.pop(subnet, None)
         for obj in old or ():
-            _unref(state.refs, _slot(by_type, obj))  # before any delete: see holds()
+            _ref(state.refs, _slot(by_type, obj), -1)  # before any delete: see holds()
         new: tuple[Any, ...] = ()
         state.skipped.pop(subnet, None)
         if peer is not None:
@@ -504,7 +503,7 @@ class Reconciler:
             (by_type[type(obj)], obj, "remove")
             for obj in reversed(old or ())
             if _slot(by_type, obj) not in new_slots  # still wanted by this peer,
-            and state.refs.get(_slot(by_type, obj), 0) == 0  # or by another sharing it
+            and not _held(state.refs, _slot(by_type, obj))  # or by another sharing it
         ]
         for (res, obj, _), error in zip(stale, write_steps(stale), strict=True):
             if error is not None:
@@ -517,7 +516,7 @@ class Reconciler:
         if new:
             state.programmed[subnet] = new
             for slot in new_slots:
-                state.refs[slot] = state.refs.get(slot, 0) + 1
+                _ref(state.refs, slot, 1)
 
     def _log_skip(self, peer: Lease, skip: Skip) -> None:
         # Once per peer and attributes, not once per resync.
@@ -558,9 +557,16 @@ def _slot(by_type: Mapping[type, Resource], obj: Any) -> Slot:
     return (res.kind, res.key(obj))
 
 
-def _unref(refs: dict[Slot, int], slot: Slot) -> None:
-    count = refs.get(slot, 0) - 1
+def _ref(refs: dict[str, dict[Hashable, int]], slot: Slot, change: int) -> None:
+    """Count one more (1) or one fewer (-1) peer holding `slot`; none left: forgotten."""
+    kind, key = slot
+    counts = refs.setdefault(kind, {})
+    count = counts.get(key, 0) + change
     if count > 0:
-        refs[slot] = count
+        counts[key] = count
     else:
-        refs.pop(slot, None)
+        counts.pop(key, None)
+
+
+def _held(refs: dict[str, dict[Hashable, int]], slot: Slot) -> bool:
+    return refs.get(slot[0], {}).get(slot[1], 0) > 0

@@ -201,3 +201,20 @@ def test_other_owners_first_pass_waits_for_the_backends(tmp_path, registry, monk
     with Running(tmp_path, registry, fake_kernel()):
         wait_for(lambda: owners and owners[0].backend_passes_seen)
     assert owners[0].backend_passes_seen[0] >= 1
+
+
+def test_no_watch_event_outlives_its_batch(tmp_path, registry):
+    # The start-up batch has one event per peer; the watch generator and the
+    # loop would keep it for as long as the cluster stays quiet (memory per peer).
+    import gc
+
+    from flannelish.subnet.lease import Event
+
+    for n in range(2, 42):
+        SubnetManager(registry).acquire(peer_attrs(n), IPv4Network(f"10.244.{n}.0/24"))
+    with Running(tmp_path, registry, fake_kernel()) as node:
+        wait_for(lambda: node.loop is not None and node.loop.passes > 0)
+        assert len(node.peers) == 40
+        gc.collect()
+        alive = [o for o in gc.get_objects() if isinstance(o, Event)]
+        assert len(alive) < 5, f"{len(alive)} lease events still held"
