@@ -20,8 +20,11 @@ the fleet.  Phases, in this order:
 4. daemons: flanneld (with ``FLANNELD_BIN``) then flannelish cold-start over
    the N leases the fleet holds (start -> subnet.env -> all N routes, seen on
    a multicast socket), against iproute2 ``-batch`` programming the same 3N
-   entries (median of 3 fresh namespaces); memory per peer ((RSS at sync -
-   RSS at subnet.env) / N), peak RSS, idle CPU per hour.
+   entries (median of 3 fresh namespaces); RSS growth after subnet.env
+   ((RSS after the idle period - RSS at subnet.env) / N: every owner's first
+   pass is done by then; it holds the fixed cost of starting the loops and not
+   the leases, so memory per peer is judged on bench/report.py's slope between
+   the population runs), peak RSS, idle CPU per hour.
 5. release: all N nodes release at once; time until flannelish's kernel has
    dropped every one of their routes.
 
@@ -620,7 +623,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for k, d in daemons.items():
                 d["idle_cpu_s_per_h"] = (conv.cpu_seconds(d["pid"]) - before[k]) / args.idle * 3600
                 d.update(conv.memory_kb(d["pid"]))
-                d["per_peer_b"] = per_peer_bytes(d["rss_env_kb"], d["rss_synced_kb"], len(held))
+                d["per_peer_b"] = per_peer_bytes(d["rss_env_kb"], d["VmRSS"], len(held))
             released_at = time.time()
             parts = all_at_once(children, "release")
             res["release"] = {"seconds": span(parts), "failed": sum(p["failed"] for p in parts)}
@@ -699,9 +702,11 @@ def report(res: dict[str, Any]) -> None:
     print(f"{'  ratio start->routes / iproute2':42}" + "".join(
         f"{daemons[x]['routes_s'] / base:>13.2f}x" for x in names))  # fmt: skip
     row("peak RSS, VmHWM (MB)", ".1f", "VmHWM", 1 / 1024)
-    row("memory per peer (B)", ".0f", "per_peer_b")
-    print("  (RSS at sync - RSS at subnet.env) / peers; flanneld lists every lease before")
-    print("  writing subnet.env, so its difference is not a per-peer cost)")
+    row("RSS growth after subnet.env / peers (B)", ".0f", "per_peer_b")
+    print("  (RSS after the idle period - RSS at subnet.env) / peers: with the fixed cost")
+    print("  of starting the loops, and without the leases (listed before subnet.env);")
+    print("  flanneld lists every lease before writing subnet.env.  Memory per peer is")
+    print("  the RSS slope between `convergence.py --population` runs, see the report)")
     row("idle CPU (CPU-s per hour)", ".1f", "idle_cpu_s_per_h")
     rel = res["release"]
     print(
@@ -761,8 +766,8 @@ def write_json(path: str | None, res: dict[str, Any]) -> None:
         out.figure(f"{pre}.cold.env_s", d["env_s"], "s")
         hwm_goal = "< 60 MB" if mine and spec["nodes"] >= 5000 else None
         out.figure(f"{pre}.hwm_mb", d["VmHWM"] / 1024, "MB", goal=hwm_goal)
-        if mine:  # flanneld lists every lease before subnet.env: no per-peer difference
-            out.figure(f"{pre}.per_peer_b", d["per_peer_b"], "B", goal="<= 2048 B")
+        if mine:  # informational, see report(): the goal is judged on the population slope
+            out.figure(f"{pre}.per_peer_b", d["per_peer_b"], "B")
         out.figure(f"{pre}.idle_cpu_s_per_h", d["idle_cpu_s_per_h"], "CPU-s/h")
     out.figure("fleet.release.seconds", res["release"]["seconds"], "s")
     out.figure("fleet.release.failed", res["release"].get("failed", 0), "nodes")

@@ -80,6 +80,8 @@ def from_population(raw: dict[str, Any]) -> Doc:
         fig(f"{pre}.cold.sync_s", d["routes_s"] - d["env_s"], "s")
         hwm_goal = {"goal": "< 60 MB"} if who == "flannelish" and n >= 5000 else {}
         fig(f"{pre}.hwm_mb", d["VmHWM"] / 1024, "MB", **hwm_goal)
+        if "VmRSS" in d:  # at the end, after the idle period
+            fig(f"{pre}.rss_mb", d["VmRSS"] / 1024, "MB")
         if "idle_cpu_pct" in d:
             fig(f"{pre}.idle_cpu_pct", d["idle_cpu_pct"], "% of a CPU")
         for kind in ("add", "delete"):
@@ -172,7 +174,44 @@ def load_all(results: Path) -> tuple[list[Doc], list[str]]:
             continue
         doc["_file"] = path.name
         docs.append(doc)
+    add_per_peer_memory(docs)
     return docs, problems
+
+
+def add_per_peer_memory(docs: list[Doc]) -> None:
+    """Memory per peer: the RSS slope between the smallest and largest population run.
+
+    Each daemon's RSS after its idle period (every first pass done, the start-up
+    peak returned), so what a peer costs with its lease, peer table entries,
+    kernel records and nft element, and none of the fixed cost of a daemon.
+    """
+    runs = sorted(
+        (d for d in docs if d["bench"] == "population"), key=lambda d: d["params"]["peers"]
+    )
+    if len(runs) < 2 or runs[0]["params"]["peers"] == runs[-1]["params"]["peers"]:
+        return
+    small, large = runs[0], runs[-1]
+    extra = large["params"]["peers"] - small["params"]["peers"]
+    slopes: dict[str, float] = {}
+    for pre in ("population", "population.flanneld"):
+        a, b = small["figures"].get(f"{pre}.rss_mb"), large["figures"].get(f"{pre}.rss_mb")
+        if a and b:
+            slopes[pre] = (b["value"] - a["value"]) * 1024 * 1024 / extra
+    if "population" not in slopes:
+        return
+    fig = large["figures"]["population.per_peer_b"] = {
+        "value": slopes["population"],
+        "unit": "B",
+        "goal": "<= 2048 B",
+    }
+    if "population.flanneld" in slopes:
+        fd = slopes["population.flanneld"]
+        fig.update(baseline=fd, baseline_name="flanneld", ratio=slopes["population"] / fd)
+        large["figures"]["population.flanneld.per_peer_b"] = {"value": fd, "unit": "B"}
+    large["notes"].append(
+        f"per_peer_b: RSS after idle, {large['params']['peers']} vs "
+        f"{small['params']['peers']} peers, difference per added peer"
+    )
 
 
 def cdf(values: list[float]) -> tuple[list[float], list[float]]:

@@ -25,6 +25,8 @@ start-up sequence above can be read in one file.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import gc
 import logging
@@ -532,6 +534,18 @@ class NodeDaemon:
 
     def _after_owner_pass(self, result: PassResult) -> None:
         self._report(table_pass=result.full)
+        if result.full:
+            self._settle_after_sync()
+
+    def _settle_after_sync(self) -> None:
+        """Once every loop has passed: see DaemonOptions.freeze_gc_after_sync."""
+        if self._gc_frozen or not self.options.freeze_gc_after_sync:
+            return
+        if not all(loop.passes for loop in self.loops):
+            return
+        self._gc_frozen = True
+        gc.freeze()
+        release_free_heap()
 
     def _after_pass(self, result: PassResult) -> None:
         self.status.last_pass = result
@@ -541,9 +555,8 @@ class NodeDaemon:
                 loop.trigger(check_base=True)  # see _backend_passed
         self._skips_changed()
         self._report()
-        if result.full and self.options.freeze_gc_after_sync and not self._gc_frozen:
-            self._gc_frozen = True
-            gc.freeze()  # see DaemonOptions.freeze_gc_after_sync
+        if result.full:
+            self._settle_after_sync()
         if result.full:  # every resync, and at once when a route of ours was deleted
             self._ensure_blackhole()
         lease = self.status.lease
@@ -573,3 +586,14 @@ class NodeDaemon:
             self._netlink.close()
         if self.status.lease is not None:  # only once there is a data path to leave
             log.info("stopped; data path left in place", extra={"pid": os.getpid()})
+
+
+def release_free_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim).
+
+    The start-up sync allocates far more than the daemon then keeps (listings,
+    netlink messages, the nft transaction text); without this the freed peak
+    stayed in RSS: ~1.6 MB at 5000 peers.  Elsewhere (musl) it does nothing.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)

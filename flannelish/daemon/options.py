@@ -34,10 +34,11 @@ class DaemonOptions:
     net_config_path: Path | None = None  # seeds <prefix>/config when etcd has none
     cni_socket: Path | None = None  # default: <dir of subnet_file>/flannelish.sock
     node_ops: NodeOpsOptions | None = None  # health, metrics, nftables; None: none of them
-    # After the first full pass, move what lives then (modules, leases, the
-    # kernel state) out of the cyclic GC's reach: a full collection otherwise
-    # scans all of it and stops every thread for tens of ms at 5000 peers,
-    # lease events included.  The CLI sets it; in-process tests do not.
+    # Once every loop has made its first full pass, move what lives then
+    # (modules, leases, the kernel state) out of the cyclic GC's reach (a full
+    # collection otherwise scans all of it and stops every thread for tens of
+    # ms at 5000 peers, lease events included), and return the start-up peak's
+    # free heap to the system.  The CLI sets it; in-process tests do not.
     freeze_gc_after_sync: bool = False
     policy: bool = False  # network policy: endpoints, table inet flannelish-policy
 

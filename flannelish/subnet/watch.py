@@ -177,22 +177,27 @@ def watch_events(
     held = HeldPeers(registry, reset_grace_s)
     synced = False  # the first batch must be a real listing, even an empty one
     for item in lease_changes(registry, stop, initial=initial):
+        first = False
         if isinstance(item, Snapshot):
-            listed = {x.key for x in item.leases}
-            if item.reset:
-                held.hold(set(tracker.known) - listed)
-            held.release(listed)
-            events = tracker.resync(item.leases, keep=held.subnets)
-            if not synced:
-                synced = True
-                yield events
-                continue
+            events = _resync(tracker, held, item)
+            first, synced = not synced, True
         else:
             held.release(c.key for c in item)
             events = tracker.apply(item)
-        events += tracker.drop(held.expired())
-        if events:
+        del item  # a listing holds every lease: not kept while the watch waits
+        if not first:
+            events += tracker.drop(held.expired())
+        if events or first:
             yield events
+
+
+def _resync(tracker: PeerTracker, held: HeldPeers, snapshot: Snapshot) -> list[Event]:
+    """Events that bring the tracker to a fresh listing (peers of a reset etcd held)."""
+    listed = {x.key for x in snapshot.leases}
+    if snapshot.reset:
+        held.hold(set(tracker.known) - listed)
+    held.release(listed)
+    return tracker.resync(snapshot.leases, keep=held.subnets)
 
 
 class HeldPeers:

@@ -122,6 +122,30 @@ def test_population_json_of_convergence_is_read_and_plotted(tmp_path: Path) -> N
     assert "| population.flanneld.hwm_mb | 24.0 | MB |" in text
 
 
+def test_memory_per_peer_is_the_rss_slope_between_population_runs(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    for peers, mine, theirs in ((1000, 30 * 1024, 18 * 1024), (5000, 38 * 1024, 20 * 1024)):
+        daemon = {"env_s": 0.4, "routes_s": 2.0, "VmHWM": mine, "VmRSS": mine}
+        raw = {
+            "peers": peers,
+            "events": 3,
+            "iproute2_s": 0.5,
+            "daemons": {"flannelish": daemon, "flanneld": dict(daemon, VmRSS=theirs)},
+            "add": {},
+            "delete": {},
+        }
+        (results / f"population-{peers}.json").write_text(json.dumps(raw))
+    docs, problems = report.load_all(results)
+    assert not problems
+    large = next(d for d in docs if d["params"]["peers"] == 5000)
+    fig = large["figures"]["population.per_peer_b"]
+    assert fig["value"] == pytest.approx(8 * 1024 * 1024 / 4000)  # 8 MB over 4000 more peers
+    assert fig["baseline"] == pytest.approx(2 * 1024 * 1024 / 4000)
+    assert fig["goal"] == "<= 2048 B"
+    assert report.goal_met(fig) is False
+
+
 def test_goals_are_judged_on_the_ratio_or_the_value() -> None:
     assert report.goal_met({"value": 9, "ratio": 0.5, "goal": "<= 1.0x"}) is True
     assert report.goal_met({"value": 9, "ratio": 1.2, "goal": "<= 1.0x"}) is False
