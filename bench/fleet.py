@@ -758,8 +758,9 @@ def write_json(path: str | None, res: dict[str, Any]) -> None:
     for who, d in res["daemons"].items():
         pre = "fleet" if who == "flannelish" else f"fleet.{who}"
         mine = who == "flannelish"
+        # The cold-sync goal is set at 5000 peers (see report.py's population).
         out.figure(f"{pre}.cold.routes_s", d["routes_s"], "s", base, "iproute2 -batch",
-                   "<= 2.0x" if mine else None)  # fmt: skip
+                   "<= 2.0x" if mine and spec["nodes"] >= 5000 else None)  # fmt: skip
         if mine and fd:
             out.figure("fleet.cold.routes_vs_flanneld", d["routes_s"], "s", fd["routes_s"],
                        "flanneld", "< 1.0x")  # fmt: skip

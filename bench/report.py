@@ -67,7 +67,9 @@ def from_population(raw: dict[str, Any]) -> Doc:
     flanneld = raw["add"].get("flanneld")
     for who, d in daemons.items():
         pre = "population" if who == "flannelish" else f"population.{who}"
-        goal = {"goal": "<= 2.0x"} if who == "flannelish" else {}
+        # The cold-sync goal is set at 5000 peers; below, a daemon's fixed start
+        # (the interpreter, ~0.3 s) outweighs a baseline of tens of ms.
+        goal = {"goal": "<= 2.0x"} if who == "flannelish" and n >= 5000 else {}
         fig(f"{pre}.cold.env_s", d["env_s"], "s")
         fig(
             f"{pre}.cold.routes_s",

@@ -147,7 +147,9 @@ def main() -> int:
     ok_m = "MET" if hwm < 60 else "MISSED"
     print(f"goals: sync < 1 s -> {sync_s:.3f} s {ok_t}; RSS < 60 MB -> peak {hwm} MB {ok_m}")
     out.figure("scale.env_s", env_at - started, "s")
-    out.figure("scale.sync_s", sync_s, "s", base_s, "iproute2 -batch", "<= 2.0x")
+    # The cold-sync goal is set at 5000 peers (see report.py's population).
+    goal = "<= 2.0x" if PEERS >= 5000 else None
+    out.figure("scale.sync_s", sync_s, "s", base_s, "iproute2 -batch", goal)
     out.figure("scale.baseline_s", base_s, "s")
     out.figure("scale.rss_mb", rss, "MB", base_rss, "idle python, same imports")
     out.figure("scale.hwm_mb", hwm, "MB", goal="< 60 MB")
