@@ -333,6 +333,16 @@ def conntrack_only(host: Any) -> Callable[[], None]:
     return undo
 
 
+def undo_all(undos: list[Callable[[], None]]) -> Callable[[], None]:
+    """One undo for several hosts' setups."""
+
+    def remove() -> None:
+        for undo in undos:
+            undo()
+
+    return remove
+
+
 def wait_table(netns: str, fam: Family, peer_ip: str, timeout: float = 30) -> str:
     """The daemon's table of this family, once masquerade and the armed anti-spoof
     rule (with the peer in its set) are in; raises otherwise."""
@@ -381,24 +391,12 @@ def build(cluster: BenchCluster, fam: Family) -> tuple[dict[str, Case], dict[str
 
     def table(notrack: bool) -> Callable[[], Callable[[], None]]:
         def setup() -> Callable[[], None]:
-            undo = [hand_table(bases[i], bases[1 - i], fam, i, notrack) for i in range(2)]
-
-            def remove() -> None:
-                for u in undo:
-                    u()
-
-            return remove
+            return undo_all([hand_table(bases[i], bases[1 - i], fam, i, notrack) for i in (0, 1)])
 
         return setup
 
     def tracked() -> Callable[[], None]:
-        undo = [conntrack_only(b) for b in bases]
-
-        def remove() -> None:
-            for u in undo:
-                u()
-
-        return remove
+        return undo_all([conntrack_only(b) for b in bases])
 
     veth = host_veth(hosts[0].netns)
     findings = {

@@ -555,9 +555,8 @@ class NodeDaemon:
                 loop.trigger(check_base=True)  # see _backend_passed
         self._skips_changed()
         self._report()
-        if result.full:
-            self._settle_after_sync()
         if result.full:  # every resync, and at once when a route of ours was deleted
+            self._settle_after_sync()
             self._ensure_blackhole()
         lease = self.status.lease
         if self.backend is None or lease is None:

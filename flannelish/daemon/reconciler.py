@@ -420,7 +420,7 @@ class Reconciler:
     # -- per-event path -------------------------------------------------------------
     def holds(self, kind: str, key: Hashable) -> bool:
         """Whether a programmed peer holds this slot (e.g. an nft set element)."""
-        return any(state.refs.get(kind, {}).get(key, 0) > 0 for state in self._state)
+        return any(_held(state.refs, (kind, key)) for state in self._state)
 
     def apply_peers(
         self, subnets: Iterable[LeaseKey], lookup: Callable[[LeaseKey], Lease | None]
