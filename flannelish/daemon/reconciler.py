@@ -229,11 +229,12 @@ class Reconciler:
         plan = diff(resources, groups, actual, tick)
         slicer.now()
         by_type = {r.record: r for r in resources}
-        owned: set[Slot] = set()
-        for r in resources:
-            for o in actual.get(r.kind, ()):
-                tick()
-                owned.add((r.kind, r.key(o)))
+        owned: set[Slot] = set()  # only needed (and built) when the pass writes
+        if plan.early or plan.apply:
+            for r in resources:
+                for o in actual.get(r.kind, ()):
+                    tick()
+                    owned.add((r.kind, r.key(o)))
         failed: set[LeaseKey] = set()
         early = list(zip(plan.early_peers, plan.early, strict=True))
         self._apply_groups(early, by_type, owned, subnets, groups, failed, skipped, result, tick)
@@ -252,30 +253,25 @@ class Reconciler:
             log.info("deleted %s", res.kind, extra={"op": "delete", **describe(obj)})
         later = list(zip(plan.apply_peers, plan.apply, strict=True))
         self._apply_groups(later, by_type, owned, subnets, groups, failed, skipped, result, tick)
-        # What the kernel now holds per peer, counted per slot (sliced: events
-        # may still come) ...
-        programmed: dict[LeaseKey, tuple[Any, ...]] = {}
-        refs: dict[str, dict[Hashable, int]] = {}
+        # What the kernel now holds per peer, updated in place (sliced: events
+        # may still come; a peer an event changed keeps what the event path
+        # recorded).  A peer whose objects did not change keeps its old records:
+        # a quiet pass stores nothing new, so the long-lived state never moves
+        # into the memory the pass's temporaries took (docs/architecture.md).
+        touched = self._touched_peers
+        written: set[LeaseKey] = set()
         for subnet, group in zip(subnets, groups, strict=True):
             tick()
-            if subnet in failed:
+            if subnet in failed or subnet in touched:
                 continue
-            programmed[subnet] = group
-            for obj in group:
-                _ref(refs, _slot(by_type, obj), 1)
-        # ... then, with no more ticks, peers events changed meanwhile keep what
-        # the event path recorded for them.
-        touched = self._touched_peers
-        for subnet in touched:
-            for obj in programmed.pop(subnet, ()):
-                _ref(refs, _slot(by_type, obj), -1)
-            current = state.programmed.get(subnet)
-            if current is not None:
-                programmed[subnet] = current
-                for obj in current:
-                    _ref(refs, _slot(by_type, obj), 1)
-        state.programmed = programmed
-        state.refs = refs
+            written.add(subnet)
+            old = state.programmed.get(subnet)
+            if old != group:
+                _record(state, by_type, subnet, group)
+        for subnet in list(state.programmed):
+            tick()
+            if subnet not in written and subnet not in touched:
+                _record(state, by_type, subnet, None)
         for subnet in touched:
             if subnet in state.skipped and subnet not in skipped:
                 skipped[subnet] = state.skipped[subnet]
@@ -550,6 +546,21 @@ def _blocked(
         if blocked is not None and new and blocked(obj, look_up):
             return res.key(obj)
     return None
+
+
+def _record(
+    state: _OwnerState,
+    by_type: Mapping[type, Resource],
+    subnet: LeaseKey,
+    group: tuple[Any, ...] | None,
+) -> None:
+    """Record `group` (None: nothing) as what the kernel holds for `subnet`, slots counted."""
+    for obj in state.programmed.pop(subnet, ()):
+        _ref(state.refs, _slot(by_type, obj), -1)
+    if group is not None:
+        state.programmed[subnet] = group
+        for obj in group:
+            _ref(state.refs, _slot(by_type, obj), 1)
 
 
 def _slot(by_type: Mapping[type, Resource], obj: Any) -> Slot:

@@ -112,7 +112,10 @@ class PeerSetResource:
         peers = self._listing() or set()
         if self.batch is not None:
             with self.batch.lock:
-                self.batch.actual = set(peers)
+                # Kept until the next pass: hold the leases' own address objects,
+                # not the listing's copies (the pass's garbage must not pin memory).
+                planned = self.batch.planned
+                self.batch.actual = {ip for ip in planned if ip in peers} | (peers - planned)
                 self.batch.dumped = True
         return [PeerAddr(ip) for ip in sorted(peers, key=lambda a: (a.version, int(a)))]
 

@@ -81,6 +81,33 @@ def test_second_pass_with_same_peers_changes_nothing(kernel):
     assert kernel.nl.calls == []
 
 
+def test_a_quiet_pass_keeps_the_recorded_objects_and_a_changed_peer_gets_new_ones(kernel):
+    """What a pass records is kept, not rebuilt, while the peer is unchanged: the
+    daemon's long-lived state must not move into the memory a pass's temporaries
+    took (the periodic pass of a quiet cluster would otherwise pin that memory)."""
+    peers = [peer(n) for n in range(2, 6)]
+    kernel.rec.reconcile(peers)
+    before = kernel.rec.programmed()
+    slots = {kind: dict(counts) for kind, counts in kernel.rec._state[0].refs.items()}
+    kernel.rec.reconcile([*peers[:3], peer(5, mac="0e:00:00:00:00:99")])
+    after = kernel.rec.programmed()
+    for p in peers[:3]:
+        assert after[p.key] is before[p.key]
+    assert after[peers[3].key] is not before[peers[3].key]
+    assert after[peers[3].key] != before[peers[3].key]
+    # the slot counts follow: the old MAC's neighbour and FDB slots went, the new ones came
+    refs = kernel.rec._state[0].refs
+    assert {k: len(v) for k, v in refs.items()} == {k: len(v) for k, v in slots.items()}
+    assert refs["fdb"] != slots["fdb"]
+    kernel.rec.reconcile(peers[:3])
+    assert set(kernel.rec.programmed()) == {p.key for p in peers[:3]}
+    assert {k: len(v) for k, v in kernel.rec._state[0].refs.items()} == {
+        "neigh": 3,
+        "fdb": 3,
+        "route": 3,
+    }
+
+
 def test_removed_peer_loses_route_fdb_and_neigh_in_that_order(kernel):
     kernel.rec.reconcile([peer(2), peer(3)])
     kernel.nl.calls.clear()
@@ -193,6 +220,31 @@ def test_diff_is_empty_when_actual_matches_desired():
     assert diff(resources, [group], actual).empty
     missing_route = {"neigh": [group[0]], "fdb": [group[1]], "route": []}
     assert diff(resources, [group], missing_route).apply == [[group[2]]]
+
+
+def test_a_diff_of_a_kernel_that_matches_builds_no_slot_keys(monkeypatch):
+    """The periodic pass of a quiet cluster compares records only: slot keys (one
+    tuple each) are built for what differs, not for every object of every peer."""
+    nl = FakeNetlink()
+    resources = [NeighResource(nl, lambda: 5), FdbResource(nl, lambda: 5), RouteResource(nl)]
+    keys = []
+    for res in resources:
+        monkeypatch.setattr(res, "key", lambda obj, key=res.key: keys.append(obj) or key(obj))
+    groups = [
+        [
+            Neigh(5, IPv4Address(f"10.1.{n}.0"), f"0e:00:00:00:00:{n:02x}"),
+            Fdb(5, f"0e:00:00:00:00:{n:02x}", IPv4Address(f"198.18.0.{n}")),
+            Route(IPv4Network(f"10.1.{n}.0/24"), IPv4Address(f"10.1.{n}.0"), 5, onlink=True),
+        ]
+        for n in range(1, 50)
+    ]
+    actual = {kind: [g[i] for g in groups] for i, kind in enumerate(("neigh", "fdb", "route"))}
+    assert diff(resources, groups, actual).empty
+    assert keys == []
+    stale = Route(IPv4Network("10.1.99.0/24"), IPv4Address("10.1.99.0"), 5, onlink=True)
+    plan = diff(resources, groups, {**actual, "route": [*actual["route"], stale]})
+    assert plan.remove == [stale] and not plan.apply
+    assert keys  # what differs is looked up by its slot
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,26 @@ def test_owner_lets_the_reconciler_diff_the_peer_set_and_arms_after_a_synced_pas
     assert labels(fake.table["chains"]["input"]) == ["anti-spoof: vxlan from non-peers"]
 
 
+def test_a_pass_keeps_the_leases_own_addresses_not_the_listings_copies():
+    """Between passes the owner remembers the set it found by the leases' address
+    objects: the listing's copies are a pass's garbage and must not outlive it."""
+    from flannelish.daemon.reconciler import Reconciler
+
+    nft, fake = rules()
+    owner = NftOwner(nft)
+    rec = Reconciler([owner])
+    peers = [_lease(n, f"198.18.0.{n}") for n in range(2, 6)]
+    rec.reconcile(peers)
+    fake.table["set"] = {IPv4Address(str(ip)) for ip in fake.table["set"]}  # fresh copies
+    fake.table["set"].add(IPv4Address("198.18.0.99"))  # and one no lease has
+    rec.reconcile(peers)
+    ours = {id(p.attrs.public_ip) for p in peers}
+    kept = owner._batch.actual
+    assert {ip for ip in kept if id(ip) in ours} == {p.attrs.public_ip for p in peers}
+    assert IPv4Address("198.18.0.99") in kept
+    assert fake.table["set"] == {p.attrs.public_ip for p in peers}
+
+
 def test_owner_writes_many_peer_changes_in_one_transaction_per_direction():
     from flannelish.daemon.reconciler import Reconciler
 
