@@ -24,6 +24,12 @@ invokes it.  Figures:
   peers ``notrack``) and once with the tunnel tracked (as before): the cost of
   the table, and what the notrack buys, paired in the same run.
 
+* ``hand_vxlan_bridge_ct``: the same hand-built tunnel on a third pair of
+  hosts, with the product's topology and none of flannelish: pods on a bridge
+  made with iproute2 (gateway on the bridge, br_netfilter as the kernel has
+  it) and connection tracking on (one ``ct state`` rule).  The product against
+  it is what flannelish itself (its devices, its table) costs.
+
 ``--family 6``: the same on a dual-stack network (``EnableIPv6``, fd44::/48)
 over an IPv6 underlay (fd18::/64 beside 198.18.0.0/24): pods attached by the
 CNI get both families and are measured over IPv6 through ``flannel-v6.1``
@@ -178,6 +184,37 @@ def routed_pod(
        "eth0", "mtu", str(mtu), "netns", pod)  # fmt: skip
     sh(host.netns, "ip", "addr", "add", f"{gw}/{subnet.prefixlen}", "dev", veth, *extra)
     sh(host.netns, "ip", "link", "set", veth, "up")
+    forwarding = "net.ipv6.conf.all.forwarding=1" if v6 else "net.ipv4.ip_forward=1"
+    sh(host.netns, "sysctl", "-qw", forwarding)
+    sh(pod, "ip", "addr", "add", f"{ip}/{subnet.prefixlen}", "dev", "eth0", *extra)
+    sh(pod, "ip", "link", "set", "eth0", "up")
+    sh(pod, "ip", f"-{subnet.version}", "route", "add", "default", "via", str(gw))
+    return pod
+
+
+def bridged_pod(
+    cluster: BenchCluster,
+    host: Any,
+    subnet: IPv4Network | IPv6Network,
+    short: str,
+    mtu: int = MTU,
+) -> str:
+    """A hand-built pod on a hand-made bridge (``hbr0``, the gateway address on it),
+    the topology the CNI plugin builds with cni0, made with iproute2 alone."""
+    pod = cluster.factory.create(short)
+    gw, ip = subnet.network_address + 1, subnet.network_address + 2
+    v6 = subnet.version == 6
+    extra = ["nodad"] if v6 else []
+    if v6:
+        no_dad(host.netns)
+        no_dad(pod)
+    sh(host.netns, "ip", "link", "add", "hbr0", "mtu", str(mtu), "type", "bridge")
+    sh(host.netns, "ip", "addr", "add", f"{gw}/{subnet.prefixlen}", "dev", "hbr0", *extra)
+    veth = f"v{short}"
+    sh(host.netns, "ip", "link", "add", veth, "mtu", str(mtu), "type", "veth", "peer", "name",
+       "eth0", "mtu", str(mtu), "netns", pod)  # fmt: skip
+    sh(host.netns, "ip", "link", "set", veth, "master", "hbr0", "up")
+    sh(host.netns, "ip", "link", "set", "hbr0", "up")
     forwarding = "net.ipv6.conf.all.forwarding=1" if v6 else "net.ipv4.ip_forward=1"
     sh(host.netns, "sysctl", "-qw", forwarding)
     sh(pod, "ip", "addr", "add", f"{ip}/{subnet.prefixlen}", "dev", "eth0", *extra)
@@ -381,8 +418,19 @@ def build(cluster: BenchCluster, fam: Family) -> tuple[dict[str, Case], dict[str
     hand_vxlan(bases, fam)
     hand = [routed_pod(cluster, bases[i], fam.hand_subnet(i), f"ph{i}", fam.mtu) for i in range(2)]
     hand_b = str(fam.hand_subnet(1).network_address + 2)
+    # The same hand-built tunnel on a second pair, pods on a bridge and conntrack
+    # on: the product's topology and the connection tracking it needs, no flannelish.
+    bridged_hosts = [cluster.add_host(f"h{i}") for i in (5, 6)]
+    hand_vxlan(bridged_hosts, fam)
+    bridged = [
+        bridged_pod(cluster, bridged_hosts[i], fam.hand_subnet(i), f"pg{i}", fam.mtu)
+        for i in range(2)
+    ]
+    for host in bridged_hosts:
+        conntrack_only(host)  # for the whole run: namespaces go with the cluster
     wait_ping(a1, ip_b1)
     wait_ping(hand[0], hand_b)
+    wait_ping(bridged[0], hand_b)
     for host, peer in ((hosts[0], hosts[1]), (hosts[1], hosts[0])):
         wait_table(host.netns, fam, fam.underlay_ip(peer))
     mtu = json.loads(sh(hosts[0].netns, "ip", "-j", "link", "show", fam.device))[0]["mtu"]
@@ -422,6 +470,7 @@ def build(cluster: BenchCluster, fam: Family) -> tuple[dict[str, Case], dict[str
         "hand_vxlan_nft": (hand[0], hand[1], hand_b, table(True)),
         "hand_vxlan_nft_conntrack": (hand[0], hand[1], hand_b, table(False)),
         "hand_vxlan_ct": (hand[0], hand[1], hand_b, tracked),
+        "hand_vxlan_bridge_ct": (bridged[0], bridged[1], hand_b, None),
         "underlay": (bases[0].netns, bases[1].netns, fam.underlay_ip(bases[1]), None),
     }
     return cases, text
@@ -434,6 +483,7 @@ LABELS = {
     "hand_vxlan_nft": "hand-built + product's nft table",
     "hand_vxlan_nft_conntrack": "  same table, tunnel tracked (before)",
     "hand_vxlan_ct": "hand-built + conntrack only (1 ct rule)",
+    "hand_vxlan_bridge_ct": "hand-built, pods on a bridge, conntrack",
     "underlay": "raw underlay (eth0, MTU 1500)",
 }
 
@@ -510,6 +560,16 @@ def main() -> int:
         f"product / hand-built with conntrack only: rate {vs_ct:.3f}x (paired), CPU per GB "
         f"{vs_ct_cpu:.3f}x; conntrack alone costs the hand-built pair {ct_cpu:.3f}x CPU per GB"
     )
+    # The same topology as the product (pods on a bridge, br_netfilter as the kernel
+    # has it) with conntrack: what is left between the two is flannelish's own.
+    vs_bridge = paired("product_cross_node", "hand_vxlan_bridge_ct")
+    vs_bridge_cpu = cpu_med["product_cross_node"] / cpu_med["hand_vxlan_bridge_ct"]
+    bridge_cpu = cpu_med["hand_vxlan_bridge_ct"] / cpu_med["hand_vxlan_ct"]
+    print(
+        f"product / hand-built with pods on a bridge and conntrack: rate {vs_bridge:.3f}x "
+        f"(paired), CPU per GB {vs_bridge_cpu:.3f}x; the bridge costs the hand-built pair "
+        f"{bridge_cpu:.3f}x CPU per GB on top of conntrack"
+    )
     notrack_gain = paired("hand_vxlan_nft", "hand_vxlan_nft_conntrack")
     nt_cpu = cpu_med["hand_vxlan_nft"] / cpu_med["hand_vxlan_nft_conntrack"]
     print(f"the tunnel's notrack (hand-built + product table, paired): rate {notrack_gain:.3f}x,"
@@ -538,6 +598,9 @@ def main() -> int:
         flat["product_cross_node_vs_hand_vxlan_ct_paired_ratio_median"] = round(vs_ct, 3)
         flat["product_cross_node_vs_hand_vxlan_ct_cpu_ratio"] = round(vs_ct_cpu, 3)
         flat["conntrack_cpu_ratio"] = round(ct_cpu, 3)
+        flat["product_cross_node_vs_hand_vxlan_bridge_ct_paired_ratio_median"] = round(vs_bridge, 3)
+        flat["product_cross_node_vs_hand_vxlan_bridge_ct_cpu_ratio"] = round(vs_bridge_cpu, 3)
+        flat["bridge_cpu_ratio"] = round(bridge_cpu, 3)
         flat["notrack_paired_ratio_median"] = round(notrack_gain, 3)
         flat["notrack_cpu_ratio"] = round(nt_cpu, 3)
         flat["goal_met"] = int(verdict >= 0.97)

@@ -149,7 +149,8 @@ def from_datapath(raw: dict[str, Any]) -> Doc:
         full = f"product_cross_node_vs_hand_vxlan_{key}"
         if full in raw:
             doc["figures"][f"{pre}.product_vs_hand.{key}"] = {"value": raw[full], "unit": "x"}
-    for against in ("nft", "ct"):  # the same table / conntrack only on the hand-built pair
+    # the same table / conntrack only / pods on a bridge with conntrack, on a hand-built pair
+    for against in ("nft", "ct", "bridge_ct"):
         for key in ("paired_ratio_median", "cpu_ratio"):
             full = f"product_cross_node_vs_hand_vxlan_{against}_{key}"
             if full in raw:
@@ -157,7 +158,9 @@ def from_datapath(raw: dict[str, Any]) -> Doc:
                 doc["figures"][name] = {"value": raw[full], "unit": "x"}
     # The tunnel's notrack: hand-built + the product's table, with vs without it;
     # and what conntrack alone costs the hand-built pair per byte.
-    for key in ("notrack_paired_ratio_median", "notrack_cpu_ratio", "conntrack_cpu_ratio"):
+    notes = ("notrack_paired_ratio_median", "notrack_cpu_ratio", "conntrack_cpu_ratio",
+             "bridge_cpu_ratio")  # fmt: skip
+    for key in notes:
         if key in raw:
             doc["figures"][f"{pre}.{key}"] = {"value": raw[key], "unit": "x"}
     return doc

@@ -164,6 +164,9 @@ def test_datapath_flat_json_is_read_and_plotted(tmp_path: Path) -> None:
         "underlay_gbps_median": 20.0,
         "hand_vxlan_cpu_s_per_gb_median": 0.1,
         "product_cross_node_vs_hand_vxlan_paired_ratio_median": 0.98,
+        "hand_vxlan_bridge_ct_gbps_median": 9.6,
+        "product_cross_node_vs_hand_vxlan_bridge_ct_cpu_ratio": 1.01,
+        "bridge_cpu_ratio": 0.99,
         "seconds_per_run": 3,
         "rounds": 5,
         "loadavg_1m_before": 1.0,
@@ -174,6 +177,11 @@ def test_datapath_flat_json_is_read_and_plotted(tmp_path: Path) -> None:
     text = (out / "summary.md").read_text()
     assert "| datapath.product_cross_node | 9.70 | Gbit/s | 10.0 (hand-built vxlan) | 0.97x" in text
     assert "| >= 0.97x | met |" in text
+    # the hand-built pair with the product's topology (bridge, conntrack) and the ratios to it
+    bridged = "| datapath.hand_vxlan_bridge_ct | 9.60 | Gbit/s | 10.0 (hand-built vxlan) | 0.96x"
+    assert bridged in text
+    assert "| datapath.product_vs_hand_bridge_ct.cpu_ratio | 1.01 | x |" in text
+    assert "| datapath.bridge_cpu_ratio | 0.99 | x |" in text
 
 
 def test_ipv6_datapath_and_dual_stack_convergence_are_reported_beside_ipv4(tmp_path: Path) -> None:
