@@ -46,25 +46,25 @@ see :func:`parse_iperf`), the path's cost per byte.
 Goal: product cross-node >= 0.97x hand-built, judged on the ratio of the
 medians, the median of per-round paired ratios and the inverse ratio of CPU
 per GB (which a loaded machine disturbs least); all three must reach it.
-What this rig showed (2 cores shared with other work, load average 9-18, so
-rates swung 2x between rounds): the devices we create carry the same features
-as the hand-built ones (``ethtool -k`` of flannel.1 / hv.42, of the CNI veths /
-the hand veths, identical; both pod veths get one queue per CPU; GSO/GRO
-sizes 64 KB; rp_filter 0), and the product path costs about 7-15 % more CPU
-per byte than the hand-built one.  That is the bridge hop (cni0, with
-br_netfilter running the IPv4 hooks on it) and conntrack, which the
-masquerade chain needs (and kube-proxy's Services need for pod-to-pod replies,
-so a pod-to-pod ``notrack`` is not an option); turning conntrack off entirely
-or br_netfilter off did not move the cost by more than the noise (< 5 %).
-IPv6 (2 cores; 4 runs of 7 rounds at load 0.5-12): the devices carry the same
-features as the hand-built ones again (``ethtool -k`` flannel-v6.1 / hv.42, the
-veths, pod eth0: identical; GRO off on both sides' host veths, the veth
-default).  The product reached 0.69-0.90x the bare hand-built VXLAN (paired);
-at load 0.5: 0.86x, the hand-built pair with the product's table 0.92x, the
-product against that pair 0.96x.  So most of the gap is the table's conntrack
-of the inner pod flows (masquerade and kube-proxy need it), the rest cni0 with
-br_netfilter; the tunnel's notrack moved the table's cost by 2-6 % CPU per GB,
-within this rig's noise.
+What this rig shows.  The devices we create carry the same features as the
+hand-built ones (``ethtool -k`` of flannel.1 or flannel-v6.1 against hv.42, of
+the CNI veths against the hand veths, of the pods' eth0: identical; GRO off on
+the host veths on both sides, the veth default).  In ``make bench`` at 18:47
+on 2026-12-03 (load average about 1), CPU-s per GB moved:
+
+* the product cost 1.01x (IPv4) and 0.97x (IPv6) the hand-built pair with
+  conntrack only, and 0.97x / 0.85x the hand-built pair with the product's
+  topology (pods on a bridge, conntrack on);
+* conntrack alone cost the bare hand-built pair 1.17x (IPv4) and 1.11x (IPv6).
+
+So the whole gap to the bare hand-built VXLAN is connection tracking of the
+pod flows.  Masquerade needs it, and so do kube-proxy's Services (the reply
+of a DNAT'ed pod flow is un-NATed on the client's node), so a pod-to-pod
+``notrack`` is not an option.  Neither the bridge (cni0) nor the table's own
+rules cost more than this rig's noise.  This kernel has no flowtable
+(CONFIG_NF_FLOW_TABLE is off), which is what takes established flows past
+conntrack elsewhere.  An earlier reading here put part of the gap on the
+bridge; the bridged pair above measures that directly and does not support it.
 Run as root: ``.venv/bin/python bench/datapath.py [--family 4|6] [--seconds 3] [--rounds 5]
 [--json PATH]``.
 """
