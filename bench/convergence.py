@@ -47,7 +47,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
@@ -208,7 +210,7 @@ class RouteEvents:
         self,
         netns: str | None = None,
         proto: int | None = None,
-        expect: set[Net] | None = None,
+        expect: AbstractSet[Net] | None = None,
     ) -> None:
         import socket
 
@@ -224,7 +226,7 @@ class RouteEvents:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
         self._sock.bind((0, 0x40 | 0x400))  # RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
         self.seen: dict[tuple[str, Net], float] = {}
-        self.expect = set(expect or ())
+        self.expect: set[Net] = set(expect or ())
         self.expected_seen = 0
         self.all_seen = threading.Event()
         self.last_expected = 0.0
@@ -474,7 +476,7 @@ def measure_events(
         t0 = time.time()
         client.put(key, "x")
         with cond:
-            cond.wait_for(lambda key=key: key in seen, timeout=5)
+            cond.wait_for(partial(seen.__contains__, key), timeout=5)
         watch_ms.append((seen[key] - t0) * 1000)
         time.sleep(gap / 4)
     cancel()
@@ -592,7 +594,8 @@ def cold_start(
     `expect`: the peers' subnets (default: the population's N); ``routes`` in the
     result is the namespace's RouteEvents (for later waits; not JSON)."""
     host = cluster.add_host(name)
-    expect = expect if expect is not None else {pop_subnet(i) for i in range(n)}
+    if expect is None:
+        expect = {pop_subnet(i) for i in range(n)}
     n = len(expect)
     routes = RouteEvents(netns=host.netns, expect=expect)
     started = time.time()

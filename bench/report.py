@@ -57,7 +57,9 @@ def from_population(raw: dict[str, Any]) -> Doc:
     figs = doc["figures"]
     base = raw["iproute2_s"]
 
-    def fig(name: str, value: float, unit: str, baseline: float | None = None, **kw: str) -> None:
+    def fig(
+        name: str, value: float, unit: str, baseline: float | None = None, /, **kw: str
+    ) -> None:
         figs[name] = {"value": value, "unit": unit}
         if baseline is not None:
             figs[name].update(baseline=baseline, ratio=value / baseline if baseline else 0.0)
@@ -342,7 +344,7 @@ def markdown(docs: list[Doc], problems: list[str], plots: list[tuple[str, str]])
 # -- plots ---------------------------------------------------------------------
 
 
-def _plt():  # type: ignore[no-untyped-def]
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
