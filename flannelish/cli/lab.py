@@ -209,9 +209,9 @@ def lab_check(
     if with_perf:
         from flannelish.lab import perf
 
-        measured = perf.perf(state, seconds=1, rounds=1)
-        console.print(perf.table(measured))
-        console.print(perf.summary(measured))
+        for measured in perf.perf_families(state, seconds=1, rounds=1):
+            console.print(perf.table(measured))
+            console.print(perf.summary(measured))
     summary = (
         f"{len(report.pings) - len(failed_pings)}/{len(report.pings)} pairs reachable, "
         f"{len(report.nat) - len(failed_nat)}/{len(report.nat)} probes without NAT"
@@ -229,12 +229,18 @@ def lab_check(
 @_lab_options
 @click.option("--seconds", type=click.IntRange(1, 60), default=2, show_default=True)
 @click.option("--rounds", type=click.IntRange(1, 20), default=3, show_default=True)
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write figures.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    help="Also write figures (a dual-stack lab measured in both families: one set per "
+    'family, under "families").',
+)
 @click.option(
     "--family",
     type=click.Choice(["4", "6"]),
     default=None,
-    help="Measure between IPv4 or IPv6 addresses (default: IPv4, or IPv6 in an IPv6-only lab).",
+    help="Measure between IPv4 or IPv6 addresses only (default: every family the lab has).",
 )
 def lab_perf(
     name: str,
@@ -251,15 +257,18 @@ def lab_perf(
 
     state = _load(state_dir, name)
     console = _console()
-    report = perf.perf(
+    reports = perf.perf_families(
         state, seconds=seconds, rounds=rounds, family=int(family) if family else None
     )
-    console.print(perf.table(report))
-    console.print(perf.summary(report))
+    for report in reports:
+        console.print(perf.table(report))
+        console.print(perf.summary(report))
     if json_path is not None:
+        figures = [perf.as_json(r) for r in reports]
+        doc = figures[0] if len(figures) == 1 else {"families": figures}
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(perf.as_json(report), indent=2) + "\n")
-    if any(r.error for r in report.results):
+        json_path.write_text(json.dumps(doc, indent=2) + "\n")
+    if any(r.error for report in reports for r in report.results):
         sys.exit(ExitCode.ERROR)
 
 

@@ -97,6 +97,14 @@ def default_family(state: LabState) -> int:
     return state.spec.families[0]
 
 
+def perf_families(
+    state: LabState, seconds: int = 2, rounds: int = 3, family: int | None = None
+) -> list[PerfReport]:
+    """`family`'s report, or one per family the lab carries (a dual-stack lab: both)."""
+    families = [family] if family else list(state.spec.families)
+    return [perf(state, seconds, rounds, f) for f in families]
+
+
 def paths(state: LabState, family: int = 4) -> list[Path]:
     """The three paths, between addresses of IP version `family`."""
     nodes = state.nodes

@@ -112,6 +112,16 @@ def test_paths_of_a_dual_stack_lab_use_the_asked_family() -> None:
         perf.perf(_lab(), family=6)
 
 
+def test_perf_measures_every_family_of_the_lab_unless_one_is_asked(monkeypatch) -> None:
+    measured = []
+    monkeypatch.setattr(perf, "perf", lambda state, s, r, family: measured.append(family))
+    perf.perf_families(_lab("dual"), 1, 1)
+    perf.perf_families(_lab("ipv6"), 1, 1)
+    perf.perf_families(_lab("dual"), 1, 1, family=6)
+    perf.perf_families(_lab(), 1, 1)
+    assert measured == [4, 6, 6, 6, 4]
+
+
 def test_parse_features_and_what_is_on_and_changeable() -> None:
     feats = offloads.parse_features(ETHTOOL_K)
     assert feats["tcp-segmentation-offload"] == (True, False)
