@@ -339,6 +339,19 @@ class EtcdStore:
             log.info("listing %s: its revision was compacted meanwhile; listing again", prefix)
         raise EtcdError(f"etcd list {prefix} failed", "compacted during every attempt")
 
+    def get_prefix_since(self, prefix: str, min_mod_revision: int) -> list[KeyValue] | None:
+        """The keys under `prefix` last written at `min_mod_revision` or later.
+
+        etcd filters server-side, so the answer holds only those keys, not the
+        whole prefix.  It is one unpaged request (a filtered page may come back
+        empty while more keys follow), so it returns None where the answer is
+        over the receive limit; the caller then lists the whole prefix.
+        """
+        end = prefix_range_end(prefix.encode())
+        op = _range_op(prefix.encode(), end, 0, 0, min_mod_revision=min_mod_revision)
+        page = self.call(f"list {prefix} since revision {min_mod_revision}", op)
+        return None if isinstance(page, str) else page.kvs
+
     def _list_pages(
         self, prefix: str, start: bytes, end: bytes, page_keys: int
     ) -> tuple[list[KeyValue], int] | None:
@@ -491,7 +504,12 @@ class _Page:
 
 
 def _range_op(
-    start: bytes, end: bytes, limit: int, at: int, keys_only: bool = False
+    start: bytes,
+    end: bytes,
+    limit: int,
+    at: int,
+    keys_only: bool = False,
+    min_mod_revision: int = 0,
 ) -> Callable[[_Client], _Page | str]:
     """A range request for EtcdStore.call; "too large" or "compacted" instead of those errors."""
     body: dict[str, Any] = {"key": b64(start), "limit": limit}
@@ -501,6 +519,8 @@ def _range_op(
         body["revision"] = at
     if keys_only:
         body["keys_only"] = True
+    if min_mod_revision:
+        body["min_mod_revision"] = min_mod_revision
 
     def op(c: _Client) -> _Page | str:
         try:

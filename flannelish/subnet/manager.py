@@ -193,7 +193,9 @@ class SubnetManager:
                 extra={"subnets": ",".join(str(x) for x in taken[:20])},
             )
         limit = MAX_CANDIDATES << min(lost, MAX_WIDENING)
-        return self._try_acquire(config, listing.leases, attrs, previous, taken, limit)
+        return self._try_acquire(
+            config, listing.leases, attrs, previous, taken, limit, listing.revision
+        )
 
     def _try_acquire(
         self,
@@ -203,11 +205,13 @@ class SubnetManager:
         previous: LeaseKey,
         taken: list[LeaseKey] | None = None,
         limit: int = MAX_CANDIDATES,
+        listed_at: int = 0,
     ) -> Lease | None:
         """One decision round; None means a race was lost and the caller re-lists.
 
         `taken`: keys that exist but hold no usable lease (bad values); `limit`:
-        choose among the first this many free subnets."""
+        choose among the first this many free subnets; `listed_at`: the revision
+        of `leases` (0: unknown)."""
         taken = taken or []
         mine = [x for x in leases if _is_ours(config, x.attrs, attrs)]
         _refuse_other_node(mine, attrs)
@@ -264,20 +268,25 @@ class SubnetManager:
                     "free some or widen IPv6Network/IPv6SubnetMin/IPv6SubnetMax",
                 )
         created = self.registry.create_lease(LeaseKey(v4, v6), attrs, self.lease_ttl)
-        if created is not None and v4 is not None and v6 is not None and self._collides(created):
-            return None
-        return created
+        if created is None or v4 is None or v6 is None:
+            return created
+        return None if self._collides(created, listed_at) else created
 
-    def _collides(self, lease: Lease) -> bool:
+    def _collides(self, lease: Lease, listed_at: int = 0) -> bool:
         """A dual-stack key that shares a half with a lease written before it: ours goes.
 
         Dual-stack keys name both halves, so two nodes that listed at the same time
         and picked the same IPv4 (or IPv6) subnet, but not the same other half,
         both create their key.  Each checks after its create: the later of the
         two sees the earlier one and yields (a lease written between our listing
-        and our create is that new, so its revision orders the two).
+        and our create is that new, so its revision orders the two).  Only a lease
+        written after our listing (revision `listed_at`) can share a half: the
+        ones listed were avoided.  etcd returns just those, not all 5000 leases
+        again (~0.2 s of a dual-stack node's start at that size).
         """
-        for other in self.registry.list_all().leases:
+        recent = self.registry.leases_since(listed_at + 1) if listed_at else None
+        others = recent if recent is not None else self.registry.list_all().leases
+        for other in others:
             if other.key == lease.key or not other.mod_revision:
                 continue
             shared = other.key.v4 == lease.key.v4 or other.key.v6 == lease.key.v6

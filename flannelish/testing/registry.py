@@ -153,6 +153,11 @@ class InMemoryRegistry:
             leases = sorted(self._leases.values(), key=lambda x: int(x.subnet.network_address))
             return Listing(leases, self._revision, list(self._bad_keys.values()))
 
+    def leases_since(self, revision: int) -> list[Lease] | None:
+        self._maybe_fail()
+        with self._cond:
+            return [x for x in self._leases.values() if x.mod_revision >= revision]
+
     def get_lease(self, subnet: IPv4Network | LeaseKey, with_expiry: bool = False) -> Lease | None:
         self._maybe_fail()
         with self._cond:

@@ -136,3 +136,59 @@ def test_keeper_keeps_a_short_ttl_lease_alive_past_its_ttl(etcd, registries):
         assert len(renewals) >= 3 and all(r.subnet == lease.subnet for r in renewals)
     finally:
         keeper.stop()
+
+
+def test_leases_since_a_revision_are_only_those_written_after_it(etcd, registries):
+    registry = registries(etcd.client_url)
+    registry.put_config(CONFIG)
+    manager = SubnetManager(registry)
+    manager.acquire(node_attrs(1))
+    _, listed_at = registry.list_leases()
+    later = SubnetManager(registries(etcd.client_url)).acquire(node_attrs(2))
+    etcd.etcdctl("put", "/coreos.com/network/subnets/10.244.99.0-24", node_attrs(3).to_json())
+    etcd.etcdctl("put", "/coreos.com/network/subnets/10.244.98.0-24", "not a lease")
+    recent = registry.leases_since(listed_at + 1)
+    assert recent is not None
+    assert {x.subnet for x in recent} == {later.subnet, IPv4Network("10.244.99.0/24")}
+    assert registry.leases_since(listed_at + 100) == []
+
+
+def test_concurrent_dual_stack_acquirers_share_no_half(etcd, registries):
+    """Each dual-stack node checks after its create for a key sharing one half,
+    reading only the leases written since its listing."""
+    from ipaddress import IPv6Address
+
+    from flannelish.subnet.lease import LeaseAttrs
+
+    first = registries(etcd.client_url)
+    first.put_config(
+        b'{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.16.0",'
+        b'"EnableIPv6":true,"IPv6Network":"fd44::/48","IPv6SubnetLen":64,'
+        b'"IPv6SubnetMin":"fd44:0:0:1::","IPv6SubnetMax":"fd44:0:0:10::"}'
+    )
+    managers = [SubnetManager(registries(etcd.client_url)) for _ in range(12)]
+    results: dict[int, object] = {}
+    barrier = threading.Barrier(12)
+
+    def node(i: int) -> None:
+        v4 = node_attrs(i + 1)
+        dual = LeaseAttrs(
+            v4.public_ip, "vxlan", v4.backend_data, IPv6Address(f"fd18::{i + 1}"),
+            {"VNI": 1, "VtepMAC": f"0a:00:00:00:01:{i + 1:02x}"},
+        )  # fmt: skip
+        barrier.wait()
+        try:
+            results[i] = managers[i].acquire(dual)
+        except BaseException as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=node, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert [r for r in results.values() if isinstance(r, BaseException)] == []
+    keys = [r.key for r in results.values()]  # type: ignore[attr-defined]
+    assert len({k.v4 for k in keys}) == 12 and len({k.v6 for k in keys}) == 12
+    listed = {x.key for x in managers[0].list_leases()}
+    assert listed == set(keys)
