@@ -172,35 +172,19 @@ def routed_pod(
     mtu: int = MTU,
 ) -> str:
     """A hand-built pod: a routed veth into a namespace (no bridge), either family."""
-    pod = cluster.factory.create(short)
-    gw, ip = subnet.network_address + 1, subnet.network_address + 2
-    v6 = subnet.version == 6
-    extra = ["nodad"] if v6 else []
-    if v6:
-        no_dad(host.netns)
-        no_dad(pod)
-    veth = f"v{short}"
-    sh(host.netns, "ip", "link", "add", veth, "mtu", str(mtu), "type", "veth", "peer", "name",
-       "eth0", "mtu", str(mtu), "netns", pod)  # fmt: skip
-    sh(host.netns, "ip", "addr", "add", f"{gw}/{subnet.prefixlen}", "dev", veth, *extra)
-    sh(host.netns, "ip", "link", "set", veth, "up")
-    forwarding = "net.ipv6.conf.all.forwarding=1" if v6 else "net.ipv4.ip_forward=1"
-    sh(host.netns, "sysctl", "-qw", forwarding)
-    sh(pod, "ip", "addr", "add", f"{ip}/{subnet.prefixlen}", "dev", "eth0", *extra)
-    sh(pod, "ip", "link", "set", "eth0", "up")
-    sh(pod, "ip", f"-{subnet.version}", "route", "add", "default", "via", str(gw))
-    return pod
+    return hand_pod(cluster, host, subnet, short, mtu)
 
 
-def bridged_pod(
+def hand_pod(
     cluster: BenchCluster,
     host: Any,
     subnet: IPv4Network | IPv6Network,
     short: str,
     mtu: int = MTU,
+    bridge: str | None = None,
 ) -> str:
-    """A hand-built pod on a hand-made bridge (``hbr0``, the gateway address on it),
-    the topology the CNI plugin builds with cni0, made with iproute2 alone."""
+    """A veth into a new pod namespace; the gateway address on the host's veth, or
+    on `bridge` (created here, as the CNI plugin makes cni0) with the veth as its port."""
     pod = cluster.factory.create(short)
     gw, ip = subnet.network_address + 1, subnet.network_address + 2
     v6 = subnet.version == 6
@@ -208,13 +192,17 @@ def bridged_pod(
     if v6:
         no_dad(host.netns)
         no_dad(pod)
-    sh(host.netns, "ip", "link", "add", "hbr0", "mtu", str(mtu), "type", "bridge")
-    sh(host.netns, "ip", "addr", "add", f"{gw}/{subnet.prefixlen}", "dev", "hbr0", *extra)
     veth = f"v{short}"
     sh(host.netns, "ip", "link", "add", veth, "mtu", str(mtu), "type", "veth", "peer", "name",
        "eth0", "mtu", str(mtu), "netns", pod)  # fmt: skip
-    sh(host.netns, "ip", "link", "set", veth, "master", "hbr0", "up")
-    sh(host.netns, "ip", "link", "set", "hbr0", "up")
+    if bridge is None:
+        sh(host.netns, "ip", "addr", "add", f"{gw}/{subnet.prefixlen}", "dev", veth, *extra)
+        sh(host.netns, "ip", "link", "set", veth, "up")
+    else:
+        sh(host.netns, "ip", "link", "add", bridge, "mtu", str(mtu), "type", "bridge")
+        sh(host.netns, "ip", "addr", "add", f"{gw}/{subnet.prefixlen}", "dev", bridge, *extra)
+        sh(host.netns, "ip", "link", "set", veth, "master", bridge, "up")
+        sh(host.netns, "ip", "link", "set", bridge, "up")
     forwarding = "net.ipv6.conf.all.forwarding=1" if v6 else "net.ipv4.ip_forward=1"
     sh(host.netns, "sysctl", "-qw", forwarding)
     sh(pod, "ip", "addr", "add", f"{ip}/{subnet.prefixlen}", "dev", "eth0", *extra)
@@ -423,7 +411,7 @@ def build(cluster: BenchCluster, fam: Family) -> tuple[dict[str, Case], dict[str
     bridged_hosts = [cluster.add_host(f"h{i}") for i in (5, 6)]
     hand_vxlan(bridged_hosts, fam)
     bridged = [
-        bridged_pod(cluster, bridged_hosts[i], fam.hand_subnet(i), f"pg{i}", fam.mtu)
+        hand_pod(cluster, bridged_hosts[i], fam.hand_subnet(i), f"pg{i}", fam.mtu, bridge="hbr0")
         for i in range(2)
     ]
     for host in bridged_hosts:
@@ -545,16 +533,19 @@ def main() -> int:
     print(f"paired ratio product/hand-built per round: median {pair:.3f}")
     cpu_ratio = cpu_med["product_cross_node"] / cpu_med["hand_vxlan"]
     print(f"CPU per GB product/hand-built: {cpu_ratio:.3f}x (1.0 = the same cost per byte)")
+
     # The same netfilter work on both sides (the product's table on the hand-built
     # hosts too): what is left is the product's own path (cni0, br_netfilter).
-    same_nft = paired("product_cross_node", "hand_vxlan_nft")
-    same_nft_cpu = cpu_med["product_cross_node"] / cpu_med["hand_vxlan_nft"]
+    def against(case: str) -> tuple[float, float]:
+        """The product against `case`: paired rate ratio, and CPU per GB ratio."""
+        return paired("product_cross_node", case), cpu_med["product_cross_node"] / cpu_med[case]
+
+    same_nft, same_nft_cpu = against("hand_vxlan_nft")
     print(f"product / hand-built with the same nft table: rate {same_nft:.3f}x (paired), "
           f"CPU per GB {same_nft_cpu:.3f}x")  # fmt: skip
     # Masquerade (and kube-proxy) need connection tracking of the pod flows; the
     # hand-built pair with conntrack and no other rule is the floor for that.
-    vs_ct = paired("product_cross_node", "hand_vxlan_ct")
-    vs_ct_cpu = cpu_med["product_cross_node"] / cpu_med["hand_vxlan_ct"]
+    vs_ct, vs_ct_cpu = against("hand_vxlan_ct")
     ct_cpu = cpu_med["hand_vxlan_ct"] / cpu_med["hand_vxlan"]
     print(
         f"product / hand-built with conntrack only: rate {vs_ct:.3f}x (paired), CPU per GB "
@@ -562,8 +553,7 @@ def main() -> int:
     )
     # The same topology as the product (pods on a bridge, br_netfilter as the kernel
     # has it) with conntrack: what is left between the two is flannelish's own.
-    vs_bridge = paired("product_cross_node", "hand_vxlan_bridge_ct")
-    vs_bridge_cpu = cpu_med["product_cross_node"] / cpu_med["hand_vxlan_bridge_ct"]
+    vs_bridge, vs_bridge_cpu = against("hand_vxlan_bridge_ct")
     bridge_cpu = cpu_med["hand_vxlan_bridge_ct"] / cpu_med["hand_vxlan_ct"]
     print(
         f"product / hand-built with pods on a bridge and conntrack: rate {vs_bridge:.3f}x "

@@ -4,17 +4,40 @@ from __future__ import annotations
 
 import threading
 import time
-from ipaddress import IPv4Address, IPv4Network
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 import pytest
 from lease_helpers import CONFIG, EventCollector, key_json, node_attrs
 
 from flannelish.errors import OutOfSubnetsError
 from flannelish.subnet.keeper import LeaseKeeper
-from flannelish.subnet.lease import EventType
+from flannelish.subnet.lease import EventType, LeaseAttrs
 from flannelish.subnet.manager import SubnetManager
 
 pytestmark = pytest.mark.etcd
+
+
+def _acquire_at_once(managers: list[SubnetManager], attrs_of: Callable[[int], LeaseAttrs]) -> list:
+    """Every manager acquires at the same moment (node i advertising attrs_of(i));
+    the leases, after asserting that none failed."""
+    results: dict[int, object] = {}
+    barrier = threading.Barrier(len(managers))
+
+    def node(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = managers[i].acquire(attrs_of(i))
+        except BaseException as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=node, args=(i,)) for i in range(len(managers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert [r for r in results.values() if isinstance(r, BaseException)] == []
+    return list(results.values())
 
 
 def test_twenty_concurrent_acquirers_get_twenty_distinct_subnets(etcd, registries):
@@ -24,24 +47,8 @@ def test_twenty_concurrent_acquirers_get_twenty_distinct_subnets(etcd, registrie
         b'{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.24.0"}'
     )
     managers = [SubnetManager(registries(etcd.client_url)) for _ in range(20)]
-    results: dict[int, object] = {}
-    barrier = threading.Barrier(20)
-
-    def node(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = managers[i].acquire(node_attrs(i + 1))
-        except BaseException as exc:
-            results[i] = exc
-
-    threads = [threading.Thread(target=node, args=(i,)) for i in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    errors = [r for r in results.values() if isinstance(r, BaseException)]
-    assert errors == []
-    subnets = {r.subnet for r in results.values()}  # type: ignore[attr-defined]
+    results = _acquire_at_once(managers, lambda i: node_attrs(i + 1))
+    subnets = {r.subnet for r in results}
     assert len(subnets) == 20
     listed = {x.subnet: x.attrs.public_ip for x in managers[0].list_leases()}
     assert len(listed) == 20 and set(listed) == subnets
@@ -156,10 +163,6 @@ def test_leases_since_a_revision_are_only_those_written_after_it(etcd, registrie
 def test_concurrent_dual_stack_acquirers_share_no_half(etcd, registries):
     """Each dual-stack node checks after its create for a key sharing one half,
     reading only the leases written since its listing."""
-    from ipaddress import IPv6Address
-
-    from flannelish.subnet.lease import LeaseAttrs
-
     first = registries(etcd.client_url)
     first.put_config(
         b'{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.16.0",'
@@ -167,28 +170,15 @@ def test_concurrent_dual_stack_acquirers_share_no_half(etcd, registries):
         b'"IPv6SubnetMin":"fd44:0:0:1::","IPv6SubnetMax":"fd44:0:0:10::"}'
     )
     managers = [SubnetManager(registries(etcd.client_url)) for _ in range(12)]
-    results: dict[int, object] = {}
-    barrier = threading.Barrier(12)
 
-    def node(i: int) -> None:
+    def dual(i: int) -> LeaseAttrs:
         v4 = node_attrs(i + 1)
-        dual = LeaseAttrs(
+        return LeaseAttrs(
             v4.public_ip, "vxlan", v4.backend_data, IPv6Address(f"fd18::{i + 1}"),
             {"VNI": 1, "VtepMAC": f"0a:00:00:00:01:{i + 1:02x}"},
         )  # fmt: skip
-        barrier.wait()
-        try:
-            results[i] = managers[i].acquire(dual)
-        except BaseException as exc:
-            results[i] = exc
 
-    threads = [threading.Thread(target=node, args=(i,)) for i in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert [r for r in results.values() if isinstance(r, BaseException)] == []
-    keys = [r.key for r in results.values()]  # type: ignore[attr-defined]
+    keys = [r.key for r in _acquire_at_once(managers, dual)]
     assert len({k.v4 for k in keys}) == 12 and len({k.v6 for k in keys}) == 12
     listed = {x.key for x in managers[0].list_leases()}
     assert listed == set(keys)
