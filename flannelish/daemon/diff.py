@@ -50,6 +50,9 @@ def diff(
     """
     tick = tick or _nothing
     by_type = {r.record: r for r in resources}
+    if not any(actual.values()):  # an empty kernel (a cold start): everything is applied
+        nonempty = [n for n, group in enumerate(desired_groups) if group]
+        return Diff(apply=[list(desired_groups[n]) for n in nonempty], apply_peers=nonempty)
     # Exact matches first, by value: when the kernel holds what is desired (every
     # periodic pass of a quiet cluster) no slot key is built at all, which keeps
     # the pass's temporary memory and its work per peer small.
@@ -92,8 +95,9 @@ def diff(
         todo = [obj for obj in group if obj not in present]
         if not todo:
             continue
-        slots = [(by_type[type(obj)].kind, by_type[type(obj)].key(obj)) for obj in todo]
-        if result.remove and all(slot in in_place for slot in slots):
+        if result.remove and all(
+            (by_type[type(obj)].kind, by_type[type(obj)].key(obj)) in in_place for obj in todo
+        ):
             result.early.append(todo)
             result.early_peers.append(n)
         else:

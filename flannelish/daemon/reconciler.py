@@ -392,10 +392,9 @@ class Reconciler:
                 by_res.setdefault(by_type[type(groups[i][step])].kind, []).append(i)
             for members in by_res.values():
                 res = by_type[type(groups[members[0]][step])]
-                items = [
-                    (obj, (res.kind, res.key(obj)) not in owned)
-                    for obj in (groups[i][step] for i in members)
-                ]
+                objs = [groups[i][step] for i in members]
+                # Nothing of ours in the kernel (a cold start): every write is a create.
+                items = [(obj, not owned or (res.kind, res.key(obj)) not in owned) for obj in objs]
                 for i, (obj, _), error in zip(members, items, write_many(res, items), strict=True):
                     if error is None:
                         result.changes += 1
@@ -542,8 +541,10 @@ def _blocked(
     for obj in objs:
         res = by_type[type(obj)]
         blocked = getattr(res, "blocked", None)
-        new = (res.kind, res.key(obj)) not in owned
-        if blocked is not None and new and blocked(obj, look_up):
+        if blocked is None:
+            continue
+        new = not owned or (res.kind, res.key(obj)) not in owned
+        if new and blocked(obj, look_up):
             return res.key(obj)
     return None
 

@@ -161,6 +161,8 @@ class RouteResource:
                 there = self.netlink.route_to(obj.dst)
             except KernelError:  # `route get` refuses some entries: let create() decide
                 return False
+        elif not self._others:  # the common case: no foreign route to a peer subnet
+            return False
         else:
             there = self._others.get(obj.dst)
         if there is None or there.proto == self._proto:

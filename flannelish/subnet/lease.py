@@ -25,7 +25,7 @@ from typing import Any
 
 from flannelish.errors import FlannelishError
 from flannelish.subnet.jsonvalue import MAX_VALUE_BYTES, loads_bounded
-from flannelish.subnet.keys import LeaseKey
+from flannelish.subnet.keys import LeaseKey, parse_ipv4
 
 NODE_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -87,7 +87,7 @@ class LeaseAttrs:
             if fields.get(name) is not None and not isinstance(fields[name], str):
                 raise LeaseDecodeError("lease has an invalid PublicIP", repr(fields[name])[:80])
         try:
-            public_ip = IPv4Address(fields.get("publicip") or "")
+            public_ip = parse_ipv4(fields.get("publicip") or "")
             v6 = fields.get("publicipv6")
             public_ipv6 = IPv6Address(v6) if v6 else None
         except ValueError as exc:

@@ -247,6 +247,29 @@ def test_a_diff_of_a_kernel_that_matches_builds_no_slot_keys(monkeypatch):
     assert keys  # what differs is looked up by its slot
 
 
+def test_a_diff_against_an_empty_kernel_applies_every_peer_without_hashing_a_record():
+    """A cold start: nothing to compare with, so no record is hashed into a set
+    (15000 hashes of address objects at 5000 peers) and every peer is applied as planned."""
+
+    class Unhashable(Route):  # a record whose hash would fail the test
+        def __hash__(self):
+            raise AssertionError("hashed")
+
+    nl = FakeNetlink()
+    resources = [NeighResource(nl, lambda: 5), FdbResource(nl, lambda: 5), RouteResource(nl)]
+    resources[2].record = Unhashable
+    groups = [
+        [
+            Neigh(5, IPv4Address(f"10.1.{n}.0"), f"0e:00:00:00:00:{n:02x}"),
+            Unhashable(IPv4Network(f"10.1.{n}.0/24"), IPv4Address(f"10.1.{n}.0"), 5, onlink=True),
+        ]
+        for n in range(1, 20)
+    ]
+    plan = diff(resources, [*groups[:3], [], *groups[3:]], {"neigh": [], "fdb": [], "route": []})
+    assert plan.apply == groups and not plan.remove and not plan.early
+    assert plan.apply_peers == [0, 1, 2, *range(4, 20)]  # the empty group is no peer to apply
+
+
 @pytest.mark.parametrize(
     ("bad", "reason"),
     [

@@ -2,11 +2,18 @@
 
 import itertools
 import random
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 import pytest
 
-from flannelish.subnet.keys import Keys, overlap, parse_subnet_key, subnet_key, within
+from flannelish.subnet.keys import (
+    Keys,
+    overlap,
+    parse_ipv4,
+    parse_subnet_key,
+    subnet_key,
+    within,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -80,3 +87,60 @@ def test_within_and_overlap_agree_with_ipaddress_and_cache_nothing_on_the_networ
 def test_within_is_false_across_families():
     assert not within(IPv4Network("10.0.0.0/24"), IPv6Network("::/0"))
     assert not overlap(IPv6Network("::/0"), IPv4Network("0.0.0.0/0"))
+
+
+_IPV4_TEXTS = [
+    "10.0.5.1", "0.0.0.0", "255.255.255.255", "198.18.0.7",
+    "010.0.0.1", "1.2.3.04", "1.2.3", "1.2.3.4.5", "256.1.1.1", "1.2.3.-1",
+    " 1.2.3.4", "1.2.3.4 ", "1.2.3.4\n", "1.2.3.4\x00", "0x1.2.3.4", "1..2.3",
+    "", "fd00::1", "::ffff:1.2.3.4", "١.2.3.4", "1.2.3.4/32",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", _IPV4_TEXTS)
+def test_parse_ipv4_accepts_exactly_what_ipaddress_accepts(text):
+    try:
+        expected = IPv4Address(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            parse_ipv4(text)
+    else:
+        assert parse_ipv4(text) == expected
+
+
+def _reference_parse(key):
+    """The plain reading: ipaddress's parse, then the key written back must match."""
+    import re
+
+    match = re.fullmatch(r"([\d.]+)-(\d+)(?:&([a-f\d:]+)-(\d+))?", key)
+    if match is None or len(key) > 64:
+        return None
+    ip4, len4, ip6, len6 = match.groups()
+    try:
+        v4 = IPv4Network(f"{ip4}/{len4}")
+        v6 = IPv6Network(f"{ip6}/{len6}") if ip6 else None
+    except ValueError:
+        return None
+    return (v4, v6) if subnet_key(v4, v6) == key else None
+
+
+def test_parse_subnet_key_agrees_with_the_plain_reading_on_mutated_keys():
+    rng = random.Random(7)
+    seeds = ["10.5.34.0-24", "10.244.1.192-26", "0.0.0.0-0&fd00::-64",
+             "10.5.34.0-24&fd00:0:0:22::-64", "255.255.255.255-32"]  # fmt: skip
+    alphabet = "0123456789.-&:af/ \n٢"
+    keys = set(seeds)
+    for _ in range(3000):
+        key = list(rng.choice(seeds))
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(key) + 1)
+            if rng.random() < 0.5 and at < len(key):
+                key[at] = rng.choice(alphabet)
+            else:
+                key.insert(at, rng.choice(alphabet))
+        keys.add("".join(key))
+    accepted = 0
+    for key in keys:
+        assert parse_subnet_key(key) == _reference_parse(key), key
+        accepted += parse_subnet_key(key) is not None
+    assert 10 < accepted < len(keys) / 2  # both answers occur
