@@ -58,8 +58,16 @@ from flannelish.backends.vxlan_device import (
 )
 
 from flannelish.errors import KernelError
-from flannelish.kernel.netlink import Fdb, Neigh, Route
-from flannelish.kernel.resources import FdbResource, NeighResource, Resource, RouteResource, Skip
+from flannelish.kernel.netlink import Fdb, Neigh, Nexthop, Route
+from flannelish.kernel.resources import (
+    FdbResource,
+    NeighResource,
+    NexthopResource,
+    Resource,
+    RouteResource,
+    Skip,
+    gateway_route,
+)
 from flannelish.subnet.keys import overlap
 from flannelish.subnet.lease import Lease, LeaseAttrs, LeaseDecodeError, normalize_mac
 
@@ -97,9 +105,12 @@ class VxlanBackend(Backend):
         self._onlink = OnLink(ctx.netlink, ext.index)
         self._paths: dict[Any, str] = {}  # (peer, family) -> "direct" | "vxlan" (DirectRouting)
         families = [d.family for d in self.devices]
+        # IPv4 peer routes through nexthop objects where the kernel has them (see gateway_route).
+        self.nexthops = self.v4 is not None and ctx.netlink.nexthops_usable()
         self._resources: list[Resource] = [
             NeighResource(ctx.netlink, lambda: self.index, lambda: self.index6),
             FdbResource(ctx.netlink, lambda: self.index, lambda: self.index6),
+            *([NexthopResource(ctx.netlink)] if self.nexthops else []),
             RouteResource(ctx.netlink, families=families),
         ]
 
@@ -264,7 +275,8 @@ class VxlanBackend(Backend):
             metric = V6_METRIC if isinstance(subnet, IPv6Network) else None
             if self.direct(remote):
                 self._note_path(peer, dev, remote, "direct")
-                out.append(Route(subnet, remote, self.ctx.ext.index, priority=metric))
+                direct = Route(subnet, remote, self.ctx.ext.index, priority=metric)
+                out += gateway_route(direct, self.nexthops)
                 continue
             if dev.index is None:
                 return Skip(f"device {dev.name} not present", "device")
@@ -276,7 +288,9 @@ class VxlanBackend(Backend):
             out += [
                 Neigh(dev.index, gateway, mac),
                 Fdb(dev.index, mac, remote),
-                Route(subnet, gateway, dev.index, onlink=True, priority=metric),
+                *gateway_route(
+                    Route(subnet, gateway, dev.index, onlink=True, priority=metric), self.nexthops
+                ),
             ]
         return _ordered(out)
 
@@ -304,8 +318,9 @@ class VxlanBackend(Backend):
 
 
 def _ordered(objects: list[Any]) -> tuple[Any, ...]:
-    """Neighbours, then FDB entries, then routes: a route never goes in before its gateway."""
-    rank = {Neigh: 0, Fdb: 1, Route: 2}
+    """Neighbours, FDB entries, nexthops, then routes: a route never goes in before its
+    gateway or the nexthop object it uses."""
+    rank = {Neigh: 0, Fdb: 1, Nexthop: 2, Route: 3}
     return tuple(sorted(objects, key=lambda o: rank[type(o)]))
 
 

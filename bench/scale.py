@@ -6,8 +6,9 @@ subnet.env written, subnet.env -> all 1000 routes (the last of each peer's
 three entries) in the kernel, and the daemon's RSS (VmRSS and peak VmHWM).
 
 Baselines in the same run: iproute2 (`ip -batch` / `bridge -batch`, C)
-programming the same 3000 entries on a hand-made vxlan device in another
-namespace, and the RSS of an idle Python that imports the same modules
+programming the same 4000 entries (each route through a nexthop object, as
+the daemon writes them) on a hand-made vxlan device in another namespace,
+and the RSS of an idle Python that imports the same modules
 (the daemon's etcd client is the standard library's http.client: no gRPC since
 docs/dependencies.md §1; PSS is shown too).
 Goals: sync < 1 s, RSS < 60 MB.  Run as root: ``.venv/bin/python bench/scale.py``.
@@ -19,10 +20,13 @@ import os
 import subprocess
 import sys
 import time
+from ipaddress import IPv4Network
 from pathlib import Path
 
 from benchjson import Results
 from convergence import KEYS, PREFIX, BenchCluster
+
+from flannelish.kernel.netlink import nexthop_id
 
 PEERS = 1000
 CONFIG_26 = '{"Network":"10.244.0.0/16","SubnetLen":26,"Backend":{"Type":"vxlan"}}'
@@ -78,7 +82,9 @@ def iproute_baseline(cluster: BenchCluster) -> float:
         ip_cmds.append(f"neigh replace {net} lladdr {mac} dev flannel.1 nud permanent")
         dst = f"198.18.1.{1 + i % 250}"
         fdb_cmds.append(f"fdb replace {mac} dev flannel.1 dst {dst} self permanent")
-        ip_cmds.append(f"route replace {net}/26 via {net} dev flannel.1 onlink proto 70")
+        nhid = nexthop_id(IPv4Network(f"{net}/26"))  # each route through a nexthop, as ours
+        ip_cmds.append(f"nexthop replace id {nhid} via {net} dev flannel.1 onlink proto 70")
+        ip_cmds.append(f"route replace {net}/26 nhid {nhid} proto 70")
     started = time.monotonic()
     subprocess.run(["bridge", "-n", host.netns, "-batch", "-"], input="\n".join(fdb_cmds),
                    text=True, check=True)  # fmt: skip

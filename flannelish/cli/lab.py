@@ -53,7 +53,7 @@ def _console() -> Any:
     # Not a terminal (a pipe, `make`, CI): rich would assume 80 columns and
     # squash the tables; logs are read in wide windows.
     width = None if sys.stdout.isatty() else 120
-    return Console(highlight=False, width=width)
+    return Console(highlight=False, width=width, emoji=False)
 
 
 def _load(state_dir: Path, name: str) -> Any:

@@ -162,9 +162,9 @@ def _print_table(leases: list[Lease], now: float) -> None:
             "never" if lease.expiration is None else _duration(lease.expiration - now),
             "yes" if lease.reserved else "no",
         )
-    console = Console()
+    console = Console(emoji=False)
     if not console.is_terminal:  # piped: never cut a MAC or subnet to fit 80 columns
-        console = Console(width=200)
+        console = Console(width=200, emoji=False)
     console.print(table)
     reserved = sum(1 for x in leases if x.reserved)
     console.print(f"{len(leases)} subnet(s): {len(leases) - reserved} leased, {reserved} reserved")

@@ -325,7 +325,7 @@ def status_command(healthz_ip: str, healthz_port: int, as_json: bool, timeout: f
     else:
         from rich.console import Console
 
-        console = Console(highlight=False, soft_wrap=True)
+        console = Console(highlight=False, soft_wrap=True, emoji=False)
         for line in render_status(doc):
             console.print(line)
     if not doc.get("ready"):
@@ -377,7 +377,7 @@ def doctor_command(
         from rich.console import Console
         from rich.markup import escape
 
-        console = Console(highlight=False, soft_wrap=True)
+        console = Console(highlight=False, soft_wrap=True, emoji=False)
         for name, findings in report.results:
             if not findings:
                 console.print(f"[green]ok[/]       {name}")
@@ -425,6 +425,7 @@ def uninstall_command(dry_run: bool, yes: bool, subnet_file: Path) -> None:
             return
         for what, items in (
             ("route", plan.routes),
+            ("nexthop", plan.nexthops),
             ("device", plan.devices),
             ("nft table", plan.tables),
             ("file", plan.files),
@@ -437,7 +438,8 @@ def uninstall_command(dry_run: bool, yes: bool, subnet_file: Path) -> None:
             click.confirm("remove these from this node?", abort=True)
         done = teardown(nl, NftCli(), state_dir=subnet_file.parent)
         click.echo(
-            f"removed {len(done.routes)} routes, {len(done.devices)} devices, "
+            f"removed {len(done.routes)} routes, {len(done.nexthops)} nexthops, "
+            f"{len(done.devices)} devices, "
             f"{len(done.tables)} nft tables"
         )
     finally:

@@ -1,7 +1,7 @@
 """Kernel change notifications that re-run reconcile loops.
 
-* rtnetlink: our device deleted or changed, a route with our protocol, a
-  neighbour or address on our device deleted -> a full pass of the backend's
+* rtnetlink: our device deleted or changed, a route or nexthop object with
+  our protocol, a neighbour or address on our device deleted -> a full pass of the backend's
   loop with the device check (repairs within milliseconds, not at the next
   resync);
 * nfnetlink: a deletion in our nftables table -> a full pass of the extra
@@ -22,7 +22,14 @@ from flannelish.backends.base import Backend
 from flannelish.daemon.loop import ReconcileLoop
 from flannelish.kernel.monitor import NFT_MSG_DELSETELEM, Change, ChangeMonitor, Deleted
 from flannelish.kernel.netlink import ROUTE_PROTO
-from flannelish.kernel.rtnl import RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE, RTM_NEWLINK
+from flannelish.kernel.rtnl import (
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_DELNEIGH,
+    RTM_DELNEXTHOP,
+    RTM_DELROUTE,
+    RTM_NEWLINK,
+)
 
 log = logging.getLogger("flannelish.daemon")
 
@@ -53,6 +60,8 @@ def start_monitors(
     # next write its CPU.
     checks: dict[int, Callable[[Change], bool]] = {
         RTM_DELROUTE: lambda c: c.proto == ROUTE_PROTO and still_wanted(c.dst),
+        # A peer's nexthop (dst: its subnet's address, as for a VXLAN neighbour).
+        RTM_DELNEXTHOP: lambda c: c.proto == ROUTE_PROTO and still_wanted(c.dst),
         RTM_DELNEIGH: lambda c: on_device(c) and still_wanted(c.dst),
         RTM_DELLINK: on_device,
         RTM_NEWLINK: on_device,

@@ -56,7 +56,7 @@ from typing import Any
 from flannelish.daemon.diff import describe, diff
 from flannelish.daemon.peerlog import PER_PASS_PEER_LINES, PeerLog
 from flannelish.errors import KernelError
-from flannelish.kernel.netlink import RouteExists
+from flannelish.kernel.netlink import SlotTaken
 from flannelish.kernel.resources import Owner, Resource, Skip, batchable, write_many, write_steps
 from flannelish.subnet.keys import LeaseKey
 from flannelish.subnet.lease import Lease
@@ -332,9 +332,9 @@ class Reconciler:
         if not batchable(steps):  # e.g. WireGuard's UAPI: step by step, as a pass writes
             return self._write_groups([objs], by_type, owned, result, look_up=True)[0]
         if _blocked(objs, by_type, owned, look_up=False) is not None:
-            dst = _blocked(objs, by_type, owned, look_up=True)
-            if dst is not None:
-                return _conflict(dst)
+            what = _blocked(objs, by_type, owned, look_up=True)
+            if what is not None:
+                return _conflict(what)
         errors = write_steps(steps)
         if not any(errors):
             result.changes += len(steps)
@@ -351,8 +351,8 @@ class Reconciler:
                 result.errors += 1
         skip: Skip | None = None
         for (res, obj, _), error in zip(steps, errors, strict=True):
-            if isinstance(error, RouteExists):
-                skip = skip or _conflict(error.dst)
+            if isinstance(error, SlotTaken):
+                skip = skip or _conflict(error.what)
             elif error is not None:
                 log.warning("cannot set %s: %s", res.kind, error, extra=describe(obj))
                 result.errors += 1
@@ -381,9 +381,9 @@ class Reconciler:
         outcomes: list[Skip | None] = [None] * len(groups)
         done: list[list[tuple[str, Any]]] = [[] for _ in groups]  # (kind, object) written
         for i, objs in enumerate(groups):  # a foreign route in the way: write none of it
-            dst = _blocked(objs, by_type, owned, look_up)
-            if dst is not None:
-                outcomes[i] = _conflict(dst)
+            what = _blocked(objs, by_type, owned, look_up)
+            if what is not None:
+                outcomes[i] = _conflict(what)
         going = [i for i, objs in enumerate(groups) if objs and outcomes[i] is None]
         step = 0
         while going:
@@ -399,8 +399,8 @@ class Reconciler:
                     if error is None:
                         result.changes += 1
                         done[i].append((res.kind, obj))
-                    elif isinstance(error, RouteExists):
-                        outcomes[i] = _conflict(error.dst)
+                    elif isinstance(error, SlotTaken):
+                        outcomes[i] = _conflict(error.what)
                     else:
                         log.warning("cannot set %s: %s", res.kind, error, extra=describe(obj))
                         result.errors += 1
@@ -527,17 +527,18 @@ class Reconciler:
             log.warning("peer %s skipped: %s", subnet, skip.reason)
 
 
-def _conflict(dst: object) -> Skip:
+def _conflict(what: str) -> Skip:
+    """``what``: the foreign object in the way, "a route to 10.244.3.0/24"."""
     return Skip(
-        f"the kernel already has a route to {dst} that flannelish does not own; left alone",
-        "conflict",
+        f"the kernel already has {what} that flannelish does not own; left alone", "conflict"
     )
 
 
 def _blocked(
     objs: Sequence[Any], by_type: Mapping[type, Resource], owned: Any, look_up: bool
-) -> object | None:
-    """The destination of the first new route of these objects a foreign route blocks."""
+) -> str | None:
+    """The foreign object in the way of the first new object of these that one blocks
+    ("a route to 10.244.3.0/24": a route, or the nexthop id a route would use)."""
     for obj in objs:
         res = by_type[type(obj)]
         blocked = getattr(res, "blocked", None)
@@ -545,7 +546,7 @@ def _blocked(
             continue
         new = not owned or (res.kind, res.key(obj)) not in owned
         if new and blocked(obj, look_up):
-            return res.key(obj)
+            return str(res.conflict(obj))  # type: ignore[attr-defined]
     return None
 
 

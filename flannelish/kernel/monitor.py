@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
+from flannelish.kernel.netlink import nexthop_subnet_address
 from flannelish.kernel.netns import in_netns
 from flannelish.kernel.rtnl import (
     AF_BRIDGE,
@@ -29,11 +30,14 @@ from flannelish.kernel.rtnl import (
     NDA_DST,
     NDA_LLADDR,
     NDMSG,
+    NHA_ID,
+    NHMSG,
     NLA,
     RTA_DST,
     RTM_DELADDR,
     RTM_DELLINK,
     RTM_DELNEIGH,
+    RTM_DELNEXTHOP,
     RTM_DELROUTE,
     RTM_NEWLINK,
     RTM_NEWNEIGH,
@@ -43,6 +47,7 @@ from flannelish.kernel.rtnl import (
     RTMGRP_IPV6_ROUTE,
     RTMGRP_LINK,
     RTMGRP_NEIGH,
+    RTMGRP_NEXTHOP,
     RTMSG,
     mac_str,
     messages,
@@ -106,6 +111,12 @@ def parse_changes(data: bytes) -> list[Change]:
         elif mtype == RTM_DELROUTE and size >= RTMSG.size:
             proto = RTMSG.unpack_from(data, body)[5]
             out.append(Change(mtype, proto=proto, dst=_route_dst(data, body, end)))
+        elif mtype == RTM_DELNEXTHOP and size >= NHMSG.size:
+            # Its routes went with it, unannounced: the id names the peer (nexthop_id).
+            proto = NHMSG.unpack_from(data, body)[2]
+            raw = parse_attrs(data, body + NHMSG.size, end).get(NHA_ID, b"")
+            nhid = struct.unpack("=I", raw[:4])[0] if len(raw) >= 4 else 0
+            out.append(Change(mtype, proto=proto, dst=nexthop_subnet_address(nhid)))
         elif mtype == RTM_NEWNEIGH and size >= NDMSG.size:
             out.append(Change(mtype, ifindex=NDMSG.unpack_from(data, body)[1]))
         elif mtype == RTM_DELNEIGH and size >= NDMSG.size:
@@ -238,7 +249,7 @@ class ChangeMonitor:
         with in_netns(netns):
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
         groups = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
-        groups |= RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
+        groups |= RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE | RTMGRP_NEXTHOP
         if nftables:
             groups = 1 << (NFNLGRP_NFTABLES - 1)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)

@@ -210,6 +210,47 @@ class Route:
     table: int = MAIN_TABLE
     scope: int | None = None
     priority: int | None = None
+    # A route through a nexthop object (RTA_NH_ID), 0 for a plain one.  A dump
+    # still reports the nexthop's gateway, device and onlink flag (the kernel's
+    # default net.ipv4.nexthop_compat_mode), so a route read back equals the one
+    # written either way.
+    nhid: int = 0
+
+
+@record
+class Nexthop:
+    """An IPv4 nexthop object (``ip nexthop add id N via G dev D [onlink]``), ours by protocol.
+
+    Why peers' routes go through these: docs/performance.md ("Routes through
+    nexthop objects").  Its id comes from the peer subnet it serves
+    (:func:`nexthop_id`), so it is known without asking the kernel.
+    """
+
+    id: int
+    gateway: IPAddress | None  # None: a foreign nexthop without one (a group, a blackhole)
+    oif: int
+    onlink: bool = False
+    proto: int = ROUTE_PROTO
+
+
+# Our nexthop ids: bit 30 set, then the subnet's address without its last two
+# bits (every subnet of /30 or shorter is aligned to 4): one id per subnet, never
+# the same for two subnets of one length (all peers of a network share one).
+NEXTHOP_ID_BASE = 1 << 30
+
+
+def nexthop_id(dst: IPNetwork) -> int:
+    """The nexthop id of our route to `dst`; 0 where that route has none (IPv6, /31, /32)."""
+    if dst.version != 4 or dst.prefixlen > 30:
+        return 0
+    return NEXTHOP_ID_BASE | int(dst.network_address) >> 2
+
+
+def nexthop_subnet_address(nhid: int) -> IPv4Address | None:
+    """The subnet address an id of ours was made from (:func:`nexthop_id`), or None."""
+    if nhid >> 30 != 1:
+        return None
+    return IPv4Address((nhid & (NEXTHOP_ID_BASE - 1)) << 2)
 
 
 @record
@@ -227,12 +268,29 @@ class VxlanSpec:
     gbp: bool = False
 
 
-class RouteExists(KernelError):
+class SlotTaken(KernelError):
+    """An exclusive create found its slot taken (perhaps not by us); ``what`` names the
+    object in the way ("a route to 10.244.3.0/24")."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} already exists", errno=errno.EEXIST)
+        self.what = what
+
+
+class RouteExists(SlotTaken):
     """``add_route`` found a route to that destination in the table (perhaps not ours)."""
 
     def __init__(self, dst: IPNetwork) -> None:
-        super().__init__(f"a route to {dst} already exists", errno=errno.EEXIST)
+        super().__init__(f"a route to {dst}")
         self.dst = dst
+
+
+class NexthopExists(SlotTaken):
+    """``add_nexthop`` found a nexthop with that id (perhaps not ours)."""
+
+    def __init__(self, nhid: int) -> None:
+        super().__init__(f"nexthop id {nhid}")
+        self.nhid = nhid
 
 
 # -- the interface ---------------------------------------------------------------
@@ -242,7 +300,7 @@ class RouteExists(KernelError):
 Op = tuple[str, Any]
 BATCH_OPS = frozenset(
     {"replace_neigh", "del_neigh", "replace_fdb", "del_fdb", "add_route", "replace_route",
-     "del_route"}
+     "del_route", "add_nexthop", "replace_nexthop", "del_nexthop"}
 )  # fmt: skip
 
 
@@ -290,6 +348,17 @@ class Netlink(Protocol):
     def add_route(self, route: Route) -> None: ...  # RouteExists: never replaces
     def replace_route(self, route: Route) -> None: ...
     def del_route(self, route: Route) -> None: ...
+
+    # IPv4 nexthop objects (proto None: every protocol's); nexthops_usable: the
+    # kernel has them and dumps nexthop routes with their gateway (compat mode)
+    def nexthops_usable(self) -> bool: ...
+    def nexthops(
+        self, proto: int | None = ROUTE_PROTO, tick: Tick | None = None
+    ) -> list[Nexthop]: ...
+    def nexthop(self, nhid: int) -> Nexthop | None: ...  # any protocol's
+    def add_nexthop(self, nexthop: Nexthop) -> None: ...  # NexthopExists: never replaces
+    def replace_nexthop(self, nexthop: Nexthop) -> None: ...
+    def del_nexthop(self, nexthop: Nexthop) -> None: ...
 
     # permanent neighbour and VXLAN FDB entries of one device
     def neighs(self, ifindex: int, tick: Tick | None = None) -> list[Neigh]: ...

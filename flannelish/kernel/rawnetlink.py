@@ -39,6 +39,8 @@ from flannelish.kernel.netlink import (
     Link,
     Neigh,
     Netlink,
+    Nexthop,
+    NexthopExists,
     Op,
     Route,
     RouteExists,
@@ -345,6 +347,7 @@ class RawNetlink:
                     m.table,
                     None if m.scope == usual else m.scope,
                     m.u32(rtnl.RTA_PRIORITY) or None,
+                    m.u32(rtnl.RTA_NH_ID),
                 )
             )
         return out
@@ -387,6 +390,7 @@ class RawNetlink:
             m.table,
             None if m.scope == usual else m.scope,
             m.u32(rtnl.RTA_PRIORITY) or None,
+            m.u32(rtnl.RTA_NH_ID),
         )
 
     def route_lookup(self, ip: IPAddress) -> tuple[int, IPAddress | None] | None:
@@ -432,13 +436,20 @@ class RawNetlink:
             usual = RT_SCOPE_UNIVERSE if route.gateway is not None else RT_SCOPE_LINK
             scope, rtype = usual, rtnl.RTN_UNICAST
         table = route.table
+        # Through a nexthop object: the gateway, device and onlink flag are the
+        # nexthop's (the kernel refuses them beside RTA_NH_ID).
+        flags = rtnl.RTNH_F_ONLINK if route.onlink and not route.nhid else 0
         body = rtnl.RTMSG.pack(
             family, route.dst.prefixlen, 0, 0, table if table < 256 else 0, route.proto,
-            scope, rtype, rtnl.RTNH_F_ONLINK if route.onlink else 0,
+            scope, rtype, flags,
         )  # fmt: skip
         if route.dst.prefixlen:
             body += attr(rtnl.RTA_DST, route.dst.network_address.packed)
-        if not delete:
+        # A delete names neither gateway nor nexthop: it matches our route to the
+        # destination in either form.
+        if not delete and route.nhid:
+            body += u32(rtnl.RTA_NH_ID, route.nhid)
+        elif not delete:
             if route.gateway is not None:
                 body += attr(rtnl.RTA_GATEWAY, route.gateway.packed)
             body += u32(rtnl.RTA_OIF, route.oif)
@@ -456,6 +467,70 @@ class RawNetlink:
 
     def del_route(self, route: Route) -> None:
         self._one("del_route", route)
+
+    # -- nexthop objects --------------------------------------------------------------
+    def nexthops_usable(self) -> bool:
+        """Whether this kernel has nexthop objects (Linux 5.3) and reports a nexthop
+        route's gateway in route dumps (net.ipv4.nexthop_compat_mode, on by default)."""
+        try:
+            with in_netns(self._netns), open("/proc/sys/net/ipv4/nexthop_compat_mode") as fh:
+                if fh.read().strip() != "1":
+                    return False
+            self.nexthops()
+        except (OSError, KernelError):
+            return False
+        return True
+
+    @staticmethod
+    def _to_nexthop(m: rtnl.NexthopMsg) -> Nexthop:
+        raw = m.attrs.get(rtnl.NHA_GATEWAY)
+        gateway = _address(raw) if raw and len(raw) in (4, 16) else None
+        onlink = bool(m.flags & rtnl.RTNH_F_ONLINK)
+        return Nexthop(m.u32(rtnl.NHA_ID), gateway, m.u32(rtnl.NHA_OIF), onlink, m.proto)
+
+    def nexthops(self, proto: int | None = ROUTE_PROTO, tick: Tick | None = None) -> list[Nexthop]:
+        with self._raw("nexthop dump", "all"):
+            replies = self._rtnl.dump(rtnl.RTM_GETNEXTHOP, rtnl.NHMSG.pack(AF_UNSPEC, 0, 0, 0, 0))
+        tick = tick or _nothing
+        out = []
+        for m in rtnl.nexthop_msgs(replies):
+            tick()
+            if proto is None or m.proto == proto:
+                out.append(self._to_nexthop(m))
+        return out
+
+    def nexthop(self, nhid: int) -> Nexthop | None:
+        body = rtnl.NHMSG.pack(AF_UNSPEC, 0, 0, 0, 0) + u32(rtnl.NHA_ID, nhid)
+        with self._raw("nexthop get", nhid):
+            try:
+                replies = self._rtnl.get(rtnl.RTM_GETNEXTHOP, body)
+            except OSError as exc:
+                if rtnl.is_missing(exc):
+                    return None
+                raise
+        m = next(rtnl.nexthop_msgs(replies), None)
+        return self._to_nexthop(m) if m is not None else None
+
+    @staticmethod
+    def _nexthop_body(nexthop: Nexthop, delete: bool = False) -> bytes:
+        if delete:
+            return rtnl.NHMSG.pack(AF_UNSPEC, 0, 0, 0, 0) + u32(rtnl.NHA_ID, nexthop.id)
+        flags = rtnl.RTNH_F_ONLINK if nexthop.onlink else 0
+        return (
+            rtnl.NHMSG.pack(AF_INET, 0, nexthop.proto, 0, flags)
+            + u32(rtnl.NHA_ID, nexthop.id)
+            + u32(rtnl.NHA_OIF, nexthop.oif)
+            + (attr(rtnl.NHA_GATEWAY, nexthop.gateway.packed) if nexthop.gateway else b"")
+        )
+
+    def add_nexthop(self, nexthop: Nexthop) -> None:
+        self._one("add_nexthop", nexthop)
+
+    def replace_nexthop(self, nexthop: Nexthop) -> None:
+        self._one("replace_nexthop", nexthop)
+
+    def del_nexthop(self, nexthop: Nexthop) -> None:
+        self._one("del_nexthop", nexthop)
 
     # -- neighbours and FDB entries -------------------------------------------------
     @staticmethod
@@ -531,6 +606,20 @@ class RawNetlink:
         if op == "del_route":
             body = self._route_body(obj, delete=True)
             return rtnl.RTM_DELROUTE, body, 0, "route del", obj.dst
+        if op in ("add_nexthop", "replace_nexthop"):
+            flags, name = (
+                (CREATE, "nexthop add") if op == "add_nexthop" else (REPLACE, "nexthop replace")
+            )
+            return (
+                rtnl.RTM_NEWNEXTHOP,
+                self._nexthop_body(obj),
+                flags,
+                name,
+                f"id {obj.id} via {obj.gateway}",
+            )
+        if op == "del_nexthop":
+            body = self._nexthop_body(obj, delete=True)
+            return rtnl.RTM_DELNEXTHOP, body, 0, "nexthop del", f"id {obj.id}"
         raise ValueError(f"not a batchable write: {op}")
 
     @staticmethod
@@ -540,6 +629,8 @@ class RawNetlink:
             return None  # done, or already gone: what a delete wanted
         if op == "add_route" and code == errno.EEXIST:
             return RouteExists(obj.dst)
+        if op == "add_nexthop" and code == errno.EEXIST:
+            return NexthopExists(obj.id)
         return KernelError(f"netlink {write[3]} failed for {write[4]}", os.strerror(code), code)
 
     def _one(self, op: str, obj: Any) -> None:

@@ -34,10 +34,12 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
+RTM_NEWNEXTHOP, RTM_DELNEXTHOP, RTM_GETNEXTHOP = 104, 105, 106  # Linux 5.3
 NLA_F_NESTED = 0x8000
 # multicast groups (bind) for change notifications
 RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x4, 0x10, 0x40
 RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400
+RTMGRP_NEXTHOP = 1 << 31  # RTNLGRP_NEXTHOP (32): the last group a bind mask can name
 
 AF_INET, AF_INET6, AF_BRIDGE = socket.AF_INET, socket.AF_INET6, 7
 
@@ -66,6 +68,8 @@ RTN_UNSPEC, RTN_UNICAST, RTN_BLACKHOLE = 0, 1, 6
 RTM_F_FIB_MATCH = 0x2000  # RTM_GETROUTE: answer with the matching table entry (Linux 4.13)
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTNH_F_ONLINK = 0x4
+RTA_NH_ID = 30  # a route through a nexthop object (linux/nexthop.h)
+NHA_ID, NHA_OIF, NHA_GATEWAY = 1, 5, 6
 
 HDR = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, pid
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
@@ -74,6 +78,7 @@ NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
 RTMSG = struct.Struct(
     "=BBBBBBBBI"
 )  # family, dst_len, src_len, tos, table, proto, scope, type, flags
+NHMSG = struct.Struct("=BBBBI")  # nhmsg: family, scope, protocol, reserved, flags
 NLA = struct.Struct("=HH")  # rtattr: length, type
 U32 = struct.Struct("=I")
 SOL_NETLINK, NETLINK_CAP_ACK = 270, 10  # CAP_ACK: error answers leave out the request
@@ -223,6 +228,13 @@ class RouteMsg(Message):
         self.scope, self.type, self.flags, self.attrs = scope, type, flags, attrs
 
 
+class NexthopMsg(Message):
+    __slots__ = ("family", "flags", "proto")
+
+    def __init__(self, family: int, proto: int, flags: int, attrs: dict[int, bytes]) -> None:
+        self.family, self.proto, self.flags, self.attrs = family, proto, flags, attrs
+
+
 Reply = tuple[int, bytes, int, int]  # type, datagram, body start, body end
 
 
@@ -256,6 +268,13 @@ def route_msgs(replies: list[Reply]) -> Iterator[RouteMsg]:
         if RTA_TABLE in attrs:
             table = U32.unpack(attrs[RTA_TABLE][:4])[0]
         yield RouteMsg(family, dst_len, table, proto, scope, rtype, flags, attrs)
+
+
+def nexthop_msgs(replies: list[Reply]) -> Iterator[NexthopMsg]:
+    for kind, data, start, end in replies:
+        if kind == RTM_NEWNEXTHOP:
+            family, _scope, proto, _resvd, flags = NHMSG.unpack_from(data, start)
+            yield NexthopMsg(family, proto, flags, parse_attrs(data, start + NHMSG.size, end))
 
 
 def neigh_msgs(replies: list[Reply], ifindex: int = 0) -> Iterator[NeighMsg]:

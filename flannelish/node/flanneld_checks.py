@@ -54,6 +54,19 @@ def check_flanneld(facts: NodeFacts) -> list[Finding]:
                 "deletes the device flanneld uses)",
             )
         )
+    if fl.flanneld_pids and fl.unused_nexthops and not fl.daemon_pids:
+        ids = fl.unused_nexthops
+        out.append(
+            Finding(
+                Severity.INFO,
+                "flanneld",
+                f"{len(ids)} nexthop object(s) of flannelish's (protocol 70) are left beside "
+                "flanneld, unused: flanneld replaced the routes that went through them",
+                "ip nexthop flush protocol 70"
+                if not fl.nexthops_in_use
+                else "; ".join(f"ip nexthop del id {i}" for i in ids[:20]),
+            )
+        )
     if fl.flanneld_pids:
         return out  # what flanneld has in the kernel now is not a leftover
     for dst, gw, proto in fl.foreign_routes:

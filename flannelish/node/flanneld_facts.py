@@ -39,6 +39,9 @@ class FlanneldFacts:
     foreign_blackholes: list[tuple[str, str, int]] = field(default_factory=list)  # dst proto metric
     iptables_chains: list[str] = field(default_factory=list)
     our_table: bool = False  # table ip flannelish is in the ruleset
+    # our nexthop objects (protocol 70) no route uses, and whether some are still used
+    unused_nexthops: list[int] = field(default_factory=list)
+    nexthops_in_use: bool = False
 
 
 def _netns(pid: str, proc: Path) -> str | None:
@@ -99,6 +102,10 @@ def collect(
                 proto = str(r.get("protocol", "boot"))
                 if proto not in (ROUTE_PROTO, "kernel"):
                     facts.foreign_routes.append((r["dst"], r.get("gateway"), proto))
+        ours = {int(n["id"]) for n in _ip_json("nexthop", "show") if n.get("protocol") == "70"}
+        used = {int(r["nhid"]) for r in _ip_json("route", "show") if "nhid" in r}
+        facts.unused_nexthops = sorted(ours - used)
+        facts.nexthops_in_use = bool(ours & used)
         if subnet is not None:
             for r in _ip_json("route", "show", "type", "blackhole", "exact", str(subnet)):
                 proto = str(r.get("protocol", "boot"))

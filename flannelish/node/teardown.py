@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flannelish.cni.handler import POLICY_MARKER
+from flannelish.errors import KernelError
 from flannelish.kernel.netlink import ROUTE_PROTO, Netlink
 from flannelish.kernel.nft import NftRunner
 from flannelish.node.firewall import FAMILIES, TABLE
@@ -30,24 +31,34 @@ class Teardown:
     """What was (or, with dry_run, would be) removed."""
 
     routes: list[str] = field(default_factory=list)
+    nexthops: list[str] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)
     tables: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not (self.routes or self.devices or self.tables or self.files)
+        return not (self.routes or self.nexthops or self.devices or self.tables or self.files)
 
 
 def teardown(
     nl: Netlink, nft: NftRunner, dry_run: bool = False, state_dir: Path | None = None
 ) -> Teardown:
-    """Remove our routes, overlay devices and nft table; nothing else is touched."""
+    """Remove our routes, nexthop objects, overlay devices and nft table; nothing else."""
     done = Teardown()
     for route in nl.routes(ROUTE_PROTO):
         if not dry_run:
             nl.del_route(route)
         done.routes.append(str(route.dst))
+    # After the routes through them; those on a device we delete would go with it.
+    try:
+        nexthops = nl.nexthops(ROUTE_PROTO)
+    except KernelError:  # a kernel without nexthop objects
+        nexthops = []
+    for nexthop in nexthops:
+        if not dry_run:
+            nl.del_nexthop(nexthop)
+        done.nexthops.append(f"id {nexthop.id} via {nexthop.gateway}")
     for link in nl.links():
         ours = link.kind == "vxlan" and OVERLAY_DEVICE.match(link.name) is not None
         # flannel-wg(-v6): kernel WireGuard, or wireguard-go's TUN (it exits when the TUN goes).

@@ -27,6 +27,8 @@ from flannelish.kernel.netlink import (
     Link,
     Neigh,
     Netlink,
+    Nexthop,
+    NexthopExists,
     Op,
     Route,
     RouteExists,
@@ -46,6 +48,9 @@ class FakeNetlink:
     _neighs: dict[tuple[int, IPAddress], Neigh] = field(default_factory=dict)
     _fdbs: dict[tuple[int, str, IPAddress], Fdb] = field(default_factory=dict)
     _routes: dict[IPNetwork, Route] = field(default_factory=dict)
+    _nexthops: dict[int, Nexthop] = field(default_factory=dict)
+    # Off by default: unit tests see plain routes unless they ask for nexthop objects.
+    nexthop_support: bool = False
     blackholes: set[IPv4Network] = field(default_factory=set)
     default_oif: int | None = None
     sysctls: dict[str, str] = field(default_factory=dict)
@@ -203,15 +208,53 @@ class FakeNetlink:
         # Like the kernel: any route to the same destination (ours or not) blocks it.
         if route.dst in self._routes:
             raise RouteExists(route.dst)
+        self._check_nexthop(route)
         self._routes[route.dst] = route
 
     def replace_route(self, route: Route) -> None:
         self._mutate("replace_route", route)
+        self._check_nexthop(route)
         self._routes[route.dst] = route
+
+    def _check_nexthop(self, route: Route) -> None:
+        if route.nhid and route.nhid not in self._nexthops:
+            raise KernelError(
+                f"netlink route add failed for {route.dst}",
+                "Nexthop id does not exist",
+                errno.EINVAL,
+            )
 
     def del_route(self, route: Route) -> None:
         self._mutate("del_route", route)
         self._routes.pop(route.dst, None)
+
+    # -- nexthop objects ----------------------------------------------------------------
+    def nexthops_usable(self) -> bool:
+        return self.nexthop_support
+
+    def nexthops(self, proto: int | None = ROUTE_PROTO, tick: Tick | None = None) -> list[Nexthop]:
+        found = [n for n in self._nexthops.values() if proto is None or n.proto == proto]
+        return _ticked(found, tick)
+
+    def nexthop(self, nhid: int) -> Nexthop | None:
+        return self._nexthops.get(nhid)
+
+    def add_nexthop(self, nexthop: Nexthop) -> None:
+        self._mutate("add_nexthop", nexthop)
+        if nexthop.id in self._nexthops:
+            raise NexthopExists(nexthop.id)
+        self._nexthops[nexthop.id] = nexthop
+
+    def replace_nexthop(self, nexthop: Nexthop) -> None:
+        self._mutate("replace_nexthop", nexthop)
+        self._nexthops[nexthop.id] = nexthop
+
+    def del_nexthop(self, nexthop: Nexthop) -> None:
+        """Like the kernel: the routes through it go with it."""
+        self._mutate("del_nexthop", nexthop)
+        self._nexthops.pop(nexthop.id, None)
+        for dst in [d for d, r in self._routes.items() if r.nhid == nexthop.id]:
+            del self._routes[dst]
 
     # -- neighbours and FDB entries ---------------------------------------------------
     def neighs(self, ifindex: int, tick: Tick | None = None) -> list[Neigh]:

@@ -30,8 +30,8 @@ class Clock:
         return self.now
 
 
-def make(tmp_path: Path, public_ip: str = "198.18.0.1", clock=None):
-    nl = FakeNetlink()
+def make(tmp_path: Path, public_ip: str = "198.18.0.1", clock=None, nexthops=False):
+    nl = FakeNetlink(nexthop_support=nexthops)
     eth0 = nl.add_link("eth0", mtu=9000)
     nl.add_addr(Addr(eth0.index, IPv4Address("198.18.0.1"), 24))
     ext = ExternalInterface(
@@ -83,6 +83,19 @@ def test_routes_via_public_ip_with_our_protocol_and_removal(tmp_path):
     assert set(nl.routes()) == {
         Route(IPv4Network("10.244.2.0/24"), IPv4Address("198.18.0.22"), eth0.index)
     }
+
+
+def test_routes_stay_plain_where_the_kernel_has_nexthop_objects(tmp_path):
+    """flanneld keeps a host-gw route identical to its own after switching back, and
+    later deletes it by gateway, which a route through a nexthop would refuse
+    (docs/performance.md): host-gw routes never use one."""
+    nl, eth0, backend = make(tmp_path, nexthops=True)
+    backend.setup()
+    rec = Reconciler([backend])
+    assert rec.reconcile([peer(2, "198.18.0.2")]).errors == 0
+    net = IPv4Network("10.244.2.0/24")
+    assert nl.routes() == [Route(net, IPv4Address("198.18.0.2"), eth0.index)]
+    assert nl.nexthops() == []
 
 
 def test_foreign_routes_are_never_touched(tmp_path):

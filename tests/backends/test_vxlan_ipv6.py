@@ -11,7 +11,7 @@ from flannelish.backends.base import BackendContext, ExternalInterface
 from flannelish.backends.vxlan import VxlanBackend
 
 from flannelish.daemon.reconciler import Reconciler
-from flannelish.kernel.netlink import AF_INET6, Addr, Fdb, Neigh, Route
+from flannelish.kernel.netlink import AF_INET6, Addr, Fdb, Neigh, Nexthop, Route, nexthop_id
 from flannelish.subnet.lease import Lease, LeaseAttrs
 from flannelish.testing.fake_kernel import FakeNetlink
 
@@ -23,8 +23,8 @@ OWN4, OWN6 = IPv4Network("10.244.1.0/24"), IPv6Network("fd44:0:0:1::/64")
 NO_V4 = IPv4Network("0.0.0.0/0")
 
 
-def kernel(tmp_path: Path, ipv4: bool = True, mtu: int = 1500):
-    nl = FakeNetlink()
+def kernel(tmp_path: Path, ipv4: bool = True, mtu: int = 1500, nexthops: bool = False):
+    nl = FakeNetlink(nexthop_support=nexthops)
     eth0 = nl.add_link("eth0", mtu=mtu)
     v4 = IPv4Address("198.18.0.1") if ipv4 else IPv4Address("0.0.0.0")
     ext = ExternalInterface(
@@ -82,6 +82,19 @@ def test_dual_stack_peer_gets_entries_on_both_devices(tmp_path):
         IPv6Network("fd44:0:0:2::/64"), gw6, i6, onlink=True, priority=1024
     )
     assert IPv4Network("10.244.2.0/24") in routes
+
+
+def test_only_the_ipv4_route_of_a_dual_stack_peer_uses_a_nexthop_object(tmp_path):
+    """The IPv6 FIB keeps one entry per route (no shared gateway search): plain there."""
+    k = kernel(tmp_path, nexthops=True)
+    i4, i6 = k.backend.index, k.backend.index6
+    assert k.rec.reconcile([peer(2)]).errors == 0
+    net4, gw4 = IPv4Network("10.244.2.0/24"), IPv4Address("10.244.2.0")
+    assert k.nl.nexthops() == [Nexthop(nexthop_id(net4), gw4, i4, onlink=True)]
+    routes = {r.dst: r for r in k.nl.routes(family=0)}
+    assert routes[net4] == Route(net4, gw4, i4, onlink=True, nhid=nexthop_id(net4))
+    assert routes[IPv6Network("fd44:0:0:2::/64")].nhid == 0
+    assert routes[IPv6Network("fd44:0:0:2::/64")].oif == i6
 
 
 def test_deleted_ipv6_entries_are_repaired_by_the_full_pass(tmp_path):

@@ -56,6 +56,14 @@ def kernel_state(host: Host, dev: str = "flannel.1") -> dict[str, Any]:
     }
 
 
+def our_nexthops(host: Host) -> list[tuple[int, str, str]]:
+    """Nexthop objects with our protocol (70), as (id, gateway, device), read with iproute2."""
+    found = json.loads(host.run("ip", "-j", "nexthop", "show").stdout or "[]")
+    return sorted(
+        (n["id"], n.get("gateway"), n.get("dev")) for n in found if n.get("protocol") == "70"
+    )
+
+
 def link_details(host: Host, dev: str) -> dict[str, Any]:
     return json.loads(host.run("ip", "-d", "-j", "link", "show", dev).stdout)[0]
 

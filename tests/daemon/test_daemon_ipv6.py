@@ -13,6 +13,7 @@ from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip
 
 import pytest
 
+from flannelish.kernel.netlink import nexthop_id
 from flannelish.testing.etcd import EtcdMember, start_etcd
 from flannelish.testing.flannel import DUAL, FLANNEL_KEY, V6ONLY
 from flannelish.testing.netns import NetnsFactory
@@ -202,7 +203,8 @@ def test_a_flannel_written_dual_stack_lease_is_programmed(daemons6, etcd6):
     }
     wait_for(lambda: v6_state(a.host) == want, 5, what="flannel's lease programmed")
     routes4 = a.host.run("ip", "-4", "route", "show", "proto", "70").stdout
-    assert "10.244.250.0/24 via 10.244.250.0 dev flannel.1 onlink" in routes4
+    nhid = nexthop_id(IPv4Network("10.244.250.0/24"))  # the IPv4 route through a nexthop
+    assert f"10.244.250.0/24 nhid {nhid} via 10.244.250.0 dev flannel.1 onlink" in routes4
     etcd6.etcdctl("del", key)
     wait_for(lambda: v6_state(a.host)["route"] == [], 5, what="removed")
     assert IPv4Network("10.244.250.0/24")  # (the IPv4 half goes too)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from flannelish.kernel.netlink import nexthop_id
 from flannelish.testing.netns import NetnsFactory
 from flannelish.testing.underlay import Underlay
 
@@ -26,7 +27,7 @@ from .drillkit import (
     kernel_vs_etcd,
     route_count,
 )
-from .helpers import kernel_state, link_details, wait_for
+from .helpers import kernel_state, link_details, our_nexthops, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -268,6 +269,8 @@ def test_objects_deleted_behind_the_daemons_back_are_repaired_within_1s(env: Dri
     gw = str(b.subnet.network_address)
     deletions = {
         "route": ["ip", "route", "del", str(b.subnet), "proto", "70"],
+        # takes the route with it, unannounced (only the nexthop's deletion is)
+        "nexthop": ["ip", "nexthop", "del", "id", str(nexthop_id(b.subnet))],
         "neigh": ["ip", "neigh", "del", gw, "dev", "flannel.1"],
         "fdb": ["bridge", "fdb", "del", mac, "dev", "flannel.1", "dst", dst],
         "nft table": ["nft", "delete", "table", "ip", "flannelish"],
@@ -277,9 +280,13 @@ def test_objects_deleted_behind_the_daemons_back_are_repaired_within_1s(env: Dri
 
     last: dict[str, object] = {}
 
+    nexthops = our_nexthops(a.host)
+    assert nexthops  # the peer's route goes through one
+
     def repaired() -> bool:
         last["kernel"], last["nft"] = kernel_state(a.host), nft_table(a.host)
-        return last["kernel"] == want and last["nft"] == table
+        last["nexthops"] = our_nexthops(a.host)
+        return last["kernel"] == want and last["nft"] == table and last["nexthops"] == nexthops
 
     report: dict[str, str] = {}
     slow = {}

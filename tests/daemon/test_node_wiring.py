@@ -84,9 +84,15 @@ def test_start_writes_subnet_env_and_programs_existing_and_new_peers(tmp_path, r
         vx = nl.link("flannel.1")
         assert vx is not None and vx.up and vx.mtu == 1450
         wait_for(lambda: len(nl.routes()) == 1)
-        mgr.acquire(peer_attrs(3), IPv4Network("10.244.3.0/24"))
+        # Not the daemon's own (random) subnet: expiring that would expire its lease.
+        third = next(
+            s
+            for s in (IPv4Network("10.244.3.0/24"), IPv4Network("10.244.4.0/24"))
+            if s != node.status.lease.subnet
+        )
+        mgr.acquire(peer_attrs(3), third)
         wait_for(lambda: len(nl.routes()) == 2)
-        registry.expire(IPv4Network("10.244.3.0/24"))
+        registry.expire(third)
         wait_for(lambda: len(nl.routes()) == 1)
     assert (tmp_path / "flannel.1.vtep-mac").exists()
 

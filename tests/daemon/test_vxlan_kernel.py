@@ -15,10 +15,11 @@ from flannelish.backends.vxlan import VxlanBackend
 
 from flannelish.daemon.iface import select_interface
 from flannelish.daemon.reconciler import Reconciler
+from flannelish.kernel.netlink import nexthop_id
 from flannelish.kernel.rawnetlink import RawNetlink
 from flannelish.subnet.lease import Lease
 
-from .helpers import add_pod, kernel_state, link_details, ping
+from .helpers import add_pod, kernel_state, link_details, our_nexthops, ping
 
 NET = SimpleNamespace(network=IPv4Network("10.244.0.0/16"), backend={"Type": "vxlan"})
 
@@ -36,6 +37,15 @@ class Node:
 
     def close(self):
         self.nl.close()
+
+
+def peered_with_pods(a: Node, b: Node, netns_factory) -> str:
+    """Each node programs the other; one pod on each. Returns the pod on `a`."""
+    a.rec.reconcile([b.lease])
+    b.rec.reconcile([a.lease])
+    pod_a = add_pod(netns_factory, a.host, a.lease.subnet, "pa", 1450)
+    add_pod(netns_factory, b.host, b.lease.subnet, "pb", 1450)
+    return pod_a
 
 
 # What the kernel holds is read back with iproute2 (`ip -j`), independently of RawNetlink.
@@ -68,10 +78,7 @@ def test_device_has_flannel_attributes(nodes):
 
 def test_pods_ping_across_hosts_and_peer_removal_cleans_everything(nodes, netns_factory):
     a, b = nodes
-    a.rec.reconcile([b.lease])
-    b.rec.reconcile([a.lease])
-    pod_a = add_pod(netns_factory, a.host, a.lease.subnet, "pa", 1450)
-    add_pod(netns_factory, b.host, b.lease.subnet, "pb", 1450)
+    pod_a = peered_with_pods(a, b, netns_factory)
     assert ping(pod_a, "10.244.2.2")
     assert kernel_state(a.host) == {
         "neigh": [("10.244.2.0", b.backend.mac)],
@@ -80,15 +87,62 @@ def test_pods_ping_across_hosts_and_peer_removal_cleans_everything(nodes, netns_
     }
     a.rec.reconcile([])
     assert kernel_state(a.host) == {"neigh": [], "fdb": [], "route": []}
+    assert our_nexthops(a.host) == []  # the route's nexthop object went with it
     assert not ping(pod_a, "10.244.2.2", count=1)
+
+
+def test_a_peer_route_goes_through_our_nexthop_object(nodes):
+    """The kernel compares every new gateway route with all others on the device
+    (docs/performance.md): a peer's route uses a nexthop object of ours instead,
+    whose id its subnet fixes, and reads back with the same gateway as before."""
+    a, b = nodes
+    assert a.backend.nexthops  # this kernel has them (Linux 5.3+, compat mode on)
+    a.rec.reconcile([b.lease])
+    nhid = nexthop_id(IPv4Network("10.244.2.0/24"))
+    assert our_nexthops(a.host) == [(nhid, "10.244.2.0", "flannel.1")]
+    route = a.host.run("ip", "route", "show", "10.244.2.0/24").stdout
+    assert f"nhid {nhid} via 10.244.2.0 dev flannel.1" in route and "onlink" in route
+    assert a.rec.reconcile([b.lease]).changes == 0  # what the kernel reads back is what we wrote
+
+
+def test_a_deleted_nexthop_object_and_its_route_are_restored(nodes, netns_factory):
+    a, b = nodes
+    pod_a = peered_with_pods(a, b, netns_factory)
+    nhid = nexthop_id(IPv4Network("10.244.2.0/24"))
+    a.host.run("ip", "nexthop", "del", "id", str(nhid))  # takes the route with it
+    assert kernel_state(a.host)["route"] == []
+    result = a.rec.reconcile([b.lease])
+    assert result.errors == 0 and result.changes == 2  # the nexthop, then the route
+    assert our_nexthops(a.host) == [(nhid, "10.244.2.0", "flannel.1")]
+    assert ping(pod_a, "10.244.2.2")
+
+
+def test_a_foreign_nexthop_with_our_id_makes_the_peer_a_conflict_and_stays(nodes):
+    a, b = nodes
+    nhid = nexthop_id(IPv4Network("10.244.2.0/24"))
+    a.host.run("ip", "nexthop", "add", "id", str(nhid), "via", "198.18.0.254", "dev", "eth0")
+    result = a.rec.reconcile([b.lease])
+    assert result.skipped == 1
+    assert f"nexthop id {nhid}" in a.rec.skipped[b.lease.key].reason
+    assert kernel_state(a.host) == {"neigh": [], "fdb": [], "route": []}  # nothing of the peer
+    foreign = a.host.run("ip", "nexthop", "show", "id", str(nhid)).stdout
+    assert "via 198.18.0.254 dev eth0" in foreign  # untouched
+
+
+def test_our_plain_route_from_before_is_moved_onto_a_nexthop_in_place(nodes):
+    """An older flannelish (or one on a kernel without nexthops) wrote plain routes."""
+    a, b = nodes
+    a.host.run("ip", "route", "add", "10.244.2.0/24", "via", "10.244.2.0", "dev", "flannel.1",
+               "onlink", "proto", "70")  # fmt: skip
+    result = a.rec.reconcile([b.lease])
+    assert result.errors == 0
+    nhid = nexthop_id(IPv4Network("10.244.2.0/24"))
+    assert f"nhid {nhid}" in a.host.run("ip", "route", "show", "10.244.2.0/24").stdout
 
 
 def test_deleted_device_is_rebuilt_and_traffic_resumes(nodes, netns_factory):
     a, b = nodes
-    a.rec.reconcile([b.lease])
-    b.rec.reconcile([a.lease])
-    pod_a = add_pod(netns_factory, a.host, a.lease.subnet, "pa", 1450)
-    add_pod(netns_factory, b.host, b.lease.subnet, "pb", 1450)
+    pod_a = peered_with_pods(a, b, netns_factory)
     mac = a.backend.mac
     a.host.run("ip", "link", "del", "flannel.1")
     result = a.rec.reconcile([b.lease])

@@ -217,3 +217,45 @@ def test_type_filter_jumps_to_accept_for_each_wanted_type():
     assert insns[0] == (0x28, 0, 0, 4)
     assert [i + 1 + insns[i][1] for i in (1, 2, 3)] == [5, 5, 5]
     assert insns[4] == (0x06, 0, 0, 0) and insns[5][0] == 0x06 and insns[5][3] > 0
+
+
+@pytest.mark.netns
+def test_a_deleted_nexthop_of_ours_is_reported_with_its_peers_subnet_address(netns_factory):
+    """Its routes go with it without a route deletion of their own: the nexthop
+    deletion is what tells the daemon, and its id names the peer (nexthop_id)."""
+    import subprocess
+    import threading
+    from ipaddress import IPv4Address, IPv4Network
+
+    from flannelish.kernel.monitor import ChangeMonitor
+    from flannelish.kernel.netlink import nexthop_id
+    from flannelish.kernel.rtnl import RTM_DELNEXTHOP
+
+    ns = netns_factory.create("mnh")
+    ip = ["ip", "-n", ns]
+    subprocess.run([*ip, "link", "add", "v0", "type", "veth", "peer", "name", "v1"], check=True)
+    for dev in ("v0", "v1"):
+        subprocess.run([*ip, "link", "set", dev, "up"], check=True)
+    nhid = nexthop_id(IPv4Network("10.244.7.0/24"))
+    subprocess.run([*ip, "nexthop", "add", "id", str(nhid), "via", "10.244.7.0", "dev", "v0",
+                    "onlink", "proto", "70"], check=True)  # fmt: skip
+    seen: list[Change] = []
+    done = threading.Event()
+
+    def relevant(change: Change) -> bool:
+        seen.append(change)
+        done.set()
+        return False
+
+    monitor = ChangeMonitor(
+        lambda _c: None, relevant, netns=ns, only_types=frozenset({RTM_DELNEXTHOP})
+    )
+    monitor.start()
+    try:
+        subprocess.run([*ip, "nexthop", "del", "id", str(nhid)], check=True)
+        assert done.wait(5)
+    finally:
+        monitor.stop()
+    assert [(c.type, c.proto, c.dst) for c in seen] == [
+        (RTM_DELNEXTHOP, 70, IPv4Address("10.244.7.0"))
+    ]

@@ -122,14 +122,23 @@ def test_restart_adopts_the_armed_table_and_uninstall_removes_everything(
 
         # A route that is not ours survives the uninstall.
         run(["ip", "route", "add", "203.0.113.0/24", "via", str(underlay.gateway)], netns=ns)
+        # Nexthops on the external interface (DirectRouting's) do not go with the device:
+        # ours (protocol 70) are removed, a foreign one stays.
+        gw = str(underlay.gateway)
+        run(["ip", "nexthop", "add", "id", "1073741900", "via", gw, "dev", "eth0", "proto", "70"],
+            netns=ns)  # fmt: skip
+        run(["ip", "nexthop", "add", "id", "7", "via", gw, "dev", "eth0"], netns=ns)
         dry = run([FLANNELISH, "uninstall", "--dry-run"], netns=ns).stdout
         assert "would remove device flannel.1" in dry and "ip flannelish" in dry
+        assert f"would remove nexthop id 1073741900 via {gw}" in dry and "id 7 " not in dry
         assert "flannel.1" in run(["ip", "link"], netns=ns).stdout  # a dry run changes nothing
         run([FLANNELISH, "uninstall", "--yes"], netns=ns)
         assert "flannel.1" not in run(["ip", "link"], netns=ns).stdout
         assert "flannelish" not in table(ns)
         routes = run(["ip", "route"], netns=ns).stdout
         assert "proto 70" not in routes and "203.0.113.0/24" in routes
+        nexthops = run(["ip", "nexthop"], netns=ns).stdout
+        assert "id 1073741900" not in nexthops and f"id 7 via {gw} dev eth0" in nexthops
         assert "nothing of flannelish's" in run([FLANNELISH, "uninstall", "--yes"], netns=ns).stdout
     finally:
         for daemon in daemons:

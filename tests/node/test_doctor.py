@@ -274,6 +274,10 @@ def test_status_reads_the_health_server_and_exits_1_when_not_ready():
         assert "2 programmed of 3 in etcd, 1 skipped" in out and "never (reservation)" in out
         result = runner.invoke(cli, ["status", "--json", "--healthz-port", port])
         assert result.exit_code == 0 and json.loads(result.stdout)["peers"]["programmed"] == 2
+        # IPv6 text as it is: rich would turn ":b:" into an emoji (fd44:0:0🅱:/64).
+        state.set_peers(3, 2, {"fd44:0:0:b::/64": "PublicIPv6 fd18::a:b:c is our own"})
+        out = runner.invoke(cli, ["status", "--healthz-port", port]).stdout
+        assert "skipped fd44:0:0:b::/64: PublicIPv6 fd18::a:b:c is our own" in out
     finally:
         server.stop()
 

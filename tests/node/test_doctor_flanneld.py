@@ -49,6 +49,25 @@ def test_our_table_left_beside_a_running_flanneld_is_a_warning():
 
 
 @pytest.mark.unit
+def test_our_unused_nexthops_beside_flanneld_are_named_with_a_safe_fix():
+    """Back on flanneld, its VXLAN routes replaced ours; the nexthops they used stay."""
+    runs, f = check_flanneld(facts(flanneld_pids=[10], unused_nexthops=[1073741825, 1073741826]))
+    assert runs.severity is Severity.WARNING  # flanneld runs: what it should do now
+    assert f.severity is Severity.INFO and "2 nexthop object(s)" in f.message
+    assert f.fix == "ip nexthop flush protocol 70"
+    # Some of ours still carry a route: only the unused ones, by id.
+    _, f = check_flanneld(
+        facts(flanneld_pids=[10], unused_nexthops=[1073741825], nexthops_in_use=True)
+    )
+    assert f.fix == "ip nexthop del id 1073741825"
+    # The daemon's own, while it runs: not leftovers.
+    assert check_flanneld(facts(daemon_pids=[20], unused_nexthops=[1073741825])) == []
+    assert (
+        len(check_flanneld(facts(flanneld_pids=[10], daemon_pids=[20], unused_nexthops=[5]))) == 1
+    )
+
+
+@pytest.mark.unit
 def test_leftovers_after_flanneld_stopped():
     found = check_flanneld(
         facts(
