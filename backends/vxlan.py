@@ -58,11 +58,10 @@ from flannelish.backends.vxlan_device import (
 )
 
 from flannelish.errors import KernelError
-from flannelish.kernel.netlink import Fdb, Neigh, Nexthop, Route
+from flannelish.kernel.netlink import Fdb, Neigh, Route
 from flannelish.kernel.resources import (
     FdbResource,
     NeighResource,
-    NexthopResource,
     Resource,
     RouteResource,
     Skip,
@@ -110,8 +109,7 @@ class VxlanBackend(Backend):
         self._resources: list[Resource] = [
             NeighResource(ctx.netlink, lambda: self.index, lambda: self.index6),
             FdbResource(ctx.netlink, lambda: self.index, lambda: self.index6),
-            *([NexthopResource(ctx.netlink)] if self.nexthops else []),
-            RouteResource(ctx.netlink, families=families),
+            RouteResource(ctx.netlink, families=families, nexthops=self.nexthops),
         ]
 
     @property
@@ -276,7 +274,7 @@ class VxlanBackend(Backend):
             if self.direct(remote):
                 self._note_path(peer, dev, remote, "direct")
                 direct = Route(subnet, remote, self.ctx.ext.index, priority=metric)
-                out += gateway_route(direct, self.nexthops)
+                out.append(gateway_route(direct, self.nexthops))
                 continue
             if dev.index is None:
                 return Skip(f"device {dev.name} not present", "device")
@@ -288,7 +286,7 @@ class VxlanBackend(Backend):
             out += [
                 Neigh(dev.index, gateway, mac),
                 Fdb(dev.index, mac, remote),
-                *gateway_route(
+                gateway_route(
                     Route(subnet, gateway, dev.index, onlink=True, priority=metric), self.nexthops
                 ),
             ]
@@ -318,9 +316,8 @@ class VxlanBackend(Backend):
 
 
 def _ordered(objects: list[Any]) -> tuple[Any, ...]:
-    """Neighbours, FDB entries, nexthops, then routes: a route never goes in before its
-    gateway or the nexthop object it uses."""
-    rank = {Neigh: 0, Fdb: 1, Nexthop: 2, Route: 3}
+    """Neighbours, then FDB entries, then routes: a route never goes in before its gateway."""
+    rank = {Neigh: 0, Fdb: 1, Route: 2}
     return tuple(sorted(objects, key=lambda o: rank[type(o)]))
 
 

@@ -537,16 +537,16 @@ def _conflict(what: str) -> Skip:
 def _blocked(
     objs: Sequence[Any], by_type: Mapping[type, Resource], owned: Any, look_up: bool
 ) -> str | None:
-    """The foreign object in the way of the first new object of these that one blocks
-    ("a route to 10.244.3.0/24": a route, or the nexthop id a route would use)."""
+    """The foreign object in the way of the first of these objects one blocks ("a route
+    to 10.244.3.0/24", "nexthop id 1115684880"; see RouteResource.blocked)."""
     for obj in objs:
         res = by_type[type(obj)]
         blocked = getattr(res, "blocked", None)
         if blocked is None:
             continue
-        new = not owned or (res.kind, res.key(obj)) not in owned
-        if new and blocked(obj, look_up):
-            return str(res.conflict(obj))  # type: ignore[attr-defined]
+        what = blocked(obj, look_up, new=not owned or (res.kind, res.key(obj)) not in owned)
+        if what is not None:
+            return str(what)
     return None
 
 

@@ -210,20 +210,21 @@ class Route:
     table: int = MAIN_TABLE
     scope: int | None = None
     priority: int | None = None
-    # A route through a nexthop object (RTA_NH_ID), 0 for a plain one.  A dump
-    # still reports the nexthop's gateway, device and onlink flag (the kernel's
-    # default net.ipv4.nexthop_compat_mode), so a route read back equals the one
-    # written either way.
-    nhid: int = 0
+    # Through a nexthop object of ours (id nexthop_id(dst), same gateway, device
+    # and onlink flag), written and deleted with the route.  A dump still shows
+    # the gateway, device and flag (net.ipv4.nexthop_compat_mode, on by default),
+    # so a route read back equals the one written either way.
+    nexthop: bool = False
 
 
 @record
 class Nexthop:
-    """An IPv4 nexthop object (``ip nexthop add id N via G dev D [onlink]``), ours by protocol.
+    """A nexthop object (``ip nexthop add id N via G dev D [onlink]``), ours by protocol.
 
-    Why peers' routes go through these: docs/performance.md ("Routes through
-    nexthop objects").  Its id comes from the peer subnet it serves
-    (:func:`nexthop_id`), so it is known without asking the kernel.
+    Ours are written with the route that goes through them (``Route.nexthop``;
+    why: docs/performance.md, "Routes through nexthop objects").  The id comes
+    from the route's destination (:func:`nexthop_id`), so it is known without
+    asking the kernel.
     """
 
     id: int
@@ -244,6 +245,12 @@ def nexthop_id(dst: IPNetwork) -> int:
     if dst.version != 4 or dst.prefixlen > 30:
         return 0
     return NEXTHOP_ID_BASE | int(dst.network_address) >> 2
+
+
+def route_nexthop(route: Route) -> Nexthop:
+    """The nexthop object a route with ``nexthop`` set goes through."""
+    assert route.gateway is not None  # only gateway routes go through one
+    return Nexthop(nexthop_id(route.dst), route.gateway, route.oif, route.onlink, route.proto)
 
 
 def nexthop_subnet_address(nhid: int) -> IPv4Address | None:
@@ -286,7 +293,7 @@ class RouteExists(SlotTaken):
 
 
 class NexthopExists(SlotTaken):
-    """``add_nexthop`` found a nexthop with that id (perhaps not ours)."""
+    """``add_route`` found a nexthop under the id of the route's own (perhaps not ours)."""
 
     def __init__(self, nhid: int) -> None:
         super().__init__(f"nexthop id {nhid}")
@@ -300,7 +307,7 @@ class NexthopExists(SlotTaken):
 Op = tuple[str, Any]
 BATCH_OPS = frozenset(
     {"replace_neigh", "del_neigh", "replace_fdb", "del_fdb", "add_route", "replace_route",
-     "del_route", "add_nexthop", "replace_nexthop", "del_nexthop"}
+     "del_route"}
 )  # fmt: skip
 
 
@@ -345,19 +352,20 @@ class Netlink(Protocol):
     def replace_blackhole(self, dst: IPv4Network) -> None: ...  # ours, lowest preference
     def del_blackhole(self, dst: IPv4Network) -> None: ...
     def default_route_oif(self, family: int = AF_INET) -> int | None: ...
-    def add_route(self, route: Route) -> None: ...  # RouteExists: never replaces
+    # RouteExists, or NexthopExists (its nexthop's id is taken): never replaces
+    def add_route(self, route: Route) -> None: ...
     def replace_route(self, route: Route) -> None: ...
     def del_route(self, route: Route) -> None: ...
 
-    # IPv4 nexthop objects (proto None: every protocol's); nexthops_usable: the
-    # kernel has them and dumps nexthop routes with their gateway (compat mode)
+    # nexthop objects (proto None: every protocol's; a route with `nexthop` set
+    # writes and deletes its own); nexthops_usable: the kernel has them and
+    # dumps a nexthop route with its gateway (compat mode)
     def nexthops_usable(self) -> bool: ...
     def nexthops(
         self, proto: int | None = ROUTE_PROTO, tick: Tick | None = None
     ) -> list[Nexthop]: ...
+    def foreign_nexthop_ids(self, proto: int = ROUTE_PROTO) -> set[int]: ...  # not proto's
     def nexthop(self, nhid: int) -> Nexthop | None: ...  # any protocol's
-    def add_nexthop(self, nexthop: Nexthop) -> None: ...  # NexthopExists: never replaces
-    def replace_nexthop(self, nexthop: Nexthop) -> None: ...
     def del_nexthop(self, nexthop: Nexthop) -> None: ...
 
     # permanent neighbour and VXLAN FDB entries of one device

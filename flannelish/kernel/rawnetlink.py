@@ -47,6 +47,8 @@ from flannelish.kernel.netlink import (
     Tick,
     VxlanInfo,
     VxlanSpec,
+    nexthop_id,
+    route_nexthop,
 )
 from flannelish.kernel.netns import in_netns
 from flannelish.kernel.rtnl import (
@@ -83,6 +85,12 @@ _Write = tuple[int, bytes, int, str, object]
 
 def _nothing() -> None:
     pass
+
+
+def _through_ours(m: rtnl.RouteMsg, dst: IPNetwork) -> bool:
+    """Whether a dumped route goes through the nexthop object ``Route.nexthop`` names."""
+    nhid = m.u32(rtnl.RTA_NH_ID)
+    return bool(nhid) and nhid == nexthop_id(dst)
 
 
 def _address(raw: bytes) -> IPAddress:
@@ -337,9 +345,10 @@ class RawNetlink:
             gateway = _address(raw_gw) if raw_gw else None
             oif = m.attrs.get(rtnl.RTA_OIF)
             usual = RT_SCOPE_UNIVERSE if gateway is not None else RT_SCOPE_LINK
+            dst = (IPv6Network if v6 else IPv4Network)((raw_dst, m.dst_len))
             out.append(
                 Route(  # positional: the fast path of a record's __init__ (dumps are large)
-                    (IPv6Network if v6 else IPv4Network)((raw_dst, m.dst_len)),
+                    dst,
                     gateway,
                     struct.unpack("=i", oif)[0] if oif else 0,
                     bool(m.flags & rtnl.RTNH_F_ONLINK),
@@ -347,7 +356,7 @@ class RawNetlink:
                     m.table,
                     None if m.scope == usual else m.scope,
                     m.u32(rtnl.RTA_PRIORITY) or None,
-                    m.u32(rtnl.RTA_NH_ID),
+                    _through_ours(m, dst),
                 )
             )
         return out
@@ -390,7 +399,7 @@ class RawNetlink:
             m.table,
             None if m.scope == usual else m.scope,
             m.u32(rtnl.RTA_PRIORITY) or None,
-            m.u32(rtnl.RTA_NH_ID),
+            _through_ours(m, dst),
         )
 
     def route_lookup(self, ip: IPAddress) -> tuple[int, IPAddress | None] | None:
@@ -438,7 +447,7 @@ class RawNetlink:
         table = route.table
         # Through a nexthop object: the gateway, device and onlink flag are the
         # nexthop's (the kernel refuses them beside RTA_NH_ID).
-        flags = rtnl.RTNH_F_ONLINK if route.onlink and not route.nhid else 0
+        flags = rtnl.RTNH_F_ONLINK if route.onlink and not route.nexthop else 0
         body = rtnl.RTMSG.pack(
             family, route.dst.prefixlen, 0, 0, table if table < 256 else 0, route.proto,
             scope, rtype, flags,
@@ -447,8 +456,8 @@ class RawNetlink:
             body += attr(rtnl.RTA_DST, route.dst.network_address.packed)
         # A delete names neither gateway nor nexthop: it matches our route to the
         # destination in either form.
-        if not delete and route.nhid:
-            body += u32(rtnl.RTA_NH_ID, route.nhid)
+        if not delete and route.nexthop:
+            body += u32(rtnl.RTA_NH_ID, nexthop_id(route.dst))
         elif not delete:
             if route.gateway is not None:
                 body += attr(rtnl.RTA_GATEWAY, route.gateway.packed)
@@ -523,11 +532,11 @@ class RawNetlink:
             + (attr(rtnl.NHA_GATEWAY, nexthop.gateway.packed) if nexthop.gateway else b"")
         )
 
-    def add_nexthop(self, nexthop: Nexthop) -> None:
-        self._one("add_nexthop", nexthop)
-
-    def replace_nexthop(self, nexthop: Nexthop) -> None:
-        self._one("replace_nexthop", nexthop)
+    def foreign_nexthop_ids(self, proto: int = ROUTE_PROTO) -> set[int]:
+        """Ids of the nexthops whose protocol is not `proto` (ours are not decoded)."""
+        with self._raw("nexthop dump", "all"):
+            replies = self._rtnl.dump(rtnl.RTM_GETNEXTHOP, rtnl.NHMSG.pack(AF_UNSPEC, 0, 0, 0, 0))
+        return {m.u32(rtnl.NHA_ID) for m in rtnl.nexthop_msgs(replies, skip_proto=proto)}
 
     def del_nexthop(self, nexthop: Nexthop) -> None:
         self._one("del_nexthop", nexthop)
@@ -633,24 +642,33 @@ class RawNetlink:
             return NexthopExists(obj.id)
         return KernelError(f"netlink {write[3]} failed for {write[4]}", os.strerror(code), code)
 
+    def _writes(self, op: str, obj: Any) -> list[tuple[str, Any, _Write]]:
+        """The requests of one write, each with its own op and object: a route through
+        its nexthop object adds or replaces the nexthop first and deletes it last."""
+        if op in ("add_route", "replace_route", "del_route") and obj.nexthop:
+            nh = route_nexthop(obj)
+            if op == "del_route":
+                return [(op, obj, self._write(op, obj)),
+                        ("del_nexthop", nh, self._write("del_nexthop", nh))]  # fmt: skip
+            nh_op = "add_nexthop" if op == "add_route" else "replace_nexthop"
+            return [(nh_op, nh, self._write(nh_op, nh)), (op, obj, self._write(op, obj))]
+        return [(op, obj, self._write(op, obj))]
+
     def _one(self, op: str, obj: Any) -> None:
-        write = self._write(op, obj)
-        try:
-            self._rtnl.request(write[0], write[1], write[2])
-        except OSError as exc:
-            error = self._refusal(op, obj, write, exc.errno or errno.EIO)
-            if error is not None:
-                raise error from None
+        error = self.apply_many([(op, obj)])[0]
+        if error is not None:
+            raise error
 
     def apply_many(self, ops: Sequence[Op]) -> list[KernelError | None]:
         """Many writes in few datagrams (see RtnlSocket.request_many); per op, what its
-        own method would have raised, or None."""
-        writes = [self._write(op, obj) for op, obj in ops]
-        codes = self._rtnl.request_many([(w[0], w[1], w[2]) for w in writes])
-        return [
-            self._refusal(op, obj, write, code)
-            for (op, obj), write, code in zip(ops, writes, codes, strict=True)
-        ]
+        own method would have raised (its first refused request's error), or None."""
+        parts = [self._writes(op, obj) for op, obj in ops]
+        codes = iter(self._rtnl.request_many([w[:3] for part in parts for _, _, w in part]))
+        out: list[KernelError | None] = []
+        for part in parts:
+            errors = [self._refusal(sub, o, w, next(codes)) for sub, o, w in part]
+            out.append(next((e for e in errors if e is not None), None))
+        return out
 
     # -- sysctls --------------------------------------------------------------------
     def sysctl(self, key: str, value: str) -> None:

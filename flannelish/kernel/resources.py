@@ -10,10 +10,10 @@ value under the same key is fixed in place with a replace.
 Ownership rules (why dumps are filtered the way they are):
 
 * neighbour and FDB entries: only on our own device, which nobody else uses;
-* routes and nexthop objects: only those carrying our route protocol number,
-  on any device, so a foreign one is never touched (a foreign nexthop holding
-  the id we would use makes the peer a conflict, like a foreign route) - with
-  one exception for routes, the takeover of a node
+* routes, and the nexthop objects ours go through: only those carrying our
+  route protocol number, on any device, so a foreign one is never touched (a
+  foreign nexthop holding the id one of ours would use makes the peer a
+  conflict, like a foreign route) - with one exception, the takeover of a node
   flanneld (or an older flannelish) programmed: a foreign route that is the
   very route we would create except for its protocol (same destination,
   gateway, device and onlink flag) is replaced by ours in place
@@ -39,13 +39,13 @@ from flannelish.kernel.netlink import (
     Fdb,
     Neigh,
     Netlink,
-    Nexthop,
     NexthopExists,
     Op,
     Route,
     RouteExists,
     Tick,
     nexthop_id,
+    replace,
 )
 
 if TYPE_CHECKING:
@@ -133,12 +133,20 @@ class RouteResource:
     record: ClassVar[type] = Route
 
     def __init__(
-        self, netlink: Netlink, proto: int = ROUTE_PROTO, families: Sequence[int] = (AF_INET,)
+        self,
+        netlink: Netlink,
+        proto: int = ROUTE_PROTO,
+        families: Sequence[int] = (AF_INET,),
+        nexthops: bool = False,
     ) -> None:
         self.netlink = netlink
         self._proto = proto
         self._families = tuple(families)
         self._others: dict[Hashable, Route] = {}  # the last dump's foreign routes, by dst
+        # Some of our routes go through nexthop objects (Route.nexthop): the last
+        # dump's nexthops that are not ours, by id, are kept for blocked().
+        self._nexthops = nexthops
+        self._foreign_ids: set[int] = set()
 
     def key(self, obj: Route) -> Hashable:
         return obj.dst
@@ -154,34 +162,43 @@ class RouteResource:
                 else:
                     others[r.dst] = r
         self._others = others
+        if self._nexthops:
+            self._foreign_ids = self.netlink.foreign_nexthop_ids(self._proto)
         return ours
 
-    def blocked(self, obj: Route, look_up: bool = False) -> bool:
-        """Whether a route we may not replace holds obj's destination (creating obj
-        would raise RouteExists), so a peer can be skipped before anything of it is
-        written: from the last dump, or (``look_up``) one RTM_GETROUTE.  A route
-        identical to ours but for its protocol is taken over, not in the way."""
+    def blocked(self, obj: Route, look_up: bool = False, new: bool = True) -> str | None:
+        """What we may not replace that holds obj's slot ("a route to 10.244.3.0/24"),
+        or None, so a peer can be skipped before anything of it is written.
+
+        A foreign route to its destination, where obj is ``new`` (not ours in the
+        kernel yet; a route identical to ours but for its protocol is taken over,
+        not in the way); or, for a route through a nexthop, a foreign nexthop
+        under that nexthop's id, whether or not the route is ours.  From the last
+        dump, or (``look_up``) one look-up each.
+        """
+        nhid = nexthop_id(obj.dst) if obj.nexthop else 0
+        if nhid and self._nexthop_taken(nhid, look_up):
+            return f"nexthop id {nhid}"
+        if not new:
+            return None
         if look_up:
             try:
                 there = self.netlink.route_to(obj.dst)
             except KernelError:  # `route get` refuses some entries: let create() decide
-                return False
+                return None
         elif not self._others:  # the common case: no foreign route to a peer subnet
-            return False
+            return None
         else:
             there = self._others.get(obj.dst)
-        if there is None or there.proto == self._proto:
-            return False
-        return (there.dst, there.gateway, there.oif, there.onlink) != (
-            obj.dst,
-            obj.gateway,
-            obj.oif,
-            obj.onlink,
-        )
-
-    @staticmethod
-    def conflict(obj: Route) -> str:
+        if there is None or there.proto == self._proto or _same_next_hop(there, obj):
+            return None
         return f"a route to {obj.dst}"
+
+    def _nexthop_taken(self, nhid: int, look_up: bool) -> bool:
+        if not look_up:
+            return nhid in self._foreign_ids
+        there = self.netlink.nexthop(nhid)
+        return there is not None and there.proto != self._proto
 
     def ensure(self, obj: Route) -> None:
         self.netlink.replace_route(obj)
@@ -200,15 +217,14 @@ class RouteResource:
             self.netlink.add_route(obj)
         except RouteExists as exc:
             self._take_over(obj, exc)
+        except NexthopExists as exc:
+            self._adopt_nexthop(obj, exc)
 
     def _take_over(self, obj: Route, exists: RouteExists) -> None:
         """Replace the foreign route in the way if it is ours but for its protocol,
         else raise `exists`."""
         there = self.netlink.route_to(obj.dst)
-        if there is None or there.proto == self._proto:
-            raise exists
-        same = (there.dst, there.gateway, there.oif, there.onlink)
-        if same != (obj.dst, obj.gateway, obj.oif, obj.onlink):
+        if there is None or there.proto == self._proto or not _same_next_hop(there, obj):
             raise exists
         self.netlink.replace_route(obj)
         log.info(
@@ -216,6 +232,22 @@ class RouteResource:
             extra={"op": "adopt", "dst": str(obj.dst), "gateway": str(obj.gateway),
                    "oif": obj.oif, "old_proto": there.proto},
         )  # fmt: skip
+
+    def _adopt_nexthop(self, obj: Route, exists: NexthopExists) -> None:
+        """obj's nexthop id was taken.  Ours (its route deleted by hand) is rewritten
+        with the route, as the create would have; a foreign one stays, and the route
+        the same request added through it is deleted again (not the nexthop)."""
+        there = self.netlink.nexthop(nexthop_id(obj.dst))
+        route = self.netlink.route_to(obj.dst)
+        if there is not None and there.proto == self._proto:
+            if route is not None and route.proto != self._proto:
+                self._take_over(obj, RouteExists(obj.dst))  # or RouteExists: left alone
+            else:
+                self.netlink.replace_route(obj)
+            return
+        if route is not None and route.proto == self._proto:
+            self.netlink.del_route(replace(obj, nexthop=False))
+        raise exists
 
     def remove(self, obj: Route) -> None:
         self.netlink.del_route(obj)
@@ -225,109 +257,37 @@ class RouteResource:
 
     def settle(self, obj: Route, action: str, error: KernelError) -> KernelError | None:
         """After a batched `create` failed: the takeover :meth:`create` would have done."""
-        if action != "create" or not isinstance(error, RouteExists):
+        if action != "create" or not isinstance(error, RouteExists | NexthopExists):
             return error
         try:
-            self._take_over(obj, error)
-        except KernelError as exc:
-            return exc
-        return None
-
-
-class NexthopResource:
-    """IPv4 nexthop objects marked with our protocol: the ones our peers' routes go through.
-
-    Each is planned with the route that uses it (:func:`gateway_route`), keyed
-    by its id, which the route's destination fixes.  The route goes in after
-    its nexthop and out before it; deleting a nexthop takes its routes with it.
-    """
-
-    kind: ClassVar[str] = "nexthop"
-    record: ClassVar[type] = Nexthop
-
-    def __init__(self, netlink: Netlink, proto: int = ROUTE_PROTO) -> None:
-        self.netlink = netlink
-        self._proto = proto
-        self._others: set[int] = set()  # the last dump's foreign ids
-
-    def key(self, obj: Nexthop) -> Hashable:
-        return obj.id
-
-    def dump(self, tick: Tick | None = None) -> Sequence[Nexthop]:
-        ours: list[Nexthop] = []
-        others: set[int] = set()
-        for nexthop in self.netlink.nexthops(None, tick):
-            if nexthop.proto == self._proto:
-                ours.append(nexthop)
+            if isinstance(error, RouteExists):
+                self._take_over(obj, error)
             else:
-                others.add(nexthop.id)
-        self._others = others
-        return ours
-
-    def blocked(self, obj: Nexthop, look_up: bool = False) -> bool:
-        """Whether a foreign nexthop holds obj's id: from the last dump, or one look-up."""
-        if not look_up:
-            return obj.id in self._others
-        there = self.netlink.nexthop(obj.id)
-        return there is not None and there.proto != self._proto
-
-    @staticmethod
-    def conflict(obj: Nexthop) -> str:
-        return f"nexthop id {obj.id}"
-
-    def ensure(self, obj: Nexthop) -> None:
-        self.netlink.replace_nexthop(obj)
-
-    def create(self, obj: Nexthop) -> None:
-        """Create exclusively; one of ours left under the id (its route deleted by
-        hand) is replaced, a foreign one raises NexthopExists."""
-        try:
-            self.netlink.add_nexthop(obj)
-        except NexthopExists as exc:
-            self._adopt(obj, exc)
-
-    def _adopt(self, obj: Nexthop, exists: NexthopExists) -> None:
-        there = self.netlink.nexthop(obj.id)
-        if there is None or there.proto != self._proto:
-            raise exists
-        self.netlink.replace_nexthop(obj)
-
-    def remove(self, obj: Nexthop) -> None:
-        self.netlink.del_nexthop(obj)
-
-    def netlink_op(self, obj: Nexthop, action: str) -> Op:
-        return (
-            {"create": "add_nexthop", "ensure": "replace_nexthop"}.get(action, "del_nexthop"),
-            obj,
-        )
-
-    def settle(self, obj: Nexthop, action: str, error: KernelError) -> KernelError | None:
-        """After a batched `create` failed: the adoption :meth:`create` would have done."""
-        if action != "create" or not isinstance(error, NexthopExists):
-            return error
-        try:
-            self._adopt(obj, error)
+                self._adopt_nexthop(obj, error)
         except KernelError as exc:
             return exc
         return None
 
 
-def gateway_route(route: Route, nexthops: bool) -> list[Any]:
-    """A peer's route via a gateway, through a nexthop object where ``nexthops`` allows.
+def _same_next_hop(there: Route, obj: Route) -> bool:
+    """The same destination, gateway, device and onlink flag (protocol and nexthop aside)."""
+    return (there.dst, there.gateway, there.oif, there.onlink) == (
+        obj.dst, obj.gateway, obj.oif, obj.onlink,
+    )  # fmt: skip
+
+
+def gateway_route(route: Route, nexthops: bool) -> Route:
+    """`route`, through a nexthop object of ours where ``nexthops`` allows (IPv4 via a
+    gateway, /30 or shorter: :func:`nexthop_id`).
 
     The kernel compares a new route's gateway with every route's on the same
     device and protocol (they share one bucket of its fib_info hash): 5000 peer
     routes cost it 0.63 s, against 0.2 s for nexthops and routes through them
-    (docs/performance.md).  IPv6 routes, /31 and /32 stay plain.
+    (docs/performance.md).  IPv6 routes stay plain: its table does not search.
     """
-    nhid = nexthop_id(route.dst) if nexthops and route.gateway is not None else 0
-    if not nhid:
-        return [route]
-    r = route
-    return [
-        Nexthop(nhid, r.gateway, r.oif, r.onlink, r.proto),
-        Route(r.dst, r.gateway, r.oif, r.onlink, r.proto, r.table, r.scope, r.priority, nhid),
-    ]
+    if not nexthops or route.gateway is None or not nexthop_id(route.dst):
+        return route
+    return replace(route, nexthop=True)
 
 
 # One write of the reconciler: (resource, object, action), the action being

@@ -270,11 +270,13 @@ def route_msgs(replies: list[Reply]) -> Iterator[RouteMsg]:
         yield RouteMsg(family, dst_len, table, proto, scope, rtype, flags, attrs)
 
 
-def nexthop_msgs(replies: list[Reply]) -> Iterator[NexthopMsg]:
+def nexthop_msgs(replies: list[Reply], skip_proto: int | None = None) -> Iterator[NexthopMsg]:
+    """Decoded nexthops, except those of protocol `skip_proto` (not decoded at all)."""
     for kind, data, start, end in replies:
         if kind == RTM_NEWNEXTHOP:
             family, _scope, proto, _resvd, flags = NHMSG.unpack_from(data, start)
-            yield NexthopMsg(family, proto, flags, parse_attrs(data, start + NHMSG.size, end))
+            if proto != skip_proto:
+                yield NexthopMsg(family, proto, flags, parse_attrs(data, start + NHMSG.size, end))
 
 
 def neigh_msgs(replies: list[Reply], ifindex: int = 0) -> Iterator[NeighMsg]:

@@ -35,7 +35,9 @@ from flannelish.kernel.netlink import (
     Tick,
     VxlanInfo,
     VxlanSpec,
+    nexthop_id,
     replace,
+    route_nexthop,
 )
 
 _T = TypeVar("_T")
@@ -204,29 +206,31 @@ class FakeNetlink:
         return self.default_oif
 
     def add_route(self, route: Route) -> None:
+        """A route with ``nexthop`` adds its nexthop object first (NexthopExists if
+        the id is taken; unlike the kernel's batch, the route is then not added)."""
         self._mutate("add_route", route)
+        if route.nexthop:
+            nexthop = route_nexthop(route)
+            if nexthop.id in self._nexthops:
+                raise NexthopExists(nexthop.id)
+            self._nexthops[nexthop.id] = nexthop
         # Like the kernel: any route to the same destination (ours or not) blocks it.
         if route.dst in self._routes:
             raise RouteExists(route.dst)
-        self._check_nexthop(route)
         self._routes[route.dst] = route
 
     def replace_route(self, route: Route) -> None:
         self._mutate("replace_route", route)
-        self._check_nexthop(route)
+        if route.nexthop:
+            nexthop = route_nexthop(route)
+            self._nexthops[nexthop.id] = nexthop
         self._routes[route.dst] = route
-
-    def _check_nexthop(self, route: Route) -> None:
-        if route.nhid and route.nhid not in self._nexthops:
-            raise KernelError(
-                f"netlink route add failed for {route.dst}",
-                "Nexthop id does not exist",
-                errno.EINVAL,
-            )
 
     def del_route(self, route: Route) -> None:
         self._mutate("del_route", route)
         self._routes.pop(route.dst, None)
+        if route.nexthop:
+            self._nexthops.pop(route_nexthop(route).id, None)
 
     # -- nexthop objects ----------------------------------------------------------------
     def nexthops_usable(self) -> bool:
@@ -239,21 +243,16 @@ class FakeNetlink:
     def nexthop(self, nhid: int) -> Nexthop | None:
         return self._nexthops.get(nhid)
 
-    def add_nexthop(self, nexthop: Nexthop) -> None:
-        self._mutate("add_nexthop", nexthop)
-        if nexthop.id in self._nexthops:
-            raise NexthopExists(nexthop.id)
-        self._nexthops[nexthop.id] = nexthop
-
-    def replace_nexthop(self, nexthop: Nexthop) -> None:
-        self._mutate("replace_nexthop", nexthop)
-        self._nexthops[nexthop.id] = nexthop
+    def foreign_nexthop_ids(self, proto: int = ROUTE_PROTO) -> set[int]:
+        return {n.id for n in self._nexthops.values() if n.proto != proto}
 
     def del_nexthop(self, nexthop: Nexthop) -> None:
         """Like the kernel: the routes through it go with it."""
         self._mutate("del_nexthop", nexthop)
         self._nexthops.pop(nexthop.id, None)
-        for dst in [d for d, r in self._routes.items() if r.nhid == nexthop.id]:
+        for dst in [
+            d for d, r in self._routes.items() if r.nexthop and nexthop_id(d) == nexthop.id
+        ]:
             del self._routes[dst]
 
     # -- neighbours and FDB entries ---------------------------------------------------

@@ -92,8 +92,8 @@ def test_only_the_ipv4_route_of_a_dual_stack_peer_uses_a_nexthop_object(tmp_path
     net4, gw4 = IPv4Network("10.244.2.0/24"), IPv4Address("10.244.2.0")
     assert k.nl.nexthops() == [Nexthop(nexthop_id(net4), gw4, i4, onlink=True)]
     routes = {r.dst: r for r in k.nl.routes(family=0)}
-    assert routes[net4] == Route(net4, gw4, i4, onlink=True, nhid=nexthop_id(net4))
-    assert routes[IPv6Network("fd44:0:0:2::/64")].nhid == 0
+    assert routes[net4] == Route(net4, gw4, i4, onlink=True, nexthop=True)
+    assert not routes[IPv6Network("fd44:0:0:2::/64")].nexthop
     assert routes[IPv6Network("fd44:0:0:2::/64")].oif == i6
 
 
