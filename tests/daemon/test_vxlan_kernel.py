@@ -129,6 +129,35 @@ def test_a_foreign_nexthop_with_our_id_makes_the_peer_a_conflict_and_stays(nodes
     assert "via 198.18.0.254 dev eth0" in foreign  # untouched
 
 
+def test_a_foreign_nexthop_that_appears_after_the_pass_blocks_an_event_and_stays(nodes):
+    """The last pass saw no foreign nexthop; one takes the id before the lease event.
+    The exclusive create fails, the route that went in through it in the same
+    datagram is deleted again, and nothing of the peer stays (only the foreign one)."""
+    a, b = nodes
+    a.rec.reconcile([])
+    nhid = nexthop_id(IPv4Network("10.244.2.0/24"))
+    a.host.run("ip", "nexthop", "add", "id", str(nhid), "via", "198.18.0.254", "dev", "eth0")
+    result = a.rec.apply_peers([b.lease.key], lambda _k: b.lease)
+    assert result.needs_full  # a conflict on a new peer: the full pass decides
+    assert kernel_state(a.host) == {"neigh": [], "fdb": [], "route": []}
+    assert "10.244.2.0/24" not in a.host.run("ip", "route").stdout
+    assert a.rec.reconcile([b.lease]).skipped == 1
+    assert f"nexthop id {nhid}" in a.rec.skipped[b.lease.key].reason
+    assert kernel_state(a.host) == {"neigh": [], "fdb": [], "route": []}
+    foreign = a.host.run("ip", "nexthop", "show", "id", str(nhid)).stdout
+    assert "via 198.18.0.254 dev eth0" in foreign
+
+
+def test_our_nexthop_left_without_its_route_is_rewritten_with_it(nodes):
+    a, b = nodes
+    a.rec.reconcile([b.lease])
+    a.host.run("ip", "route", "del", "10.244.2.0/24", "proto", "70")  # the nexthop stays
+    result = a.rec.reconcile([b.lease])
+    assert result.errors == 0 and result.skipped == 0
+    nhid = nexthop_id(IPv4Network("10.244.2.0/24"))
+    assert f"nhid {nhid}" in a.host.run("ip", "route", "show", "10.244.2.0/24").stdout
+
+
 def test_our_plain_route_from_before_is_moved_onto_a_nexthop_in_place(nodes):
     """An older flannelish (or one on a kernel without nexthops) wrote plain routes."""
     a, b = nodes
